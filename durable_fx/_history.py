@@ -1,0 +1,212 @@
+"""History events: the append-only record an orchestration is replayed from.
+
+The kinds and fields mirror ``HistoryEvent`` of the Durable Task protobuf
+(``orchestrator_service.proto``) so that the gRPC sidecar maps them one to one.
+Payloads (``input``, ``result``) stay JSON *text*: history never re-encodes a
+value, and the sidecar passes them through untouched.
+
+``event_id`` is the sequence number of the action that created a task (the
+id a ``TaskCompleted.task_scheduled_id`` refers back to); events that are not
+actions carry ``-1``, as in the protobuf.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "ContinueAsNew",
+    "EventRaised",
+    "EventSent",
+    "ExecutionCompleted",
+    "ExecutionResumed",
+    "ExecutionStarted",
+    "ExecutionSuspended",
+    "ExecutionTerminated",
+    "FailureDetails",
+    "HistoryEvent",
+    "OrchestratorCompleted",
+    "OrchestratorStarted",
+    "ParentInstance",
+    "SubOrchestrationInstanceCompleted",
+    "SubOrchestrationInstanceCreated",
+    "SubOrchestrationInstanceFailed",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskScheduled",
+    "TimerCreated",
+    "TimerFired",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FailureDetails(_Model):
+    """What went wrong, as text: the exception itself lived in another process."""
+
+    error_type: str
+    message: str
+    stack_trace: str | None = None
+    non_retriable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+class ParentInstance(_Model):
+    """Who started a sub-orchestration, so its result can be sent back."""
+
+    instance_id: str
+    execution_id: str
+    name: str
+    task_scheduled_id: int
+
+
+class _Event(_Model):
+    event_id: int = -1
+    timestamp: datetime
+
+
+class ExecutionStarted(_Event):
+    kind: Literal["ExecutionStarted"] = "ExecutionStarted"
+    name: str
+    instance_id: str
+    execution_id: str
+    input: str | None = None
+    parent: ParentInstance | None = None
+    scheduled_start: datetime | None = None
+    version: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class ExecutionCompleted(_Event):
+    kind: Literal["ExecutionCompleted"] = "ExecutionCompleted"
+    status: Literal["COMPLETED", "FAILED", "TERMINATED", "CONTINUED_AS_NEW"]
+    result: str | None = None
+    failure: FailureDetails | None = None
+
+
+class ExecutionTerminated(_Event):
+    kind: Literal["ExecutionTerminated"] = "ExecutionTerminated"
+    input: str | None = None
+    recurse: bool = True
+
+
+class ExecutionSuspended(_Event):
+    kind: Literal["ExecutionSuspended"] = "ExecutionSuspended"
+    input: str | None = None
+
+
+class ExecutionResumed(_Event):
+    kind: Literal["ExecutionResumed"] = "ExecutionResumed"
+    input: str | None = None
+
+
+class ContinueAsNew(_Event):
+    kind: Literal["ContinueAsNew"] = "ContinueAsNew"
+    input: str | None = None
+
+
+class OrchestratorStarted(_Event):
+    """Opens every episode; its timestamp is the episode's ``current_utc_datetime``."""
+
+    kind: Literal["OrchestratorStarted"] = "OrchestratorStarted"
+
+
+class OrchestratorCompleted(_Event):
+    kind: Literal["OrchestratorCompleted"] = "OrchestratorCompleted"
+
+
+class TaskScheduled(_Event):
+    kind: Literal["TaskScheduled"] = "TaskScheduled"
+    name: str
+    input: str | None = None
+    attempt: int = 1
+
+
+class TaskCompleted(_Event):
+    kind: Literal["TaskCompleted"] = "TaskCompleted"
+    task_scheduled_id: int
+    result: str | None = None
+
+
+class TaskFailed(_Event):
+    kind: Literal["TaskFailed"] = "TaskFailed"
+    task_scheduled_id: int
+    failure: FailureDetails
+
+
+class SubOrchestrationInstanceCreated(_Event):
+    kind: Literal["SubOrchestrationInstanceCreated"] = "SubOrchestrationInstanceCreated"
+    name: str
+    instance_id: str
+    input: str | None = None
+
+
+class SubOrchestrationInstanceCompleted(_Event):
+    kind: Literal["SubOrchestrationInstanceCompleted"] = "SubOrchestrationInstanceCompleted"
+    task_scheduled_id: int
+    result: str | None = None
+
+
+class SubOrchestrationInstanceFailed(_Event):
+    kind: Literal["SubOrchestrationInstanceFailed"] = "SubOrchestrationInstanceFailed"
+    task_scheduled_id: int
+    failure: FailureDetails
+
+
+class TimerCreated(_Event):
+    kind: Literal["TimerCreated"] = "TimerCreated"
+    fire_at: datetime
+    purpose: Literal["timer", "retry", "event-timeout"] = "timer"
+
+
+class TimerFired(_Event):
+    kind: Literal["TimerFired"] = "TimerFired"
+    timer_id: int
+    fire_at: datetime
+
+
+class EventSent(_Event):
+    kind: Literal["EventSent"] = "EventSent"
+    instance_id: str
+    name: str
+    input: str | None = None
+
+
+class EventRaised(_Event):
+    kind: Literal["EventRaised"] = "EventRaised"
+    name: str
+    input: str | None = None
+
+
+HistoryEvent = Annotated[
+    ExecutionStarted
+    | ExecutionCompleted
+    | ExecutionTerminated
+    | ExecutionSuspended
+    | ExecutionResumed
+    | ContinueAsNew
+    | OrchestratorStarted
+    | OrchestratorCompleted
+    | TaskScheduled
+    | TaskCompleted
+    | TaskFailed
+    | SubOrchestrationInstanceCreated
+    | SubOrchestrationInstanceCompleted
+    | SubOrchestrationInstanceFailed
+    | TimerCreated
+    | TimerFired
+    | EventSent
+    | EventRaised,
+    Field(discriminator="kind"),
+]
+"""Any history event; ``kind`` tells which."""
+
+HISTORY_EVENT: TypeAdapter[HistoryEvent] = TypeAdapter(HistoryEvent)
+"""Validates one event from JSON (``HISTORY_EVENT.validate_json(text)``)."""

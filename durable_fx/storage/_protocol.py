@@ -1,0 +1,164 @@
+"""The Store protocol: the one boundary between the runtime and persistence.
+
+A store holds four things per task hub: instance rows, each instance's history,
+each instance's inbox (messages not yet applied), and activity work items. The
+runtime never touches them directly; it locks work, runs it, and hands back a
+commit. Every implementation keeps the storage contract of DESIGN.md:
+
+1. ``commit_episode`` is atomic: history, consumed inbox messages, the instance
+   row, new activity work items and outgoing messages persist together or not
+   at all (readers never see half an episode).
+2. ``commit_episode`` is conditional on the version handed out by
+   ``lock_orchestrations``; a stale commit raises ``ConflictError`` and
+   changes nothing.
+3. At most one pending inbox message exists per ``(instance_id, key)``.
+4. ``complete_activities`` records a result and removes its work item
+   atomically (or, where it cannot, a redelivered item whose result is
+   recorded is not handed out again).
+5. Locks are leases: work held by a crashed process becomes visible again once
+   its lease expires.
+6. Messages may be delayed (``visible_at``) for any duration.
+7. A message abandoned ``max_dequeue_count`` times, or one that cannot be
+   decoded, moves to the poison list with its reason.
+
+The conformance suite in ``durable_fx.testing`` proves these for any store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Protocol, runtime_checkable
+
+from .._history import HistoryEvent
+from ._records import (
+    ActivityResult,
+    ActivityWorkItem,
+    EpisodeCommit,
+    InstanceQuery,
+    InstanceRecord,
+    LockBatch,
+    OrchestrationMessage,
+    OrchestrationWorkItem,
+    Page,
+    PoisonedMessage,
+)
+
+__all__ = ["Store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for one task hub. All methods are safe to call concurrently."""
+
+    # -- starting and messaging -------------------------------------------------
+
+    async def create_instance(self, message: OrchestrationMessage) -> None:
+        """Create (or re-create) an instance from an ``ExecutionStarted`` message.
+
+        Writes a PENDING instance row and puts the message in its inbox, in one
+        step. An existing instance that is COMPLETED, FAILED or TERMINATED is
+        replaced (its history and pending messages are dropped); any other
+        existing instance raises ``InstanceExistsError``.
+        """
+        ...
+
+    async def enqueue(self, message: OrchestrationMessage) -> None:
+        """Put a message in an existing instance's inbox.
+
+        Raises ``InstanceNotFoundError`` when the instance does not exist. A
+        message whose ``key`` is already pending for that instance is ignored.
+        """
+        ...
+
+    # -- orchestration work -----------------------------------------------------
+
+    async def lock_orchestrations(
+        self, *, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[OrchestrationWorkItem]:
+        """Lock up to ``limit`` instances that have visible inbox messages.
+
+        Each work item carries the instance row (with its version) and every
+        visible message of its inbox, oldest first. Each lock counts as a
+        delivery of those messages (``dequeue_count``).
+        """
+        ...
+
+    async def load_history(self, instance_id: str) -> list[HistoryEvent]:
+        """The current execution's history, oldest first (empty if none)."""
+        ...
+
+    async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> None:
+        """Persist one episode atomically and release the lock.
+
+        Raises ``ConflictError`` if the instance changed since ``item`` was
+        locked (another worker committed, or the lease was lost).
+        """
+        ...
+
+    async def abandon_orchestration(
+        self, item: OrchestrationWorkItem, *, reason: str, retry_after: timedelta
+    ) -> None:
+        """Release a lock without committing; messages reappear after ``retry_after``.
+
+        Messages already delivered ``max_dequeue_count`` times are poisoned
+        with ``reason`` instead.
+        """
+        ...
+
+    # -- activity work ----------------------------------------------------------
+
+    async def lock_activities(
+        self, *, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[ActivityWorkItem]:
+        """Lock up to ``limit`` visible activity work items."""
+        ...
+
+    async def complete_activities(self, results: Sequence[ActivityResult]) -> None:
+        """Deliver each result to its instance's inbox and delete its work item.
+
+        A result whose work item is gone (another worker completed it after
+        this lease expired) is dropped; the inbox key makes any duplicate
+        harmless.
+        """
+        ...
+
+    async def abandon_activity(
+        self, item: ActivityWorkItem, *, reason: str, retry_after: timedelta
+    ) -> None:
+        """Release an activity lease; poison the item after ``max_dequeue_count`` deliveries."""
+        ...
+
+    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
+        """Extend the lease of a long-running activity."""
+        ...
+
+    # -- reading and housekeeping -----------------------------------------------
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance row, or ``None``."""
+        ...
+
+    async def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
+        """Instances matching ``query``, newest first, one page at a time."""
+        ...
+
+    async def purge_instance(self, instance_id: str) -> bool:
+        """Delete an instance with its history, inbox and work items; False if absent."""
+        ...
+
+    async def poisoned_messages(self) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when work may have arrived from this process, or after ``timeout`` s.
+
+        Lets an idle worker sleep long without delaying local work; work from
+        other processes is found by the worker's next poll.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...

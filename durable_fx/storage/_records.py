@@ -1,0 +1,214 @@
+"""The records that cross the store boundary.
+
+Payloads stay JSON text here; decoding into user types happens above the store.
+Frozen dataclasses rather than pydantic models: these are built and read on
+every episode, never parsed from untrusted input, and stores serialize them
+field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from .._history import (
+    ExecutionStarted,
+    FailureDetails,
+    HistoryEvent,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
+    TaskCompleted,
+    TaskFailed,
+    TimerFired,
+)
+from .._state import OrchestrationStatus
+
+__all__ = [
+    "ActivityInvocation",
+    "ActivityResult",
+    "ActivityWorkItem",
+    "EpisodeCommit",
+    "InboxMessage",
+    "InstanceQuery",
+    "InstanceRecord",
+    "LockBatch",
+    "OrchestrationMessage",
+    "OrchestrationWorkItem",
+    "Page",
+    "PoisonedMessage",
+    "dedupe_key",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One instance row. ``version`` is the store's concurrency token (row version or ETag)."""
+
+    instance_id: str
+    name: str
+    execution_id: str
+    status: OrchestrationStatus
+    created_at: datetime
+    updated_at: datetime
+    input: str | None = None
+    output: str | None = None
+    custom_status: str | None = None
+    failure: FailureDetails | None = None
+    parent_instance_id: str | None = None
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestrationMessage:
+    """An event on its way to an instance's inbox.
+
+    ``execution_id`` pins the message to one execution (activity results,
+    timers); ``None`` means whichever execution is current (raised events,
+    terminate, suspend). ``visible_at`` delays delivery (durable timers,
+    scheduled starts). A message whose event is ``ExecutionStarted`` creates
+    the instance row if it does not exist yet; any other message to a missing
+    instance is dropped.
+    """
+
+    instance_id: str
+    event: HistoryEvent
+    execution_id: str | None = None
+    visible_at: datetime | None = None
+    key: str = ""
+    """Dedupe key: a store keeps at most one pending message per (instance, key)."""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", dedupe_key(self.event, self.execution_id))
+
+
+def dedupe_key(event: HistoryEvent, execution_id: str | None) -> str:
+    """Stable identity of a message: redelivering the same result yields the same key.
+
+    Raised events have no natural identity (two equal payloads are two events),
+    so they get a fresh one unless the sender supplies its own ``key``.
+    """
+    match event:
+        case TaskCompleted() | TaskFailed():
+            return f"task:{execution_id}:{event.task_scheduled_id}"
+        case SubOrchestrationInstanceCompleted() | SubOrchestrationInstanceFailed():
+            return f"suborch:{execution_id}:{event.task_scheduled_id}"
+        case TimerFired():
+            return f"timer:{execution_id}:{event.timer_id}"
+        case ExecutionStarted():
+            return f"start:{event.execution_id}"
+        case _:
+            return f"{event.kind}:{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    """A message a worker holds while it runs an episode."""
+
+    message_id: str
+    event: HistoryEvent
+    execution_id: str | None
+    dequeue_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestrationWorkItem:
+    """An instance locked for one episode, with the messages that woke it."""
+
+    instance: InstanceRecord
+    messages: Sequence[InboxMessage]
+    lock_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityInvocation:
+    """A request to run one activity for one task of one execution."""
+
+    instance_id: str
+    execution_id: str
+    task_id: int
+    name: str
+    input: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityWorkItem:
+    """An activity invocation a worker holds under a lease."""
+
+    invocation: ActivityInvocation
+    lock_token: str
+    dequeue_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityResult:
+    """The outcome of one activity run, delivered back to its instance."""
+
+    item: ActivityWorkItem
+    message: OrchestrationMessage
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeCommit:
+    """Everything one episode produced; a store persists all of it or none of it.
+
+    ``instance`` holds the new row values (its ``version`` is ignored: the
+    store checks the version it handed out with the work item). With
+    ``reset_history`` the new events replace the stored history instead of
+    extending it (a new execution: continue-as-new or a restart).
+    """
+
+    instance: InstanceRecord
+    new_history: Sequence[HistoryEvent]
+    consumed: Sequence[str]
+    activities: Sequence[ActivityInvocation] = ()
+    messages: Sequence[OrchestrationMessage] = ()
+    reset_history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LockBatch(Generic[T]):
+    """Work a lock call returned, and when the next not-yet-visible work falls due."""
+
+    items: list[T]
+    next_due: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceQuery:
+    """A filter over instances; empty fields match everything."""
+
+    statuses: frozenset[OrchestrationStatus] = frozenset()
+    name: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    instance_id_prefix: str | None = None
+    page_size: int = 100
+    continuation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of results; pass ``continuation`` back for the next one (``None``: no more)."""
+
+    items: list[T]
+    continuation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoisonedMessage:
+    """A message taken out of circulation, and why."""
+
+    queue: str
+    instance_id: str | None
+    body: str
+    reason: str
+    poisoned_at: datetime
+    dequeue_count: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
