@@ -7,7 +7,7 @@
     ├── InstanceNotFoundError       no instance has that id
     ├── InvalidOperationError       the request does not fit the instance's state
     ├── UnknownNameError            no orchestrator/activity is registered under a name
-    ├── ConflictError               another worker committed first (stores raise, the worker retries)
+    ├── ConflictError               another worker committed first (the worker drops its try)
     ├── OrchestrationFailedError    wait()/get() result of a failed instance, when asked to raise
     └── TaskError                   raised *inside* an orchestrator at a yield
         ├── TaskFailedError         an activity or sub-orchestration failed

@@ -33,6 +33,7 @@ def validate_instance_id(instance_id: object) -> str:
         char = bad.group()
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
         raise InvalidInstanceIdError(
-            instance_id, f"it contains {shown}; '/', '\\\\', '#', '?' and control characters are not allowed"
+            instance_id,
+            f"it contains {shown}; '/', '\\\\', '#', '?' and control characters are not allowed",
         )
     return instance_id

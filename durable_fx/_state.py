@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -58,4 +58,4 @@ class OrchestrationState(BaseModel):
         """The output validated into ``type_`` (a pydantic model, dataclass or builtin)."""
         from ._serialization import PayloadCodec
 
-        return PayloadCodec.for_type(type_).from_python(self.output)
+        return cast(T, PayloadCodec.for_type(type_).from_python(self.output))

@@ -1,0 +1,81 @@
+"""durable_fx: durable workflows as ordinary Python.
+
+Orchestrators are deterministic generators replayed from saved history;
+activities do the real work and run at least once. See ``Registry``,
+``Worker`` and ``DurableClient`` to get started.
+"""
+
+from contextlib import suppress as _suppress
+
+from ._client import AsyncDurableClient, DurableClient, QueryResult
+from ._clock import Clock, SystemClock
+from ._errors import (
+    ConflictError,
+    DurableFxError,
+    EventTimeoutError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidInstanceIdError,
+    InvalidOperationError,
+    NonDeterminismError,
+    OrchestrationFailedError,
+    SerializationError,
+    TaskError,
+    TaskFailedError,
+    UnknownNameError,
+)
+from ._history import FailureDetails, HistoryEvent
+from ._ids import validate_instance_id
+from ._registry import ActivityContext, Registry
+from ._replay.context import OrchestrationContext
+from ._replay.tasks import Task, when_all, when_any
+from ._retry import RetryPolicy
+from ._state import OrchestrationState, OrchestrationStatus
+from ._worker import Worker
+from .storage import Store, open_store
+
+__all__ = [
+    "ActivityContext",
+    "AsyncDurableClient",
+    "Clock",
+    "ConflictError",
+    "DurableClient",
+    "DurableFxError",
+    "EventTimeoutError",
+    "FailureDetails",
+    "HistoryEvent",
+    "InstanceExistsError",
+    "InstanceNotFoundError",
+    "InvalidInstanceIdError",
+    "InvalidOperationError",
+    "NonDeterminismError",
+    "OrchestrationContext",
+    "OrchestrationFailedError",
+    "OrchestrationState",
+    "OrchestrationStatus",
+    "QueryResult",
+    "Registry",
+    "RetryPolicy",
+    "SerializationError",
+    "Store",
+    "SystemClock",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "UnknownNameError",
+    "Worker",
+    "open_store",
+    "validate_instance_id",
+    "when_all",
+    "when_any",
+]
+
+__version__ = "0.1.0"
+
+# Show public names at their public path in reprs, docs and tracebacks.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("durable_fx._"):
+        with _suppress(AttributeError, TypeError):
+            _obj.__module__ = "durable_fx"
+del _name, _obj, _suppress

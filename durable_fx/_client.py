@@ -1,0 +1,449 @@
+"""Clients: start, inspect and steer orchestration instances.
+
+``AsyncDurableClient`` does the work; ``DurableClient`` is a thin synchronous
+facade that runs it on a private event-loop thread, so both share one
+implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ._clock import Clock, SystemClock
+from ._errors import InstanceNotFoundError, InvalidOperationError
+from ._history import (
+    EventRaised,
+    ExecutionResumed,
+    ExecutionStarted,
+    ExecutionSuspended,
+    ExecutionTerminated,
+    HistoryEvent,
+)
+from ._ids import validate_instance_id
+from ._registry import name_of
+from ._serialization import decode, encode
+from ._state import OrchestrationState, OrchestrationStatus
+from .storage import open_store
+from .storage._protocol import Store
+from .storage._records import InstanceQuery, InstanceRecord, OrchestrationMessage
+
+__all__ = ["AsyncDurableClient", "DurableClient", "QueryResult"]
+
+T = TypeVar("T")
+StatusFilter = OrchestrationStatus | str | Iterable[OrchestrationStatus | str] | None
+
+
+class QueryResult(BaseModel):
+    """One page of instances; pass ``continuation`` to ``query`` for the next page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[OrchestrationState]
+    continuation: str | None = None
+
+
+class AsyncDurableClient:
+    """Starts and manages orchestration instances in one store (async API).
+
+    Args:
+        store: A ``Store`` or a store URL (default: ``default_store_url()``).
+        clock: Source of timestamps (tests inject a manual one).
+    """
+
+    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._owns_store = not isinstance(store, Store)
+        self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
+
+    @property
+    def store(self) -> Store:
+        """The store this client talks to."""
+        return self._store
+
+    async def start(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+    ) -> str:
+        """Start an orchestration and return its instance id.
+
+        Raises ``InstanceExistsError`` if ``instance_id`` names an instance
+        that has not finished; a finished one is replaced. With ``start_at``
+        the instance stays PENDING until then.
+        """
+        instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        if start_at is not None and start_at.tzinfo is None:
+            raise ValueError("start_at must be timezone-aware (use UTC)")
+        started = ExecutionStarted(
+            timestamp=self._clock.now(),
+            name=name_of(orchestrator),
+            instance_id=instance_id,
+            execution_id=uuid.uuid4().hex,
+            input=encode(input),
+            scheduled_start=start_at,
+        )
+        message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
+        await self._store.create_instance(message)
+        return instance_id
+
+    async def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
+        """The instance's current state (with its history if asked), or ``None``."""
+        record = await self._store.get_instance(instance_id)
+        if record is None:
+            return None
+        events = await self._store.load_history(instance_id) if history else None
+        return _state_of(record, events)
+
+    async def wait(
+        self, instance_id: str, *, timeout: float | None = 60.0, poll_interval: float = 0.25
+    ) -> OrchestrationState:
+        """Wait until the instance is COMPLETED, FAILED or TERMINATED and return its state.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.005
+        while True:
+            state = await self.get(instance_id)
+            if state is None:
+                raise InstanceNotFoundError(instance_id)
+            if state.status.is_terminal:
+                return state
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(
+                    f"instance {instance_id!r} is still {state.status.value} after {timeout:g} s"
+                )
+            remaining = poll_interval if deadline is None else max(0.0, deadline - loop.time())
+            await asyncio.sleep(min(delay, poll_interval, remaining))
+            delay *= 2
+
+    async def raise_event(
+        self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None
+    ) -> None:
+        """Deliver event ``name`` to an instance.
+
+        ``event_id`` makes the call idempotent while the event is pending:
+        raising again with the same id delivers it once.
+        """
+        await self._require(instance_id, "raise an event on", terminal_ok=False)
+        event = EventRaised(timestamp=self._clock.now(), name=name, input=encode(data))
+        key = f"event:{event_id}" if event_id else ""
+        await self._store.enqueue(OrchestrationMessage(instance_id, event, key=key))
+
+    async def terminate(
+        self, instance_id: str, reason: Any = None, *, recursive: bool = True
+    ) -> None:
+        """Stop an instance (and, by default, the sub-orchestrations it is waiting on).
+
+        Terminating a finished instance does nothing.
+        """
+        record = await self._require(instance_id, "terminate", terminal_ok=True)
+        if record.status.is_terminal:
+            return
+        event = ExecutionTerminated(
+            timestamp=self._clock.now(), input=encode(reason), recurse=recursive
+        )
+        await self._store.enqueue(OrchestrationMessage(instance_id, event))
+
+    async def suspend(self, instance_id: str, reason: Any = None) -> None:
+        """Pause an instance: it keeps receiving events but runs no code until resumed."""
+        await self._require(instance_id, "suspend", terminal_ok=False)
+        event = ExecutionSuspended(timestamp=self._clock.now(), input=encode(reason))
+        await self._store.enqueue(OrchestrationMessage(instance_id, event))
+
+    async def resume(self, instance_id: str, reason: Any = None) -> None:
+        """Resume a suspended instance."""
+        await self._require(instance_id, "resume", terminal_ok=False)
+        event = ExecutionResumed(timestamp=self._clock.now(), input=encode(reason))
+        await self._store.enqueue(OrchestrationMessage(instance_id, event))
+
+    async def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:
+        """Start a finished instance again with its input; returns the (new) instance id."""
+        record = await self._require(instance_id, "restart", terminal_ok=True)
+        if not new_instance_id and not record.status.is_terminal:
+            raise InvalidOperationError(
+                f"instance {instance_id!r} is {record.status.value}; only a finished instance can "
+                "be restarted under its own id (terminate it first, or pass new_instance_id=True)"
+            )
+        target = uuid.uuid4().hex if new_instance_id else instance_id
+        return await self._start_raw(record.name, record.input, target)
+
+    async def purge(
+        self,
+        instance_id: str | None = None,
+        *,
+        status: StatusFilter = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+    ) -> int:
+        """Delete finished instances with their history; returns how many.
+
+        Either one instance by id, or every finished instance matching the
+        filter. Running instances are never purged: terminate them first.
+        """
+        if instance_id is not None:
+            record = await self._require(instance_id, "purge", terminal_ok=True)
+            if not record.status.is_terminal:
+                status = record.status.value
+                raise InvalidOperationError(
+                    f"instance {instance_id!r} is {status}; terminate it before purging"
+                )
+            return int(await self._store.purge_instance(instance_id))
+        statuses = _statuses(status) or _TERMINAL
+        query = InstanceQuery(
+            statuses=frozenset(statuses & _TERMINAL),
+            created_from=created_from,
+            created_to=created_to,
+            page_size=500,
+        )
+        purged = 0
+        while True:
+            page = await self._store.query_instances(query)
+            for record in page.items:
+                purged += int(await self._store.purge_instance(record.instance_id))
+            if page.continuation is None:
+                return purged
+            query = InstanceQuery(
+                statuses=query.statuses,
+                created_from=created_from,
+                created_to=created_to,
+                page_size=500,
+                continuation=page.continuation,
+            )
+
+    async def query(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> QueryResult:
+        """One page of instances matching the filter, newest first."""
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be between 1 and 1000")
+        page = await self._store.query_instances(
+            InstanceQuery(
+                statuses=frozenset(_statuses(status)),
+                name=name,
+                created_from=created_from,
+                created_to=created_to,
+                instance_id_prefix=instance_id_prefix,
+                page_size=page_size,
+                continuation=continuation,
+            )
+        )
+        return QueryResult(
+            items=[_state_of(r, None) for r in page.items], continuation=page.continuation
+        )
+
+    async def close(self) -> None:
+        """Close the store if this client opened it."""
+        if self._owns_store:
+            await self._store.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _require(self, instance_id: str, action: str, *, terminal_ok: bool) -> InstanceRecord:
+        validate_instance_id(instance_id)
+        record = await self._store.get_instance(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(instance_id)
+        if record.status.is_terminal and not terminal_ok:
+            raise InvalidOperationError(
+                f"cannot {action} instance {instance_id!r}: it is {record.status.value}"
+            )
+        return record
+
+    async def _start_raw(self, name: str, payload: str | None, instance_id: str) -> str:
+        started = ExecutionStarted(
+            timestamp=self._clock.now(),
+            name=name,
+            instance_id=instance_id,
+            execution_id=uuid.uuid4().hex,
+            input=payload,
+        )
+        await self._store.create_instance(
+            OrchestrationMessage(instance_id, started, started.execution_id)
+        )
+        return instance_id
+
+
+_TERMINAL = frozenset(s for s in OrchestrationStatus if s.is_terminal)
+
+
+def _statuses(status: StatusFilter) -> set[OrchestrationStatus]:
+    if status is None:
+        return set()
+    if isinstance(status, str):
+        return {OrchestrationStatus(status.upper())}
+    return {OrchestrationStatus(s.upper()) for s in status}
+
+
+def _state_of(record: InstanceRecord, history: list[HistoryEvent] | None) -> OrchestrationState:
+    return OrchestrationState(
+        instance_id=record.instance_id,
+        name=record.name,
+        status=record.status,
+        execution_id=record.execution_id,
+        input=decode(record.input),
+        output=decode(record.output),
+        custom_status=decode(record.custom_status),
+        failure=record.failure,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        history=history,
+    )
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread that runs coroutines for sync callers."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="durable-fx-client", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class DurableClient:
+    """The synchronous client: the same operations as ``AsyncDurableClient``, blocking."""
+
+    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+        self._client = AsyncDurableClient(store, clock=clock)
+        self._portal = _LoopThread()
+
+    @property
+    def store(self) -> Store:
+        """The store this client talks to."""
+        return self._client.store
+
+    def start(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+    ) -> str:
+        """See ``AsyncDurableClient.start``."""
+        return self._portal.call(
+            self._client.start(orchestrator, input, instance_id=instance_id, start_at=start_at)
+        )
+
+    def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
+        """See ``AsyncDurableClient.get``."""
+        return self._portal.call(self._client.get(instance_id, history=history))
+
+    def wait(
+        self, instance_id: str, *, timeout: float | None = 60.0, poll_interval: float = 0.25
+    ) -> OrchestrationState:
+        """See ``AsyncDurableClient.wait``."""
+        return self._portal.call(
+            self._client.wait(instance_id, timeout=timeout, poll_interval=poll_interval)
+        )
+
+    def raise_event(
+        self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None
+    ) -> None:
+        """See ``AsyncDurableClient.raise_event``."""
+        self._portal.call(self._client.raise_event(instance_id, name, data, event_id=event_id))
+
+    def terminate(self, instance_id: str, reason: Any = None, *, recursive: bool = True) -> None:
+        """See ``AsyncDurableClient.terminate``."""
+        self._portal.call(self._client.terminate(instance_id, reason, recursive=recursive))
+
+    def suspend(self, instance_id: str, reason: Any = None) -> None:
+        """See ``AsyncDurableClient.suspend``."""
+        self._portal.call(self._client.suspend(instance_id, reason))
+
+    def resume(self, instance_id: str, reason: Any = None) -> None:
+        """See ``AsyncDurableClient.resume``."""
+        self._portal.call(self._client.resume(instance_id, reason))
+
+    def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:
+        """See ``AsyncDurableClient.restart``."""
+        return self._portal.call(self._client.restart(instance_id, new_instance_id=new_instance_id))
+
+    def purge(
+        self,
+        instance_id: str | None = None,
+        *,
+        status: StatusFilter = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+    ) -> int:
+        """See ``AsyncDurableClient.purge``."""
+        return self._portal.call(
+            self._client.purge(
+                instance_id, status=status, created_from=created_from, created_to=created_to
+            )
+        )
+
+    def query(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> QueryResult:
+        """See ``AsyncDurableClient.query``."""
+        return self._portal.call(
+            self._client.query(
+                status=status,
+                name=name,
+                created_from=created_from,
+                created_to=created_to,
+                instance_id_prefix=instance_id_prefix,
+                page_size=page_size,
+                continuation=continuation,
+            )
+        )
+
+    def close(self) -> None:
+        """Close the store (if this client opened it) and the client's thread."""
+        self._portal.call(self._client.close())
+        self._portal.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,312 @@
+"""Episodes: turn what the executor did into one atomic store commit.
+
+Pure functions of their arguments (the caller supplies ``now`` and new ids),
+so every rule about what an episode writes lives here and can be tested
+without a store: which history events record the actions, which activity
+work items and messages go out, how the instance row changes, what the
+parent hears when a sub-orchestration ends, and how continue-as-new starts
+the next execution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+
+from ._history import (
+    EventRaised,
+    EventSent,
+    ExecutionCompleted,
+    ExecutionStarted,
+    ExecutionTerminated,
+    FailureDetails,
+    HistoryEvent,
+    OrchestratorStarted,
+    ParentInstance,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
+    TaskScheduled,
+    TimerCreated,
+    TimerFired,
+)
+from ._replay.actions import (
+    Action,
+    CompleteOrchestration,
+    CreateSubOrchestration,
+    CreateTimer,
+    ScheduleTask,
+    SendEvent,
+)
+from ._replay.executor import EpisodeOutput
+from ._state import OrchestrationStatus
+from .storage._records import (
+    ActivityInvocation,
+    EpisodeCommit,
+    InstanceRecord,
+    OrchestrationMessage,
+)
+
+__all__ = ["EpisodeIds", "plan_consume_only", "plan_episode", "plan_failure"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EpisodeIds:
+    """Fresh ids an episode may need, supplied by the (impure) caller."""
+
+    next_execution_id: str
+    child_execution_ids: dict[str, str]
+    """Execution id for each sub-orchestration instance id started this episode."""
+
+
+def plan_episode(
+    *,
+    instance: InstanceRecord,
+    started: ExecutionStarted,
+    output: EpisodeOutput,
+    consumed: Sequence[str],
+    now: datetime,
+    ids: EpisodeIds,
+    running_children: Sequence[str] = (),
+    reset_history: bool = False,
+) -> EpisodeCommit:
+    """The commit for an episode in which the executor produced ``output``."""
+    history: list[HistoryEvent] = list(output.accepted)
+    activities: list[ActivityInvocation] = []
+    messages: list[OrchestrationMessage] = []
+    for action in output.actions:
+        history.append(_recorded(action, now))
+        _dispatch(action, instance, started, now, ids, activities, messages)
+
+    record = dataclasses.replace(
+        instance,
+        status=OrchestrationStatus.SUSPENDED if output.suspended else OrchestrationStatus.RUNNING,
+        custom_status=output.custom_status,
+        updated_at=now,
+    )
+    completion = output.completion if output.completed_now else None
+    if completion is not None:
+        if completion.status == "CONTINUED_AS_NEW":
+            record, history, continued = _continue_as_new(record, started, completion, now, ids)
+            messages.extend(continued)
+            reset_history = True
+            activities.clear()
+        else:
+            history.append(_completed_event(completion, now))
+            record = _finished(record, completion, now)
+            messages.extend(_notify_parent(started, completion, now))
+            if completion.status == "TERMINATED":
+                messages.extend(_terminate_children(running_children, completion, now))
+    return EpisodeCommit(
+        instance=record,
+        new_history=history,
+        consumed=list(consumed),
+        activities=activities,
+        messages=_without_stale_self_messages(messages, record),
+        reset_history=reset_history,
+    )
+
+
+def _without_stale_self_messages(
+    messages: list[OrchestrationMessage], record: InstanceRecord
+) -> list[OrchestrationMessage]:
+    """Drop timers to an execution that continue-as-new just ended: they could never apply."""
+    return [
+        m
+        for m in messages
+        if m.instance_id != record.instance_id or m.execution_id in (None, record.execution_id)
+    ]
+
+
+def plan_failure(
+    *,
+    instance: InstanceRecord,
+    started: ExecutionStarted | None,
+    failure: FailureDetails,
+    consumed: Sequence[str],
+    now: datetime,
+) -> EpisodeCommit:
+    """A commit that fails the instance without running its code (unknown name, bad history)."""
+    completion = CompleteOrchestration("FAILED", failure=failure)
+    return EpisodeCommit(
+        instance=_finished(dataclasses.replace(instance, updated_at=now), completion, now),
+        new_history=[OrchestratorStarted(timestamp=now), _completed_event(completion, now)],
+        consumed=list(consumed),
+        messages=_notify_parent(started, completion, now) if started is not None else [],
+    )
+
+
+def plan_consume_only(
+    *,
+    instance: InstanceRecord,
+    consumed: Sequence[str],
+    messages: Sequence[OrchestrationMessage] = (),
+) -> EpisodeCommit:
+    """A commit that only removes messages (late results for a finished instance)."""
+    return EpisodeCommit(
+        instance=instance, new_history=[], consumed=list(consumed), messages=list(messages)
+    )
+
+
+def _recorded(action: Action, now: datetime) -> HistoryEvent:
+    """The history event that records ``action`` (same sequence number)."""
+    match action:
+        case ScheduleTask():
+            return TaskScheduled(
+                event_id=action.id,
+                timestamp=now,
+                name=action.name,
+                input=action.input,
+                attempt=action.attempt,
+            )
+        case CreateTimer():
+            return TimerCreated(
+                event_id=action.id, timestamp=now, fire_at=action.fire_at, purpose=action.purpose
+            )
+        case CreateSubOrchestration():
+            return SubOrchestrationInstanceCreated(
+                event_id=action.id,
+                timestamp=now,
+                name=action.name,
+                instance_id=action.instance_id,
+                input=action.input,
+            )
+        case SendEvent():
+            return EventSent(
+                event_id=action.id,
+                timestamp=now,
+                instance_id=action.instance_id,
+                name=action.name,
+                input=action.input,
+            )
+
+
+def _dispatch(
+    action: Action,
+    instance: InstanceRecord,
+    started: ExecutionStarted,
+    now: datetime,
+    ids: EpisodeIds,
+    activities: list[ActivityInvocation],
+    messages: list[OrchestrationMessage],
+) -> None:
+    """Add the work item or message that carries ``action`` out."""
+    execution_id = instance.execution_id
+    match action:
+        case ScheduleTask():
+            activities.append(
+                ActivityInvocation(
+                    instance.instance_id,
+                    execution_id,
+                    action.id,
+                    action.name,
+                    action.input,
+                    action.attempt,
+                )
+            )
+        case CreateTimer():
+            fired = TimerFired(timestamp=action.fire_at, timer_id=action.id, fire_at=action.fire_at)
+            messages.append(
+                OrchestrationMessage(
+                    instance.instance_id, fired, execution_id, visible_at=action.fire_at
+                )
+            )
+        case CreateSubOrchestration():
+            child_start = ExecutionStarted(
+                timestamp=now,
+                name=action.name,
+                instance_id=action.instance_id,
+                execution_id=ids.child_execution_ids[action.instance_id],
+                input=action.input,
+                parent=ParentInstance(
+                    instance_id=instance.instance_id,
+                    execution_id=execution_id,
+                    name=started.name,
+                    task_scheduled_id=action.id,
+                ),
+            )
+            messages.append(OrchestrationMessage(action.instance_id, child_start))
+        case SendEvent():
+            raised = EventRaised(timestamp=now, name=action.name, input=action.input)
+            messages.append(OrchestrationMessage(action.instance_id, raised))
+
+
+def _completed_event(completion: CompleteOrchestration, now: datetime) -> ExecutionCompleted:
+    status = completion.status
+    assert status != "CONTINUED_AS_NEW"
+    return ExecutionCompleted(
+        timestamp=now, status=status, result=completion.result, failure=completion.failure
+    )
+
+
+def _finished(
+    record: InstanceRecord, completion: CompleteOrchestration, now: datetime
+) -> InstanceRecord:
+    return dataclasses.replace(
+        record,
+        status=OrchestrationStatus(completion.status),
+        output=completion.result,
+        failure=completion.failure,
+        updated_at=now,
+    )
+
+
+def _continue_as_new(
+    record: InstanceRecord,
+    started: ExecutionStarted,
+    completion: CompleteOrchestration,
+    now: datetime,
+    ids: EpisodeIds,
+) -> tuple[InstanceRecord, list[HistoryEvent], list[OrchestrationMessage]]:
+    """The next execution: a fresh history, started by a message to the instance itself."""
+    execution_id = ids.next_execution_id
+    next_start = started.model_copy(
+        update={"timestamp": now, "execution_id": execution_id, "input": completion.result}
+    )
+    messages = [OrchestrationMessage(record.instance_id, next_start, execution_id)]
+    messages += [
+        OrchestrationMessage(record.instance_id, event, execution_id)
+        for event in completion.carryover_events
+    ]
+    next_record = dataclasses.replace(
+        record,
+        execution_id=execution_id,
+        status=OrchestrationStatus.CONTINUED_AS_NEW,
+        input=completion.result,
+        output=None,
+        failure=None,
+    )
+    return next_record, [], messages
+
+
+def _notify_parent(
+    started: ExecutionStarted, completion: CompleteOrchestration, now: datetime
+) -> list[OrchestrationMessage]:
+    parent = started.parent
+    if parent is None:
+        return []
+    event: HistoryEvent
+    if completion.status == "COMPLETED":
+        event = SubOrchestrationInstanceCompleted(
+            timestamp=now, task_scheduled_id=parent.task_scheduled_id, result=completion.result
+        )
+    else:
+        failure = completion.failure or FailureDetails(
+            error_type="OrchestrationTerminated",
+            message=f"sub-orchestration {started.instance_id!r} was terminated"
+            + (f": {completion.result}" if completion.result else ""),
+        )
+        event = SubOrchestrationInstanceFailed(
+            timestamp=now, task_scheduled_id=parent.task_scheduled_id, failure=failure
+        )
+    return [OrchestrationMessage(parent.instance_id, event, parent.execution_id)]
+
+
+def _terminate_children(
+    children: Sequence[str], completion: CompleteOrchestration, now: datetime
+) -> list[OrchestrationMessage]:
+    return [
+        OrchestrationMessage(child, ExecutionTerminated(timestamp=now, input=completion.result))
+        for child in children
+    ]

@@ -1,0 +1,302 @@
+"""Runs one orchestration episode: reuse or replay → apply → commit.
+
+Live executors stay in an LRU cache between episodes, keyed by instance and
+checked against the store's version: a hit replays nothing, so an episode
+costs the same at step 5,000 as at step 100. A miss (another worker
+committed, a restart, an eviction) rebuilds the executor from history once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._clock import Clock
+from ._episode import EpisodeIds, plan_consume_only, plan_episode, plan_failure
+from ._errors import ConflictError, NonDeterminismError, UnknownNameError
+from ._history import (
+    ExecutionStarted,
+    ExecutionTerminated,
+    FailureDetails,
+    HistoryEvent,
+    OrchestratorStarted,
+    SubOrchestrationInstanceFailed,
+)
+from ._registry import Registry
+from ._replay.actions import CreateSubOrchestration
+from ._replay.executor import OrchestrationExecutor, failure_from_exception
+from ._state import OrchestrationStatus
+from .storage._protocol import Store
+from .storage._records import (
+    EpisodeCommit,
+    InboxMessage,
+    InstanceRecord,
+    OrchestrationMessage,
+    OrchestrationWorkItem,
+)
+
+__all__ = ["ExecutorCache", "OrchestrationRunner"]
+
+log = logging.getLogger("durable_fx.worker")
+
+_AWAITING_START = (OrchestrationStatus.PENDING, OrchestrationStatus.CONTINUED_AS_NEW)
+
+
+@dataclass(slots=True)
+class CachedExecution:
+    """A live executor and the store version its state corresponds to."""
+
+    executor: OrchestrationExecutor
+    started: ExecutionStarted
+    version: str
+
+
+class ExecutorCache:
+    """Live executors by instance id, least recently used evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, CachedExecution] = OrderedDict()
+
+    def get(self, instance: InstanceRecord) -> CachedExecution | None:
+        """The entry for ``instance`` if nobody committed since it was cached."""
+        entry = self._entries.pop(instance.instance_id, None)
+        if entry is None:
+            return None
+        if entry.version != instance.version or entry.started.execution_id != instance.execution_id:
+            return None
+        self._entries[instance.instance_id] = entry
+        return entry
+
+    def put(self, instance_id: str, entry: CachedExecution) -> None:
+        """Keep ``entry``; evict the least recently used beyond capacity."""
+        self._entries[instance_id] = entry
+        self._entries.move_to_end(instance_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def evict(self, instance_id: str) -> None:
+        """Forget an instance (its state in the store moved on without us)."""
+        self._entries.pop(instance_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class _Episode:
+    """One locked work item being planned, and the time the episode runs at."""
+
+    item: OrchestrationWorkItem
+    now: datetime
+
+    @property
+    def instance(self) -> InstanceRecord:
+        return self.item.instance
+
+    @property
+    def consumed(self) -> list[str]:
+        return [m.message_id for m in self.item.messages]
+
+
+class OrchestrationRunner:
+    """Executes episodes for the orchestrators of one registry against one store."""
+
+    def __init__(
+        self, registry: Registry, store: Store, clock: Clock, cache: ExecutorCache
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._clock = clock
+        self._cache = cache
+
+    async def run(self, item: OrchestrationWorkItem) -> None:
+        """Run and commit one episode; on a conflict, drop it (the lock's new owner redoes it)."""
+        instance_id = item.instance.instance_id
+        try:
+            commit, entry = await self._plan(_Episode(item, self._clock.now()))
+            version = await self._store.commit_episode(item, commit)
+        except ConflictError:
+            self._cache.evict(instance_id)
+            log.info("episode for %s lost to another worker", instance_id)
+            return
+        except BaseException:
+            self._cache.evict(instance_id)
+            raise
+        if entry is not None and not commit.instance.status.is_terminal:
+            entry.version = version
+            self._cache.put(instance_id, entry)
+        else:
+            self._cache.evict(instance_id)
+
+    async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
+        instance = episode.instance
+        start = _pending_start(instance, episode.item.messages)
+        if start is not None:
+            return self._begin(episode, start)
+        refusals = self._refusals(episode)
+        if instance.status.is_terminal or instance.status in _AWAITING_START:
+            return plan_consume_only(
+                instance=instance, consumed=episode.consumed, messages=refusals
+            ), None
+        try:
+            cached = self._cache.get(instance)
+            entry = cached if cached is not None else await self._rebuild(instance)
+        except (UnknownNameError, NonDeterminismError) as error:
+            return self._fail(episode, None, error), None
+        events = _events_for(instance.execution_id, episode.item.messages)
+        commit, kept = self._advance(episode, instance, entry, events, reset_history=False)
+        if refusals:
+            commit = dataclasses.replace(commit, messages=[*commit.messages, *refusals])
+        return commit, kept
+
+    def _begin(
+        self, episode: _Episode, started: ExecutionStarted
+    ) -> tuple[EpisodeCommit, CachedExecution | None]:
+        """Start a new execution: a fresh instance, a continue-as-new, or a re-created one."""
+        instance = dataclasses.replace(
+            episode.instance,
+            name=started.name,
+            execution_id=started.execution_id,
+            input=started.input,
+            output=None,
+            failure=None,
+            custom_status=None,
+        )
+        if episode.instance.status.is_terminal:
+            instance = dataclasses.replace(instance, created_at=started.timestamp)
+        definition = self._registry.find_orchestrator(started.name)
+        if definition is None:
+            error = UnknownNameError(
+                "orchestrator", started.name, self._registry.orchestrator_names
+            )
+            renewed = dataclasses.replace(episode, item=_with(episode.item, instance))
+            failed = self._fail(renewed, started, error)
+            return dataclasses.replace(failed, reset_history=True), None
+        executor = OrchestrationExecutor(definition, started, registry=self._registry)
+        entry = CachedExecution(executor, started, "")
+        events: list[HistoryEvent] = [started]
+        events += _events_for(started.execution_id, episode.item.messages)
+        return self._advance(episode, instance, entry, events, reset_history=True)
+
+    def _advance(
+        self,
+        episode: _Episode,
+        instance: InstanceRecord,
+        entry: CachedExecution,
+        events: Sequence[HistoryEvent],
+        *,
+        reset_history: bool,
+    ) -> tuple[EpisodeCommit, CachedExecution | None]:
+        try:
+            output = entry.executor.apply([OrchestratorStarted(timestamp=episode.now), *events])
+        except NonDeterminismError as error:
+            return self._fail(episode, entry.started, error), None
+        terminate = next((e for e in events if isinstance(e, ExecutionTerminated)), None)
+        recurse = terminate is None or terminate.recurse
+        commit = plan_episode(
+            instance=instance,
+            started=entry.started,
+            output=output,
+            consumed=episode.consumed,
+            now=episode.now,
+            ids=EpisodeIds(
+                next_execution_id=uuid.uuid4().hex,
+                child_execution_ids={
+                    action.instance_id: uuid.uuid4().hex
+                    for action in output.actions
+                    if isinstance(action, CreateSubOrchestration)
+                },
+            ),
+            running_children=entry.executor.running_children if recurse else (),
+            reset_history=reset_history,
+        )
+        return commit, entry
+
+    async def _rebuild(self, instance: InstanceRecord) -> CachedExecution:
+        """Replay the stored history into a fresh executor (a cache miss)."""
+        history = await self._store.load_history(instance.instance_id)
+        started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
+        if started is None:
+            raise NonDeterminismError(
+                instance.instance_id, 0, "a history without ExecutionStarted", "a replay"
+            )
+        definition = self._registry.get_orchestrator(started.name)
+        executor = OrchestrationExecutor(definition, started, registry=self._registry)
+        executor.replay(history)
+        return CachedExecution(executor, started, instance.version)
+
+    def _fail(
+        self, episode: _Episode, started: ExecutionStarted | None, error: Exception
+    ) -> EpisodeCommit:
+        log.warning("orchestration %s failed: %s", episode.instance.instance_id, error)
+        return plan_failure(
+            instance=episode.instance,
+            started=started,
+            failure=failure_from_exception(error),
+            consumed=episode.consumed,
+            now=episode.now,
+        )
+
+    def _refusals(self, episode: _Episode) -> list[OrchestrationMessage]:
+        """Tell parents whose sub-orchestration start this instance cannot take."""
+        instance = episode.instance
+        replies = []
+        for message in episode.item.messages:
+            event = message.event
+            if not isinstance(event, ExecutionStarted) or event.parent is None:
+                continue
+            if event.execution_id == instance.execution_id:
+                continue  # a redelivered copy of the start that is already running
+            failure = FailureDetails(
+                error_type="InstanceExistsError",
+                message=f"instance {event.instance_id!r} is already {instance.status.value}",
+                non_retriable=True,
+            )
+            reply = SubOrchestrationInstanceFailed(
+                timestamp=episode.now,
+                task_scheduled_id=event.parent.task_scheduled_id,
+                failure=failure,
+            )
+            replies.append(
+                OrchestrationMessage(event.parent.instance_id, reply, event.parent.execution_id)
+            )
+        return replies
+
+
+def _pending_start(
+    instance: InstanceRecord, messages: Sequence[InboxMessage]
+) -> ExecutionStarted | None:
+    """The start message that begins a new execution now, if one is pending.
+
+    Either the instance awaits exactly this execution (new instance,
+    continue-as-new) or it has finished and a new start re-creates it.
+    """
+    for message in messages:
+        event = message.event
+        if not isinstance(event, ExecutionStarted):
+            continue
+        same_execution = event.execution_id == instance.execution_id
+        if same_execution and instance.status in _AWAITING_START:
+            return event
+        if not same_execution and instance.status.is_terminal:
+            return event
+    return None
+
+
+def _events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[HistoryEvent]:
+    """Events addressed to this execution (or to whichever is current), in arrival order."""
+    return [
+        m.event
+        for m in messages
+        if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
+    ]
+
+
+def _with(item: OrchestrationWorkItem, instance: InstanceRecord) -> OrchestrationWorkItem:
+    return dataclasses.replace(item, instance=instance)

@@ -1,0 +1,1 @@
+"""The pure replay engine: tasks, the orchestration context, and the executor."""

@@ -1,0 +1,81 @@
+"""Actions: what an orchestrator asks the runtime to do, one per episode step.
+
+They mirror ``OrchestratorAction`` of the Durable Task protobuf. Each carries
+the sequence ``id`` that the matching history event (``TaskScheduled``,
+``TimerCreated``, ...) records as its ``event_id``, which is how replay pairs
+code with history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from .._history import FailureDetails, HistoryEvent
+
+__all__ = [
+    "Action",
+    "CompleteOrchestration",
+    "CreateSubOrchestration",
+    "CreateTimer",
+    "ScheduleTask",
+    "SendEvent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTask:
+    id: int
+    name: str
+    input: str | None
+    attempt: int = 1
+
+    def describe(self) -> str:
+        return f"call_activity({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTimer:
+    id: int
+    fire_at: datetime
+    purpose: Literal["timer", "retry", "event-timeout"] = "timer"
+
+    def describe(self) -> str:
+        return f"create_timer({self.fire_at.isoformat()})"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSubOrchestration:
+    id: int
+    name: str
+    instance_id: str
+    input: str | None
+
+    def describe(self) -> str:
+        return f"call_sub_orchestrator({self.name!r}, instance_id={self.instance_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    id: int
+    instance_id: str
+    name: str
+    input: str | None
+
+    def describe(self) -> str:
+        return f"send_event({self.instance_id!r}, {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteOrchestration:
+    """The orchestration finished (or continues as new)."""
+
+    status: Literal["COMPLETED", "FAILED", "TERMINATED", "CONTINUED_AS_NEW"]
+    result: str | None = None
+    failure: FailureDetails | None = None
+    carryover_events: list[HistoryEvent] = field(default_factory=list)
+
+
+Action = ScheduleTask | CreateTimer | CreateSubOrchestration | SendEvent
+"""An action that schedules work and appears in history under its ``id``."""

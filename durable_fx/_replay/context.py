@@ -1,0 +1,409 @@
+"""OrchestrationContext: the API an orchestrator calls, and the state replay keeps.
+
+Every call that schedules work (an activity, a timer, a sub-orchestration, an
+event sent) takes the next sequence number and records an action under it.
+The executor pairs each action with the history event of the same number and
+later completes the task when the matching result event is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from .._errors import EventTimeoutError, SerializationError, TaskFailedError
+from .._history import (
+    EventRaised,
+    FailureDetails,
+    HistoryEvent,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
+    TaskCompleted,
+    TaskFailed,
+)
+from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
+from .._registry import Registry, definition_of, name_of
+from .._retry import RetryPolicy
+from .._serialization import PayloadCodec, encode
+from .actions import (
+    Action,
+    CompleteOrchestration,
+    CreateSubOrchestration,
+    CreateTimer,
+    ScheduleTask,
+    SendEvent,
+)
+from .tasks import CompletableTask, Task
+
+__all__ = ["OrchestrationContext"]
+
+T = TypeVar("T")
+ResultHandler = Callable[[HistoryEvent], None]
+
+_PLAIN: PayloadCodec[Any] = PayloadCodec(Any)
+_UUID_NAMESPACE = uuid.UUID("9e0f6a3c-5d1e-4f7b-8a2c-3b4d5e6f7a8b")
+
+
+@dataclass(slots=True)
+class _EventWaiter:
+    task: CompletableTask[Any]
+    codec: PayloadCodec[Any]
+    name: str
+
+
+class OrchestrationContext:
+    """What an orchestrator receives as ``ctx``.
+
+    Everything here is deterministic: the same history yields the same
+    values, so orchestrators must use it instead of the clock, ``uuid4`` or
+    I/O.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        execution_id: str,
+        name: str,
+        registry: Registry | None,
+        started_at: datetime,
+    ) -> None:
+        self._instance_id = instance_id
+        self._execution_id = execution_id
+        self._name = name
+        self._registry = registry
+        self._now = started_at
+        self._input: Any = None
+        self._is_replaying = False
+        self._sequence = 0
+        self._uuid_counter = 0
+        self._arrivals = 0
+        self._pending_actions: dict[int, Action] = {}
+        self._result_handlers: dict[int, ResultHandler] = {}
+        self._children: dict[int, str] = {}
+        self._buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
+        self._waiters: dict[str, deque[_EventWaiter]] = {}
+        self._codecs: dict[Any, PayloadCodec[Any]] = {}
+        self._custom_status: str | None = None
+        self._completion: CompleteOrchestration | None = None
+        self._logger = _ReplaySafeLogger(
+            logging.getLogger(f"durable_fx.orchestration.{name}"), self
+        )
+
+    # -- what the orchestrator reads --------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id."""
+        return self._instance_id
+
+    @property
+    def execution_id(self) -> str:
+        """This execution's id (a new one after each continue-as-new or restart)."""
+        return self._execution_id
+
+    @property
+    def name(self) -> str:
+        """The orchestrator's registered name."""
+        return self._name
+
+    @property
+    def input(self) -> Any:
+        """The orchestration's input, decoded into the declared type."""
+        return self._input
+
+    @property
+    def current_utc_datetime(self) -> datetime:
+        """The time this episode started; the same value on every replay."""
+        return self._now
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-runs steps already in the history."""
+        return self._is_replaying
+
+    @property
+    def custom_status(self) -> Any:
+        """The last value given to ``set_custom_status`` (decoded JSON)."""
+        return _PLAIN.decode(self._custom_status)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that stays silent during replay, so each line is logged once."""
+        return self._logger
+
+    def new_uuid(self) -> uuid.UUID:
+        """A UUID that is new for each call but the same on every replay."""
+        self._uuid_counter += 1
+        seed = (
+            f"{self._instance_id}|{self._execution_id}|{self._now.isoformat()}|{self._uuid_counter}"
+        )
+        return uuid.uuid5(_UUID_NAMESPACE, seed)
+
+    # -- scheduling work ---------------------------------------------------------
+
+    def call_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[Any]:
+        """Schedule an activity; yielding the task returns its result.
+
+        The result is rebuilt into the activity's declared return type when
+        the activity is known (passed as a function, or registered here).
+        """
+        name = name_of(activity)
+        codec = self._result_codec(activity, name, "activity")
+        payload = encode(input)
+
+        def start(attempt: int, on_result: ResultHandler) -> None:
+            self._record(ScheduleTask(self._next_id(), name, payload, attempt), on_result)
+
+        return self._run_with_retry(name, codec, start, retry)
+
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[Any]:
+        """Start a child orchestration; yielding the task returns its output."""
+        name = name_of(orchestrator)
+        codec = self._result_codec(orchestrator, name, "orchestrator")
+        payload = encode(input)
+        if instance_id is not None:
+            validate_instance_id(instance_id)
+
+        def start(attempt: int, on_result: ResultHandler) -> None:
+            action_id = self._next_id()
+            child_id = instance_id or self._child_instance_id(action_id)
+            self._children[action_id] = child_id
+            self._record(CreateSubOrchestration(action_id, name, child_id, payload), on_result)
+
+        return self._run_with_retry(name, codec, start, retry)
+
+    def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
+        """A task that completes at ``fire_at`` (or after a delay), surviving restarts."""
+        when = self._now + fire_at if isinstance(fire_at, timedelta) else fire_at
+        if when.tzinfo is None:
+            raise ValueError("create_timer needs a timezone-aware datetime (use UTC)")
+        task: CompletableTask[None] = CompletableTask()
+        self._create_timer(when, "timer", lambda _event: task.complete(None))
+        return task
+
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | None = None,
+        result_type: type[T] | None = None,
+    ) -> Task[Any]:
+        """A task that completes with the next event raised under ``name``.
+
+        Events raised before the wait are kept, in order, until waited for.
+        With ``timeout``, yielding the task raises ``EventTimeoutError`` if
+        nothing arrives in time. Names are case-insensitive.
+        """
+        key = name.casefold()
+        waiter = _EventWaiter(CompletableTask(), self._codec_for(result_type), name)
+        buffered = self._buffered_events.get(key)
+        if buffered:
+            _order, _name, payload = buffered.popleft()
+            self._deliver(waiter, payload)
+            return waiter.task
+        self._waiters.setdefault(key, deque()).append(waiter)
+        if timeout is not None:
+            seconds = timeout.total_seconds()
+
+            def on_timeout(_event: HistoryEvent) -> None:
+                if waiter.task.is_complete:
+                    return
+                self._waiters[key].remove(waiter)
+                waiter.task.fail(EventTimeoutError(name, seconds))
+
+            self._create_timer(self._now + timeout, "event-timeout", on_timeout)
+        return waiter.task
+
+    def send_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Raise event ``name`` on another instance (fire and forget)."""
+        validate_instance_id(instance_id)
+        self._record(SendEvent(self._next_id(), instance_id, name, encode(data)), None)
+
+    def set_custom_status(self, value: Any) -> None:
+        """Publish a JSON value that clients see as the instance's custom status."""
+        self._custom_status = encode(value)
+
+    def continue_as_new(self, input: Any = None, *, keep_events: bool = True) -> None:
+        """Finish this execution and start a fresh one with ``input`` and an empty history.
+
+        With ``keep_events``, events received but not yet waited for are
+        carried over to the new execution. The orchestrator should return
+        right after calling this.
+        """
+        carryover: list[HistoryEvent] = []
+        if keep_events:
+            pending = sorted(item for queue in self._buffered_events.values() for item in queue)
+            carryover = [
+                EventRaised(timestamp=self._now, name=name, input=payload)
+                for _order, name, payload in pending
+            ]
+        self._complete(
+            CompleteOrchestration("CONTINUED_AS_NEW", encode(input), carryover_events=carryover)
+        )
+
+    # -- used by the executor -----------------------------------------------------
+
+    def _next_id(self) -> int:
+        action_id = self._sequence
+        self._sequence += 1
+        return action_id
+
+    def _record(self, action: Action, on_result: ResultHandler | None) -> None:
+        self._pending_actions[action.id] = action
+        if on_result is not None:
+            self._result_handlers[action.id] = on_result
+
+    def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> None:
+        self._record(CreateTimer(self._next_id(), fire_at, purpose), on_fired)
+
+    def _complete(self, completion: CompleteOrchestration) -> None:
+        if self._completion is None:
+            self._completion = completion
+
+    def _receive_event(self, name: str, payload: str | None) -> None:
+        key = name.casefold()
+        waiters = self._waiters.get(key)
+        if waiters:
+            self._deliver(waiters.popleft(), payload)
+            return
+        self._arrivals += 1
+        self._buffered_events.setdefault(key, deque()).append((self._arrivals, name, payload))
+
+    def _deliver(self, waiter: _EventWaiter, payload: str | None) -> None:
+        try:
+            waiter.task.complete(waiter.codec.decode(payload))
+        except SerializationError as error:
+            waiter.task.fail(
+                TaskFailedError(f"event {waiter.name!r}", "SerializationError", str(error))
+            )
+
+    def _run_with_retry(
+        self,
+        name: str,
+        codec: PayloadCodec[Any],
+        start: Callable[[int, ResultHandler], None],
+        retry: RetryPolicy | None,
+    ) -> Task[Any]:
+        task: CompletableTask[Any] = CompletableTask()
+        _Attempts(self, task, name, codec, start, retry).begin()
+        return task
+
+    def _result_codec(
+        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str
+    ) -> PayloadCodec[Any]:
+        definition = definition_of(fn_or_name)
+        if definition is None and self._registry is not None:
+            definition = (
+                self._registry.find_activity(name)
+                if kind == "activity"
+                else self._registry.find_orchestrator(name)
+            )
+        if definition is not None and definition.kind != kind:
+            raise TypeError(f"{name!r} is registered as an {definition.kind}, not an {kind}")
+        return definition.output_codec if definition is not None else _PLAIN
+
+    def _codec_for(self, result_type: Any) -> PayloadCodec[Any]:
+        if result_type is None:
+            return _PLAIN
+        codec = self._codecs.get(result_type)
+        if codec is None:
+            codec = self._codecs[result_type] = PayloadCodec(result_type)
+        return codec
+
+    def _child_instance_id(self, action_id: int) -> str:
+        child = f"{self._instance_id}:{action_id}"
+        return child if len(child) <= MAX_INSTANCE_ID_LENGTH else self.new_uuid().hex
+
+
+class _Attempts:
+    """Runs one task's attempts: on failure, waits a durable timer and tries again."""
+
+    def __init__(
+        self,
+        ctx: OrchestrationContext,
+        task: CompletableTask[Any],
+        name: str,
+        codec: PayloadCodec[Any],
+        start: Callable[[int, ResultHandler], None],
+        retry: RetryPolicy | None,
+    ) -> None:
+        self._ctx = ctx
+        self._task = task
+        self._name = name
+        self._codec = codec
+        self._start = start
+        self._retry = retry
+        self._attempt = 1
+        self._first_started = ctx.current_utc_datetime
+
+    def begin(self) -> None:
+        self._start(self._attempt, self._on_result)
+
+    def _on_result(self, event: HistoryEvent) -> None:
+        if isinstance(event, TaskCompleted | SubOrchestrationInstanceCompleted):
+            try:
+                self._task.complete(self._codec.decode(event.result))
+            except SerializationError as error:
+                self._task.fail(TaskFailedError(self._name, "SerializationError", str(error)))
+            return
+        assert isinstance(event, TaskFailed | SubOrchestrationInstanceFailed)
+        failed = _task_failed(self._name, event.failure)
+        delay = self._next_delay(failed, event.failure)
+        if delay is None:
+            self._task.fail(failed)
+            return
+        fire_at = self._ctx.current_utc_datetime + delay
+        self._ctx._create_timer(fire_at, "retry", self._on_retry_timer)
+
+    def _next_delay(self, error: TaskFailedError, failure: FailureDetails) -> timedelta | None:
+        if self._retry is None or failure.non_retriable:
+            return None
+        elapsed = self._ctx.current_utc_datetime - self._first_started
+        return self._retry.next_delay(self._attempt, error, elapsed)
+
+    def _on_retry_timer(self, _event: HistoryEvent) -> None:
+        self._attempt += 1
+        self._start(self._attempt, self._on_result)
+
+
+def _task_failed(name: str, failure: FailureDetails) -> TaskFailedError:
+    return TaskFailedError(name, failure.error_type, failure.message, failure.stack_trace)
+
+
+class _ReplaySafeLogger(logging.LoggerAdapter[logging.Logger]):
+    """Drops records while replaying and tags the rest with the instance id."""
+
+    def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
+        super().__init__(logger, {})
+        self._ctx = ctx
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._ctx.is_replaying:
+            super().log(level, msg, *args, **kwargs)
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("instance_id", self._ctx.instance_id)
+        kwargs["extra"] = extra
+        return msg, kwargs

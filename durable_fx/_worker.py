@@ -1,0 +1,399 @@
+"""The worker: pulls episodes and activities from a store and runs them.
+
+Two fetch loops (orchestrations, activities) lock work in batches up to their
+free concurrency, run each item as an asyncio task, and sleep with back-off
+when there is nothing to do. A local enqueue wakes them at once; work from
+other processes is found by the next poll. Activity results are written in
+batches, one store call per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+from ._activity_runner import ActivityRunner
+from ._clock import Clock, SystemClock
+from ._orchestration_runner import ExecutorCache, OrchestrationRunner
+from ._registry import Registry
+from .storage import open_store
+from .storage._protocol import Store
+from .storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("durable_fx.worker")
+
+T = TypeVar("T")
+
+_MIN_POLL = 0.005
+_RETRY_AFTER_ERROR = timedelta(seconds=1)
+
+
+class HasRegistry(Protocol):
+    """Anything that carries a registry (``DurableApp`` does)."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+
+def registry_of(app: Registry | HasRegistry) -> Registry:
+    """The registry of an app, or the registry itself."""
+    return app if isinstance(app, Registry) else app.registry
+
+
+class Worker:
+    """Runs the orchestrators and activities of ``app`` against ``store``.
+
+    Use it as a context manager (``with Worker(app, store):`` runs it on a
+    background thread; ``async with`` runs it on the current loop), or call
+    ``start()``/``stop()``, or ``await run()``.
+
+    Args:
+        app: A ``Registry`` (or an app that has one) defining the code to run.
+        store: A ``Store`` or a store URL (default: ``default_store_url()``).
+        max_concurrent_episodes: Orchestration episodes in flight at once.
+        max_concurrent_activities: Activities in flight at once.
+        activity_threads: Threads for synchronous activities.
+        lease: How long locked work stays ours before others may take it.
+        max_poll_interval: Longest sleep between polls when idle, in seconds.
+        cache_size: Live orchestrations kept in memory between episodes.
+        shutdown_grace: Seconds ``stop()`` waits for in-flight work before releasing it.
+    """
+
+    def __init__(
+        self,
+        app: Registry | HasRegistry,
+        store: Store | str | None = None,
+        *,
+        clock: Clock | None = None,
+        max_concurrent_episodes: int = 32,
+        max_concurrent_activities: int = 64,
+        activity_threads: int = 16,
+        lease: timedelta = timedelta(seconds=60),
+        max_poll_interval: float = 1.0,
+        cache_size: int = 10_000,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
+        self._owns_store = not isinstance(store, Store)
+        self._registry = registry_of(app)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._max_episodes = max_concurrent_episodes
+        self._max_activities = max_concurrent_activities
+        self._lease = lease
+        self._max_poll = max_poll_interval
+        self._grace = shutdown_grace
+        self._threads = ThreadPoolExecutor(
+            activity_threads, thread_name_prefix="durable-fx-activity"
+        )
+        self._cache = ExecutorCache(cache_size)
+        self._orchestrations = OrchestrationRunner(
+            self._registry, self._store, self._clock, self._cache
+        )
+        self._activities = ActivityRunner(self._registry, self._clock, self._threads)
+        self._episodes: set[asyncio.Task[None]] = set()
+        self._activity_tasks: set[asyncio.Task[None]] = set()
+        self._results: list[ActivityResult] = []
+        self._activities_held = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._results_ready = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_ready = threading.Event()
+        self._thread_error: BaseException | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store this worker runs against."""
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        """The orchestrators and activities this worker runs."""
+        return self._registry
+
+    # -- async lifecycle --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``stop()`` (or cancellation), then shut down gracefully."""
+        self._prepare()
+        await self._serve()
+
+    def _prepare(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._results_ready = asyncio.Event()
+
+    async def _serve(self) -> None:
+        assert self._stopping is not None
+        loops = [
+            asyncio.create_task(self._fetch_loop(self._fetch_episodes), name="durable-fx-episodes"),
+            asyncio.create_task(
+                self._fetch_loop(self._fetch_activities), name="durable-fx-activities"
+            ),
+            asyncio.create_task(self._flush_results_loop(), name="durable-fx-results"),
+        ]
+        self._thread_ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            self._stopping.set()
+            await self._shutdown(loops)
+
+    def request_stop(self) -> None:
+        """Ask a running worker to stop; safe from any thread."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+
+    async def __aenter__(self) -> Self:
+        self._prepare()
+        self._run_task = asyncio.create_task(self._serve())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.request_stop()
+        if self._run_task is not None:
+            await self._run_task
+
+    # -- sync lifecycle (background thread) ------------------------------------------------
+
+    def start(self) -> None:
+        """Run the worker on a background thread until ``stop()``."""
+        if self._thread is not None:
+            raise RuntimeError("this worker is already started")
+        self._thread = threading.Thread(
+            target=self._thread_main, name="durable-fx-worker", daemon=True
+        )
+        self._thread.start()
+        self._thread_ready.wait()
+        if self._thread_error is not None:
+            raise self._thread_error
+
+    def stop(self) -> None:
+        """Stop the background thread: finish in-flight work (or release it), then return."""
+        if self._thread is None:
+            return
+        self.request_stop()
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.run())
+        except BaseException as error:  # surfaced to start() if it happens before ready
+            self._thread_error = error
+            log.exception("worker stopped with an error")
+        finally:
+            self._thread_ready.set()
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def _fetch_loop(self, fetch: Callable[[], Awaitable[LockBatch[Any] | None]]) -> None:
+        """Fetch until stopping; back off exponentially while there is nothing to do."""
+        assert self._stopping is not None
+        delay = _MIN_POLL
+        while not self._stopping.is_set():
+            try:
+                batch = await fetch()
+            except Exception:
+                log.exception("fetching work failed; retrying")
+                batch = LockBatch(items=[])
+                delay = self._max_poll
+            if batch is None:  # no free slot: wait for one to free up
+                await self._sleep(self._max_poll, use_store=False)
+                continue
+            if batch.items:
+                delay = _MIN_POLL
+                continue
+            timeout = delay
+            if batch.next_due is not None:
+                due_in = (batch.next_due - self._clock.now()).total_seconds()
+                timeout = max(0.0, min(timeout, due_in))
+            await self._sleep(timeout, use_store=True)
+            delay = min(delay * 2, self._max_poll)
+
+    async def _sleep(self, timeout: float, *, use_store: bool) -> None:
+        """Sleep until ``timeout``, a local wake-up, or stop."""
+        assert self._stopping is not None and self._wake is not None
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        if use_store:
+            waits.append(asyncio.ensure_future(self._store.wait_for_work(timeout)))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        self._wake.clear()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _fetch_episodes(self) -> LockBatch[OrchestrationWorkItem] | None:
+        free = self._max_episodes - len(self._episodes)
+        if free <= 0:
+            return None
+        batch = await self._store.lock_orchestrations(
+            owner=self._owner, limit=free, lease=self._lease
+        )
+        for item in batch.items:
+            self._spawn(self._episodes, self._run_episode(item))
+        return batch
+
+    async def _fetch_activities(self) -> LockBatch[ActivityWorkItem] | None:
+        free = self._max_activities - self._activities_held
+        if free <= 0:
+            return None
+        batch = await self._store.lock_activities(owner=self._owner, limit=free, lease=self._lease)
+        for item in batch.items:
+            self._activities_held += 1
+            self._spawn(self._activity_tasks, self._run_activity(item))
+        return batch
+
+    def _spawn(self, tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            tasks.discard(finished)
+            self._poke()
+
+        task.add_done_callback(done)
+
+    # -- running work -----------------------------------------------------------------------
+
+    async def _run_episode(self, item: OrchestrationWorkItem) -> None:
+        try:
+            await self._orchestrations.run(item)
+        except asyncio.CancelledError:
+            await self._release_episode(item, "the worker stopped", timedelta(0))
+            raise
+        except Exception as error:
+            log.exception("episode for %s failed; it will be retried", item.instance.instance_id)
+            await self._release_episode(
+                item, f"{type(error).__name__}: {error}", _RETRY_AFTER_ERROR
+            )
+
+    async def _release_episode(
+        self, item: OrchestrationWorkItem, reason: str, after: timedelta
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await self._store.abandon_orchestration(item, reason=reason, retry_after=after)
+
+    async def _run_activity(self, item: ActivityWorkItem) -> None:
+        try:
+            result = await self._with_lease_renewal(item, self._activities.run(item))
+        except asyncio.CancelledError:
+            self._activities_held -= 1
+            with contextlib.suppress(Exception):
+                await self._store.abandon_activity(
+                    item, reason="the worker stopped", retry_after=timedelta(0)
+                )
+            raise
+        except Exception as error:
+            self._activities_held -= 1
+            log.exception("activity %s could not be run", item.invocation.name)
+            with contextlib.suppress(Exception):
+                await self._store.abandon_activity(
+                    item, reason=f"{type(error).__name__}: {error}", retry_after=_RETRY_AFTER_ERROR
+                )
+            return
+        self._results.append(result)
+        self._poke_results()
+
+    async def _with_lease_renewal(self, item: ActivityWorkItem, work: Awaitable[T]) -> T:
+        """Await ``work``, renewing the item's lease while it runs long."""
+        task = asyncio.ensure_future(work)
+        interval = self._lease.total_seconds() / 3
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return task.result()
+            try:
+                await self._store.renew_activity_lease(item, self._lease)
+            except Exception:
+                log.warning("could not renew the lease of activity %s", item.invocation.name)
+
+    # -- writing results ----------------------------------------------------------------------
+
+    def _poke_results(self) -> None:
+        self._results_ready.set()
+
+    async def _flush_results_loop(self) -> None:
+        """Write finished activity results in batches: one store call per batch."""
+        assert self._stopping is not None
+        while not (self._stopping.is_set() and not self._results and not self._activity_tasks):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._results_ready.wait(), timeout=self._max_poll)
+            self._results_ready.clear()
+            await self._flush_results()
+
+    async def _flush_results(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        try:
+            await self._store.complete_activities(batch)
+        except Exception:
+            log.exception("writing %d activity results failed; they will run again", len(batch))
+            for result in batch:
+                with contextlib.suppress(Exception):
+                    await self._store.abandon_activity(
+                        result.item,
+                        reason="could not record the result",
+                        retry_after=_RETRY_AFTER_ERROR,
+                    )
+        finally:
+            self._activities_held -= len(batch)
+            self._poke()
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        fetchers, flusher = loops[:2], loops[2]
+        for task in fetchers:
+            task.cancel()
+        await asyncio.gather(*fetchers, return_exceptions=True)
+        in_flight = self._episodes | self._activity_tasks
+        if in_flight:
+            _, pending = await asyncio.wait(in_flight, timeout=self._grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._poke_results()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await self._flush_results()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._owns_store:
+            await self._store.close()
