@@ -88,8 +88,12 @@ class Store(Protocol):
         """The current execution's history, oldest first (empty if none)."""
         ...
 
-    async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> None:
-        """Persist one episode atomically and release the lock.
+    async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> str:
+        """Persist one episode atomically, release the lock, and return the new version.
+
+        The worker keeps the returned version with its cached replay state:
+        the next lock handing out the same version proves nobody else
+        committed in between, so the cached state is still current.
 
         Raises ``ConflictError`` if the instance changed since ``item`` was
         locked (another worker committed, or the lease was lost).
