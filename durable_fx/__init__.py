@@ -29,6 +29,7 @@ from ._ids import validate_instance_id
 from ._registry import ActivityContext, Registry
 from ._replay.context import OrchestrationContext
 from ._replay.tasks import Task, when_all, when_any
+from ._replayer import ReplayResult, Replayer, history_from_json, history_to_json
 from ._retry import RetryPolicy
 from ._state import OrchestrationState, OrchestrationStatus
 from ._worker import Worker
@@ -55,6 +56,8 @@ __all__ = [
     "OrchestrationStatus",
     "QueryResult",
     "Registry",
+    "ReplayResult",
+    "Replayer",
     "RetryPolicy",
     "SerializationError",
     "Store",
@@ -64,6 +67,8 @@ __all__ = [
     "TaskFailedError",
     "UnknownNameError",
     "Worker",
+    "history_from_json",
+    "history_to_json",
     "open_store",
     "validate_instance_id",
     "when_all",

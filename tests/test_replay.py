@@ -1,0 +1,318 @@
+"""The replay engine on hand-built histories, through the public Replayer (no store)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from durable_fx import (
+    EventTimeoutError,
+    NonDeterminismError,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Registry,
+    Replayer,
+    RetryPolicy,
+    TaskFailedError,
+    history_from_json,
+    history_to_json,
+    when_all,
+)
+from durable_fx._history import (
+    EventRaised,
+    ExecutionResumed,
+    ExecutionStarted,
+    ExecutionSuspended,
+    FailureDetails,
+    HistoryEvent,
+    OrchestratorStarted,
+    TaskCompleted,
+    TaskFailed,
+    TaskScheduled,
+    TimerCreated,
+    TimerFired,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class History:
+    """Builds a history the way the runtime would record it."""
+
+    def __init__(self, name: str, input: str | None = None) -> None:
+        self.events: list[HistoryEvent] = [
+            OrchestratorStarted(timestamp=T0),
+            ExecutionStarted(
+                timestamp=T0, name=name, instance_id="i1", execution_id="e1", input=input
+            ),
+        ]
+        self.now = T0
+
+    def episode(self, seconds: float = 1.0) -> History:
+        self.now += timedelta(seconds=seconds)
+        self.events.append(OrchestratorStarted(timestamp=self.now))
+        return self
+
+    def scheduled(self, task_id: int, name: str) -> History:
+        self.events.append(TaskScheduled(event_id=task_id, timestamp=self.now, name=name))
+        return self
+
+    def completed(self, task_id: int, result: str) -> History:
+        self.events.append(
+            TaskCompleted(timestamp=self.now, task_scheduled_id=task_id, result=result)
+        )
+        return self
+
+    def failed(self, task_id: int, message: str) -> History:
+        failure = FailureDetails(error_type="ValueError", message=message)
+        self.events.append(TaskFailed(timestamp=self.now, task_scheduled_id=task_id, failure=failure))
+        return self
+
+    def timer(self, timer_id: int, fire_at: datetime, purpose: Any = "timer") -> History:
+        self.events.append(
+            TimerCreated(event_id=timer_id, timestamp=self.now, fire_at=fire_at, purpose=purpose)
+        )
+        return self
+
+    def fired(self, timer_id: int, fire_at: datetime) -> History:
+        self.events.append(TimerFired(timestamp=self.now, timer_id=timer_id, fire_at=fire_at))
+        return self
+
+    def event(self, name: str, data: str) -> History:
+        self.events.append(EventRaised(timestamp=self.now, name=name, input=data))
+        return self
+
+    def then(self, event: HistoryEvent) -> History:
+        self.events.append(event)
+        return self
+
+
+@pytest.fixture
+def registry() -> Registry:
+    registry = Registry()
+
+    @registry.activity()
+    def greet(name: str) -> str:
+        return f"hi {name}"
+
+    @registry.activity()
+    def shout(name: str) -> str:
+        return name.upper()
+
+    return registry
+
+
+def test_a_complete_history_replays_to_its_output(registry: Registry) -> None:
+    @registry.orchestrator()
+    def hello(ctx: OrchestrationContext, names: list[str]) -> Iterator[Any]:
+        greetings = []
+        for name in names:
+            greetings.append((yield ctx.call_activity("greet", name)))
+        return greetings
+
+    history = (
+        History("hello", '["a","b"]')
+        .scheduled(0, "greet")
+        .episode()
+        .completed(0, '"hi a"')
+        .scheduled(1, "greet")
+        .episode()
+        .completed(1, '"hi b"')
+    )
+    result = Replayer(registry).replay(history.events)
+    assert result.status is OrchestrationStatus.COMPLETED
+    assert result.output == ["hi a", "hi b"]
+    assert result.pending == []
+
+
+def test_a_history_cut_at_a_wait_leaves_the_code_running(registry: Registry) -> None:
+    @registry.orchestrator()
+    def waits(ctx: OrchestrationContext) -> Iterator[Any]:
+        first = yield ctx.call_activity("greet", "x")
+        second = yield ctx.wait_for_event("go")
+        return [first, second]
+
+    history = History("waits").scheduled(0, "greet").episode().completed(0, '"hi x"')
+    result = Replayer(registry).replay(history.events)
+    assert result.status is OrchestrationStatus.RUNNING
+    assert result.pending == []
+
+
+def test_another_activity_at_a_recorded_step_is_non_determinism(registry: Registry) -> None:
+    @registry.orchestrator()
+    def changed(ctx: OrchestrationContext) -> Iterator[Any]:
+        yield ctx.call_activity("shout", "x")
+
+    history = History("changed").scheduled(0, "greet")
+    with pytest.raises(NonDeterminismError) as caught:
+        Replayer(registry).replay(history.events)
+    error = caught.value
+    assert error.sequence == 0
+    assert "TaskScheduled('greet')" in error.recorded
+    assert "call_activity('shout')" in error.produced
+    assert "not deterministic" in str(error)
+
+
+def test_another_action_kind_at_a_recorded_step_is_non_determinism(registry: Registry) -> None:
+    @registry.orchestrator()
+    def changed(ctx: OrchestrationContext) -> Iterator[Any]:
+        yield ctx.create_timer(timedelta(seconds=5))
+
+    history = History("changed").scheduled(0, "greet")
+    with pytest.raises(NonDeterminismError, match="create_timer"):
+        Replayer(registry).replay(history.events)
+
+
+def test_a_recorded_step_the_code_no_longer_takes_is_non_determinism(registry: Registry) -> None:
+    @registry.orchestrator()
+    def shorter(ctx: OrchestrationContext) -> Iterator[Any]:
+        yield ctx.call_activity("greet", "x")
+        return "done"
+
+    history = (
+        History("shorter")
+        .scheduled(0, "greet")
+        .episode()
+        .completed(0, '"hi x"')
+        .scheduled(1, "greet")
+    )
+    with pytest.raises(NonDeterminismError, match="no action at that step"):
+        Replayer(registry).replay(history.events)
+
+
+def test_new_steps_beyond_the_history_are_pending_not_errors(registry: Registry) -> None:
+    @registry.orchestrator()
+    def longer(ctx: OrchestrationContext) -> Iterator[Any]:
+        yield when_all([ctx.call_activity("greet", "a"), ctx.call_activity("shout", "b")])
+
+    history = History("longer").scheduled(0, "greet")
+    result = Replayer(registry).replay(history.events)
+    assert result.status is OrchestrationStatus.RUNNING
+    assert result.pending == ["call_activity('shout')"]
+
+
+def test_a_failed_activity_raises_at_the_yield_and_can_be_caught(registry: Registry) -> None:
+    @registry.orchestrator()
+    def careful(ctx: OrchestrationContext) -> Iterator[Any]:
+        try:
+            yield ctx.call_activity("greet", "x")
+        except TaskFailedError as error:
+            return f"{error.error_type}: {error.message}"
+
+    history = History("careful").scheduled(0, "greet").episode().failed(0, "smtp down")
+    result = Replayer(registry).replay(history.events)
+    assert result.output == "ValueError: smtp down"
+
+
+def test_retry_waits_are_timers_in_the_history(registry: Registry) -> None:
+    policy = RetryPolicy(first_interval=timedelta(seconds=5), backoff=2.0, max_attempts=3)
+
+    @registry.orchestrator()
+    def retried(ctx: OrchestrationContext) -> Iterator[Any]:
+        return (yield ctx.call_activity("greet", "x", retry=policy))
+
+    history = History("retried").scheduled(0, "greet").episode().failed(0, "blip")
+    # The first failure asks for a 5 s retry timer at the next sequence number.
+    assert Replayer(registry).replay(history.events).pending == [
+        f"create_timer({(history.now + timedelta(seconds=5)).isoformat()})"
+    ]
+    fire_at = history.now + timedelta(seconds=5)
+    history.timer(1, fire_at, "retry").episode(5).fired(1, fire_at).scheduled(2, "greet")
+    history.episode().completed(2, '"hi x"')
+    result = Replayer(registry).replay(history.events)
+    assert result.status is OrchestrationStatus.COMPLETED
+    assert result.output == "hi x"
+
+
+def test_exhausted_retries_fail_with_the_last_error(registry: Registry) -> None:
+    policy = RetryPolicy(first_interval=timedelta(seconds=1), max_attempts=2)
+
+    @registry.orchestrator()
+    def retried(ctx: OrchestrationContext) -> Iterator[Any]:
+        return (yield ctx.call_activity("greet", "x", retry=policy))
+
+    history = History("retried").scheduled(0, "greet").episode().failed(0, "first")
+    fire_at = history.now + timedelta(seconds=1)
+    history.timer(1, fire_at, "retry").episode(1).fired(1, fire_at).scheduled(2, "greet")
+    history.episode().failed(2, "second")
+    result = Replayer(registry).replay(history.events)
+    assert result.status is OrchestrationStatus.FAILED
+    assert result.failure is not None
+    assert result.failure.error_type == "TaskFailedError"
+    assert "second" in result.failure.message
+
+
+def test_events_raised_before_the_wait_are_delivered_in_order(registry: Registry) -> None:
+    @registry.orchestrator()
+    def collects(ctx: OrchestrationContext) -> Iterator[Any]:
+        yield ctx.call_activity("greet", "x")
+        first = yield ctx.wait_for_event("Item")
+        second = yield ctx.wait_for_event("item")  # names are case-insensitive
+        return [first, second]
+
+    history = (
+        History("collects")
+        .scheduled(0, "greet")
+        .episode()
+        .event("Item", "1")
+        .event("ITEM", "2")
+        .completed(0, '"hi x"')
+    )
+    assert Replayer(registry).replay(history.events).output == [1, 2]
+
+
+def test_an_event_timeout_raises_at_the_yield(registry: Registry) -> None:
+    @registry.orchestrator()
+    def patient(ctx: OrchestrationContext) -> Iterator[Any]:
+        try:
+            return (yield ctx.wait_for_event("receipt", timeout=timedelta(hours=24)))
+        except EventTimeoutError as error:
+            return f"gave up on {error.event_name}"
+
+    fire_at = T0 + timedelta(hours=24)
+    history = History("patient").timer(0, fire_at, "event-timeout").episode(86400)
+    history.fired(0, fire_at)
+    assert Replayer(registry).replay(history.events).output == "gave up on receipt"
+
+
+def test_events_during_suspension_apply_after_resume(registry: Registry) -> None:
+    @registry.orchestrator()
+    def suspended(ctx: OrchestrationContext) -> Iterator[Any]:
+        return (yield ctx.wait_for_event("go"))
+
+    history = History("suspended").episode().then(ExecutionSuspended(timestamp=T0))
+    history.event("go", '"now"')
+    assert Replayer(registry).replay(history.events).status is OrchestrationStatus.RUNNING
+    history.episode().then(ExecutionResumed(timestamp=T0))
+    assert Replayer(registry).replay(history.events).output == "now"
+
+
+def test_current_time_and_uuids_are_the_same_on_every_replay(registry: Registry) -> None:
+    @registry.orchestrator()
+    def stamps(ctx: OrchestrationContext) -> Iterator[Any]:
+        first = (ctx.current_utc_datetime.isoformat(), str(ctx.new_uuid()))
+        yield ctx.call_activity("greet", "x")
+        second = (ctx.current_utc_datetime.isoformat(), str(ctx.new_uuid()))
+        return [first, second]
+
+    history = History("stamps").scheduled(0, "greet").episode(7).completed(0, '"hi x"')
+    once = Replayer(registry).replay(history.events).output
+    again = Replayer(registry).replay(history.events).output
+    assert once == again
+    assert once[0][0] == T0.isoformat()
+    assert once[1][0] == (T0 + timedelta(seconds=7)).isoformat()
+    assert once[0][1] != once[1][1]
+
+
+def test_histories_round_trip_through_json(registry: Registry) -> None:
+    @registry.orchestrator()
+    def hello(ctx: OrchestrationContext) -> Iterator[Any]:
+        return (yield ctx.call_activity("greet", "x"))
+
+    history = History("hello").scheduled(0, "greet").episode().completed(0, '"hi x"')
+    text = history_to_json(history.events)
+    assert history_from_json(text) == history.events
+    assert Replayer(registry).replay(text).output == "hi x"
