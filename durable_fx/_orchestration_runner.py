@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from ._clock import Clock
 from ._episode import EpisodeIds, plan_consume_only, plan_episode, plan_failure
 from ._errors import ConflictError, NonDeterminismError, UnknownNameError
@@ -144,11 +146,12 @@ class OrchestrationRunner:
             return plan_consume_only(
                 instance=instance, consumed=episode.consumed, messages=refusals
             ), None
-        try:
-            cached = self._cache.get(instance)
-            entry = cached if cached is not None else await self._rebuild(instance)
-        except (UnknownNameError, NonDeterminismError) as error:
-            return self._fail(episode, None, error), None
+        entry = self._cache.get(instance)
+        if entry is None:
+            rebuilt = await self._rebuild(episode)
+            if isinstance(rebuilt, EpisodeCommit):
+                return rebuilt, None
+            entry = rebuilt
         events = _events_for(instance.execution_id, episode.item.messages)
         commit, kept = self._advance(episode, instance, entry, events, reset_history=False)
         if refusals:
@@ -218,17 +221,29 @@ class OrchestrationRunner:
         )
         return commit, entry
 
-    async def _rebuild(self, instance: InstanceRecord) -> CachedExecution:
-        """Replay the stored history into a fresh executor (a cache miss)."""
-        history = await self._store.load_history(instance.instance_id)
+    async def _rebuild(self, episode: _Episode) -> CachedExecution | EpisodeCommit:
+        """Replay the stored history into a fresh executor (a cache miss).
+
+        A history that cannot be replayed (its orchestrator is gone, the code
+        changed, a row is corrupt) would fail the same way on every retry, so
+        the instance fails with the reason instead: that is the commit returned.
+        """
+        instance = episode.instance
+        try:
+            history = await self._store.load_history(instance.instance_id)
+        except ValidationError as error:
+            corrupt = ValueError(f"the stored history is corrupt and cannot be replayed: {error}")
+            return self._fail(episode, None, corrupt)
         started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
         if started is None:
-            raise NonDeterminismError(
-                instance.instance_id, 0, "a history without ExecutionStarted", "a replay"
-            )
-        definition = self._registry.get_orchestrator(started.name)
-        executor = OrchestrationExecutor(definition, started, registry=self._registry)
-        executor.replay(history)
+            missing = ValueError("the stored history has no ExecutionStarted event to replay from")
+            return self._fail(episode, None, missing)
+        try:
+            definition = self._registry.get_orchestrator(started.name)
+            executor = OrchestrationExecutor(definition, started, registry=self._registry)
+            executor.replay(history)
+        except (UnknownNameError, NonDeterminismError) as error:
+            return self._fail(episode, started, error)
         return CachedExecution(executor, started, instance.version)
 
     def _fail(
