@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from durable_fx import (
@@ -14,66 +9,13 @@ from durable_fx import (
     OrchestrationContext,
     OrchestrationStatus,
     Registry,
-    Store,
     TaskFailedError,
     Worker,
-    open_store,
     when_all,
     when_any,
 )
 
-# -- fixtures (move to conftest.py) ---------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/t.db"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    opened = open_store(store_url)
-    yield opened
-    asyncio.run(opened.close())
-
-
-@pytest.fixture
-def registry() -> Registry:
-    return Registry()
-
-
-@pytest.fixture
-def make_worker(store: Store, registry: Registry) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def make(app: Registry | None = None, **options: Any) -> Worker:
-        options.setdefault("max_poll_interval", 0.05)
-        options.setdefault("shutdown_grace", 2.0)
-        worker = Worker(app if app is not None else registry, store, **options)
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in reversed(started):
-        worker.stop()
-
-
-@pytest.fixture
-def worker(make_worker: Callable[..., Worker]) -> Worker:
-    return make_worker()
-
-
-@pytest.fixture
-def client(store: Store) -> Iterator[DurableClient]:
-    with DurableClient(store) as opened:
-        yield opened
-
-
 WAIT = 20.0
-
-
-# -- tests -----------------------------------------------------------------------------------
 
 
 def test_sequence_of_activities(registry: Registry, worker: Worker, client: DurableClient) -> None:

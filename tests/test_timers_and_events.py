@@ -1,0 +1,369 @@
+"""Durable timers, external events (buffering, timeouts, typing) and send_event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from durable_fx import (
+    DurableClient,
+    EventTimeoutError,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Registry,
+    Worker,
+    when_all,
+)
+
+WAIT = 20.0
+SHORT = timedelta(seconds=0.2)
+
+
+def test_timer_with_timedelta(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        before = ctx.current_utc_datetime
+        yield ctx.create_timer(SHORT)
+        return [before.isoformat(), ctx.current_utc_datetime.isoformat()]
+
+    started = time.monotonic()
+    state = client.wait(client.start(sleeper), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert time.monotonic() - started >= SHORT.total_seconds()
+    before, after = (datetime.fromisoformat(v) for v in state.output)
+    assert after >= before + SHORT
+
+
+def test_timer_with_datetime(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        fire_at = ctx.current_utc_datetime + SHORT
+        yield ctx.create_timer(fire_at)
+        return [fire_at.isoformat(), ctx.current_utc_datetime.isoformat()]
+
+    state = client.wait(client.start(sleeper), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    fire_at, after = (datetime.fromisoformat(v) for v in state.output)
+    assert after >= fire_at
+    history = client.get(state.instance_id, history=True)
+    assert history is not None and history.history is not None
+    kinds = [e.kind for e in history.history]
+    assert "TimerCreated" in kinds
+    assert "TimerFired" in kinds
+
+
+def test_timer_in_the_past_fires_at_once(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def past(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(ctx.current_utc_datetime - timedelta(hours=1))
+        return "done"
+
+    state = client.wait(client.start(past), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "done"
+
+
+def test_naive_datetime_timer_fails_clearly(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def naive(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(datetime(2030, 1, 1))
+
+    state = client.wait(client.start(naive), timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert "timezone-aware" in state.failure.message
+
+
+def test_concurrent_timers(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def many(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield when_all([ctx.create_timer(timedelta(milliseconds=50 * i)) for i in range(1, 6)])
+        return "all fired"
+
+    state = client.wait(client.start(many), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "all fired"
+
+
+def test_wait_for_event_returns_data(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def waiter(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("waiting")
+        data = yield ctx.wait_for_event("Approval")
+        return data
+
+    iid = client.start(waiter)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.raise_event(iid, "Approval", {"approved": True, "by": "ana"})
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"approved": True, "by": "ana"}
+
+
+def test_events_raised_before_the_wait_are_buffered_in_order(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def buffered(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("gated")
+        yield ctx.wait_for_event("go")
+        first = yield ctx.wait_for_event("A")
+        second = yield ctx.wait_for_event("A")
+        return [first, second]
+
+    iid = client.start(buffered)
+    wait_until(lambda: _custom_status(client, iid) == "gated")
+    client.raise_event(iid, "A", 1)
+    # A second episode for the second A, so buffering works across episodes too.
+    wait_until(lambda: _history_count(client, iid, "EventRaised") == 1)
+    client.raise_event(iid, "A", 2)
+    wait_until(lambda: _history_count(client, iid, "EventRaised") == 2)
+    client.raise_event(iid, "go")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == [1, 2]
+
+
+def test_events_raised_before_the_instance_runs_are_kept(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def early(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        got = []
+        for _ in range(3):
+            got.append((yield ctx.wait_for_event("item")))
+        return got
+
+    iid = client.start(early)
+    for i in range(3):
+        client.raise_event(iid, "item", i)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == [0, 1, 2]
+
+
+def test_two_waiters_for_one_name_get_events_in_order(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def two(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("waiting")
+        results = yield when_all([ctx.wait_for_event("x"), ctx.wait_for_event("x")])
+        return results
+
+    iid = client.start(two)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.raise_event(iid, "x", "first")
+    client.raise_event(iid, "x", "second")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["first", "second"]
+
+
+def test_event_timeout_raises_at_the_yield(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def impatient(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        try:
+            yield ctx.wait_for_event("Never", timeout=SHORT)
+        except EventTimeoutError as error:
+            return {
+                "event": error.event_name,
+                "seconds": error.timeout_seconds,
+                "is_timeout": isinstance(error, TimeoutError),
+            }
+        return "no timeout"
+
+    state = client.wait(client.start(impatient), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"event": "Never", "seconds": 0.2, "is_timeout": True}
+
+
+def test_uncaught_event_timeout_fails_the_instance(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def impatient(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.wait_for_event("Never", timeout=SHORT)
+
+    state = client.wait(client.start(impatient), timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert state.failure.error_type == "EventTimeoutError"
+    assert "'Never'" in state.failure.message
+
+
+def test_event_before_the_timeout_wins(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def racer(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        got = yield ctx.wait_for_event("reply", timeout=SHORT)
+        # Outlive the timeout: its timer still fires, and must change nothing.
+        yield ctx.create_timer(SHORT * 2)
+        return got
+
+    iid = client.start(racer)
+    client.raise_event(iid, "reply", "in time")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "in time"
+
+
+def test_waiting_again_after_a_timeout(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def retrying(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        try:
+            yield ctx.wait_for_event("ping", timeout=timedelta(milliseconds=50))
+        except EventTimeoutError:
+            ctx.set_custom_status("timed out")
+        got = yield ctx.wait_for_event("ping")
+        return got
+
+    iid = client.start(retrying)
+    wait_until(lambda: _custom_status(client, iid) == "timed out")
+    client.raise_event(iid, "ping", "late")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "late"
+
+
+def test_event_names_are_case_insensitive(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def approvals(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        first = yield ctx.wait_for_event("Approval")
+        second = yield ctx.wait_for_event("APPROVAL")
+        return [first, second]
+
+    iid = client.start(approvals)
+    client.raise_event(iid, "approval", 1)
+    client.raise_event(iid, "aPPROVAL", 2)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == [1, 2]
+
+
+class Receipt(BaseModel):
+    message_id: str
+    delivered: bool
+    attempts: int = 1
+
+
+def test_result_type_rebuilds_a_model(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def typed(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        receipt = yield ctx.wait_for_event("receipt", result_type=Receipt)
+        assert isinstance(receipt, Receipt)
+        return {"id": receipt.message_id, "delivered": receipt.delivered, "n": receipt.attempts}
+
+    iid = client.start(typed)
+    client.raise_event(iid, "receipt", Receipt(message_id="m-1", delivered=True))
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"id": "m-1", "delivered": True, "n": 1}
+
+
+def test_event_not_matching_result_type_fails_the_wait(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def typed(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.wait_for_event("receipt", result_type=Receipt)
+
+    iid = client.start(typed)
+    client.raise_event(iid, "receipt", {"unexpected": 1})
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert "receipt" in state.failure.message
+    assert "Receipt" in state.failure.message
+    assert "message_id" in state.failure.message
+
+
+def test_send_event_between_orchestrations(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def receiver(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        got = yield ctx.wait_for_event("ping")
+        return got
+
+    @registry.orchestrator()
+    def sender(ctx: OrchestrationContext, target: str):  # type: ignore[no-untyped-def]
+        ctx.send_event(target, "ping", {"from": ctx.instance_id})
+        yield when_all([])
+        return "sent"
+
+    receiver_id = client.start(receiver, instance_id="receiver-1")
+    sender_id = client.start(sender, receiver_id, instance_id="sender-1")
+    assert client.wait(sender_id, timeout=WAIT).output == "sent"
+    state = client.wait(receiver_id, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"from": "sender-1"}
+    sent = client.get(sender_id, history=True)
+    assert sent is not None and sent.history is not None
+    assert [e.kind for e in sent.history].count("EventSent") == 1
+
+
+def test_raise_event_with_event_id_is_idempotent_while_pending(
+    registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def collect(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        items = []
+        while True:
+            try:
+                items.append((yield ctx.wait_for_event("item", timeout=SHORT)))
+            except EventTimeoutError:
+                return items
+
+    # No worker yet, so every event is still pending when the next one arrives.
+    iid = client.start(collect)
+    client.raise_event(iid, "item", "a", event_id="e1")
+    client.raise_event(iid, "item", "a", event_id="e1")
+    client.raise_event(iid, "item", "b", event_id="e2")
+    make_worker()
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["a", "b"]
+
+
+def _custom_status(client: DurableClient, iid: str) -> Any:
+    state = client.get(iid)
+    return None if state is None else state.custom_status
+
+
+def _history_count(client: DurableClient, iid: str, kind: str) -> int:
+    state = client.get(iid, history=True)
+    if state is None or state.history is None:
+        return 0
+    return sum(1 for e in state.history if e.kind == kind)
