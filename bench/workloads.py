@@ -1,0 +1,285 @@
+"""The benchmark workloads. Each runs in its own process on a fresh database.
+
+Every workload returns a dict of figures; ``run.py`` adds the targets and the
+machine. Nothing here asserts a time: a benchmark reports, tests assert.
+
+The worker runs in-process on its background thread (``with Worker(...)``),
+the client on the main thread's event loop, both on one store object, which is
+how an app embeds durable_fx as a library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from durable_fx import (
+    AsyncDurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Registry,
+    Store,
+    Worker,
+    open_store,
+    when_all,
+)
+
+registry = Registry()
+
+
+@registry.activity()
+def step(x: int) -> int:
+    """The trivial activity: all cost is the framework's."""
+    return x + 1
+
+
+@registry.orchestrator()
+def three_steps(ctx: OrchestrationContext, x: int) -> Any:
+    for _ in range(3):
+        x = yield ctx.call_activity(step, x)
+    return x
+
+
+@registry.orchestrator()
+def fan_out(ctx: OrchestrationContext, n: int) -> Any:
+    results = yield when_all([ctx.call_activity(step, i) for i in range(n)])
+    return len(results)
+
+
+@registry.orchestrator()
+def sequence(ctx: OrchestrationContext, n: int) -> Any:
+    x = 0
+    for _ in range(n):
+        x = yield ctx.call_activity(step, x)
+    return x
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def open_fresh_store(spec: str, db_dir: Path, name: str) -> Store:
+    """A store with nothing in it: a new SQLite file under ``db_dir``, or a new memory store."""
+    if spec == "memory://":
+        return open_store("memory://")
+    path = db_dir / f"{name}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return open_store(f"sqlite:///{path}")
+
+
+@contextmanager
+def running(store: Store) -> Iterator[Worker]:
+    with Worker(registry, store) as worker:
+        yield worker
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def wait_done(client: AsyncDurableClient, instance_id: str, poll: float) -> float:
+    """Poll until the instance finishes; return ``time.perf_counter()`` when seen finished."""
+    while True:
+        state = await client.get(instance_id)
+        if state is not None and state.status.is_terminal:
+            if state.status is not OrchestrationStatus.COMPLETED:
+                raise RuntimeError(f"{instance_id} ended {state.status.value}: {state.failure}")
+            return time.perf_counter()
+        await asyncio.sleep(poll)
+
+
+async def wait_all(client: AsyncDurableClient, prefix: str, count: int, poll: float) -> datetime:
+    """Poll (one query per ``poll``) until ``count`` instances with ``prefix`` completed.
+
+    Returns the last one's ``updated_at``: the start of its final episode,
+    exact to the store, and independent of the polling interval.
+    """
+    while True:
+        page = await client.query(instance_id_prefix=prefix, page_size=1000)
+        failed = [s for s in page.items if s.status.is_terminal and not _ok(s.status)]
+        if failed:
+            raise RuntimeError(f"{failed[0].instance_id} ended {failed[0].status.value}")
+        done = [s for s in page.items if _ok(s.status)]
+        if len(done) >= count:
+            return max(s.updated_at for s in done)
+        await asyncio.sleep(poll)
+
+
+def _ok(status: OrchestrationStatus) -> bool:
+    return status is OrchestrationStatus.COMPLETED
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# -- W1: many small orchestrations -----------------------------------------------------------
+
+
+async def _w1(store: Store, count: int, latency_runs: int) -> dict[str, Any]:
+    client = AsyncDurableClient(store)
+    # Warm-up: code paths, statement caches, thread pools.
+    await asyncio.gather(
+        *(client.start(three_steps, i, instance_id=f"warm-{i}") for i in range(20))
+    )
+    await wait_all(client, "warm-", 20, 0.02)
+
+    first_start = datetime.now(UTC)
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(
+        *(client.start(three_steps, i, instance_id=f"w1-{i:04d}") for i in range(count))
+    )
+    started = time.perf_counter()
+    last_done = await wait_all(client, "w1-", count, 0.05)
+    cpu1 = cpu_seconds()
+    span = (last_done - first_start).total_seconds()
+
+    latencies = []
+    for i in range(latency_runs):
+        await asyncio.sleep(0.25)  # let the worker go idle (its polls back off)
+        t0 = time.perf_counter()
+        iid = await client.start(three_steps, i, instance_id=f"lat-{i:03d}")
+        latencies.append(await wait_done(client, iid, 0.001) - t0)
+
+    return {
+        "orchestrations": count,
+        "throughput_orch_per_s": count / span,
+        "span_s": span,
+        "start_calls_s": started - wall0,
+        "cpu_ms_per_orchestration": (cpu1 - cpu0) * 1000 / count,
+        "latency_runs": latency_runs,
+        "latency_p50_ms": statistics.median(latencies) * 1000,
+        "latency_p95_ms": percentile(latencies, 95) * 1000,
+        "latency_min_ms": min(latencies) * 1000,
+    }
+
+
+def w1(store: Store, *, count: int = 200, latency_runs: int = 20) -> dict[str, Any]:
+    with running(store):
+        return asyncio.run(_w1(store, count, latency_runs))
+
+
+# -- W2: one wide fan-out ------------------------------------------------------------------
+
+
+async def _w2(store: Store, n: int) -> dict[str, Any]:
+    client = AsyncDurableClient(store)
+    warm = await client.start(fan_out, 100, instance_id="warm")
+    await wait_done(client, warm, 0.01)
+    await asyncio.sleep(0.25)
+
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    iid = await client.start(fan_out, n, instance_id=f"w2-{n}")
+    t1 = await wait_done(client, iid, 0.005)
+    cpu1 = cpu_seconds()
+    state = await client.get(iid, history=True)
+    assert state is not None and state.history is not None and state.output == n
+    episodes = sum(1 for e in state.history if e.kind == "OrchestratorStarted")
+    return {
+        "activities": n,
+        "wall_s": t1 - t0,
+        "cpu_s": cpu1 - cpu0,
+        "episodes": episodes,
+        "activities_per_s": n / (t1 - t0),
+    }
+
+
+def w2(store: Store, *, n: int) -> dict[str, Any]:
+    with running(store):
+        return asyncio.run(_w2(store, n))
+
+
+# -- W3: an idle worker ----------------------------------------------------------------------
+
+
+def w3(store: Store, *, settle: float = 3.0, seconds: float = 10.0) -> dict[str, Any]:
+    """CPU of a started worker with nothing to do (run.py gives it a process of its own)."""
+    with running(store):
+        time.sleep(settle)  # its polls back off to the longest interval
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        time.sleep(seconds)
+        cpu1, t1 = cpu_seconds(), time.perf_counter()
+    return {
+        "seconds": t1 - t0,
+        "cpu_ms": (cpu1 - cpu0) * 1000,
+        "idle_cpu_percent_of_core": (cpu1 - cpu0) / (t1 - t0) * 100,
+    }
+
+
+# -- W4: a long sequence ---------------------------------------------------------------------
+
+
+async def _w4(store: Store, n: int, window: int, at: list[int]) -> dict[str, Any]:
+    client = AsyncDurableClient(store)
+    warm = await client.start(sequence, 20, instance_id="warm")
+    await wait_done(client, warm, 0.01)
+
+    t0 = time.perf_counter()
+    iid = await client.start(sequence, n, instance_id=f"w4-{n}")
+    t1 = await wait_done(client, iid, 0.05)
+    state = await client.get(iid, history=True)
+    assert state is not None and state.history is not None and state.output == n
+    # Each episode starts at the time in its OrchestratorStarted; TaskScheduled k
+    # carries the time of the episode that scheduled step k (event_id k).
+    scheduled = {e.event_id: e.timestamp for e in state.history if e.kind == "TaskScheduled"}
+    gaps = [
+        (scheduled[k + 1] - scheduled[k]).total_seconds() * 1000
+        for k in range(n - 1)
+        if k in scheduled and k + 1 in scheduled
+    ]
+
+    def around(center: int) -> float:
+        lo = max(0, min(center - window // 2, len(gaps) - window))
+        return statistics.fmean(gaps[lo : lo + window])
+
+    points = {str(c): around(c) for c in at}
+    first, last = around(at[0]), around(at[-1])
+    return {
+        "steps": n,
+        "wall_s": t1 - t0,
+        "mean_step_ms": statistics.fmean(gaps),
+        "window": window,
+        "step_ms_at": points,
+        "step_100_ms": first,
+        "step_5000_ms": last,
+        "ratio_late_to_early": last / first,
+    }
+
+
+def w4(store: Store, *, n: int = 5000, window: int = 50) -> dict[str, Any]:
+    at = [100, 1000, 2500, n - 50]
+    with running(store):
+        return asyncio.run(_w4(store, n, window, at))
+
+
+WORKLOADS: dict[str, Callable[..., dict[str, Any]]] = {
+    "W1": w1,
+    "W2-1000": lambda store: w2(store, n=1000),
+    "W2-5000": lambda store: w2(store, n=5000),
+    "W3": w3,
+    "W4": w4,
+}
+
+
+def run_workload(name: str, store_spec: str, db_dir: Path) -> dict[str, Any]:
+    """Run one workload on a fresh store and return its figures."""
+    store = open_fresh_store(store_spec, db_dir, name)
+    try:
+        return WORKLOADS[name](store)
+    finally:
+        asyncio.run(store.close())
+        if store_spec != "memory://":
+            for leftover in db_dir.glob(f"{name}.db*"):
+                leftover.unlink(missing_ok=True)
