@@ -341,7 +341,7 @@ class MemoryStore:
         with self._lock:
             return list(self._poison)
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (protocol signature)
+    async def wait_for_work(self, timeout: float) -> None:
         """Return when work becomes visible in this store, or after ``timeout`` seconds."""
         if timeout <= 0:
             return

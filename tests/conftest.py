@@ -1,0 +1,146 @@
+"""Shared fixtures: every store the suite runs against.
+
+``store_kind`` is parametrized over the stores; ``store_factory`` builds a new,
+empty store of that kind per call, and ``store_url`` names one by URL for
+tests that go through ``open_store``. The SQLite parameter is skipped, with
+the reason shown, until ``durable_fx.storage.sqlite`` exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before durable_fx.testing is imported: its checks' bare asserts then report
+# the compared values, as in a test module.
+pytest.register_assert_rewrite("durable_fx.testing")
+
+import durable_fx  # noqa: E402
+from durable_fx._clock import Clock  # noqa: E402
+from durable_fx.storage import Store  # noqa: E402
+from durable_fx.storage.memory import MemoryStore  # noqa: E402
+from durable_fx.testing import StoreFactory  # noqa: E402
+
+_HAS_SQLITE = importlib.util.find_spec("durable_fx.storage.sqlite") is not None
+
+STORE_KINDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param(
+        "sqlite",
+        id="sqlite",
+        marks=pytest.mark.skipif(
+            not _HAS_SQLITE, reason="durable_fx/storage/sqlite.py does not exist yet"
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of store under test: ``"memory"`` or ``"sqlite"``."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def store_factory(store_kind: str, tmp_path: Path) -> StoreFactory:
+    """Builds a new, empty store of ``store_kind`` on each call (a new file for SQLite)."""
+    if store_kind == "memory":
+        return lambda clock: MemoryStore(clock=clock)
+    from durable_fx.storage.sqlite import SqliteStore
+
+    files = (tmp_path / f"store-{n}.db" for n in itertools.count())
+
+    def sqlite_store(clock: Clock) -> Store:
+        return SqliteStore(next(files), clock=clock)
+
+    return sqlite_store
+
+
+@pytest.fixture
+def store_url(store_kind: str, tmp_path: Path) -> str:
+    """A URL ``open_store`` accepts for ``store_kind`` (memory:// is new per open)."""
+    if store_kind == "memory":
+        return "memory://"
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+# -- end-to-end fixtures: a store, a registry, workers and a client on top of them ----------
+#
+# These use the public API only (``import durable_fx``), as a user would.
+
+WAIT_TIMEOUT = 20.0
+"""Seconds a test waits for an instance to finish: generous, so slow CI does not flake."""
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[durable_fx.Store]:
+    """A store of ``store_kind`` opened by URL, closed after the test."""
+    opened = durable_fx.open_store(store_url)
+    yield opened
+    asyncio.run(opened.close())
+
+
+@pytest.fixture
+def registry() -> durable_fx.Registry:
+    """A fresh registry per test: tests register their orchestrators and activities on it."""
+    return durable_fx.Registry()
+
+
+@pytest.fixture
+def make_worker(
+    store: durable_fx.Store, registry: durable_fx.Registry
+) -> Iterator[Callable[..., durable_fx.Worker]]:
+    """Starts a Worker on ``store`` (``registry`` unless given another); stops it after the test.
+
+    Stop one early with ``worker.stop()`` and make another to force a cold replay.
+    """
+    started: list[durable_fx.Worker] = []
+
+    def make(app: durable_fx.Registry | None = None, **options: Any) -> durable_fx.Worker:
+        options.setdefault("max_poll_interval", 0.05)
+        options.setdefault("shutdown_grace", 2.0)
+        worker = durable_fx.Worker(app if app is not None else registry, store, **options)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in reversed(started):
+        worker.stop()
+
+
+@pytest.fixture
+def worker(make_worker: Callable[..., durable_fx.Worker]) -> durable_fx.Worker:
+    """A running worker for ``registry`` on ``store``."""
+    return make_worker()
+
+
+@pytest.fixture
+def client(store: durable_fx.Store) -> Iterator[durable_fx.DurableClient]:
+    """A DurableClient on ``store``."""
+    with durable_fx.DurableClient(store) as opened:
+        yield opened
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """Polls ``condition()`` until it is truthy; fails the test after ``timeout`` seconds."""
+
+    def wait(condition: Callable[[], object], timeout: float = WAIT_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not condition():
+            if time.monotonic() >= deadline:
+                pytest.fail(f"condition not met within {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    return wait
