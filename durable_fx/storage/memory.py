@@ -9,7 +9,8 @@ Semantics the protocol leaves open, shared with the SQLite store:
 
 - a lock (instance or work item) is *held* by a token until another worker
   takes it; an expired lease only makes the work available again;
-- versions are ``"1"`` for a new instance and count up by one per commit;
+- versions are ``"1"`` for a new instance and count up by one per commit and
+  per re-creation of a finished instance (a purge starts over);
 - messages of an instance are handed out oldest first by ``(visible_at,
   arrival)``, and instances in the order of their oldest visible message;
 - activity work items are handed out in the order they were created.
@@ -160,8 +161,13 @@ class MemoryStore:
             existing = self._instances.get(instance_id)
             if existing is not None and not existing.record.status.is_terminal:
                 raise InstanceExistsError(instance_id, existing.record.status.value)
+            record = _new_record(instance_id, started)
+            if existing is not None:
+                # Keep counting: a version cached for the old incarnation must
+                # never match the new one.
+                record = dataclasses.replace(record, version=_next_version(existing.record))
             self._drop_instance(instance_id)
-            self._instances[instance_id] = _Instance(_new_record(instance_id, started))
+            self._instances[instance_id] = _Instance(record)
             if self._add_message(message):
                 self._wake()
 
@@ -423,8 +429,9 @@ class MemoryStore:
         instance.history.extend(commit.new_history)
         for message_id in commit.consumed:
             instance.inbox.pop(message_id, None)
-        version = str(int(instance.record.version) + 1)
-        instance.record = dataclasses.replace(commit.instance, version=version)
+        instance.record = dataclasses.replace(
+            commit.instance, version=_next_version(instance.record)
+        )
         instance.lease = None
         for invocation in commit.activities:
             # setdefault: a work item that is already pending is not scheduled twice.
@@ -529,6 +536,10 @@ def _new_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:
         parent_instance_id=started.parent.instance_id if started.parent else None,
         version="1",
     )
+
+
+def _next_version(record: InstanceRecord) -> str:
+    return str(int(record.version) + 1)
 
 
 def _work_key(invocation: ActivityInvocation) -> _WorkKey:

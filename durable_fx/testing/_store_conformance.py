@@ -131,15 +131,20 @@ async def check_create_running_instance_twice_raises(factory: StoreFactory) -> N
 
 
 async def check_create_replaces_terminal_instance(factory: StoreFactory) -> None:
-    """Re-creating a finished instance replaces its row, history, inbox and work items."""
+    """Re-creating a finished instance replaces row, history, inbox, work items; new version."""
     async with fresh_store(factory) as h:
         for status in _TERMINAL:
             instance_id = f"done-{status.value.lower()}"
             await h.start(instance_id)
-            await h.run_episode(instance_id, activities=[h.invocation(instance_id, 1)])
+            first = await h.store.get_instance(instance_id)
+            assert first is not None
+            versions = {first.version}
+            versions.add(
+                await h.run_episode(instance_id, activities=[h.invocation(instance_id, 1)])
+            )
             await h.store.enqueue(h.event(instance_id, "late"))
             # Finish while leaving the late event in the inbox and the activity pending.
-            await h.run_episode(instance_id, status=status, consumed=[])
+            versions.add(await h.run_episode(instance_id, status=status, consumed=[]))
             assert await h.store.load_history(instance_id), "setup: history expected"
 
             started = await h.start(instance_id, name="wf-2", execution_id="exec-2", input="2")
@@ -151,6 +156,8 @@ async def check_create_replaces_terminal_instance(factory: StoreFactory) -> None
                 "wf-2",
                 "2",
             ), f"re-created row is {record}"
+            # Workers cache replay state by version: the new incarnation's must be new.
+            assert record.version not in versions, f"version {record.version} was reused"
             assert await h.store.load_history(instance_id) == [], "old history survived"
             inbox = await h.inbox(instance_id)
             assert [m.event for m in inbox] == [started], f"old inbox survived: {inbox}"
