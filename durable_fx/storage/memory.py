@@ -5,15 +5,18 @@ store may be shared by several event loops and threads. Nothing survives the
 process: use it for tests and experiments, and read it to learn what every
 other store must do (``durable_fx.testing.check_store`` holds them all to it).
 
-Semantics the protocol leaves open, shared with the SQLite store:
+Rules the protocol leaves open, which the SQLite store follows too:
 
-- a lock (instance or work item) is *held* by a token until another worker
+- a lock (instance or work item) is *held* by its token until another worker
   takes it; an expired lease only makes the work available again;
 - versions are ``"1"`` for a new instance and count up by one per commit and
   per re-creation of a finished instance (a purge starts over);
-- messages of an instance are handed out oldest first by ``(visible_at,
-  arrival)``, and instances in the order of their oldest visible message;
-- activity work items are handed out in the order they were created.
+- an instance's messages are handed out oldest first by ``(visible_at,
+  arrival)``.
+
+Which ready instance or work item goes first is a fairness choice that no
+check pins down: here, the instance whose oldest visible message is oldest,
+and work items in the order they were created.
 """
 
 from __future__ import annotations
@@ -412,7 +415,7 @@ class MemoryStore:
         instance_id = item.instance.instance_id
         instance = self._instances.get(instance_id)
         if instance is None:
-            raise ConflictError(instance_id, "it was purged or replaced while locked")
+            raise ConflictError(instance_id, "it was purged while locked")
         if instance.record.version != item.instance.version:
             raise ConflictError(
                 instance_id,
