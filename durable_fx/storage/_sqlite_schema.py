@@ -1,8 +1,7 @@
 """The SQLite store's file: schema, connection settings, statements and codecs.
 
-Times are stored as INTEGER microseconds since the Unix epoch: they compare as
-fast as REAL seconds, and unlike floats they give back exactly the datetime
-that was stored.
+Times are INTEGER microseconds since the Unix epoch: they compare as fast as
+REAL seconds and, unlike floats, give back exactly the datetime stored.
 
 Two columns do double duty so that every "what is ready?" query is one index
 range scan that stops after ``limit`` rows, however much locked or delayed
@@ -12,10 +11,13 @@ work the file holds:
   ``visible_at`` of its inbox while unlocked, its lease expiry while locked,
   NULL when its inbox is empty.
 * ``work_items.visible_at`` is the lease expiry while an item is locked, so a
-  crashed worker's items become visible again without a second condition.
+  crashed worker's items become visible again with no second condition.
 
-Statements are module constants: sqlite3 caches prepared statements per
-connection by their text.
+Batches travel as one JSON array parameter (``json_each``) and come back as
+one JSON array (``json_group_array``): each statement is then a single SQLite
+step, and the store thread gives up and retakes the GIL once per statement
+rather than once per row. Statements are module constants because sqlite3
+caches prepared statements per connection by their text.
 """
 
 from __future__ import annotations
@@ -24,16 +26,24 @@ import base64
 import binascii
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
-from ._records import ActivityInvocation, InstanceQuery, InstanceRecord, OrchestrationMessage
+from ._records import (
+    ActivityInvocation,
+    ActivityResult,
+    ActivityWorkItem,
+    InstanceQuery,
+    InstanceRecord,
+    OrchestrationMessage,
+)
 
 SCHEMA_VERSION = 1
+_MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -53,6 +63,7 @@ CREATE TABLE IF NOT EXISTS instances (
     updated_at         INTEGER NOT NULL,
     parent_instance_id TEXT,
     version            INTEGER NOT NULL DEFAULT 1,
+    history_len        INTEGER NOT NULL DEFAULT 0,
     locked_by          TEXT,
     locked_until       INTEGER,
     due_at             INTEGER
@@ -68,7 +79,7 @@ CREATE TABLE IF NOT EXISTS history (
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS inbox (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            INTEGER PRIMARY KEY,
     instance_id   TEXT NOT NULL,
     execution_id  TEXT,
     msg_key       TEXT NOT NULL,
@@ -81,7 +92,7 @@ CREATE INDEX IF NOT EXISTS inbox_instance ON inbox (instance_id, visible_at);
 CREATE INDEX IF NOT EXISTS inbox_visible ON inbox (visible_at);
 
 CREATE TABLE IF NOT EXISTS work_items (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            INTEGER PRIMARY KEY,
     instance_id   TEXT NOT NULL,
     execution_id  TEXT NOT NULL,
     task_id       INTEGER NOT NULL,
@@ -96,7 +107,7 @@ CREATE TABLE IF NOT EXISTS work_items (
 CREATE INDEX IF NOT EXISTS work_items_visible ON work_items (visible_at, id);
 
 CREATE TABLE IF NOT EXISTS poison (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            INTEGER PRIMARY KEY,
     queue         TEXT NOT NULL,
     instance_id   TEXT,
     body          TEXT NOT NULL,
@@ -107,117 +118,183 @@ CREATE TABLE IF NOT EXISTS poison (
 );
 """
 
-# -- statements ----------------------------------------------------------------
+
+def _fields(*names: str) -> str:
+    """Name the items of each array that ``json_each`` yields, in order."""
+    return ", ".join(f"json_extract(value, '$[{i}]') AS {name}" for i, name in enumerate(names))
+
+
+# -- statements: instances -----------------------------------------------------
 
 INSTANCE_COLUMNS = (
     "instance_id, name, execution_id, status, input, output, custom_status, failure,"
     " created_at, updated_at, parent_instance_id, version"
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
+SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
 INSERT_INSTANCE = (
     "INSERT OR IGNORE INTO instances (instance_id, name, execution_id, status, input,"
-    " created_at, updated_at, parent_instance_id, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " created_at, updated_at, parent_instance_id, due_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, COALESCE(?9, ?10))"
 )
 # The version keeps counting across incarnations, so a version cached for the
 # old instance can never be mistaken for one of the new.
 RESTART_INSTANCE = (
     "UPDATE instances SET name = ?2, execution_id = ?3, status = ?4, input = ?5, output = NULL,"
     " custom_status = NULL, failure = NULL, created_at = ?6, updated_at = ?7,"
-    " parent_instance_id = ?8, due_at = ?9, version = version + 1, locked_by = NULL,"
-    " locked_until = NULL WHERE instance_id = ?1"
-)
-# Messages to a missing instance are dropped by the WHERE, in the same statement.
-INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO inbox (instance_id, execution_id, msg_key, event_json, visible_at)"
-    " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = ?1)"
-)
-# A locked instance's due_at is its lease expiry; its commit recomputes it.
-LOWER_DUE = (
-    "UPDATE instances SET due_at = MIN(COALESCE(due_at, ?2), ?2)"
-    " WHERE instance_id = ?1 AND locked_by IS NULL"
-)
-RECOMPUTE_DUE = (
-    "UPDATE instances SET due_at = (SELECT MIN(visible_at) FROM inbox WHERE instance_id = ?1)"
-    " WHERE instance_id = ?1"
-)
-SELECT_DUE_INSTANCES = (
-    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE due_at <= ?1"
-    " AND (locked_by IS NULL OR locked_until <= ?1) ORDER BY due_at LIMIT ?2"
-)
-SELECT_VISIBLE_MESSAGES = (
-    "SELECT id, instance_id, execution_id, msg_key, event_json, dequeue_count FROM inbox"
-    " WHERE instance_id IN (SELECT value FROM json_each(?1)) AND visible_at <= ?2"
-    " ORDER BY visible_at, id"
-)
-COUNT_DELIVERY = "UPDATE inbox SET dequeue_count = dequeue_count + 1 WHERE id = ?"
-LOCK_INSTANCE = (
-    "UPDATE instances SET locked_by = ?2, locked_until = ?3, due_at = ?3 WHERE instance_id = ?1"
-)
-NEXT_MESSAGE_DUE = "SELECT MIN(visible_at) FROM inbox WHERE visible_at > ?"
-INSERT_POISON = (
-    "INSERT INTO poison (queue, instance_id, body, reason, poisoned_at, dequeue_count, extra)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " parent_instance_id = ?8, due_at = COALESCE(?9, ?10), version = version + 1, history_len = 0,"
+    " locked_by = NULL, locked_until = NULL WHERE instance_id = ?1"
 )
 COMMIT_INSTANCE = (
     "UPDATE instances SET name = ?, execution_id = ?, status = ?, input = ?, output = ?,"
     " custom_status = ?, failure = ?, created_at = ?, updated_at = ?, parent_instance_id = ?,"
-    " version = version + 1, locked_by = NULL, locked_until = NULL"
-    " WHERE instance_id = ? AND version = ? AND locked_by = ? RETURNING version"
+    " history_len = CASE WHEN ? THEN 0 ELSE history_len END + ?, version = version + 1,"
+    " locked_by = NULL, locked_until = NULL"
+    " WHERE instance_id = ? AND version = ? AND locked_by = ? RETURNING version, history_len"
 )
-NEXT_SEQ = "SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = ?"
-INSERT_HISTORY = "INSERT INTO history (instance_id, seq, event_json) VALUES (?, ?, ?)"
-SELECT_HISTORY = "SELECT event_json FROM history WHERE instance_id = ? ORDER BY seq"
-CONSUME_MESSAGE = "DELETE FROM inbox WHERE id = ? AND instance_id = ?"
-SELECT_HELD_MESSAGES = (
-    "SELECT id, instance_id, msg_key, event_json, dequeue_count, execution_id FROM inbox"
-    " WHERE id IN (SELECT value FROM json_each(?)) AND instance_id = ?"
+SELECT_LOCK_STATE = "SELECT version, locked_by FROM instances WHERE instance_id = ?"
+RELEASE_INSTANCE = (
+    "UPDATE instances SET locked_by = NULL, locked_until = NULL"
+    " WHERE instance_id = ? AND locked_by = ?"
 )
-INSERT_WORK_ITEM = (
-    "INSERT OR IGNORE INTO work_items (instance_id, execution_id, task_id, name, input, attempt,"
-    " visible_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# Only unlocked instances: a locked one is due at its lease expiry until its
+# commit (or abandon) recomputes this.
+RECOMPUTE_DUE = (
+    "UPDATE instances SET due_at = (SELECT MIN(visible_at) FROM inbox"
+    " WHERE inbox.instance_id = instances.instance_id)"
+    " WHERE instance_id IN (SELECT value FROM json_each(?)) AND locked_by IS NULL"
 )
-WORK_ITEM_COLUMNS = "id, instance_id, execution_id, task_id, name, input, attempt, dequeue_count"
-# While locked, an item's visible_at is its lease expiry (see the module docstring).
-LOCK_WORK_ITEMS = (
-    "UPDATE work_items SET locked_by = ?1, visible_at = ?2, dequeue_count = dequeue_count + 1"
-    " WHERE id IN (SELECT id FROM work_items WHERE visible_at <= ?3"
-    f" ORDER BY visible_at, id LIMIT ?4) RETURNING {WORK_ITEM_COLUMNS}"
+LOWER_DUE = (
+    "UPDATE instances SET due_at = MIN(COALESCE(due_at, ?2), ?2)"
+    " WHERE instance_id = ?1 AND locked_by IS NULL"
 )
-NEXT_WORK_ITEM_DUE = (
-    "SELECT MIN(visible_at) FROM work_items WHERE visible_at > ? AND locked_by IS NULL"
+RECOMPUTE_OWN_DUE = (
+    "UPDATE instances SET due_at = (SELECT MIN(visible_at) FROM inbox WHERE instance_id = ?1)"
+    " WHERE instance_id = ?1 RETURNING due_at"
 )
-HELD_WORK_ITEM = "instance_id = ? AND execution_id = ? AND task_id = ? AND locked_by = ?"
-SELECT_HELD_WORK_ITEM = f"SELECT {WORK_ITEM_COLUMNS} FROM work_items WHERE {HELD_WORK_ITEM}"
-DELETE_HELD_WORK_ITEM = f"DELETE FROM work_items WHERE {HELD_WORK_ITEM}"
-RENEW_WORK_ITEM = f"UPDATE work_items SET visible_at = ? WHERE {HELD_WORK_ITEM}"
-RELEASE_WORK_ITEM = "UPDATE work_items SET locked_by = NULL, visible_at = ? WHERE id = ?"
-# Runs before DELETE_HELD_WORK_ITEM: the EXISTS on the still-held work item is
-# what drops the result of a lease that another worker took over.
-DELIVER_RESULT = (
-    "INSERT OR IGNORE INTO inbox (instance_id, execution_id, msg_key, event_json, visible_at)"
-    " SELECT ?, ?, ?, ?, ?"
-    f" WHERE EXISTS (SELECT 1 FROM work_items WHERE {HELD_WORK_ITEM})"
-    " AND EXISTS (SELECT 1 FROM instances WHERE instance_id = ?)"
+SELECT_DUE_INSTANCES = (
+    "SELECT json_group_array(json_array("
+    f"{INSTANCE_COLUMNS})) FROM (SELECT {INSTANCE_COLUMNS} FROM instances WHERE due_at <= ?1"
+    " AND (locked_by IS NULL OR locked_until <= ?1) ORDER BY due_at LIMIT ?2)"
+)
+LOCK_INSTANCES = (
+    "UPDATE instances SET locked_by = ?2, locked_until = ?3, due_at = ?3"
+    " WHERE instance_id IN (SELECT value FROM json_each(?1))"
 )
 HAS_READY_WORK = (
     "SELECT EXISTS (SELECT 1 FROM instances WHERE due_at <= ?1"
     " AND (locked_by IS NULL OR locked_until <= ?1))"
     " OR EXISTS (SELECT 1 FROM work_items WHERE visible_at <= ?1)"
 )
+
+# -- statements: history and inbox ---------------------------------------------
+
+SELECT_HISTORY = (
+    "SELECT '[' || COALESCE(group_concat(event_json, ','), '') || ']'"
+    " FROM (SELECT event_json FROM history WHERE instance_id = ? ORDER BY seq)"
+)
+INSERT_HISTORY = (
+    "INSERT INTO history (instance_id, seq, event_json) SELECT ?1, ?2 + key, value"
+    " FROM json_each(?3)"
+)
+DELETE_HISTORY = "DELETE FROM history WHERE instance_id = ?"
+# Messages to a missing instance are dropped by the WHERE, in the same statement.
+INSERT_MESSAGES = (
+    "INSERT OR IGNORE INTO inbox (instance_id, execution_id, msg_key, event_json, visible_at)"
+    " SELECT iid, eid, mkey, event, COALESCE(visible, ?2)"
+    f" FROM (SELECT {_fields('iid', 'eid', 'mkey', 'event', 'visible')} FROM json_each(?1))"
+    " WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = iid)"
+)
+SELECT_VISIBLE_MESSAGES = (
+    "SELECT json_group_array(json_array(id, instance_id, execution_id, msg_key, event_json,"
+    " dequeue_count, visible_at)) FROM inbox"
+    " WHERE instance_id IN (SELECT value FROM json_each(?1)) AND visible_at <= ?2"
+)
+COUNT_DELIVERIES = (
+    "UPDATE inbox SET dequeue_count = dequeue_count + 1"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+)
+CONSUME_MESSAGES = (
+    "DELETE FROM inbox WHERE instance_id = ?1 AND id IN (SELECT value FROM json_each(?2))"
+)
+SELECT_HELD_MESSAGES = (
+    "SELECT id, msg_key, event_json, dequeue_count, execution_id FROM inbox"
+    " WHERE instance_id = ?1 AND id IN (SELECT value FROM json_each(?2))"
+)
+DELAY_MESSAGES = "UPDATE inbox SET visible_at = ?1 WHERE id IN (SELECT value FROM json_each(?2))"
+DELETE_MESSAGES = "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?))"
+NEXT_MESSAGE_DUE = "SELECT MIN(visible_at) FROM inbox WHERE visible_at > ?"
+
+# -- statements: work items ----------------------------------------------------
+
+WORK_ITEM_COLUMNS = "id, instance_id, execution_id, task_id, name, input, attempt, dequeue_count"
+INSERT_WORK_ITEMS = (
+    "INSERT OR IGNORE INTO work_items (instance_id, execution_id, task_id, name, input, attempt,"
+    f" visible_at) SELECT {_fields('iid', 'eid', 'task', 'name', 'input', 'attempt')}, ?2"
+    " FROM json_each(?1)"
+)
+SELECT_READY_WORK_ITEMS = (
+    f"SELECT json_group_array(json_array({WORK_ITEM_COLUMNS})) FROM (SELECT {WORK_ITEM_COLUMNS}"
+    " FROM work_items WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2)"
+)
+# While locked, an item's visible_at is its lease expiry (see the module docstring).
+LOCK_WORK_ITEMS = (
+    "UPDATE work_items SET locked_by = ?1, visible_at = ?2, dequeue_count = dequeue_count + 1"
+    " WHERE id IN (SELECT value FROM json_each(?3))"
+)
+NEXT_WORK_ITEM_DUE = (
+    "SELECT MIN(visible_at) FROM work_items WHERE visible_at > ? AND locked_by IS NULL"
+)
+HELD_WORK_ITEM = "instance_id = ? AND execution_id = ? AND task_id = ? AND locked_by = ?"
+SELECT_HELD_WORK_ITEM = f"SELECT {WORK_ITEM_COLUMNS} FROM work_items WHERE {HELD_WORK_ITEM}"
+RENEW_WORK_ITEM = f"UPDATE work_items SET visible_at = ? WHERE {HELD_WORK_ITEM}"
+RELEASE_WORK_ITEM = "UPDATE work_items SET locked_by = NULL, visible_at = ? WHERE id = ?"
+DELETE_WORK_ITEMS = "DELETE FROM work_items WHERE id IN (SELECT value FROM json_each(?))"
+# A result row: the message (5 items), then the work item it answers and the
+# lease token that must still hold it (4 items).
+_HELD = (
+    "w.instance_id = r.w_iid AND w.execution_id = r.w_eid AND w.task_id = r.w_task"
+    " AND w.locked_by = r.token"
+)
+_RESULTS = (
+    "(SELECT "
+    + _fields("iid", "eid", "mkey", "event", "visible", "w_iid", "w_eid", "w_task", "token")
+    + " FROM json_each(?1)) AS r"
+)
+# Runs before DELETE_COMPLETED: the EXISTS on the still-held work item is what
+# drops the result of a lease that another worker took over.
+DELIVER_RESULTS = (
+    "INSERT OR IGNORE INTO inbox (instance_id, execution_id, msg_key, event_json, visible_at)"
+    f" SELECT iid, eid, mkey, event, COALESCE(visible, ?2) FROM {_RESULTS}"
+    f" WHERE EXISTS (SELECT 1 FROM work_items AS w WHERE {_HELD})"
+    " AND EXISTS (SELECT 1 FROM instances WHERE instance_id = iid)"
+)
+DELETE_COMPLETED = (
+    f"DELETE FROM work_items WHERE id IN (SELECT w.id FROM {_RESULTS} JOIN work_items AS w"
+    f" ON {_HELD})"
+)
+
+# -- statements: poison --------------------------------------------------------
+
+INSERT_POISON = (
+    "INSERT INTO poison (queue, instance_id, body, reason, poisoned_at, dequeue_count, extra)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 SELECT_POISON = (
     "SELECT queue, instance_id, body, reason, poisoned_at, dequeue_count, extra"
     " FROM poison ORDER BY id"
 )
 
-InstanceRow = tuple[
-    str, str, str, str, str | None, str | None, str | None, str | None, int, int, str | None, int
-]
-MessageRow = tuple[str, str | None, str, str, int]
-"""``(instance_id, execution_id, key, event_json, visible_at)``: an ``INSERT_MESSAGE`` row."""
+# -- the file ------------------------------------------------------------------
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the store file and bring its schema up to date."""
+    if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        raise RuntimeError(
+            f"the SQLite store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer; "
+            f"this Python has {sqlite3.sqlite_version}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: the store issues BEGIN IMMEDIATE itself, so a write
     # transaction takes the file's write lock up front instead of failing with
@@ -280,7 +357,7 @@ def micros(duration: timedelta) -> int:
     return max(0, duration // _MICROSECOND)
 
 
-def instance_from_row(row: InstanceRow) -> InstanceRecord:
+def instance_from_row(row: Sequence[Any]) -> InstanceRecord:
     """Build an ``InstanceRecord`` from a row selected with ``INSTANCE_COLUMNS``."""
     (iid, name, execution_id, status, input_, output, custom, failure, created, updated, parent,
      version) = row  # fmt: skip
@@ -300,7 +377,7 @@ def instance_from_row(row: InstanceRow) -> InstanceRecord:
     )
 
 
-def commit_row(record: InstanceRecord) -> tuple[Any, ...]:
+def commit_values(record: InstanceRecord) -> tuple[Any, ...]:
     """The new-values part of a ``COMMIT_INSTANCE`` row."""
     return (
         record.name,
@@ -316,49 +393,52 @@ def commit_row(record: InstanceRecord) -> tuple[Any, ...]:
     )
 
 
-def visible_at(message: OrchestrationMessage, now: int) -> int:
-    """When ``message`` may be delivered, in microseconds (``now`` if not delayed)."""
-    return to_micros(message.visible_at) if message.visible_at is not None else now
+def start_row(message: OrchestrationMessage, started: ExecutionStarted) -> tuple[Any, ...]:
+    """An ``INSERT_INSTANCE`` row for the instance an ``ExecutionStarted`` message creates.
+
+    Its ``due_at`` is NULL when the message is not delayed: bind "now" after it.
+    """
+    created = to_micros(started.timestamp)
+    parent = started.parent.instance_id if started.parent else None
+    return (message.instance_id, started.name, started.execution_id, _PENDING, started.input,
+            created, created, parent, delay_of(message))  # fmt: skip
 
 
-def message_row(message: OrchestrationMessage, now: int) -> MessageRow:
-    """An ``INSERT_MESSAGE`` row for ``message``."""
-    return (
+def delay_of(message: OrchestrationMessage) -> int | None:
+    """``visible_at`` in microseconds, ``None`` for "now"."""
+    return None if message.visible_at is None else to_micros(message.visible_at)
+
+
+def message_item(message: OrchestrationMessage) -> list[Any]:
+    """One ``INSERT_MESSAGES`` array item (its visibility ``None`` means "now")."""
+    return [
         message.instance_id,
         message.execution_id,
         message.key,
         message.event.model_dump_json(),
-        visible_at(message, now),
-    )
+        delay_of(message),
+    ]
 
 
-def start_row(
-    message: OrchestrationMessage, started: ExecutionStarted, now: int
-) -> tuple[Any, ...]:
-    """An ``INSERT_INSTANCE`` row for the instance an ``ExecutionStarted`` message creates."""
-    created = to_micros(started.timestamp)
-    parent = started.parent.instance_id if started.parent else None
-    return (message.instance_id, started.name, started.execution_id, _PENDING, started.input,
-            created, created, parent, visible_at(message, now))  # fmt: skip
+def result_item(result: ActivityResult) -> list[Any]:
+    """One ``DELIVER_RESULTS`` / ``DELETE_COMPLETED`` array item."""
+    return message_item(result.message) + list(held_key(result.item))
 
 
-def earliest_per_instance(rows: Iterable[MessageRow], skip: str = "") -> list[tuple[str, int]]:
-    """``(instance_id, earliest visible_at)`` per target but ``skip``, for ``LOWER_DUE``."""
-    earliest: dict[str, int] = {}
-    for iid, _, _, _, visible in rows:
-        if iid != skip and visible < earliest.get(iid, visible + 1):
-            earliest[iid] = visible
-    return list(earliest.items())
+def held_key(item: ActivityWorkItem) -> tuple[str, str, int, str]:
+    """Parameters of ``HELD_WORK_ITEM``: the item, as long as ``item`` still holds it."""
+    invocation = item.invocation
+    return (invocation.instance_id, invocation.execution_id, invocation.task_id, item.lock_token)
 
 
-def work_item_row(invocation: ActivityInvocation, now: int) -> tuple[Any, ...]:
-    """An ``INSERT_WORK_ITEM`` row."""
+def invocation_item(invocation: ActivityInvocation) -> list[Any]:
+    """One ``INSERT_WORK_ITEMS`` array item."""
     i = invocation
-    return (i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt, now)
+    return [i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt]
 
 
-def work_item_body(row: tuple[Any, ...]) -> tuple[str, str]:
-    """Poison ``(body, extra)`` for a row selected with ``WORK_ITEM_COLUMNS``."""
+def work_item_poison(row: Sequence[Any]) -> tuple[str, str]:
+    """Poison ``(body, extra)`` of a row selected with ``WORK_ITEM_COLUMNS``."""
     _, iid, eid, task, name, input_, attempt, _ = row
     body = json.dumps(
         {"instance_id": iid, "execution_id": eid, "task_id": task, "name": name,

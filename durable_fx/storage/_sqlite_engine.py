@@ -1,0 +1,459 @@
+"""The SQLite store's thread-side half: transactions and the calls they run.
+
+``_Engine`` owns the connection and runs on the store thread only (see
+``_sqlite_thread``). Its write calls run inside a transaction the thread opens,
+possibly together with other calls (group commit), so each one raises its
+expected errors (``ConflictError``, ``InstanceExistsError``...) before it
+writes anything. ``CommitPlan`` is built on the caller's thread, so the store
+thread spends its time in SQLite rather than in serialization.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from pydantic import ValidationError
+
+from .._clock import Clock
+from .._errors import ConflictError, DurableFxError, InstanceExistsError, InstanceNotFoundError
+from .._history import HISTORY_EVENT, ExecutionStarted
+from .._ids import validate_instance_id
+from .._state import OrchestrationStatus
+from . import _sqlite_schema as sql
+from ._records import (
+    ActivityInvocation,
+    ActivityWorkItem,
+    EpisodeCommit,
+    InboxMessage,
+    InstanceQuery,
+    InstanceRecord,
+    LockBatch,
+    OrchestrationMessage,
+    OrchestrationWorkItem,
+    Page,
+    PoisonedMessage,
+)
+
+__all__ = ["CommitPlan", "Engine", "dumps", "started_event"]
+
+T = TypeVar("T")
+
+_ORCHESTRATIONS = "orchestrations"
+_ACTIVITIES = "activities"
+_EXPECTED = (DurableFxError, ValueError)
+"""Errors a call raises before writing, which leave the rest of its group intact."""
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    """An episode commit turned into statement parameters (on the caller's thread)."""
+
+    instance_id: str
+    update: tuple[Any, ...]
+    reset: bool
+    history: str
+    history_count: int
+    consumed: str | None
+    activities: str | None
+    starts: list[tuple[Any, ...]]
+    messages: str | None
+    targets: str | None
+    delays: list[int | None]
+
+    @classmethod
+    def build(cls, item: OrchestrationWorkItem, commit: EpisodeCommit) -> CommitPlan:
+        iid = item.instance.instance_id
+        if commit.instance.instance_id != iid:
+            raise ValueError(
+                f"commit for instance {commit.instance.instance_id!r} "
+                f"does not match the locked instance {iid!r}"
+            )
+        for message in commit.messages:
+            validate_instance_id(message.instance_id)
+        starts = [
+            sql.start_row(m, started_event(m))
+            for m in commit.messages
+            if isinstance(m.event, ExecutionStarted)
+        ]
+        history = [event.model_dump_json() for event in commit.new_history]
+        version = int(item.instance.version or 0)
+        update = (*sql.commit_values(commit.instance), commit.reset_history, len(history),
+                  iid, version, item.lock_token)  # fmt: skip
+        targets = {m.instance_id for m in commit.messages} - {iid}
+        return cls(
+            instance_id=iid,
+            update=update,
+            reset=commit.reset_history,
+            history=dumps(history),
+            history_count=len(history),
+            consumed=dumps([int(i) for i in commit.consumed]) if commit.consumed else None,
+            activities=_batch(sql.invocation_item(a) for a in commit.activities),
+            starts=starts,
+            messages=_batch(sql.message_item(m) for m in commit.messages),
+            targets=dumps(sorted(targets)) if targets else None,
+            delays=[sql.delay_of(m) for m in commit.messages],
+        )
+
+
+def _batch(items: Iterator[list[Any]]) -> str | None:
+    """A JSON array parameter for ``json_each``, or ``None`` when there is nothing."""
+    rows = list(items)
+    return dumps(rows) if rows else None
+
+
+class Engine:
+    """The synchronous store on its own thread: transactions and the calls they run."""
+
+    def __init__(self, path: Path, clock: Clock, max_dequeue_count: int) -> None:
+        self._db = sql.connect(path)
+        self._clock = clock
+        self._max_dequeue = max_dequeue_count
+        self._work_arrived = False
+        # Tokens differ between lock calls, even of one owner: a worker must not
+        # complete, with an old lease, work that was locked again since.
+        self._token_prefix = os.urandom(6).hex()
+        self._token_counter = itertools.count()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _now(self) -> int:
+        return sql.to_micros(self._clock.now())
+
+    def _token(self, owner: str) -> str:
+        return f"{owner}#{self._token_prefix}.{next(self._token_counter)}"
+
+    def _notify(self) -> None:
+        """Note that this transaction makes work visible now (waiters wake after commit)."""
+        self._work_arrived = True
+
+    def take_work_arrived(self) -> bool:
+        arrived, self._work_arrived = self._work_arrived, False
+        return arrived
+
+    # -- transactions -----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            self._work_arrived = False
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def run_alone(self, call: Callable[[], T]) -> T:
+        """Run one write call in its own transaction."""
+        with self._transaction():
+            return call()
+
+    def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run write calls in one transaction: ``(True, result)`` or ``(False, error)`` each.
+
+        Raises (having rolled everything back) if a call fails in any way but
+        an expected error raised before it wrote anything.
+        """
+        outcomes: list[tuple[bool, Any]] = []
+        with self._transaction():
+            for call in calls:
+                before = self._db.total_changes
+                try:
+                    outcomes.append((True, call()))
+                except _EXPECTED as error:
+                    if self._db.total_changes != before:
+                        raise  # it wrote first: only rolling back the group undoes that
+                    outcomes.append((False, error))
+        return outcomes
+
+    # -- starting and messaging -------------------------------------------------
+
+    def create_instance(self, iid: str, instance: tuple[Any, ...], message: str) -> None:
+        db = self._db
+        now = self._now()
+        status = db.execute(sql.SELECT_STATUS, (iid,)).fetchone()
+        if status is None:
+            db.execute(sql.INSERT_INSTANCE, (*instance, now))
+        elif OrchestrationStatus(status[0]).is_terminal:
+            _delete_instance_data(db, iid)
+            db.execute(sql.RESTART_INSTANCE, (*instance, now))
+        else:
+            raise InstanceExistsError(iid, status[0])
+        db.execute(sql.INSERT_MESSAGES, (message, now))
+        if _visible(instance[-1], now):
+            self._notify()
+
+    def enqueue(self, iid: str, message: str, delay: int | None) -> None:
+        db = self._db
+        now = self._now()
+        if db.execute(sql.INSERT_MESSAGES, (message, now)).rowcount:
+            db.execute(sql.LOWER_DUE, (iid, now if delay is None else delay))
+            if _visible(delay, now):
+                self._notify()
+        elif db.execute(sql.SELECT_STATUS, (iid,)).fetchone() is None:
+            raise InstanceNotFoundError(iid)
+        # else: a message with this key is already pending
+
+    # -- orchestration work -----------------------------------------------------
+
+    def lock_orchestrations(
+        self, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[OrchestrationWorkItem]:
+        db = self._db
+        now = self._now()
+        (found,) = db.execute(sql.SELECT_DUE_INSTANCES, (now, max(0, limit))).fetchone()
+        candidates = {row[0]: row for row in json.loads(found)}
+        items: list[OrchestrationWorkItem] = []
+        if candidates:
+            token = self._token(owner)
+            taken = self._deliver_inbox(dumps(list(candidates)), now)
+            until = now + sql.micros(lease)
+            db.execute(sql.LOCK_INSTANCES, (dumps(list(taken)), token, until))
+            if len(taken) < len(candidates):
+                # Every visible message of these was poisoned: they stay unlocked.
+                idle = [iid for iid in candidates if iid not in taken]
+                db.execute(sql.RECOMPUTE_DUE, (dumps(idle),))
+            items = [
+                OrchestrationWorkItem(sql.instance_from_row(row), taken[iid], token)
+                for iid, row in candidates.items()
+                if iid in taken
+            ]
+        (next_due,) = db.execute(sql.NEXT_MESSAGE_DUE, (now,)).fetchone()
+        return LockBatch(items, sql.optional_time(next_due))
+
+    def _deliver_inbox(self, instance_ids: str, now: int) -> dict[str, list[InboxMessage]]:
+        """Count one delivery of each visible message; poison the undeliverable ones."""
+        db = self._db
+        (found,) = db.execute(sql.SELECT_VISIBLE_MESSAGES, (instance_ids, now)).fetchone()
+        rows = json.loads(found)
+        rows.sort(key=lambda row: (row[6], row[0]))  # oldest first: (visible_at, arrival)
+        taken: dict[str, list[InboxMessage]] = {}
+        spent: list[tuple[Any, ...]] = []
+        for msg_id, iid, execution_id, key, event_json, count, _ in rows:
+            if count >= self._max_dequeue:
+                reason = f"delivered {count} times without a successful episode"
+            else:
+                try:
+                    event = HISTORY_EVENT.validate_json(event_json)
+                except ValidationError as error:
+                    reason = f"undecodable message: {error}"
+                else:
+                    message = InboxMessage(str(msg_id), event, execution_id, count + 1)
+                    taken.setdefault(iid, []).append(message)
+                    continue
+            spent.append((msg_id, iid, event_json, reason, count, key, execution_id))
+        delivered = [int(m.message_id) for messages in taken.values() for m in messages]
+        db.execute(sql.COUNT_DELIVERIES, (dumps(delivered),))
+        self._poison_messages(spent, now)
+        return taken
+
+    def history(self, instance_id: str) -> str:
+        (text,) = self._db.execute(sql.SELECT_HISTORY, (instance_id,)).fetchone()
+        return cast(str, text)
+
+    def commit_episode(self, plan: CommitPlan) -> str:
+        db = self._db
+        iid = plan.instance_id
+        now = self._now()
+        row = db.execute(sql.COMMIT_INSTANCE, plan.update).fetchone()
+        if row is None:
+            raise ConflictError(iid, _conflict_detail(db, iid, plan.update[-2:]))
+        version, history_len = row
+        if plan.reset:
+            db.execute(sql.DELETE_HISTORY, (iid,))
+        if plan.history_count:
+            first_seq = history_len - plan.history_count
+            db.execute(sql.INSERT_HISTORY, (iid, first_seq, plan.history))
+        if plan.consumed:
+            db.execute(sql.CONSUME_MESSAGES, (iid, plan.consumed))
+        if plan.activities:
+            db.execute(sql.INSERT_WORK_ITEMS, (plan.activities, now))
+            self._notify()
+        if plan.starts:
+            db.executemany(sql.INSERT_INSTANCE, [(*start, now) for start in plan.starts])
+        if plan.messages:
+            db.execute(sql.INSERT_MESSAGES, (plan.messages, now))
+        if plan.targets:
+            db.execute(sql.RECOMPUTE_DUE, (plan.targets,))
+        (due,) = db.execute(sql.RECOMPUTE_OWN_DUE, (iid,)).fetchone()
+        if _visible(due, now, empty=False) or any(_visible(d, now) for d in plan.delays):
+            self._notify()
+        return str(version)
+
+    def abandon_orchestration(
+        self, iid: str, token: str, message_ids: str, reason: str, retry_after: timedelta
+    ) -> None:
+        db = self._db
+        now = self._now()
+        if not db.execute(sql.RELEASE_INSTANCE, (iid, token)).rowcount:
+            return  # the lease was lost: the messages belong to another worker now
+        rows = db.execute(sql.SELECT_HELD_MESSAGES, (iid, message_ids)).fetchall()
+        spent = [
+            (msg_id, iid, body, reason, count, key, execution_id)
+            for msg_id, key, body, count, execution_id in rows
+            if count >= self._max_dequeue
+        ]
+        self._poison_messages(spent, now)
+        retry = [row[0] for row in rows if row[3] < self._max_dequeue]
+        if retry:
+            db.execute(sql.DELAY_MESSAGES, (now + sql.micros(retry_after), dumps(retry)))
+        (due,) = db.execute(sql.RECOMPUTE_OWN_DUE, (iid,)).fetchone()
+        if _visible(due, now, empty=False):
+            self._notify()
+
+    def _poison_messages(self, rows: list[tuple[Any, ...]], now: int) -> None:
+        """Move inbox rows ``(id, instance, body, reason, count, key, execution_id)`` to poison."""
+        if not rows:
+            return
+        self._db.executemany(
+            sql.INSERT_POISON,
+            [(_ORCHESTRATIONS, iid, body, reason, now, count, sql.message_extra(mid, key, eid))
+             for mid, iid, body, reason, count, key, eid in rows],
+        )  # fmt: skip
+        self._db.execute(sql.DELETE_MESSAGES, (dumps([row[0] for row in rows]),))
+
+    # -- activity work ----------------------------------------------------------
+
+    def lock_activities(
+        self, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[ActivityWorkItem]:
+        db = self._db
+        now = self._now()
+        (found,) = db.execute(sql.SELECT_READY_WORK_ITEMS, (now, max(0, limit))).fetchone()
+        rows = json.loads(found)
+        take = [row for row in rows if row[7] < self._max_dequeue]
+        token = self._token(owner)
+        if take:
+            ids = dumps([row[0] for row in take])
+            db.execute(sql.LOCK_WORK_ITEMS, (token, now + sql.micros(lease), ids))
+        if len(take) < len(rows):
+            spent = [row for row in rows if row[7] >= self._max_dequeue]
+            self._poison_work_items(spent, None, now)
+        (next_due,) = db.execute(sql.NEXT_WORK_ITEM_DUE, (now,)).fetchone()
+        items = [
+            ActivityWorkItem(
+                ActivityInvocation(iid, eid, task, name, input_, attempt), token, n + 1
+            )
+            for _, iid, eid, task, name, input_, attempt, n in take
+        ]
+        return LockBatch(items, sql.optional_time(next_due))
+
+    def complete_activities(self, results: str, delays: list[int | None], targets: str) -> None:
+        db = self._db
+        now = self._now()
+        delivered = db.execute(sql.DELIVER_RESULTS, (results, now)).rowcount
+        db.execute(sql.DELETE_COMPLETED, (results,))
+        if delivered:
+            db.execute(sql.RECOMPUTE_DUE, (targets,))
+            if any(_visible(delay, now) for delay in delays):
+                self._notify()
+
+    def abandon_activity(
+        self, key: tuple[str, str, int, str], reason: str, retry_after: timedelta
+    ) -> None:
+        db = self._db
+        now = self._now()
+        row = db.execute(sql.SELECT_HELD_WORK_ITEM, key).fetchone()
+        if row is None:
+            return  # the lease was lost: the item belongs to another worker now
+        if row[7] >= self._max_dequeue:
+            self._poison_work_items([row], reason, now)
+            return
+        retry_at = now + sql.micros(retry_after)
+        db.execute(sql.RELEASE_WORK_ITEM, (retry_at, row[0]))
+        if retry_at <= now:
+            self._notify()
+
+    def renew_activity_lease(self, key: tuple[str, str, int, str], lease: timedelta) -> None:
+        self._db.execute(sql.RENEW_WORK_ITEM, (self._now() + sql.micros(lease), *key))
+
+    def _poison_work_items(self, rows: list[Any], reason: str | None, now: int) -> None:
+        """Move work item rows (``WORK_ITEM_COLUMNS``, count = deliveries so far) to poison."""
+        poison = []
+        for row in rows:
+            body, extra = sql.work_item_poison(row)
+            why = reason or f"delivered {row[7]} times without completing"
+            poison.append((_ACTIVITIES, row[1], body, why, now, row[7], extra))
+        self._db.executemany(sql.INSERT_POISON, poison)
+        self._db.execute(sql.DELETE_WORK_ITEMS, (dumps([row[0] for row in rows]),))
+
+    # -- reading and housekeeping -----------------------------------------------
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        row = self._db.execute(sql.SELECT_INSTANCE, (instance_id,)).fetchone()
+        return sql.instance_from_row(row) if row else None
+
+    def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
+        where, params = sql.query_filter(query)
+        rows = self._db.execute(
+            f"SELECT {sql.INSTANCE_COLUMNS} FROM instances WHERE {where}"
+            " ORDER BY created_at DESC, instance_id LIMIT ?",
+            (*params, query.page_size + 1),
+        ).fetchall()
+        records = [sql.instance_from_row(row) for row in rows[: query.page_size]]
+        more = len(rows) > query.page_size
+        return Page(records, sql.continuation(records[-1]) if more else None)
+
+    def purge_instance(self, instance_id: str) -> bool:
+        _delete_instance_data(self._db, instance_id)
+        deleted = self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+        return deleted.rowcount > 0
+
+    def poisoned_messages(self) -> list[PoisonedMessage]:
+        rows = self._db.execute(sql.SELECT_POISON).fetchall()
+        return [
+            PoisonedMessage(queue, iid, body, reason, sql.from_micros(at), count, json.loads(extra))
+            for queue, iid, body, reason, at, count, extra in rows
+        ]
+
+    def has_ready_work(self) -> bool:
+        (ready,) = self._db.execute(sql.HAS_READY_WORK, (self._now(),)).fetchone()
+        return bool(ready)
+
+
+def _visible(due: int | None, now: int, *, empty: bool = True) -> bool:
+    """Whether something due at ``due`` is visible at ``now``; ``None`` means ``empty``."""
+    return empty if due is None else due <= now
+
+
+def started_event(message: OrchestrationMessage) -> ExecutionStarted:
+    event = message.event
+    if not isinstance(event, ExecutionStarted):
+        raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")
+    if event.instance_id != message.instance_id:
+        raise ValueError(
+            f"ExecutionStarted names instance {event.instance_id!r} "
+            f"but the message is addressed to {message.instance_id!r}"
+        )
+    return event
+
+
+def _conflict_detail(db: sqlite3.Connection, iid: str, held: tuple[Any, ...]) -> str:
+    row = db.execute(sql.SELECT_LOCK_STATE, (iid,)).fetchone()
+    if row is None:
+        return "it was purged while locked"
+    if row[0] != held[0]:
+        return f"version {held[0]} is stale (now {row[0]})"
+    return "the lease expired and another worker locked it"
+
+
+def _delete_instance_data(db: sqlite3.Connection, instance_id: str) -> None:
+    """Drop an instance's history, inbox and work items (not its row)."""
+    for table in ("history", "inbox", "work_items"):
+        db.execute(f"DELETE FROM {table} WHERE instance_id = ?", (instance_id,))
