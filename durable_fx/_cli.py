@@ -1,0 +1,663 @@
+"""The ``durable-fx`` command line: manage orchestration instances and run workers.
+
+Each command opens the store (``--store``, else ``default_store_url()``),
+does one thing through ``DurableClient`` and prints a table, or one JSON
+document with ``--json``. Every failure is one ``error:`` line on stderr with
+exit code 1 (the operation failed) or 2 (the command line is wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from ._cli_input import (
+    check_instance_id,
+    open_client,
+    open_worker,
+    parse_json,
+    parse_time,
+    require_state,
+)
+from ._cli_output import (
+    USAGE_ERROR,
+    CliError,
+    emit_json,
+    instances_table,
+    print_error,
+    redact_store_url,
+    state_json,
+    state_table,
+    stdout_console,
+)
+from ._cli_worker import load_registry, run_until_signalled
+from ._state import OrchestrationState, OrchestrationStatus
+from ._timeline import render_timeline, timeline_rows
+from .storage import default_store_url
+
+__all__ = ["app", "main"]
+
+log = logging.getLogger("durable_fx.cli")
+
+_TERMINAL = [s for s in OrchestrationStatus if s.is_terminal]
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group, reporting every error as one ``error:`` line on stderr.
+
+    Click's own usage errors would print a usage block and a boxed message,
+    and anything else a traceback; scripts and people both read one line
+    better, so all of it is caught here, where ``CliRunner`` sees it too.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+            # Without standalone mode click returns typer.Exit's code (or None).
+            code = result if isinstance(result, int) else 0
+        except CliError as error:
+            print_error(error.message)
+            code = error.exit_code
+        except typer.TyperException as error:  # click's usage errors
+            code = _report_usage_error(error)
+        except typer.Abort:
+            print_error("aborted")
+            code = 1
+        except Exception as error:
+            if os.environ.get("DURABLE_FX_DEBUG"):
+                raise
+            print_error(
+                f"unexpected {type(error).__name__}: {error} (a bug in durable-fx: rerun with "
+                "DURABLE_FX_DEBUG=1 to see the traceback, and please report it)"
+            )
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _report_usage_error(error: typer.TyperException) -> int:
+    # Running with no command at all shows the help, which is what was wanted.
+    if type(error).__name__ == "NoArgsIsHelpError":
+        typer.echo(error.format_message())
+        return 0
+    message = error.format_message()
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
+    print_error(message)
+    return int(getattr(error, "exit_code", USAGE_ERROR))
+
+
+app = typer.Typer(
+    name="durable-fx",
+    cls=_OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Start, inspect and steer durable_fx orchestrations, and run workers.",
+)
+
+
+# -- shared options -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    store: str | None = None
+    json: bool = False
+
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URL",
+        show_default=False,
+        help="Store URL, e.g. sqlite:///app.db or sqlite:////abs/path.db. Default: "
+        "$DURABLE_FX_STORE, else $AzureWebJobsStorage, else sqlite:///.durable_fx/durable_fx.db.",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
+]
+
+
+IdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID", callback=check_instance_id, help="The instance id.", show_default=False
+    ),
+]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", metavar="TEXT", help="Why; kept in the history.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"durable-fx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_version, help="Show the version."),
+    ] = False,
+) -> None:
+    """Start, inspect and steer durable_fx orchestrations, and run workers.
+
+    --store and --json go before the command or after it.
+    """
+    ctx.obj = _Settings(store, json_output)
+
+
+def _settings(ctx: typer.Context, store: str | None, json_output: bool) -> _Settings:
+    """The command's own --store/--json, else those given before the command."""
+    root = ctx.find_object(_Settings) or _Settings()
+    return _Settings(store or root.store, json_output or root.json)
+
+
+# -- instance commands --------------------------------------------------------------------------
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The orchestrator's registered name.")],
+    input_json: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="JSON",
+            help="The orchestrator's input as JSON; @FILE reads it from a file, @- from stdin.",
+        ),
+    ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            metavar="ID",
+            callback=check_instance_id,
+            help="Instance id to use (default: a new random id). Refused while an instance "
+            "with this id is still running; a finished one is replaced.",
+        ),
+    ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            "--start-at",
+            metavar="ISO",
+            help="Stay PENDING until this time (ISO 8601; no offset means UTC).",
+        ),
+    ] = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Start an orchestration and print its instance id.
+
+    The instance runs as soon as a worker that registers NAME is running on
+    the same store (see 'durable-fx worker').
+    """
+    settings = _settings(ctx, store, json_output)
+    payload = parse_json(input_json, "--input")
+    when = parse_time(start_at, "--start-at")
+    with open_client(settings.store) as client:
+        started = client.start(name, payload, instance_id=instance_id, start_at=when)
+    if settings.json:
+        emit_json(
+            {"instance_id": started, "name": name, "start_at": when.isoformat() if when else None}
+        )
+        return
+    scheduled = f" (pending until {when.isoformat()})" if when else ""
+    stdout_console().print(f"started {name} as instance {started}{scheduled}", markup=False)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show an instance's status, input, output, custom status and failure."""
+    settings = _settings(ctx, store, json_output)
+    with open_client(settings.store) as client:
+        state = require_state(client.get(instance_id), instance_id)
+    if settings.json:
+        emit_json(state_json(state))
+    else:
+        stdout_console().print(state_table(state))
+
+
+@app.command("list")
+def list_instances(
+    ctx: typer.Context,
+    status: Annotated[
+        list[OrchestrationStatus] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            case_sensitive=False,
+            help="Only instances with this status; repeat the option for several.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="Only this orchestrator.")
+    ] = None,
+    created_from: Annotated[
+        str | None,
+        typer.Option("--created-from", metavar="ISO", help="Only instances created at or after."),
+    ] = None,
+    created_to: Annotated[
+        str | None,
+        typer.Option("--created-to", metavar="ISO", help="Only instances created at or before."),
+    ] = None,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=1000, help="Instances per page.")
+    ] = 100,
+    continuation: Annotated[
+        str | None,
+        typer.Option("--continuation", metavar="TOKEN", help="Start at the page this names."),
+    ] = None,
+    all_pages: Annotated[
+        bool, typer.Option("--all", help="Follow the pages to the end and list every match.")
+    ] = False,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List instances, newest first, one page at a time (or --all)."""
+    settings = _settings(ctx, store, json_output)
+    since = parse_time(created_from, "--created-from")
+    until = parse_time(created_to, "--created-to")
+    items: list[OrchestrationState] = []
+    with open_client(settings.store) as client:
+        while True:
+            page = client.query(
+                status=status or None,
+                name=name,
+                created_from=since,
+                created_to=until,
+                page_size=page_size,
+                continuation=continuation,
+            )
+            items.extend(page.items)
+            continuation = page.continuation
+            if not (all_pages and continuation):
+                break
+    if settings.json:
+        emit_json({"items": [state_json(s) for s in items], "continuation": continuation})
+        return
+    console = stdout_console()
+    console.print(instances_table(items))
+    count = f"{len(items)} instance{'' if len(items) == 1 else 's'}"
+    more = f"; more with --continuation {continuation} (or --all)" if continuation else ""
+    console.print(f"{count}{more}", style="dim", markup=False)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    episodes: Annotated[
+        bool,
+        typer.Option(
+            "--episodes",
+            help="Also show the OrchestratorStarted markers that open each replay episode.",
+        ),
+    ] = False,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show an instance's history as a timeline.
+
+    One row per event: time since the start, event kind, and what it was
+    (activity and input, result, timer, event data, failure, sub-orchestration).
+    """
+    settings = _settings(ctx, store, json_output)
+    with open_client(settings.store) as client:
+        state = require_state(client.get(instance_id, history=True), instance_id)
+    if settings.json:
+        rows = timeline_rows(state, show_episodes=episodes)
+        emit_json(
+            {
+                "instance_id": state.instance_id,
+                "name": state.name,
+                "status": state.status.value,
+                "events": [row.as_dict() for row in rows],
+            }
+        )
+    else:
+        stdout_console().print(render_timeline(state, show_episodes=episodes))
+
+
+@app.command("raise")
+def raise_event(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    event: Annotated[
+        str, typer.Argument(metavar="EVENT", help="The event name the orchestrator waits for.")
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", metavar="JSON", help="The event's data as JSON; @FILE reads a file."
+        ),
+    ] = None,
+    event_id: Annotated[
+        str | None,
+        typer.Option(
+            "--event-id",
+            metavar="KEY",
+            help="Idempotency key: raising again with the same key while the event is "
+            "pending delivers it once.",
+        ),
+    ] = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send event EVENT (with optional JSON data) to an instance."""
+    settings = _settings(ctx, store, json_output)
+    payload = parse_json(data, "--data")
+    with open_client(settings.store) as client:
+        client.raise_event(instance_id, event, payload, event_id=event_id)
+    if settings.json:
+        emit_json({"instance_id": instance_id, "event": event, "data": payload})
+    else:
+        stdout_console().print(f"raised {event} on instance {instance_id}", markup=False)
+
+
+@app.command()
+def terminate(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    reason: ReasonOption = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop an instance and the sub-orchestrations it waits on.
+
+    The instance ends TERMINATED at its next episode; work already running
+    finishes but its results are ignored. A finished instance is left as it is.
+    """
+    settings = _settings(ctx, store, json_output)
+    with open_client(settings.store) as client:
+        state = require_state(client.get(instance_id), instance_id)
+        requested = not state.status.is_terminal
+        if requested:
+            client.terminate(instance_id, reason)
+    if settings.json:
+        emit_json(
+            {
+                "instance_id": instance_id,
+                "action": "terminate",
+                "requested": requested,
+                "status": state.status.value,
+                "reason": reason,
+            }
+        )
+    elif requested:
+        stdout_console().print(f"terminating instance {instance_id}", markup=False)
+    else:
+        stdout_console().print(
+            f"instance {instance_id} is already {state.status.value}; nothing to terminate",
+            markup=False,
+        )
+
+
+def _steer(action: str, instance_id: str, reason: str | None, settings: _Settings) -> None:
+    with open_client(settings.store) as client:
+        if action == "suspend":
+            client.suspend(instance_id, reason)
+        else:
+            client.resume(instance_id, reason)
+    if settings.json:
+        emit_json({"instance_id": instance_id, "action": action, "reason": reason})
+    else:
+        verb = "suspending" if action == "suspend" else "resuming"
+        stdout_console().print(f"{verb} instance {instance_id}", markup=False)
+
+
+@app.command()
+def suspend(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    reason: ReasonOption = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Pause an instance: it keeps its events but runs no code until resumed."""
+    _steer("suspend", instance_id, reason, _settings(ctx, store, json_output))
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    reason: ReasonOption = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Resume a suspended instance."""
+    _steer("resume", instance_id, reason, _settings(ctx, store, json_output))
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    instance_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[ID]",
+            callback=check_instance_id,
+            help="Purge this instance.",
+            show_default=False,
+        ),
+    ] = None,
+    status: Annotated[
+        list[OrchestrationStatus] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            case_sensitive=False,
+            help="Purge finished instances with this status (COMPLETED, FAILED or TERMINATED); "
+            "repeat for several.",
+        ),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        typer.Option("--created-before", metavar="ISO", help="Purge those created before this."),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Purge every finished instance.")
+    ] = False,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Delete finished instances and their history, for good.
+
+    Name one instance, or choose with --status, --created-before or --all.
+    Running instances are never purged: terminate them first.
+    """
+    settings = _settings(ctx, store, json_output)
+    filtered = bool(status or created_before or everything)
+    if instance_id is not None and filtered:
+        raise typer.BadParameter("give an instance id or filters, not both", param_hint="'ID'")
+    if instance_id is None and not filtered:
+        raise CliError(
+            "name the instance to purge, or choose with --status, --created-before or --all",
+            exit_code=USAGE_ERROR,
+        )
+    running = [s.value for s in status or () if not s.is_terminal]
+    if running:
+        raise typer.BadParameter(
+            f"{', '.join(running)} instances cannot be purged; "
+            f"use {', '.join(s.value for s in _TERMINAL)}",
+            param_hint="'--status'",
+        )
+    before = parse_time(created_before, "--created-before")
+    with open_client(settings.store) as client:
+        if instance_id is not None:
+            purged = client.purge(instance_id)
+        else:
+            # The store's bound is inclusive; "before" is not.
+            until = before - timedelta(microseconds=1) if before else None
+            purged = client.purge(status=status or None, created_to=until)
+    if settings.json:
+        emit_json({"purged": purged})
+    else:
+        stdout_console().print(f"purged {purged} instance{'' if purged == 1 else 's'}")
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    instance_id: IdArgument,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", metavar="SECONDS", min=0, help="Give up after this; 0: never."),
+    ] = 60.0,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Wait until an instance finishes, then show its status.
+
+    Exits 0 if it COMPLETED, 1 if it FAILED or was TERMINATED, or if the
+    timeout passed first.
+    """
+    settings = _settings(ctx, store, json_output)
+    with open_client(settings.store) as client:
+        try:
+            state = client.wait(instance_id, timeout=timeout or None)
+        except TimeoutError as error:
+            raise CliError(f"{error}; is a worker running on this store?") from None
+    if settings.json:
+        emit_json(state_json(state))
+    else:
+        stdout_console().print(state_table(state))
+    if state.status is not OrchestrationStatus.COMPLETED:
+        detail = f": {state.failure}" if state.failure else ""
+        raise CliError(f"instance {instance_id} ended {state.status.value}{detail}")
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR",
+            help="Where the Registry is, e.g. myapp.workflows:registry (or an app object "
+            "with a .registry attribute).",
+        ),
+    ],
+    max_episodes: Annotated[
+        int, typer.Option("--max-episodes", min=1, help="Orchestration episodes run at once.")
+    ] = 32,
+    max_activities: Annotated[
+        int, typer.Option("--max-activities", min=1, help="Activities run at once.")
+    ] = 64,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            metavar="SECONDS",
+            min=0,
+            help="On stop, how long in-flight work may finish before it is released.",
+        ),
+    ] = 10.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the orchestrators and activities of a registry until stopped.
+
+    MODULE is imported from the current directory or PYTHONPATH. Ctrl-C or
+    SIGTERM stops the worker gracefully: it takes no new work, lets work in
+    flight finish (up to --shutdown-grace seconds), releases the rest for other
+    workers, and exits 0. A second Ctrl-C quits at once. With --json, one
+    summary document is printed when the worker stops.
+    """
+    settings = _settings(ctx, store, json_output)
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="'--log-level'")
+    registry = load_registry(target)
+    runner = open_worker(
+        settings.store,
+        registry,
+        max_concurrent_episodes=max_episodes,
+        max_concurrent_activities=max_activities,
+        shutdown_grace=shutdown_grace,
+    )
+    url = settings.store or default_store_url()
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("durable_fx").setLevel(level)
+    log.info(
+        "worker for %s on %s: orchestrators %s; activities %s. Stop with Ctrl-C.",
+        target,
+        redact_store_url(url),
+        ", ".join(registry.orchestrator_names) or "none",
+        ", ".join(registry.activity_names) or "none",
+    )
+    stopped_by = asyncio.run(run_until_signalled(runner))
+    log.info("worker stopped (%s)", stopped_by or "no signal")
+    if settings.json:
+        emit_json(
+            {
+                "worker": target,
+                "store": redact_store_url(url),
+                "orchestrators": registry.orchestrator_names,
+                "activities": registry.activity_names,
+                "stopped_by": stopped_by,
+            }
+        )
+
+
+def main() -> None:
+    """The ``durable-fx`` console script."""
+    app(prog_name="durable-fx")
+
+
+if __name__ == "__main__":
+    main()
