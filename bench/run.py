@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON document to this file")
     parser.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one, in-process
     parser.add_argument("--db-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-variant", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     store = _store_spec(args.store)
 
@@ -70,7 +71,9 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         from workloads import run_workload
 
-        figures = run_workload(args.workload, store, Path(args.db_dir))
+        figures = run_workload(
+            args.workload, store, Path(args.db_dir), profile=args.profile_variant
+        )
         print(json.dumps(figures))
         return
 
