@@ -201,9 +201,13 @@ class AsyncDurableClient:
                     f"instance {instance_id!r} is {status}; terminate it before purging"
                 )
             return int(await self._store.purge_instance(instance_id))
-        statuses = _statuses(status) or _TERMINAL
+        # Only finished instances are purged: a filter naming no finished status matches
+        # nothing (an empty status set would mean "any status" to the store).
+        statuses = frozenset((_statuses(status) or _TERMINAL) & _TERMINAL)
+        if not statuses:
+            return 0
         query = InstanceQuery(
-            statuses=frozenset(statuses & _TERMINAL),
+            statuses=statuses,
             created_from=created_from,
             created_to=created_to,
             page_size=500,

@@ -18,7 +18,9 @@ from ._history import (
     EventRaised,
     EventSent,
     ExecutionCompleted,
+    ExecutionResumed,
     ExecutionStarted,
+    ExecutionSuspended,
     ExecutionTerminated,
     FailureDetails,
     HistoryEvent,
@@ -48,7 +50,13 @@ from .storage._records import (
     OrchestrationMessage,
 )
 
-__all__ = ["EpisodeIds", "plan_consume_only", "plan_episode", "plan_failure"]
+__all__ = [
+    "EpisodeIds",
+    "plan_before_start",
+    "plan_consume_only",
+    "plan_episode",
+    "plan_failure",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +143,39 @@ def plan_failure(
         consumed=list(consumed),
         messages=_notify_parent(started, completion, now) if started is not None else [],
     )
+
+
+def plan_before_start(
+    *,
+    instance: InstanceRecord,
+    events: Sequence[HistoryEvent],
+    consumed: Sequence[str],
+    now: datetime,
+    messages: Sequence[OrchestrationMessage] = (),
+) -> EpisodeCommit:
+    """A commit for messages that reach a PENDING instance before its scheduled start.
+
+    A terminate ends the instance without running its code. Raised events and
+    suspend/resume requests are kept in its history, which the start applies
+    after ``ExecutionStarted`` (so an event raised early is not lost).
+    """
+    record = dataclasses.replace(instance, updated_at=now)
+    terminated = next((e for e in events if isinstance(e, ExecutionTerminated)), None)
+    if terminated is not None:
+        completion = CompleteOrchestration("TERMINATED", terminated.input)
+        return EpisodeCommit(
+            instance=_finished(record, completion, now),
+            new_history=[OrchestratorStarted(timestamp=now), _completed_event(completion, now)],
+            consumed=list(consumed),
+            messages=list(messages),
+        )
+    kept = [e for e in events if isinstance(e, _KEPT_BEFORE_START)]
+    return EpisodeCommit(
+        instance=record, new_history=kept, consumed=list(consumed), messages=list(messages)
+    )
+
+
+_KEPT_BEFORE_START = (EventRaised, ExecutionSuspended, ExecutionResumed)
 
 
 def plan_consume_only(

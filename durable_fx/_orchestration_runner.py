@@ -19,7 +19,13 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from ._clock import Clock
-from ._episode import EpisodeIds, plan_consume_only, plan_episode, plan_failure
+from ._episode import (
+    EpisodeIds,
+    plan_before_start,
+    plan_consume_only,
+    plan_episode,
+    plan_failure,
+)
 from ._errors import ConflictError, NonDeterminismError, UnknownNameError
 from ._history import (
     ExecutionStarted,
@@ -140,8 +146,19 @@ class OrchestrationRunner:
         instance = episode.instance
         start = _pending_start(instance, episode.item.messages)
         if start is not None:
-            return self._begin(episode, start)
+            early = await self._events_before_start(instance)
+            return self._begin(episode, start, early)
         refusals = self._refusals(episode)
+        if instance.status is OrchestrationStatus.PENDING:
+            # A scheduled start is not visible yet: keep what arrived for when it is.
+            events = _events_for(instance.execution_id, episode.item.messages)
+            return plan_before_start(
+                instance=instance,
+                events=events,
+                consumed=episode.consumed,
+                now=episode.now,
+                messages=refusals,
+            ), None
         if instance.status.is_terminal or instance.status in _AWAITING_START:
             return plan_consume_only(
                 instance=instance, consumed=episode.consumed, messages=refusals
@@ -158,8 +175,14 @@ class OrchestrationRunner:
             commit = dataclasses.replace(commit, messages=[*commit.messages, *refusals])
         return commit, kept
 
+    async def _events_before_start(self, instance: InstanceRecord) -> list[HistoryEvent]:
+        """Events a PENDING instance kept while its scheduled start was not due yet."""
+        if instance.status is not OrchestrationStatus.PENDING:
+            return []
+        return await self._store.load_history(instance.instance_id)
+
     def _begin(
-        self, episode: _Episode, started: ExecutionStarted
+        self, episode: _Episode, started: ExecutionStarted, early: Sequence[HistoryEvent] = ()
     ) -> tuple[EpisodeCommit, CachedExecution | None]:
         """Start a new execution: a fresh instance, a continue-as-new, or a re-created one."""
         instance = dataclasses.replace(
@@ -183,7 +206,7 @@ class OrchestrationRunner:
             return dataclasses.replace(failed, reset_history=True), None
         executor = OrchestrationExecutor(definition, started, registry=self._registry)
         entry = CachedExecution(executor, started, "")
-        events: list[HistoryEvent] = [started]
+        events: list[HistoryEvent] = [started, *early]
         events += _events_for(started.execution_id, episode.item.messages)
         return self._advance(episode, instance, entry, events, reset_history=True)
 
