@@ -1,0 +1,605 @@
+"""Instance lifecycle: terminate, suspend/resume, restart, purge, query, continue-as-new,
+scheduled and repeated starts, custom status, and what replay keeps deterministic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from durable_fx import (
+    DurableClient,
+    EventTimeoutError,
+    InstanceExistsError,
+    InvalidOperationError,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Registry,
+    Worker,
+)
+
+WAIT = 20.0
+SHORT = timedelta(seconds=0.2)
+
+
+def _status(client: DurableClient, iid: str) -> OrchestrationStatus | None:
+    state = client.get(iid)
+    return None if state is None else state.status
+
+
+def _custom_status(client: DurableClient, iid: str) -> Any:
+    state = client.get(iid)
+    return None if state is None else state.custom_status
+
+
+def _kinds(client: DurableClient, iid: str) -> list[str]:
+    state = client.get(iid, history=True)
+    assert state is not None and state.history is not None
+    return [e.kind for e in state.history]
+
+
+def _register_waiter(registry: Registry) -> Callable[..., Any]:
+    @registry.orchestrator()
+    def waiter(ctx: OrchestrationContext, label: Any = None):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("waiting")
+        data = yield ctx.wait_for_event("go")
+        return {"label": label, "data": data}
+
+    return waiter
+
+
+# -- terminate ---------------------------------------------------------------------------
+
+
+def test_terminate(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.terminate(iid, {"reason": "operator said so"})
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.TERMINATED
+    assert state.output == {"reason": "operator said so"}
+    assert _kinds(client, iid)[-1] == "ExecutionCompleted"
+    # Terminating a finished instance does nothing; events to it are refused.
+    client.terminate(iid, "again")
+    assert client.wait(iid, timeout=WAIT).output == {"reason": "operator said so"}
+    with pytest.raises(InvalidOperationError, match="TERMINATED"):
+        client.raise_event(iid, "go")
+
+
+def test_terminate_a_pending_instance(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    ran: list[str] = []
+
+    @registry.orchestrator()
+    def scheduled(ctx: OrchestrationContext) -> None:
+        ran.append(ctx.instance_id)
+
+    start_at = datetime.now(UTC) + SHORT
+    iid = client.start(scheduled, start_at=start_at)
+    client.terminate(iid, "never mind")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.TERMINATED
+    assert state.output == "never mind"
+    # The start falling due later changes nothing.
+    time.sleep(max(0.0, (start_at - datetime.now(UTC)).total_seconds()) + 0.2)
+    after = client.get(iid)
+    assert after is not None and after.status is OrchestrationStatus.TERMINATED
+    assert ran == []
+
+
+# -- suspend and resume ------------------------------------------------------------------
+
+
+def test_suspend_defers_events_until_resume(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter, "s")
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.suspend(iid, "maintenance")
+    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
+    client.raise_event(iid, "go", "while suspended")
+    wait_until(lambda: "EventRaised" in _kinds(client, iid))
+    time.sleep(0.2)  # give a (wrong) worker the chance to run the code
+    assert _status(client, iid) is OrchestrationStatus.SUSPENDED
+    client.resume(iid, "back")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"label": "s", "data": "while suspended"}
+    kinds = _kinds(client, iid)
+    assert kinds.index("ExecutionSuspended") < kinds.index("ExecutionResumed")
+
+
+def test_suspended_timer_fires_after_resume(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    @registry.orchestrator()
+    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("sleeping")
+        yield ctx.create_timer(SHORT)
+        return "woke"
+
+    iid = client.start(sleeper)
+    wait_until(lambda: _custom_status(client, iid) == "sleeping")
+    client.suspend(iid)
+    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
+    wait_until(lambda: "TimerFired" in _kinds(client, iid))
+    assert _status(client, iid) is OrchestrationStatus.SUSPENDED
+    client.resume(iid)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "woke"
+
+
+def test_terminate_a_suspended_instance(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.suspend(iid)
+    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
+    client.terminate(iid, "stop")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.TERMINATED
+    assert state.output == "stop"
+
+
+# -- restart -------------------------------------------------------------------------------
+
+
+def test_restart_under_the_same_id(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    runs: list[str] = []
+
+    @registry.orchestrator()
+    def once(ctx: OrchestrationContext, x: int) -> int:
+        if not ctx.is_replaying:
+            runs.append(ctx.execution_id)
+        return x * 2
+
+    iid = client.start(once, 21, instance_id="restart-me")
+    first = client.wait(iid, timeout=WAIT)
+    assert first.output == 42
+    assert client.restart(iid) == iid
+    second = client.wait(iid, timeout=WAIT)
+    assert second.status is OrchestrationStatus.COMPLETED, second.failure
+    assert second.output == 42
+    assert second.input == 21
+    assert second.execution_id != first.execution_id
+    assert len(runs) == 2
+
+
+def test_restart_under_a_new_id(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter, "original")
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    # A running instance can be copied under a new id, not restarted in place.
+    with pytest.raises(InvalidOperationError, match="RUNNING"):
+        client.restart(iid)
+    copy = client.restart(iid, new_instance_id=True)
+    assert copy != iid
+    wait_until(lambda: _custom_status(client, copy) == "waiting")
+    client.raise_event(copy, "go", "copy")
+    state = client.wait(copy, timeout=WAIT)
+    assert state.output == {"label": "original", "data": "copy"}
+    assert _status(client, iid) is OrchestrationStatus.RUNNING
+
+
+# -- purge --------------------------------------------------------------------------------
+
+
+def test_purge_one(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    with pytest.raises(InvalidOperationError, match="terminate it"):
+        client.purge(iid)
+    assert _status(client, iid) is OrchestrationStatus.RUNNING
+    client.raise_event(iid, "go")
+    client.wait(iid, timeout=WAIT)
+    assert client.purge(iid) == 1
+    assert client.get(iid) is None
+    assert client.get(iid, history=True) is None
+    # A purged id can be used again.
+    client.start(waiter, instance_id=iid)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+
+
+def test_purge_by_filter(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+
+    @registry.orchestrator()
+    def fails(ctx: OrchestrationContext) -> None:
+        raise ValueError("bad")
+
+    done = [client.start(waiter, i) for i in range(3)]
+    for iid in done:
+        wait_until(lambda iid=iid: _custom_status(client, iid) == "waiting")
+        client.raise_event(iid, "go")
+        client.wait(iid, timeout=WAIT)
+    failed = client.start(fails)
+    client.wait(failed, timeout=WAIT)
+    running = client.start(waiter, "running")
+    wait_until(lambda: _custom_status(client, running) == "waiting")
+
+    assert client.purge(status=OrchestrationStatus.COMPLETED) == 3
+    assert all(client.get(iid) is None for iid in done)
+    assert _status(client, failed) is OrchestrationStatus.FAILED
+    # Running instances are never purged, whatever the filter says.
+    assert client.purge(status="RUNNING") == 0
+    assert client.purge() == 1
+    assert client.get(failed) is None
+    assert _status(client, running) is OrchestrationStatus.RUNNING
+
+
+def test_purge_by_creation_time(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def quick(ctx: OrchestrationContext, x: int) -> int:
+        return x
+
+    old = [client.start(quick, i) for i in range(2)]
+    for iid in old:
+        client.wait(iid, timeout=WAIT)
+    time.sleep(0.02)
+    boundary = datetime.now(UTC)
+    time.sleep(0.02)
+    new = [client.start(quick, i) for i in range(2)]
+    for iid in new:
+        client.wait(iid, timeout=WAIT)
+    assert client.purge(created_to=boundary) == 2
+    assert all(client.get(iid) is None for iid in old)
+    assert all(client.get(iid) is not None for iid in new)
+    assert client.purge(created_from=boundary) == 2
+
+
+# -- query --------------------------------------------------------------------------------
+
+
+def test_query_filters(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+
+    @registry.orchestrator()
+    def quick(ctx: OrchestrationContext, x: int) -> int:
+        return x
+
+    quick_ids = []
+    for i in range(3):
+        quick_ids.append(client.start(quick, i))
+        time.sleep(0.01)
+    for iid in quick_ids:
+        client.wait(iid, timeout=WAIT)
+    waiting = client.start(waiter)
+    wait_until(lambda: _custom_status(client, waiting) == "waiting")
+
+    by_name = client.query(name="quick")
+    assert {s.instance_id for s in by_name.items} == set(quick_ids)
+    assert by_name.continuation is None
+    running = client.query(status=OrchestrationStatus.RUNNING)
+    assert [s.instance_id for s in running.items] == [waiting]
+    assert running.items[0].custom_status == "waiting"
+    both = client.query(status=["completed", "RUNNING"])
+    assert len(both.items) == 4
+    assert client.query(status="FAILED").items == []
+
+    created = sorted(client.get(iid).created_at for iid in quick_ids)  # type: ignore[union-attr]
+    middle = created[1]
+    later = client.query(name="quick", created_from=middle)
+    earlier = client.query(name="quick", created_to=middle)
+    assert {s.created_at for s in later.items} >= set(created[2:])
+    assert all(s.created_at >= middle for s in later.items)
+    assert {s.created_at for s in earlier.items} >= set(created[:1])
+    assert all(s.created_at <= middle for s in earlier.items)
+
+
+def test_query_paging(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def quick(ctx: OrchestrationContext, x: int) -> int:
+        return x
+
+    ids = [client.start(quick, i) for i in range(25)]
+    for iid in ids:
+        client.wait(iid, timeout=WAIT)
+    seen: list[str] = []
+    sizes: list[int] = []
+    continuation = None
+    while True:
+        page = client.query(page_size=7, continuation=continuation)
+        seen += [s.instance_id for s in page.items]
+        sizes.append(len(page.items))
+        continuation = page.continuation
+        if continuation is None:
+            break
+    assert sorted(seen) == sorted(ids)
+    assert len(seen) == len(set(seen))
+    assert sizes[:3] == [7, 7, 7]
+    assert sum(sizes) == 25
+    created = [client.get(iid).created_at for iid in seen]  # type: ignore[union-attr]
+    assert created == sorted(created, reverse=True)
+
+
+def test_query_rejects_bad_page_size(client: DurableClient) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        client.query(page_size=0)
+
+
+# -- continue-as-new ---------------------------------------------------------------------
+
+
+def test_continue_as_new_counter(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.activity()
+    def bump(n: int) -> int:
+        return n + 1
+
+    @registry.orchestrator()
+    def counter(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+        n = yield ctx.call_activity(bump, n)
+        if n < 5:
+            ctx.continue_as_new(n)
+            return None
+        return f"stopped at {n}"
+
+    iid = client.start(counter, 0)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "stopped at 5"
+    assert state.input == 4
+    # Only the last execution's history is kept.
+    kinds = _kinds(client, iid)
+    assert kinds.count("ExecutionStarted") == 1
+    assert kinds.count("TaskScheduled") == 1
+
+
+@pytest.mark.parametrize("keep_events", [True, False])
+def test_continue_as_new_carries_pending_events(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+    keep_events: bool,
+) -> None:
+    @registry.orchestrator()
+    def carrier(ctx: OrchestrationContext, generation: int):  # type: ignore[no-untyped-def]
+        if generation == 0:
+            ctx.set_custom_status("gen0")
+            yield ctx.wait_for_event("go")
+            ctx.continue_as_new(1, keep_events=keep_events)
+            return None
+        got = []
+        try:
+            while True:
+                got.append((yield ctx.wait_for_event("extra", timeout=SHORT)))
+        except EventTimeoutError:
+            return got
+
+    iid = client.start(carrier, 0)
+    wait_until(lambda: _custom_status(client, iid) == "gen0")
+    client.raise_event(iid, "extra", "one")
+    client.raise_event(iid, "extra", "two")
+    client.raise_event(iid, "go")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == (["one", "two"] if keep_events else [])
+
+
+def test_continue_as_new_many_times(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def loop(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+        if n < 30:
+            ctx.continue_as_new(n + 1)
+        return n
+
+    state = client.wait(client.start(loop, 0), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == 30
+
+
+# -- starting ---------------------------------------------------------------------------
+
+
+def test_start_at_stays_pending_until_then(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def scheduled(ctx: OrchestrationContext) -> str:
+        return ctx.current_utc_datetime.isoformat()
+
+    start_at = datetime.now(UTC) + timedelta(seconds=0.3)
+    iid = client.start(scheduled, start_at=start_at)
+    assert _status(client, iid) is OrchestrationStatus.PENDING
+    time.sleep(0.1)
+    assert _status(client, iid) is OrchestrationStatus.PENDING
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert datetime.fromisoformat(state.output) >= start_at
+
+
+def test_events_raised_before_a_scheduled_start_are_kept(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter, "later", start_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    client.raise_event(iid, "go", "early")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {"label": "later", "data": "early"}
+
+
+def test_start_at_must_be_timezone_aware(registry: Registry, client: DurableClient) -> None:
+    waiter = _register_waiter(registry)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        client.start(waiter, start_at=datetime(2030, 1, 1))
+
+
+def test_duplicate_start_of_a_running_instance(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    waiter = _register_waiter(registry)
+    iid = client.start(waiter, "first", instance_id="only-one")
+    with pytest.raises(InstanceExistsError, match="only-one"):
+        client.start(waiter, "second", instance_id="only-one")
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    with pytest.raises(InstanceExistsError, match="RUNNING"):
+        client.start(waiter, "second", instance_id="only-one")
+    client.raise_event(iid, "go")
+    assert client.wait(iid, timeout=WAIT).output == {"label": "first", "data": None}
+
+
+def test_starting_a_finished_id_replaces_it(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def echo(ctx: OrchestrationContext, x: Any):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status(f"status {x}")
+        yield ctx.create_timer(timedelta(0))
+        return x
+
+    @registry.orchestrator()
+    def other(ctx: OrchestrationContext) -> str:
+        return "other"
+
+    first = client.wait(client.start(echo, 1, instance_id="reuse"), timeout=WAIT)
+    assert first.output == 1
+    client.start(echo, 2, instance_id="reuse")
+    second = client.wait("reuse", timeout=WAIT)
+    assert second.output == 2
+    assert second.custom_status == "status 2"
+    assert second.execution_id != first.execution_id
+    assert _kinds(client, "reuse").count("ExecutionStarted") == 1
+    client.start(other, instance_id="reuse")
+    third = client.wait("reuse", timeout=WAIT)
+    assert (third.name, third.output, third.input) == ("other", "other", None)
+
+
+def test_custom_status_while_running(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    @registry.orchestrator()
+    def progress(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status({"step": 1, "of": 2})
+        yield ctx.wait_for_event("next")
+        ctx.set_custom_status({"step": 2, "of": 2})
+        yield ctx.wait_for_event("next")
+        return ctx.custom_status
+
+    iid = client.start(progress)
+    wait_until(lambda: _custom_status(client, iid) == {"step": 1, "of": 2})
+    assert _status(client, iid) is OrchestrationStatus.RUNNING
+    client.raise_event(iid, "next")
+    wait_until(lambda: _custom_status(client, iid) == {"step": 2, "of": 2})
+    client.raise_event(iid, "next")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.output == {"step": 2, "of": 2}
+    assert state.custom_status == {"step": 2, "of": 2}
+
+
+def test_timestamps(registry: Registry, worker: Worker, client: DurableClient) -> None:
+    @registry.orchestrator()
+    def quick(ctx: OrchestrationContext) -> str:
+        return "ok"
+
+    before = datetime.now(UTC)
+    state = client.wait(client.start(quick), timeout=WAIT)
+    after = datetime.now(UTC)
+    assert before <= state.created_at <= state.updated_at <= after
+
+
+# -- determinism across replays -------------------------------------------------------------
+
+
+def test_new_uuid_is_deterministic_across_replays(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def ids(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        first = ctx.new_uuid()
+        second = ctx.new_uuid()
+        ctx.set_custom_status([str(first), str(second)])
+        yield ctx.wait_for_event("go")
+        return [str(first), str(second), str(ctx.new_uuid())]
+
+    worker = make_worker()
+    iid = client.start(ids)
+    wait_until(lambda: _custom_status(client, iid) is not None)
+    before_replay = _custom_status(client, iid)
+    worker.stop()
+    make_worker()  # a new worker has nothing cached: it replays the history
+    client.raise_event(iid, "go")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output[:2] == before_replay
+    assert len(set(state.output)) == 3
+    assert all(uuid.UUID(value).version == 5 for value in state.output)
+
+
+def test_is_replaying_and_replay_safe_logging(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    @registry.activity()
+    def step(x: int) -> int:
+        return x
+
+    @registry.orchestrator()
+    def chatty(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        seen.append(("start", ctx.is_replaying))
+        ctx.logger.info("starting %s", ctx.instance_id)
+        yield ctx.call_activity(step, 1)
+        seen.append(("after step", ctx.is_replaying))
+        ctx.logger.info("step done")
+        ctx.set_custom_status("waiting")
+        yield ctx.wait_for_event("go")
+        seen.append(("after event", ctx.is_replaying))
+        ctx.logger.warning("event received")
+        return "done"
+
+    caplog.set_level(logging.INFO, logger="durable_fx.orchestration")
+    worker = make_worker()
+    iid = client.start(chatty)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    worker.stop()
+    make_worker()
+    client.raise_event(iid, "go")
+    assert client.wait(iid, timeout=WAIT).output == "done"
+
+    assert seen == [
+        ("start", False),
+        ("after step", False),
+        ("start", True),
+        ("after step", True),
+        ("after event", False),
+    ]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name.startswith("durable_fx.orchestration")
+    ]
+    assert lines == [f"starting {iid}", "step done", "event received"]
+    tagged = [r for r in caplog.records if r.name.startswith("durable_fx.orchestration")]
+    assert all(getattr(r, "instance_id", None) == iid for r in tagged)
