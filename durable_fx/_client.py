@@ -82,7 +82,9 @@ class AsyncDurableClient:
         that has not finished; a finished one is replaced. With ``start_at``
         the instance stays PENDING until then.
         """
-        instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        if instance_id is None:
+            instance_id = uuid.uuid4().hex
+        validate_instance_id(instance_id)
         if start_at is not None and start_at.tzinfo is None:
             raise ValueError("start_at must be timezone-aware (use UTC)")
         started = ExecutionStarted(
