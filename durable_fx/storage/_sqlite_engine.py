@@ -42,6 +42,7 @@ from ._records import (
     Page,
     PoisonedMessage,
 )
+from ._sqlite_thread import GroupBroken
 
 __all__ = ["CommitPlan", "Engine", "dumps", "started_event"]
 
@@ -167,8 +168,10 @@ class Engine:
     def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         """Run write calls in one transaction: ``(True, result)`` or ``(False, error)`` each.
 
-        Raises (having rolled everything back) if a call fails in any way but
-        an expected error raised before it wrote anything.
+        Raises ``GroupBroken`` (having rolled everything back) if a call fails
+        in any other way than an expected error raised before it wrote
+        anything; errors of the transaction itself (say, the file stayed
+        locked by another process) propagate as they are.
         """
         outcomes: list[tuple[bool, Any]] = []
         with self._transaction():
@@ -178,8 +181,11 @@ class Engine:
                     outcomes.append((True, call()))
                 except _EXPECTED as error:
                     if self._db.total_changes != before:
-                        raise  # it wrote first: only rolling back the group undoes that
+                        # It wrote first: only rolling back the group undoes that.
+                        raise GroupBroken from error
                     outcomes.append((False, error))
+                except Exception as error:
+                    raise GroupBroken from error
         return outcomes
 
     # -- starting and messaging -------------------------------------------------

@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["Call", "StoreThread", "Waiters"]
+__all__ = ["Call", "GroupBroken", "StoreThread", "Waiters"]
 
 T = TypeVar("T")
 
 _MAX_GROUP = 64
 """Most calls one group transaction holds the file's write lock for."""
+
+
+class GroupBroken(Exception):
+    """One call of a group transaction failed so that the whole group was rolled back."""
 
 
 class Transactor(Protocol):
@@ -82,7 +86,10 @@ class StoreThread(Generic[E]):
         started.set_result(engine)
         try:
             while (batch := self._next_batch()) is not None:
-                self._run(engine, batch)
+                try:
+                    self._run(engine, batch)
+                except Exception as error:  # a bug here must not strand the callers
+                    _settle([(call, False, error) for call in batch])
         finally:
             engine.close()
             self._refuse_late_calls()
@@ -137,9 +144,12 @@ class StoreThread(Generic[E]):
         if len(writes) > 1:
             try:
                 results = engine.run_group([call.run for call in writes])
-                return [(call, *result) for call, result in zip(writes, results, strict=True)]
-            except Exception:
+            except GroupBroken:
                 pass  # one call broke the group: run each alone so only that one fails
+            except Exception as error:
+                return [(call, False, error) for call in writes]
+            else:
+                return [(call, *result) for call, result in zip(writes, results, strict=True)]
         return [(call, *_attempt(partial(engine.run_alone, call.run))) for call in writes]
 
 
