@@ -1,0 +1,541 @@
+"""The ``durable-fx`` command line, black-box: commands, JSON output, errors, the worker.
+
+Commands run through typer's ``CliRunner`` on the real app (the same object
+the console script calls) against a SQLite file in ``tmp_path``; a
+``durable_fx.Worker`` in the test process serves that file. The console script
+itself runs as a subprocess for a smoke test and for ``durable-fx worker``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner, Result
+
+from durable_fx import (
+    DurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Registry,
+    Worker,
+)
+from durable_fx._cli import app
+from durable_fx._timeline import render_timeline, timeline_rows
+
+WAIT = 20.0
+SCRIPT = Path(sys.executable).parent / "durable-fx"
+
+workflows = Registry()
+
+
+@workflows.activity()
+def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@workflows.activity()
+def explode(reason: str) -> None:
+    raise RuntimeError(reason)
+
+
+@workflows.orchestrator()
+def greeter(ctx: OrchestrationContext, name: str):  # type: ignore[no-untyped-def]
+    greeting = yield ctx.call_activity(greet, name)
+    yield ctx.create_timer(timedelta(milliseconds=10))
+    approval = yield ctx.wait_for_event("Approve")
+    return {"greeting": greeting, "approval": approval}
+
+
+@workflows.orchestrator()
+def doomed(ctx: OrchestrationContext, reason: str):  # type: ignore[no-untyped-def]
+    yield ctx.call_activity(explode, reason)
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def worker(store_url: str) -> Iterator[Worker]:
+    with Worker(workflows, store_url, max_poll_interval=0.05, shutdown_grace=2.0) as running:
+        yield running
+
+
+@pytest.fixture
+def cli(store_url: str) -> Callable[..., Result]:
+    """Runs ``durable-fx --store <the test's file> ARGS...`` in-process."""
+    runner = CliRunner()
+
+    def invoke(*args: str, store: bool = True) -> Result:
+        argv = ["--store", store_url, *args] if store else list(args)
+        return runner.invoke(app, argv, catch_exceptions=False)
+
+    return invoke
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.stderr}"
+    assert result.stderr == ""
+    return result
+
+
+def ok_json(result: Result) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def assert_one_line_error(result: Result, exit_code: int, *fragments: str) -> None:
+    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def wait_for_status(cli: Callable[..., Result], instance_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        state: dict[str, Any] = ok_json(cli("status", instance_id, "--json"))
+        if state["status"] == status:
+            return state
+        if time.monotonic() > deadline:
+            pytest.fail(f"{instance_id} is {state['status']}, not {status}, after {WAIT} s")
+        time.sleep(0.02)
+
+
+# -- instance commands -------------------------------------------------------------------------
+
+
+def test_round_trip_with_a_worker(cli: Callable[..., Result], worker: Worker) -> None:
+    started = ok(cli("start", "greeter", "--input", '"Ada"', "--id", "order-1"))
+    assert "order-1" in started.stdout
+
+    status = ok(cli("status", "order-1"))
+    assert "greeter" in status.stdout
+    assert '"Ada"' in status.stdout
+
+    raised = ok(cli("raise", "order-1", "Approve", "--data", '{"by": "Grace"}'))
+    assert "Approve" in raised.stdout
+    state = wait_for_status(cli, "order-1", "COMPLETED")
+    assert state["output"] == {"greeting": "hello Ada", "approval": {"by": "Grace"}}
+
+    timeline = ok(cli("history", "order-1")).stdout
+    for expected in (
+        "ExecutionStarted",
+        'greeter("Ada")',
+        'greet("Ada")',
+        '"hello Ada"',
+        "TimerCreated",
+        "TimerFired",
+        'Approve {"by":"Grace"}',
+        "ExecutionCompleted",
+    ):
+        assert expected in timeline
+    assert "OrchestratorStarted" not in timeline
+    assert "OrchestratorStarted" in ok(cli("history", "order-1", "--episodes")).stdout
+
+    ok(cli("start", "greeter", "--input", '"Bob"', "--id", "order-2"))
+    assert "terminating" in ok(cli("terminate", "order-2", "--reason", "cancelled")).stdout
+    state = wait_for_status(cli, "order-2", "TERMINATED")
+    assert "cancelled" in ok(cli("history", "order-2")).stdout
+
+    assert "purged 1 instance" in ok(cli("purge", "order-2")).stdout
+    assert_one_line_error(cli("status", "order-2"), 1, "order-2", "durable-fx list")
+    assert ok_json(cli("list", "--json"))["items"][0]["instance_id"] == "order-1"
+
+
+def test_json_output_of_every_instance_command(cli: Callable[..., Result], worker: Worker) -> None:
+    # --json works before the command (global) and after it (per command).
+    started = ok_json(cli("--json", "start", "greeter", "--input", '"Ada"'))
+    instance_id = started["instance_id"]
+    assert started == {"instance_id": instance_id, "name": "greeter", "start_at": None}
+
+    raised = ok_json(cli("raise", instance_id, "Approve", "--data", "true", "--json"))
+    assert raised == {"instance_id": instance_id, "event": "Approve", "data": True}
+    wait_for_status(cli, instance_id, "COMPLETED")
+
+    state = ok_json(cli("status", instance_id, "--json"))
+    assert state["instance_id"] == instance_id
+    assert state["name"] == "greeter"
+    assert state["status"] == "COMPLETED"
+    assert state["input"] == "Ada"
+    assert state["output"] == {"greeting": "hello Ada", "approval": True}
+    assert state["failure"] is None
+    for field in ("execution_id", "custom_status", "created_at", "updated_at"):
+        assert field in state
+    datetime.fromisoformat(state["created_at"])
+
+    listing = ok_json(cli("list", "--json"))
+    assert [item["instance_id"] for item in listing["items"]] == [instance_id]
+    assert listing["continuation"] is None
+
+    history = ok_json(cli("history", instance_id, "--json"))
+    assert history["instance_id"] == instance_id
+    assert history["status"] == "COMPLETED"
+    events = history["events"]
+    assert events[0]["kind"] == "ExecutionStarted"
+    assert events[-1]["kind"] == "ExecutionCompleted"
+    for event in events:
+        assert event["offset"].startswith("+") and event["offset"].endswith("s")
+        assert event["offset_seconds"] >= 0
+        assert event["event"]["kind"] == event["kind"]
+    scheduled = next(e for e in events if e["kind"] == "TaskScheduled")
+    assert scheduled["detail"] == '#0 greet("Ada")'
+
+    terminated = ok_json(cli("terminate", instance_id, "--json"))
+    assert terminated["requested"] is False  # already finished: nothing to do
+    assert terminated["status"] == "COMPLETED"
+
+    assert ok_json(cli("purge", "--all", "--json")) == {"purged": 1}
+    assert ok_json(cli("list", "--json")) == {"items": [], "continuation": None}
+
+
+def test_suspend_and_resume(cli: Callable[..., Result], worker: Worker) -> None:
+    ok(cli("start", "greeter", "--input", '"Ada"', "--id", "held"))
+    wait_for_status(cli, "held", "RUNNING")
+    assert ok_json(cli("suspend", "held", "--reason", "audit", "--json"))["action"] == "suspend"
+    wait_for_status(cli, "held", "SUSPENDED")
+    ok(cli("resume", "held"))
+    wait_for_status(cli, "held", "RUNNING")
+    ok(cli("raise", "held", "Approve"))
+    wait_for_status(cli, "held", "COMPLETED")
+    timeline = ok(cli("history", "held")).stdout
+    assert "ExecutionSuspended" in timeline
+    assert "audit" in timeline
+    assert "ExecutionResumed" in timeline
+
+
+def test_failure_shows_in_status_and_history(cli: Callable[..., Result], worker: Worker) -> None:
+    instance_id = ok_json(cli("start", "doomed", "--input", '"disk full"', "--json"))["instance_id"]
+    state = wait_for_status(cli, instance_id, "FAILED")
+    assert "disk full" in state["failure"]["message"]
+    assert "disk full" in ok(cli("status", instance_id)).stdout
+    timeline = ok(cli("history", instance_id)).stdout
+    assert "TaskFailed" in timeline
+    assert "RuntimeError: disk full" in timeline
+
+
+def test_list_filters_and_pages(cli: Callable[..., Result]) -> None:
+    # No worker: the instances stay PENDING, which is all listing needs.
+    for n in range(3):
+        ok(cli("start", "greeter", "--id", f"g-{n}", "--input", '"x"'))
+    ok(cli("start", "doomed", "--id", "d-0", "--input", '"x"'))
+
+    first = ok_json(cli("list", "--page-size", "3", "--json"))
+    assert len(first["items"]) == 3
+    assert first["continuation"]
+    rest = ok_json(
+        cli("list", "--page-size", "3", "--continuation", first["continuation"], "--json")
+    )
+    seen = {i["instance_id"] for i in first["items"] + rest["items"]}
+    assert seen == {"g-0", "g-1", "g-2", "d-0"}
+
+    everything = ok_json(cli("list", "--page-size", "1", "--all", "--json"))
+    assert len(everything["items"]) == 4
+    assert everything["continuation"] is None
+
+    by_name = ok_json(cli("list", "--name", "doomed", "--json"))
+    assert [i["instance_id"] for i in by_name["items"]] == ["d-0"]
+    assert len(ok_json(cli("list", "--status", "pending", "--json"))["items"]) == 4
+    assert ok_json(cli("list", "-s", "COMPLETED", "-s", "FAILED", "--json"))["items"] == []
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert ok_json(cli("list", "--created-from", tomorrow, "--json"))["items"] == []
+    assert len(ok_json(cli("list", "--created-to", tomorrow, "--json"))["items"]) == 4
+
+    table = ok(cli("list", "--page-size", "2")).stdout
+    assert "PENDING" in table
+    assert "--continuation" in table
+
+
+def test_start_at_keeps_the_instance_pending(cli: Callable[..., Result], worker: Worker) -> None:
+    at = "2099-01-01T09:30:00"  # no offset: UTC
+    started = ok_json(cli("start", "greeter", "--start-at", at, "--json"))
+    assert started["start_at"] == "2099-01-01T09:30:00+00:00"
+    time.sleep(0.2)
+    assert ok_json(cli("status", started["instance_id"], "--json"))["status"] == "PENDING"
+
+
+def test_purge_by_filter_leaves_running_instances(
+    cli: Callable[..., Result], worker: Worker
+) -> None:
+    done = ok_json(cli("start", "doomed", "--input", '"x"', "--json"))["instance_id"]
+    waiting = ok_json(cli("start", "greeter", "--input", '"x"', "--json"))["instance_id"]
+    wait_for_status(cli, done, "FAILED")
+    wait_for_status(cli, waiting, "RUNNING")
+
+    assert ok_json(cli("purge", "--status", "completed", "--json")) == {"purged": 0}
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    assert ok_json(cli("purge", "--created-before", past, "--json")) == {"purged": 0}
+    assert ok_json(cli("purge", "--status", "FAILED", "--json")) == {"purged": 1}
+    assert ok_json(cli("status", waiting, "--json"))["status"] == "RUNNING"
+    assert_one_line_error(cli("purge", waiting), 1, "terminate it")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragments"),
+    [
+        pytest.param(["start", "greeter", "--input", "{oops"], 2, ["--input", "JSON"], id="json"),
+        pytest.param(["raise", "x", "E", "--data", "nope"], 2, ["--data"], id="event-json"),
+        pytest.param(
+            ["start", "greeter", "--input", "@missing.json"], 2, ["missing.json"], id="file"
+        ),
+        pytest.param(["status", "a/b"], 2, ["invalid instance id", "'/'"], id="bad-id"),
+        pytest.param(
+            ["start", "greeter", "--id", "x#1"], 2, ["invalid instance id"], id="bad-start-id"
+        ),
+        pytest.param(["status", "ghost"], 1, ["ghost", "durable-fx list"], id="unknown"),
+        pytest.param(["history", "ghost"], 1, ["ghost"], id="unknown-history"),
+        pytest.param(["raise", "ghost", "E"], 1, ["ghost"], id="unknown-raise"),
+        pytest.param(["terminate", "ghost"], 1, ["ghost"], id="unknown-terminate"),
+        pytest.param(
+            ["start", "greeter", "--start-at", "soon"], 2, ["--start-at", "ISO"], id="time"
+        ),
+        pytest.param(["list", "--status", "DONE"], 2, ["--status"], id="status"),
+        pytest.param(["list", "--page-size", "0"], 2, ["--page-size"], id="page-size"),
+        pytest.param(["purge"], 2, ["--status", "--all"], id="purge-nothing"),
+        pytest.param(["purge", "x", "--all"], 2, ["not both"], id="purge-both"),
+        pytest.param(["purge", "--status", "RUNNING"], 2, ["RUNNING"], id="purge-running"),
+        pytest.param(["frobnicate"], 2, ["frobnicate"], id="no-such-command"),
+        pytest.param(["status"], 2, ["ID"], id="missing-argument"),
+        pytest.param(["status", "x", "--bogus"], 2, ["--bogus"], id="no-such-option"),
+    ],
+)
+def test_errors_are_one_line(
+    cli: Callable[..., Result], args: list[str], exit_code: int, fragments: list[str]
+) -> None:
+    assert_one_line_error(cli(*args), exit_code, *fragments)
+
+
+def test_error_for_an_instance_that_exists(cli: Callable[..., Result]) -> None:
+    ok(cli("start", "greeter", "--id", "twice"))
+    assert_one_line_error(
+        cli("start", "greeter", "--id", "twice"), 1, "already exists", "terminate it"
+    )
+
+
+def test_error_for_an_operation_the_state_refuses(
+    cli: Callable[..., Result], worker: Worker
+) -> None:
+    ok(cli("start", "doomed", "--id", "gone", "--input", '"x"'))
+    wait_for_status(cli, "gone", "FAILED")
+    assert_one_line_error(cli("raise", "gone", "Approve"), 1, "FAILED")
+
+
+@pytest.mark.parametrize(
+    ("store", "exit_code", "fragments"),
+    [
+        pytest.param("ftp://example.com/x", 2, ["unsupported store URL", "--store"], id="scheme"),
+        pytest.param("sqlite://", 2, ["names no file"], id="no-file"),
+        pytest.param("DefaultEndpointsProtocol=https;AccountKey=secret", 2, ["***"], id="redacted"),
+    ],
+)
+def test_errors_for_bad_store_urls(
+    cli: Callable[..., Result], store: str, exit_code: int, fragments: list[str]
+) -> None:
+    result = cli("--store", store, "list", store=False)
+    assert_one_line_error(result, exit_code, *fragments)
+    assert "secret" not in result.stderr
+
+
+def test_error_for_a_file_that_is_not_a_store(cli: Callable[..., Result], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    assert_one_line_error(cli("--store", f"sqlite:///{junk}", "list", store=False), 1, "store")
+
+
+def test_store_option_after_the_command_wins(cli: Callable[..., Result], tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    ok(cli("start", "greeter", "--id", "elsewhere", "--store", other))
+    assert ok_json(cli("list", "--json"))["items"] == []
+    assert len(ok_json(cli("list", "--json", "--store", other))["items"]) == 1
+
+
+def test_default_store_comes_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["start", "greeter", "--id", "from-env"], env={"DURABLE_FX_STORE": url}
+    )
+    assert result.exit_code == 0, result.stderr
+    with DurableClient(url) as client:
+        state = client.get("from-env")
+    assert state is not None and state.status is OrchestrationStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("target", "exit_code", "fragments"),
+    [
+        pytest.param("no_colon", 2, ["MODULE:ATTR"], id="format"),
+        pytest.param(
+            "no_such_module_xyz:registry", 2, ["no_such_module_xyz", "PYTHONPATH"], id="module"
+        ),
+        pytest.param("cli_bad_app:missing", 2, ["missing"], id="attribute"),
+        pytest.param("cli_bad_app:not_a_registry", 2, ["not a durable_fx Registry"], id="type"),
+        pytest.param("cli_broken_app:registry", 1, ["importing", "ZeroDivisionError"], id="raises"),
+    ],
+)
+def test_worker_errors_for_bad_targets(
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    exit_code: int,
+    fragments: list[str],
+) -> None:
+    (tmp_path / "cli_bad_app.py").write_text("not_a_registry = 42\n")
+    (tmp_path / "cli_broken_app.py").write_text("registry = 1 / 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert_one_line_error(cli("worker", target), exit_code, *fragments)
+
+
+# -- the timeline renderer (also used by the demo) ---------------------------------------------
+
+
+def test_render_timeline(cli: Callable[..., Result], store_url: str, worker: Worker) -> None:
+    ok(cli("start", "greeter", "--id", "t", "--input", '"Ada"'))
+    ok(cli("raise", "t", "Approve", "--data", '"x" '))
+    wait_for_status(cli, "t", "COMPLETED")
+    with DurableClient(store_url) as client:
+        state = client.get("t", history=True)
+        without_history = client.get("t")
+    assert state is not None and without_history is not None
+
+    rows = timeline_rows(state)
+    assert [r.kind for r in rows][:2] == ["ExecutionStarted", "TaskScheduled"]
+    completed = next(r for r in rows if r.kind == "TaskCompleted")
+    assert completed.detail == '#0 greet → "hello Ada"'
+    assert all(r.offset >= timedelta(0) for r in rows)
+
+    console = Console(record=True, width=120)
+    console.print(render_timeline(state))
+    text = console.export_text()
+    assert "greeter t (COMPLETED)" in text
+    assert "timer fires at +" in text
+    with pytest.raises(ValueError, match="history=True"):
+        timeline_rows(without_history)
+
+
+# -- the console script as a real process -------------------------------------------------------
+
+
+def _script() -> str:
+    if not SCRIPT.exists():
+        pytest.skip(f"{SCRIPT} is not installed (pip install -e . installs it)")
+    return str(SCRIPT)
+
+
+@pytest.mark.slow
+def test_console_script_smoke(store_url: str, tmp_path: Path) -> None:
+    script = _script()
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0
+    assert version.stdout.startswith("durable-fx ")
+
+    started = subprocess.run(
+        [script, "--store", store_url, "--json", "start", "greeter", "--input", '"Ada"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    instance_id = json.loads(started.stdout)["instance_id"]
+
+    missing = subprocess.run(
+        [script, "--store", store_url, "status", "nope"], capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
+    assert missing.stdout == ""
+
+    listed = subprocess.run(
+        [script, "--store", store_url, "list"], capture_output=True, text=True, timeout=60
+    )
+    assert instance_id in listed.stdout  # ids are never folded when piped
+
+
+WORKER_APP = """
+from types import SimpleNamespace
+from durable_fx import Registry
+
+registry = Registry()
+
+@registry.activity()
+def shout(text: str) -> str:
+    return text.upper()
+
+@registry.orchestrator()
+def shouter(ctx, text: str):
+    return (yield ctx.call_activity(shout, text))
+
+app = SimpleNamespace(registry=registry)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cli_worker_app:registry", "cli_worker_app:app"])
+def test_worker_command_runs_work_and_stops_on_sigterm(
+    store_url: str, tmp_path: Path, target: str
+) -> None:
+    script = _script()
+    (tmp_path / "cli_worker_app.py").write_text(WORKER_APP)
+    log_path = tmp_path / "worker.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("DURABLE_FX_STORE", None)
+    with (
+        log_path.open("w") as log,
+        DurableClient(store_url) as client,
+        subprocess.Popen(
+            [script, "--store", store_url, "worker", target, "--json"],
+            cwd=tmp_path,  # MODULE is found in the directory the command runs in
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+        ) as process,
+    ):
+        try:
+            instance_id = client.start("shouter", "quiet please")
+            deadline = time.monotonic() + WAIT
+            while (state := client.get(instance_id)) is None or not state.status.is_terminal:
+                assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"not done in {WAIT} s: {log_path.read_text()}"
+                time.sleep(0.02)
+            assert state.status is OrchestrationStatus.COMPLETED, state.failure
+            assert state.output == "QUIET PLEASE"
+
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=WAIT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, log_path.read_text()
+    summary = json.loads(stdout)
+    assert summary["worker"] == target
+    assert summary["orchestrators"] == ["shouter"]
+    assert summary["activities"] == ["shout"]
+    assert summary["stopped_by"] == "SIGTERM"
+    logged = log_path.read_text()
+    assert "worker stopped" in logged
+    assert "Traceback" not in logged
