@@ -96,13 +96,16 @@ def open_client(store: str | None) -> Iterator[DurableClient]:
     """A client on ``store`` (default: ``default_store_url()``) that reports errors in one line.
 
     Errors raised inside the ``with`` block become ``CliError``s: a bad value
-    is a usage error, anything the client refuses is an operation error.
+    is a usage error; anything the client refuses, or a store failure, is an
+    operation error.
     """
     url = store or default_store_url()
     shown = redact_store_url(url)
     client = _open(url, DurableClient)
     try:
         yield client
+    except (CliError, typer.TyperException):
+        raise
     except InstanceNotFoundError as error:
         raise CliError(
             f"{error} in {shown}; list instances with 'durable-fx list', or pass the right --store"
@@ -113,6 +116,11 @@ def open_client(store: str | None) -> Iterator[DurableClient]:
         raise CliError(str(error)) from None
     except (ValueError, TypeError) as error:  # the client rejected a value passed on to it
         raise CliError(str(error), exit_code=USAGE_ERROR) from None
+    except Exception as error:  # the store itself failed (locked, corrupt, unreachable)
+        raise CliError(
+            f"the store {shown} failed: {type(error).__name__}: {error}; try again, and check "
+            "that no other program holds it locked"
+        ) from None
     finally:
         client.close()
 

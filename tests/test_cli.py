@@ -288,6 +288,49 @@ def test_purge_by_filter_leaves_running_instances(
     assert_one_line_error(cli("purge", waiting), 1, "terminate it")
 
 
+def test_wait_exit_code_follows_the_outcome(cli: Callable[..., Result], worker: Worker) -> None:
+    ok(cli("start", "greeter", "--id", "w-ok", "--input", '"Ada"'))
+    ok(cli("raise", "w-ok", "Approve"))
+    assert ok_json(cli("wait", "w-ok", "--json"))["status"] == "COMPLETED"
+
+    ok(cli("start", "doomed", "--id", "w-failed", "--input", '"no luck"'))
+    failed = cli("wait", "w-failed", "--json")
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["status"] == "FAILED"
+    assert failed.stderr.startswith("error: instance w-failed ended FAILED")
+    assert "no luck" in failed.stderr
+
+    ok(cli("start", "greeter", "--id", "w-stuck", "--input", '"Ada"'))
+    assert_one_line_error(
+        cli("wait", "w-stuck", "--timeout", "0.2"), 1, "still", "is a worker running"
+    )
+
+
+def test_input_from_a_file_and_from_stdin(
+    cli: Callable[..., Result], store_url: str, tmp_path: Path
+) -> None:
+    payload = tmp_path / "input.json"
+    payload.write_text('{"name": "Ada", "tags": [1, 2]}')
+    ok(cli("start", "greeter", "--id", "from-file", "--input", f"@{payload}"))
+    result = CliRunner().invoke(
+        app,
+        ["--store", store_url, "start", "greeter", "--id", "from-stdin", "--input", "@-"],
+        input='"piped"',
+    )
+    assert result.exit_code == 0, result.stderr
+    assert ok_json(cli("status", "from-file", "--json"))["input"] == {"name": "Ada", "tags": [1, 2]}
+    assert ok_json(cli("status", "from-stdin", "--json"))["input"] == "piped"
+
+
+def test_help(cli: Callable[..., Result]) -> None:
+    bare = cli(store=False)
+    assert bare.exit_code == 0
+    assert "worker" in bare.stdout and "history" in bare.stdout
+    worker_help = ok(cli("worker", "--help")).stdout
+    assert "MODULE:ATTR" in worker_help
+    assert "SIGTERM" in worker_help
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
