@@ -129,8 +129,9 @@ def timeline_rows(
     events = _events_of(history)
     if not events:
         return []
-    # Not the first event: an episode's OrchestratorStarted is stamped after the
-    # ExecutionStarted it applies, and offsets should never be negative.
+    # The earliest timestamp, not the first event's: an episode's
+    # OrchestratorStarted comes first in history but is stamped after the
+    # ExecutionStarted the client wrote, and offsets should never be negative.
     start = min(event.timestamp for event in events)
     names = _task_names(events)
     return [
@@ -155,7 +156,11 @@ def render_timeline(
     """
     if title is None and isinstance(history, OrchestrationState):
         title = f"{history.name} {history.instance_id} ({history.status.value})"
-    table = Table(title=title, title_justify="left", header_style="bold", expand=False)
+    table = Table(
+        title=Text(title, style="bold") if title is not None else None,
+        title_justify="left",
+        header_style="bold",
+    )
     table.add_column("time", justify="right", style="dim", no_wrap=True)
     table.add_column("event", no_wrap=True)
     table.add_column("detail", overflow="fold")

@@ -31,7 +31,7 @@ from durable_fx import (
     Worker,
 )
 from durable_fx._cli import app
-from durable_fx._timeline import render_timeline, timeline_rows
+from durable_fx._timeline import format_offset, render_timeline, timeline_rows
 
 WAIT = 20.0
 SCRIPT = Path(sys.executable).parent / "durable-fx"
@@ -477,6 +477,19 @@ def test_render_timeline(cli: Callable[..., Result], store_url: str, worker: Wor
     assert "timer fires at +" in text
     with pytest.raises(ValueError, match="history=True"):
         timeline_rows(without_history)
+
+
+@pytest.mark.parametrize(
+    ("offset", "text"),
+    [
+        (timedelta(milliseconds=12), "+0.012s"),
+        (timedelta(seconds=123, milliseconds=456), "+2m03.456s"),
+        (timedelta(hours=1, minutes=2, seconds=3), "+1h02m03s"),
+        (timedelta(days=2, hours=3, minutes=4), "+2d03h04m"),
+    ],
+)
+def test_timeline_offsets(offset: timedelta, text: str) -> None:
+    assert format_offset(offset) == text
 
 
 # -- the console script as a real process -------------------------------------------------------
