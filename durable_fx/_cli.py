@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from ._cli_input import (
     check_instance_id,
@@ -31,9 +28,9 @@ from ._cli_input import (
 from ._cli_output import (
     USAGE_ERROR,
     CliError,
+    OneLineErrorsGroup,
     emit_json,
     instances_table,
-    print_error,
     redact_store_url,
     state_json,
     state_table,
@@ -51,72 +48,9 @@ log = logging.getLogger("durable_fx.cli")
 _TERMINAL = [s for s in OrchestrationStatus if s.is_terminal]
 
 
-class _OneLineErrors(TyperGroup):
-    """The command group, reporting every error as one ``error:`` line on stderr.
-
-    Click's own usage errors would print a usage block and a boxed message,
-    and anything else a traceback; scripts and people both read one line
-    better, so all of it is caught here, where ``CliRunner`` sees it too.
-    """
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        windows_expand_args: bool = True,
-        **extra: Any,
-    ) -> Any:
-        try:
-            result = super().main(
-                args,
-                prog_name,
-                complete_var,
-                standalone_mode=False,
-                windows_expand_args=windows_expand_args,
-                **extra,
-            )
-            # Without standalone mode click returns typer.Exit's code (or None).
-            code = result if isinstance(result, int) else 0
-        except CliError as error:
-            print_error(error.message)
-            code = error.exit_code
-        except typer.TyperException as error:  # click's usage errors
-            code = _report_usage_error(error)
-        except typer.Abort:
-            print_error("aborted")
-            code = 1
-        except Exception as error:
-            if os.environ.get("DURABLE_FX_DEBUG"):
-                raise
-            print_error(
-                f"unexpected {type(error).__name__}: {error} (a bug in durable-fx: rerun with "
-                "DURABLE_FX_DEBUG=1 to see the traceback, and please report it)"
-            )
-            code = 1
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _report_usage_error(error: typer.TyperException) -> int:
-    # Running with no command at all shows the help, which is what was wanted.
-    if type(error).__name__ == "NoArgsIsHelpError":
-        typer.echo(error.format_message())
-        return 0
-    message = error.format_message()
-    message = message[:1].lower() + message[1:]
-    ctx = getattr(error, "ctx", None)
-    if ctx is not None:
-        message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
-    print_error(message)
-    return int(getattr(error, "exit_code", USAGE_ERROR))
-
-
 app = typer.Typer(
     name="durable-fx",
-    cls=_OneLineErrors,
+    cls=OneLineErrorsGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -369,6 +369,17 @@ def test_errors_are_one_line(
     assert_one_line_error(cli(*args), exit_code, *fragments)
 
 
+def test_unexpected_errors_are_one_line_too(
+    cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("the terminal caught fire")
+
+    monkeypatch.setattr("durable_fx._cli.stdout_console", broken)
+    ok(cli("start", "greeter", "--id", "x", "--json"))  # JSON output does not need a console
+    assert_one_line_error(cli("status", "x"), 1, "RuntimeError", "DURABLE_FX_DEBUG")
+
+
 def test_error_for_an_instance_that_exists(cli: Callable[..., Result]) -> None:
     ok(cli("start", "greeter", "--id", "twice"))
     assert_one_line_error(
