@@ -212,6 +212,9 @@ def list_instances(
     name: Annotated[
         str | None, typer.Option("--name", metavar="NAME", help="Only this orchestrator.")
     ] = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", metavar="TEXT", help="Only ids starting with this.")
+    ] = None,
     created_from: Annotated[
         str | None,
         typer.Option("--created-from", metavar="ISO", help="Only instances created at or after."),
@@ -243,6 +246,7 @@ def list_instances(
             page = client.query(
                 status=status or None,
                 name=name,
+                instance_id_prefix=prefix,
                 created_from=since,
                 created_to=until,
                 page_size=page_size,

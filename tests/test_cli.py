@@ -253,6 +253,8 @@ def test_list_filters_and_pages(cli: Callable[..., Result]) -> None:
 
     by_name = ok_json(cli("list", "--name", "doomed", "--json"))
     assert [i["instance_id"] for i in by_name["items"]] == ["d-0"]
+    by_prefix = ok_json(cli("list", "--prefix", "g-", "--json"))
+    assert sorted(i["instance_id"] for i in by_prefix["items"]) == ["g-0", "g-1", "g-2"]
     assert len(ok_json(cli("list", "--status", "pending", "--json"))["items"]) == 4
     assert ok_json(cli("list", "-s", "COMPLETED", "-s", "FAILED", "--json"))["items"] == []
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
