@@ -114,6 +114,13 @@ class Registry:
         """Register a generator function ``f(ctx, input)`` as an orchestrator."""
 
         def register(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                raise TypeError(
+                    f"orchestrator {fn.__qualname__!r} is an async function; an orchestrator "
+                    "is a generator function that yields tasks "
+                    "(def f(ctx, input): result = yield ctx.call_activity(...)). "
+                    "Put async code in activities"
+                )
             definition = OrchestratorDefinition(
                 name=name or fn.__name__,
                 fn=fn,

@@ -15,6 +15,7 @@ produced as another kind or name, is non-determinism.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import traceback
 from collections.abc import Generator, Iterable, Sequence
@@ -261,7 +262,15 @@ class OrchestrationExecutor:
         if handler is None:
             return
         self._ctx._children.pop(task_id, None)
-        handler(event)
+        try:
+            handler(event)
+        except NonDeterminismError:
+            raise
+        except Exception as error:
+            # User code that runs outside the generator (a RetryPolicy.handle
+            # predicate) failed: that fails the orchestration, as an exception
+            # in the orchestrator would, instead of failing every episode.
+            self._fail(error)
 
     def _resume_from_suspension(self) -> None:
         self._suspended = False
@@ -325,8 +334,15 @@ class OrchestrationExecutor:
 
     def _close_generator(self) -> None:
         generator, self._generator = self._generator, None
-        if generator is not None:
+        if generator is None:
+            return
+        # close() runs the code's finally blocks. The orchestration has ended, so
+        # work they schedule is dropped, and one that yields again or raises
+        # (RuntimeError: generator ignored GeneratorExit) must not stop it ending.
+        pending = dict(self._ctx._pending_actions)
+        with contextlib.suppress(Exception):
             generator.close()
+        self._ctx._pending_actions = pending
 
 
 def failure_from_exception(error: BaseException) -> FailureDetails:
