@@ -199,6 +199,20 @@ def test_registration_mistakes_are_reported_at_once(registry: Registry) -> None:
         client.start(unregistered)
 
 
+def test_async_orchestrator_is_refused_at_registration(registry: Registry) -> None:
+    async def async_orchestrator(ctx: OrchestrationContext) -> int:
+        return 1
+
+    async def async_generator_orchestrator(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(ctx.current_utc_datetime)
+
+    for fn in (async_orchestrator, async_generator_orchestrator):
+        with pytest.raises(TypeError, match="generator function") as raised:
+            registry.orchestrator()(fn)
+        assert fn.__name__ in str(raised.value)
+    assert registry.orchestrator_names == []
+
+
 def test_calling_an_orchestrator_as_an_activity_fails_clearly(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:

@@ -603,3 +603,33 @@ def test_is_replaying_and_replay_safe_logging(
     assert lines == [f"starting {iid}", "step done", "event received"]
     tagged = [r for r in caplog.records if r.name.startswith("durable_fx.orchestration")]
     assert all(getattr(r, "instance_id", None) == iid for r in tagged)
+
+
+def test_terminate_does_not_run_cleanup_code_that_schedules_work(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    cleaned: list[str] = []
+
+    @registry.activity()
+    def cleanup() -> None:
+        cleaned.append("ran")
+
+    @registry.orchestrator()
+    def tidy(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        try:
+            ctx.set_custom_status("waiting")
+            yield ctx.wait_for_event("never")
+        finally:
+            # A durable orchestrator cannot run this once terminated: it must not
+            # block the termination nor schedule the activity.
+            yield ctx.call_activity(cleanup)
+
+    iid = client.start(tidy)
+    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    client.terminate(iid, "bye")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.TERMINATED
+    assert state.output == "bye"
+    assert "TaskScheduled" not in _kinds(client, iid)
+    time.sleep(0.1)
+    assert cleaned == []

@@ -236,6 +236,34 @@ def test_retries_of_fanned_out_tasks_are_independent(
     assert len(_retry_timers(client, iid)) == 3
 
 
+def test_handle_that_raises_fails_the_instance(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    attempts = Attempts()
+
+    @registry.activity()
+    def fails(ctx: ActivityContext) -> None:
+        attempts.record(ctx)
+        raise ConnectionError("down")
+
+    def buggy_handle(error: TaskFailedError) -> bool:
+        raise AttributeError("the handle predicate is buggy")
+
+    @registry.orchestrator()
+    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        policy = RetryPolicy(first_interval=10 * MS, max_attempts=3, handle=buggy_handle)
+        yield ctx.call_activity(fails, retry=policy)
+
+    iid = client.start(orchestrate)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert state.failure.error_type == "AttributeError"
+    assert "the handle predicate is buggy" in state.failure.message
+    assert state.failure.stack_trace is not None and "buggy_handle" in state.failure.stack_trace
+    assert attempts.seen == [1]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
