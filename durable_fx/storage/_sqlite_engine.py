@@ -1,6 +1,6 @@
 """The SQLite store's thread-side half: transactions and the calls they run.
 
-``_Engine`` owns the connection and runs on the store thread only (see
+``Engine`` owns the connection and runs on the store thread only (see
 ``_sqlite_thread``). Its write calls run inside a transaction the thread opens,
 possibly together with other calls (group commit), so each one raises its
 expected errors (``ConflictError``, ``InstanceExistsError``...) before it
@@ -55,6 +55,7 @@ _EXPECTED = (DurableFxError, ValueError)
 
 
 def dumps(value: object) -> str:
+    """Compact JSON, the form batches travel in to ``json_each``."""
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -229,8 +230,9 @@ class Engine:
         if candidates:
             token = self._token(owner)
             taken = self._deliver_inbox(dumps(list(candidates)), now)
-            until = now + sql.micros(lease)
-            db.execute(sql.LOCK_INSTANCES, (dumps(list(taken)), token, until))
+            if taken:
+                until = now + sql.micros(lease)
+                db.execute(sql.LOCK_INSTANCES, (dumps(list(taken)), token, until))
             if len(taken) < len(candidates):
                 # Every visible message of these was poisoned: they stay unlocked.
                 idle = [iid for iid in candidates if iid not in taken]
@@ -265,7 +267,8 @@ class Engine:
                     continue
             spent.append((msg_id, iid, event_json, reason, count, key, execution_id))
         delivered = [int(m.message_id) for messages in taken.values() for m in messages]
-        db.execute(sql.COUNT_DELIVERIES, (dumps(delivered),))
+        if delivered:
+            db.execute(sql.COUNT_DELIVERIES, (dumps(delivered),))
         self._poison_messages(spent, now)
         return taken
 
@@ -439,6 +442,7 @@ def _visible(due: int | None, now: int, *, empty: bool = True) -> bool:
 
 
 def started_event(message: OrchestrationMessage) -> ExecutionStarted:
+    """The ``ExecutionStarted`` event a message starts an instance with, checked."""
     event = message.event
     if not isinstance(event, ExecutionStarted):
         raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")

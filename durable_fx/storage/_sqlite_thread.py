@@ -68,6 +68,8 @@ class StoreThread(Generic[E]):
         self.queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._on_work = on_work
         started: Future[E] = Future()
+        # A daemon: a store nobody closed must not keep the process alive, and
+        # WAL makes stopping it at any instant safe for the file.
         self._thread = threading.Thread(
             target=self._serve, args=(open_engine, started), name="durable_fx-sqlite", daemon=True
         )
@@ -75,6 +77,7 @@ class StoreThread(Generic[E]):
         self.engine = started.result()  # raises what opening the file raised
 
     def join(self) -> None:
+        """Wait until the thread has stopped (after a ``None`` was queued)."""
         self._thread.join()
 
     def _serve(self, open_engine: Callable[[], E], started: Future[E]) -> None:
@@ -190,6 +193,7 @@ class Waiters:
 
     @contextmanager
     def waiting(self) -> Iterator[asyncio.Event]:
+        """Register the current task's loop for ``wake()`` while the block runs."""
         waiter = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._events.add(waiter)

@@ -90,10 +90,13 @@ class SqliteStore:
     async def _call(self, run: Callable[[], T], *, write: bool = True) -> T:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+        return await self._queue(run, write=write)
+
+    def _queue(self, run: Callable[[], T], *, write: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._thread.queue.put(Call(run, write, loop, future))
-        return await future
+        return future
 
     # -- starting and messaging -------------------------------------------------
 
@@ -139,11 +142,8 @@ class SqliteStore:
     ) -> None:
         """Release the lock; retry the messages later, or poison the over-delivered ones."""
         ids = dumps([int(message.message_id) for message in item.messages])
-        iid, token = item.instance.instance_id, item.lock_token
-        engine = self._engine
-        await self._call(
-            partial(engine.abandon_orchestration, iid, token, ids, reason, retry_after)
-        )
+        abandon = partial(self._engine.abandon_orchestration, item.instance.instance_id)
+        await self._call(partial(abandon, item.lock_token, ids, reason, retry_after))
 
     # -- activity work ----------------------------------------------------------
 
@@ -212,6 +212,8 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._finalizer()  # queues the stop marker behind every call already queued
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        # Behind every call already queued: close the file, then stop the thread.
+        closed = self._queue(self._engine.close, write=False)
+        self._finalizer()
+        await closed
         self._waiters.wake()
