@@ -44,6 +44,7 @@ from ._state import OrchestrationState
 __all__ = ["TimelineRow", "format_offset", "preview", "render_timeline", "timeline_rows"]
 
 PREVIEW_WIDTH = 60
+_FAILURE_WIDTH = 120
 
 # Episode markers open every replay step; they are noise when reading what an
 # orchestration did, so they are shown only on request.
@@ -223,9 +224,10 @@ def _task_names(events: Sequence[HistoryEvent]) -> dict[int, str]:
 def _failure(failure: FailureDetails | None) -> str:
     if failure is None:
         return "failed"
+    # Longer than a payload preview: the message is usually what the reader came for.
     message = " ".join(failure.message.split())
-    if len(message) > PREVIEW_WIDTH:
-        message = message[: PREVIEW_WIDTH - 1] + "…"
+    if len(message) > _FAILURE_WIDTH:
+        message = message[: _FAILURE_WIDTH - 1] + "…"
     return f"{failure.error_type}: {message}"
 
 
