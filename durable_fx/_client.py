@@ -203,6 +203,7 @@ class AsyncDurableClient:
                     f"instance {instance_id!r} is {status}; terminate it before purging"
                 )
             return int(await self._store.purge_instance(instance_id))
+        _require_aware(created_from=created_from, created_to=created_to)
         # Only finished instances are purged: a filter naming no finished status matches
         # nothing (an empty status set would mean "any status" to the store).
         statuses = frozenset((_statuses(status) or _TERMINAL) & _TERMINAL)
@@ -243,6 +244,7 @@ class AsyncDurableClient:
         """One page of instances matching the filter, newest first."""
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
+        _require_aware(created_from=created_from, created_to=created_to)
         page = await self._store.query_instances(
             InstanceQuery(
                 statuses=frozenset(_statuses(status)),
@@ -295,6 +297,13 @@ class AsyncDurableClient:
 
 
 _TERMINAL = frozenset(s for s in OrchestrationStatus if s.is_terminal)
+
+
+def _require_aware(**moments: datetime | None) -> None:
+    """Stores compare instants: a naive datetime has no single meaning, so refuse it."""
+    for name, value in moments.items():
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware (use UTC)")
 
 
 def _statuses(status: StatusFilter) -> set[OrchestrationStatus]:
