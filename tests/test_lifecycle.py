@@ -336,9 +336,29 @@ def test_query_paging(registry: Registry, worker: Worker, client: DurableClient)
     assert created == sorted(created, reverse=True)
 
 
-def test_query_rejects_bad_page_size(client: DurableClient) -> None:
+def test_query_and_purge_reject_bad_arguments(client: DurableClient) -> None:
     with pytest.raises(ValueError, match="page_size"):
         client.query(page_size=0)
+    naive = datetime(2030, 1, 1)
+    with pytest.raises(ValueError, match="created_from must be timezone-aware"):
+        client.query(created_from=naive)
+    with pytest.raises(ValueError, match="created_to must be timezone-aware"):
+        client.query(created_to=naive)
+    with pytest.raises(ValueError, match="created_to must be timezone-aware"):
+        client.purge(created_to=naive)
+
+
+def test_query_by_instance_id_prefix(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def quick(ctx: OrchestrationContext) -> None:
+        return None
+
+    for iid in ["order-1", "order-2", "invoice-1"]:
+        client.wait(client.start(quick, instance_id=iid), timeout=WAIT)
+    found = client.query(instance_id_prefix="order-")
+    assert sorted(s.instance_id for s in found.items) == ["order-1", "order-2"]
 
 
 # -- continue-as-new ---------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 
 from durable_fx import (
+    ActivityContext,
     DurableClient,
     OrchestrationContext,
     OrchestrationStatus,
@@ -259,3 +263,31 @@ def test_many_instances_at_once(registry: Registry, worker: Worker, client: Dura
     ids = [client.start(chain, i) for i in range(20)]
     outputs = [client.wait(i, timeout=WAIT).output for i in ids]
     assert outputs == [i + 3 for i in range(20)]
+
+
+def test_two_workers_share_the_work(
+    registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    lock = threading.Lock()
+    runs: dict[tuple[str, int], int] = {}
+
+    @registry.activity()
+    def work(ctx: ActivityContext, x: int) -> int:
+        with lock:
+            key = (ctx.instance_id, ctx.task_id)
+            runs[key] = runs.get(key, 0) + 1
+        return x * 2
+
+    @registry.orchestrator()
+    def fan(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+        first = yield when_all([ctx.call_activity(work, i) for i in range(n)])
+        second = yield ctx.call_activity(work, sum(first))
+        return second
+
+    make_worker()
+    make_worker()
+    ids = [client.start(fan, 10) for _ in range(20)]
+    outputs = [client.wait(i, timeout=60).output for i in ids]
+    assert outputs == [180] * 20
+    assert len(runs) == 20 * 11
+    assert set(runs.values()) == {1}  # no crash, so no activity ran twice

@@ -295,3 +295,74 @@ def test_non_recursive_terminate_leaves_children_running(
 def _status(client: DurableClient, iid: str) -> OrchestrationStatus | None:
     state = client.get(iid)
     return None if state is None else state.status
+
+
+def test_sub_orchestrator_that_continues_as_new(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def countdown(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(timedelta(0))
+        if n > 0:
+            ctx.continue_as_new(n - 1)
+            return None
+        return "liftoff"
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        return (yield ctx.call_sub_orchestrator(countdown, 3, instance_id="countdown"))
+
+    state = client.wait(client.start(parent), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "liftoff"
+    child_state = client.get("countdown")
+    assert child_state is not None and child_state.input == 0
+
+
+def test_parent_that_continues_as_new_reuses_child_ids(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, n: int) -> int:
+        return n * n
+
+    @registry.orchestrator()
+    def looping(ctx: OrchestrationContext, state: list[int]):  # type: ignore[no-untyped-def]
+        square = yield ctx.call_sub_orchestrator(child, len(state))
+        state = [*state, square]
+        if len(state) < 4:
+            ctx.continue_as_new(state)
+            return None
+        return state
+
+    state = client.wait(client.start(looping, []), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == [0, 1, 4, 9]
+
+
+def test_terminating_a_child_fails_the_parents_task(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield ctx.wait_for_event("never")
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        try:
+            yield ctx.call_sub_orchestrator(child, instance_id="doomed-child")
+        except TaskFailedError as error:
+            return {"type": error.error_type, "message": error.message}
+        return "no error"
+
+    iid = client.start(parent)
+    wait_until(lambda: _status(client, "doomed-child") is OrchestrationStatus.RUNNING)
+    client.terminate("doomed-child", "cancelled by operator")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output["type"] == "OrchestrationTerminated"
+    assert "doomed-child" in state.output["message"]
+    assert "cancelled by operator" in state.output["message"]

@@ -367,3 +367,43 @@ def _history_count(client: DurableClient, iid: str, kind: str) -> int:
     if state is None or state.history is None:
         return 0
     return sum(1 for e in state.history if e.kind == kind)
+
+
+def test_timer_survives_a_worker_restart(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("sleeping")
+        yield ctx.create_timer(SHORT)
+        try:
+            yield ctx.wait_for_event("never", timeout=SHORT)
+        except EventTimeoutError:
+            return "timer and timeout fired"
+
+    worker = make_worker()
+    iid = client.start(sleeper)
+    wait_until(lambda: _custom_status(client, iid) == "sleeping")
+    worker.stop()
+    make_worker()
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "timer and timeout fired"
+
+
+def test_send_event_to_an_unknown_instance_does_not_fail_the_sender(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def sender(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.send_event("nobody-home", "ping", 1)
+        yield ctx.create_timer(timedelta(0))
+        return "sent"
+
+    state = client.wait(client.start(sender), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent"
+    assert client.get("nobody-home") is None
