@@ -653,3 +653,82 @@ def test_terminate_does_not_run_cleanup_code_that_schedules_work(
     assert "TaskScheduled" not in _kinds(client, iid)
     time.sleep(0.1)
     assert cleaned == []
+
+
+@pytest.mark.parametrize("cache_size", [0, 10_000], ids=["cold-replay-every-step", "cached"])
+def test_every_feature_gives_the_same_result_under_replay(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+    cache_size: int,
+) -> None:
+    from durable_fx import RetryPolicy, TaskFailedError, when_all, when_any
+
+    failures: dict[str, int] = {}
+
+    @registry.activity()
+    def inc(x: int) -> int:
+        return x + 1
+
+    @registry.activity()
+    def flaky(key: str) -> str:
+        failures[key] = failures.get(key, 0) + 1
+        if failures[key] < 2:
+            raise ConnectionError("once")
+        return "recovered"
+
+    @registry.activity()
+    def broken() -> None:
+        raise ValueError("always")
+
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+        y = yield ctx.call_activity(inc, x)
+        yield ctx.create_timer(timedelta(milliseconds=10))
+        return y * 10
+
+    @registry.orchestrator()
+    def sink(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+        out: dict[str, Any] = {"uuid": str(ctx.new_uuid())}
+        out["seq"] = yield ctx.call_activity(inc, n)
+        out["fan"] = yield when_all([ctx.call_activity(inc, i) for i in range(5)])
+        ctx.set_custom_status("wait e1")
+        winner = yield when_any([ctx.wait_for_event("e1"), ctx.create_timer(timedelta(hours=1))])
+        out["e1"] = winner.get_result()
+        try:
+            yield ctx.wait_for_event("e2", timeout=timedelta(milliseconds=50))
+        except EventTimeoutError:
+            out["e2"] = "timed out"
+        out["sub"] = yield ctx.call_sub_orchestrator(child, 4)
+        policy = RetryPolicy(first_interval=timedelta(milliseconds=10), max_attempts=3)
+        out["retried"] = yield ctx.call_activity(flaky, ctx.instance_id, retry=policy)
+        try:
+            yield ctx.call_activity(broken)
+        except TaskFailedError as error:
+            out["caught"] = error.error_type
+        ctx.set_custom_status("wait e3")
+        out["e3"] = yield ctx.wait_for_event("e3")
+        out["uuid2"] = str(ctx.new_uuid())
+        if n < 1:
+            ctx.continue_as_new(n + 1)
+            return None
+        return out
+
+    make_worker(cache_size=cache_size)
+    iid = client.start(sink, 0)
+    for generation in range(2):
+        wait_until(lambda: _custom_status(client, iid) == "wait e1")
+        client.raise_event(iid, "e1", f"first {generation}")
+        wait_until(lambda: _custom_status(client, iid) == "wait e3")
+        client.raise_event(iid, "e3", f"third {generation}")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    out = state.output
+    assert out["seq"] == 2
+    assert out["fan"] == [1, 2, 3, 4, 5]
+    assert (out["e1"], out["e2"], out["e3"]) == ("first 1", "timed out", "third 1")
+    assert out["sub"] == 50
+    assert out["retried"] == "recovered"
+    assert out["caught"] == "ValueError"
+    assert out["uuid"] != out["uuid2"]
