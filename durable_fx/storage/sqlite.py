@@ -14,10 +14,9 @@ while the thread is busy share one transaction (group commit), each call
 still succeeding or failing on its own.
 
 The layout of the file is in ``_sqlite_schema``, the calls themselves in
-``_sqlite_engine``. Semantics the protocol leaves open are those of
-``MemoryStore``, with one difference: re-creating a finished instance keeps
-counting its version up (rather than restarting at ``"1"``), so a version
-cached for the old instance is never mistaken for one of the new.
+``_sqlite_engine``. Rules the protocol leaves open are those ``MemoryStore``
+lists; as fairness choices, the instance due longest and the work item visible
+longest go first.
 """
 
 from __future__ import annotations
