@@ -37,7 +37,7 @@ from ._history import (
 )
 from ._registry import Registry
 from ._replay.actions import CreateSubOrchestration
-from ._replay.executor import OrchestrationExecutor, failure_from_exception
+from ._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from ._state import OrchestrationStatus
 from .storage._protocol import Store
 from .storage._records import (
@@ -232,7 +232,8 @@ class OrchestrationRunner:
             consumed=episode.consumed,
             now=episode.now,
             ids=EpisodeIds(
-                next_execution_id=uuid.uuid4().hex,
+                # Only continue-as-new needs one; uuid4 costs a GIL round trip (os.urandom).
+                next_execution_id=uuid.uuid4().hex if _continues_as_new(output) else "",
                 child_execution_ids={
                     action.instance_id: uuid.uuid4().hex
                     for action in output.actions
@@ -334,6 +335,14 @@ def _events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[His
         for m in messages
         if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
     ]
+
+
+def _continues_as_new(output: EpisodeOutput) -> bool:
+    """True if this episode ends the execution with continue-as-new."""
+    completion = output.completion
+    return (
+        output.completed_now and completion is not None and completion.status == "CONTINUED_AS_NEW"
+    )
 
 
 def _with(item: OrchestrationWorkItem, instance: InstanceRecord) -> OrchestrationWorkItem:
