@@ -190,12 +190,12 @@ def _machine() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    commit = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    import durable_fx
+
+    source = Path(durable_fx.__file__).resolve().parent
+    commit = _git(source, "rev-parse", "--short", "HEAD")
+    if commit and _git(source, "status", "--porcelain", "--", "."):
+        commit += "-dirty"  # durable_fx has uncommitted changes
     import pydantic
 
     return {
@@ -207,8 +207,16 @@ def _machine() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "sqlite": sqlite3.sqlite_version,
         "pydantic": pydantic.VERSION,
+        "durable_fx": str(source),
         "git_commit": commit,
     }
+
+
+def _git(where: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(where), *args], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def _cpu_model() -> str:

@@ -311,21 +311,24 @@ async def _w4(store: Store, n: int, window: int, at: list[int]) -> dict[str, Any
         if k in scheduled and k + 1 in scheduled
     ]
 
-    def around(center: int) -> float:
+    def around(center: int, average: Callable[[list[float]], float] = statistics.fmean) -> float:
         lo = max(0, min(center - window // 2, len(gaps) - window))
-        return statistics.fmean(gaps[lo : lo + window])
+        return average(gaps[lo : lo + window])
 
-    points = {str(c): around(c) for c in at}
     first, last = around(at[0]), around(at[-1])
+    first_median, last_median = around(at[0], statistics.median), around(at[-1], statistics.median)
     return {
         "steps": n,
         "wall_s": t1 - t0,
         "mean_step_ms": statistics.fmean(gaps),
         "window": window,
-        "step_ms_at": points,
+        "step_ms_at": {str(c): around(c) for c in at},
         "step_100_ms": first,
         "step_5000_ms": last,
         "ratio_late_to_early": last / first,
+        # Medians shrug off a stray stall (GC, a WAL checkpoint, another process).
+        "median_step_ms_at": {str(c): around(c, statistics.median) for c in at},
+        "ratio_late_to_early_median": last_median / first_median,
     }
 
 
