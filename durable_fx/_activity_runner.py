@@ -46,7 +46,14 @@ class ActivityRunner:
             return self._failed(item, _non_retriable(error))
         try:
             value = await self._call(definition, args)
-        except Exception as error:  # the activity's own failure, reported to the orchestrator
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is stopping: it releases the work item
+            # The activity raised CancelledError itself: that is its failure, not ours.
+            return self._failed(item, failure_from_exception(error))
+        # SystemExit too: sys.exit() in an activity must fail its task, not stop the worker.
+        except (Exception, SystemExit) as error:
             log.info(
                 "activity %s (%s #%d) failed: %s: %s",
                 invocation.name,

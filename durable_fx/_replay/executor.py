@@ -347,9 +347,13 @@ class OrchestrationExecutor:
 
 def failure_from_exception(error: BaseException) -> FailureDetails:
     """Describe an exception as text that survives storage."""
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not make the failure itself unreportable
+        message = f"<{type(error).__name__}: str() failed>"
     return FailureDetails(
         error_type=type(error).__name__,
-        message=str(error),
+        message=message,
         stack_trace="".join(traceback.format_exception(error)),
     )
 
