@@ -479,3 +479,59 @@ def test_activity_context_fields(registry: Registry, worker: Worker, client: Dur
     task_ids = [c.task_id for c in seen]
     assert len(set(task_ids)) == 4  # each attempt is its own task
     assert task_ids[-1] == state.output["task_id"]
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this error fails")
+
+
+def test_activities_failing_in_unusual_ways_fail_their_task_only(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    import sys
+
+    @registry.activity()
+    def calls_sys_exit() -> None:
+        sys.exit(3)
+
+    @registry.activity()
+    async def async_sys_exit() -> None:
+        raise SystemExit("async exit")
+
+    @registry.activity()
+    async def raises_cancelled() -> None:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError("the activity's own cancellation")
+
+    @registry.activity()
+    def unprintable() -> None:
+        raise _UnprintableError
+
+    @registry.activity()
+    def healthy() -> str:
+        return "still working"
+
+    @registry.orchestrator()
+    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        outcomes = {}
+        for name in ("calls_sys_exit", "async_sys_exit", "raises_cancelled", "unprintable"):
+            try:
+                yield ctx.call_activity(name)
+                outcomes[name] = "no error"
+            except TaskFailedError as error:
+                outcomes[name] = error.error_type
+        outcomes["healthy"] = yield ctx.call_activity(healthy)
+        return outcomes
+
+    state = client.wait(client.start(orchestrate), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == {
+        "calls_sys_exit": "SystemExit",
+        "async_sys_exit": "SystemExit",
+        "raises_cancelled": "CancelledError",
+        "unprintable": "_UnprintableError",
+        "healthy": "still working",
+    }
+    # The worker survived all of it.
+    assert client.wait(client.start(orchestrate), timeout=WAIT).output == state.output
