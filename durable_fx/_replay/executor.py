@@ -63,6 +63,8 @@ _SCHEDULING_EVENTS: dict[type[Any], type[Any]] = {
     SubOrchestrationInstanceCreated: CreateSubOrchestration,
     EventSent: SendEvent,
 }
+_USER_CODE_ERRORS = (Exception, SystemExit)
+"""What orchestrator code may raise to fail its instance (sys.exit() must not stop a worker)."""
 _RESULT_EVENTS = (
     TaskCompleted,
     TaskFailed,
@@ -224,7 +226,7 @@ class OrchestrationExecutor:
             return
         try:
             returned = self._call_orchestrator()
-        except Exception as error:
+        except _USER_CODE_ERRORS as error:
             self._fail(error)
             return
         if inspect.isgenerator(returned):
@@ -266,7 +268,7 @@ class OrchestrationExecutor:
             handler(event)
         except NonDeterminismError:
             raise
-        except Exception as error:
+        except _USER_CODE_ERRORS as error:
             # User code that runs outside the generator (a RetryPolicy.handle
             # predicate) failed: that fails the orchestration, as an exception
             # in the orchestrator would, instead of failing every episode.
@@ -303,7 +305,7 @@ class OrchestrationExecutor:
             return
         except NonDeterminismError:
             raise
-        except Exception as failure:
+        except _USER_CODE_ERRORS as failure:
             self._fail(failure)
             return
         if not isinstance(yielded, Task):
@@ -340,7 +342,7 @@ class OrchestrationExecutor:
         # work they schedule is dropped, and one that yields again or raises
         # (RuntimeError: generator ignored GeneratorExit) must not stop it ending.
         pending = dict(self._ctx._pending_actions)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*_USER_CODE_ERRORS):
             generator.close()
         self._ctx._pending_actions = pending
 
