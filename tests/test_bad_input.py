@@ -535,3 +535,30 @@ def test_activities_failing_in_unusual_ways_fail_their_task_only(
     }
     # The worker survived all of it.
     assert client.wait(client.start(orchestrate), timeout=WAIT).output == state.output
+
+
+def test_orchestrator_calling_sys_exit_fails_its_instance_only(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    import sys
+
+    @registry.orchestrator()
+    def exits_after_a_step(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        yield when_all([])
+        sys.exit("orchestrator gave up")
+
+    @registry.orchestrator()
+    def exits_at_once(ctx: OrchestrationContext) -> None:
+        sys.exit(2)
+
+    @registry.orchestrator()
+    def healthy(ctx: OrchestrationContext) -> str:
+        return "still working"
+
+    cases = [(exits_after_a_step, "orchestrator gave up"), (exits_at_once, "2")]
+    for orchestrator, message in cases:
+        state = client.wait(client.start(orchestrator), timeout=WAIT)
+        assert state.status is OrchestrationStatus.FAILED
+        assert state.failure is not None
+        assert (state.failure.error_type, state.failure.message) == ("SystemExit", message)
+    assert client.wait(client.start(healthy), timeout=WAIT).output == "still working"
