@@ -64,8 +64,12 @@ class EpisodeIds:
     """Fresh ids an episode may need, supplied by the (impure) caller."""
 
     next_execution_id: str
-    child_execution_ids: dict[str, str]
-    """Execution id for each sub-orchestration instance id started this episode."""
+    child_execution_ids: dict[int, str]
+    """Execution id for each sub-orchestration started this episode, by action id.
+
+    By action, not by child instance id: two starts of one id must stay two
+    messages (the loser is refused), not collapse into one under a shared key.
+    """
 
 
 def plan_episode(
@@ -258,7 +262,7 @@ def _dispatch(
                 timestamp=now,
                 name=action.name,
                 instance_id=action.instance_id,
-                execution_id=ids.child_execution_ids[action.instance_id],
+                execution_id=ids.child_execution_ids[action.id],
                 input=action.input,
                 parent=ParentInstance(
                     instance_id=instance.instance_id,

@@ -147,8 +147,13 @@ class OrchestrationRunner:
         start = _pending_start(instance, episode.item.messages)
         if start is not None:
             early = await self._events_before_start(instance)
-            return self._begin(episode, start, early)
-        refusals = self._refusals(episode)
+            commit, entry = self._begin(episode, start, early)
+            # Other parents' starts in the same batch lose the race for this id.
+            refused = self._refusals(episode, start.execution_id, commit.instance.status)
+            if refused:
+                commit = dataclasses.replace(commit, messages=[*commit.messages, *refused])
+            return commit, entry
+        refusals = self._refusals(episode, instance.execution_id, instance.status)
         if instance.status is OrchestrationStatus.PENDING:
             # A scheduled start is not visible yet: keep what arrived for when it is.
             events = _events_for(instance.execution_id, episode.item.messages)
@@ -235,7 +240,7 @@ class OrchestrationRunner:
                 # Only continue-as-new needs one; uuid4 costs a GIL round trip (os.urandom).
                 next_execution_id=uuid.uuid4().hex if _continues_as_new(output) else "",
                 child_execution_ids={
-                    action.instance_id: uuid.uuid4().hex
+                    action.id: uuid.uuid4().hex
                     for action in output.actions
                     if isinstance(action, CreateSubOrchestration)
                 },
@@ -282,19 +287,24 @@ class OrchestrationRunner:
             now=episode.now,
         )
 
-    def _refusals(self, episode: _Episode) -> list[OrchestrationMessage]:
-        """Tell parents whose sub-orchestration start this instance cannot take."""
-        instance = episode.instance
+    def _refusals(
+        self, episode: _Episode, execution_id: str, status: OrchestrationStatus
+    ) -> list[OrchestrationMessage]:
+        """Tell parents whose sub-orchestration start this instance cannot take.
+
+        ``execution_id`` is the execution the instance runs after this episode,
+        and ``status`` its status then.
+        """
         replies = []
         for message in episode.item.messages:
             event = message.event
             if not isinstance(event, ExecutionStarted) or event.parent is None:
                 continue
-            if event.execution_id == instance.execution_id:
-                continue  # a redelivered copy of the start that is already running
+            if event.execution_id == execution_id:
+                continue  # the start that runs (or a redelivered copy of it)
             failure = FailureDetails(
                 error_type="InstanceExistsError",
-                message=f"instance {event.instance_id!r} is already {instance.status.value}",
+                message=f"instance {event.instance_id!r} is already {status.value}",
                 non_retriable=True,
             )
             reply = SubOrchestrationInstanceFailed(
