@@ -366,3 +366,33 @@ def test_terminating_a_child_fails_the_parents_task(
     assert state.output["type"] == "OrchestrationTerminated"
     assert "doomed-child" in state.output["message"]
     assert "cancelled by operator" in state.output["message"]
+
+
+def test_two_children_started_together_under_one_id(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+        yield ctx.create_timer(timedelta(milliseconds=50))
+        return x
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        tasks = [ctx.call_sub_orchestrator(child, i, instance_id="shared") for i in range(2)]
+        outcomes = []
+        for task in tasks:
+            try:
+                outcomes.append((yield task))
+            except TaskFailedError as error:
+                outcomes.append(error.error_type)
+        return outcomes
+
+    state = client.wait(client.start(parent), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    # One start wins the id and runs; the other is refused, and nobody waits forever.
+    refused = [o for o in state.output if o == "InstanceExistsError"]
+    ran = [o for o in state.output if o != "InstanceExistsError"]
+    assert len(refused) == 1 and len(ran) == 1
+    shared = client.get("shared")
+    assert shared is not None and shared.status is OrchestrationStatus.COMPLETED
+    assert shared.output == ran[0]
