@@ -365,6 +365,36 @@ def test_other_code_changes_fail_with_non_determinism(
     assert produced in state.failure.message
 
 
+def test_orchestrator_removed_while_an_instance_runs(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+) -> None:
+    @registry.orchestrator()
+    def retired(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+        ctx.set_custom_status("waiting")
+        yield ctx.wait_for_event("go")
+
+    worker = make_worker()
+    iid = client.start(retired)
+    wait_until(lambda: client.get(iid).custom_status == "waiting")  # type: ignore[union-attr]
+    worker.stop()
+    redeployed = Registry()
+
+    @redeployed.orchestrator()
+    def replacement(ctx: OrchestrationContext) -> None:
+        return None
+
+    make_worker(redeployed)
+    client.raise_event(iid, "go")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert "'retired'" in state.failure.message
+    assert "replacement" in state.failure.message
+
+
 def test_unchanged_code_replays_on_a_new_worker(
     registry: Registry,
     make_worker: Callable[..., Worker],
