@@ -355,10 +355,19 @@ def test_query_by_instance_id_prefix(
     def quick(ctx: OrchestrationContext) -> None:
         return None
 
-    for iid in ["order-1", "order-2", "invoice-1"]:
+    ids = ["order-1", "order-2", "invoice-1", "Order-3", "a_1", "ab1", "a%2", "axx"]
+    for iid in ids:
         client.wait(client.start(quick, instance_id=iid), timeout=WAIT)
-    found = client.query(instance_id_prefix="order-")
-    assert sorted(s.instance_id for s in found.items) == ["order-1", "order-2"]
+
+    def found(prefix: str) -> list[str]:
+        return sorted(s.instance_id for s in client.query(instance_id_prefix=prefix).items)
+
+    assert found("order-") == ["order-1", "order-2"]  # ids are case-sensitive
+    assert found("Order") == ["Order-3"]
+    assert found("a_") == ["a_1"]  # no wildcards in a prefix
+    assert found("a%") == ["a%2"]
+    with pytest.raises(ValueError, match="continuation"):
+        client.query(continuation="garbage")
 
 
 # -- continue-as-new ---------------------------------------------------------------------
