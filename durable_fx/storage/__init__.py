@@ -49,22 +49,42 @@ DEFAULT_SQLITE_PATH = Path(".durable_fx") / "durable_fx.db"
 
 
 def default_store_url() -> str:
-    """``DURABLE_FX_STORE``, else ``AzureWebJobsStorage``, else the local SQLite file."""
+    """``DURABLE_FX_STORE``, else ``AzureWebJobsStorage``, else the local SQLite file.
+
+    The Functions identity settings (``AzureWebJobsStorage__accountName`` and
+    friends, no connection string) select ``azure://``: identity auth.
+    """
     for name in ("DURABLE_FX_STORE", "AzureWebJobsStorage"):
         value = os.environ.get(name, "").strip()
         if value:
             return value
+    if any(k.startswith("AzureWebJobsStorage__") and v for k, v in os.environ.items()):
+        return "azure://"
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
-def open_store(url: str | None = None, *, clock: Clock | None = None) -> Store:
+def open_store(
+    url: str | None = None, *, clock: Clock | None = None, hub: str | None = None
+) -> Store:
     """Open the store a URL names.
 
     ``memory://`` is an in-process store (tests, experiments);
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` is the
-    embedded durable store. Without a URL, ``default_store_url()`` decides.
+    embedded durable store; an Azure Storage connection string (including
+    ``UseDevelopmentStorage=true``) or ``azure://<account>`` (identity auth)
+    is the Azure store, whose task hub is ``hub``, else ``TaskHub=`` in the
+    connection string or ``?hub=`` in the URL, else ``DURABLE_FX_HUB``.
+    Without a URL, ``default_store_url()`` decides.
     """
     url = url or default_store_url()
+    if _is_azure(url):
+        try:
+            from .azure import open_azure_store
+        except ImportError as error:
+            raise ImportError(
+                f"the Azure store needs the azure extra: pip install 'durable-fx[azure]' ({error})"
+            ) from error
+        return open_azure_store(url, hub=hub, clock=clock)
     if url == "memory://":
         from .memory import MemoryStore
 
@@ -77,8 +97,18 @@ def open_store(url: str | None = None, *, clock: Clock | None = None) -> Store:
             raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file.db")
         return SqliteStore(path, clock=clock)
     raise ValueError(
-        f"unsupported store URL {_redact(url)!r}: use memory://, sqlite:///path.db "
-        "(Azure Storage connection strings arrive with the Azure store)"
+        f"unsupported store URL {_redact(url)!r}: use memory://, sqlite:///path.db, "
+        "an Azure Storage connection string or azure://<account>"
+    )
+
+
+def _is_azure(url: str) -> bool:
+    # Kept here, not imported from .azure: deciding must not load the Azure SDK.
+    lowered = url.lower().replace(" ", "")
+    return (
+        url.startswith("azure://")
+        or "usedevelopmentstorage=true" in lowered
+        or "accountname=" in lowered
     )
 
 

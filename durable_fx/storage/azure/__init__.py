@@ -1,0 +1,39 @@
+"""The Azure store: history in Azure Tables, work in Storage Queues, big payloads in Blobs.
+
+``open_store`` hands connection strings (``AccountName=...``,
+``UseDevelopmentStorage=true``) and ``azure://<account>`` URLs here; this
+package is imported only then, so a SQLite-only process never loads the Azure
+SDK. Modules: ``_settings`` (connection strings, identity, hub names),
+``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (shared state and
+sessions), ``_orchestrations`` and ``_commit`` (episodes), ``_activities``,
+``_reads``, ``_store`` (the ``AzureStore`` facade), ``_policies`` (request
+counting, fault injection) and ``_transient`` (retries).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..._clock import Clock
+from ._policies import FaultInjector, RequestCounter
+from ._settings import DEFAULT_HUB, HUB_ENV, AzureSettings, HubNames, settings_from_url
+from ._store import AzureStore
+
+__all__ = [
+    "DEFAULT_HUB",
+    "HUB_ENV",
+    "AzureSettings",
+    "AzureStore",
+    "FaultInjector",
+    "HubNames",
+    "RequestCounter",
+    "open_azure_store",
+    "settings_from_url",
+]
+
+
+def open_azure_store(
+    url: str, *, hub: str | None = None, clock: Clock | None = None, **options: Any
+) -> AzureStore:
+    """An ``AzureStore`` for a connection string or ``azure://`` URL."""
+    return AzureStore(settings_from_url(url, hub=hub), clock=clock, **options)

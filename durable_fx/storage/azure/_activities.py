@@ -1,0 +1,392 @@
+"""Activity work on Azure: work items through the work-item queue, results into inboxes.
+
+Each scheduled activity is a row ``w<execution>:<task>`` in its instance's
+partition (written with the episode that scheduled it) and a message on
+``<hub>-workitems`` carrying the invocation (its input in a payload blob when
+too large for a message). The message's invisibility is the lease and its
+dequeue count the delivery count; this process also remembers the messages it
+holds, so a lease that expires while the process lives (by the store's clock)
+hands the item out again here, as every store does.
+
+Completing a batch is one transaction per instance: delete the work row and
+insert the result into the inbox. The row is the proof that the result is
+not recorded yet: a redelivered message whose row is gone is dropped without
+running (contract 4), and a late completion finds no row and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableTransactionError
+
+from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
+from ._codec import work_key
+from ._hub import Hub, Lease, Op, bump
+from ._queues import MAX_MESSAGE_BYTES, Handle, Received
+from ._transient import retrying, status_of
+
+__all__ = ["Activities"]
+
+_SEND_CONCURRENCY = 32
+_PAIRS_PER_BATCH = 49  # a delete and an insert per result, plus a touch of the instance row
+
+
+@dataclass(slots=True)
+class _Held:
+    """A work-item message this process received and has not finished with."""
+
+    handle: Handle
+    invocation: ActivityInvocation
+    row_key: str
+    text: str
+    dequeue_count: int
+    lease: Lease | None = None
+    visible_at: datetime | None = None
+
+
+class Activities:
+    """The activity half of the Store protocol, on top of a ``Hub``."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._held: dict[str, _Held] = {}
+        self._dead: set[tuple[str, str]] = set()
+        self._tokens = 0
+
+    # -- scheduling ---------------------------------------------------------------
+
+    async def work_row(self, invocation: ActivityInvocation) -> dict[str, Any]:
+        """The ``w`` row recording a scheduled, not yet completed activity."""
+        iid = invocation.instance_id
+        row: dict[str, Any] = {
+            "PartitionKey": iid,
+            "RowKey": work_key(invocation.execution_id, invocation.task_id),
+            "ExecutionId": invocation.execution_id,
+            "TaskId": invocation.task_id,
+            "Name": invocation.name,
+            "Attempt": invocation.attempt,
+        }
+        await self._hub.codec.put_text(row, "Input", invocation.input, iid)
+        return row
+
+    async def invocation_from_row(self, row: dict[str, Any]) -> ActivityInvocation:
+        """The invocation a ``w`` row records."""
+        return ActivityInvocation(
+            instance_id=str(row["PartitionKey"]),
+            execution_id=str(row["ExecutionId"]),
+            task_id=int(row["TaskId"]),
+            name=str(row["Name"]),
+            input=await self._hub.codec.get_text(row, "Input"),
+            attempt=int(row.get("Attempt", 1)),
+        )
+
+    async def send(self, invocations: Sequence[ActivityInvocation], *, redelivery: bool) -> None:
+        """Put a work-item message per invocation (after their rows are committed)."""
+        hub = self._hub
+        gate = asyncio.Semaphore(_SEND_CONCURRENCY)
+
+        async def send_one(invocation: ActivityInvocation) -> None:
+            body = await self._body(invocation, redelivery)
+            async with gate:
+                await hub.queues.put(hub.names.work_queue, body, delay=timedelta(0))
+
+        await asyncio.gather(*(send_one(i) for i in invocations))
+        hub.work_poll.kick()
+        hub.wake()
+
+    async def _body(self, invocation: ActivityInvocation, redelivery: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "w": invocation.instance_id,
+            "x": invocation.execution_id,
+            "t": invocation.task_id,
+            "n": invocation.name,
+            "a": invocation.attempt,
+            "in": invocation.input,
+        }
+        if redelivery:
+            body["re"] = 1  # maybe a duplicate: check the row before running it
+        if len(json.dumps(body)) > MAX_MESSAGE_BYTES - 1024:
+            text = invocation.input or ""
+            body["in"] = None
+            body["b"] = await self._hub.resources.put_payload(invocation.instance_id, text)
+        return body
+
+    async def _invocation(self, body: dict[str, Any]) -> ActivityInvocation:
+        text = body.get("in")
+        if body.get("b"):
+            text = await self._hub.resources.get_payload(str(body["b"]))
+        return ActivityInvocation(
+            instance_id=str(body["w"]),
+            execution_id=str(body["x"]),
+            task_id=int(body["t"]),
+            name=str(body["n"]),
+            input=text,
+            attempt=int(body.get("a", 1)),
+        )
+
+    def forget_work(self, instance_id: str, row_keys: Sequence[str]) -> None:
+        """Work rows deleted by a purge or re-creation: their messages must not run."""
+        self._dead.update((instance_id, rk) for rk in row_keys)
+
+    # -- locking ------------------------------------------------------------------
+
+    async def lock(self, owner: str, limit: int, lease: timedelta) -> LockBatch[ActivityWorkItem]:
+        """Lock up to ``limit`` work items: expired local leases first, then the queue."""
+        hub = self._hub
+        items: list[ActivityWorkItem] = []
+        now = hub.now()
+        for held in list(self._held.values()):
+            if len(items) >= limit:
+                break
+            if not _available(held, now):
+                continue
+            if await self._hand_out(held, owner, lease, now):
+                items.append(self._item(held))
+        if len(items) < limit and hub.work_poll.due():
+            received = await hub.queues.receive(hub.names.work_queue, limit=limit, lease=lease)
+            hub.work_poll.polled(bool(received))
+            for message in received:
+                known = message.handle.id in self._held
+                held = await self._admit(message)
+                if held is None or len(items) >= limit or not _available(held, now):
+                    continue
+                if await self._hand_out(held, owner, lease, now, fresh=not known):
+                    items.append(self._item(held))
+        dues = [h.visible_at for h in self._held.values() if h.visible_at and h.visible_at > now]
+        return LockBatch(items, min(dues, default=None))
+
+    async def _admit(self, message: Received) -> _Held | None:
+        """Turn a received message into a held work item, or drop/poison it."""
+        hub = self._hub
+        held = self._held.get(message.handle.id)
+        if held is not None:  # ours already: it came back after its queue lease
+            held.handle = message.handle
+            held.dequeue_count = max(held.dequeue_count, message.dequeue_count - 1)
+            return held
+        body = message.body
+        try:
+            invocation = await self._invocation(body) if body else None
+        except (KeyError, TypeError, ValueError, ResourceNotFoundError):
+            invocation = None
+        if invocation is None:
+            await hub.record_poison(
+                queue=hub.names.work_queue,
+                logical_queue="activities",
+                instance_id=None,
+                body=message.text,
+                reason="undecodable work item message",
+                dequeue_count=message.dequeue_count,
+                extra={"message_id": message.handle.id},
+            )
+            await hub.queues.delete(message.handle)
+            return None
+        row_key = work_key(invocation.execution_id, invocation.task_id)
+        if (invocation.instance_id, row_key) in self._dead:
+            await hub.queues.delete(message.handle)
+            return None
+        redelivered = message.dequeue_count > 1 or bool(body and body.get("re"))
+        if redelivered and not await self._still_scheduled(invocation.instance_id, row_key):
+            await self._drop_completed(message, invocation.instance_id)
+            return None
+        held = _Held(message.handle, invocation, row_key, message.text, message.dequeue_count - 1)
+        self._held[message.handle.id] = held
+        return held
+
+    async def _still_scheduled(self, instance_id: str, row_key: str) -> bool:
+        table = self._hub.resources.table
+        try:
+            await retrying(
+                lambda: table.get_entity(instance_id, row_key, select=["RowKey"]),
+                what="check a work item",
+            )
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    async def _drop_completed(self, message: Received, instance_id: str) -> None:
+        """A redelivered item whose result is recorded: delete it, wake its instance."""
+        hub = self._hub
+        if instance_id not in hub.sessions:
+            # Its completion may have died before sending the wake-up; one more is harmless.
+            await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+        await hub.queues.delete(message.handle)
+
+    async def _hand_out(
+        self, held: _Held, owner: str, lease: timedelta, now: datetime, *, fresh: bool = False
+    ) -> bool:
+        hub = self._hub
+        if held.dequeue_count >= hub.max_dequeue_count:
+            reason = f"delivered {held.dequeue_count} times without completing"
+            await self._poison(held, reason)
+            return False
+        held.dequeue_count += 1
+        held.visible_at = None
+        self._tokens += 1
+        held.lease = Lease(f"{held.handle.id}|{self._tokens}", owner, now + lease)
+        if not fresh:
+            # Handed out again in this process: keep the queue from handing it to another.
+            await hub.queues.hide(held.handle, lease)
+        return True
+
+    @staticmethod
+    def _item(held: _Held) -> ActivityWorkItem:
+        assert held.lease is not None
+        return ActivityWorkItem(held.invocation, held.lease.token, held.dequeue_count)
+
+    def _holding(self, item: ActivityWorkItem) -> _Held | None:
+        """The held message, if ``item``'s lease is still the current one."""
+        held = self._held.get(item.lock_token.split("|", 1)[0])
+        if held is None or held.lease is None or held.lease.token != item.lock_token:
+            return None
+        return held
+
+    async def _poison(self, held: _Held, reason: str) -> None:
+        hub = self._hub
+        invocation = held.invocation
+        await hub.record_poison(
+            queue=hub.names.work_queue,
+            logical_queue="activities",
+            instance_id=invocation.instance_id,
+            body=json.dumps(dataclasses.asdict(invocation)),
+            reason=reason,
+            dequeue_count=held.dequeue_count,
+            extra={
+                "execution_id": invocation.execution_id,
+                "task_id": str(invocation.task_id),
+                "name": invocation.name,
+            },
+        )
+        delete: Op = ("delete", {"PartitionKey": invocation.instance_id, "RowKey": held.row_key})
+        await hub.submit_batches([delete], what="drop a poisoned work item")
+        session = hub.sessions.get(invocation.instance_id)
+        if session is not None:
+            session.outstanding.pop(held.row_key, None)
+        self._held.pop(held.handle.id, None)
+        await hub.queues.delete(held.handle)
+
+    # -- finishing ----------------------------------------------------------------
+
+    async def complete(self, results: Sequence[ActivityResult]) -> None:
+        """Deliver each current result to its inbox, delete its work item; drop stale ones."""
+        by_instance: dict[str, list[tuple[_Held, ActivityResult]]] = {}
+        for result in results:
+            held = self._holding(result.item)
+            if held is not None:
+                by_instance.setdefault(held.invocation.instance_id, []).append((held, result))
+        await asyncio.gather(*(self._complete_instance(i, e) for i, e in by_instance.items()))
+
+    async def _complete_instance(
+        self, instance_id: str, entries: list[tuple[_Held, ActivityResult]]
+    ) -> None:
+        hub = self._hub
+        for start in range(0, len(entries), _PAIRS_PER_BATCH):
+            chunk = entries[start : start + _PAIRS_PER_BATCH]
+            await self._complete_chunk(instance_id, chunk)
+        await asyncio.gather(*(hub.queues.delete(held.handle) for held, _ in entries))
+        for held, _ in entries:
+            self._held.pop(held.handle.id, None)
+
+    async def _complete_chunk(
+        self, instance_id: str, chunk: list[tuple[_Held, ActivityResult]]
+    ) -> None:
+        hub = self._hub
+        session = hub.sessions.get(instance_id)
+        # Trust the session only while its lease is comfortably ours; otherwise also
+        # tell whoever may have taken the instance over (a touch and a wake-up).
+        trusted = session is not None and session.owned_until - hub.now() > hub.lease / 4
+        ops: list[Op] = []
+        pendings = {}
+        for held, result in chunk:
+            entity, pending = await hub.inbox_entity(result.message)
+            ops.append(("delete", {"PartitionKey": instance_id, "RowKey": held.row_key}))
+            ops.append(("create", entity))
+            pendings[held.row_key] = pending
+        if not trusted:
+            ops.append(bump(instance_id))
+        applied = await self._submit_results(instance_id, ops)
+        if applied is None:
+            return
+        delivered = [pendings[rk] for rk in applied]
+        if session is not None and instance_id in hub.sessions:
+            for rk in applied:
+                session.outstanding.pop(rk, None)
+            for pending in delivered:
+                session.pending.setdefault(pending.row_key, pending)
+            if delivered:
+                hub.wake()
+        if not trusted and delivered:
+            await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+            if hub.is_worker:
+                hub.control_poll.kick()
+                hub.wake()
+
+    async def _submit_results(self, instance_id: str, ops: list[Op]) -> list[str] | None:
+        """Submit result pairs; returns the work row keys whose results went in.
+
+        A missing work row (404 on its delete) means the result is recorded
+        already or the instance was purged: that pair is dropped. A pending
+        message with the same key (409) means a copy is delivered already.
+        """
+        hub = self._hub
+        remaining = list(ops)
+        while any(op[0] == "delete" for op in remaining):
+            try:
+                await hub.submit(remaining, what=f"record activity results of {instance_id}")
+                break
+            except TableTransactionError as error:
+                index = getattr(error, "index", None)
+                status = status_of(error)
+                if not isinstance(index, int) or not 0 <= index < len(remaining):
+                    raise
+                failed = remaining[index]
+                if failed[0] == "delete" and status == 404:
+                    del remaining[index : index + 2]  # the pair
+                elif failed[0] == "create" and status == 409:
+                    del remaining[index]
+                elif failed[0] == "update" and status == 404:
+                    return None  # the instance is gone
+                else:
+                    raise
+        return [str(op[1]["RowKey"]) for op in remaining if op[0] == "delete"]
+
+    async def abandon(self, item: ActivityWorkItem, reason: str, retry_after: timedelta) -> None:
+        """Release a work item for a retry after ``retry_after``, or poison it."""
+        hub = self._hub
+        held = self._holding(item)
+        if held is None:
+            return
+        if held.dequeue_count >= hub.max_dequeue_count:
+            await self._poison(held, reason)
+            return
+        held.lease = None
+        held.visible_at = hub.now() + retry_after
+        await hub.queues.hide(held.handle, max(retry_after, timedelta(seconds=1)))
+        if retry_after <= timedelta(0):
+            hub.wake()
+
+    async def renew(self, item: ActivityWorkItem, lease: timedelta) -> None:
+        """Extend the lease if this worker still holds the item."""
+        held = self._holding(item)
+        if held is None or held.lease is None:
+            return
+        held.lease.expires_at = self._hub.now() + lease
+        await self._hub.queues.hide(held.handle, lease)
+
+    def has_ready(self, now: datetime) -> bool:
+        """Whether a held item could be handed out now (an expired lease, a due retry)."""
+        return any(_available(held, now) for held in self._held.values())
+
+
+def _available(held: _Held, now: datetime) -> bool:
+    """Not leased (or the lease expired) and not waiting for a retry."""
+    if held.lease is not None and not held.lease.expired(now):
+        return False
+    return held.visible_at is None or held.visible_at <= now

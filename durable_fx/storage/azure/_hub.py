@@ -1,0 +1,445 @@
+"""Shared state of one Azure store: clients, the local sessions, polling, waking.
+
+A *session* is an instance this store object owns: the instance row names it
+(``Owner``, ``OwnedUntil``) and a hidden control message (the *guard*) will
+wake another worker if this process dies. While it owns an instance the store
+keeps the row, its ETag and the pending inbox messages in memory, so episodes
+and activity results need no reads and no queue round trips; everything is
+still written to the table before it counts. See ``_orchestrations`` for how
+sessions start and end.
+
+All of it lives on the store's private event loop (one thread), so none of it
+needs locks; only the waiters of ``wait_for_work`` are touched from other
+threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+
+from ..._clock import Clock
+from ..._history import HISTORY_EVENT, HistoryEvent
+from .._records import ActivityInvocation, InboxMessage, InstanceRecord, OrchestrationMessage
+from ._codec import INSTANCE_ROW, Codec, inbox_key, json_list, odata, parse_ts, ts
+from ._queues import Handle, Queues
+from ._resources import Resources
+from ._transient import retrying, status_of
+
+__all__ = ["Hub", "Lease", "Partition", "Pending", "Poller", "Session"]
+
+Op = tuple[Any, ...]
+"""One operation of an entity-group transaction, as ``TableClient.submit_transaction`` takes it."""
+
+MAX_BATCH = 100
+MAX_BATCH_BYTES = 3_500_000
+
+
+@dataclass(slots=True)
+class Lease:
+    """A lock this store object handed out: whose, and until when (by the store's clock)."""
+
+    token: str
+    owner: str
+    expires_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at <= now
+
+
+@dataclass(slots=True)
+class Pending:
+    """An inbox row of an owned instance."""
+
+    row_key: str
+    event: HistoryEvent
+    event_json: str
+    execution_id: str | None
+    key: str
+    visible_at: datetime
+    arrival: str
+    dequeue_count: int = 0
+
+    def order(self) -> tuple[datetime, str, str]:
+        return (self.visible_at, self.arrival, self.row_key)
+
+    def message(self) -> InboxMessage:
+        return InboxMessage(self.row_key, self.event, self.execution_id, self.dequeue_count)
+
+
+@dataclass(slots=True)
+class Session:
+    """An instance this store object owns, as last written."""
+
+    record: InstanceRecord
+    etag: str
+    version: int
+    generation: int
+    count: int
+    owned_until: datetime
+    aborted: list[str] = field(default_factory=list)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    outstanding: dict[str, ActivityInvocation] = field(default_factory=dict)
+    lock: Lease | None = None
+    guard: Handle | None = None
+    stale: bool = False
+    """Other processes may have added messages: re-read the inbox before the next lock."""
+
+    @property
+    def instance_id(self) -> str:
+        return self.record.instance_id
+
+    def visible(self, now: datetime) -> list[Pending]:
+        return sorted((p for p in self.pending.values() if p.visible_at <= now), key=Pending.order)
+
+    def next_due(self, now: datetime) -> datetime | None:
+        return min(
+            (p.visible_at for p in self.pending.values() if p.visible_at > now), default=None
+        )
+
+    def lockable(self, now: datetime) -> bool:
+        return self.lock is None or self.lock.expired(now)
+
+
+@dataclass(slots=True)
+class Partition:
+    """The non-history rows of one instance partition, as read."""
+
+    instance: dict[str, Any] | None
+    inbox: list[dict[str, Any]]
+    work: list[dict[str, Any]]
+    outbox: list[dict[str, Any]]
+
+    def hidden_tags(self) -> set[str]:
+        """Tags of rows not (or never to be) committed: the staging and aborted ones."""
+        if self.instance is None:
+            return set()
+        tags = set(json_list(self.instance.get("Aborted")))
+        staging = self.instance.get("Staging")
+        if staging:
+            tags.add(str(staging))
+        return tags
+
+
+class Poller:
+    """When to poll a queue: back off while empty, poll at once when kicked or when due."""
+
+    def __init__(self, interval: tuple[float, float]) -> None:
+        self._min, self._max = interval
+        self._interval = self._min
+        self._next = 0.0
+        self._kicked = False
+        self._expected: list[float] = []
+
+    def due(self) -> bool:
+        """Whether a remote poll should happen now."""
+        now = time.monotonic()
+        while self._expected and self._expected[0] <= now:
+            heapq.heappop(self._expected)
+            self._kicked = True
+        return self._kicked or now >= self._next
+
+    @property
+    def kicked(self) -> bool:
+        return self._kicked
+
+    def polled(self, found: bool) -> None:
+        """Record a poll: reset the back-off if it found something, else double it."""
+        self._kicked = False
+        self._interval = self._min if found else min(max(self._interval * 2, 0.05), self._max)
+        if self._max <= 0:
+            self._interval = 0.0
+        self._next = time.monotonic() + self._interval
+
+    def kick(self) -> None:
+        """Poll at the next chance (this process just sent something to the queue)."""
+        self._kicked = True
+
+    def expect(self, delay: timedelta) -> None:
+        """Poll when a message hidden for ``delay`` becomes visible."""
+        heapq.heappush(self._expected, time.monotonic() + max(0.0, delay.total_seconds()))
+
+    def next_expected(self) -> float | None:
+        """Seconds until the next expected message, if any."""
+        if not self._expected:
+            return None
+        return max(0.0, self._expected[0] - time.monotonic())
+
+
+class Hub:
+    """Everything the store's parts share; lives on the store loop."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        queues: Queues,
+        clock: Clock,
+        *,
+        max_dequeue_count: int,
+        idle_poll: tuple[float, float],
+    ) -> None:
+        self.resources = resources
+        self.codec = Codec(resources)
+        self.queues = queues
+        self.clock = clock
+        self.max_dequeue_count = max_dequeue_count
+        self.names = resources.names
+        self.owner_id = uuid.uuid4().hex
+        self.sessions: dict[str, Session] = {}
+        self.control_poll = Poller(idle_poll)
+        # The work queue mostly waits for our own commits; poll it half as often when idle.
+        self.work_poll = Poller((idle_poll[0], idle_poll[1] * 2))
+        self.lease = timedelta(seconds=60)
+        self.is_worker = False
+        self._arrivals = itertools.count()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters_lock = threading.Lock()
+        self.has_ready_work: Callable[[], bool] = lambda: False
+
+    # -- time and tokens ------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def arrival(self) -> str:
+        """Arrival order of a message written by this process (time first, then a counter)."""
+        return f"{ts(self.now())}{next(self._arrivals):012d}"
+
+    @staticmethod
+    def token() -> str:
+        return uuid.uuid4().hex
+
+    # -- table ----------------------------------------------------------------------
+
+    async def submit(self, ops: Sequence[Op], *, what: str) -> list[dict[str, Any]]:
+        """One entity-group transaction, retried while transient."""
+        table = self.resources.table
+        result = await retrying(lambda: table.submit_transaction(list(ops)), what=what)
+        return [dict(r) for r in result]
+
+    async def submit_tolerant(
+        self, ops: Sequence[Op], *, tolerate: Callable[[Op, int], bool], what: str
+    ) -> tuple[list[Op], list[dict[str, Any]]]:
+        """Submit, dropping operations whose failure ``tolerate(op, status)`` accepts.
+
+        Returns the operations that were applied and their results. Used where a
+        409 (already there) or 404 (already gone) means "done", including when a
+        retry meets the effect of an attempt whose response was lost.
+        """
+        remaining = list(ops)
+        while remaining:
+            try:
+                return remaining, await self.submit(remaining, what=what)
+            except TableTransactionError as error:
+                index = getattr(error, "index", None)
+                status = status_of(error)
+                if index is None or status is None or not 0 <= index < len(remaining):
+                    raise
+                if not tolerate(remaining[index], status):
+                    raise
+                del remaining[index]
+        return [], []
+
+    async def submit_batches(self, ops: Sequence[Op], *, what: str) -> None:
+        """Idempotent operations (upserts, deletes) in as many transactions as they need."""
+
+        def tolerate(op: Op, status: int) -> bool:
+            return op[0] == "delete" and status == 404
+
+        for batch in batches(ops):
+            await self.submit_tolerant(batch, tolerate=tolerate, what=what)
+
+    async def read_instance(self, instance_id: str) -> dict[str, Any] | None:
+        """The instance row with its ETag under ``"etag"``, or ``None``."""
+        table = self.resources.table
+        try:
+            entity = await retrying(
+                lambda: table.get_entity(instance_id, INSTANCE_ROW), what="read an instance"
+            )
+        except ResourceNotFoundError:
+            return None
+        row = dict(entity)
+        row["etag"] = entity.metadata["etag"]
+        return row
+
+    async def read_partition(self, instance_id: str) -> Partition:
+        """Every row of an instance except its history."""
+        query = f"PartitionKey eq {odata(instance_id)} and RowKey ge 'i'"
+        rows = await self.query(query, what="read an instance's rows")
+        partition = Partition(None, [], [], [])
+        for row in rows:
+            kind = str(row["RowKey"])[:1]
+            if row["RowKey"] == INSTANCE_ROW:
+                partition.instance = row
+            elif kind == "m":
+                partition.inbox.append(row)
+            elif kind == "w":
+                partition.work.append(row)
+            elif kind == "x":
+                partition.outbox.append(row)
+        return partition
+
+    async def query(
+        self, query: str, *, what: str, select: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """All entities matching a filter, each with its ETag under ``"etag"``."""
+        table = self.resources.table
+
+        async def run() -> list[dict[str, Any]]:
+            rows = []
+            async for entity in table.query_entities(query, select=select):
+                row = dict(entity)
+                row["etag"] = entity.metadata.get("etag")
+                rows.append(row)
+            return rows
+
+        return await retrying(run, what=what)
+
+    # -- rows -------------------------------------------------------------------------
+
+    async def inbox_entity(
+        self, message: OrchestrationMessage, *, tag: str | None = None
+    ) -> tuple[dict[str, Any], Pending]:
+        """The inbox row for ``message`` and its pending record."""
+        now = self.now()
+        event_json = message.event.model_dump_json()
+        visible_at = message.visible_at or now
+        pending = Pending(
+            row_key=inbox_key(message.key),
+            event=message.event,
+            event_json=event_json,
+            execution_id=message.execution_id,
+            key=message.key,
+            visible_at=visible_at,
+            arrival=self.arrival(),
+        )
+        entity: dict[str, Any] = {
+            "PartitionKey": message.instance_id,
+            "RowKey": pending.row_key,
+            "Key": message.key,
+            "VisibleAt": ts(visible_at),
+            "Arrival": pending.arrival,
+            "DequeueCount": 0,
+        }
+        if message.execution_id is not None:
+            entity["ExecutionId"] = message.execution_id
+        if tag:
+            entity["Tag"] = tag
+        await self.codec.put_text(entity, "Event", event_json, message.instance_id)
+        return entity, pending
+
+    async def pending_from_row(self, row: dict[str, Any]) -> Pending:
+        """The pending record of an inbox row read from the table."""
+        event_json = await self.codec.get_text(row, "Event") or "{}"
+        return Pending(
+            row_key=str(row["RowKey"]),
+            event=HISTORY_EVENT.validate_json(event_json),
+            event_json=event_json,
+            execution_id=row.get("ExecutionId"),
+            key=str(row.get("Key", "")),
+            visible_at=parse_ts(str(row["VisibleAt"])),
+            arrival=str(row.get("Arrival", "")),
+            dequeue_count=int(row.get("DequeueCount", 0)),
+        )
+
+    # -- poison -----------------------------------------------------------------------
+
+    async def record_poison(
+        self,
+        *,
+        queue: str,
+        logical_queue: str,
+        instance_id: str | None,
+        body: str,
+        reason: str,
+        dequeue_count: int,
+        extra: dict[str, str],
+    ) -> None:
+        """Write a poisoned message to ``<queue>-poison`` and to the hub's poison rows."""
+        now = self.now()
+        await self.queues.poison(queue, body, reason)
+        entity: dict[str, Any] = {
+            "PartitionKey": "",  # no instance id is empty, so this partition is free
+            "RowKey": f"p{ts(now)}{uuid.uuid4().hex}",
+            "Queue": logical_queue,
+            "Reason": reason,
+            "PoisonedAt": ts(now),
+            "DequeueCount": dequeue_count,
+            "Extra": json.dumps(extra),
+        }
+        if instance_id is not None:
+            entity["InstanceId"] = instance_id
+        await self.codec.put_text(entity, "Body", body, instance_id or "_poison")
+        await self.submit([("upsert", entity)], what="record a poisoned message")
+
+    # -- waking -----------------------------------------------------------------------
+
+    def add_waiter(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        with self._waiters_lock:
+            self._waiters.add(waiter)
+
+    def remove_waiter(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        with self._waiters_lock:
+            self._waiters.discard(waiter)
+
+    def wake(self) -> None:
+        """Wake every ``wait_for_work`` caller; safe from any thread."""
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+
+def instance_update(entity: dict[str, Any], etag: str, *, merge: bool = False) -> Op:
+    """A conditional write of an instance row (If-Match ``etag``)."""
+    mode = UpdateMode.MERGE if merge else UpdateMode.REPLACE
+    options = {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+    return ("update", entity, options)
+
+
+def bump(instance_id: str) -> Op:
+    """An unconditional touch of an instance row: fails (404) if it does not exist.
+
+    It changes the row's ETag, which is how an owner in another process learns
+    that new messages arrived (its next conditional write fails and it re-reads).
+    """
+    entity = {"PartitionKey": instance_id, "RowKey": INSTANCE_ROW, "Mail": uuid.uuid4().hex}
+    return ("update", entity, {"mode": UpdateMode.MERGE})
+
+
+def entity_size(op: Op) -> int:
+    """Rough wire size of an operation's entity."""
+    entity = op[1]
+    return 200 + sum(len(k) + len(str(v)) for k, v in entity.items())
+
+
+def batches(ops: Sequence[Op]) -> list[list[Op]]:
+    """Split operations into transactions of at most 100 operations and ~3.5 MB."""
+    out: list[list[Op]] = []
+    current: list[Op] = []
+    size = 0
+    for op in ops:
+        op_size = entity_size(op)
+        if current and (len(current) >= MAX_BATCH or size + op_size > MAX_BATCH_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(op)
+        size += op_size
+    if current:
+        out.append(current)
+    return out

@@ -1,0 +1,140 @@
+"""The hub's queues: wake-up hints, activity work items, and their poison twins.
+
+Messages are JSON, base64-encoded (the Functions queue trigger's default),
+and never expire. A delay longer than the queue allows (7 days; 6 by default
+here, as Durable Functions does) is capped: the message comes back early, the
+store sees that its time has not come, and hides it again, so long timers
+chain. Tests shrink the cap so that a manual clock, not the queue, decides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from ._resources import Resources
+from ._transient import retrying, status_of
+
+__all__ = ["MAX_MESSAGE_BYTES", "Handle", "Queues", "Received"]
+
+MAX_MESSAGE_BYTES = 48 * 1024
+"""Largest raw message: 64 KiB once base64-encoded."""
+_QUEUE_LIMIT = timedelta(days=7) - timedelta(seconds=1)
+
+
+@dataclass(slots=True)
+class Handle:
+    """A message this process may delete or hide again (until someone else receives it)."""
+
+    queue: str
+    id: str
+    pop_receipt: str
+
+
+@dataclass(slots=True)
+class Received:
+    """A received message: its handle, how often it was delivered, and its body."""
+
+    handle: Handle
+    dequeue_count: int
+    inserted_on: datetime
+    text: str
+    body: dict[str, Any] | None
+    """The decoded JSON object, or ``None`` if the message is not one of ours."""
+
+
+class Queues:
+    """Put, receive, hide and delete messages, capping every delay at ``max_delay``."""
+
+    def __init__(self, resources: Resources, max_delay: timedelta) -> None:
+        self._resources = resources
+        self.max_delay = min(max_delay, _QUEUE_LIMIT)
+
+    def seconds(self, delay: timedelta, *, minimum: int = 0) -> int:
+        """A queue delay in whole seconds: rounded up, capped, at least ``minimum``."""
+        capped = min(delay, self.max_delay)
+        return max(minimum, math.ceil(capped.total_seconds()))
+
+    async def put(self, queue: str, body: dict[str, Any], *, delay: timedelta) -> Handle:
+        """Send ``body``, invisible for ``delay`` (capped); never expires."""
+        text = json.dumps(body, separators=(",", ":"))
+        client = self._resources.queues[queue]
+        seconds = self.seconds(delay)
+        message = await retrying(
+            lambda: client.send_message(text, visibility_timeout=seconds, time_to_live=-1),
+            what=f"send a message to {queue}",
+        )
+        return Handle(queue, message.id, message.pop_receipt or "")
+
+    async def receive(self, queue: str, *, limit: int, lease: timedelta) -> list[Received]:
+        """Up to ``limit`` (at most 32) visible messages, hidden for ``lease`` (capped)."""
+        client = self._resources.queues[queue]
+        seconds = self.seconds(lease, minimum=1)
+
+        async def receive() -> list[Any]:
+            pager = client.receive_messages(
+                max_messages=max(1, min(32, limit)), visibility_timeout=seconds
+            )
+            return [message async for message in pager]
+
+        messages = await retrying(receive, what=f"receive from {queue}")
+        return [_received(queue, m) for m in messages]
+
+    async def hide(self, handle: Handle, delay: timedelta) -> bool:
+        """Make a held message invisible for ``delay`` (capped); False if no longer ours."""
+        client = self._resources.queues[handle.queue]
+        seconds = self.seconds(delay)
+        try:
+            updated = await retrying(
+                lambda: client.update_message(
+                    handle.id, handle.pop_receipt, visibility_timeout=seconds
+                ),
+                what=f"hide a message of {handle.queue}",
+            )
+        except (ResourceNotFoundError, HttpResponseError) as error:
+            if status_of(error) in (400, 404):
+                return False  # received by someone else since (new pop receipt), or deleted
+            raise
+        handle.pop_receipt = updated.pop_receipt or handle.pop_receipt
+        return True
+
+    async def delete(self, handle: Handle) -> bool:
+        """Delete a held message; False if it was gone or no longer ours."""
+        client = self._resources.queues[handle.queue]
+        try:
+            await retrying(
+                lambda: client.delete_message(handle.id, handle.pop_receipt),
+                what=f"delete a message of {handle.queue}",
+            )
+        except (ResourceNotFoundError, HttpResponseError) as error:
+            if status_of(error) in (400, 404):
+                return False
+            raise
+        return True
+
+    async def poison(self, queue: str, text: str, reason: str) -> None:
+        """Copy a message to ``<queue>-poison`` with the reason it was taken out."""
+        body = {"reason": reason, "message": text}
+        poison = self._resources.names.poison(queue)
+        await self.put(poison, body, delay=timedelta(0))
+
+
+def _received(queue: str, message: Any) -> Received:
+    text = str(message.content)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    inserted = message.inserted_on or datetime.now(UTC)
+    return Received(
+        handle=Handle(queue, message.id, message.pop_receipt or ""),
+        dequeue_count=int(message.dequeue_count or 1),
+        inserted_on=inserted,
+        text=text,
+        body=body if isinstance(body, dict) else None,
+    )

@@ -1,0 +1,145 @@
+"""Reading and housekeeping: instance rows, histories, queries, purges, poison."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from ..._history import HistoryEvent
+from .._records import InstanceQuery, InstanceRecord, Page, PoisonedMessage
+from ..memory import _decode_continuation, _encode_continuation, _matches, _newest_first
+from ._codec import INSTANCE_ROW, history_key, odata, parse_ts
+from ._hub import Hub, Op
+from ._orchestrations import Orchestrations
+
+__all__ = ["Reads"]
+
+_HISTORY = TypeAdapter(list[HistoryEvent])
+
+
+class Reads:
+    """Queries and housekeeping on one hub's table and blobs."""
+
+    def __init__(self, hub: Hub, orchestrations: Orchestrations) -> None:
+        self._hub = hub
+        self._orchestrations = orchestrations
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance row, or ``None``."""
+        row = await self._hub.read_instance(instance_id)
+        return await self._hub.codec.instance_record(row) if row else None
+
+    async def load_history(self, instance_id: str) -> list[HistoryEvent]:
+        """The current generation's history: its first ``Count`` rows, oldest first."""
+        hub = self._hub
+        session = hub.sessions.get(instance_id)
+        if session is not None:
+            generation, count = session.generation, session.count
+        else:
+            row = await hub.read_instance(instance_id)
+            if row is None:
+                return []
+            generation, count = int(row.get("Gen", 0)), int(row.get("Count", 0))
+        if count <= 0:
+            return []
+        query = (
+            f"PartitionKey eq {odata(instance_id)}"
+            f" and RowKey ge '{history_key(generation, 0)}'"
+            f" and RowKey lt '{history_key(generation, count)}'"
+        )
+        rows = await hub.query(query, what=f"read the history of {instance_id}")
+        rows.sort(key=lambda r: str(r["RowKey"]))
+        texts = [await hub.codec.get_text(r, "Event") or "{}" for r in rows]
+        return _HISTORY.validate_json(f"[{','.join(texts)}]")
+
+    async def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
+        """Matching instances, newest first, ``query.page_size`` at a time.
+
+        The table is ordered by instance id, not by creation time, so each page
+        reads every matching instance row (the filter runs on the server).
+        """
+        if query.page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {query.page_size}")
+        after = _decode_continuation(query.continuation)
+        rows = await self._hub.query(_filter(query), what="query instances")
+        records = [await self._hub.codec.instance_record(r) for r in rows]
+        records = [r for r in records if _matches(r, query)]
+        records.sort(key=_newest_first)
+        if after is not None:
+            records = [r for r in records if _newest_first(r) > after]
+        page = records[: query.page_size]
+        more = len(records) > query.page_size
+        return Page(page, _encode_continuation(_newest_first(page[-1])) if more else None)
+
+    async def purge_instance(self, instance_id: str) -> bool:
+        """Delete an instance's rows (the instance row first) and its payload blobs."""
+        hub = self._hub
+        rows = await hub.query(
+            f"PartitionKey eq {odata(instance_id)}",
+            what=f"list the rows of {instance_id}",
+            select=["PartitionKey", "RowKey"],
+        )
+        session = hub.sessions.get(instance_id)
+        self._orchestrations.drop_session(instance_id)
+        if session is not None and session.guard is not None:
+            await hub.queues.delete(session.guard)
+        keys = [str(r["RowKey"]) for r in rows]
+        found = INSTANCE_ROW in keys
+        # The instance row goes first: from then on readers see no instance at all.
+        ordered = sorted(keys, key=lambda k: k != INSTANCE_ROW)
+        deletes: list[Op] = [
+            ("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in ordered
+        ]
+        if deletes:
+            await hub.submit_batches(deletes[:1], what=f"purge {instance_id}")
+            await hub.submit_batches(deletes[1:], what=f"purge {instance_id}")
+        self._orchestrations.activities.forget_work(
+            instance_id, [k for k in keys if k.startswith("w")]
+        )
+        await hub.resources.delete_payloads(instance_id)
+        return found
+
+    async def poisoned_messages(self) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first."""
+        hub = self._hub
+        rows = await hub.query("PartitionKey eq ''", what="read poisoned messages")
+        rows.sort(key=lambda r: str(r["RowKey"]))
+        poisoned = []
+        for row in rows:
+            extra: dict[str, Any] = json.loads(str(row.get("Extra") or "{}"))
+            poisoned.append(
+                PoisonedMessage(
+                    queue=str(row["Queue"]),
+                    instance_id=row.get("InstanceId"),
+                    body=await hub.codec.get_text(row, "Body") or "",
+                    reason=str(row["Reason"]),
+                    poisoned_at=parse_ts(str(row["PoisonedAt"])),
+                    dequeue_count=int(row.get("DequeueCount", 0)),
+                    extra={str(k): str(v) for k, v in extra.items()},
+                )
+            )
+        return poisoned
+
+
+def _filter(query: InstanceQuery) -> str:
+    """The server-side part of an instance query (the rest is checked after reading)."""
+    from ._codec import ts
+
+    clauses = ["RowKey eq 'i'", "PartitionKey ne ''"]
+    if query.statuses:
+        either = " or ".join(f"Status eq {odata(s.value)}" for s in sorted(query.statuses))
+        clauses.append(f"({either})")
+    if query.name is not None:
+        clauses.append(f"Name eq {odata(query.name)}")
+    if query.created_from is not None:
+        clauses.append(f"CreatedAt ge {odata(ts(query.created_from))}")
+    if query.created_to is not None:
+        clauses.append(f"CreatedAt le {odata(ts(query.created_to))}")
+    prefix = query.instance_id_prefix
+    if prefix:
+        clauses.append(f"PartitionKey ge {odata(prefix)}")
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        clauses.append(f"PartitionKey lt {odata(upper)}")
+    return " and ".join(clauses)

@@ -1,0 +1,133 @@
+"""The SDK clients of one task hub, created on the store's loop, and payload blobs.
+
+Everything is created on first use: the table, both queues, their poison
+twins (when first needed) and the blob container. A value too large for a
+table property or a queue message is written to a blob named
+``<instance id>/<uuid>`` and referenced by name, so purging an instance
+deletes its blobs by prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables.aio import TableClient
+from azure.storage.blob.aio import ContainerClient
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from ._settings import AzureSettings, HubNames, client_kwargs
+from ._transient import retrying
+
+__all__ = ["Resources"]
+
+
+class Resources:
+    """Clients for the hub's table, queues and container (bound to one event loop)."""
+
+    def __init__(self, settings: AzureSettings, policies: Sequence[Any]) -> None:
+        self.settings = settings
+        self.names: HubNames = settings.names
+        credential: Any = settings.credential()
+        self._credential = credential
+        options = client_kwargs(policies)
+        names = self.names
+        self.table = TableClient(
+            settings.endpoint("table"), names.table, credential=credential, **options
+        )
+        self.container = ContainerClient(
+            settings.endpoint("blob"), names.container, credential=credential, **options
+        )
+        self.queues: dict[str, QueueClient] = {}
+        for queue in (
+            names.control_queue,
+            names.work_queue,
+            names.poison(names.control_queue),
+            names.poison(names.work_queue),
+        ):
+            # Base64 is what the Functions queue trigger expects by default.
+            self.queues[queue] = QueueClient(
+                settings.endpoint("queue"),
+                queue,
+                credential=credential,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+                **options,
+            )
+        self._ready: asyncio.Future[None] | None = None
+
+    async def ensure(self) -> None:
+        """Create the table, queues and container once (concurrent callers share the work)."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._create())
+        try:
+            await asyncio.shield(self._ready)
+        except BaseException:
+            self._ready = None  # let the next call try again
+            raise
+
+    async def _create(self) -> None:
+        async def create(make: Any) -> None:
+            with contextlib.suppress(ResourceExistsError):
+                await make()
+
+        makers: list[Any] = [self.table.create_table, self.container.create_container]
+        makers += [client.create_queue for client in self.queues.values()]
+        await asyncio.gather(
+            *(
+                retrying(lambda m=m: create(m), what="create the task hub's resources")
+                for m in makers
+            )
+        )
+
+    async def close(self) -> None:
+        """Close every client and the credential."""
+        await self.table.close()
+        await self.container.close()
+        for client in self.queues.values():
+            await client.close()
+        close = getattr(self._credential, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+    # -- payload blobs ------------------------------------------------------------
+
+    async def put_payload(self, instance_id: str, text: str) -> str:
+        """Upload ``text`` as a new blob under the instance's prefix; return its name."""
+        name = f"{instance_id}/{uuid.uuid4().hex}"
+        data = text.encode()
+        await retrying(
+            lambda: self.container.upload_blob(name, data, overwrite=True),
+            what=f"upload payload blob {name}",
+        )
+        return name
+
+    async def get_payload(self, name: str) -> str:
+        """The text of a payload blob."""
+
+        async def download() -> bytes:
+            stream = await self.container.download_blob(name)
+            return await stream.readall()
+
+        return (await retrying(download, what=f"download payload blob {name}")).decode()
+
+    async def delete_payloads(self, instance_id: str) -> int:
+        """Delete every payload blob of an instance; returns how many."""
+        names = [
+            blob.name
+            async for blob in self.container.list_blobs(name_starts_with=f"{instance_id}/")
+        ]
+        for name in names:
+            with contextlib.suppress(ResourceNotFoundError):
+                await retrying(
+                    lambda name=name: self.container.delete_blob(name),
+                    what=f"delete payload blob {name}",
+                )
+        return len(names)

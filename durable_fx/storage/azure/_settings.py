@@ -1,0 +1,352 @@
+"""Where an Azure task hub lives and how to authenticate: settings and client construction.
+
+Three ways to name a storage account, all turned into one ``AzureSettings``:
+
+- a connection string (``AccountName=...;AccountKey=...`` or
+  ``UseDevelopmentStorage=true`` for Azurite), optionally with a durable_fx
+  extra ``TaskHub=<name>`` segment (removed before the SDK sees it);
+- ``azure://<account>[?hub=...&credential=managedidentity&client_id=...]``:
+  identity (Entra ID) auth through ``azure-identity``;
+- ``azure://`` alone: the Functions identity settings
+  ``AzureWebJobsStorage__accountName`` / ``__queueServiceUri`` /
+  ``__tableServiceUri`` / ``__blobServiceUri`` / ``__credential`` /
+  ``__clientId``, read from the environment.
+
+The task hub name (``hub`` argument, else the URL, else ``DURABLE_FX_HUB``,
+else ``durablefx``) names every resource, so several apps can share one
+account: table ``<hub>state``, queues ``<hub>-control`` and
+``<hub>-workitems`` (plus ``-poison`` twins), blob container ``<hub>-payloads``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+    from azure.core.credentials_async import AsyncTokenCredential
+
+__all__ = [
+    "DEFAULT_HUB",
+    "HUB_ENV",
+    "AzureSettings",
+    "HubNames",
+    "is_azure_url",
+    "settings_from_url",
+]
+
+DEFAULT_HUB = "durablefx"
+HUB_ENV = "DURABLE_FX_HUB"
+IDENTITY_PREFIX = "AzureWebJobsStorage"
+
+_HUB = re.compile(r"[a-z][a-z0-9]{2,39}")
+_DEV_ACCOUNT = "devstoreaccount1"
+# The well-known Azurite/emulator key: public, documented, not a secret.
+_DEV_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+_DEV_PORTS = {"blob": 10000, "queue": 10001, "table": 10002}
+_SERVICES = ("blob", "queue", "table")
+
+
+def is_azure_url(url: str) -> bool:
+    """Whether ``open_store`` should hand ``url`` to the Azure store."""
+    lowered = url.lower()
+    return (
+        url.startswith("azure://")
+        or "usedevelopmentstorage=true" in lowered.replace(" ", "")
+        or "accountname=" in lowered
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HubNames:
+    """The resource names of one task hub (all valid for their services)."""
+
+    hub: str
+
+    @classmethod
+    def of(cls, hub: str) -> HubNames:
+        """Validate ``hub`` (case-insensitive) and derive the names."""
+        name = hub.strip().lower()
+        if not _HUB.fullmatch(name):
+            raise ValueError(
+                f"invalid task hub name {hub!r}: use 3-40 letters and digits, starting with a "
+                "letter (it names a table, queues and a blob container)"
+            )
+        return cls(name)
+
+    @property
+    def table(self) -> str:
+        return f"{self.hub}state"
+
+    @property
+    def control_queue(self) -> str:
+        return f"{self.hub}-control"
+
+    @property
+    def work_queue(self) -> str:
+        return f"{self.hub}-workitems"
+
+    @property
+    def container(self) -> str:
+        return f"{self.hub}-payloads"
+
+    @staticmethod
+    def poison(queue: str) -> str:
+        """The poison twin of a queue (the Functions host's naming)."""
+        return f"{queue}-poison"
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """A storage account, its endpoints, how to authenticate, and the task hub.
+
+    Exactly one of ``account_key``, ``sas_token`` or ``use_identity`` says how
+    requests are authorized.
+    """
+
+    account: str
+    endpoints: Mapping[str, str]
+    hub: str = DEFAULT_HUB
+    account_key: str | None = field(default=None, repr=False)
+    sas_token: str | None = field(default=None, repr=False)
+    use_identity: bool = False
+    managed_identity: bool = False
+    client_id: str | None = None
+
+    @property
+    def names(self) -> HubNames:
+        """The hub's resource names."""
+        return HubNames.of(self.hub)
+
+    def endpoint(self, service: str) -> str:
+        """The service URL for ``blob``, ``queue`` or ``table``."""
+        return self.endpoints[service]
+
+    def credential(self) -> AzureNamedKeyCredential | AzureSasCredential | AsyncTokenCredential:
+        """A credential object the three async SDK clients accept."""
+        if self.account_key is not None:
+            from azure.core.credentials import AzureNamedKeyCredential
+
+            return AzureNamedKeyCredential(self.account, self.account_key)
+        if self.sas_token is not None:
+            from azure.core.credentials import AzureSasCredential
+
+            return AzureSasCredential(self.sas_token)
+        return self._token_credential()
+
+    def _token_credential(self) -> AsyncTokenCredential:
+        try:
+            from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+        except ImportError as error:  # the azure extra is optional
+            raise ImportError(
+                "identity auth needs azure-identity: pip install 'durable-fx[azure]'"
+            ) from error
+        if self.managed_identity:
+            if self.client_id:
+                return ManagedIdentityCredential(client_id=self.client_id)
+            return ManagedIdentityCredential()
+        return DefaultAzureCredential(managed_identity_client_id=self.client_id)
+
+    def describe(self) -> str:
+        """Where this is, without secrets (for errors and logs)."""
+        auth = "key" if self.account_key else "SAS" if self.sas_token else "identity"
+        return f"account {self.account!r} ({auth} auth), task hub {self.hub!r}"
+
+
+def settings_from_url(
+    url: str, *, hub: str | None = None, environ: Mapping[str, str] | None = None
+) -> AzureSettings:
+    """Parse a connection string or ``azure://`` URL into settings (no network).
+
+    Raises ``ValueError`` naming what is missing or malformed.
+    """
+    env = os.environ if environ is None else environ
+    if url.startswith("azure://"):
+        settings, url_hub = _from_azure_url(url, env)
+    else:
+        settings, url_hub = _from_connection_string(url)
+    chosen = hub or url_hub or env.get(HUB_ENV, "").strip() or DEFAULT_HUB
+    names = HubNames.of(chosen)
+    return _replace_hub(settings, names.hub)
+
+
+def _replace_hub(settings: AzureSettings, hub: str) -> AzureSettings:
+    from dataclasses import replace
+
+    return replace(settings, hub=hub)
+
+
+# -- connection strings ---------------------------------------------------------
+
+
+def _parse_pairs(text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for segment in text.split(";"):
+        segment = segment.strip()
+        if not segment:
+            continue
+        key, sep, value = segment.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"malformed connection string segment {_redact_segment(segment)!r}: "
+                "expected Key=Value pairs separated by ';'"
+            )
+        pairs[key.strip().lower()] = value.strip()
+    return pairs
+
+
+def _redact_segment(segment: str) -> str:
+    key = segment.partition("=")[0]
+    if key.strip().lower() in ("accountkey", "sharedaccesssignature"):
+        return f"{key}=***"
+    return segment[:60]
+
+
+def _from_connection_string(text: str) -> tuple[AzureSettings, str | None]:
+    pairs = _parse_pairs(text)
+    hub = pairs.pop("taskhub", None)
+    if pairs.get("usedevelopmentstorage", "").lower() == "true":
+        return _development_settings(pairs.get("developmentstorageproxyuri")), hub
+    account = pairs.get("accountname")
+    if not account:
+        raise ValueError("the connection string has no AccountName=; copy it from the portal")
+    protocol = pairs.get("defaultendpointsprotocol", "https")
+    if protocol not in ("http", "https"):
+        raise ValueError(f"DefaultEndpointsProtocol must be http or https, not {protocol!r}")
+    suffix = pairs.get("endpointsuffix", "core.windows.net")
+    endpoints = {
+        service: pairs.get(f"{service}endpoint") or f"{protocol}://{account}.{service}.{suffix}"
+        for service in _SERVICES
+    }
+    key = pairs.get("accountkey")
+    sas = pairs.get("sharedaccesssignature")
+    if not key and not sas:
+        raise ValueError(
+            f"the connection string for account {account!r} has neither AccountKey= nor "
+            "SharedAccessSignature=; for identity auth use azure://<account>"
+        )
+    return (
+        AzureSettings(
+            account=account,
+            endpoints={s: e.rstrip("/") for s, e in endpoints.items()},
+            account_key=key or None,
+            sas_token=None if key else sas,
+        ),
+        hub,
+    )
+
+
+def _development_settings(proxy: str | None) -> AzureSettings:
+    base = (proxy or "http://127.0.0.1").rstrip("/")
+    endpoints = {s: f"{base}:{port}/{_DEV_ACCOUNT}" for s, port in _DEV_PORTS.items()}
+    return AzureSettings(account=_DEV_ACCOUNT, endpoints=endpoints, account_key=_DEV_KEY)
+
+
+# -- identity -------------------------------------------------------------------
+
+
+def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, str | None]:
+    parts = urlsplit(url)
+    query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"hub", "credential", "client_id"}
+    if unknown:
+        raise ValueError(
+            f"unknown azure:// parameters {sorted(unknown)}; use hub, credential, client_id"
+        )
+    account = parts.netloc
+    if account:
+        settings = _identity_settings(
+            account, {}, query.get("credential"), query.get("client_id"), source=url
+        )
+    else:
+        settings = identity_settings_from_environment(env)
+        if "credential" in query or "client_id" in query:
+            settings = _identity_settings(
+                settings.account,
+                settings.endpoints,
+                query.get("credential"),
+                query.get("client_id"),
+                source=url,
+            )
+    return settings, query.get("hub")
+
+
+def identity_settings_from_environment(
+    env: Mapping[str, str], prefix: str = IDENTITY_PREFIX
+) -> AzureSettings:
+    """Settings from the Functions identity variables ``<prefix>__accountName`` and friends."""
+    values = {
+        k[len(prefix) + 2 :].lower(): v for k, v in env.items() if k.startswith(prefix + "__")
+    }
+    uris = {s: values[f"{s}serviceuri"] for s in _SERVICES if values.get(f"{s}serviceuri")}
+    account = values.get("accountname") or _account_from_uris(uris)
+    if not account:
+        raise ValueError(
+            f"azure:// without an account needs {prefix}__accountName (or "
+            f"{prefix}__queueServiceUri, __tableServiceUri and __blobServiceUri) in the environment"
+        )
+    return _identity_settings(
+        account, uris, values.get("credential"), values.get("clientid"), source=f"{prefix}__*"
+    )
+
+
+def has_identity_settings(env: Mapping[str, str], prefix: str = IDENTITY_PREFIX) -> bool:
+    """Whether the Functions identity variables are set (``AzureWebJobsStorage__...``)."""
+    return any(k.startswith(prefix + "__") and v for k, v in env.items())
+
+
+def _account_from_uris(uris: Mapping[str, str]) -> str | None:
+    for uri in uris.values():
+        host = urlsplit(uri).hostname or ""
+        if "." in host:
+            return host.split(".", 1)[0]
+    return None
+
+
+def _identity_settings(
+    account: str,
+    uris: Mapping[str, str],
+    credential: str | None,
+    client_id: str | None,
+    *,
+    source: str,
+) -> AzureSettings:
+    if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+        raise ValueError(
+            f"invalid storage account name {account!r} in {source}: 3-24 lowercase letters "
+            "and digits"
+        )
+    kind = (credential or "").strip().lower()
+    if kind not in ("", "managedidentity"):
+        raise ValueError(f"credential must be 'managedidentity' (or unset), not {credential!r}")
+    endpoints = {
+        s: (uris.get(s) or f"https://{account}.{s}.core.windows.net").rstrip("/") for s in _SERVICES
+    }
+    return AzureSettings(
+        account=account,
+        endpoints=endpoints,
+        use_identity=True,
+        managed_identity=kind == "managedidentity",
+        client_id=client_id or None,
+    )
+
+
+def client_kwargs(policies: Sequence[Any]) -> dict[str, Any]:
+    """Options shared by every SDK client: our per-retry policies and short timeouts.
+
+    The SDK retries idempotent calls itself; the store retries the others and
+    interprets an ambiguous outcome (see ``_transient``).
+    """
+    return {
+        "per_retry_policies": list(policies),
+        "connection_timeout": 10,
+        "read_timeout": 30,
+        "retry_total": 4,
+    }

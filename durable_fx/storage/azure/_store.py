@@ -1,0 +1,260 @@
+"""``AzureStore``: the Store protocol on Azure Tables, Queues and Blobs.
+
+All storage I/O runs on one private event loop in a thread of its own, like
+the SQLite store's thread: the SDK's async clients (and their aiohttp
+sessions) belong to one loop, while the store is called from several (a
+worker's, a sync client's). The public coroutines hand each call to that
+loop and wait for it; a caller that is cancelled does not cancel the call
+halfway through a write.
+
+Nothing runs in the background: without calls the store makes no requests
+(what the Functions host needs to scale to zero). A worker's polls cost
+nothing while it owns work locally; the queues are polled with back-off
+(``idle_poll``), at once after this process sends something, and when a
+delayed message it sent falls due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from ..._clock import Clock, SystemClock
+from ..._history import HistoryEvent
+from .._records import (
+    ActivityResult,
+    ActivityWorkItem,
+    EpisodeCommit,
+    InstanceQuery,
+    InstanceRecord,
+    LockBatch,
+    OrchestrationMessage,
+    OrchestrationWorkItem,
+    Page,
+    PoisonedMessage,
+)
+from ._activities import Activities
+from ._hub import Hub
+from ._orchestrations import Orchestrations
+from ._policies import RequestCounter
+from ._queues import Queues
+from ._reads import Reads
+from ._resources import Resources
+from ._settings import AzureSettings
+
+__all__ = ["AzureStore"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_DELAY = timedelta(days=6)
+DEFAULT_IDLE_POLL = (0.05, 60.0)
+
+
+class AzureStore:
+    """A task hub in an Azure Storage account (or Azurite).
+
+    Args:
+        settings: Account, endpoints, credentials and hub (``settings_from_url``).
+        clock: Source of "now" for visibility, leases and poisoning.
+        max_dequeue_count: Deliveries after which a message is poisoned.
+        max_message_delay: Longest delay given to a queue message; longer
+            timers are chained. Tests shrink it so their clock decides.
+        idle_poll: Shortest and longest seconds between queue polls while idle.
+        policies: Extra per-request pipeline policies (fault injection in tests).
+    """
+
+    def __init__(
+        self,
+        settings: AzureSettings,
+        *,
+        clock: Clock | None = None,
+        max_dequeue_count: int = 5,
+        max_message_delay: timedelta = DEFAULT_MAX_MESSAGE_DELAY,
+        idle_poll: tuple[float, float] = DEFAULT_IDLE_POLL,
+        policies: Sequence[Any] = (),
+    ) -> None:
+        if max_dequeue_count < 1:
+            raise ValueError(f"max_dequeue_count must be at least 1, got {max_dequeue_count}")
+        self.settings = settings
+        self.requests = RequestCounter()
+        """Every request this store sent (each retry counts)."""
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="durable_fx-azure", daemon=True
+        )
+        self._thread.start()
+
+        def build() -> Hub:
+            resources = Resources(settings, [self.requests, *policies])
+            queues = Queues(resources, max_message_delay)
+            return Hub(
+                resources,
+                queues,
+                clock or SystemClock(),
+                max_dequeue_count=max_dequeue_count,
+                idle_poll=idle_poll,
+            )
+
+        self._hub = self._run_sync(build)
+        self._activities = Activities(self._hub)
+        self._orchestrations = Orchestrations(self._hub, self._activities)
+        self._reads = Reads(self._hub, self._orchestrations)
+
+    def __repr__(self) -> str:
+        return f"AzureStore({self.settings.describe()})"
+
+    def _run_sync(self, build: Callable[[], T]) -> T:
+        async def call() -> T:
+            return build()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+        async def run() -> T:
+            await self._hub.resources.ensure()
+            return await make()
+
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(run), self._loop)
+        # shield: a cancelled caller must not cut a commit in half on the store loop.
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    # -- starting and messaging -------------------------------------------------
+
+    async def create_instance(self, message: OrchestrationMessage) -> None:
+        """Create (or replace a finished) instance and put its start message in the inbox."""
+        await self._call(lambda: self._orchestrations.create_instance(message))
+
+    async def enqueue(self, message: OrchestrationMessage) -> None:
+        """Add a message to an existing instance's inbox, unless its key is pending."""
+        await self._call(lambda: self._orchestrations.enqueue(message))
+
+    # -- orchestration work -----------------------------------------------------
+
+    async def lock_orchestrations(
+        self, *, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[OrchestrationWorkItem]:
+        """Lock up to ``limit`` instances with visible messages, each with all of them."""
+        return await self._call(lambda: self._orchestrations.lock(owner, limit, lease))
+
+    async def load_history(self, instance_id: str) -> list[HistoryEvent]:
+        """The current execution's history, oldest first (empty if none)."""
+        return await self._call(lambda: self._reads.load_history(instance_id))
+
+    async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> str:
+        """Persist one episode, release the lock and return the new version.
+
+        Raises ``ConflictError`` (changing nothing) when ``item`` is stale.
+        """
+        return await self._call(lambda: self._orchestrations.commit(item, commit))
+
+    async def abandon_orchestration(
+        self, item: OrchestrationWorkItem, *, reason: str, retry_after: timedelta
+    ) -> None:
+        """Release the lock; retry the messages later, or poison the over-delivered ones."""
+        await self._call(lambda: self._orchestrations.abandon(item, reason, retry_after))
+
+    # -- activity work ----------------------------------------------------------
+
+    async def lock_activities(
+        self, *, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[ActivityWorkItem]:
+        """Lock up to ``limit`` visible work items."""
+        return await self._call(lambda: self._activities.lock(owner, limit, lease))
+
+    async def complete_activities(self, results: Sequence[ActivityResult]) -> None:
+        """Deliver each result whose work item this worker still holds; drop the rest."""
+        if results:
+            await self._call(lambda: self._activities.complete(results))
+
+    async def abandon_activity(
+        self, item: ActivityWorkItem, *, reason: str, retry_after: timedelta
+    ) -> None:
+        """Release a work item for a retry after ``retry_after``, or poison it."""
+        await self._call(lambda: self._activities.abandon(item, reason, retry_after))
+
+    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
+        """Extend the lease if this worker still holds the item; otherwise do nothing."""
+        await self._call(lambda: self._activities.renew(item, lease))
+
+    # -- reading and housekeeping -----------------------------------------------
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance row, or ``None``."""
+        return await self._call(lambda: self._reads.get_instance(instance_id))
+
+    async def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
+        """Matching instances, newest first, ``query.page_size`` at a time."""
+        return await self._call(lambda: self._reads.query_instances(query))
+
+    async def purge_instance(self, instance_id: str) -> bool:
+        """Delete an instance with its history, inbox, work items and payload blobs."""
+        return await self._call(lambda: self._reads.purge_instance(instance_id))
+
+    async def poisoned_messages(self) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first."""
+        return await self._call(self._reads.poisoned_messages)
+
+    # -- waiting and closing ----------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when this process made work ready, a poll falls due, or after ``timeout``."""
+        if timeout <= 0 or self._closed:
+            return
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        self._hub.add_waiter(waiter)
+        try:
+            # Registered before looking, so work made ready meanwhile wakes the waiter.
+            ready, due_in = await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(_as_coroutine(self._ready), self._loop)
+            )
+            if ready:
+                return
+            if due_in is not None:
+                timeout = min(timeout, due_in)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter[1].wait(), timeout)
+        finally:
+            self._hub.remove_waiter(waiter)
+
+    async def _ready(self) -> tuple[bool, float | None]:
+        hub = self._hub
+        now = hub.now()
+        if hub.control_poll.kicked or hub.work_poll.kicked or self._activities.has_ready(now):
+            return True, None
+        for session in hub.sessions.values():
+            if session.lockable(now) and session.visible(now):
+                return True, None
+        dues = [hub.control_poll.next_expected(), hub.work_poll.next_expected()]
+        return False, min((d for d in dues if d is not None), default=None)
+
+    async def close(self) -> None:
+        """Close the clients, stop the store thread and wake waiters; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shut() -> None:
+            await self._orchestrations.close()
+            await self._hub.resources.close()
+
+        try:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(_as_coroutine(shut), self._loop)
+            )
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join)
+            self._loop.close()
+            self._hub.wake()
+
+
+async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()
