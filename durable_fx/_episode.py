@@ -138,12 +138,22 @@ def plan_failure(
     failure: FailureDetails,
     consumed: Sequence[str],
     now: datetime,
+    reset_history: bool = False,
 ) -> EpisodeCommit:
-    """A commit that fails the instance without running its code (unknown name, bad history)."""
+    """A commit that fails the instance without running its code (unknown name, bad history).
+
+    With ``reset_history`` (the failure ends an execution before it began) the
+    new history records the start too, so the timeline shows what was asked.
+    """
     completion = CompleteOrchestration("FAILED", failure=failure)
+    history: list[HistoryEvent] = [OrchestratorStarted(timestamp=now)]
+    if reset_history and started is not None:
+        history.append(started)
+    history.append(_completed_event(completion, now))
     return EpisodeCommit(
         instance=_finished(dataclasses.replace(instance, updated_at=now), completion, now),
-        new_history=[OrchestratorStarted(timestamp=now), _completed_event(completion, now)],
+        new_history=history,
+        reset_history=reset_history,
         consumed=list(consumed),
         messages=_notify_parent(started, completion, now) if started is not None else [],
     )

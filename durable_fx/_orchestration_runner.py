@@ -207,8 +207,7 @@ class OrchestrationRunner:
                 "orchestrator", started.name, self._registry.orchestrator_names
             )
             renewed = dataclasses.replace(episode, item=_with(episode.item, instance))
-            failed = self._fail(renewed, started, error)
-            return dataclasses.replace(failed, reset_history=True), None
+            return self._fail(renewed, started, error, reset_history=True), None
         executor = OrchestrationExecutor(definition, started, registry=self._registry)
         entry = CachedExecution(executor, started, "")
         events: list[HistoryEvent] = [started, *early]
@@ -276,7 +275,12 @@ class OrchestrationRunner:
         return CachedExecution(executor, started, instance.version)
 
     def _fail(
-        self, episode: _Episode, started: ExecutionStarted | None, error: Exception
+        self,
+        episode: _Episode,
+        started: ExecutionStarted | None,
+        error: Exception,
+        *,
+        reset_history: bool = False,
     ) -> EpisodeCommit:
         log.warning("orchestration %s failed: %s", episode.instance.instance_id, error)
         return plan_failure(
@@ -285,6 +289,7 @@ class OrchestrationRunner:
             failure=failure_from_exception(error),
             consumed=episode.consumed,
             now=episode.now,
+            reset_history=reset_history,
         )
 
     def _refusals(

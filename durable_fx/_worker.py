@@ -114,6 +114,9 @@ class Worker:
         self._run_task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._thread_ready = threading.Event()
+        # A stop asked for before the loop exists must not be lost (a signal
+        # handler or another thread can call request_stop() at any moment).
+        self._stop_requested = threading.Event()
         self._thread_error: BaseException | None = None
 
     @property
@@ -138,6 +141,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stopping.set()
 
     async def _serve(self) -> None:
         assert self._stopping is not None
@@ -156,7 +161,8 @@ class Worker:
             await self._shutdown(loops)
 
     def request_stop(self) -> None:
-        """Ask a running worker to stop; safe from any thread."""
+        """Ask the worker to stop (now, or as soon as it starts); safe from any thread."""
+        self._stop_requested.set()
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)

@@ -1,0 +1,112 @@
+"""The Worker's lifecycle: the ways to run it, stopping, and releasing work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import durable_fx
+from durable_fx import OrchestrationContext, OrchestrationStatus, Registry, Worker
+
+
+def test_a_stop_requested_before_the_worker_runs_is_honoured(
+    registry: Registry, store: durable_fx.Store
+) -> None:
+    worker = Worker(registry, store, max_poll_interval=0.05)
+    worker.request_stop()
+    finished = threading.Event()
+
+    def run() -> None:
+        asyncio.run(worker.run())
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert finished.wait(10), "run() ignored a stop requested before it started"
+
+
+def test_async_with_runs_work_on_the_current_loop(
+    registry: Registry, store: durable_fx.Store
+) -> None:
+    @registry.activity()
+    async def double(value: int) -> int:
+        return value * 2
+
+    @registry.orchestrator()
+    def doubled(ctx: OrchestrationContext, value: int) -> Iterator[Any]:
+        return (yield ctx.call_activity(double, value))
+
+    async def scenario() -> Any:
+        async with Worker(registry, store, max_poll_interval=0.05):
+            client = durable_fx.AsyncDurableClient(store)
+            instance_id = await client.start(doubled, 21)
+            return await client.wait(instance_id, timeout=20)
+
+    state = asyncio.run(scenario())
+    assert state.status is OrchestrationStatus.COMPLETED
+    assert state.output == 42
+
+
+def test_stop_releases_a_running_activity_for_another_worker(
+    registry: Registry,
+    store: durable_fx.Store,
+    client: durable_fx.DurableClient,
+    make_worker: Callable[..., Worker],
+    wait_until: Callable[..., None],
+) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @registry.activity()
+    async def slow(_: None) -> str:
+        started.set()
+        await asyncio.to_thread(release.wait, 20)
+        return "finished"
+
+    @registry.orchestrator()
+    def waits_on_slow(ctx: OrchestrationContext) -> Iterator[Any]:
+        return (yield ctx.call_activity(slow))
+
+    first = make_worker(shutdown_grace=0.1)
+    instance_id = client.start(waits_on_slow)
+    assert started.wait(20)
+    first.stop()  # the grace period ends before the activity does: its lease is released
+    release.set()
+    make_worker()
+    state = client.wait(instance_id, timeout=20)
+    assert state.output == "finished"
+
+
+def test_an_unknown_orchestrator_fails_with_its_start_in_the_history(
+    client: durable_fx.DurableClient, worker: Worker
+) -> None:
+    instance_id = client.start("no_such_orchestrator", {"x": 1})
+    state = client.wait(instance_id, timeout=20)
+    assert state.status is OrchestrationStatus.FAILED
+    detailed = client.get(instance_id, history=True)
+    assert detailed is not None and detailed.history is not None
+    kinds = [event.kind for event in detailed.history]
+    assert kinds == ["OrchestratorStarted", "ExecutionStarted", "ExecutionCompleted"]
+
+
+@pytest.mark.parametrize("way", ["context manager", "start/stop"])
+def test_sync_lifecycles_stop_cleanly(
+    registry: Registry, store: durable_fx.Store, way: str
+) -> None:
+    @registry.orchestrator()
+    def noop(ctx: OrchestrationContext) -> str:
+        return "ok"
+
+    if way == "context manager":
+        with Worker(registry, store, max_poll_interval=0.05), durable_fx.DurableClient(store) as c:
+            assert c.wait(c.start(noop), timeout=20).output == "ok"
+    else:
+        worker = Worker(registry, store, max_poll_interval=0.05)
+        worker.start()
+        with durable_fx.DurableClient(store) as c:
+            assert c.wait(c.start(noop), timeout=20).output == "ok"
+        worker.stop()
+        worker.stop()  # a second stop is harmless
