@@ -18,7 +18,6 @@ from ._errors import (
     InvalidInstanceIdError,
     InvalidOperationError,
     NonDeterminismError,
-    OrchestrationFailedError,
     SerializationError,
     TaskError,
     TaskFailedError,
@@ -29,7 +28,7 @@ from ._ids import validate_instance_id
 from ._registry import ActivityContext, Registry
 from ._replay.context import OrchestrationContext
 from ._replay.tasks import Task, when_all, when_any
-from ._replayer import ReplayResult, Replayer, history_from_json, history_to_json
+from ._replayer import Replayer, ReplayResult, history_from_json, history_to_json
 from ._retry import RetryPolicy
 from ._state import OrchestrationState, OrchestrationStatus
 from ._worker import Worker
@@ -51,7 +50,6 @@ __all__ = [
     "InvalidOperationError",
     "NonDeterminismError",
     "OrchestrationContext",
-    "OrchestrationFailedError",
     "OrchestrationState",
     "OrchestrationStatus",
     "QueryResult",

@@ -8,7 +8,6 @@
     ├── InvalidOperationError       the request does not fit the instance's state
     ├── UnknownNameError            no orchestrator/activity is registered under a name
     ├── ConflictError               another worker committed first (the worker drops its try)
-    ├── OrchestrationFailedError    wait()/get() result of a failed instance, when asked to raise
     └── TaskError                   raised *inside* an orchestrator at a yield
         ├── TaskFailedError         an activity or sub-orchestration failed
         └── EventTimeoutError       wait_for_event(timeout=...) elapsed first
@@ -31,7 +30,6 @@ __all__ = [
     "InvalidInstanceIdError",
     "InvalidOperationError",
     "NonDeterminismError",
-    "OrchestrationFailedError",
     "SerializationError",
     "TaskError",
     "TaskFailedError",
@@ -112,15 +110,6 @@ class ConflictError(DurableFxError):
         message = f"instance {instance_id!r} was changed by another worker"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.instance_id = instance_id
-
-
-class OrchestrationFailedError(DurableFxError):
-    """An orchestration ended FAILED; ``failure`` holds what went wrong."""
-
-    def __init__(self, instance_id: str, failure: Any) -> None:
-        super().__init__(f"orchestration {instance_id!r} failed: {failure}")
-        self.instance_id = instance_id
-        self.failure = failure
 
 
 class TaskError(DurableFxError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ._errors import UnknownNameError
-from ._serialization import PayloadCodec, input_annotation, return_annotation
+from ._serialization import PayloadCodec, input_parameter, return_annotation
 
 __all__ = [
     "ActivityContext",
@@ -124,7 +124,7 @@ class Registry:
             definition = OrchestratorDefinition(
                 name=name or fn.__name__,
                 fn=fn,
-                input_codec=PayloadCodec(input_annotation(fn, 1)),
+                input_codec=PayloadCodec.for_parameter(input_parameter(fn, 1)),
                 output_codec=PayloadCodec(return_annotation(fn, generator=True)),
             )
             self._add(self._orchestrators, definition)
@@ -206,15 +206,10 @@ def _activity_definition(name: str, fn: Callable[..., Any]) -> ActivityDefinitio
             f"activity {name!r} takes {len(payload)} payload parameters; an activity takes one "
             "input (use a pydantic model or dataclass to pass several values)"
         )
-    annotation = (
-        Any
-        if not payload or payload[0].annotation is inspect.Parameter.empty
-        else payload[0].annotation
-    )
     return ActivityDefinition(
         name=name,
         fn=fn,
-        input_codec=PayloadCodec(annotation),
+        input_codec=PayloadCodec.for_parameter(payload[0] if payload else None),
         output_codec=PayloadCodec(return_annotation(fn)),
         parameters=tuple("context" if p is context else "input" for p in params),
         is_async=inspect.iscoroutinefunction(fn),

@@ -51,13 +51,21 @@ class PayloadCodec(Generic[T]):
     expensive part, using it is cheap.
     """
 
-    __slots__ = ("_adapter", "type_name")
+    __slots__ = ("_adapter", "_default", "type_name")
 
-    def __init__(self, annotation: Any) -> None:
+    def __init__(self, annotation: Any, *, default: Any = inspect.Parameter.empty) -> None:
         self._adapter: TypeAdapter[T] | None = (
             None if annotation in (Any, inspect.Parameter.empty, None) else TypeAdapter(annotation)
         )
+        self._default = default
         self.type_name = getattr(annotation, "__name__", repr(annotation))
+
+    @classmethod
+    def for_parameter(cls, parameter: inspect.Parameter | None) -> PayloadCodec[Any]:
+        """A codec for a function parameter: its annotation, and its default for no payload."""
+        if parameter is None:
+            return cls(Any)
+        return cls(parameter.annotation, default=parameter.default)
 
     @classmethod
     def for_type(cls, annotation: Any) -> PayloadCodec[Any]:
@@ -70,7 +78,9 @@ class PayloadCodec(Generic[T]):
         return encode(value)
 
     def decode(self, text: str | None) -> T:
-        """Validate JSON text into the declared type."""
+        """Validate JSON text into the declared type (no payload gives the default, if any)."""
+        if text is None and self._default is not inspect.Parameter.empty:
+            return cast(T, self._default)
         if self._adapter is None:
             return cast(T, decode(text))
         try:
@@ -102,17 +112,14 @@ def _summarize(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def input_annotation(fn: Callable[..., Any], position: int) -> Any:
-    """Annotation of the parameter at ``position`` (``Any`` when there is none)."""
+def input_parameter(fn: Callable[..., Any], position: int) -> inspect.Parameter | None:
+    """The positional parameter at ``position``, if the function has one."""
     params = [
         p
         for p in inspect.signature(fn, eval_str=True).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    if len(params) <= position:
-        return Any
-    annotation = params[position].annotation
-    return Any if annotation is inspect.Parameter.empty else annotation
+    return params[position] if len(params) > position else None
 
 
 def return_annotation(fn: Callable[..., Any], *, generator: bool = False) -> Any:

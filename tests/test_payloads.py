@@ -201,6 +201,26 @@ def test_untyped_activity_gets_plain_json(
     assert state.output == {"type": "dict", "value": {"street": "x", "city": "y", "lines": []}}
 
 
+def test_parameter_defaults_apply_when_no_input_is_given(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.activity()
+    def greet(name: str = "world") -> str:
+        return f"hello {name}"
+
+    @registry.orchestrator()
+    def greeter(ctx: OrchestrationContext, times: int = 2) -> Generator[Any, Any, list[str]]:
+        defaulted = yield ctx.call_activity(greet)
+        given = yield ctx.call_activity(greet, "ada")
+        return [defaulted, given] * times
+
+    state = client.wait(client.start(greeter), timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["hello world", "hello ada"] * 2
+    state = client.wait(client.start(greeter, 1), timeout=WAIT)
+    assert state.output == ["hello world", "hello ada"]
+
+
 def test_sub_orchestrator_output_is_rebuilt(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:

@@ -63,7 +63,9 @@ def test_stop_releases_a_running_activity_for_another_worker(
     @registry.activity()
     async def slow(_: None) -> str:
         started.set()
-        await asyncio.to_thread(release.wait, 20)
+        # The flag is set from the test's thread; an asyncio.Event could not be.
+        while not release.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         return "finished"
 
     @registry.orchestrator()
