@@ -78,7 +78,7 @@ __version__ = "0.1.0"
 # Show public names at their public path in reprs, docs and tracebacks.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("durable_fx._"):
+    if getattr(_obj, "__module__", "").startswith("durable_fx.") and "._" in _obj.__module__:
         with _suppress(AttributeError, TypeError):
             _obj.__module__ = "durable_fx"
 del _name, _obj, _suppress
