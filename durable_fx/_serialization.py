@@ -41,7 +41,10 @@ def decode(text: str | None) -> Any:
     """Plain JSON value of ``text`` (``None`` for no payload)."""
     if text is None:
         return None
-    return pydantic_core.from_json(text)
+    try:
+        return pydantic_core.from_json(text)
+    except ValueError as error:
+        raise SerializationError(f"payload is not valid JSON: {error}") from None
 
 
 class PayloadCodec(Generic[T]):
