@@ -16,7 +16,9 @@ commit. Every implementation keeps the storage contract of DESIGN.md:
    atomically (or, where it cannot, a redelivered item whose result is
    recorded is not handed out again).
 5. Locks are leases: work held by a crashed process becomes visible again once
-   its lease expires.
+   its lease expires. A lock stays its holder's until another lock call takes
+   the work over, so a slow worker whose lease merely expired may still
+   commit or complete it.
 6. Messages may be delayed (``visible_at``) for any duration.
 7. A message abandoned ``max_dequeue_count`` times, or one that cannot be
    decoded, moves to the poison list with its reason.
@@ -80,7 +82,9 @@ class Store(Protocol):
 
         Each work item carries the instance row (with its version) and every
         visible message of its inbox, oldest first. Each lock counts as a
-        delivery of those messages (``dequeue_count``).
+        delivery of those messages (``dequeue_count``). ``next_due`` is the
+        earliest future ``visible_at`` among inbox messages, if the store
+        knows it, so an idle worker can sleep exactly until a timer fires.
         """
         ...
 
@@ -90,6 +94,9 @@ class Store(Protocol):
 
     async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> str:
         """Persist one episode atomically, release the lock, and return the new version.
+
+        The instance row takes every field of ``commit.instance`` except
+        ``instance_id`` and ``version``.
 
         The worker keeps the returned version with its cached replay state:
         the next lock handing out the same version proves nobody else
@@ -134,7 +141,7 @@ class Store(Protocol):
         ...
 
     async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
-        """Extend the lease of a long-running activity."""
+        """Extend the lease of a long-running activity; a no-op if the item was taken over."""
         ...
 
     # -- reading and housekeeping -----------------------------------------------
@@ -144,7 +151,11 @@ class Store(Protocol):
         ...
 
     async def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
-        """Instances matching ``query``, newest first, one page at a time."""
+        """Instances matching ``query``, newest first, one page at a time.
+
+        ``created_from`` and ``created_to`` are inclusive. Every page but the
+        last is full, and the last one has ``continuation=None``.
+        """
         ...
 
     async def purge_instance(self, instance_id: str) -> bool:
