@@ -11,7 +11,11 @@ INSTALLED := $(VENV)/.installed
 demo: $(INSTALLED)
 	$(PY) examples/quickstart.py
 
-test: $(INSTALLED)
+# Azurite (the Azure Storage emulator) for the Azure store tests comes from npm,
+# pinned by package-lock.json; node_modules is installed when missing or stale.
+AZURITE := node_modules/.stamp-npm
+
+test: $(INSTALLED) $(AZURITE)
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
@@ -28,5 +32,9 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .durable_fx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .durable_fx .pytest_cache .mypy_cache .ruff_cache

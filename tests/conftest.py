@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from durable_fx._clock import Clock  # noqa: E402
 from durable_fx.storage import Store  # noqa: E402
 from durable_fx.storage.memory import MemoryStore  # noqa: E402
 from durable_fx.testing import StoreFactory  # noqa: E402
+from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
 
 _HAS_SQLITE = importlib.util.find_spec("durable_fx.storage.sqlite") is not None
 
@@ -39,21 +41,27 @@ STORE_KINDS = [
             not _HAS_SQLITE, reason="durable_fx/storage/sqlite.py does not exist yet"
         ),
     ),
+    # A real Azurite, started once per session (see the azurite fixture below).
+    pytest.param("azure", id="azure", marks=pytest.mark.azurite),
 ]
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The kind of store under test: ``"memory"`` or ``"sqlite"``."""
+    """The kind of store under test: ``"memory"``, ``"sqlite"`` or ``"azure"``."""
     kind: str = request.param
     return kind
 
 
 @pytest.fixture
-def store_factory(store_kind: str, tmp_path: Path) -> StoreFactory:
+def store_factory(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> StoreFactory:
     """Builds a new, empty store of ``store_kind`` on each call (a new file for SQLite)."""
     if store_kind == "memory":
         return lambda clock: MemoryStore(clock=clock)
+    if store_kind == "azure":
+        return azure_store_factory(request.getfixturevalue("azurite"))
     from durable_fx.storage.sqlite import SqliteStore
 
     files = (tmp_path / f"store-{n}.db" for n in itertools.count())
@@ -65,10 +73,13 @@ def store_factory(store_kind: str, tmp_path: Path) -> StoreFactory:
 
 
 @pytest.fixture
-def store_url(store_kind: str, tmp_path: Path) -> str:
+def store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A URL ``open_store`` accepts for ``store_kind`` (memory:// is new per open)."""
     if store_kind == "memory":
         return "memory://"
+    if store_kind == "azure":
+        azurite: Azurite = request.getfixturevalue("azurite")
+        return azurite.connection_string(new_hub())
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
@@ -144,3 +155,44 @@ def wait_until() -> Callable[..., None]:
             delay = min(delay * 2, 0.05)
 
     return wait
+
+
+# -- Azurite: the Azure store's tests run against a real one ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite for the whole session, on free loopback ports with a temporary data dir."""
+    try:
+        process = AzuriteProcess(tmp_path_factory.mktemp("azurite"))
+    except FileNotFoundError as missing:
+        if os.environ.get("CI"):
+            raise  # CI runs `make test`, which installs it: missing is a failure there
+        pytest.skip(str(missing))
+    try:
+        yield process.azurite
+    finally:
+        process.stop()
+
+
+def azure_store_factory(azurite: Azurite) -> StoreFactory:
+    """Fresh Azure stores (one task hub each) that let the test's clock decide time.
+
+    A queue hides messages in real time; with no delay cap the conformance
+    suite's ManualClock could not make a delayed message due. Capping delays
+    at zero makes every message come back at once and the store decide by
+    the clock, which is also how it chains timers longer than a queue allows.
+    """
+    from datetime import timedelta
+
+    from durable_fx.storage.azure import open_azure_store
+
+    def factory(clock: Clock) -> Store:
+        return open_azure_store(
+            azurite.connection_string(new_hub()),
+            clock=clock,
+            max_message_delay=timedelta(0),
+            idle_poll=(0.0, 0.0),
+        )
+
+    return factory
