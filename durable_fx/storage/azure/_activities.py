@@ -93,14 +93,22 @@ class Activities:
         hub = self._hub
         gate = asyncio.Semaphore(_SEND_CONCURRENCY)
 
+        # A copy sent after a takeover may duplicate a message that is still in the
+        # queue, hidden by the dead worker's lease. It waits two leases: by then the
+        # original has usually run, deleted its row, and the copy is dropped unrun.
+        delay = hub.lease * 2 if redelivery else timedelta(0)
+
         async def send_one(invocation: ActivityInvocation) -> None:
             body = await self._body(invocation, redelivery)
             async with gate:
-                await hub.queues.put(hub.names.work_queue, body, delay=timedelta(0))
+                await hub.queues.put(hub.names.work_queue, body, delay=delay)
 
         await asyncio.gather(*(send_one(i) for i in invocations))
-        hub.work_poll.kick()
-        hub.wake()
+        if delay:
+            hub.work_poll.expect(delay)
+        else:
+            hub.work_poll.kick()
+            hub.wake()
 
     async def _body(self, invocation: ActivityInvocation, redelivery: bool) -> dict[str, Any]:
         body: dict[str, Any] = {

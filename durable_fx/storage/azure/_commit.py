@@ -272,6 +272,10 @@ async def _after(orchestrations: Orchestrations, session: Session, plan: _Plan) 
         await orchestrations.activities.send(plan.work, redelivery=False)
     if plan.outbox:
         await orchestrations.deliver(session.instance_id, plan.outbox)
+    if session.stale:
+        # Someone wrote to the instance during the commit: new messages, read them
+        # now so that ending the session leaves a wake-up for them.
+        await orchestrations.refresh(session, released=not plan.stay)
     if not plan.stay:
         await orchestrations.release_guard(session)
     elif session.visible(hub.now()):

@@ -76,6 +76,7 @@ MAX_MESSAGES_PER_EPISODE = 90
 _NOT_CREATED_YET = timedelta(seconds=30)
 """How long a wake-up may precede its instance row (a starter writes the message first)."""
 _ABORTED_KEPT = 8
+_SECOND_LOOK = timedelta(seconds=10)
 
 
 class Orchestrations:
@@ -207,6 +208,7 @@ class Orchestrations:
         hub = self._hub
         iid = message.instance_id
         session = hub.sessions.get(iid)
+        log.debug("route %s to %s (owned here: %s)", message.event.kind, iid, session is not None)
         if session is not None:
             return await self._enqueue_owned(session, message)
         if create and isinstance(message.event, ExecutionStarted):
@@ -370,6 +372,7 @@ class Orchestrations:
         partition = await hub.read_partition(iid)
         row = partition.instance
         now = hub.now()
+        log.debug("wake-up for %s: %d rows in its inbox", iid, len(partition.inbox))
         if row is None:
             for message in messages:
                 age = now - message.inserted_on
@@ -392,10 +395,10 @@ class Orchestrations:
         if not visible and not work and not outbox:
             keep, extra = messages[0], messages[1:]
             for message in extra:
-                await hub.queues.delete(message.handle)
+                await self._discard(message)
             due = min((p.visible_at for p in pendings), default=None)
             if due is None:
-                await hub.queues.delete(keep.handle)
+                await self._discard(keep)
             else:
                 self._remote_dues.append(due)
                 await hub.queues.hide(keep.handle, due - now)
@@ -412,7 +415,21 @@ class Orchestrations:
             if session.guard is None or session.guard.id == message.handle.id:
                 session.guard = message.handle
             else:
-                await self._hub.queues.delete(message.handle)
+                await self._discard(message)
+
+    async def _discard(self, message: Received) -> None:
+        """Drop a wake-up that found nothing new, unless its message may not have landed yet.
+
+        Senders put the wake-up before writing the row (so a crash between the
+        two cannot strand a message); a fresh wake-up therefore gets one more
+        look a moment later before it is deleted.
+        """
+        hub = self._hub
+        fresh = message.dequeue_count <= 1 and hub.now() - message.inserted_on < _SECOND_LOOK
+        if fresh:
+            await hub.queues.hide(message.handle, timedelta(seconds=2))
+        else:
+            await hub.queues.delete(message.handle)
 
     async def _take_over(
         self, partition: Partition, row: dict[str, Any], pendings: list[Pending], lease: timedelta
@@ -501,8 +518,12 @@ class Orchestrations:
             items.append(OrchestrationWorkItem(session.record, messages, session.lock.token))
         return items
 
-    async def _refresh(self, session: Session) -> None:
-        """Pick up inbox rows that other processes added to an instance we own."""
+    async def _refresh(self, session: Session, *, released: bool = False) -> None:
+        """Pick up inbox rows that other processes added to an instance we own.
+
+        With ``released`` the session was just ended by our own commit: read
+        the rows all the same, so that a wake-up is left for them.
+        """
         hub = self._hub
         partition = await hub.read_partition(session.instance_id)
         session.stale = False
@@ -510,7 +531,8 @@ class Orchestrations:
         if row is None:
             self._drop_session(session.instance_id)
             return
-        if row.get("Owner") != hub.owner_id or int(row.get("Version", 0)) != session.version:
+        ours = released or row.get("Owner") == hub.owner_id
+        if not ours or int(row.get("Version", 0)) != session.version:
             self._drop_session(session.instance_id)  # taken over: it is someone else's now
             return
         if session.lock is not None and not session.lock.expired(hub.now()):
@@ -612,16 +634,18 @@ class Orchestrations:
         hub.sessions.pop(session.instance_id, None)
         guard = session.guard
         now = hub.now()
-        due = session.next_due(now)
+        log.debug("end session %s (%d pending)", session.instance_id, len(session.pending))
+        # Messages may have arrived while the releasing commit was in flight: any
+        # pending message, due or not, keeps a wake-up in the queue.
+        due = min((p.visible_at for p in session.pending.values()), default=None)
         if due is None:
             if guard is not None:
                 await hub.queues.delete(guard)
             return
-        if guard is None or not await hub.queues.hide(guard, due - now):
-            await hub.queues.put(
-                hub.names.control_queue, {"h": session.instance_id}, delay=due - now
-            )
-        self._expect(due - now)
+        delay = max(due - now, timedelta(0))
+        if guard is None or not await hub.queues.hide(guard, delay):
+            await hub.queues.put(hub.names.control_queue, {"h": session.instance_id}, delay=delay)
+        self._expect(delay)
 
     def _drop_session(self, iid: str) -> None:
         """Forget an instance locally (someone else owns it now, or it is gone)."""
@@ -737,6 +761,9 @@ class Orchestrations:
 
     async def release_guard(self, session: Session) -> None:
         await self._release_guard(session)
+
+    async def refresh(self, session: Session, *, released: bool) -> None:
+        await self._refresh(session, released=released)
 
     def drop_session(self, iid: str) -> None:
         self._drop_session(iid)

@@ -10,6 +10,7 @@ deletes its blobs by prefix.
 from __future__ import annotations
 
 import asyncio
+import io
 import contextlib
 import uuid
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from ._transient import retrying
 
 __all__ = ["Resources"]
 
+_MAX_BODY = 1024 * 1024
+
 
 class Resources:
     """Clients for the hub's table, queues and container (bound to one event loop)."""
@@ -41,7 +44,13 @@ class Resources:
             settings.endpoint("table"), names.table, credential=credential, **options
         )
         self.container = ContainerClient(
-            settings.endpoint("blob"), names.container, credential=credential, **options
+            settings.endpoint("blob"),
+            names.container,
+            credential=credential,
+            # aiohttp warns about (and copies) request bodies over 1 MiB: upload in blocks.
+            max_single_put_size=_MAX_BODY,
+            max_block_size=_MAX_BODY,
+            **options,
         )
         self.queues: dict[str, QueueClient] = {}
         for queue in (
@@ -104,7 +113,10 @@ class Resources:
         name = f"{instance_id}/{uuid.uuid4().hex}"
         data = text.encode()
         await retrying(
-            lambda: self.container.upload_blob(name, data, overwrite=True),
+            # A stream, not bytes: aiohttp would otherwise copy a large body on the loop.
+            lambda: self.container.upload_blob(
+                name, io.BytesIO(data), length=len(data), overwrite=True
+            ),
             what=f"upload payload blob {name}",
         )
         return name
