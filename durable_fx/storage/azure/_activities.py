@@ -323,7 +323,9 @@ class Activities:
         if applied is None:
             return
         delivered = [pendings[rk] for rk in applied]
-        if session is not None and instance_id in hub.sessions:
+        if trusted and hub.sessions.get(instance_id) is not session:
+            trusted = False  # the session ended while the results were written
+        if session is not None and hub.sessions.get(instance_id) is session:
             for rk in applied:
                 session.outstanding.pop(rk, None)
             for pending in delivered:

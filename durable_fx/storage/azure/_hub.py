@@ -374,7 +374,7 @@ class Hub:
         await self.queues.poison(queue, body, reason)
         entity: dict[str, Any] = {
             "PartitionKey": "",  # no instance id is empty, so this partition is free
-            "RowKey": f"p{ts(now)}{uuid.uuid4().hex}",
+            "RowKey": f"p{self.arrival()}{uuid.uuid4().hex[:8]}",
             "Queue": logical_queue,
             "Reason": reason,
             "PoisonedAt": ts(now),

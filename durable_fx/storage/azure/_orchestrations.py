@@ -292,6 +292,11 @@ class Orchestrations:
                 self._drop_session(iid)  # purged by another process
                 return False
             raise
+        if hub.sessions.get(iid) is not session:
+            # The session ended while the message was being written: wake whoever is next.
+            await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=_delay(message, hub))
+            self._expect(_delay(message, hub))
+            return True
         session.etag = str(results[-1]["etag"])
         if len(applied) == 2:
             session.pending.setdefault(pending.row_key, pending)
