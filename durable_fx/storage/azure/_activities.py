@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,11 @@ class _Held:
     dequeue_count: int
     lease: Lease | None = None
     visible_at: datetime | None = None
+    since: float = field(default_factory=time.monotonic)
+    """When the queue last hid it for us (monotonic seconds)."""
+
+    def age(self) -> timedelta:
+        return timedelta(seconds=time.monotonic() - self.since)
 
 
 class Activities:
@@ -60,6 +66,12 @@ class Activities:
         self._held: dict[str, _Held] = {}
         self._dead: set[tuple[str, str]] = set()
         self._tokens = 0
+        self._capacity = 0
+        """How many items this process's worker takes at once (0: no worker here)."""
+
+    def _waiting(self) -> int:
+        """Held items not handed out yet."""
+        return sum(1 for held in self._held.values() if held.lease is None)
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -98,12 +110,28 @@ class Activities:
         # original has usually run, deleted its row, and the copy is dropped unrun.
         delay = hub.lease * 2 if redelivery else timedelta(0)
 
-        async def send_one(invocation: ActivityInvocation) -> None:
-            body = await self._body(invocation, redelivery)
-            async with gate:
-                await hub.queues.put(hub.names.work_queue, body, delay=delay)
+        # This process's worker takes what it has room for straight from here: the
+        # message is put hidden for a lease (it is the copy that survives a crash)
+        # and held, so running it costs no receive. The rest is for anyone.
+        room = 0 if redelivery or not self._capacity else self._capacity - self._waiting()
+        keep = set(range(max(0, min(room, len(invocations)))))
 
-        await asyncio.gather(*(send_one(i) for i in invocations))
+        async def send_one(index: int, invocation: ActivityInvocation) -> None:
+            body = await self._body(invocation, redelivery)
+            hidden = index in keep
+            async with gate:
+                handle = await hub.queues.put(
+                    hub.names.work_queue, body, delay=hub.lease if hidden else delay
+                )
+            if hidden:
+                text = json.dumps(body, separators=(",", ":"))
+                row_key = work_key(invocation.execution_id, invocation.task_id)
+                self._held[handle.id] = _Held(handle, invocation, row_key, text, 0)
+
+        await asyncio.gather(*(send_one(n, i) for n, i in enumerate(invocations)))
+        if len(keep) == len(invocations) and not delay:
+            hub.wake()
+            return
         if delay:
             hub.work_poll.expect(delay)
         else:
@@ -149,6 +177,7 @@ class Activities:
     async def lock(self, owner: str, limit: int, lease: timedelta) -> LockBatch[ActivityWorkItem]:
         """Lock up to ``limit`` work items: expired local leases first, then the queue."""
         hub = self._hub
+        self._capacity = max(self._capacity, limit)
         items: list[ActivityWorkItem] = []
         now = hub.now()
         for held in list(self._held.values()):
@@ -159,7 +188,10 @@ class Activities:
             if await self._hand_out(held, owner, lease, now):
                 items.append(self._item(held))
         if len(items) < limit and hub.work_poll.due():
-            received = await hub.queues.receive(hub.names.work_queue, limit=limit, lease=lease)
+            # Take a full batch when there is room: what exceeds ``limit`` waits here,
+            # hidden for a lease, instead of costing one receive per free slot.
+            room = max(limit, self._capacity - self._waiting())
+            received = await hub.queues.receive(hub.names.work_queue, limit=room, lease=lease)
             hub.work_poll.polled(bool(received))
             for message in received:
                 known = message.handle.id in self._held
@@ -177,6 +209,7 @@ class Activities:
         held = self._held.get(message.handle.id)
         if held is not None:  # ours already: it came back after its queue lease
             held.handle = message.handle
+            held.since = time.monotonic()
             held.dequeue_count = max(held.dequeue_count, message.dequeue_count - 1)
             return held
         body = message.body
@@ -235,13 +268,16 @@ class Activities:
             reason = f"delivered {held.dequeue_count} times without completing"
             await self._poison(held, reason)
             return False
+        if not fresh and not (held.dequeue_count == 0 and held.age() < lease / 2):
+            # Handed out again, or held a while: keep the queue from giving it to another.
+            if not await hub.queues.hide(held.handle, lease):
+                self._held.pop(held.handle.id, None)  # someone else received it meanwhile
+                return False
         held.dequeue_count += 1
         held.visible_at = None
         self._tokens += 1
         held.lease = Lease(f"{held.handle.id}|{self._tokens}", owner, now + lease)
-        if not fresh:
-            # Handed out again in this process: keep the queue from handing it to another.
-            await hub.queues.hide(held.handle, lease)
+        held.since = time.monotonic()
         return True
 
     @staticmethod
@@ -388,7 +424,8 @@ class Activities:
         if held is None or held.lease is None:
             return
         held.lease.expires_at = self._hub.now() + lease
-        await self._hub.queues.hide(held.handle, lease)
+        if await self._hub.queues.hide(held.handle, lease):
+            held.since = time.monotonic()
 
     def has_ready(self, now: datetime) -> bool:
         """Whether a held item could be handed out now (an expired lease, a due retry)."""

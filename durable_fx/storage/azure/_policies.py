@@ -18,29 +18,22 @@ from azure.core.pipeline.policies import AsyncHTTPPolicy, SansIOHTTPPolicy
 __all__ = ["FaultInjector", "RequestCounter"]
 
 
-def _service(request: PipelineRequest[Any]) -> str:
-    """``table``, ``queue`` or ``blob``, from the URL (Azurite puts it in the port)."""
-    url = request.http_request.url
-    for name, port in (("blob", ":10000"), ("queue", ":10001"), ("table", ":10002")):
-        if f".{name}." in url or port in url:
-            return name
-    return request.context.options.get("durable_fx_service", "other")
+class RequestCounter:
+    """Counts requests sent to storage, by ``"<service> <HTTP method>"``.
 
-
-class RequestCounter(SansIOHTTPPolicy[Any, Any]):
-    """Counts requests sent to storage, by ``(service, HTTP method)``.
-
-    Thread-safe; ``snapshot()`` and ``total`` read it at any time.
+    Thread-safe; ``snapshot()`` and ``total`` read it at any time. Each SDK
+    client gets its own ``policy(service)``, all counting here.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
 
-    def on_request(self, request: PipelineRequest[Any]) -> None:
-        """Count one attempt."""
-        key = f"{request.context.options.get('durable_fx_service') or _service(request)}"
-        key += f" {request.http_request.method}"
+    def policy(self, service: str) -> SansIOHTTPPolicy[Any, Any]:
+        """A pipeline policy that counts each attempt of a ``service`` client."""
+        return _Count(self, service)
+
+    def add(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
 
@@ -54,6 +47,15 @@ class RequestCounter(SansIOHTTPPolicy[Any, Any]):
         """Counts so far by ``"<service> <method>"``."""
         with self._lock:
             return dict(self._counts)
+
+
+class _Count(SansIOHTTPPolicy[Any, Any]):
+    def __init__(self, counter: RequestCounter, service: str) -> None:
+        self._counter = counter
+        self._service = service
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        self._counter.add(f"{self._service} {request.http_request.method}")
 
 
 class FaultInjector(AsyncHTTPPolicy[Any, Any]):

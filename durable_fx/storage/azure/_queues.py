@@ -77,8 +77,10 @@ class Queues:
         seconds = self.seconds(lease, minimum=1)
 
         async def receive() -> list[Any]:
+            count = max(1, min(32, limit))
+            # messages_per_page: without it the SDK fetches one message per request.
             pager = client.receive_messages(
-                max_messages=max(1, min(32, limit)), visibility_timeout=seconds
+                messages_per_page=count, max_messages=count, visibility_timeout=seconds
             )
             return [message async for message in pager]
 

@@ -22,6 +22,7 @@ from azure.storage.blob.aio import ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from ._policies import RequestCounter
 from ._settings import AzureSettings, HubNames, client_kwargs
 from ._transient import retrying
 
@@ -33,15 +34,21 @@ _MAX_BODY = 1024 * 1024
 class Resources:
     """Clients for the hub's table, queues and container (bound to one event loop)."""
 
-    def __init__(self, settings: AzureSettings, policies: Sequence[Any]) -> None:
+    def __init__(
+        self, settings: AzureSettings, policies: Sequence[Any], counter: RequestCounter | None = None
+    ) -> None:
         self.settings = settings
         self.names: HubNames = settings.names
         credential: Any = settings.credential()
         self._credential = credential
-        options = client_kwargs(policies)
         names = self.names
+
+        def options(service: str) -> dict[str, Any]:
+            counted = [counter.policy(service)] if counter is not None else []
+            return client_kwargs(service, [*counted, *policies])
+
         self.table = TableClient(
-            settings.endpoint("table"), names.table, credential=credential, **options
+            settings.endpoint("table"), names.table, credential=credential, **options("table")
         )
         self.container = ContainerClient(
             settings.endpoint("blob"),
@@ -50,7 +57,7 @@ class Resources:
             # aiohttp warns about (and copies) request bodies over 1 MiB: upload in blocks.
             max_single_put_size=_MAX_BODY,
             max_block_size=_MAX_BODY,
-            **options,
+            **options("blob"),
         )
         self.queues: dict[str, QueueClient] = {}
         for queue in (
@@ -66,7 +73,7 @@ class Resources:
                 credential=credential,
                 message_encode_policy=TextBase64EncodePolicy(),
                 message_decode_policy=TextBase64DecodePolicy(),
-                **options,
+                **options("queue"),
             )
         self._ready: asyncio.Future[None] | None = None
 

@@ -338,15 +338,14 @@ def _identity_settings(
     )
 
 
-def client_kwargs(policies: Sequence[Any]) -> dict[str, Any]:
-    """Options shared by every SDK client: our per-retry policies and short timeouts.
+def client_kwargs(service: str, policies: Sequence[Any]) -> dict[str, Any]:
+    """Options for one SDK client: our per-attempt policies and short timeouts.
 
-    The SDK retries idempotent calls itself; the store retries the others and
-    interprets an ambiguous outcome (see ``_transient``).
+    The Tables client takes extra policies as ``per_retry_policies``; the
+    Storage (queue, blob) clients only as ``_additional_pipeline_policies``,
+    which they also place after their retry policy. The SDKs retry idempotent
+    calls themselves; the store retries the others and interprets an
+    ambiguous outcome (see ``_transient``).
     """
-    return {
-        "per_retry_policies": list(policies),
-        "connection_timeout": 10,
-        "read_timeout": 30,
-        "retry_total": 4,
-    }
+    key = "per_retry_policies" if service == "table" else "_additional_pipeline_policies"
+    return {key: list(policies), "connection_timeout": 10, "read_timeout": 30, "retry_total": 4}

@@ -90,7 +90,7 @@ class AzureStore:
         self._thread.start()
 
         def build() -> Hub:
-            resources = Resources(settings, [self.requests, *policies])
+            resources = Resources(settings, list(policies), self.requests)
             queues = Queues(resources, max_message_delay)
             return Hub(
                 resources,
