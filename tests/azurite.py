@@ -70,7 +70,9 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
                 pending.pop(0)
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"azurite did not listen on {pending} within {timeout} s")
+                raise TimeoutError(
+                    f"azurite did not listen on {pending} within {timeout} s"
+                ) from None
             time.sleep(0.05)
 
 

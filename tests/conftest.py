@@ -54,9 +54,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_factory(
-    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> StoreFactory:
+def store_factory(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> StoreFactory:
     """Builds a new, empty store of ``store_kind`` on each call (a new file for SQLite)."""
     if store_kind == "memory":
         return lambda clock: MemoryStore(clock=clock)

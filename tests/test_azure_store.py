@@ -47,7 +47,10 @@ class TestSettings:
         assert settings.account_key and settings.hub == "durablefx"
 
     def test_account_key_connection_string(self) -> None:
-        url = f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={KEY};EndpointSuffix=core.windows.net"
+        url = (
+            f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={KEY};"
+            "EndpointSuffix=core.windows.net"
+        )
         settings = settings_from_url(url, environ={})
         assert settings.endpoint("blob") == "https://acme.blob.core.windows.net"
         assert settings.account_key == KEY and not settings.use_identity
@@ -131,7 +134,11 @@ class TestSettings:
 
         from durable_fx.storage.azure._resources import Resources
 
-        env = {"AzureWebJobsStorage__accountName": "acme", "AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__clientId": "cid"}
+        env = {
+            "AzureWebJobsStorage__accountName": "acme",
+            "AzureWebJobsStorage__credential": "managedidentity",
+            "AzureWebJobsStorage__clientId": "cid",
+        }
         settings = settings_from_url("azure://?hub=shop", environ=env)
 
         async def build() -> None:
@@ -146,7 +153,9 @@ class TestSettings:
 
         asyncio.run(build())
 
-    def test_default_store_url_picks_identity_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_default_store_url_picks_identity_settings(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         from durable_fx.storage import default_store_url
 
         monkeypatch.delenv("DURABLE_FX_STORE", raising=False)
@@ -166,8 +175,6 @@ def test_a_sqlite_only_process_never_imports_the_azure_sdk(tmp_path: Any) -> Non
 
 
 # -- a worker and a client on Azurite ---------------------------------------------------------
-
-pytestmark_azurite = pytest.mark.azurite
 
 
 @pytest.fixture

@@ -195,11 +195,11 @@ class Activities:
             hub.work_poll.polled(bool(received))
             for message in received:
                 known = message.handle.id in self._held
-                held = await self._admit(message)
-                if held is None or len(items) >= limit or not _available(held, now):
+                admitted = await self._admit(message)
+                if admitted is None or len(items) >= limit or not _available(admitted, now):
                     continue
-                if await self._hand_out(held, owner, lease, now, fresh=not known):
-                    items.append(self._item(held))
+                if await self._hand_out(admitted, owner, lease, now, fresh=not known):
+                    items.append(self._item(admitted))
         dues = [h.visible_at for h in self._held.values() if h.visible_at and h.visible_at > now]
         return LockBatch(items, min(dues, default=None))
 
@@ -268,11 +268,11 @@ class Activities:
             reason = f"delivered {held.dequeue_count} times without completing"
             await self._poison(held, reason)
             return False
-        if not fresh and not (held.dequeue_count == 0 and held.age() < lease / 2):
-            # Handed out again, or held a while: keep the queue from giving it to another.
-            if not await hub.queues.hide(held.handle, lease):
-                self._held.pop(held.handle.id, None)  # someone else received it meanwhile
-                return False
+        recent = held.dequeue_count == 0 and held.age() < lease / 2
+        # Handed out again, or held a while: keep the queue from giving it to another.
+        if not fresh and not recent and not await hub.queues.hide(held.handle, lease):
+            self._held.pop(held.handle.id, None)  # someone else received it meanwhile
+            return False
         held.dequeue_count += 1
         held.visible_at = None
         self._tokens += 1

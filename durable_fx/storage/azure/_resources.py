@@ -10,10 +10,11 @@ deletes its blobs by prefix.
 from __future__ import annotations
 
 import asyncio
-import io
 import contextlib
+import io
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -35,7 +36,10 @@ class Resources:
     """Clients for the hub's table, queues and container (bound to one event loop)."""
 
     def __init__(
-        self, settings: AzureSettings, policies: Sequence[Any], counter: RequestCounter | None = None
+        self,
+        settings: AzureSettings,
+        policies: Sequence[Any],
+        counter: RequestCounter | None = None,
     ) -> None:
         self.settings = settings
         self.names: HubNames = settings.names
@@ -95,10 +99,7 @@ class Resources:
         makers: list[Any] = [self.table.create_table, self.container.create_container]
         makers += [client.create_queue for client in self.queues.values()]
         await asyncio.gather(
-            *(
-                retrying(lambda m=m: create(m), what="create the task hub's resources")
-                for m in makers
-            )
+            *(retrying(partial(create, m), what="create the task hub's resources") for m in makers)
         )
 
     async def close(self) -> None:
@@ -146,7 +147,6 @@ class Resources:
         for name in names:
             with contextlib.suppress(ResourceNotFoundError):
                 await retrying(
-                    lambda name=name: self.container.delete_blob(name),
-                    what=f"delete payload blob {name}",
+                    partial(self.container.delete_blob, name), what=f"delete payload blob {name}"
                 )
         return len(names)
