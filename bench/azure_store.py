@@ -15,7 +15,7 @@ Completion is watched through a *second* store object, so the watching
 - W2-1000: one orchestration fanning out to 1,000 activities: wall time,
   requests per item.
 - idle: a started worker with nothing to do. Its queue polls back off to one
-  a minute (control) and one every two minutes (work items); after a settling
+  80 s (control) and one every 160 s (work items); after a settling
   period the requests over ``--idle-seconds`` are counted and extrapolated to
   an hour.
 """
