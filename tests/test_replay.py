@@ -68,7 +68,9 @@ class History:
 
     def failed(self, task_id: int, message: str) -> History:
         failure = FailureDetails(error_type="ValueError", message=message)
-        self.events.append(TaskFailed(timestamp=self.now, task_scheduled_id=task_id, failure=failure))
+        self.events.append(
+            TaskFailed(timestamp=self.now, task_scheduled_id=task_id, failure=failure)
+        )
         return self
 
     def timer(self, timer_id: int, fire_at: datetime, purpose: Any = "timer") -> History:
