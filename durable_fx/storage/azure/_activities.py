@@ -67,6 +67,7 @@ class Activities:
         self._dead: set[tuple[str, str]] = set()
         self._tokens = 0
         self._capacity = 0
+        self._order: dict[int, str] = {}
         """How many items this process's worker takes at once (0: no worker here)."""
 
     def _waiting(self) -> int:
@@ -116,19 +117,24 @@ class Activities:
         room = 0 if redelivery or not self._capacity else self._capacity - self._waiting()
         keep = set(range(max(0, min(room, len(invocations)))))
 
-        async def send_one(index: int, invocation: ActivityInvocation) -> None:
+        async def send_one(index: int, invocation: ActivityInvocation) -> _Held | None:
             body = await self._body(invocation, redelivery)
             hidden = index in keep
             async with gate:
                 handle = await hub.queues.put(
                     hub.names.work_queue, body, delay=hub.lease if hidden else delay
                 )
-            if hidden:
-                text = json.dumps(body, separators=(",", ":"))
-                row_key = work_key(invocation.execution_id, invocation.task_id)
-                self._held[handle.id] = _Held(handle, invocation, row_key, text, 0)
+            if not hidden:
+                return None
+            text = json.dumps(body, separators=(",", ":"))
+            row_key = work_key(invocation.execution_id, invocation.task_id)
+            return _Held(handle, invocation, row_key, text, 0)
 
-        await asyncio.gather(*(send_one(n, i) for n, i in enumerate(invocations)))
+        self._order = {id(i): hub.arrival() for i in invocations}
+        sent = await asyncio.gather(*(send_one(n, i) for n, i in enumerate(invocations)))
+        for held in sent:  # in scheduling order: work is handed out oldest first
+            if held is not None:
+                self._held[held.handle.id] = held
         if len(keep) == len(invocations) and not delay:
             hub.wake()
             return
@@ -146,6 +152,8 @@ class Activities:
             "n": invocation.name,
             "a": invocation.attempt,
             "in": invocation.input,
+            # Puts run concurrently; this restores scheduling order within a received batch.
+            "o": self._order.get(id(invocation), ""),
         }
         if redelivery:
             body["re"] = 1  # maybe a duplicate: check the row before running it
@@ -193,6 +201,7 @@ class Activities:
             room = max(limit, self._capacity - self._waiting())
             received = await hub.queues.receive(hub.names.work_queue, limit=room, lease=lease)
             hub.work_poll.polled(bool(received))
+            received.sort(key=lambda m: str((m.body or {}).get("o", "")))
             for message in received:
                 known = message.handle.id in self._held
                 admitted = await self._admit(message)
@@ -230,10 +239,17 @@ class Activities:
             await hub.queues.delete(message.handle)
             return None
         row_key = work_key(invocation.execution_id, invocation.task_id)
-        if (invocation.instance_id, row_key) in self._dead:
+        task = (invocation.instance_id, row_key)
+        if task in self._dead or any(
+            (h.invocation.instance_id, h.row_key) == task for h in self._held.values()
+        ):
+            # Gone, or a second message for a task held here already (a put whose
+            # response was lost and was sent again): this one must not run too.
             await hub.queues.delete(message.handle)
             return None
-        redelivered = message.dequeue_count > 1 or bool(body and body.get("re"))
+        # A message that waited long may be a copy whose task is done; check its row.
+        waited = hub.now() - message.inserted_on > hub.lease / 2
+        redelivered = message.dequeue_count > 1 or bool(body and body.get("re")) or waited
         if redelivered and not await self._still_scheduled(invocation.instance_id, row_key):
             await self._drop_completed(message, invocation.instance_id)
             return None
@@ -348,7 +364,11 @@ class Activities:
         trusted = session is not None and session.owned_until - hub.now() > hub.lease / 4
         ops: list[Op] = []
         pendings = {}
+        seen: set[str] = set()
         for held, result in chunk:
+            if held.row_key in seen:
+                continue  # two copies of one task finished together: the first counts
+            seen.add(held.row_key)
             entity, pending = await hub.inbox_entity(result.message)
             ops.append(("delete", {"PartitionKey": instance_id, "RowKey": held.row_key}))
             ops.append(("create", entity))
