@@ -139,8 +139,14 @@ class AsyncDurableClient:
         ``event_id`` makes the call idempotent while the event is pending:
         raising again with the same id delivers it once.
         """
+        await self._raise_event_json(instance_id, name, encode(data), event_id=event_id)
+
+    async def _raise_event_json(
+        self, instance_id: str, name: str, payload: str | None, *, event_id: str | None = None
+    ) -> None:
+        """``raise_event`` with the data already JSON text (the gRPC sidecar passes it through)."""
         await self._require(instance_id, "raise an event on", terminal_ok=False)
-        event = EventRaised(timestamp=self._clock.now(), name=name, input=encode(data))
+        event = EventRaised(timestamp=self._clock.now(), name=name, input=payload)
         key = f"event:{event_id}" if event_id else ""
         await self._store.enqueue(OrchestrationMessage(instance_id, event, key=key))
 
@@ -151,24 +157,36 @@ class AsyncDurableClient:
 
         Terminating a finished instance does nothing.
         """
+        await self._terminate_json(instance_id, encode(reason), recursive=recursive)
+
+    async def _terminate_json(
+        self, instance_id: str, reason: str | None, *, recursive: bool = True
+    ) -> None:
+        """``terminate`` with the reason already JSON text."""
         record = await self._require(instance_id, "terminate", terminal_ok=True)
         if record.status.is_terminal:
             return
-        event = ExecutionTerminated(
-            timestamp=self._clock.now(), input=encode(reason), recurse=recursive
-        )
+        event = ExecutionTerminated(timestamp=self._clock.now(), input=reason, recurse=recursive)
         await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def suspend(self, instance_id: str, reason: Any = None) -> None:
         """Pause an instance: it keeps receiving events but runs no code until resumed."""
+        await self._suspend_json(instance_id, encode(reason))
+
+    async def _suspend_json(self, instance_id: str, reason: str | None) -> None:
+        """``suspend`` with the reason already text."""
         await self._require(instance_id, "suspend", terminal_ok=False)
-        event = ExecutionSuspended(timestamp=self._clock.now(), input=encode(reason))
+        event = ExecutionSuspended(timestamp=self._clock.now(), input=reason)
         await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def resume(self, instance_id: str, reason: Any = None) -> None:
         """Resume a suspended instance."""
+        await self._resume_json(instance_id, encode(reason))
+
+    async def _resume_json(self, instance_id: str, reason: str | None) -> None:
+        """``resume`` with the reason already text."""
         await self._require(instance_id, "resume", terminal_ok=False)
-        event = ExecutionResumed(timestamp=self._clock.now(), input=encode(reason))
+        event = ExecutionResumed(timestamp=self._clock.now(), input=reason)
         await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:

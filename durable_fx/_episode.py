@@ -46,17 +46,27 @@ from ._state import OrchestrationStatus
 from .storage._records import (
     ActivityInvocation,
     EpisodeCommit,
+    InboxMessage,
     InstanceRecord,
     OrchestrationMessage,
 )
 
 __all__ = [
+    "AWAITING_START",
     "EpisodeIds",
+    "events_for",
+    "pending_start",
     "plan_before_start",
     "plan_consume_only",
     "plan_episode",
     "plan_failure",
+    "refusals",
+    "starting_instance",
 ]
+
+
+AWAITING_START = (OrchestrationStatus.PENDING, OrchestrationStatus.CONTINUED_AS_NEW)
+"""Statuses of an instance whose next execution has not begun yet."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +80,83 @@ class EpisodeIds:
     By action, not by child instance id: two starts of one id must stay two
     messages (the loser is refused), not collapse into one under a shared key.
     """
+
+
+def pending_start(
+    instance: InstanceRecord, messages: Sequence[InboxMessage]
+) -> ExecutionStarted | None:
+    """The start message that begins a new execution now, if one is pending.
+
+    Either the instance awaits exactly this execution (new instance,
+    continue-as-new) or it has finished and a new start re-creates it.
+    """
+    for message in messages:
+        event = message.event
+        if not isinstance(event, ExecutionStarted):
+            continue
+        same_execution = event.execution_id == instance.execution_id
+        if same_execution and instance.status in AWAITING_START:
+            return event
+        if not same_execution and instance.status.is_terminal:
+            return event
+    return None
+
+
+def starting_instance(instance: InstanceRecord, started: ExecutionStarted) -> InstanceRecord:
+    """The instance row as ``started`` begins a new execution (a re-created one is new again)."""
+    record = dataclasses.replace(
+        instance,
+        name=started.name,
+        execution_id=started.execution_id,
+        input=started.input,
+        output=None,
+        failure=None,
+        custom_status=None,
+    )
+    if instance.status.is_terminal:
+        record = dataclasses.replace(record, created_at=started.timestamp)
+    return record
+
+
+def events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[HistoryEvent]:
+    """Events addressed to this execution (or to whichever is current), in arrival order."""
+    return [
+        m.event
+        for m in messages
+        if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
+    ]
+
+
+def refusals(
+    messages: Sequence[InboxMessage],
+    execution_id: str,
+    status: OrchestrationStatus,
+    now: datetime,
+) -> list[OrchestrationMessage]:
+    """Tell parents whose sub-orchestration start this instance cannot take.
+
+    ``execution_id`` is the execution the instance runs after this episode,
+    and ``status`` its status then.
+    """
+    replies = []
+    for message in messages:
+        event = message.event
+        if not isinstance(event, ExecutionStarted) or event.parent is None:
+            continue
+        if event.execution_id == execution_id:
+            continue  # the start that runs (or a redelivered copy of it)
+        failure = FailureDetails(
+            error_type="InstanceExistsError",
+            message=f"instance {event.instance_id!r} is already {status.value}",
+            non_retriable=True,
+        )
+        reply = SubOrchestrationInstanceFailed(
+            timestamp=now, task_scheduled_id=event.parent.task_scheduled_id, failure=failure
+        )
+        replies.append(
+            OrchestrationMessage(event.parent.instance_id, reply, event.parent.execution_id)
+        )
+    return replies
 
 
 def plan_episode(

@@ -23,6 +23,7 @@ __all__ = [
     "EventSent",
     "ExecutionCompleted",
     "ExecutionResumed",
+    "ExecutionRewound",
     "ExecutionStarted",
     "ExecutionSuspended",
     "ExecutionTerminated",
@@ -112,6 +113,19 @@ class ContinueAsNew(_Event):
     input: str | None = None
 
 
+class ExecutionRewound(_Event):
+    """A failed execution is rewound: its failed results are dropped and it runs on.
+
+    Only the gRPC sidecar produces it (the Durable Task SDKs implement rewind);
+    ``parent_execution_id`` is the rewound parent's new execution, which a
+    rewound sub-orchestration reports back to.
+    """
+
+    kind: Literal["ExecutionRewound"] = "ExecutionRewound"
+    reason: str | None = None
+    parent_execution_id: str | None = None
+
+
 class OrchestratorStarted(_Event):
     """Opens every episode; its timestamp is the episode's ``current_utc_datetime``."""
 
@@ -192,6 +206,7 @@ HistoryEvent = Annotated[
     | ExecutionSuspended
     | ExecutionResumed
     | ContinueAsNew
+    | ExecutionRewound
     | OrchestratorStarted
     | OrchestratorCompleted
     | TaskScheduled

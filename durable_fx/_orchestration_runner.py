@@ -20,20 +20,23 @@ from pydantic import ValidationError
 
 from ._clock import Clock
 from ._episode import (
+    AWAITING_START,
     EpisodeIds,
+    events_for,
+    pending_start,
     plan_before_start,
     plan_consume_only,
     plan_episode,
     plan_failure,
+    refusals,
+    starting_instance,
 )
 from ._errors import ConflictError, NonDeterminismError, UnknownNameError
 from ._history import (
     ExecutionStarted,
     ExecutionTerminated,
-    FailureDetails,
     HistoryEvent,
     OrchestratorStarted,
-    SubOrchestrationInstanceFailed,
 )
 from ._registry import Registry
 from ._replay.actions import CreateSubOrchestration
@@ -42,17 +45,13 @@ from ._state import OrchestrationStatus
 from .storage._protocol import Store
 from .storage._records import (
     EpisodeCommit,
-    InboxMessage,
     InstanceRecord,
-    OrchestrationMessage,
     OrchestrationWorkItem,
 )
 
 __all__ = ["ExecutorCache", "OrchestrationRunner"]
 
 log = logging.getLogger("durable_fx.worker")
-
-_AWAITING_START = (OrchestrationStatus.PENDING, OrchestrationStatus.CONTINUED_AS_NEW)
 
 
 @dataclass(slots=True)
@@ -144,29 +143,33 @@ class OrchestrationRunner:
 
     async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
         instance = episode.instance
-        start = _pending_start(instance, episode.item.messages)
+        start = pending_start(instance, episode.item.messages)
         if start is not None:
             early = await self._events_before_start(instance)
             commit, entry = self._begin(episode, start, early)
             # Other parents' starts in the same batch lose the race for this id.
-            refused = self._refusals(episode, start.execution_id, commit.instance.status)
+            refused = refusals(
+                episode.item.messages, start.execution_id, commit.instance.status, episode.now
+            )
             if refused:
                 commit = dataclasses.replace(commit, messages=[*commit.messages, *refused])
             return commit, entry
-        refusals = self._refusals(episode, instance.execution_id, instance.status)
+        refused = refusals(
+            episode.item.messages, instance.execution_id, instance.status, episode.now
+        )
         if instance.status is OrchestrationStatus.PENDING:
             # A scheduled start is not visible yet: keep what arrived for when it is.
-            events = _events_for(instance.execution_id, episode.item.messages)
+            events = events_for(instance.execution_id, episode.item.messages)
             return plan_before_start(
                 instance=instance,
                 events=events,
                 consumed=episode.consumed,
                 now=episode.now,
-                messages=refusals,
+                messages=refused,
             ), None
-        if instance.status.is_terminal or instance.status in _AWAITING_START:
+        if instance.status.is_terminal or instance.status in AWAITING_START:
             return plan_consume_only(
-                instance=instance, consumed=episode.consumed, messages=refusals
+                instance=instance, consumed=episode.consumed, messages=refused
             ), None
         entry = self._cache.get(instance)
         if entry is None:
@@ -174,10 +177,10 @@ class OrchestrationRunner:
             if isinstance(rebuilt, EpisodeCommit):
                 return rebuilt, None
             entry = rebuilt
-        events = _events_for(instance.execution_id, episode.item.messages)
+        events = events_for(instance.execution_id, episode.item.messages)
         commit, kept = self._advance(episode, instance, entry, events, reset_history=False)
-        if refusals:
-            commit = dataclasses.replace(commit, messages=[*commit.messages, *refusals])
+        if refused:
+            commit = dataclasses.replace(commit, messages=[*commit.messages, *refused])
         return commit, kept
 
     async def _events_before_start(self, instance: InstanceRecord) -> list[HistoryEvent]:
@@ -190,17 +193,7 @@ class OrchestrationRunner:
         self, episode: _Episode, started: ExecutionStarted, early: Sequence[HistoryEvent] = ()
     ) -> tuple[EpisodeCommit, CachedExecution | None]:
         """Start a new execution: a fresh instance, a continue-as-new, or a re-created one."""
-        instance = dataclasses.replace(
-            episode.instance,
-            name=started.name,
-            execution_id=started.execution_id,
-            input=started.input,
-            output=None,
-            failure=None,
-            custom_status=None,
-        )
-        if episode.instance.status.is_terminal:
-            instance = dataclasses.replace(instance, created_at=started.timestamp)
+        instance = starting_instance(episode.instance, started)
         definition = self._registry.find_orchestrator(started.name)
         if definition is None:
             error = UnknownNameError(
@@ -211,7 +204,7 @@ class OrchestrationRunner:
         executor = OrchestrationExecutor(definition, started, registry=self._registry)
         entry = CachedExecution(executor, started, "")
         events: list[HistoryEvent] = [started, *early]
-        events += _events_for(started.execution_id, episode.item.messages)
+        events += events_for(started.execution_id, episode.item.messages)
         return self._advance(episode, instance, entry, events, reset_history=True)
 
     def _advance(
@@ -291,65 +284,6 @@ class OrchestrationRunner:
             now=episode.now,
             reset_history=reset_history,
         )
-
-    def _refusals(
-        self, episode: _Episode, execution_id: str, status: OrchestrationStatus
-    ) -> list[OrchestrationMessage]:
-        """Tell parents whose sub-orchestration start this instance cannot take.
-
-        ``execution_id`` is the execution the instance runs after this episode,
-        and ``status`` its status then.
-        """
-        replies = []
-        for message in episode.item.messages:
-            event = message.event
-            if not isinstance(event, ExecutionStarted) or event.parent is None:
-                continue
-            if event.execution_id == execution_id:
-                continue  # the start that runs (or a redelivered copy of it)
-            failure = FailureDetails(
-                error_type="InstanceExistsError",
-                message=f"instance {event.instance_id!r} is already {status.value}",
-                non_retriable=True,
-            )
-            reply = SubOrchestrationInstanceFailed(
-                timestamp=episode.now,
-                task_scheduled_id=event.parent.task_scheduled_id,
-                failure=failure,
-            )
-            replies.append(
-                OrchestrationMessage(event.parent.instance_id, reply, event.parent.execution_id)
-            )
-        return replies
-
-
-def _pending_start(
-    instance: InstanceRecord, messages: Sequence[InboxMessage]
-) -> ExecutionStarted | None:
-    """The start message that begins a new execution now, if one is pending.
-
-    Either the instance awaits exactly this execution (new instance,
-    continue-as-new) or it has finished and a new start re-creates it.
-    """
-    for message in messages:
-        event = message.event
-        if not isinstance(event, ExecutionStarted):
-            continue
-        same_execution = event.execution_id == instance.execution_id
-        if same_execution and instance.status in _AWAITING_START:
-            return event
-        if not same_execution and instance.status.is_terminal:
-            return event
-    return None
-
-
-def _events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[HistoryEvent]:
-    """Events addressed to this execution (or to whichever is current), in arrival order."""
-    return [
-        m.event
-        for m in messages
-        if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
-    ]
 
 
 def _continues_as_new(output: EpisodeOutput) -> bool:

@@ -52,6 +52,7 @@ from .actions import (
     ScheduleTask,
     SendEvent,
 )
+from .admission import admits
 from .context import OrchestrationContext
 from .tasks import Task
 
@@ -65,12 +66,6 @@ _SCHEDULING_EVENTS: dict[type[Any], type[Any]] = {
 }
 _USER_CODE_ERRORS = (Exception, SystemExit)
 """What orchestrator code may raise to fail its instance (sys.exit() must not stop a worker)."""
-_RESULT_EVENTS = (
-    TaskCompleted,
-    TaskFailed,
-    SubOrchestrationInstanceCompleted,
-    SubOrchestrationInstanceFailed,
-)
 
 
 @dataclass(slots=True)
@@ -167,15 +162,12 @@ class OrchestrationExecutor:
 
     def _admit(self, event: HistoryEvent) -> bool:
         """False for events that must not reach history: duplicates and late results."""
-        if self._ctx._completion is not None:
-            return isinstance(event, OrchestratorStarted)
-        if isinstance(event, ExecutionStarted):
-            return not self._started
-        if isinstance(event, _RESULT_EVENTS):
-            return event.task_scheduled_id in self._ctx._result_handlers
-        if isinstance(event, TimerFired):
-            return event.timer_id in self._ctx._result_handlers
-        return True
+        return admits(
+            event,
+            started=self._started,
+            completed=self._ctx._completion is not None,
+            open_ids=self._ctx._result_handlers,
+        )
 
     # -- event dispatch --------------------------------------------------------------
 
