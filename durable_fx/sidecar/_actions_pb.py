@@ -1,0 +1,131 @@
+"""Orchestrator actions, Durable Task protobuf -> durable_fx, one to one.
+
+An SDK worker answers an ``OrchestratorRequest`` with ``OrchestratorAction``
+messages; each scheduling action becomes the durable_fx action of the same
+kind and keeps the SDK's id (its sequence number) as the ``id`` the history
+event records, exactly as the built-in executor numbers its own actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._history import EventRaised, FailureDetails, HistoryEvent
+from .._replay.actions import (
+    Action,
+    CompleteOrchestration,
+    CreateSubOrchestration,
+    CreateTimer,
+    ScheduleTask,
+    SendEvent,
+)
+from .._state import OrchestrationStatus
+from ._history_pb import event_from_pb, failure_from_pb, status_from_pb
+from ._proto import from_timestamp, optional_text, pb
+
+__all__ = ["ResponseActions", "actions_from_pb"]
+
+_COMPLETION_STATUSES = {
+    OrchestrationStatus.COMPLETED: "COMPLETED",
+    OrchestrationStatus.FAILED: "FAILED",
+    OrchestrationStatus.TERMINATED: "TERMINATED",
+    OrchestrationStatus.CONTINUED_AS_NEW: "CONTINUED_AS_NEW",
+}
+
+
+@dataclass(slots=True)
+class ResponseActions:
+    """What an ``OrchestratorResponse`` asks for, in durable_fx terms."""
+
+    actions: list[Action] = field(default_factory=list)
+    completion: CompleteOrchestration | None = None
+    rewound_history: list[HistoryEvent] | None = None
+    """The history a rewind replaces the failed one with (``rewindOrchestration``)."""
+
+
+def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions:
+    """Convert the actions of one response.
+
+    An action durable_fx cannot carry out (entity messages, terminating
+    another instance) fails the orchestration with a failure that says so:
+    dropping it silently would leave the code waiting forever.
+    """
+    result = ResponseActions()
+    for action in actions:
+        kind = action.WhichOneof("orchestratorActionType")
+        match kind:
+            case "scheduleTask":
+                task = action.scheduleTask
+                result.actions.append(
+                    ScheduleTask(action.id, task.name, optional_text(task, "input"))
+                )
+            case "createTimer":
+                result.actions.append(
+                    CreateTimer(action.id, from_timestamp(action.createTimer.fireAt))
+                )
+            case "createSubOrchestration":
+                child = action.createSubOrchestration
+                result.actions.append(
+                    CreateSubOrchestration(
+                        action.id, child.name, child.instanceId, optional_text(child, "input")
+                    )
+                )
+            case "sendEvent":
+                send = action.sendEvent
+                result.actions.append(
+                    SendEvent(
+                        action.id, send.instance.instanceId, send.name, optional_text(send, "data")
+                    )
+                )
+            case "completeOrchestration":
+                result.completion = _completion(action.completeOrchestration)
+            case "rewindOrchestration":
+                rewind = action.rewindOrchestration
+                result.rewound_history = [event_from_pb(e) for e in rewind.newHistory]
+            case _:
+                result.actions.clear()
+                result.completion = _unsupported(kind)
+                return result
+    return result
+
+
+def _completion(complete: pb.CompleteOrchestrationAction) -> CompleteOrchestration:
+    status = _COMPLETION_STATUSES.get(status_from_pb(complete.orchestrationStatus))
+    if status is None:
+        raise ValueError(
+            f"an orchestration cannot complete as {complete.orchestrationStatus}; "
+            "expected COMPLETED, FAILED, TERMINATED or CONTINUED_AS_NEW"
+        )
+    failure = None
+    if complete.HasField("failureDetails"):
+        failure = failure_from_pb(complete.failureDetails)
+    elif status == "FAILED":
+        failure = FailureDetails(error_type="Error", message="the orchestration failed")
+    carryover: list[HistoryEvent] = [
+        event
+        for event in map(event_from_pb, complete.carryoverEvents)
+        if isinstance(event, EventRaised)
+    ]
+    return CompleteOrchestration(
+        status,  # type: ignore[arg-type]
+        result=optional_text(complete, "result"),
+        failure=failure,
+        carryover_events=carryover,
+    )
+
+
+def _unsupported(kind: str | None) -> CompleteOrchestration:
+    what = {
+        "sendEntityMessage": "entity operations (durable_fx has no entities yet)",
+        "terminateOrchestration": "terminating another instance from an orchestration "
+        "(use a client's terminate instead)",
+    }.get(kind or "", f"the {kind!r} action")
+    return CompleteOrchestration(
+        "FAILED",
+        failure=FailureDetails(
+            error_type="NotSupportedError",
+            message=f"the durable_fx sidecar does not support {what}",
+            non_retriable=True,
+        ),
+    )

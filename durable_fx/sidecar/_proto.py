@@ -1,0 +1,66 @@
+"""The Durable Task protobuf, as the ``durabletask`` package ships it, and small helpers.
+
+The generated modules come from the official Python SDK (``durabletask``), so
+the sidecar speaks exactly the protocol its workers and clients were built
+against. Importing this module without the ``sidecar`` extra fails with the
+install hint.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+try:
+    import grpc
+    from durabletask.internal import orchestrator_service_pb2 as pb
+    from durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
+    from google.protobuf import empty_pb2, timestamp_pb2, wrappers_pb2
+    from google.protobuf.message import Message
+except ImportError as missing:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the durable_fx gRPC sidecar needs grpcio, protobuf and durabletask ({missing}); "
+        "install them with: pip install 'durable-fx[sidecar]'"
+    ) from missing
+
+__all__ = [
+    "Message",
+    "empty_pb2",
+    "from_timestamp",
+    "grpc",
+    "optional_text",
+    "pb",
+    "pb_grpc",
+    "text_value",
+    "timestamp",
+    "wrappers_pb2",
+]
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for an aware (or naive UTC) datetime."""
+    value = timestamp_pb2.Timestamp()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    value.FromDatetime(moment)
+    return value
+
+
+def from_timestamp(value: timestamp_pb2.Timestamp) -> datetime:
+    """An aware UTC datetime from a protobuf Timestamp."""
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def text_value(text: str | None) -> wrappers_pb2.StringValue | None:
+    """A StringValue for ``text``; ``None`` leaves the field unset (JSON payloads are never "")."""
+    return None if text is None else wrappers_pb2.StringValue(value=text)
+
+
+def optional_text(message: Message, field: str) -> str | None:
+    """The value of a StringValue field of ``message``; ``None`` when unset or empty.
+
+    Payloads are JSON, and ``""`` is no JSON value: the SDKs send it for "nothing".
+    """
+    if not message.HasField(field):
+        return None
+    value: str = getattr(message, field).value
+    return value or None

@@ -1,0 +1,121 @@
+"""Rewind: a failed instance runs on from its last good state.
+
+The Durable Task SDKs implement the history rewrite themselves: sent the
+failed history with an ``ExecutionRewound`` new event, the worker answers
+with a ``rewindOrchestration`` action holding the clean history (failed
+results removed, a new execution id). The sidecar commits that history,
+wakes the instance so the SDK replays it and schedules the failed work
+again, and rewinds the failed sub-orchestrations it was waiting on (or
+starts a purged one again), pointing them at the parent's new execution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from .._episode import plan_consume_only
+from .._history import (
+    ExecutionRewound,
+    ExecutionStarted,
+    HistoryEvent,
+    OrchestratorStarted,
+    ParentInstance,
+    SubOrchestrationInstanceCreated,
+)
+from .._replay.admission import HistoryState
+from .._state import OrchestrationStatus
+from ..storage._protocol import Store
+from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationMessage
+
+__all__ = ["plan_rewind"]
+
+
+async def plan_rewind(
+    store: Store,
+    *,
+    instance: InstanceRecord,
+    rewound_history: list[HistoryEvent] | None,
+    consumed: Sequence[str],
+    now: datetime,
+) -> EpisodeCommit:
+    """The commit that replaces a failed history with ``rewound_history``.
+
+    Without a rewritten history (an SDK that does not rewind) the instance
+    stays failed and the request is dropped.
+    """
+    started = next((e for e in rewound_history or () if isinstance(e, ExecutionStarted)), None)
+    if rewound_history is None or started is None:
+        return plan_consume_only(instance=instance, consumed=consumed)
+    execution_id = started.execution_id
+    record = dataclasses.replace(
+        instance,
+        execution_id=execution_id,
+        status=OrchestrationStatus.RUNNING,
+        output=None,
+        failure=None,
+        updated_at=now,
+    )
+    reason = next(
+        (e.reason for e in reversed(rewound_history) if isinstance(e, ExecutionRewound)), None
+    )
+    # The wake-up replays the clean history; its OrchestratorStarted is not recorded.
+    wake_up = OrchestrationMessage(
+        instance.instance_id, OrchestratorStarted(timestamp=now), execution_id
+    )
+    children = await _rewind_children(store, rewound_history, started, reason, now)
+    return EpisodeCommit(
+        instance=record,
+        new_history=rewound_history,
+        consumed=list(consumed),
+        messages=[wake_up, *children],
+        reset_history=True,
+    )
+
+
+async def _rewind_children(
+    store: Store,
+    history: Sequence[HistoryEvent],
+    started: ExecutionStarted,
+    reason: str | None,
+    now: datetime,
+) -> list[OrchestrationMessage]:
+    """Rewind (or start again, if purged) the failed sub-orchestrations still awaited."""
+    awaited = HistoryState.of(history).children
+    created = {
+        e.event_id: e
+        for e in history
+        if isinstance(e, SubOrchestrationInstanceCreated) and e.event_id in awaited
+    }
+    messages = []
+    for task_id, event in created.items():
+        child = await store.get_instance(event.instance_id)
+        if child is None:
+            messages.append(_start_again(event, started, task_id, now))
+        elif child.status is OrchestrationStatus.FAILED:
+            rewound = ExecutionRewound(
+                timestamp=now, reason=reason, parent_execution_id=started.execution_id
+            )
+            messages.append(OrchestrationMessage(event.instance_id, rewound))
+    return messages
+
+
+def _start_again(
+    event: SubOrchestrationInstanceCreated, parent: ExecutionStarted, task_id: int, now: datetime
+) -> OrchestrationMessage:
+    start = ExecutionStarted(
+        timestamp=now,
+        name=event.name,
+        instance_id=event.instance_id,
+        execution_id=uuid.uuid4().hex,
+        input=event.input,
+        parent=ParentInstance(
+            instance_id=parent.instance_id,
+            execution_id=parent.execution_id,
+            name=parent.name,
+            task_scheduled_id=task_id,
+        ),
+    )
+    return OrchestrationMessage(event.instance_id, start)

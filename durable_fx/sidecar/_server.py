@@ -1,0 +1,239 @@
+"""``SidecarServer``: the Durable Task gRPC sidecar on a durable_fx store, embeddable.
+
+Run it like a ``Worker``: ``await server.run()`` on a loop of yours,
+``async with server:``, or ``with server:`` / ``start()``/``stop()`` on a
+background thread. Stopping ends every worker's stream, lets in-flight
+completions finish for ``shutdown_grace`` seconds, and releases whatever
+workers still hold so it is delivered again at once after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+from types import TracebackType
+from typing import Self
+
+from .._clock import Clock, SystemClock
+from ..storage import open_store
+from ..storage._protocol import Store
+from ._client_service import ClientService
+from ._episodes import EpisodeBridge
+from ._proto import grpc, pb_grpc
+from ._service import SidecarServicer
+from ._watch import InstanceWatch
+from ._work_items import WorkItemDispatcher
+
+__all__ = ["SidecarServer"]
+
+log = logging.getLogger("durable_fx.sidecar")
+
+_MAX_MESSAGE = 256 * 1024 * 1024
+"""Histories travel whole in every orchestrator request; gRPC's 4 MB default is too small."""
+
+
+class SidecarServer:
+    """Serves ``TaskHubSidecarService`` so the official Durable Task SDKs run on ``store``.
+
+    Args:
+        store: A ``Store`` or a store URL (default: ``default_store_url()``).
+        host: The interface to listen on.
+        port: The port to listen on; 0 picks a free one (see ``port`` once started).
+        clock: Source of timestamps (tests inject a manual one).
+        lease: How long work handed to a worker stays locked; held activities
+            are renewed, and a crashed sidecar's work is taken over after it.
+        max_poll_interval: Longest sleep between store polls of an idle stream.
+        ping_interval: Seconds of silence after which a stream gets a health
+            ping (the SDKs reconnect after 120 s without a message).
+        cache_size: Instances whose history is kept between episodes.
+        shutdown_grace: Seconds stopping waits for in-flight RPCs.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4001,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(minutes=2),
+        max_poll_interval: float = 1.0,
+        ping_interval: float = 30.0,
+        cache_size: int = 1_000,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._owns_store = not isinstance(store, Store)
+        self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
+        self._host = host
+        self._port = port
+        self._lease = lease
+        self._max_poll = max_poll_interval
+        self._ping_interval = ping_interval
+        self._cache_size = cache_size
+        self._grace = shutdown_grace
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:sidecar:{uuid.uuid4().hex[:8]}"
+        self._server: grpc.aio.Server | None = None
+        self._dispatcher: WorkItemDispatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_ready = threading.Event()
+        self._thread_error: BaseException | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store the sidecar serves."""
+        return self._store
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one picked, once started with port 0)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as an SDK's ``host_address`` takes it."""
+        return f"{self._host}:{self._port}"
+
+    # -- async lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until ``request_stop()`` (or cancellation), then stop gracefully."""
+        try:
+            await self._start()
+            assert self._stopping is not None
+            self._thread_ready.set()
+            await self._stopping.wait()
+        finally:
+            await self._stop()
+
+    def request_stop(self) -> None:
+        """Ask the server to stop (now, or as soon as it starts); safe from any thread."""
+        self._stop_requested.set()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        assert self._stopping is not None
+        stopping = self._stopping
+
+        async def wait_then_stop() -> None:
+            try:
+                await stopping.wait()
+            finally:
+                await self._stop()
+
+        self._run_task = asyncio.create_task(wait_then_stop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.request_stop()
+        if self._run_task is not None:
+            await self._run_task
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stopping.set()
+        watch = InstanceWatch(self._store, max_poll=self._max_poll)
+        bridge = EpisodeBridge(self._store, self._clock, cache_size=self._cache_size)
+        self._dispatcher = WorkItemDispatcher(
+            self._store,
+            self._clock,
+            bridge,
+            watch,
+            owner=self._owner,
+            lease=self._lease,
+            ping_interval=self._ping_interval,
+            max_poll_interval=self._max_poll,
+        )
+        servicer = SidecarServicer(ClientService(self._store, self._clock, watch), self._dispatcher)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ]
+        )
+        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        bound = server.add_insecure_port(f"{self._host}:{self._port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {self._host}:{self._port}")
+        self._port = bound
+        await server.start()
+        self._server = server
+        self._dispatcher.start()
+        log.info("durable_fx sidecar listening on %s", self.address)
+
+    async def _stop(self) -> None:
+        server, dispatcher = self._server, self._dispatcher
+        self._server = None
+        if dispatcher is not None:
+            dispatcher.begin_close()
+        if server is not None:
+            await server.stop(self._grace)
+        if dispatcher is not None:
+            await dispatcher.close()
+        if self._owns_store:
+            await self._store.close()
+        log.info("durable_fx sidecar on %s stopped", self.address)
+
+    # -- sync lifecycle (background thread) ------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve on a background thread until ``stop()``; raises if it cannot listen."""
+        if self._thread is not None:
+            raise RuntimeError("this sidecar is already started")
+        self._thread = threading.Thread(
+            target=self._thread_main, name="durable-fx-sidecar", daemon=True
+        )
+        self._thread.start()
+        self._thread_ready.wait()
+        if self._thread_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._thread_error
+
+    def stop(self) -> None:
+        """Stop the background thread's server gracefully and wait for it."""
+        if self._thread is None:
+            return
+        self.request_stop()
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.run())
+        except BaseException as error:  # surfaced to start() if it happens before ready
+            self._thread_error = error
+            if self._thread_ready.is_set():
+                log.exception("sidecar stopped with an error")
+        finally:
+            self._thread_ready.set()
