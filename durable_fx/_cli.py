@@ -592,6 +592,50 @@ def worker(
         )
 
 
+@app.command()
+def sidecar(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 4001,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            metavar="SECONDS",
+            min=1,
+            help="How long handed-out work stays "
+            "locked; a crashed sidecar's work is taken over after it.",
+        ),
+    ] = 120.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Serve the Durable Task gRPC protocol so the official SDKs run on the store.
+
+    Point an SDK's client and worker at HOST:PORT (Python: TaskHubGrpcClient and
+    TaskHubGrpcWorker with host_address="127.0.0.1:4001"). Ctrl-C or SIGTERM stops
+    it gracefully; work that workers still hold is released for the next start.
+    """
+    try:
+        from .sidecar._command import run_sidecar
+    except ImportError as missing:
+        raise CliError(str(missing), exit_code=USAGE_ERROR) from None
+    settings = _settings(ctx, store, json_output)
+    run_sidecar(
+        settings.store,
+        host=host,
+        port=port,
+        lease=lease,
+        log_level=log_level,
+        json_output=settings.json,
+    )
+
+
 def main() -> None:
     """The ``durable-fx`` console script."""
     app(prog_name="durable-fx")

@@ -8,10 +8,10 @@ import logging
 import os
 import signal
 import sys
+from typing import Protocol
 
 from ._cli_output import USAGE_ERROR, CliError
 from ._registry import Registry
-from ._worker import Worker
 
 __all__ = ["load_registry", "run_until_signalled"]
 
@@ -71,7 +71,15 @@ def load_registry(target: str) -> Registry:
     )
 
 
-async def run_until_signalled(worker: Worker) -> str | None:
+class Service(Protocol):
+    """Something that runs until asked to stop: a ``Worker``, a ``SidecarServer``."""
+
+    async def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+async def run_until_signalled(worker: Service) -> str | None:
     """Run ``worker`` until SIGINT or SIGTERM, then stop it gracefully.
 
     Returns the name of the signal that stopped it (``None`` if it stopped
