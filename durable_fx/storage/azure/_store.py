@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
 from ..._history import HistoryEvent
+from .._delivered import DeliveredMessage
 from .._records import (
     ActivityResult,
     ActivityWorkItem,
@@ -38,6 +39,7 @@ from .._records import (
     PoisonedMessage,
 )
 from ._activities import Activities
+from ._delivered import Delivered
 from ._hub import Hub
 from ._orchestrations import Orchestrations
 from ._policies import RequestCounter
@@ -106,6 +108,7 @@ class AzureStore:
         self._activities = Activities(self._hub)
         self._orchestrations = Orchestrations(self._hub, self._activities)
         self._reads = Reads(self._hub, self._orchestrations)
+        self._delivered = Delivered(self._orchestrations, self._activities)
 
     def __repr__(self) -> str:
         return f"AzureStore({self.settings.describe()})"
@@ -185,6 +188,32 @@ class AzureStore:
     async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
         """Extend the lease if this worker still holds the item; otherwise do nothing."""
         await self._call(lambda: self._activities.renew(item, lease))
+
+    # -- work a Functions host delivers (DeliveredWork, see _delivered) -----------
+
+    async def accept_wake_up(self, message: DeliveredMessage, *, lease: timedelta) -> str | None:
+        """Own the instance a delivered control message names, if it has work now."""
+        return await self._call(lambda: self._delivered.accept_wake_up(message, lease))
+
+    async def lock_delivered(
+        self, instance_id: str, *, owner: str, lease: timedelta
+    ) -> OrchestrationWorkItem | None:
+        """The next episode of an instance accepted by ``accept_wake_up``."""
+        return await self._call(lambda: self._delivered.lock_delivered(instance_id, owner, lease))
+
+    async def release_delivered(self, instance_id: str) -> None:
+        """End an accepted instance's session, leaving a wake-up for what is pending."""
+        await self._call(lambda: self._delivered.release_delivered(instance_id))
+
+    async def accept_work_item(
+        self, message: DeliveredMessage, *, owner: str, lease: timedelta
+    ) -> ActivityWorkItem | None:
+        """The activity a delivered work-item message asks for, or ``None`` if it must not run."""
+        return await self._call(lambda: self._delivered.accept_work_item(message, owner, lease))
+
+    async def forget_work_item(self, item: ActivityWorkItem) -> None:
+        """Drop an accepted work item that failed here (the host redelivers it)."""
+        await self._call(lambda: self._delivered.forget_work_item(item))
 
     # -- reading and housekeeping -----------------------------------------------
 

@@ -1,0 +1,308 @@
+"""``DurableApp``: a Functions app (Python v2 model) that runs durable orchestrations.
+
+It is a ``func.FunctionApp``: user routes, timers, queue triggers and
+blueprints work as usual. On top, it registers real functions the host
+indexes:
+
+================  ===========================  ==========================================
+function          trigger                      does
+================  ===========================  ==========================================
+``dfx_control``   queue ``<hub>-control``      runs the episodes of the instance named
+``dfx_work_items`` queue ``<hub>-workitems``   runs one activity
+``dfx_start``...  HTTP (management API)        start / status / list / raise / terminate...
+================  ===========================  ==========================================
+
+Orchestrators and activities are not functions of their own: the two queue
+functions run all of them, so adding one never changes the app's bindings.
+Decorators return the user's function unchanged (typed), and ``app.registry``
+is a ``Registry``, so ``Worker(app, store)`` and ``DurableClient`` work as in
+any durable_fx program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
+
+import azure.functions as func
+
+from .._registry import Registry
+from ..storage import Store
+from ..storage._delivered import DeliveredMessage
+from ._client_binding import with_durable_client
+from ._events import EventIdSource, EventSource, InstanceIdSource, QueueEventHandler, WebhookHandler
+from ._management import ManagementApi, guarded
+from ._runtime import AppRuntime
+from ._settings import FunctionsSettings
+from ._verify import WebhookVerifier
+
+__all__ = ["DurableApp"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+
+HttpHandler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+QueueHandler = Callable[[func.QueueMessage], Awaitable[None]]
+
+
+class DurableApp(func.FunctionApp):
+    """A ``func.FunctionApp`` with durable orchestrators, activities and event sources.
+
+    Args:
+        http_auth_level: Default auth level of HTTP functions (as ``FunctionApp``).
+        hub: Task hub; else ``DURABLE_FX_HUB``, else ``durablefx``.
+        connection: App setting of the storage connection the durable queue
+            triggers use; else ``DURABLE_FX_CONNECTION``, else ``AzureWebJobsStorage``.
+        store: A ``Store`` or store URL; else ``DURABLE_FX_STORE``, else the connection's.
+        management_api: Register the HTTP management API functions.
+        management_auth_level: Their auth level; else ``DURABLE_FX_MANAGEMENT_AUTH``,
+            else FUNCTION.
+        registry: Share an existing ``Registry`` instead of a new one.
+    """
+
+    def __init__(
+        self,
+        http_auth_level: func.AuthLevel | str = func.AuthLevel.FUNCTION,
+        *,
+        hub: str | None = None,
+        connection: str | None = None,
+        store: Store | str | None = None,
+        management_api: bool = True,
+        management_auth_level: func.AuthLevel | str | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        super().__init__(http_auth_level=http_auth_level)
+        level = management_auth_level
+        self._settings = FunctionsSettings.from_environment(
+            hub=hub,
+            connection=connection,
+            store_url=store if isinstance(store, str) else None,
+            management_auth_level=level.name if isinstance(level, func.AuthLevel) else level,
+        )
+        self._registry = registry if registry is not None else Registry()
+        self._runtime = AppRuntime(self._registry, self._settings, store)
+        self._management = ManagementApi(self._runtime)
+        self._register_durable_triggers()
+        if management_api:
+            self._register_management_api()
+
+    # -- what the app is -----------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The orchestrators and activities (``Worker(app, store)`` runs them)."""
+        return self._registry
+
+    @property
+    def settings(self) -> FunctionsSettings:
+        """Hub, queue and connection names, limits (read from app settings)."""
+        return self._settings
+
+    @property
+    def runtime(self) -> AppRuntime:
+        """The store, clients and runners the app's functions share."""
+        return self._runtime
+
+    def use_store(self, store: Store | str) -> None:
+        """Run against ``store`` instead of the settings' store (before first use)."""
+        self._runtime.use_store(store)
+
+    # -- orchestrators and activities ----------------------------------------------------
+
+    @overload
+    def orchestrator(self, fn: F, /) -> F: ...
+    @overload
+    def orchestrator(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def orchestrator(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+        """Register a generator function ``f(ctx, input)`` as an orchestrator."""
+        register: Callable[[F], F] = self._registry.orchestrator(name=name)
+        return register(fn) if fn is not None else register
+
+    @overload
+    def activity(self, fn: F, /) -> F: ...
+    @overload
+    def activity(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+        """Register a function (sync or ``async def``) as an activity."""
+        register: Callable[[F], F] = self._registry.activity(name=name)
+        return register(fn) if fn is not None else register
+
+    # -- event sources ----------------------------------------------------------------------
+
+    def event_webhook(
+        self,
+        *,
+        route: str,
+        event_name: str,
+        instance_id: InstanceIdSource,
+        verify: WebhookVerifier | Sequence[WebhookVerifier] = (),
+        event_id: EventIdSource | None = None,
+        batch: bool = False,
+        auth_level: func.AuthLevel | str | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Turn verified POSTs to ``route`` into ``raise_event(instance, event_name, data)``.
+
+        The decorated function receives the JSON body validated into its
+        parameter's type and returns the event's data (``None``: ignore it).
+        ``instance_id`` is a callable on that payload or a route/query parameter
+        name; ``event_id`` gives the provider's event id (default: its id
+        header, else a hash of the body), so a replayed delivery raises once.
+        With ``batch`` the body is a JSON array of payloads (Event Grid).
+        ``auth_level`` defaults to ANONYMOUS when a verifier authenticates the
+        sender (a signature), else to the app's level.
+        """
+        verifiers = (verify,) if callable(verify) else tuple(verify)
+        if auth_level is None and any(v.authenticates for v in verifiers):
+            auth_level = func.AuthLevel.ANONYMOUS
+        methods = ["POST", *(m for v in verifiers for m in v.methods if m != "POST")]
+
+        def register(fn: F) -> F:
+            function_name = name or fn.__name__
+            source = EventSource.of(
+                function_name, fn, event_name=event_name, instance_id=instance_id, event_id=event_id
+            )
+            handler = WebhookHandler(self._runtime, source, verifiers, batch=batch)
+            self._add_http(function_name, route, list(dict.fromkeys(methods)), auth_level, handler)
+            return fn
+
+        return register
+
+    def event_queue(
+        self,
+        *,
+        queue_name: str,
+        event_name: str,
+        instance_id: Callable[[Any], str | None],
+        event_id: EventIdSource | None = None,
+        connection: str | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Turn each message of ``queue_name`` into ``raise_event(instance, event_name, data)``.
+
+        The decorated function receives the message's JSON validated into its
+        parameter's type and returns the event's data (``None``: ignore it).
+        ``event_id`` defaults to the message id, so a redelivered message raises
+        once. Messages that can never become an event go to ``<queue>-poison``
+        with the reason.
+        """
+
+        def register(fn: F) -> F:
+            function_name = name or fn.__name__
+            source = EventSource.of(
+                function_name, fn, event_name=event_name, instance_id=instance_id, event_id=event_id
+            )
+            handler = QueueEventHandler(self._runtime, source, queue_name)
+            chosen = connection or self._settings.connection
+            self._add_queue(function_name, queue_name, chosen, handler)
+            return fn
+
+        return register
+
+    # -- the durable client for user functions ---------------------------------------------
+
+    def durable_client_input(
+        self,
+        client_name: str = "client",
+        task_hub: str | None = None,
+        connection_name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Pass the app's durable client to the decorated function as ``client_name``.
+
+        Put it directly above ``def`` (below ``@app.route``): an ``async def``
+        receives an ``AsyncDurableClient``, a plain function a ``DurableClient``.
+        ``task_hub`` and ``connection_name`` (Durable Functions' arguments) may
+        only name the app's own hub and connection.
+        """
+        settings = self._settings
+        if task_hub not in (None, settings.hub) or connection_name not in (
+            None,
+            settings.connection,
+        ):
+            raise ValueError(
+                f"durable_client_input: this app's client uses hub {settings.hub!r} and "
+                f"connection {settings.connection!r}; other hubs need another DurableApp"
+            )
+
+        def decorate(fn: F) -> F:
+            wrapped: F = with_durable_client(fn, client_name, self._runtime)  # type: ignore[assignment]
+            return wrapped
+
+        return decorate
+
+    def create_check_status_response(
+        self, req: func.HttpRequest, instance_id: str
+    ) -> func.HttpResponse:
+        """202 with a Location header and Durable Functions' check-status body."""
+        return self._management.check_status_response(req, instance_id)
+
+    # -- registration ---------------------------------------------------------------------
+
+    def _add_http(
+        self,
+        name: str,
+        route: str,
+        methods: list[str],
+        auth_level: func.AuthLevel | str | None,
+        handler: HttpHandler,
+    ) -> None:
+        # The worker binds by parameter name and annotation: `req: func.HttpRequest`.
+        async def run(req: func.HttpRequest) -> func.HttpResponse:
+            return await handler(req)
+
+        run.__name__ = run.__qualname__ = name
+        trigger = self.route(route=route, methods=methods, auth_level=auth_level)
+        self.function_name(name)(trigger(run))
+
+    def _add_queue(self, name: str, queue: str, connection: str, handler: QueueHandler) -> None:
+        # The worker binds by parameter name and annotation: `msg: func.QueueMessage`.
+        async def run(msg: func.QueueMessage) -> None:
+            await handler(msg)
+
+        run.__name__ = run.__qualname__ = name
+        trigger = self.queue_trigger(arg_name="msg", queue_name=queue, connection=connection)
+        self.function_name(name)(trigger(run))
+
+    def _register_durable_triggers(self) -> None:
+        runtime = self._runtime
+        settings = self._settings
+
+        async def control(msg: func.QueueMessage) -> None:
+            await runtime.run_wake_up(delivered(msg))
+
+        async def work_item(msg: func.QueueMessage) -> None:
+            await runtime.run_work_item(delivered(msg))
+
+        self._add_queue("dfx_control", settings.control_queue, settings.connection, control)
+        self._add_queue("dfx_work_items", settings.work_queue, settings.connection, work_item)
+
+    def _register_management_api(self) -> None:
+        api = self._management
+        level = self._settings.management_auth_level
+        routes: list[tuple[str, str, str, HttpHandler]] = [
+            ("dfx_start", "orchestrators/{name}/{instanceId?}", "POST", api.start),
+            ("dfx_status", "instances/{instanceId}", "GET", api.status),
+            ("dfx_list", "instances", "GET", api.list),
+            ("dfx_raise_event", "instances/{instanceId}/raiseEvent/{eventName}", "POST",
+             api.raise_event),
+            ("dfx_terminate", "instances/{instanceId}/terminate", "POST", api.terminate),
+            ("dfx_suspend", "instances/{instanceId}/suspend", "POST", api.suspend),
+            ("dfx_resume", "instances/{instanceId}/resume", "POST", api.resume),
+            ("dfx_purge", "instances/{instanceId}", "DELETE", api.purge),
+        ]  # fmt: skip
+        for name, route, method, handler in routes:
+            self._add_http(name, route, [method], level, guarded(handler))
+
+
+def delivered(msg: func.QueueMessage) -> DeliveredMessage:
+    """What the store needs of a queue trigger's message."""
+    return DeliveredMessage(
+        id=msg.id or "",
+        pop_receipt=msg.pop_receipt or "",
+        text=(msg.get_body() or b"").decode("utf-8", "replace"),
+        dequeue_count=msg.dequeue_count or 1,
+        inserted_at=msg.insertion_time or datetime.now(UTC),
+    )

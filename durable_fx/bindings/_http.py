@@ -1,0 +1,138 @@
+"""HTTP plumbing for the management API and webhooks: JSON bodies, problems, base URLs.
+
+Every error a caller can fix is a 4xx with a JSON body
+``{"error": "<what happened and what to do>", "fields": [...]}``, where
+``fields`` names each offending field (``{"field": "input.to", "message": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import azure.functions as func
+from pydantic import ValidationError
+
+__all__ = [
+    "FieldProblem",
+    "HttpProblem",
+    "base_url",
+    "caller_key",
+    "instance_url",
+    "json_response",
+    "parse_json",
+    "parse_json_body",
+    "problem_response",
+    "read_body",
+    "validation_problems",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One field that made a request invalid."""
+
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+@dataclass(slots=True)
+class HttpProblem(Exception):
+    """A request the caller must change: becomes a 4xx JSON response."""
+
+    status: int
+    message: str
+    fields: list[FieldProblem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> func.HttpResponse:
+    """A JSON response (``body`` must be JSON-ready)."""
+    return func.HttpResponse(
+        json.dumps(body, separators=(",", ":"), default=str),
+        status_code=status,
+        headers=dict(headers or {}),
+        mimetype="application/json",
+    )
+
+
+def problem_response(problem: HttpProblem) -> func.HttpResponse:
+    """The JSON response for a problem."""
+    body: dict[str, Any] = {"error": problem.message}
+    if problem.fields:
+        body["fields"] = [f.as_json() for f in problem.fields]
+    return json_response(body, problem.status)
+
+
+def read_body(req: func.HttpRequest, limit: int) -> bytes:
+    """The request body, or a 413 problem when it is over ``limit`` bytes."""
+    body = req.get_body() or b""
+    if len(body) > limit:
+        raise HttpProblem(
+            413,
+            f"the request body is {len(body)} bytes; at most {limit} are accepted "
+            "(DURABLE_FX_MAX_REQUEST_BYTES)",
+        )
+    return body
+
+
+def parse_json_body(req: func.HttpRequest, limit: int) -> Any:
+    """The JSON value of the body (``None`` for an empty body); 400/413 problems otherwise."""
+    body = read_body(req, limit)
+    if not body.strip():
+        return None
+    return parse_json(body, "body")
+
+
+def parse_json(body: bytes, where: str) -> Any:
+    """Parse JSON bytes, or raise a 400 problem naming ``where``."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HttpProblem(
+            400,
+            f"the request {where} is not valid JSON: {error}",
+            [FieldProblem(where, "not valid JSON")],
+        ) from None
+
+
+def validation_problems(error: ValidationError, root: str) -> list[FieldProblem]:
+    """Each pydantic error as a field named from ``root`` (``input.to.address``)."""
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in (root, *item["loc"]))
+        problems.append(FieldProblem(path, item["msg"]))
+    return problems
+
+
+def caller_key(req: func.HttpRequest) -> str | None:
+    """The function key the caller sent (``code`` query parameter or ``x-functions-key``)."""
+    return req.params.get("code") or req.headers.get("x-functions-key") or None
+
+
+def base_url(req: func.HttpRequest, route_prefix: str) -> str:
+    """``scheme://host[/prefix]`` of the app that received ``req``."""
+    parts = urlsplit(req.url)
+    prefix = f"/{route_prefix.strip('/')}" if route_prefix.strip("/") else ""
+    return f"{parts.scheme}://{parts.netloc}{prefix}"
+
+
+def instance_url(
+    base: str, instance_id: str, suffix: str = "", query: Mapping[str, str] | None = None
+) -> str:
+    """The management URL of an instance (``suffix``: ``/terminate``...), with a query."""
+    url = f"{base}/instances/{quote(instance_id, safe='')}{suffix}"
+    if query:
+        # Placeholders such as {text} stay readable, as Durable Functions writes them.
+        url += "?" + urlencode(dict(query), safe="{}")
+    return url

@@ -1,0 +1,187 @@
+"""Which provider events an event source has raised already: webhook idempotency.
+
+Providers redeliver webhooks (timeouts, their own retries, replays). The store
+drops a duplicate only while the first copy is still pending in the inbox;
+once the orchestration has consumed it, a replay would raise the event again.
+The ledger remembers each (source, provider event id) after its event is raised
+(a crash in between lets a redelivery raise it again, and the inbox key makes
+that copy harmless while the first is pending).
+
+It lives with the store: a table in the SQLite file, a table ``<hub>events`` in
+the Azure account, a set in memory. Ids are kept hashed; nothing expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..storage import Store
+    from ..storage.azure import AzureSettings
+
+__all__ = ["EventLedger", "MemoryLedger", "SqliteLedger", "open_ledger"]
+
+
+class EventLedger(Protocol):
+    """Remembers provider event ids per event source."""
+
+    async def seen(self, source: str, event_id: str) -> bool:
+        """Whether ``event_id`` was recorded for ``source``."""
+        ...
+
+    async def record(self, source: str, event_id: str) -> None:
+        """Remember ``event_id`` for ``source`` (recording twice is harmless)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def _digest(event_id: str) -> str:
+    # Provider ids may hold characters table keys refuse (/ \ # ?): keep a hash.
+    return hashlib.sha256(event_id.encode()).hexdigest()
+
+
+class MemoryLedger:
+    """An ``EventLedger`` in process memory (for ``memory://`` stores)."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    async def seen(self, source: str, event_id: str) -> bool:
+        """Whether ``event_id`` was recorded for ``source``."""
+        return (source, _digest(event_id)) in self._seen
+
+    async def record(self, source: str, event_id: str) -> None:
+        """Remember ``event_id`` for ``source``."""
+        self._seen.add((source, _digest(event_id)))
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class SqliteLedger:
+    """An ``EventLedger`` in a table of the SQLite store's file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self._path, timeout=10.0, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS fx_event_ids (source TEXT NOT NULL, "
+                    "digest TEXT NOT NULL, raised_at TEXT NOT NULL, PRIMARY KEY (source, digest))"
+                )
+                self._conn = conn
+            return self._conn.execute(sql, args).fetchall()
+
+    async def seen(self, source: str, event_id: str) -> bool:
+        """Whether ``event_id`` was recorded for ``source``."""
+        rows = await asyncio.to_thread(
+            self._run,
+            "SELECT 1 FROM fx_event_ids WHERE source = ? AND digest = ?",
+            (source, _digest(event_id)),
+        )
+        return bool(rows)
+
+    async def record(self, source: str, event_id: str) -> None:
+        """Remember ``event_id`` for ``source``."""
+        await asyncio.to_thread(
+            self._run,
+            "INSERT OR IGNORE INTO fx_event_ids (source, digest, raised_at) VALUES (?, ?, ?)",
+            (source, _digest(event_id), datetime.now(UTC).isoformat()),
+        )
+
+    async def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class AzureLedger:
+    """An ``EventLedger`` in the table ``<hub>events`` of the store's account."""
+
+    def __init__(self, settings: AzureSettings, hub: str) -> None:
+        from azure.data.tables import TableClient
+
+        from ..queues._azure import sync_credential
+
+        self._table = TableClient(
+            settings.endpoint("table"),
+            f"{hub}events",
+            credential=sync_credential(settings),
+            connection_timeout=10,
+            read_timeout=30,
+            retry_total=3,
+        )
+        self._created = False
+
+    def _ensure(self) -> None:
+        if not self._created:
+            from azure.core.exceptions import ResourceExistsError
+
+            with contextlib.suppress(ResourceExistsError):
+                self._table.create_table()
+            self._created = True
+
+    async def seen(self, source: str, event_id: str) -> bool:
+        """Whether ``event_id`` was recorded for ``source``."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        def read() -> bool:
+            self._ensure()
+            try:
+                self._table.get_entity(source, _digest(event_id), select=["RowKey"])
+            except ResourceNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(read)
+
+    async def record(self, source: str, event_id: str) -> None:
+        """Remember ``event_id`` for ``source``."""
+        entity = {
+            "PartitionKey": source,
+            "RowKey": _digest(event_id),
+            "RaisedAt": datetime.now(UTC).isoformat(),
+        }
+
+        def write() -> None:
+            self._ensure()
+            self._table.upsert_entity(entity)
+
+        await asyncio.to_thread(write)
+
+    async def close(self) -> None:
+        """Close the client."""
+        await asyncio.to_thread(self._table.close)
+
+
+def open_ledger(store: Store, hub: str) -> EventLedger:
+    """The ledger that lives with ``store``."""
+    from ..storage.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return SqliteLedger(store.path)
+    azure = sys.modules.get("durable_fx.storage.azure")
+    if azure is not None and isinstance(store, azure.AzureStore):
+        return AzureLedger(store.settings, hub)
+    return MemoryLedger()

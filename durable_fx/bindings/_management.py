@@ -1,0 +1,359 @@
+"""The HTTP management API: start, inspect and steer instances, Durable Functions style.
+
+=======  ===========================================  ===================================
+method   route (after the route prefix)                answer
+=======  ===========================================  ===================================
+POST     ``orchestrators/{name}[/{instanceId}]``      202, Location, check-status body
+GET      ``instances/{instanceId}``                   202 running, 200 finished, 404
+GET      ``instances``                                200, JSON array; paging header
+POST     ``instances/{instanceId}/raiseEvent/{event}``  202; 404; 410 if finished
+POST     ``instances/{instanceId}/terminate``         202; 404; 410 if finished
+POST     ``instances/{instanceId}/suspend``, resume   202; 404; 410 if finished
+DELETE   ``instances/{instanceId}``                   200 ``{"instancesDeleted": 1}``; 409 running
+=======  ===========================================  ===================================
+
+Bodies, field names, ``runtimeStatus`` values and the continuation header
+(``x-ms-continuation-token``) are those of Durable Functions, so its tooling
+and habits carry over.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.functions as func
+from pydantic import TypeAdapter, ValidationError
+
+from .._errors import (
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidInstanceIdError,
+    InvalidOperationError,
+    UnknownNameError,
+)
+from .._ids import validate_instance_id
+from .._registry import OrchestratorDefinition
+from .._serialization import input_parameter
+from .._state import OrchestrationState, OrchestrationStatus
+from ._http import (
+    FieldProblem,
+    HttpProblem,
+    base_url,
+    caller_key,
+    instance_url,
+    json_response,
+    parse_json_body,
+    problem_response,
+    validation_problems,
+)
+from ._runtime import AppRuntime
+
+__all__ = ["ManagementApi", "check_status_payload", "guarded", "status_json"]
+
+log = logging.getLogger("durable_fx.functions")
+
+CONTINUATION_HEADER = "x-ms-continuation-token"
+_RUNTIME_STATUS = {
+    OrchestrationStatus.PENDING: "Pending",
+    OrchestrationStatus.RUNNING: "Running",
+    OrchestrationStatus.COMPLETED: "Completed",
+    OrchestrationStatus.FAILED: "Failed",
+    OrchestrationStatus.TERMINATED: "Terminated",
+    OrchestrationStatus.SUSPENDED: "Suspended",
+    OrchestrationStatus.CONTINUED_AS_NEW: "ContinuedAsNew",
+}
+_BY_LOOSE_NAME = {s.value.replace("_", ""): s for s in OrchestrationStatus}
+
+Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Turn the errors a caller can fix into 4xx answers, anything else into a logged 500."""
+
+    async def run(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return await handler(req)
+        except HttpProblem as problem:
+            return problem_response(problem)
+        except InvalidInstanceIdError as error:
+            return problem_response(
+                HttpProblem(400, str(error), [FieldProblem("instanceId", error.reason)])
+            )
+        except (InstanceNotFoundError, UnknownNameError) as error:
+            return problem_response(HttpProblem(404, str(error)))
+        except InstanceExistsError as error:
+            return problem_response(HttpProblem(409, str(error)))
+        except Exception:
+            log.exception("%s %s failed", req.method, req.url)
+            return json_response({"error": "internal error; see the app's logs"}, 500)
+
+    return run
+
+
+def status_json(
+    state: OrchestrationState, *, show_input: bool = True, show_history: bool = False
+) -> dict[str, Any]:
+    """An instance's status as Durable Functions' HTTP API writes it."""
+    body: dict[str, Any] = {
+        "name": state.name,
+        "instanceId": state.instance_id,
+        "runtimeStatus": _RUNTIME_STATUS[state.status],
+        "customStatus": state.custom_status,
+        "output": state.output,
+        "createdTime": _iso(state.created_at),
+        "lastUpdatedTime": _iso(state.updated_at),
+    }
+    if show_input:
+        body["input"] = state.input
+    if state.failure is not None:
+        body["failureDetails"] = {
+            "errorType": state.failure.error_type,
+            "errorMessage": state.failure.message,
+            "stackTrace": state.failure.stack_trace,
+        }
+    if show_history and state.history is not None:
+        body["historyEvents"] = [event.model_dump(mode="json") for event in state.history]
+    return body
+
+
+def check_status_payload(base: str, instance_id: str, key: str | None) -> dict[str, str]:
+    """Durable Functions' check-status body: where to query and steer ``instance_id``."""
+    code = {"code": key} if key else {}
+
+    def url(suffix: str = "", reason: bool = False) -> str:
+        query = {"reason": "{text}", **code} if reason else code
+        return instance_url(base, instance_id, suffix, query)
+
+    return {
+        "id": instance_id,
+        "statusQueryGetUri": url(),
+        "sendEventPostUri": url("/raiseEvent/{eventName}"),
+        "terminatePostUri": url("/terminate", reason=True),
+        "suspendPostUri": url("/suspend", reason=True),
+        "resumePostUri": url("/resume", reason=True),
+        "purgeHistoryDeleteUri": url(),
+    }
+
+
+class ManagementApi:
+    """The management API's handlers, bound to one app's runtime."""
+
+    def __init__(self, runtime: AppRuntime) -> None:
+        self._runtime = runtime
+        self._inputs: dict[str, tuple[TypeAdapter[Any] | None, inspect.Parameter | None]] = {}
+
+    def _base(self, req: func.HttpRequest) -> str:
+        return base_url(req, self._runtime.host_config.route_prefix)
+
+    def check_status_response(self, req: func.HttpRequest, instance_id: str) -> func.HttpResponse:
+        """202 with a Location header and the check-status body for ``instance_id``."""
+        payload = check_status_payload(self._base(req), instance_id, caller_key(req))
+        headers = {"Location": payload["statusQueryGetUri"], "Retry-After": "1"}
+        return json_response(payload, 202, headers)
+
+    # -- starting -------------------------------------------------------------------
+
+    async def start(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST orchestrators/{name}[/{instanceId}]: start an instance with the body as input."""
+        runtime = self._runtime
+        name = req.route_params.get("name", "")
+        definition = runtime.registry.find_orchestrator(name)
+        if definition is None:
+            raise UnknownNameError("orchestrator", name, runtime.registry.orchestrator_names)
+        instance_id = req.route_params.get("instanceId") or None
+        if instance_id is not None:
+            validate_instance_id(instance_id)
+        value = parse_json_body(req, runtime.settings.max_request_bytes)
+        started = await runtime.client.start(
+            name, self._validated_input(definition, value), instance_id=instance_id
+        )
+        return self.check_status_response(req, started)
+
+    def _validated_input(self, definition: OrchestratorDefinition, value: Any) -> Any:
+        adapter, parameter = self._input_of(definition)
+        if parameter is None:
+            if value is not None:
+                raise HttpProblem(
+                    400,
+                    f"orchestrator {definition.name!r} takes no input; send an empty body",
+                    [FieldProblem("input", "no input expected")],
+                )
+            return None
+        if value is None and parameter.default is not inspect.Parameter.empty:
+            return None  # the orchestrator gets its default
+        if adapter is None:
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as error:
+            fields = validation_problems(error, "input")
+            listed = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
+            raise HttpProblem(
+                400, f"the input does not match {definition.name}'s input type: {listed}", fields
+            ) from None
+
+    def _input_of(
+        self, definition: OrchestratorDefinition
+    ) -> tuple[TypeAdapter[Any] | None, inspect.Parameter | None]:
+        cached = self._inputs.get(definition.name)
+        if cached is None:
+            parameter = input_parameter(definition.fn, 1)
+            annotation = parameter.annotation if parameter is not None else Any
+            empty = annotation in (Any, inspect.Parameter.empty)
+            cached = (None if empty else TypeAdapter(annotation), parameter)
+            self._inputs[definition.name] = cached
+        return cached
+
+    # -- reading --------------------------------------------------------------------
+
+    async def status(self, req: func.HttpRequest) -> func.HttpResponse:
+        """GET instances/{instanceId}: 202 while it runs, 200 once finished."""
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
+        show_history = _flag(req, "showHistory", default=False)
+        show_input = _flag(req, "showInput", default=True)
+        state = await self._runtime.client.get(instance_id, history=show_history)
+        if state is None:
+            raise InstanceNotFoundError(instance_id)
+        body = status_json(state, show_input=show_input, show_history=show_history)
+        if state.status.is_terminal:
+            return json_response(body, 200)
+        location = check_status_payload(self._base(req), instance_id, caller_key(req))
+        headers = {"Location": location["statusQueryGetUri"], "Retry-After": "1"}
+        return json_response(body, 202, headers)
+
+    async def list(self, req: func.HttpRequest) -> func.HttpResponse:
+        """GET instances: one page of instances, newest first, filtered by the query."""
+        params = req.params
+        page_size = _int_param(req, "top", default=100, low=1, high=1000)
+        continuation = req.headers.get(CONTINUATION_HEADER) or params.get("continuationToken")
+        try:
+            page = await self._runtime.client.query(
+                status=_statuses(params.get("runtimeStatus")),
+                name=params.get("name") or None,
+                created_from=_time_param(req, "createdTimeFrom"),
+                created_to=_time_param(req, "createdTimeTo"),
+                instance_id_prefix=params.get("instanceIdPrefix") or None,
+                page_size=page_size,
+                continuation=continuation or None,
+            )
+        except ValueError as error:
+            if continuation and "continuation" in str(error):
+                raise HttpProblem(
+                    400, str(error), [FieldProblem("continuationToken", "not a token we issued")]
+                ) from None
+            raise
+        show_input = _flag(req, "showInput", default=False)
+        body = [status_json(state, show_input=show_input) for state in page.items]
+        headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
+        return json_response(body, 200, headers)
+
+    # -- steering -------------------------------------------------------------------
+
+    async def raise_event(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/raiseEvent/{eventName}: the body is the event's data."""
+        runtime = self._runtime
+        instance_id = await self._running(req, "raise an event on")
+        name = req.route_params.get("eventName", "")
+        data = parse_json_body(req, runtime.settings.max_request_bytes)
+        event_id = req.params.get("eventId") or req.headers.get("idempotency-key") or None
+        await runtime.client.raise_event(instance_id, name, data, event_id=event_id)
+        return func.HttpResponse(status_code=202)
+
+    async def terminate(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/terminate?reason=: stop it (and the children it waits on)."""
+        instance_id = await self._running(req, "terminate")
+        await self._runtime.client.terminate(instance_id, req.params.get("reason"))
+        return func.HttpResponse(status_code=202)
+
+    async def suspend(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/suspend?reason=: pause it."""
+        instance_id = await self._running(req, "suspend")
+        await self._runtime.client.suspend(instance_id, req.params.get("reason"))
+        return func.HttpResponse(status_code=202)
+
+    async def resume(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/resume?reason=: continue a suspended instance."""
+        instance_id = await self._running(req, "resume")
+        await self._runtime.client.resume(instance_id, req.params.get("reason"))
+        return func.HttpResponse(status_code=202)
+
+    async def purge(self, req: func.HttpRequest) -> func.HttpResponse:
+        """DELETE instances/{instanceId}: delete a finished instance and its history."""
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
+        try:
+            deleted = await self._runtime.client.purge(instance_id)
+        except InvalidOperationError as error:
+            raise HttpProblem(409, str(error)) from None
+        return json_response({"instancesDeleted": deleted}, 200)
+
+    async def _running(self, req: func.HttpRequest, action: str) -> str:
+        """The route's instance id, if it exists (404) and has not finished (410 Gone)."""
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
+        state = await self._runtime.client.get(instance_id)
+        if state is None:
+            raise InstanceNotFoundError(instance_id)
+        if state.status.is_terminal:
+            raise HttpProblem(
+                410, f"cannot {action} instance {instance_id!r}: it is {state.status.value}"
+            )
+        return instance_id
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _flag(req: func.HttpRequest, name: str, *, default: bool) -> bool:
+    raw = str(req.params.get(name) or "")
+    if not raw:
+        return default
+    lowered = raw.lower()
+    if lowered not in ("true", "false"):
+        raise HttpProblem(400, f"{name} must be true or false", [FieldProblem(name, raw)])
+    return lowered == "true"
+
+
+def _int_param(req: func.HttpRequest, name: str, *, default: int, low: int, high: int) -> int:
+    raw = req.params.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        problem = f"must be a whole number from {low} to {high}"
+        raise HttpProblem(400, f"{name} {problem}", [FieldProblem(name, problem)])
+    return value
+
+
+def _time_param(req: func.HttpRequest, name: str) -> datetime | None:
+    raw = req.params.get(name)
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        problem = "must be an ISO 8601 time such as 2024-05-01T00:00:00Z"
+        raise HttpProblem(400, f"{name} {problem}", [FieldProblem(name, problem)]) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _statuses(raw: str | None) -> list[OrchestrationStatus] | None:
+    if not raw:
+        return None
+    chosen = []
+    for part in raw.split(","):
+        status = _BY_LOOSE_NAME.get(part.strip().replace("_", "").upper())
+        if status is None:
+            names = ", ".join(_RUNTIME_STATUS.values())
+            problem = f"{part.strip()!r} is not a status; use {names}"
+            raise HttpProblem(
+                400, f"runtimeStatus: {problem}", [FieldProblem("runtimeStatus", problem)]
+            )
+        chosen.append(status)
+    return chosen

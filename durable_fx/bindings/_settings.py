@@ -1,0 +1,163 @@
+"""Names and limits a ``DurableApp`` takes from app settings, with their defaults.
+
+Functions app settings reach the worker as environment variables, so they are
+read when the app object is built (at indexing): the queue names the triggers
+bind to must be known then, and must be the names the Azure store uses.
+
+=================================  =====================  =======================================
+setting                            default                what it decides
+=================================  =====================  =======================================
+``DURABLE_FX_HUB``                 ``durablefx``          task hub: ``<hub>-control``,
+                                                          ``<hub>-workitems``, table ``<hub>state``
+``DURABLE_FX_CONNECTION``          ``AzureWebJobsStorage`` the connection setting the durable
+                                                          queue triggers (and the store) use
+``DURABLE_FX_STORE``               the connection's value  store URL (SQLite, memory, Azure)
+``DURABLE_FX_MANAGEMENT_AUTH``     ``FUNCTION``           auth level of the HTTP management API
+``DURABLE_FX_MAX_REQUEST_BYTES``   ``1048576``            largest management/webhook body (413)
+=================================  =====================  =======================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from ..storage import default_store_url
+
+__all__ = ["AuthLevelName", "FunctionsSettings"]
+
+AuthLevelName = Literal["ANONYMOUS", "FUNCTION", "ADMIN"]
+
+DEFAULT_HUB = "durablefx"
+DEFAULT_CONNECTION = "AzureWebJobsStorage"
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+_HUB = re.compile(r"[a-z][a-z0-9]{2,39}")
+_AUTH_LEVELS: tuple[AuthLevelName, ...] = ("ANONYMOUS", "FUNCTION", "ADMIN")
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionsSettings:
+    """What a ``DurableApp`` binds to and how its HTTP functions behave.
+
+    Attributes:
+        hub: The task hub; it names the control and work-item queues.
+        connection: The app setting holding the storage connection.
+        store_url: The store to open (``None``: decided when first needed).
+        management_auth_level: Auth level of the HTTP management API.
+        max_request_bytes: Largest request body the management API and webhooks read.
+        lease: How long an invocation owns an instance or a work item.
+    """
+
+    hub: str = DEFAULT_HUB
+    connection: str = DEFAULT_CONNECTION
+    store_url: str | None = None
+    management_auth_level: AuthLevelName = "FUNCTION"
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    lease: timedelta = timedelta(seconds=60)
+
+    @property
+    def control_queue(self) -> str:
+        """The queue of orchestration wake-ups (the Azure store's name for it)."""
+        return f"{self.hub}-control"
+
+    @property
+    def work_queue(self) -> str:
+        """The queue of activity work items (the Azure store's name for it)."""
+        return f"{self.hub}-workitems"
+
+    def resolved_store_url(self, env: Mapping[str, str] | None = None) -> str:
+        """The store URL: the explicit one, else ``DURABLE_FX_STORE``, else the connection's."""
+        environ = os.environ if env is None else env
+        if self.store_url:
+            return self.store_url
+        explicit = environ.get("DURABLE_FX_STORE", "").strip()
+        if explicit:
+            return explicit
+        if self.connection != DEFAULT_CONNECTION:
+            value = environ.get(self.connection, "").strip()
+            if value:
+                return value
+        return default_store_url()
+
+    @classmethod
+    def from_environment(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        hub: str | None = None,
+        connection: str | None = None,
+        store_url: str | None = None,
+        management_auth_level: str | None = None,
+        max_request_bytes: int | None = None,
+    ) -> FunctionsSettings:
+        """Settings from arguments, else app settings (environment), else defaults.
+
+        Raises ``ValueError`` naming the setting that is malformed.
+        """
+        environ = os.environ if env is None else env
+        url = store_url or environ.get("DURABLE_FX_STORE", "").strip() or None
+        chosen_hub = hub or _hub_in_url(url) or environ.get("DURABLE_FX_HUB", "").strip()
+        level = management_auth_level or environ.get("DURABLE_FX_MANAGEMENT_AUTH", "FUNCTION")
+        limit = max_request_bytes or _int_setting(
+            environ, "DURABLE_FX_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES
+        )
+        return cls(
+            hub=_valid_hub(chosen_hub or DEFAULT_HUB),
+            connection=connection
+            or environ.get("DURABLE_FX_CONNECTION", "").strip()
+            or DEFAULT_CONNECTION,
+            store_url=store_url,
+            management_auth_level=_auth_level(level),
+            max_request_bytes=limit,
+        )
+
+
+def _valid_hub(hub: str) -> str:
+    name = hub.strip().lower()
+    if not _HUB.fullmatch(name):
+        raise ValueError(
+            f"invalid task hub name {hub!r} (DURABLE_FX_HUB): use 3-40 letters and digits, "
+            "starting with a letter; it names queues, a table and a blob container"
+        )
+    return name
+
+
+def _auth_level(value: str) -> AuthLevelName:
+    upper = value.strip().upper()
+    for level in _AUTH_LEVELS:
+        if level == upper:
+            return level
+    raise ValueError(
+        f"invalid auth level {value!r} (DURABLE_FX_MANAGEMENT_AUTH): use " + ", ".join(_AUTH_LEVELS)
+    )
+
+
+def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of bytes, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _hub_in_url(url: str | None) -> str | None:
+    """The task hub a store URL names (``TaskHub=`` or ``?hub=``), as the Azure store reads it."""
+    if not url:
+        return None
+    if url.startswith("azure://"):
+        return parse_qs(urlsplit(url).query).get("hub", [None])[-1]
+    for segment in url.split(";"):
+        key, _, value = segment.partition("=")
+        if key.strip().lower() == "taskhub" and value.strip():
+            return value.strip()
+    return None

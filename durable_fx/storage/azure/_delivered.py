@@ -1,0 +1,238 @@
+"""Work the Functions host delivers: one control or work-item message per invocation.
+
+Under the host nobody polls: the host receives each message, hides it while
+the function runs, deletes it on success and poisons it after too many
+failures. The control-queue function hands its wake-up here: the instance is
+taken over as a worker would take it over (``Orchestrations``), its ready
+episodes run one after another, and ``release`` ends the session in the same
+invocation, leaving a delayed wake-up for anything still pending (a timer).
+Nothing stays owned between invocations, so an instance never waits for a
+process that may have been scaled away.
+
+The host's message is never hidden or deleted here: where the store's own
+polling would hide a wake-up for later (the instance is busy, its row has not
+landed yet, its timer is not due), a delayed copy is sent instead and the
+host deletes the original.
+
+The work-item function hands its message here to be admitted exactly as the
+store's own receive admits one: malformed messages are poisoned with their
+reason, and a redelivered item whose result is recorded is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from .._delivered import DeliveredMessage
+from .._records import ActivityWorkItem, OrchestrationWorkItem
+from ._activities import Activities
+from ._codec import parse_ts, ts
+from ._hub import Lease, Pending
+from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
+from ._queues import Handle, Received
+
+__all__ = ["Delivered"]
+
+_NOT_CREATED_YET = timedelta(seconds=30)
+"""How long a wake-up may precede its instance row (a starter writes the message first)."""
+_SECOND_LOOK = timedelta(seconds=10)
+_BUSY_RETRY = timedelta(seconds=1)
+_BUSY_RETRY_MAX = timedelta(seconds=2)
+
+
+class Delivered:
+    """The ``DeliveredWork`` half of the Azure store, on the store's loop."""
+
+    def __init__(self, orchestrations: Orchestrations, activities: Activities) -> None:
+        self._orchestrations = orchestrations
+        self._activities = activities
+        self._hub = orchestrations.hub
+
+    # -- control messages -------------------------------------------------------------
+
+    async def accept_wake_up(self, message: DeliveredMessage, lease: timedelta) -> str | None:
+        """Own the instance a wake-up names if it has work now; else leave a wake-up for later."""
+        hub = self._hub
+        hub.lease = lease
+        body = _json_object(message.text)
+        iid = body.get("h") if body is not None else None
+        if not isinstance(iid, str) or not iid:
+            await hub.record_poison(
+                queue=hub.names.control_queue,
+                logical_queue="orchestrations",
+                instance_id=None,
+                body=message.text,
+                reason='undecodable control message: expected {"h": <instance id>}',
+                dequeue_count=message.dequeue_count,
+                extra={"message_id": message.id},
+            )
+            return None
+        assert body is not None
+        first_seen = _first_seen(body, message)
+        if iid in hub.sessions:
+            # Another invocation in this process runs it now; look again after it.
+            await self._wake_later(iid, _BUSY_RETRY)
+            return None
+        partition = await hub.read_partition(iid)
+        row = partition.instance
+        now = hub.now()
+        if row is None:
+            if now - first_seen < _NOT_CREATED_YET:
+                await self._wake_later(iid, timedelta(seconds=1), first_seen=first_seen)
+            return None
+        owner = str(row.get("Owner") or "")
+        owned_until = parse_ts(str(row["OwnedUntil"])) if row.get("OwnedUntil") else now
+        if owner and owner != hub.owner_id and owned_until > now:
+            await self._wake_later(iid, min(owned_until - now, _BUSY_RETRY_MAX))
+            return None
+        hidden = partition.hidden_tags()
+        pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
+        work = [r for r in partition.work if _live(r, hidden)]
+        outbox = [r for r in partition.outbox if _live(r, hidden)]
+        if not any(p.visible_at <= now for p in pendings) and not work and not outbox:
+            await self._nothing_ready(iid, pendings, message, body, first_seen)
+            return None
+        session = await self._orchestrations._take_over(partition, row, pendings, lease)
+        if session is None:
+            await self._wake_later(iid, _BUSY_RETRY)  # another process took it first
+            return None
+        session.guard = None  # the host holds the message: release leaves a wake-up instead
+        await self._orchestrations._redispatch(session, work, outbox)
+        return iid
+
+    async def _nothing_ready(
+        self,
+        iid: str,
+        pendings: list[Pending],
+        message: DeliveredMessage,
+        body: dict[str, Any],
+        first_seen: datetime,
+    ) -> None:
+        """A wake-up that found no work: keep one for a pending timer, or look once more."""
+        hub = self._hub
+        now = hub.now()
+        due = min((p.visible_at for p in pendings), default=None)
+        if due is not None:
+            await self._wake_later(iid, due - now)  # the queue caps it; long timers chain
+            return
+        # Senders write the wake-up before the row, so a fresh wake-up may have
+        # overtaken its message: one more look shortly, then it is dropped.
+        fresh = message.dequeue_count <= 1 and now - first_seen < _SECOND_LOOK
+        if fresh and not body.get("s"):
+            await self._wake_later(iid, timedelta(seconds=2), first_seen=first_seen, second=True)
+
+    async def _wake_later(
+        self,
+        iid: str,
+        delay: timedelta,
+        *,
+        first_seen: datetime | None = None,
+        second: bool = False,
+    ) -> None:
+        body: dict[str, Any] = {"h": iid}
+        if first_seen is not None:
+            body["t"] = ts(first_seen)
+        if second:
+            body["s"] = 1
+        hub = self._hub
+        await hub.queues.put(hub.names.control_queue, body, delay=max(delay, timedelta(0)))
+
+    async def lock_delivered(
+        self, iid: str, owner: str, lease: timedelta
+    ) -> OrchestrationWorkItem | None:
+        """The next episode of an instance accepted here, or ``None`` if nothing is ready."""
+        hub = self._hub
+        session = hub.sessions.get(iid)
+        now = hub.now()
+        if session is None or not session.lockable(now):
+            return None
+        if session.stale:
+            await self._orchestrations.refresh(session, released=False)
+            if hub.sessions.get(iid) is not session:
+                return None
+        visible = session.visible(now)
+        spent = [p for p in visible if p.dequeue_count >= hub.max_dequeue_count]
+        for p in spent:
+            reason = f"delivered {p.dequeue_count} times without a successful episode"
+            await self._orchestrations._poison(session, p, reason)
+        deliver = [p for p in visible if p not in spent][:MAX_MESSAGES_PER_EPISODE]
+        if not deliver or hub.sessions.get(iid) is not session:
+            return None
+        for p in deliver:
+            p.dequeue_count += 1
+        session.lock = Lease(hub.token(), owner, now + lease)
+        messages = [p.message() for p in deliver]
+        return OrchestrationWorkItem(session.record, messages, session.lock.token)
+
+    async def release_delivered(self, iid: str) -> None:
+        """End the session of an accepted instance, leaving a wake-up for what is pending."""
+        hub = self._hub
+        session = hub.sessions.get(iid)
+        if session is None:
+            return  # its last commit ended it already
+        session.lock = None
+        if session.stale:
+            # Others wrote to it meanwhile: read their messages so the release wakes for them.
+            await self._orchestrations.refresh(session, released=False)
+            if hub.sessions.get(iid) is not session:
+                return
+        await self._orchestrations._end_session(session)
+        if hub.sessions.get(iid) is session:
+            # The row kept changing under the release: forget it here, look again soon.
+            self._orchestrations.drop_session(iid)
+            await self._wake_later(iid, _BUSY_RETRY)
+
+    # -- work items -------------------------------------------------------------------
+
+    async def accept_work_item(
+        self, message: DeliveredMessage, owner: str, lease: timedelta
+    ) -> ActivityWorkItem | None:
+        """Admit a work-item message as the store's own receive would, and lease it."""
+        hub = self._hub
+        activities = self._activities
+        received = Received(
+            handle=Handle(hub.names.work_queue, message.id, message.pop_receipt),
+            dequeue_count=message.dequeue_count,
+            inserted_on=message.inserted_at,
+            text=message.text,
+            body=_json_object(message.text),
+        )
+        held = await activities._admit(received)
+        if held is None:
+            return None
+        if not await activities._hand_out(held, owner, lease, hub.now(), fresh=True):
+            return None
+        return activities._item(held)
+
+    async def forget_work_item(self, item: ActivityWorkItem) -> None:
+        """Forget a work item that failed here; the host redelivers its message."""
+        held = self._activities._holding(item)
+        if held is not None:
+            self._activities._held.pop(held.handle.id, None)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first_seen(body: dict[str, Any], message: DeliveredMessage) -> datetime:
+    """When the first copy of this wake-up was sent (copies carry the original time)."""
+    carried = body.get("t")
+    if isinstance(carried, str):
+        try:
+            return parse_ts(carried)
+        except ValueError:
+            pass
+    return message.inserted_at
+
+
+def _live(row: dict[str, Any], hidden: set[str]) -> bool:
+    """Whether a row is committed (not staged by an unfinished or aborted episode)."""
+    tag = row.get("Tag")
+    return not tag or tag not in hidden
