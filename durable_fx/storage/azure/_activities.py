@@ -379,10 +379,19 @@ class Activities:
         if applied is None:
             return
         delivered = [pendings[rk] for rk in applied]
+        # A dropped pair may be one our own earlier try wrote (its response lost):
+        # re-read the inbox, or wake whoever owns the instance, rather than guess.
+        uncertain = len(applied) < len(pendings)
+        if uncertain and session is not None and hub.sessions.get(instance_id) is session:
+            session.stale = True
+            hub.wake()
+        elif uncertain:
+            trusted = False
+            delivered = delivered or list(pendings.values())[:1]
         if trusted and hub.sessions.get(instance_id) is not session:
             trusted = False  # the session ended while the results were written
         if session is not None and hub.sessions.get(instance_id) is session:
-            for rk in applied:
+            for rk in pendings:  # every work row of the chunk is gone now, one way or another
                 session.outstanding.pop(rk, None)
             for pending in delivered:
                 session.pending.setdefault(pending.row_key, pending)

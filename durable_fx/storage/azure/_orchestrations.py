@@ -235,7 +235,7 @@ class Orchestrations:
         hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
         entity, _ = await hub.inbox_entity(message)
         try:
-            applied, _ = await hub.submit_tolerant(
+            await hub.submit_tolerant(
                 [("create", entity), bump(iid)], tolerate=_exists_ok, what=f"message {iid}"
             )
         except TableTransactionError as error:
@@ -244,11 +244,9 @@ class Orchestrations:
             if status_of(error) == 404:
                 return False
             raise
-        if len(applied) < 2:  # a message with this key is pending: it has its wake-up
-            with contextlib.suppress(Exception):
-                await hub.queues.delete(hint)
-        else:
-            self._expect(delay)
+        # A 409 means a message with this key is pending, or that our own first try
+        # went in and only its response was lost: keep the wake-up either way.
+        self._expect(delay)
         return True
 
     async def _create_missing(
