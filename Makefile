@@ -30,6 +30,11 @@ $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+# The Functions worker's real indexing, for tests/test_bindings_indexing.py (see
+# ../shared/tools/check_function_app.py). It declares Python >= 3.13 but its loader
+# runs on 3.11, which pip's extras cannot express: hence --ignore-requires-python.
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python \
+		'azure-functions-runtime>=1.3' 'azurefunctions-extensions-base>=1.2'
 	@touch $@
 
 $(AZURITE): package.json package-lock.json

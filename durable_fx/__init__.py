@@ -6,6 +6,8 @@ activities do the real work and run at least once. See ``Registry``,
 """
 
 from contextlib import suppress as _suppress
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._client import AsyncDurableClient, DurableClient, QueryResult
 from ._clock import Clock, SystemClock
@@ -39,6 +41,7 @@ __all__ = [
     "AsyncDurableClient",
     "Clock",
     "ConflictError",
+    "DurableApp",
     "DurableClient",
     "DurableFxError",
     "EventTimeoutError",
@@ -75,8 +78,36 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+if _TYPE_CHECKING:
+    from .bindings import DurableApp
+
+# Names that need an optional extra: imported on first use (PEP 562), so that
+# `import durable_fx` stays light for workers and clients.
+_LAZY = {"DurableApp": "durable_fx.bindings"}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable_fx' has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ImportError as error:
+        raise ImportError(
+            f"durable_fx.{name} needs the functions extra: pip install 'durable-fx[functions]' "
+            f"({error})"
+        ) from error
+    value.__module__ = "durable_fx"
+    globals()[name] = value
+    return value
+
+
 # Show public names at their public path in reprs, docs and tracebacks.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("durable_fx.") and "._" in _obj.__module__:
         with _suppress(AttributeError, TypeError):

@@ -636,6 +636,54 @@ def sidecar(
     )
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR", help="The Functions app, e.g. function_app:app (a DurableApp)."
+        ),
+    ],
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")
+    ] = 7071,
+    log_format: Annotated[
+        str, typer.Option("--log-format", metavar="FORMAT", help="text (key=value) or json.")
+    ] = "text",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace", metavar="SECONDS", min=0, help="How long work in flight may finish."
+        ),
+    ] = 10.0,
+    store: StoreOption = None,
+) -> None:
+    """Run a Functions app's HTTP and queue triggers outside Azure, like `func start`.
+
+    Reads host.json and local.settings.json from the current directory. HTTP
+    routes are served at http://HOST:PORT/<routePrefix>/...; FUNCTION-level
+    routes need a key from DURABLE_FX_FUNCTION_KEYS. Without settings the store
+    is the embedded SQLite file. SIGTERM or Ctrl-C stops it gracefully.
+    """
+    from ._cli_serve import serve_command
+
+    settings = _settings(ctx, store, False)
+    serve_command(
+        target,
+        store=settings.store,
+        host=host,
+        port=port,
+        log_format=log_format,
+        log_level=log_level,
+        shutdown_grace=shutdown_grace,
+    )
+
+
 def main() -> None:
     """The ``durable-fx`` console script."""
     app(prog_name="durable-fx")

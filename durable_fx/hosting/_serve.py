@@ -1,0 +1,288 @@
+"""``serve``: run a Functions app's indexed functions outside Azure, like ``func start``.
+
+1. ``local.settings.json``'s ``Values`` become environment variables (the
+   real environment wins), then the app module is imported and indexed.
+2. The store is ``--store``, else the app's settings, else the embedded SQLite
+   file; its queues (``open_queues``) carry the queue triggers.
+3. uvicorn serves the HTTP triggers (``FunctionsAsgi``); a ``Dispatcher``
+   feeds the queue triggers with host.json's queue rules.
+4. Durable work: on the Azure store the dispatcher feeds ``dfx_control`` and
+   ``dfx_work_items`` exactly as the host would; on SQLite and memory stores,
+   which have no such queues, an in-process ``Worker`` runs it instead.
+5. SIGTERM or SIGINT stops it gracefully: no new requests or messages, work in
+   flight finishes (up to the grace period), then everything closes. A second
+   signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import azure.functions as func
+import uvicorn
+
+from .._worker import Worker
+from ..bindings import DurableApp, HostConfig
+from ..queues import QueueBackend, open_queues
+from ..storage import Store, default_store_url, open_store
+from ..storage._delivered import DeliveredWork
+from ._asgi import FunctionsAsgi
+from ._dispatcher import Dispatcher
+from ._index import IndexedFunction, index_app
+from ._invoke import Invoker
+from ._keys import FunctionKeys
+from ._logging import LogFormat, configure_logging
+
+__all__ = ["ServeError", "ServeOptions", "load_app", "load_local_settings", "serve"]
+
+log = logging.getLogger("durable_fx.serve")
+
+
+class ServeError(Exception):
+    """``serve`` cannot start: a bad target, settings or address. ``exit_code`` 2 is usage."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What ``durable-fx serve`` was asked to do."""
+
+    target: str
+    store: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7071
+    log_format: LogFormat = "text"
+    log_level: int = logging.INFO
+    shutdown_grace: float = 10.0
+    directory: Path | None = None
+    """The app's root (host.json, local.settings.json); default: the current directory."""
+
+
+def load_local_settings(directory: Path) -> list[str]:
+    """Put ``local.settings.json``'s ``Values`` in the environment; returns the names set."""
+    path = directory / "local.settings.json"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        return []
+    except ValueError as error:
+        raise ServeError(f"{path} is not valid JSON: {error}") from None
+    values = document.get("Values") or {}
+    loaded = []
+    for name, value in values.items():
+        if name not in os.environ and value is not None:
+            os.environ[name] = str(value)
+            loaded.append(name)
+    return loaded
+
+
+def load_app(target: str, directory: Path) -> func.FunctionRegister:
+    """Import ``module:attr`` (from ``directory``) and return the Functions app it names."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ServeError(f"{target!r} is not MODULE:ATTR, e.g. function_app:app", exit_code=2)
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    try:
+        found: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except ModuleNotFoundError as error:
+        raise ServeError(f"cannot import {module_name!r}: {error}", exit_code=2) from None
+    except AttributeError:
+        raise ServeError(f"module {module_name!r} has no attribute {attr!r}", exit_code=2) from None
+    if not isinstance(found, func.FunctionRegister):
+        raise ServeError(
+            f"{target} is a {type(found).__name__}, not a func.FunctionApp (or DurableApp)",
+            exit_code=2,
+        )
+    return found
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling: ``serve`` stops it (and the rest) itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve(options: ServeOptions) -> str | None:
+    """Run until SIGTERM/SIGINT; returns the signal's name (``ServeError`` if it cannot start)."""
+    directory = (options.directory or Path.cwd()).resolve()
+    configure_logging(options.log_format, options.log_level)
+    loaded = load_local_settings(directory)
+    os.environ.setdefault("AzureWebJobsScriptRoot", str(directory))
+    if loaded:
+        log.info("loaded %d settings from local.settings.json", len(loaded))
+    try:
+        config = HostConfig.load(directory)
+    except ValueError as error:
+        raise ServeError(str(error)) from None
+    app = load_app(options.target, directory)
+    return asyncio.run(_Host(app, options, config).run())
+
+
+class _Host:
+    """One running ``serve``: store, queues, server, dispatcher and maybe a worker."""
+
+    def __init__(self, app: func.FunctionRegister, options: ServeOptions, config: HostConfig):
+        self._app = app
+        self._options = options
+        self._config = config
+        self._durable = app if isinstance(app, DurableApp) else None
+        self._stop = asyncio.Event()
+        self._signals: list[str] = []
+
+    def _open(self) -> tuple[Store | None, QueueBackend]:
+        durable = self._durable
+        if durable is None:
+            url = self._options.store or default_store_url()
+            return None, open_queues(url)
+        url = self._options.store or durable.settings.resolved_store_url()
+        store = open_store(url, hub=durable.settings.hub)
+        queues = open_queues(store)
+        durable.use_store(store)
+        durable.runtime.use_queues(queues)
+        durable.runtime.use_host_config(self._config)
+        return store, queues
+
+    def _runnable(self, functions: list[IndexedFunction], delivered: bool) -> list[IndexedFunction]:
+        """The functions to serve: the durable queue ones only where the store has those queues."""
+        if self._durable is None or delivered:
+            return functions
+        durable_queues = {self._durable.settings.control_queue, self._durable.settings.work_queue}
+        return [f for f in functions if f.trigger.get("queueName") not in durable_queues]
+
+    async def run(self) -> str | None:
+        store, queues = self._open()
+        delivered = isinstance(store, DeliveredWork)
+        functions, problems = index_app(self._app)
+        for problem in problems:
+            log.warning("not served: %s", problem)
+        functions = self._runnable(functions, delivered)
+        threads = ThreadPoolExecutor(32, thread_name_prefix="durable-fx-function")
+        invoker = Invoker(threads, queues, self._config.queues.message_encoding)
+        dispatcher = Dispatcher(functions, queues, self._config.queues, invoker)
+        keys = FunctionKeys.from_environment()
+        asgi = FunctionsAsgi(
+            functions,
+            route_prefix=self._config.route_prefix,
+            keys=keys,
+            invoker=invoker,
+            after_invocation=dispatcher.kick,
+        )
+        worker = None
+        if self._durable is not None and store is not None and not delivered:
+            worker = Worker(
+                self._durable.registry, store, shutdown_grace=self._options.shutdown_grace
+            )
+        server = _Server(
+            uvicorn.Config(
+                asgi,
+                host=self._options.host,
+                port=self._options.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=max(1, int(self._options.shutdown_grace)),
+            )
+        )
+        self._install_signals()
+        try:
+            if worker is not None:
+                await asyncio.to_thread(worker.start)
+            dispatcher.start()
+            await self._serve(server, functions, keys, store, worker is not None)
+        finally:
+            server.should_exit = True
+            await dispatcher.stop(self._options.shutdown_grace)
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+            if self._durable is not None:
+                await self._durable.runtime.aclose()
+            await queues.close()
+            if store is not None:
+                await store.close()
+            threads.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped (%s)", self._signals[0] if self._signals else "no signal")
+        return self._signals[0] if self._signals else None
+
+    async def _serve(
+        self,
+        server: _Server,
+        functions: list[IndexedFunction],
+        keys: FunctionKeys,
+        store: Store | None,
+        with_worker: bool,
+    ) -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
+            await asyncio.sleep(0.01)
+        if task.done():
+            with contextlib.suppress(BaseException):
+                task.result()
+            raise ServeError(f"could not listen on {self._options.host}:{self._options.port}")
+        self._announce(functions, keys, store, with_worker)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await task
+        stopped.cancel()
+
+    def _announce(
+        self,
+        functions: list[IndexedFunction],
+        keys: FunctionKeys,
+        store: Store | None,
+        with_worker: bool,
+    ) -> None:
+        base = f"http://{self._options.host}:{self._options.port}"
+        prefix = f"/{self._config.route_prefix}" if self._config.route_prefix else ""
+        for function in functions:
+            trigger = function.trigger
+            if function.trigger_type == "httpTrigger":
+                methods = ",".join(trigger.get("methods") or ["ANY"])
+                where = f"[{methods}] {base}{prefix}/{trigger.get('route') or function.name}"
+            else:
+                where = f"queue {trigger.get('queueName')}"
+            log.info("function %s: %s", function.name, where)
+        if keys.generated:
+            log.warning(
+                "no DURABLE_FX_FUNCTION_KEYS set: FUNCTION-level routes take this run's key %s "
+                "(x-functions-key header or ?code=)",
+                keys.function_keys[0],
+            )
+        durable = "an in-process worker" if with_worker else "the queue triggers"
+        where = repr(store) if store is not None else "no store"
+        log.info("listening on %s; durable work by %s on %s", base, durable, where)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: signal.Signals) -> None:
+            if self._signals:
+                log.warning("%s again: quitting without waiting", signum.name)
+                os._exit(128 + signum)
+            self._signals.append(signum.name)
+            log.info("%s: stopping after the work in flight (again to quit at once)", signum.name)
+            self._stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows loops lack signal handlers
+                loop.add_signal_handler(signum, on_signal, signum)
