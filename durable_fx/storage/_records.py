@@ -40,6 +40,8 @@ __all__ = [
     "Page",
     "PoisonedMessage",
     "dedupe_key",
+    "new_instance_record",
+    "started_event",
 ]
 
 T = TypeVar("T")
@@ -212,3 +214,31 @@ class PoisonedMessage:
     poisoned_at: datetime
     dequeue_count: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def started_event(message: OrchestrationMessage) -> ExecutionStarted:
+    """The ``ExecutionStarted`` event a message starts an instance with, checked."""
+    event = message.event
+    if not isinstance(event, ExecutionStarted):
+        raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")
+    if event.instance_id != message.instance_id:
+        raise ValueError(
+            f"ExecutionStarted names instance {event.instance_id!r} "
+            f"but the message is addressed to {message.instance_id!r}"
+        )
+    return event
+
+
+def new_instance_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:
+    """The PENDING row of an instance that ``started`` creates (version ``"1"``)."""
+    return InstanceRecord(
+        instance_id=instance_id,
+        name=started.name,
+        execution_id=started.execution_id,
+        status=OrchestrationStatus.PENDING,
+        created_at=started.timestamp,
+        updated_at=started.timestamp,
+        input=started.input,
+        parent_instance_id=started.parent.instance_id if started.parent else None,
+        version="1",
+    )

@@ -37,10 +37,10 @@ from ._records import (
     InstanceQuery,
     InstanceRecord,
     LockBatch,
-    OrchestrationMessage,
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    started_event,
 )
 from ._sqlite_thread import GroupBroken
 
@@ -439,19 +439,6 @@ class Engine:
 def _visible(due: int | None, now: int, *, empty: bool = True) -> bool:
     """Whether something due at ``due`` is visible at ``now``; ``None`` means ``empty``."""
     return empty if due is None else due <= now
-
-
-def started_event(message: OrchestrationMessage) -> ExecutionStarted:
-    """The ``ExecutionStarted`` event a message starts an instance with, checked."""
-    event = message.event
-    if not isinstance(event, ExecutionStarted):
-        raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")
-    if event.instance_id != message.instance_id:
-        raise ValueError(
-            f"ExecutionStarted names instance {event.instance_id!r} "
-            f"but the message is addressed to {message.instance_id!r}"
-        )
-    return event
 
 
 def _conflict_detail(db: sqlite3.Connection, iid: str, held: tuple[Any, ...]) -> str:

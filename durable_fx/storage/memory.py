@@ -38,7 +38,6 @@ from .._clock import Clock, SystemClock
 from .._errors import ConflictError, InstanceExistsError, InstanceNotFoundError
 from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
-from .._state import OrchestrationStatus
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -52,6 +51,8 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    new_instance_record,
+    started_event,
 )
 
 __all__ = ["MemoryStore"]
@@ -158,13 +159,13 @@ class MemoryStore:
 
     async def create_instance(self, message: OrchestrationMessage) -> None:
         """Create (or replace a finished) instance and put its start message in the inbox."""
-        started = _started_event(message)
+        started = started_event(message)
         instance_id = validate_instance_id(message.instance_id)
         with self._lock:
             existing = self._instances.get(instance_id)
             if existing is not None and not existing.record.status.is_terminal:
                 raise InstanceExistsError(instance_id, existing.record.status.value)
-            record = _new_record(instance_id, started)
+            record = new_instance_record(instance_id, started)
             if existing is not None:
                 # Keep counting: a version cached for the old incarnation must
                 # never match the new one.
@@ -447,9 +448,9 @@ class MemoryStore:
         if message.instance_id not in self._instances:
             if not isinstance(message.event, ExecutionStarted):
                 return
-            started = _started_event(message)
+            started = started_event(message)
             self._instances[message.instance_id] = _Instance(
-                _new_record(message.instance_id, started)
+                new_instance_record(message.instance_id, started)
             )
         self._add_message(message)
 
@@ -513,32 +514,6 @@ class MemoryStore:
 def _holds(lease: _Lease | None, token: str) -> bool:
     """Whether ``token`` still owns the lock (an expired lease counts until retaken)."""
     return lease is not None and lease.token == token
-
-
-def _started_event(message: OrchestrationMessage) -> ExecutionStarted:
-    event = message.event
-    if not isinstance(event, ExecutionStarted):
-        raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")
-    if event.instance_id != message.instance_id:
-        raise ValueError(
-            f"ExecutionStarted names instance {event.instance_id!r} "
-            f"but the message is addressed to {message.instance_id!r}"
-        )
-    return event
-
-
-def _new_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:
-    return InstanceRecord(
-        instance_id=instance_id,
-        name=started.name,
-        execution_id=started.execution_id,
-        status=OrchestrationStatus.PENDING,
-        created_at=started.timestamp,
-        updated_at=started.timestamp,
-        input=started.input,
-        parent_instance_id=started.parent.instance_id if started.parent else None,
-        version="1",
-    )
 
 
 def _next_version(record: InstanceRecord) -> str:

@@ -47,8 +47,9 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    started_event,
 )
-from ._sqlite_engine import CommitPlan, Engine, dumps, started_event
+from ._sqlite_engine import CommitPlan, Engine, dumps
 from ._sqlite_thread import Call, StoreThread, Waiters
 
 __all__ = ["SqliteStore"]

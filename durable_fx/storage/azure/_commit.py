@@ -51,7 +51,7 @@ async def commit_episode(
     orchestrations: Orchestrations, item: OrchestrationWorkItem, commit: EpisodeCommit
 ) -> str:
     """Persist one episode atomically, release the lock and return the new version."""
-    from ._orchestrations import started_event
+    from .._records import started_event
 
     hub = orchestrations.hub
     iid = item.instance.instance_id

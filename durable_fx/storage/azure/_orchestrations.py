@@ -61,6 +61,8 @@ from .._records import (
     LockBatch,
     OrchestrationMessage,
     OrchestrationWorkItem,
+    new_instance_record,
+    started_event,
 )
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, json_list, parse_ts, ts, work_key
@@ -68,7 +70,7 @@ from ._hub import MAX_BATCH, Hub, Lease, Op, Partition, Pending, Session, bump, 
 from ._queues import Received
 from ._transient import status_of
 
-__all__ = ["MAX_MESSAGES_PER_EPISODE", "Orchestrations", "new_record", "started_event"]
+__all__ = ["MAX_MESSAGES_PER_EPISODE", "Orchestrations"]
 
 log = logging.getLogger("durable_fx.storage.azure")
 
@@ -120,7 +122,7 @@ class Orchestrations:
     ) -> Session | None:
         hub = self._hub
         iid = message.instance_id
-        record = new_record(iid, started)
+        record = new_instance_record(iid, started)
         inbox, pending = await hub.inbox_entity(message)
         for _ in range(5):
             token = hub.token()
@@ -170,7 +172,7 @@ class Orchestrations:
         deletes: list[Op] = [("delete", _key(r)) for r in old if r["RowKey"] != inbox["RowKey"]]
         head, tail = deletes[: MAX_BATCH - 2], deletes[MAX_BATCH - 2 :]
         await hub.submit_batches(tail, what=f"clear the old rows of {iid}")
-        record = dataclasses.replace(new_record(iid, started), version=str(version))
+        record = dataclasses.replace(new_instance_record(iid, started), version=str(version))
         token = hub.token()
         entity = await hub.codec.instance_entity(
             record, Version=version, Gen=generation, Count=0, **self._owner_state(own, token)
@@ -255,7 +257,7 @@ class Orchestrations:
         """Create ``message``'s target; ``None`` if it exists (the caller then enqueues)."""
         hub = self._hub
         iid = message.instance_id
-        record = new_record(iid, started)
+        record = new_instance_record(iid, started)
         inbox, pending = await hub.inbox_entity(message)
         token = hub.token()
         entity = await hub.codec.instance_entity(
@@ -811,34 +813,6 @@ class Orchestrations:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def started_event(message: OrchestrationMessage) -> ExecutionStarted:
-    """The message's ``ExecutionStarted`` event, checked against its address."""
-    event = message.event
-    if not isinstance(event, ExecutionStarted):
-        raise ValueError(f"an instance starts from an ExecutionStarted event, not {event.kind}")
-    if event.instance_id != message.instance_id:
-        raise ValueError(
-            f"ExecutionStarted names instance {event.instance_id!r} "
-            f"but the message is addressed to {message.instance_id!r}"
-        )
-    return event
-
-
-def new_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:
-    """The PENDING row of a new instance."""
-    return InstanceRecord(
-        instance_id=instance_id,
-        name=started.name,
-        execution_id=started.execution_id,
-        status=OrchestrationStatus.PENDING,
-        created_at=started.timestamp,
-        updated_at=started.timestamp,
-        input=started.input,
-        parent_instance_id=started.parent.instance_id if started.parent else None,
-        version="1",
-    )
 
 
 def _delay(message: OrchestrationMessage, hub: Hub) -> timedelta:
