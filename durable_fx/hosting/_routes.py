@@ -23,7 +23,6 @@ __all__ = ["RouteMatch", "RouteTable", "RouteTemplate"]
 
 T = TypeVar("T")
 
-_TOKEN = re.compile(r"\{([^{}]*)\}")
 _CONSTRAINT = re.compile(r"^(\w+)(?:\((.*)\))?$")
 
 
@@ -148,19 +147,57 @@ class _Segment:
         return any(p.catch_all for p in self.parameters)
 
 
+def _split(text: str, template: str) -> list[tuple[bool, str]]:
+    """A segment as (is_parameter, text) parts; ``{{`` and ``}}`` escape braces."""
+    parts: list[tuple[bool, str]] = []
+    literal: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if text.startswith(("{{", "}}"), index):
+            literal.append(char)
+            index += 2
+        elif char == "{":
+            token, index = _token(text, index + 1, template)
+            parts.append((False, "".join(literal)))
+            parts.append((True, token))
+            literal = []
+        elif char == "}":
+            raise ValueError(f"route {template!r}: unbalanced braces in {text!r}")
+        else:
+            literal.append(char)
+            index += 1
+    parts.append((False, "".join(literal)))
+    return [part for part in parts if part[0] or part[1]]
+
+
+def _token(text: str, index: int, template: str) -> tuple[str, int]:
+    """The parameter text from ``index`` to its closing brace, and the index after it."""
+    token: list[str] = []
+    while index < len(text):
+        if text.startswith(("{{", "}}"), index):
+            token.append(text[index])
+            index += 2
+        elif text[index] == "}":
+            return "".join(token), index + 1
+        elif text[index] == "{":
+            break
+        else:
+            token.append(text[index])
+            index += 1
+    raise ValueError(f"route {template!r}: unbalanced braces in {text!r}")
+
+
 def _segment(text: str, template: str) -> _Segment:
     parts: list[str] = []
     parameters: list[_Parameter] = []
-    position = 0
-    for match in _TOKEN.finditer(text):
-        parts.append(re.escape(match.string[position : match.start()]))
-        parameter = _parameter(match.group(1), template)
+    for is_parameter, part in _split(text, template):
+        if not is_parameter:
+            parts.append(re.escape(part))
+            continue
+        parameter = _parameter(part, template)
         parameters.append(parameter)
         parts.append("(.*)" if parameter.catch_all else "([^/]+?)")
-        position = match.end()
-    parts.append(re.escape(text[position:]))
-    if "{" in _TOKEN.sub("", text) or "}" in _TOKEN.sub("", text):
-        raise ValueError(f"route {template!r}: unbalanced braces in {text!r}")
     if not parameters:
         rank = 0
     elif any(p.catch_all for p in parameters):
