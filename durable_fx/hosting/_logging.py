@@ -1,9 +1,11 @@
 """Structured logs for ``durable-fx serve``: one line per invocation, text or JSON.
 
 Each invocation logs one record on ``durable_fx.serve`` whose fields (function,
-trigger, invocation id, outcome, duration, status or message id...) travel in
-``extra={"fields": ...}``. ``text`` renders them as ``key=value`` pairs (easy
-to read and to grep), ``json`` as one object per line (for log collectors).
+trigger, invocation id, outcome, duration, status or message id, error...)
+travel in ``extra={"fields": ...}``. ``json`` renders each record as one
+object on one line (for log collectors); ``text`` as one ``key=value`` line
+(easy to read and to grep), with a failed invocation's traceback indented
+below its line.
 """
 
 from __future__ import annotations
@@ -34,16 +36,17 @@ class _Formatter(logging.Formatter):
         moment = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         message = record.getMessage()
         if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info)
+            fields["traceback"] = self.formatException(record.exc_info)
         if self._format == "json":
             document = {"time": moment, "level": record.levelname, "logger": record.name}
             document["message"] = message
             return json.dumps({**document, **fields}, default=str)
-        pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if k != "error")
+        pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if k != "traceback")
         line = f"{moment} {record.levelname} {record.name}: {message}"
         line = f"{line} {pairs}" if pairs else line
-        if "error" in fields:
-            line += "\n" + str(fields["error"])
+        if "traceback" in fields:
+            # The one entry of a failed invocation carries its traceback, indented below it.
+            line += "\n" + "\n".join("    " + t for t in str(fields["traceback"]).splitlines())
         return line
 
 
@@ -88,6 +91,8 @@ def invocation(
         record.fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
         outcome = "failed" if record.failed is not None else "succeeded"
         record.fields.setdefault("outcome", outcome)
+        if record.failed is not None:
+            record.fields["error"] = f"{type(record.failed).__name__}: {record.failed}"
         level = logging.ERROR if record.fields["outcome"] == "failed" else logging.INFO
         failure = record.failed
         exc_info = (type(failure), failure, failure.__traceback__) if failure else None

@@ -127,6 +127,9 @@ def serve(options: ServeOptions) -> str | None:
     configure_logging(options.log_format, options.log_level)
     loaded = load_local_settings(directory)
     os.environ.setdefault("AzureWebJobsScriptRoot", str(directory))
+    if options.store:
+        # Before the app is imported: its queue triggers take their hub from the store URL.
+        os.environ["DURABLE_FX_STORE"] = options.store
     if loaded:
         log.info("loaded %d settings from local.settings.json", len(loaded))
     try:

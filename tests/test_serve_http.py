@@ -1,0 +1,440 @@
+"""``durable-fx serve`` end to end: a real process, real HTTP (httpx), SQLite and Azurite.
+
+One server per store kind serves ``tests/apps/serve_app.py`` for the module;
+each test uses its own instance ids. The last tests start their own servers:
+the repository's ``function_app.py`` on a fresh directory (no settings: the
+embedded SQLite store), with JSON logs, stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from durable_fx.queues import decode_body, encode_body, open_queues
+from tests.azurite import Azurite, new_hub
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+APPS = REPO / "tests" / "apps"
+KEY = "test-function-key"
+SECRET = "shipped-secret"
+HOST_JSON = {
+    "version": "2.0",
+    "extensions": {
+        "http": {"routePrefix": "api"},
+        "queues": {
+            "batchSize": 8,
+            "maxDequeueCount": 2,
+            "visibilityTimeout": "00:00:00",
+            "maxPollingInterval": "00:00:00.200",
+        },
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A running ``durable-fx serve`` and how to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    store_url: str
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str | None = KEY) -> httpx.Client:
+        headers = {"x-functions-key": key} if key else {}
+        return httpx.Client(base_url=f"{self.base}/api", headers=headers, timeout=15)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code once it has shut down."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_server(
+    workdir: Path, target: str, env: dict[str, str], args: list[str] | None = None
+) -> Server:
+    """Start ``durable-fx serve target`` in ``workdir``; returns once it answers HTTP."""
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    command = [sys.executable, "-m", "durable_fx._cli", "serve", target, "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command + (args or []), cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(process, port, env.get("DURABLE_FX_STORE", ""), log)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited with {process.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(server.base + "/", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise TimeoutError(f"serve did not answer within 60 s:\n{server.logs()}")
+        time.sleep(0.1)
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DURABLE_FX_", "AzureWeb"))}
+    pythonpath = os.pathsep.join(p for p in (str(APPS), str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(PYTHONPATH=pythonpath, DURABLE_FX_FUNCTION_KEYS=KEY, SHIPPED_SECRET=SECRET)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp(f"serve-{request.param}")
+    (workdir / "host.json").write_text(json.dumps(HOST_JSON))
+    if request.param == "sqlite":
+        url = f"sqlite:///{workdir / 'app.db'}"
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        url = azurite.connection_string(new_hub())
+    running = start_server(workdir, "serve_app:app", server_env(), ["--store", url])
+    running.store_url = url
+    yield running
+    code = running.stop()
+    assert code == 0, running.logs()
+    assert "stopped (SIGTERM)" in running.logs()
+
+
+def new_id() -> str:
+    return "o-" + uuid.uuid4().hex[:10]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not done within {timeout} s")
+        time.sleep(0.1)
+
+
+def start_order(client: httpx.Client, order_id: str) -> dict[str, str]:
+    response = client.post(
+        f"orchestrators/fulfil/{order_id}", json={"order_id": order_id, "quantity": 2}
+    )
+    assert response.status_code == 202, response.text
+    payload: dict[str, str] = response.json()
+    # Once reserved it waits for Shipped events: the history has the activity's result.
+    wait_until(
+        lambda: (
+            "TaskCompleted"
+            in [
+                e["kind"]
+                for e in client.get(f"instances/{order_id}", params={"showHistory": "true"})
+                .json()
+                .get("historyEvents", [])
+            ]
+        )
+    )
+    return payload
+
+
+def finished(client: httpx.Client, order_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        response = client.get(f"instances/{order_id}")
+        return response.json() if response.status_code == 200 else None
+
+    result: dict[str, Any] = wait_until(done)
+    return result
+
+
+def signed(body: dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    stamp = str(int(time.time()))
+    digest = hmac.new(secret.encode(), stamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    return raw, {"X-Timestamp": stamp, "X-Signature": f"sha256={digest}"}
+
+
+# -- the management API -----------------------------------------------------------------------
+
+
+def test_start_status_raise_complete(server: Server) -> None:
+    order_id = new_id()
+    with server.client() as client:
+        payload = start_order(client, order_id)
+        assert payload["id"] == order_id
+        running = httpx.get(payload["statusQueryGetUri"], timeout=15)  # carries ?code=
+        assert running.status_code == 202
+        assert running.json()["runtimeStatus"] == "Running"
+        event_url = payload["sendEventPostUri"].replace("{eventName}", "Shipped")
+        raised = httpx.post(event_url, json={"order_id": order_id, "carrier": "last"}, timeout=15)
+        assert raised.status_code == 202
+        done = finished(client, order_id)
+    assert done["runtimeStatus"] == "Completed"
+    assert done["output"] == {"reserved": f"reserved 2 for {order_id}", "carriers": ["last"]}
+
+
+def test_keys_and_routes(server: Server) -> None:
+    with server.client(key=None) as anonymous, server.client(key="wrong") as wrong:
+        assert anonymous.post("orchestrators/fulfil", json={}).status_code == 401
+        assert wrong.get("instances").status_code == 401
+        ok = anonymous.get("instances", params={"code": KEY, "top": "1"})
+        assert ok.status_code == 200
+        assert anonymous.get("echo/hi", params={"x": "1"}).text == "hi:1"
+        assert anonymous.get("echo/123").status_code == 404  # {word:alpha}
+        assert anonymous.get("blueprint/ping").text == "pong"
+        assert anonymous.get("nowhere").status_code == 404
+        assert anonymous.delete("echo/hi").status_code == 404  # GET only
+
+
+def test_bad_requests_are_explained(server: Server) -> None:
+    with server.client() as client:
+        invalid = client.post("orchestrators/fulfil", json={"order_id": "x", "quantity": "lots"})
+        assert invalid.status_code == 400
+        assert invalid.json()["fields"][0]["field"] == "input.quantity"
+        assert client.post("orchestrators/fulfil", content=b"{").status_code == 400
+        assert client.post("orchestrators/missing").status_code == 404
+        big = b'"' + b"x" * (1024 * 1024 + 10) + b'"'
+        assert client.post("orchestrators/fulfil", content=big).status_code == 413
+        assert client.get("instances/nobody").status_code == 404
+        assert client.get("instances", params={"runtimeStatus": "Bogus"}).status_code == 400
+
+
+def test_a_user_route_starts_through_the_durable_client(server: Server) -> None:
+    order_id = new_id()
+    with server.client() as client:
+        started = client.put(f"orders/{order_id}", params={"n": "5"})
+        assert started.status_code == 202
+        assert started.headers["location"].endswith(f"/api/instances/{order_id}?code={KEY}")
+        wait_until(lambda: client.get(f"instances/{order_id}").json()["runtimeStatus"] == "Running")
+        client.post(
+            f"instances/{order_id}/raiseEvent/Shipped",
+            json={"order_id": order_id, "carrier": "last"},
+        )
+        assert finished(client, order_id)["output"]["reserved"] == f"reserved 5 for {order_id}"
+
+
+# -- webhooks -----------------------------------------------------------------------------
+
+
+def test_webhook_signatures_and_replays(server: Server) -> None:
+    order_id = new_id()
+    with server.client() as client, server.client(key=None) as anonymous:
+        start_order(client, order_id)
+        raw, headers = signed({"order_id": order_id, "carrier": "ups"})
+        forged = {**headers, "X-Signature": "sha256=" + "0" * 64}
+        assert anonymous.post("hooks/shipped", content=raw, headers=forged).status_code == 401
+        _, other = signed({"order_id": order_id, "carrier": "ups"}, secret="guess")
+        assert anonymous.post("hooks/shipped", content=raw, headers=other).status_code == 401
+        accepted = anonymous.post("hooks/shipped", content=raw, headers=headers)
+        assert (accepted.status_code, accepted.json()["raised"]) == (202, 1)
+        time.sleep(0.5)  # consumed by now: only the ledger can tell the replay apart
+        replayed = anonymous.post("hooks/shipped", content=raw, headers=headers)
+        assert (replayed.status_code, replayed.json()["duplicates"]) == (200, 1)
+        last, last_headers = signed({"order_id": order_id, "carrier": "last"})
+        assert (
+            anonymous.post("hooks/shipped", content=last, headers=last_headers).status_code == 202
+        )
+        assert finished(client, order_id)["output"]["carriers"] == ["ups", "last"]
+
+
+def test_event_grid_handshake_and_delivery(server: Server) -> None:
+    order_id = new_id()
+    code = "0d4f2f3e-57c5-4a7b-9c1e-1234567890ab"
+    validation = [
+        {
+            "id": "1",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {"validationCode": code},
+        }
+    ]
+    with server.client() as client, server.client(key=None) as anonymous:
+        assert anonymous.post("hooks/grid", json=validation).status_code == 401  # needs the key
+        handshake = client.post(
+            "hooks/grid", json=validation, headers={"aeg-event-type": "SubscriptionValidation"}
+        )
+        assert handshake.json() == {"validationResponse": code}
+        options = client.options(
+            "hooks/grid", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
+        )
+        assert options.headers["webhook-allowed-origin"] == "eventgrid.azure.net"
+        start_order(client, order_id)
+        events = [
+            {
+                "id": f"{order_id}-{n}",
+                "eventType": "Shipped",
+                "data": {"order_id": order_id, "carrier": c},
+            }
+            for n, c in enumerate(["dhl", "last"])
+        ]
+        delivered = client.post(
+            "hooks/grid", json=events, headers={"aeg-event-type": "Notification"}
+        )
+        assert delivered.json() == {"raised": 2, "duplicates": 0, "ignored": 0}
+        again = client.post("hooks/grid", json=events, headers={"aeg-event-type": "Notification"})
+        assert again.json()["duplicates"] == 2
+        assert finished(client, order_id)["output"]["carriers"] == ["dhl", "last"]
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def send(server: Server, queue: str, text: str) -> None:
+    import asyncio
+
+    async def put() -> None:
+        queues = open_queues(server.store_url)
+        try:
+            await queues.send(queue, text)
+        finally:
+            await queues.close()
+
+    asyncio.run(put())
+
+
+def poisoned(server: Server, queue: str) -> list[str]:
+    import asyncio
+
+    async def read() -> list[str]:
+        queues = open_queues(server.store_url)
+        try:
+            found = await queues.receive(queue, limit=32, visibility=timedelta(seconds=30))
+            return [m.text for m in found]
+        finally:
+            await queues.close()
+
+    return asyncio.run(read())
+
+
+def test_a_queue_message_raises_its_event(server: Server) -> None:
+    order_id = new_id()
+    with server.client() as client:
+        start_order(client, order_id)
+        send(
+            server, "shipments", encode_body(json.dumps({"order_id": order_id, "carrier": "last"}))
+        )
+        assert finished(client, order_id)["output"]["carriers"] == ["last"]
+
+
+def test_malformed_queue_messages_end_in_the_poison_queue_with_their_reason(server: Server) -> None:
+    marker = uuid.uuid4().hex
+    send(server, "shipments", encode_body(f"not json {marker}"))
+    send(server, "shipments", encode_body(json.dumps({"order_id": marker})))
+    found: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        for text in poisoned(server, "shipments-poison"):
+            envelope = json.loads(decode_body(text))
+            if marker in envelope["message"]:
+                found.append(envelope)
+        return len(found) == 2
+
+    wait_until(arrived)
+    reasons = sorted(e["reason"] for e in found)
+    assert "not valid JSON" in reasons[1]
+    assert "message.carrier: Field required" in reasons[0]
+
+
+def test_a_failing_trigger_is_retried_then_poisoned(server: Server) -> None:
+    marker = f"fail-{uuid.uuid4().hex}"
+    send(server, "always-fails", encode_body(marker))
+    found = wait_until(
+        lambda: [
+            t for t in poisoned(server, "always-fails-poison") if marker.encode() in decode_body(t)
+        ]
+    )
+    assert len(found) == 1
+    failures = [
+        line
+        for line in server.logs().splitlines()
+        if "function=always_fails" in line and "outcome=failed" in line and marker in line
+    ]
+    assert len(failures) == 2  # maxDequeueCount tries, one log line each
+
+
+# -- a fresh machine, logs, signals ------------------------------------------------------------
+
+
+def test_the_sample_app_runs_on_a_fresh_directory_and_stops_on_sigterm(tmp_path: Path) -> None:
+    shutil.copy(REPO / "function_app.py", tmp_path)
+    shutil.copy(REPO / "host.json", tmp_path)
+    env = server_env(APPROVAL_WEBHOOK_SECRET="s")
+    running = start_server(tmp_path, "function_app:app", env, ["--log-format", "json"])
+    try:
+        with running.client() as client:
+            started = client.post("orchestrators/hello", json={"name": "Ada"})
+            assert started.status_code == 202
+            instance_id = started.json()["id"]
+            done = finished(client, instance_id)
+        assert done["output"] == {"greeting": "Hello, Ada!"}
+    finally:
+        code = running.stop()
+    assert code == 0
+    assert (tmp_path / ".durable_fx" / "durable_fx.db").exists()  # the embedded default
+    records = [json.loads(line) for line in running.logs().splitlines() if line.startswith("{")]
+    invocations = [r for r in records if r["message"] == "invocation"]
+    assert {r["function"] for r in invocations} >= {"dfx_start", "dfx_status"}
+    start_record = next(r for r in invocations if r["function"] == "dfx_start")
+    assert start_record["status"] == 202
+    assert start_record["outcome"] == "succeeded"
+    assert isinstance(start_record["duration_ms"], float)
+    assert any(r["message"] == "stopped (SIGTERM)" for r in records)
+
+
+def test_serve_refuses_a_bad_target(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "durable_fx._cli", "serve", "no_such_module:app"],
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot import 'no_such_module'" in result.stderr
+
+
+def test_base64_helpers_match_the_hosts_encoding() -> None:
+    assert encode_body("hi") == base64.b64encode(b"hi").decode()
