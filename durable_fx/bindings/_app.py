@@ -75,7 +75,7 @@ class DurableApp(func.FunctionApp):
         super().__init__(http_auth_level=http_auth_level)
         level = management_auth_level
         self._settings = FunctionsSettings.from_environment(
-            hub=hub,
+            hub=hub or _hub_of(store),
             connection=connection,
             store_url=store if isinstance(store, str) else None,
             management_auth_level=level.name if isinstance(level, func.AuthLevel) else level,
@@ -295,6 +295,12 @@ class DurableApp(func.FunctionApp):
         ]  # fmt: skip
         for name, route, method, handler in routes:
             self._add_http(name, route, [method], level, guarded(handler))
+
+
+def _hub_of(store: Store | str | None) -> str | None:
+    """The task hub of an opened Azure store (its queues are the ones to bind to)."""
+    hub = getattr(getattr(store, "settings", None), "hub", None)
+    return hub if isinstance(hub, str) else None
 
 
 def delivered(msg: func.QueueMessage) -> DeliveredMessage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ class QueueOptions:
             if encoding not in ("base64", "none"):
                 raise ValueError("host.json queues.messageEncoding must be base64 or none")
             values["message_encoding"] = encoding
-        return _replace(options, values)
+        return replace(options, **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +123,3 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"host.json {name} must be a whole number from {low} to {high}")
     return value
-
-
-def _replace(options: QueueOptions, values: dict[str, Any]) -> QueueOptions:
-    from dataclasses import replace
-
-    return replace(options, **values)

@@ -147,7 +147,12 @@ async def _read_body(receive: Receive, limit: int, declared: str | None) -> byte
 
 
 async def _send(send: Send, answer: HttpAnswer) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+    # The length is the body's: a Content-Length the function set itself could lie.
+    headers = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in answer.headers
+        if k.lower() != "content-length"
+    ]
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})

@@ -14,6 +14,7 @@ import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -82,7 +83,8 @@ def _indexed(name: str, fn: Callable[..., Any], bindings: list[dict[str, Any]]) 
         raise _Unsupported(f"durable-fx serve has no {', '.join(unsupported)} binding")
     params = dict(inspect.signature(fn).parameters)
     wants_context = "context" in params and not any(b["name"] == "context" for b in bindings)
-    params.pop("context", None) if wants_context else None
+    if wants_context:
+        del params["context"]
     names = {b["name"] for b in bindings if b["name"] != "$return"}
     if set(params) != names:
         raise _Unsupported(
@@ -98,7 +100,7 @@ def _indexed(name: str, fn: Callable[..., Any], bindings: list[dict[str, Any]]) 
         returns=returns,
         wants_context=wants_context,
         annotations=_annotations(fn),
-        directory=str(_directory(fn)),
+        directory=_directory(fn),
     )
 
 
@@ -111,8 +113,6 @@ def _annotations(fn: Callable[..., Any]) -> dict[str, Any]:
 
 def _directory(fn: Callable[..., Any]) -> str:
     try:
-        from pathlib import Path
-
         return str(Path(inspect.getfile(fn)).parent)
     except TypeError:
         return ""

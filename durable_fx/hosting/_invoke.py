@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import azure.functions as func
@@ -76,8 +76,6 @@ def queue_message(message: QueuedMessage, body: bytes) -> func.QueueMessage:
 
 def _timestamp(moment: datetime) -> str:
     """The host's format: UTC ISO 8601 with a ``+00:00`` offset."""
-    from datetime import UTC
-
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 

@@ -1,0 +1,233 @@
+"""The durable queue triggers on the Azure store, driven the way the Functions host drives them.
+
+``FakeHost`` plays the host: it receives from the hub's control and work-item
+queues, decodes Base64, builds each ``func.QueueMessage`` with azure-functions'
+converter from the trigger metadata, calls the indexed function by keyword,
+and deletes the message on success (or releases it on failure). Nothing else
+polls: between invocations the app must make no requests at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Generator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+import durable_fx
+from durable_fx import DurableApp, OrchestrationContext
+from durable_fx.hosting import http_request, queue_message
+from durable_fx.queues import QueueBackend, decode_body, encode_body, open_queues
+from durable_fx.storage.azure import AzureStore
+from tests.azurite import Azurite, new_hub
+
+pytestmark = [pytest.mark.azurite, pytest.mark.slow]
+
+
+class FakeHost:
+    """Receives the hub's queue messages and invokes the app's queue functions with them."""
+
+    def __init__(self, app: DurableApp, queues: QueueBackend) -> None:
+        functions = {f.get_function_name(): f for f in app.get_functions()}
+        self.handlers: dict[str, Callable[..., Any]] = {
+            app.settings.control_queue: functions["dfx_control"].get_user_function(),
+            app.settings.work_queue: functions["dfx_work_items"].get_user_function(),
+        }
+        self.http = {n: f.get_user_function() for n, f in functions.items()}
+        self.queues = queues
+        self.invocations = 0
+
+    async def pump(self) -> int:
+        """One receive per queue; invoke each message; returns how many ran."""
+        ran = 0
+        for queue, handler in self.handlers.items():
+            received = await self.queues.receive(queue, limit=16, visibility=timedelta(minutes=5))
+            for message in received:
+                msg = queue_message(message, decode_body(message.text))
+                try:
+                    await handler(msg=msg)
+                except Exception:
+                    await self.queues.update_visibility(message, timedelta(0))
+                    raise
+                await self.queues.delete(message)
+                ran += 1
+        self.invocations += ran
+        return ran
+
+    async def run_until(self, done: Callable[[], Any], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not await done():
+            assert time.monotonic() < deadline, "the host never got there"
+            if not await self.pump():
+                await asyncio.sleep(0.05)
+
+    async def start(self, name: str, instance_id: str, body: bytes = b"") -> func.HttpResponse:
+        url = f"http://localhost:7071/api/orchestrators/{name}/{instance_id}"
+        req = http_request("POST", url, {}, {}, {"name": name, "instanceId": instance_id}, body)
+        response: func.HttpResponse = await self.http["dfx_start"](req=req)
+        return response
+
+
+@pytest.fixture
+def store(azurite: Azurite) -> Iterator[AzureStore]:
+    opened = durable_fx.open_store(azurite.connection_string(new_hub()))
+    assert isinstance(opened, AzureStore)
+    yield opened
+    asyncio.run(opened.close())
+
+
+def build(store: AzureStore, calls: list[str]) -> DurableApp:
+    app = DurableApp(store=store)
+
+    @app.activity()
+    def record(word: str) -> str:
+        calls.append(word)
+        return word.upper()
+
+    @app.orchestrator()
+    def flow(ctx: OrchestrationContext, word: str) -> Generator[Any, Any, str]:
+        first = yield ctx.call_activity(record, word)
+        if word == "sleepy":
+            yield ctx.create_timer(timedelta(seconds=2))
+        second = yield ctx.call_activity(record, word + "!")
+        return f"{first} {second}"
+
+    return app
+
+
+def test_the_host_path_runs_orchestrations_and_makes_no_requests_when_idle(
+    store: AzureStore,
+) -> None:
+    calls: list[str] = []
+    app = build(store, calls)
+    assert app.settings.control_queue == store.settings.names.control_queue
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        assert (await host.start("flow", "run-1", b'"go"')).status_code == 202
+
+        async def completed() -> bool:
+            state = await app.runtime.client.get("run-1")
+            return state is not None and state.status.is_terminal
+
+        await host.run_until(completed)
+        state = await app.runtime.client.get("run-1")
+        assert state is not None and state.output == "GO GO!"
+        assert calls == ["go", "go!"]
+        before = store.requests.total
+        await asyncio.sleep(1.5)  # no invocations: the host is idle, so is durable_fx
+        assert store.requests.total == before
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_a_timer_leaves_a_delayed_wake_up(store: AzureStore) -> None:
+    calls: list[str] = []
+    app = build(store, calls)
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("flow", "sleepy-1", b'"sleepy"')
+
+        async def reserved() -> bool:
+            return calls == ["sleepy"]
+
+        await host.run_until(reserved)
+        while await host.pump():
+            pass  # the episode after the activity: it starts the timer
+        started = time.monotonic()
+
+        async def completed() -> bool:
+            state = await app.runtime.client.get("sleepy-1")
+            return state is not None and state.status.is_terminal
+
+        await host.run_until(completed)
+        assert time.monotonic() - started >= 1.0  # the wake-up waited for the timer
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_concurrent_wake_ups_for_one_instance_run_it_once_each_step(store: AzureStore) -> None:
+    calls: list[str] = []
+    app = build(store, calls)
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("flow", "twice", b'"x"')
+        control = app.settings.control_queue
+        for _ in range(3):  # extra wake-ups for the same instance, as retries would leave
+            await host.queues.send(control, encode_body('{"h": "twice"}'))
+
+        async def completed() -> bool:
+            state = await app.runtime.client.get("twice")
+            return state is not None and state.status.is_terminal
+
+        await host.run_until(completed)
+        state = await app.runtime.client.get("twice")
+        assert state is not None and state.output == "X X!"
+        assert calls == ["x", "x!"]
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_malformed_messages_are_poisoned_with_their_reason(store: AzureStore) -> None:
+    app = build(store, [])
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.queues.send(app.settings.control_queue, encode_body("not a wake-up"))
+        await host.queues.send(app.settings.work_queue, encode_body('{"w": 1}'))
+        while await host.pump():
+            pass
+        poisoned = await store.poisoned_messages()
+        reasons = sorted(p.reason for p in poisoned)
+        assert reasons[0].startswith("undecodable control message")
+        assert reasons[1] == "undecodable work item message"
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_a_redelivered_work_item_whose_result_is_recorded_does_not_run_again(
+    store: AzureStore,
+) -> None:
+    calls: list[str] = []
+    app = build(store, calls)
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("flow", "again", b'"once"')
+        control, work = app.settings.control_queue, app.settings.work_queue
+        hold = timedelta(minutes=1)
+        while not (items := await host.queues.receive(work, limit=1, visibility=timedelta(0))):
+            for message in await host.queues.receive(control, limit=16, visibility=hold):
+                await host.handlers[control](msg=queue_message(message, decode_body(message.text)))
+                await host.queues.delete(message)
+        (item,) = items
+        first = queue_message(item, decode_body(item.text))
+        await host.handlers[work](msg=first)
+        # The host lost track (a crash before its delete): the message comes back.
+        redelivered = queue_message(
+            type(item)(**{**_fields(item), "dequeue_count": 2}), decode_body(item.text)
+        )
+        await host.handlers[work](msg=redelivered)
+        assert calls == ["once"]
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def _fields(message: Any) -> dict[str, Any]:
+    return {name: getattr(message, name) for name in message.__slots__}
