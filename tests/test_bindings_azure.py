@@ -10,9 +10,10 @@ polls: between invocations the app must make no requests at all.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Generator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
@@ -20,8 +21,9 @@ import pytest
 
 import durable_fx
 from durable_fx import DurableApp, OrchestrationContext
+from durable_fx.bindings import MessageRejected
 from durable_fx.hosting import http_request, queue_message
-from durable_fx.queues import QueueBackend, decode_body, encode_body, open_queues
+from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_body, open_queues
 from durable_fx.storage.azure import AzureStore
 from tests.azurite import Azurite, new_hub
 
@@ -231,3 +233,37 @@ def test_a_redelivered_work_item_whose_result_is_recorded_does_not_run_again(
 
 def _fields(message: Any) -> dict[str, Any]:
     return {name: getattr(message, name) for name in message.__slots__}
+
+
+def test_a_queue_of_another_account_is_left_to_the_host_to_poison(store: AzureStore) -> None:
+    app = build(store, [])
+
+    @app.event_queue(
+        queue_name="elsewhere",
+        event_name="E",
+        instance_id=lambda body: body["id"],
+        connection="OtherStorage",
+    )
+    def other(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    @app.event_queue(queue_name="local", event_name="E", instance_id=lambda body: body["id"])
+    def local(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    functions = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+    now = datetime.now(UTC)
+    raw = QueuedMessage("elsewhere", "m1", "r", encode_body("not json"), 1, now, now)
+
+    async def scenario() -> None:
+        # The store's account is not that queue's: the host retries it and poisons it.
+        with pytest.raises(MessageRejected, match="not valid JSON"):
+            await functions["other"](msg=queue_message(raw, b"not json"))
+        await functions["local"](msg=queue_message(raw, b"not json"))
+        queues = open_queues(store)
+        (poisoned,) = await queues.receive("local-poison", limit=5, visibility=timedelta(0))
+        assert "not valid JSON" in json.loads(decode_body(poisoned.text))["reason"]
+        await queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())

@@ -195,8 +195,8 @@ class DurableApp(func.FunctionApp):
             source = EventSource.of(
                 function_name, fn, event_name=event_name, instance_id=instance_id, event_id=event_id
             )
-            handler = QueueEventHandler(self._runtime, source, queue_name)
             chosen = connection or self._settings.connection
+            handler = QueueEventHandler(self._runtime, source, queue_name, chosen)
             self._add_queue(function_name, queue_name, chosen, handler)
             return fn
 

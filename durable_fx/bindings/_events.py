@@ -227,17 +227,20 @@ class QueueEventHandler:
     raises, so the host retries it and poisons it after maxDequeueCount.
     """
 
-    def __init__(self, runtime: AppRuntime, source: EventSource, queue_name: str) -> None:
+    def __init__(
+        self, runtime: AppRuntime, source: EventSource, queue_name: str, connection: str
+    ) -> None:
         self._runtime = runtime
         self._source = source
         self._queue = queue_name
+        self._connection = connection
 
     async def __call__(self, msg: func.QueueMessage) -> None:
         """Handle one message."""
         body = msg.get_body() or b""
         reason = await self._try(msg, body)
         if reason is not None:
-            await self._runtime.poison(self._queue, body, reason)
+            await self._runtime.poison(self._queue, body, reason, connection=self._connection)
 
     async def _try(self, msg: func.QueueMessage, body: bytes) -> str | None:
         """Raise the message's event; returns why it must be poisoned, if it must."""

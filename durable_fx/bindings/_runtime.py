@@ -227,16 +227,22 @@ class AppRuntime:
 
     # -- poison -------------------------------------------------------------------------
 
-    async def poison(self, queue: str, body: bytes, reason: str) -> None:
+    async def poison(
+        self, queue: str, body: bytes, reason: str, *, connection: str | None = None
+    ) -> None:
         """Put a message this app cannot use in ``<queue>-poison``, with the reason.
 
         The poison copy is ``{"reason": ..., "message": <original body>}``.
-        Without queues to write to, ``MessageRejected`` hands the message back
+        Without queues to write to (or, under the host, for a queue of another
+        connection than the store's), ``MessageRejected`` hands the message back
         to the host, which retries it and poisons it after maxDequeueCount.
         """
         backend = self.queues()
         target = poison_queue_of(queue)
-        if backend is None or target is None:
+        # serve gives its queues (every queue lives with the store there); under the
+        # host, only the store's account is known: another account's queue is the host's.
+        foreign = connection not in (None, self.settings.connection) and self._owns_queues
+        if backend is None or target is None or foreign:
             raise MessageRejected(reason)
         envelope = json.dumps({"reason": reason, "message": body.decode("utf-8", "replace")})
         encoding = self.host_config.queues.message_encoding
