@@ -43,10 +43,18 @@ _TERMINAL = frozenset(s for s in OrchestrationStatus if s.is_terminal)
 class ClientService:
     """Implements the client side of ``TaskHubSidecarService`` on a store."""
 
-    def __init__(self, store: Store, clock: Clock, watch: InstanceWatch) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        watch: InstanceWatch,
+        work_arrived: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._watch = watch
+        self._work_arrived = work_arrived
+        """Wakes the work-item streams: a message this process enqueued is ready."""
         self._client = AsyncDurableClient(store, clock=clock)
 
     # -- starting -------------------------------------------------------------------------
@@ -74,6 +82,7 @@ class ClientService:
         message = OrchestrationMessage(instance_id, started, started.execution_id, scheduled)
         await self._store.create_instance(message)
         self._watch.changed(instance_id)
+        self._work_arrived()
         return pb.CreateInstanceResponse(instanceId=instance_id)
 
     async def _check_reuse(self, instance_id: str, replaceable: set[OrchestrationStatus]) -> None:
@@ -94,6 +103,7 @@ class ClientService:
             request.instanceId, new_instance_id=request.restartWithNewInstanceId
         )
         self._watch.changed(new_id)
+        self._work_arrived()
         return pb.RestartInstanceResponse(instanceId=new_id)
 
     # -- reading ----------------------------------------------------------------------------
@@ -182,22 +192,26 @@ class ClientService:
         """Deliver an event to a running instance."""
         payload = optional_text(request, "input")
         await self._client._raise_event_json(request.instanceId, request.name, payload)
+        self._work_arrived()
         return pb.RaiseEventResponse()
 
     async def terminate(self, request: pb.TerminateRequest) -> pb.TerminateResponse:
         """Terminate an instance (and, if asked, the sub-orchestrations it waits on)."""
         output = optional_text(request, "output")
         await self._client._terminate_json(request.instanceId, output, recursive=request.recursive)
+        self._work_arrived()
         return pb.TerminateResponse()
 
     async def suspend(self, request: pb.SuspendRequest) -> pb.SuspendResponse:
         """Suspend a running instance."""
         await self._client._suspend_json(request.instanceId, optional_text(request, "reason"))
+        self._work_arrived()
         return pb.SuspendResponse()
 
     async def resume(self, request: pb.ResumeRequest) -> pb.ResumeResponse:
         """Resume a suspended instance."""
         await self._client._resume_json(request.instanceId, optional_text(request, "reason"))
+        self._work_arrived()
         return pb.ResumeResponse()
 
     async def rewind(self, request: pb.RewindInstanceRequest) -> pb.RewindInstanceResponse:
@@ -212,6 +226,7 @@ class ClientService:
             timestamp=self._clock.now(), reason=optional_text(request, "reason")
         )
         await self._store.enqueue(OrchestrationMessage(request.instanceId, event))
+        self._work_arrived()
         return pb.RewindInstanceResponse()
 
     # -- purging -------------------------------------------------------------------------------

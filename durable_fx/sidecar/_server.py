@@ -10,6 +10,7 @@ workers still hold so it is delivered again at once after a restart.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from ._client_service import ClientService
 from ._episodes import EpisodeBridge
 from ._proto import grpc, pb_grpc
 from ._service import SidecarServicer
+from ._threaded import ThreadedServicer
 from ._watch import InstanceWatch
 from ._work_items import WorkItemDispatcher
 
@@ -52,6 +54,8 @@ class SidecarServer:
             ping (the SDKs reconnect after 120 s without a message).
         cache_size: Instances whose history is kept between episodes.
         shutdown_grace: Seconds stopping waits for in-flight RPCs.
+        threads: Calls served at once: each worker's stream and each waiting
+            client (``WaitForInstance*``) holds one while it lasts.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class SidecarServer:
         ping_interval: float = 30.0,
         cache_size: int = 1_000,
         shutdown_grace: float = 5.0,
+        threads: int = 200,
     ) -> None:
         self._clock = clock or SystemClock()
         self._owns_store = not isinstance(store, Store)
@@ -77,8 +82,9 @@ class SidecarServer:
         self._ping_interval = ping_interval
         self._cache_size = cache_size
         self._grace = shutdown_grace
+        self._threads = threads
         self._owner = f"{socket.gethostname()}:{os.getpid()}:sidecar:{uuid.uuid4().hex[:8]}"
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.Server | None = None
         self._dispatcher: WorkItemDispatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -162,19 +168,24 @@ class SidecarServer:
             ping_interval=self._ping_interval,
             max_poll_interval=self._max_poll,
         )
-        servicer = SidecarServicer(ClientService(self._store, self._clock, watch), self._dispatcher)
-        server = grpc.aio.server(
+        clients = ClientService(self._store, self._clock, watch, self._dispatcher.work_arrived)
+        servicer = SidecarServicer(clients, self._dispatcher)
+        server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(
+                self._threads, thread_name_prefix="durable-fx-sidecar-call"
+            ),
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ]
+            ],
         )
-        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        threaded = ThreadedServicer(servicer, self._loop)
+        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]
         bound = server.add_insecure_port(f"{self._host}:{self._port}")
         if bound == 0:
             raise OSError(f"cannot listen on {self._host}:{self._port}")
         self._port = bound
-        await server.start()
+        server.start()
         self._server = server
         self._dispatcher.start()
         log.info("durable_fx sidecar listening on %s", self.address)
@@ -185,7 +196,9 @@ class SidecarServer:
         if dispatcher is not None:
             dispatcher.begin_close()
         if server is not None:
-            await server.stop(self._grace)
+            # Calls in flight may still need the loop: wait for them off it.
+            stopped = server.stop(self._grace)
+            await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
         if dispatcher is not None:
             await dispatcher.close()
         if self._owns_store:

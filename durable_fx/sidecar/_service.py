@@ -1,6 +1,9 @@
 """``TaskHubSidecarService``: every RPC of the Durable Task protobuf, wired to its part.
 
 Client RPCs go to ``ClientService``, worker RPCs to ``WorkItemDispatcher``.
+Coroutine handlers run on the sidecar's event loop; the two completions,
+by far the most frequent calls, are plain functions that hand their work to
+the loop from the call's thread.
 durable_fx errors become gRPC status codes with their message (a missing
 instance is NOT_FOUND, a finished one that cannot be steered is
 FAILED_PRECONDITION, ...); anything unexpected is INTERNAL and logged.
@@ -10,8 +13,8 @@ Entity RPCs answer UNIMPLEMENTED until durable_fx has entities.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .._errors import (
     InstanceExistsError,
@@ -22,6 +25,7 @@ from .._errors import (
 from ._client_service import ClientService
 from ._history_pb import UnsupportedEventError
 from ._proto import empty_pb2, grpc, pb
+from ._threaded import CallContext
 from ._work_items import UnknownTokenError, WorkItemDispatcher
 
 __all__ = ["SidecarServicer"]
@@ -29,7 +33,7 @@ __all__ = ["SidecarServicer"]
 log = logging.getLogger("durable_fx.sidecar")
 
 T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = CallContext
 
 _NO_ENTITIES = (
     "durable_fx has no durable entities yet, so the sidecar does not serve {rpc}; "
@@ -65,6 +69,13 @@ async def _answer(context: Context, work: Awaitable[T]) -> T:
         if code is grpc.StatusCode.INTERNAL:
             log.exception("a sidecar RPC failed")
         await context.abort(code, f"{type(error).__name__}: {error}")
+
+
+def _complete(context: grpc.ServicerContext, take: Callable[[], None]) -> None:
+    try:
+        take()
+    except UnknownTokenError as error:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"{type(error).__name__}: {error}")
 
 
 class SidecarServicer:
@@ -197,18 +208,18 @@ class SidecarServicer:
         """Stream work items to one worker until it disconnects."""
         await self._work.serve(request, context.write)
 
-    async def CompleteOrchestratorTask(
-        self, request: pb.OrchestratorResponse, context: Context
+    def CompleteOrchestratorTask(
+        self, request: pb.OrchestratorResponse, context: grpc.ServicerContext
     ) -> pb.CompleteTaskResponse:
-        """Commit an episode the worker ran."""
-        await _answer(context, self._work.complete_orchestration(request))
+        """Take an episode the worker ran (on the call's thread: no trip to the loop)."""
+        _complete(context, lambda: self._work.complete_orchestration(request))
         return pb.CompleteTaskResponse()
 
-    async def CompleteActivityTask(
-        self, request: pb.ActivityResponse, context: Context
+    def CompleteActivityTask(
+        self, request: pb.ActivityResponse, context: grpc.ServicerContext
     ) -> pb.CompleteTaskResponse:
-        """Record an activity's outcome."""
-        await _answer(context, self._work.complete_activity(request))
+        """Take an activity's outcome (on the call's thread: no trip to the loop)."""
+        _complete(context, lambda: self._work.complete_activity(request))
         return pb.CompleteTaskResponse()
 
     async def AbandonTaskOrchestratorWorkItem(

@@ -44,6 +44,7 @@ __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
 log = logging.getLogger("durable_fx.sidecar")
 
 T = TypeVar("T")
+H = TypeVar("H", "_HeldEpisode", "_HeldActivity")
 Send = Callable[[pb.WorkItem], Awaitable[None]]
 
 _MIN_POLL = 0.005
@@ -129,13 +130,17 @@ class WorkItemDispatcher:
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
-        self._results: list[tuple[ActivityResult, asyncio.Future[None]]] = []
+        self._results: list[tuple[str, _Connection, ActivityResult]] = []
+        self._committing: set[asyncio.Task[None]] = set()
         self._results_ready = asyncio.Event()
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._arrivals: set[asyncio.Event] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Start the result writer and the lease renewer (on the running loop)."""
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._write_results_loop(), name="durable-fx-sidecar-results"),
             asyncio.create_task(self._renew_loop(), name="durable-fx-sidecar-renewals"),
@@ -150,11 +155,16 @@ class WorkItemDispatcher:
         self._closing.set()
         for token in list(self._held):
             await self._release(token, "the sidecar stopped")
-        self._results_ready.set()
+        await asyncio.gather(*self._committing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._write_results()
+
+    def work_arrived(self) -> None:
+        """Wake the idle fetch loops: this process just made work visible (call on the loop)."""
+        for arrived in self._arrivals:
+            arrived.set()
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -203,29 +213,41 @@ class WorkItemDispatcher:
         connection: _Connection,
         fetch: Callable[[_Connection], Awaitable[LockBatch[Any] | None]],
     ) -> None:
-        """Fetch until the stream ends; back off while there is nothing to do."""
+        """Fetch until the stream ends; back off while there is nothing to do.
+
+        Work this sidecar makes visible wakes the loop at once (``work_arrived``);
+        work from other processes on the store is found by polling, at least
+        every ``max_poll_interval`` seconds.
+        """
+        arrived = asyncio.Event()
+        self._arrivals.add(arrived)
         delay = _MIN_POLL
-        while True:
-            try:
-                batch = await fetch(connection)
-            except _StreamClosed:
-                raise
-            except Exception:
-                log.exception("fetching work failed; retrying")
-                batch, delay = LockBatch(items=[]), self._max_poll
-            if batch is None:  # the worker has no room: wait until it completes something
-                await _wait_event(connection.wake, self._max_poll)
-                connection.wake.clear()
-                continue
-            if batch.items:
-                delay = _MIN_POLL
-                continue
-            timeout = delay
-            if batch.next_due is not None:
-                due_in = (batch.next_due - self._clock.now()).total_seconds()
-                timeout = max(0.0, min(timeout, due_in))
-            await self._store.wait_for_work(timeout)
-            delay = min(delay * 2, self._max_poll)
+        try:
+            while True:
+                # Cleared before looking: work made visible during the lock call wakes us.
+                arrived.clear()
+                try:
+                    batch = await fetch(connection)
+                except _StreamClosed:
+                    raise
+                except Exception:
+                    log.exception("fetching work failed; retrying")
+                    batch, delay = LockBatch(items=[]), self._max_poll
+                if batch is None:  # the worker has no room: wait until it completes something
+                    await _wait_event(connection.wake, self._max_poll)
+                    connection.wake.clear()
+                    continue
+                if batch.items:
+                    delay = _MIN_POLL
+                    continue
+                timeout = delay
+                if batch.next_due is not None:
+                    due_in = (batch.next_due - self._clock.now()).total_seconds()
+                    timeout = max(0.0, min(timeout, due_in))
+                if not await _wait_event(arrived, timeout):
+                    delay = min(delay * 2, self._max_poll)
+        finally:
+            self._arrivals.discard(arrived)
 
     async def _ping_loop(self, connection: _Connection) -> None:
         """Keep an idle stream alive: the SDKs reconnect after a long silence."""
@@ -305,12 +327,29 @@ class WorkItemDispatcher:
 
     # -- completions -------------------------------------------------------------------------
 
-    async def complete_orchestration(self, response: pb.OrchestratorResponse) -> None:
-        """Commit the episode the worker ran; a lost race drops it (the new owner redoes it)."""
-        held = self._held.get(response.completionToken)
-        if not isinstance(held, _HeldEpisode):
-            raise UnknownTokenError(response.completionToken)
-        self._untrack(response.completionToken, held)
+    def complete_orchestration(self, response: pb.OrchestratorResponse) -> None:
+        """Take the episode the worker ran; it is committed right after this returns.
+
+        Called on the gRPC call's thread: whoever pops a token from the held
+        items owns it (a release on the loop pops it too). Acknowledging
+        before the commit frees the worker's thread; the inbox messages stay
+        in the store until the commit, so an episode whose commit fails (or
+        is lost with the process) is delivered and run again. The worker's
+        slot stays taken until the commit, which keeps its concurrency limit.
+        """
+        held = self._take(response.completionToken, _HeldEpisode)
+        self._call_soon(self._spawn_commit, response.completionToken, held, response)
+
+    def _spawn_commit(
+        self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
+    ) -> None:
+        task = asyncio.create_task(self._commit_episode(token, held, response))
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
+
+    async def _commit_episode(
+        self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
+    ) -> None:
         prepared = held.prepared
         instance_id = prepared.instance.instance_id
         try:
@@ -319,36 +358,42 @@ class WorkItemDispatcher:
         except ConflictError:
             self._bridge.forget(instance_id)
             log.info("episode for %s lost to another worker", instance_id)
-            return
         except Exception as error:
-            self._bridge.forget(instance_id)
+            log.exception("committing the episode of %s failed; it will be retried", instance_id)
             await self._abandon_episode(prepared.item, f"{type(error).__name__}: {error}")
-            raise
-        self._bridge.committed(prepared, commit, version)
-        self._watch.changed(instance_id)
-
-    async def complete_activity(self, response: pb.ActivityResponse) -> None:
-        """Deliver an activity's outcome to its instance (written with others in one batch)."""
-        held = self._held.get(response.completionToken)
-        if not isinstance(held, _HeldActivity):
-            raise UnknownTokenError(response.completionToken)
-        self._untrack(response.completionToken, held)
-        invocation = held.item.invocation
-        now = self._clock.now()
-        event: TaskCompleted | TaskFailed
-        if response.HasField("failureDetails"):
-            failure = failure_from_pb(response.failureDetails)
-            event = TaskFailed(timestamp=now, task_scheduled_id=invocation.task_id, failure=failure)
         else:
-            result = optional_text(response, "result")
-            event = TaskCompleted(
-                timestamp=now, task_scheduled_id=invocation.task_id, result=result
-            )
-        message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
-        written = asyncio.get_running_loop().create_future()
-        self._results.append((ActivityResult(held.item, message), written))
+            self._bridge.committed(prepared, commit, version)
+            self._watch.changed(instance_id, commit.instance)
+            self.work_arrived()
+        finally:
+            _free(held.connection, token)
+
+    def complete_activity(self, response: pb.ActivityResponse) -> None:
+        """Take an activity's outcome; it is written with others in the next batch.
+
+        Called on the gRPC call's thread, and acknowledged before the write,
+        like an episode: the work item stays in the store until its result is
+        written, so a lost result means the activity runs again, never that
+        it is lost.
+        """
+        held = self._take(response.completionToken, _HeldActivity)
+        result = _result(held.item, response, self._clock)
+        self._call_soon(self._queue_result, response.completionToken, held, result)
+
+    def _queue_result(self, token: str, held: _HeldActivity, result: ActivityResult) -> None:
+        self._results.append((token, held.connection, result))
         self._results_ready.set()
-        await written
+
+    def _take(self, token: str, kind: type[H]) -> H:
+        """Own the work item held under ``token`` (safe from any thread)."""
+        held = self._held.get(token)
+        if not isinstance(held, kind) or self._held.pop(token, None) is not held:
+            raise UnknownTokenError(token)
+        return held
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None, "start() the dispatcher first"
+        self._loop.call_soon_threadsafe(callback, *args)
 
     async def abandon(self, token: str) -> None:
         """Release a work item the worker gave back; it is delivered again shortly."""
@@ -358,14 +403,6 @@ class WorkItemDispatcher:
         await self._release(token, "the worker abandoned it", _RETRY_AFTER_ERROR)
 
     # -- holding and releasing ------------------------------------------------------------------
-
-    def _untrack(self, token: str, held: _HeldEpisode | _HeldActivity) -> None:
-        """The worker is done with ``token``: it no longer holds it, and has room for more."""
-        del self._held[token]
-        connection = held.connection
-        connection.episodes.discard(token)
-        connection.activities.discard(token)
-        connection.wake.set()
 
     async def _release(
         self, token: str, reason: str, retry_after: timedelta = timedelta(0)
@@ -402,7 +439,8 @@ class WorkItemDispatcher:
             await self._abandon_episode(item, f"{type(error).__name__}: {error}")
         else:
             self._bridge.forget(instance_id)
-            self._watch.changed(instance_id)
+            self._watch.changed(instance_id, commit.instance)
+            self.work_arrived()
 
     # -- background: result batches and lease renewal ----------------------------------------------
 
@@ -417,22 +455,20 @@ class WorkItemDispatcher:
         if not batch:
             return
         try:
-            await self._store.complete_activities([result for result, _ in batch])
-        except Exception as error:
+            await self._store.complete_activities([result for _, _, result in batch])
+            self.work_arrived()
+        except Exception:
             log.exception("writing %d activity results failed; they will run again", len(batch))
-            for result, written in batch:
+            for _, _, result in batch:
                 with contextlib.suppress(Exception):
                     await self._store.abandon_activity(
                         result.item,
                         reason="could not record the result",
                         retry_after=_RETRY_AFTER_ERROR,
                     )
-                if not written.done():
-                    written.set_exception(error)
-            return
-        for _, written in batch:
-            if not written.done():
-                written.set_result(None)
+        finally:
+            for token, connection, _ in batch:
+                _free(connection, token)
 
     async def _renew_loop(self) -> None:
         """Renew the leases of activities workers hold for long (orchestrations are short)."""
@@ -462,6 +498,30 @@ def _request(item: ActivityWorkItem) -> pb.ActivityRequest:
     )
 
 
+def _result(item: ActivityWorkItem, response: pb.ActivityResponse, clock: Clock) -> ActivityResult:
+    invocation = item.invocation
+    event: TaskCompleted | TaskFailed
+    if response.HasField("failureDetails"):
+        failure = failure_from_pb(response.failureDetails)
+        event = TaskFailed(
+            timestamp=clock.now(), task_scheduled_id=invocation.task_id, failure=failure
+        )
+    else:
+        result = optional_text(response, "result")
+        event = TaskCompleted(
+            timestamp=clock.now(), task_scheduled_id=invocation.task_id, result=result
+        )
+    message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
+    return ActivityResult(item, message)
+
+
+def _free(connection: _Connection, token: str) -> None:
+    """The work under ``token`` is done: its worker has room for more."""
+    connection.episodes.discard(token)
+    connection.activities.discard(token)
+    connection.wake.set()
+
+
 def _limits(connection: _Connection) -> tuple[int, int]:
     return connection.max_episodes, connection.max_activities
 
@@ -479,6 +539,12 @@ async def _unless_lost(connection: _Connection, locking: Awaitable[T]) -> T:
     return await asyncio.shield(task)
 
 
-async def _wait_event(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """True if ``event`` was set within ``timeout`` seconds."""
+    if event.is_set():
+        return True
+    try:
         await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
