@@ -50,12 +50,6 @@ def start_worker(
     return worker
 
 
-@pytest.fixture
-def sidecar_url(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], str]:
-    """Builds a fresh store URL of a kind (``"sqlite"`` or ``"azure"``)."""
-    return lambda kind: store_url_for(kind, tmp_path, request)
-
-
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as probe:

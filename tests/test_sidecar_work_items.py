@@ -1,0 +1,323 @@
+"""Work-item dispatch through the sidecar: release on disconnect, abandon, tokens, leases, restarts.
+
+Some tests speak the protocol directly (the SDK's generated stub) to act as a
+worker that misbehaves: one that disconnects holding work, or gives it back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from durabletask import client as dt_client
+from durabletask import task
+from durabletask.internal import orchestrator_service_pb2 as pb
+from durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
+from google.protobuf import empty_pb2
+
+from durable_fx.sidecar import SidecarServer
+from tests.sidecar_support import (
+    SIDECAR_STORES,
+    WAIT,
+    free_port,
+    running_sidecar,
+    start_worker,
+    store_url_for,
+    wait_for,
+)
+
+Status = dt_client.OrchestrationStatus
+Steps = Generator[task.Task[Any], Any, Any]
+
+_runs: dict[str, int] = {}
+_runs_lock = threading.Lock()
+
+
+def count_run(key: str) -> int:
+    with _runs_lock:
+        _runs[key] = _runs.get(key, 0) + 1
+        return _runs[key]
+
+
+def step(ctx: task.ActivityContext, value: int) -> int:
+    count_run(f"{ctx.orchestration_id}/{ctx.task_id}")
+    return value + 1
+
+
+def slow_step(ctx: task.ActivityContext, value: int) -> int:
+    count_run(f"{ctx.orchestration_id}/{ctx.task_id}")
+    time.sleep(0.4)
+    return value + 1
+
+
+def long_step(ctx: task.ActivityContext, seconds: float) -> str:
+    count_run(ctx.orchestration_id)
+    time.sleep(seconds)
+    return "done"
+
+
+def steps(ctx: task.OrchestrationContext, count: int) -> Steps:
+    value = 0
+    for _ in range(count):
+        value = yield ctx.call_activity(step, input=value)
+    return value
+
+
+def slow_steps(ctx: task.OrchestrationContext, count: int) -> Steps:
+    value = 0
+    for _ in range(count):
+        value = yield ctx.call_activity(slow_step, input=value)
+    return value
+
+
+def one_long_step(ctx: task.OrchestrationContext, seconds: float) -> Steps:
+    return (yield ctx.call_activity(long_step, input=seconds))
+
+
+@pytest.fixture(params=SIDECAR_STORES)
+def store_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return store_url_for(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def make_sidecar(store_url: str) -> Iterator[Callable[..., SidecarServer]]:
+    servers: list[SidecarServer] = []
+
+    def make(**options: Any) -> SidecarServer:
+        server = running_sidecar(store_url, **options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def sdk_for() -> Iterator[Callable[[str], dt_client.TaskHubGrpcClient]]:
+    clients: list[dt_client.TaskHubGrpcClient] = []
+
+    def make(address: str) -> dt_client.TaskHubGrpcClient:
+        clients.append(dt_client.TaskHubGrpcClient(host_address=address))
+        return clients[-1]
+
+    yield make
+    for sdk in clients:
+        sdk.close()
+
+
+def stub_for(address: str) -> tuple[grpc.Channel, pb_grpc.TaskHubSidecarServiceStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.TaskHubSidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def first_request(stream: Any, kind: str) -> pb.WorkItem:
+    """The first work item of ``kind`` on a raw stream (health pings skipped)."""
+    for item in stream:
+        if item.HasField(kind):
+            return item  # type: ignore[no-any-return]
+    raise AssertionError(f"the stream ended without a {kind}")
+
+
+def test_a_disconnected_worker_s_work_goes_to_another_at_once(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    server = make_sidecar(lease=timedelta(minutes=10))  # only the release can free it in time
+    sdk = sdk_for(server.address)
+    instance_id = sdk.schedule_new_orchestration(steps, input=2)
+    channel, stub = stub_for(server.address)
+    stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    taken = first_request(stream, "orchestratorRequest")
+    assert taken.orchestratorRequest.instanceId == instance_id
+    stream.cancel()
+    channel.close()
+    worker = start_worker(server.address, [steps], [step])
+    try:
+        state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
+    finally:
+        worker.stop()
+    assert state is not None and state.get_output() == 2
+
+
+def test_an_abandoned_work_item_is_delivered_again(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    server = make_sidecar()
+    sdk = sdk_for(server.address)
+    instance_id = sdk.schedule_new_orchestration(steps, input=1)
+    channel, stub = stub_for(server.address)
+    try:
+        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        first = first_request(stream, "orchestratorRequest")
+        stub.AbandonTaskOrchestratorWorkItem(
+            pb.AbandonOrchestrationTaskRequest(completionToken=first.completionToken)
+        )
+        again = first_request(stream, "orchestratorRequest")
+        assert again.orchestratorRequest.instanceId == instance_id
+        assert again.completionToken != first.completionToken
+        stream.cancel()
+    finally:
+        channel.close()
+
+
+def test_completions_with_unknown_tokens_are_not_found(
+    make_sidecar: Callable[..., SidecarServer],
+) -> None:
+    server = make_sidecar()
+    channel, stub = stub_for(server.address)
+    try:
+        with pytest.raises(grpc.RpcError) as activity:
+            stub.CompleteActivityTask(pb.ActivityResponse(completionToken="nope"))
+        with pytest.raises(grpc.RpcError) as orchestration:
+            stub.CompleteOrchestratorTask(pb.OrchestratorResponse(completionToken="nope"))
+    finally:
+        channel.close()
+    for error in (activity.value, orchestration.value):
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "completion token 'nope'" in (error.details() or "")
+
+
+def test_an_idle_stream_gets_health_pings(make_sidecar: Callable[..., SidecarServer]) -> None:
+    server = make_sidecar(ping_interval=0.1)
+    channel, stub = stub_for(server.address)
+    try:
+        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        assert next(stream).HasField("healthPing")
+        stream.cancel()
+    finally:
+        channel.close()
+
+
+def test_a_long_activity_keeps_its_lease(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    server = make_sidecar(lease=timedelta(seconds=1.2))
+    sdk = sdk_for(server.address)
+    worker = start_worker(server.address, [one_long_step], [long_step])
+    try:
+        instance_id = sdk.schedule_new_orchestration(one_long_step, input=2.5)
+        state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
+    finally:
+        worker.stop()
+    assert state is not None and state.get_output() == "done"
+    assert _runs[instance_id] == 1  # renewed: never handed to anyone else meanwhile
+
+
+def test_entity_rpcs_are_unimplemented_with_a_reason(
+    make_sidecar: Callable[..., SidecarServer],
+) -> None:
+    server = make_sidecar()
+    channel, stub = stub_for(server.address)
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@a", name="add"))
+    finally:
+        channel.close()
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "durable entities" in (raised.value.details() or "")
+
+
+def test_client_errors_map_to_grpc_status_codes(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    server = make_sidecar()
+    sdk = sdk_for(server.address)
+    assert sdk.get_orchestration_state("missing") is None
+    with pytest.raises(grpc.RpcError) as missing:
+        sdk.raise_orchestration_event("missing", "e")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    channel, stub = stub_for(server.address)
+    try:
+        stub.StartInstance(pb.CreateInstanceRequest(instanceId="dup", name="steps"))
+        with pytest.raises(grpc.RpcError) as duplicate:
+            stub.StartInstance(pb.CreateInstanceRequest(instanceId="dup", name="steps"))
+        with pytest.raises(grpc.RpcError) as bad_id:
+            stub.StartInstance(pb.CreateInstanceRequest(instanceId="a/b", name="steps"))
+        with pytest.raises(grpc.RpcError) as running:
+            stub.PurgeInstances(pb.PurgeInstancesRequest(instanceId="dup"))
+    finally:
+        channel.close()
+    assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert bad_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert running.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(TimeoutError):
+        sdk.wait_for_orchestration_completion("dup", timeout=0.3)
+
+
+# -- restarts: the sidecar as a process of its own -------------------------------------------------
+
+
+@pytest.fixture
+def sidecar_process(store_url: str) -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "durable_fx._cli", "--store", store_url, "sidecar"]
+        command += ["--port", str(port), "--lease", "2", "--log-level", "WARNING"]
+        process = subprocess.Popen(command)
+        processes.append(process)
+        _wait_until_serving(f"127.0.0.1:{port}", process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
+    channel, stub = stub_for(address)
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert process.poll() is None, f"the sidecar exited with {process.returncode}"
+            try:
+                stub.Hello(empty_pb2.Empty(), timeout=0.5)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        channel.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_worker_reconnects_after_the_sidecar_restarts(
+    sidecar_process: Callable[[int], subprocess.Popen[bytes]],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+    stop: signal.Signals,
+) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    process = sidecar_process(port)
+    sdk = sdk_for(address)
+    worker = start_worker(address, [slow_steps], [slow_step])
+    try:
+        instance_id = sdk.schedule_new_orchestration(slow_steps, input=4)
+        wait_for(lambda: f"{instance_id}/1" in _runs)  # mid-run: an activity in flight
+        os.kill(process.pid, stop)
+        assert process.wait(timeout=WAIT) in (0, -signal.SIGKILL)
+        sidecar_process(port)  # same store, same port: the worker finds it again
+        state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
+    finally:
+        worker.stop()
+    assert state is not None
+    assert state.runtime_status == Status.COMPLETED, state.failure_details
+    assert state.get_output() == 4
