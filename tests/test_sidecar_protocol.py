@@ -167,11 +167,7 @@ def test_sdk_actions_become_durable_fx_actions_with_their_ids() -> None:
                 completeOrchestration=pb.CompleteOrchestrationAction(
                     orchestrationStatus=pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW,
                     result=text(value="2"),
-                    carryoverEvents=[
-                        pb.HistoryEvent(
-                            eventRaised=pb.EventRaisedEvent(name="add", input=text(value="1"))
-                        )
-                    ],
+                    carryoverEvents=[carried],
                 ),
             ),
         ]
