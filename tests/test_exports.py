@@ -28,11 +28,11 @@ def test_public_classes_show_their_public_module() -> None:
 
 
 def test_importing_the_package_does_not_load_optional_stacks() -> None:
-    # A worker on SQLite must start fast: no Azure SDK, no CLI toolkit.
+    # A worker on SQLite must start fast: no Azure SDK, no CLI toolkit, no gRPC.
     code = (
         "import sys, durable_fx; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('azure', 'typer', 'rich', 'aiohttp')))"
+        "('azure', 'typer', 'rich', 'aiohttp', 'grpc', 'google', 'durabletask')))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
