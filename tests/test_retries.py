@@ -178,8 +178,11 @@ def test_timeout_stops_retrying(registry: Registry, worker: Worker, client: Dura
 
     @registry.orchestrator()
     def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
-        # Waits of 100 ms: the second one would end past the 150 ms timeout.
-        policy = RetryPolicy(first_interval=100 * MS, max_attempts=10, timeout=150 * MS)
+        # Waits of 0.2 s then 2 s: the second would end past the 1.5 s timeout. The
+        # margins are wide so a loaded machine's slow attempts cannot blur them.
+        policy = RetryPolicy(
+            first_interval=200 * MS, backoff=10.0, max_attempts=10, timeout=1500 * MS
+        )
         yield ctx.call_activity(always_fails, retry=policy)
 
     iid = client.start(orchestrate)
