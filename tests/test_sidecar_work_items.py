@@ -6,8 +6,10 @@ worker that misbehaves: one that disconnects holding work, or gives it back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -321,3 +323,33 @@ def test_a_worker_reconnects_after_the_sidecar_restarts(
     assert state is not None
     assert state.runtime_status == Status.COMPLETED, state.failure_details
     assert state.get_output() == 4
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_the_sidecar_command_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from durable_fx._cli import app
+
+    runner = CliRunner()
+    bad_store = runner.invoke(app, ["--store", "bogus://nowhere", "sidecar", "--port", "0"])
+    assert bad_store.exit_code == 2, bad_store.output
+    assert bad_store.stderr.startswith("error: ")
+    assert len(bad_store.stderr.splitlines()) == 1
+    with socket_in_use() as port:
+        busy = runner.invoke(
+            app, ["--store", f"sqlite:///{tmp_path / 'x.db'}", "sidecar", "--port", str(port)]
+        )
+    assert busy.exit_code == 1, busy.output
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+
+
+@contextlib.contextmanager
+def socket_in_use() -> Iterator[int]:
+    """A loopback port another socket is listening on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]

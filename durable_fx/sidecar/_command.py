@@ -41,7 +41,7 @@ def run_sidecar(
         stopped_by = asyncio.run(run_until_signalled(server))
     except OSError as error:
         raise CliError(
-            f"cannot listen on {host}:{port}: {error}; is another process using the port?"
+            f"cannot listen on {host}:{port} ({error}); is another process using the port?"
         ) from None
     log.info("sidecar stopped (%s)", stopped_by or "no signal")
     if json_output:

@@ -181,9 +181,12 @@ class SidecarServer:
         )
         threaded = ThreadedServicer(servicer, self._loop)
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]
-        bound = server.add_insecure_port(f"{self._host}:{self._port}")
+        try:
+            bound = server.add_insecure_port(f"{self._host}:{self._port}")
+        except RuntimeError as error:  # grpcio's way of saying the bind failed
+            raise OSError(f"{error}") from None
         if bound == 0:
-            raise OSError(f"cannot listen on {self._host}:{self._port}")
+            raise OSError("the address could not be bound")
         self._port = bound
         server.start()
         self._server = server
