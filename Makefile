@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: demo test lint bench clean
 
 demo: $(INSTALLED)
-	$(PY) examples/quickstart.py
+	$(PY) examples/email_demo.py
 
 # Azurite (the Azure Storage emulator) for the Azure store tests comes from npm,
 # pinned by package-lock.json; node_modules is installed when missing or stale.
@@ -19,8 +19,8 @@ test: $(INSTALLED) $(AZURITE)
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check durable_fx tests bench examples
-	$(VENV)/bin/ruff format --check durable_fx tests bench examples
+	$(VENV)/bin/ruff check durable_fx email_pipeline function_app.py tests bench examples
+	$(VENV)/bin/ruff format --check durable_fx email_pipeline function_app.py tests bench examples
 	$(VENV)/bin/mypy
 
 bench: $(INSTALLED)

@@ -1,89 +1,115 @@
-"""A small durable_fx app for Azure Functions and ``durable-fx serve``.
+"""The email pipeline as an Azure Functions app (also run by ``durable-fx serve``).
 
-``hello`` greets someone through an activity and, if asked to, waits for an
-``Approval`` event that arrives by a signed webhook or through a queue.
+``email_delivery`` (in ``email_pipeline.app``) sends an email, waits for its
+delivery receipt, resends soft bounces, escalates silence and records the
+outcome. Entry points:
 
-    durable-fx serve function_app:app          # or: func start (with Azurite)
-    curl -X POST "localhost:7071/api/orchestrators/hello?code=$KEY" -d '{"name": "Ada"}'
+* ``POST /api/emails``: an ``EmailRequest``; starts ``email_delivery`` (the
+  idempotency key, when given, is the instance id: a repeat returns the same instance);
+* ``POST /api/webhooks/delivery``: a receipt as HMAC-signed JSON
+  (``DELIVERY_WEBHOOK_SECRET``; ``X-Signature`` over ``"<X-Timestamp>.<body>"``);
+* ``POST /api/webhooks/delivery/eventgrid``: ACS delivery reports from an Event
+  Grid subscription (validation handshake included; function key in the URL);
+* the queue ``email-delivery-events``: the same reports through Event Grid -> Storage Queue.
 
-(The email pipeline will replace this sample.)
+    durable-fx serve function_app:app      # or: func start (with Azurite)
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from datetime import timedelta
-from typing import Any
+import json
 
 import azure.functions as func
-from pydantic import BaseModel
+from pydantic import ValidationError
 
-from durable_fx import AsyncDurableClient, DurableApp, EventTimeoutError, OrchestrationContext
-from durable_fx.bindings import hmac_sha256
+from durable_fx import (
+    AsyncDurableClient,
+    InstanceExistsError,
+    InvalidInstanceIdError,
+    validate_instance_id,
+)
+from durable_fx.bindings import event_grid_handshake, hmac_sha256
+from email_pipeline.app import app, email_delivery, records
+from email_pipeline.eventgrid import EventGridEvent, receipt_from_event
+from email_pipeline.models import DeliveryReceipt, EmailJob, EmailRequest
+from email_pipeline.settings import policy_from_environment
 
-app = DurableApp()
-
-
-class Greeting(BaseModel):
-    """What ``hello`` is started with."""
-
-    name: str
-    wait_for_approval: bool = False
-
-
-class Approval(BaseModel):
-    """An approval for a waiting ``hello`` instance (webhook body or queue message)."""
-
-    instance_id: str
-    approved: bool
-    by: str | None = None
+__all__ = ["app"]
 
 
-@app.activity()
-def say_hello(name: str) -> str:
-    """The real work: build a greeting."""
-    return f"Hello, {name}!"
+def _problem(
+    status: int, message: str, fields: list[dict[str, str]] | None = None
+) -> func.HttpResponse:
+    body = {"error": message, "fields": fields or []}
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
 
-@app.orchestrator()
-def hello(ctx: OrchestrationContext, request: Greeting) -> Generator[Any, Any, dict[str, Any]]:
-    """Greet, then (if asked) wait up to an hour for an approval."""
-    greeting = yield ctx.call_activity(say_hello, request.name)
-    if not request.wait_for_approval:
-        return {"greeting": greeting}
+@app.route(route="emails", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def emails(req: func.HttpRequest, client: AsyncDurableClient) -> func.HttpResponse:
+    """Start a delivery; a repeated idempotency key answers with the existing instance."""
     try:
-        approval = yield ctx.wait_for_event(
-            "Approval", timeout=timedelta(hours=1), result_type=Approval
+        request = EmailRequest.model_validate_json(req.get_body() or b"")
+    except ValidationError as error:
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in error.errors()
+        ]
+        return _problem(400, "invalid email request", fields)
+    instance_id = f"email-{request.idempotency_key}" if request.idempotency_key else None
+    if instance_id is not None:
+        try:
+            validate_instance_id(instance_id)
+        except InvalidInstanceIdError as error:
+            return _problem(400, str(error), [{"field": "idempotency_key", "message": str(error)}])
+    job = EmailJob(request=request, policy=policy_from_environment())
+    try:
+        started = await client.start(email_delivery, job, instance_id=instance_id)
+    except InstanceExistsError:
+        assert instance_id is not None
+        response = app.create_check_status_response(req, instance_id)
+        return func.HttpResponse(
+            response.get_body(), status_code=200, headers=dict(response.headers)
         )
-    except EventTimeoutError:
-        return {"greeting": greeting, "approved": False, "by": None}
-    return {"greeting": greeting, "approved": approval.approved, "by": approval.by}
+    return app.create_check_status_response(req, started)
+
+
+def _instance_of_message(message_id: str) -> str | None:
+    # Receipts name the provider's message; the send recorded which instance sent it.
+    return records().instance_for(message_id) if message_id else None
 
 
 @app.event_webhook(
-    route="webhooks/approval",
-    event_name="Approval",
-    instance_id=lambda approval: approval.instance_id,
-    verify=hmac_sha256("APPROVAL_WEBHOOK_SECRET"),
+    route="webhooks/delivery",
+    event_name="DeliveryReceipt",
+    instance_id=lambda receipt: _instance_of_message(receipt.message_id),
+    event_id=lambda receipt: receipt.event_id,
+    verify=hmac_sha256("DELIVERY_WEBHOOK_SECRET"),
 )
-def approval_webhook(approval: Approval) -> Approval:
-    """A signed POST (X-Signature over "<X-Timestamp>.<body>") approves an instance."""
-    return approval
+def delivery_webhook(receipt: DeliveryReceipt) -> DeliveryReceipt:
+    """A signed receipt (any provider or relay that can sign JSON)."""
+    return receipt
+
+
+@app.event_webhook(
+    route="webhooks/delivery/eventgrid",
+    event_name="DeliveryReceipt",
+    instance_id=lambda event: _instance_of_message(event.message_id),
+    event_id=lambda event: event.id,
+    verify=event_grid_handshake(),
+    batch=True,
+)
+def delivery_eventgrid(event: EventGridEvent) -> DeliveryReceipt | None:
+    """ACS EmailDeliveryReportReceived events pushed by Event Grid (others are ignored)."""
+    return receipt_from_event(event)
 
 
 @app.event_queue(
-    queue_name="approvals",
-    event_name="Approval",
-    instance_id=lambda approval: approval.instance_id,
+    queue_name="email-delivery-events",
+    event_name="DeliveryReceipt",
+    instance_id=lambda event: _instance_of_message(event.message_id),
+    event_id=lambda event: event.id,
 )
-def approval_queue(approval: Approval) -> Approval:
-    """A message on the ``approvals`` queue approves an instance."""
-    return approval
-
-
-@app.route(route="hello/{name}", methods=["POST"])
-@app.durable_client_input(client_name="client")
-async def hello_start(req: func.HttpRequest, client: AsyncDurableClient) -> func.HttpResponse:
-    """A user route that starts ``hello`` through the durable client."""
-    instance_id = await client.start(hello, Greeting(name=req.route_params["name"]))
-    return app.create_check_status_response(req, instance_id)
+def delivery_queue(event: EventGridEvent) -> DeliveryReceipt | None:
+    """ACS delivery reports delivered by Event Grid to a Storage queue."""
+    return receipt_from_event(event)

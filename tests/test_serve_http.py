@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from durable_fx.queues import decode_body, encode_body, open_queues
+from email_pipeline.localsmtp import LocalSmtp
 from tests.azurite import Azurite, new_hub
 
 pytestmark = pytest.mark.slow
@@ -397,20 +398,33 @@ def test_a_failing_trigger_is_retried_then_poisoned(server: Server) -> None:
 # -- a fresh machine, logs, signals ------------------------------------------------------------
 
 
-def test_the_sample_app_runs_on_a_fresh_directory_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_the_email_app_runs_on_a_fresh_directory_and_stops_on_sigterm(tmp_path: Path) -> None:
     shutil.copy(REPO / "function_app.py", tmp_path)
     shutil.copy(REPO / "host.json", tmp_path)
-    env = server_env(APPROVAL_WEBHOOK_SECRET="s")
-    running = start_server(tmp_path, "function_app:app", env, ["--log-format", "json"])
-    try:
-        with running.client() as client:
-            started = client.post("orchestrators/hello", json={"name": "Ada"})
-            assert started.status_code == 202
-            instance_id = started.json()["id"]
-            done = finished(client, instance_id)
-        assert done["output"] == {"greeting": "Hello, Ada!"}
-    finally:
-        code = running.stop()
+    with LocalSmtp() as smtp:
+        env = server_env(
+            DELIVERY_WEBHOOK_SECRET="s", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port)
+        )
+        running = start_server(tmp_path, "function_app:app", env, ["--log-format", "json"])
+        try:
+            with running.client() as client:
+                job = {"request": {"from": "a@example.com", "to": ["b@example.com"],
+                                   "subject": "hi", "text": "hello"}}  # fmt: skip
+                started = client.post("orchestrators/email_delivery", json=job)
+                assert started.status_code == 202
+                instance_id = started.json()["id"]
+                message_id = wait_until(lambda: awaiting_receipt(client, instance_id))
+                receipt = {"message_id": message_id, "status": "delivered", "event_id": "e1"}
+                raw, headers = signed(receipt, "s")
+                assert (
+                    client.post("webhooks/delivery", content=raw, headers=headers).status_code
+                    == 202
+                )
+                done = finished(client, instance_id)
+            assert done["output"]["status"] == "delivered"
+        finally:
+            code = running.stop()
+        assert [m["Message-ID"] for m in smtp.messages] == [message_id]
     assert code == 0
     assert (tmp_path / ".durable_fx" / "durable_fx.db").exists()  # the embedded default
     records = [json.loads(line) for line in running.logs().splitlines() if line.startswith("{")]
@@ -421,6 +435,11 @@ def test_the_sample_app_runs_on_a_fresh_directory_and_stops_on_sigterm(tmp_path:
     assert start_record["outcome"] == "succeeded"
     assert isinstance(start_record["duration_ms"], float)
     assert any(r["message"] == "stopped (SIGTERM)" for r in records)
+
+
+def awaiting_receipt(client: httpx.Client, instance_id: str) -> str | None:
+    status = client.get(f"instances/{instance_id}").json().get("customStatus") or {}
+    return status.get("message_id") if status.get("stage") == "awaiting receipt" else None
 
 
 def test_serve_refuses_a_bad_target(tmp_path: Path) -> None:

@@ -1,0 +1,222 @@
+"""The ``DurableApp`` of the pipeline: ``email_delivery`` and its activities.
+
+``function_app.py`` imports ``app`` from here and adds the entry points.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Generator
+from datetime import timedelta
+from typing import Any
+
+from durable_fx import (
+    ActivityContext,
+    DurableApp,
+    EventTimeoutError,
+    OrchestrationContext,
+    RetryPolicy,
+    TaskFailedError,
+)
+
+from .models import (
+    RETRYABLE,
+    DeliveryOutcome,
+    DeliveryReceipt,
+    EmailJob,
+    SendCommand,
+    SendResult,
+)
+from .providers import EmailProvider, open_provider
+from .records import EmailRecords, open_records
+
+__all__ = ["app", "email_delivery", "escalate", "record_outcome", "records", "send_email"]
+
+log = logging.getLogger("email_pipeline")
+
+app = DurableApp()
+
+_lock = threading.Lock()
+_records: dict[int, EmailRecords] = {}
+
+
+def records() -> EmailRecords:
+    """The pipeline's records next to the app's current store (opened once per store)."""
+    store = app.runtime.store
+    with _lock:
+        found = _records.get(id(store))
+        if found is None:
+            found = _records[id(store)] = open_records(store, app.settings.hub)
+        return found
+
+
+def provider() -> EmailProvider:
+    """The provider the settings choose (read per send, so settings changes apply)."""
+    return open_provider()
+
+
+class Escalation(DeliveryOutcome):
+    """What ``escalate`` reports: the outcome so far and who to notify."""
+
+    operations_address: str
+    recipients: list[str]
+    subject: str
+
+
+@app.activity()
+def send_email(command: SendCommand, context: ActivityContext) -> SendResult:
+    """Send once per (instance, attempt): a repeat returns the first recorded result."""
+    key = command.idempotency_key
+    ledger = records()
+    earlier = ledger.sent(key)
+    if earlier is not None:
+        log.info(
+            "send %s already done (delivery %d): not sending again", key, context.delivery_count
+        )
+        return earlier
+    result = provider().send(command.request, key)
+    return ledger.record_sent(key, result, command.instance_id)
+
+
+@app.activity()
+def escalate(escalation: Escalation) -> None:
+    """No receipt in time: tell operations (by email, best effort) and log it."""
+    log.warning(
+        "escalating %s (%s to %s): %s",
+        escalation.instance_id,
+        escalation.subject,
+        ", ".join(escalation.recipients),
+        escalation.detail,
+    )
+    from .models import EmailRequest
+
+    notice = EmailRequest.model_validate(
+        {
+            "from": escalation.operations_address,
+            "to": [escalation.operations_address],
+            "subject": f"[escalation] no delivery receipt for {escalation.instance_id}",
+            "text": f"{escalation.subject!r} to {', '.join(escalation.recipients)}: "
+            f"{escalation.detail}",
+        }
+    )
+    command = SendCommand(
+        instance_id=f"{escalation.instance_id}.escalation", attempt=1, request=notice
+    )
+    ledger = records()
+    if ledger.sent(command.idempotency_key) is None:
+        try:
+            result = provider().send(notice, command.idempotency_key)
+        except Exception as error:  # the log line above is the record; the email is a courtesy
+            log.warning("escalation email for %s not sent: %s", escalation.instance_id, error)
+            return
+        ledger.record_sent(command.idempotency_key, result, command.instance_id)
+
+
+@app.activity()
+def record_outcome(outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """Write the outcome to the outcomes table."""
+    records().record_outcome(outcome)
+    return outcome
+
+
+def _transient(error: TaskFailedError) -> bool:
+    # Deterministic (replayed): decided by the remote exception's type name alone.
+    return error.error_type.endswith("TransientProviderError")
+
+
+@app.orchestrator()
+def email_delivery(
+    ctx: OrchestrationContext, job: EmailJob
+) -> Generator[Any, Any, DeliveryOutcome]:
+    """Send, wait for the receipt, resend soft bounces, escalate silence, record the outcome."""
+    policy = job.policy
+    retry = RetryPolicy(
+        first_interval=timedelta(seconds=policy.send_retry_first_seconds),
+        backoff=2.0,
+        max_attempts=policy.send_retry_attempts,
+        handle=_transient,
+    )
+    outcome: DeliveryOutcome | None = None
+    sent: SendResult | None = None
+    attempt = 0
+    while outcome is None:
+        attempt += 1
+        ctx.set_custom_status({"stage": "sending", "attempt": attempt})
+        command = SendCommand(instance_id=ctx.instance_id, attempt=attempt, request=job.request)
+        try:
+            sent = yield ctx.call_activity(send_email, command, retry=retry)
+        except TaskFailedError as error:
+            outcome = _outcome(ctx, "failed", attempt, None, None, error.message)
+            break
+        assert sent is not None
+        ctx.set_custom_status(
+            {"stage": "awaiting receipt", "attempt": attempt, "message_id": sent.message_id}
+        )
+        receipt = yield from _receipt_for(ctx, sent, policy.receipt_timeout_seconds)
+        if receipt is None:
+            ctx.set_custom_status({"stage": "escalated", "attempt": attempt})
+            detail = f"no delivery receipt within {policy.receipt_timeout_seconds:g} s"
+            outcome = _outcome(ctx, "escalated", attempt, sent, None, detail)
+            escalation = Escalation(
+                **outcome.model_dump(),
+                operations_address=policy.operations_address,
+                recipients=list(job.request.to),
+                subject=job.request.subject,
+            )
+            yield ctx.call_activity(escalate, escalation)
+        elif receipt.status == "delivered":
+            outcome = _outcome(ctx, "delivered", attempt, sent, receipt, receipt.detail)
+        elif receipt.status in RETRYABLE and attempt < policy.max_sends:
+            delay = policy.resend_backoff_seconds * 2 ** (attempt - 1)
+            ctx.set_custom_status(
+                {"stage": "retrying", "attempt": attempt, "after": receipt.status, "wait": delay}
+            )
+            yield ctx.create_timer(timedelta(seconds=delay))
+        else:
+            detail = receipt.detail or f"{receipt.status} after {attempt} send(s)"
+            outcome = _outcome(ctx, "failed", attempt, sent, receipt, detail)
+    ctx.set_custom_status({"stage": "recording", "status": outcome.status})
+    yield ctx.call_activity(record_outcome, outcome)
+    ctx.set_custom_status({"stage": "done", "status": outcome.status, "sends": outcome.sends})
+    return outcome
+
+
+def _receipt_for(
+    ctx: OrchestrationContext, sent: SendResult, timeout_seconds: float
+) -> Generator[Any, Any, DeliveryReceipt | None]:
+    """The receipt for ``sent`` (late receipts of earlier sends are skipped); None on timeout."""
+    deadline = ctx.current_utc_datetime + timedelta(seconds=timeout_seconds)
+    while True:
+        left = deadline - ctx.current_utc_datetime
+        if left <= timedelta(0):
+            return None
+        try:
+            receipt: DeliveryReceipt = yield ctx.wait_for_event(
+                "DeliveryReceipt", timeout=left, result_type=DeliveryReceipt
+            )
+        except EventTimeoutError:
+            return None
+        if receipt.message_id == sent.message_id:
+            return receipt
+        ctx.logger.info("skipping a receipt for %s (an earlier send)", receipt.message_id)
+
+
+def _outcome(
+    ctx: OrchestrationContext,
+    status: str,
+    sends: int,
+    sent: SendResult | None,
+    receipt: DeliveryReceipt | None,
+    detail: str | None,
+) -> DeliveryOutcome:
+    return DeliveryOutcome.model_validate(
+        {
+            "instance_id": ctx.instance_id,
+            "status": status,
+            "sends": sends,
+            "message_id": sent.message_id if sent else None,
+            "receipt_status": receipt.status if receipt else None,
+            "detail": detail,
+        }
+    )

@@ -1,0 +1,267 @@
+"""What the pipeline remembers next to the store: sends, message ids and outcomes.
+
+* the sent-ledger: one row per send (instance id + attempt), inserted if absent,
+  so a re-run or redelivered ``send_email`` returns the first result instead of
+  sending again;
+* the message map: provider message id -> instance id, written at send time,
+  so receipts (which only name the message) reach the right instance;
+* the outcomes table: how each delivery ended.
+
+SQLite tables in the store's file, Azure Tables (``<hub>emailsent``,
+``<hub>emailmap``, ``<hub>emailoutcomes``) in the store's account, or memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .models import DeliveryOutcome, SendResult
+
+if TYPE_CHECKING:
+    from durable_fx import Store
+    from durable_fx.storage.azure import AzureSettings
+
+__all__ = ["EmailRecords", "MemoryRecords", "SqliteRecords", "open_records"]
+
+
+class EmailRecords(Protocol):
+    """The three tables (module docstring); synchronous: activities run on threads."""
+
+    def sent(self, key: str) -> SendResult | None:
+        """The recorded result of send ``key``, if it was recorded."""
+        ...
+
+    def record_sent(self, key: str, result: SendResult, instance_id: str) -> SendResult:
+        """Record send ``key`` unless recorded; returns the first recorded result."""
+        ...
+
+    def instance_for(self, message_id: str) -> str | None:
+        """The instance that sent ``message_id``."""
+        ...
+
+    def record_outcome(self, outcome: DeliveryOutcome) -> None:
+        """Write (or overwrite) an instance's outcome."""
+        ...
+
+    def outcomes(self) -> list[DeliveryOutcome]:
+        """Every recorded outcome."""
+        ...
+
+
+class MemoryRecords:
+    """``EmailRecords`` in process memory (for ``memory://`` stores and tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: dict[str, SendResult] = {}
+        self._map: dict[str, str] = {}
+        self._outcomes: dict[str, DeliveryOutcome] = {}
+
+    def sent(self, key: str) -> SendResult | None:
+        """The recorded result of send ``key``."""
+        return self._sent.get(key)
+
+    def record_sent(self, key: str, result: SendResult, instance_id: str) -> SendResult:
+        """Record send ``key`` unless recorded; returns the first result."""
+        with self._lock:
+            first = self._sent.setdefault(key, result)
+            self._map.setdefault(first.message_id, instance_id)
+            return first
+
+    def instance_for(self, message_id: str) -> str | None:
+        """The instance that sent ``message_id``."""
+        return self._map.get(message_id)
+
+    def record_outcome(self, outcome: DeliveryOutcome) -> None:
+        """Write an instance's outcome."""
+        self._outcomes[outcome.instance_id] = outcome
+
+    def outcomes(self) -> list[DeliveryOutcome]:
+        """Every recorded outcome."""
+        return list(self._outcomes.values())
+
+
+class SqliteRecords:
+    """``EmailRecords`` as tables in the SQLite store's file."""
+
+    _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS email_sent (key TEXT PRIMARY KEY, result TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS email_messages (message_id TEXT PRIMARY KEY, "
+        "instance_id TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS email_outcomes (instance_id TEXT PRIMARY KEY, "
+        "outcome TEXT NOT NULL)",
+    )
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        """Run statements in one transaction; returns the last one's rows."""
+        with self._lock:
+            if self._conn is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self._path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                for ddl in self._SCHEMA:
+                    conn.execute(ddl)
+                self._conn = conn
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows: list[Any] = []
+                for sql, args in statements:
+                    rows = conn.execute(sql, args).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return rows
+
+    def sent(self, key: str) -> SendResult | None:
+        """The recorded result of send ``key``."""
+        rows = self._run(("SELECT result FROM email_sent WHERE key = ?", (key,)))
+        return SendResult.model_validate_json(rows[0][0]) if rows else None
+
+    def record_sent(self, key: str, result: SendResult, instance_id: str) -> SendResult:
+        """Record send ``key`` unless recorded (with its message id); returns the first result."""
+        rows = self._run(
+            ("INSERT OR IGNORE INTO email_sent (key, result) VALUES (?, ?)",
+             (key, result.model_dump_json())),
+            ("INSERT OR IGNORE INTO email_messages (message_id, instance_id) "
+             "SELECT json_extract(result, '$.message_id'), ? FROM email_sent WHERE key = ?",
+             (instance_id, key)),
+            ("SELECT result FROM email_sent WHERE key = ?", (key,)),
+        )  # fmt: skip
+        return SendResult.model_validate_json(rows[0][0])
+
+    def instance_for(self, message_id: str) -> str | None:
+        """The instance that sent ``message_id``."""
+        rows = self._run(
+            ("SELECT instance_id FROM email_messages WHERE message_id = ?", (message_id,))
+        )
+        return str(rows[0][0]) if rows else None
+
+    def record_outcome(self, outcome: DeliveryOutcome) -> None:
+        """Write an instance's outcome."""
+        self._run(
+            ("INSERT OR REPLACE INTO email_outcomes (instance_id, outcome) VALUES (?, ?)",
+             (outcome.instance_id, outcome.model_dump_json())),
+        )  # fmt: skip
+
+    def outcomes(self) -> list[DeliveryOutcome]:
+        """Every recorded outcome, by instance id."""
+        rows = self._run(("SELECT outcome FROM email_outcomes ORDER BY instance_id", ()))
+        return [DeliveryOutcome.model_validate_json(row[0]) for row in rows]
+
+
+def _key(value: str) -> str:
+    # Table keys refuse / \ # ? and control characters: keep a hash.
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class AzureRecords:
+    """``EmailRecords`` as Azure Tables in the store's account (insert-if-absent = create)."""
+
+    def __init__(self, settings: AzureSettings, hub: str) -> None:
+        from azure.data.tables import TableClient
+
+        from durable_fx.queues._azure import sync_credential
+
+        def table(name: str) -> TableClient:
+            return TableClient(
+                settings.endpoint("table"),
+                f"{hub}{name}",
+                credential=sync_credential(settings),
+                connection_timeout=10,
+                read_timeout=30,
+                retry_total=3,
+            )
+
+        self._sent, self._map, self._outcomes = (
+            table("emailsent"),
+            table("emailmap"),
+            table("emailoutcomes"),
+        )
+        self._created = False
+
+    def _ensure(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        if not self._created:
+            for client in (self._sent, self._map, self._outcomes):
+                with contextlib.suppress(ResourceExistsError):
+                    client.create_table()
+            self._created = True
+
+    def _get(self, client: Any, key: str, column: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._ensure()
+        try:
+            entity = client.get_entity(_key(key), "")
+        except ResourceNotFoundError:
+            return None
+        return str(entity[column])
+
+    def _insert(self, client: Any, key: str, column: str, value: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        self._ensure()
+        with contextlib.suppress(ResourceExistsError):
+            client.create_entity({"PartitionKey": _key(key), "RowKey": "", column: value})
+
+    def sent(self, key: str) -> SendResult | None:
+        """The recorded result of send ``key``."""
+        found = self._get(self._sent, key, "Result")
+        return SendResult.model_validate_json(found) if found else None
+
+    def record_sent(self, key: str, result: SendResult, instance_id: str) -> SendResult:
+        """Record send ``key`` unless recorded; returns the first result."""
+        self._insert(self._sent, key, "Result", result.model_dump_json())
+        first = self.sent(key) or result
+        self._insert(self._map, first.message_id, "InstanceId", instance_id)
+        return first
+
+    def instance_for(self, message_id: str) -> str | None:
+        """The instance that sent ``message_id``."""
+        return self._get(self._map, message_id, "InstanceId")
+
+    def record_outcome(self, outcome: DeliveryOutcome) -> None:
+        """Write an instance's outcome."""
+        self._ensure()
+        entity = {
+            "PartitionKey": _key(outcome.instance_id),
+            "RowKey": "",
+            "Outcome": outcome.model_dump_json(),
+        }
+        self._outcomes.upsert_entity(entity)
+
+    def outcomes(self) -> list[DeliveryOutcome]:
+        """Every recorded outcome."""
+        self._ensure()
+        found = [
+            DeliveryOutcome.model_validate_json(e["Outcome"])
+            for e in self._outcomes.list_entities()
+        ]
+        return sorted(found, key=lambda o: o.instance_id)
+
+
+def open_records(store: Store, hub: str) -> EmailRecords:
+    """The records that live with ``store``."""
+    from durable_fx.storage.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return SqliteRecords(store.path)
+    azure = sys.modules.get("durable_fx.storage.azure")
+    if azure is not None and isinstance(store, azure.AzureStore):
+        return AzureRecords(store.settings, hub)
+    return MemoryRecords()
