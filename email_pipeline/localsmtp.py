@@ -28,7 +28,7 @@ class _Inbox:
     """aiosmtpd handler: stores messages; ``refuse`` answers chosen RCPT addresses with a code."""
 
     messages: list[Message] = field(default_factory=list)
-    refuse: dict[str, str] = field(default_factory=dict)
+    refuse: dict[str, tuple[str, int]] = field(default_factory=dict)
     delay: float = 0.0
     started: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -36,9 +36,11 @@ class _Inbox:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
-        answer = self.refuse.get(address)
-        if answer:
-            return answer
+        with self.lock:
+            answer, times = self.refuse.get(address, ("", 0))
+            if times:
+                self.refuse[address] = (answer, times - 1)
+                return answer
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -75,9 +77,10 @@ class LocalSmtp:
         with self._inbox.lock:
             return self._inbox.started
 
-    def refuse(self, address: str, answer: str) -> None:
-        """Answer RCPT TO ``address`` with ``answer`` (e.g. ``"550 no such user"``)."""
-        self._inbox.refuse[address] = answer
+    def refuse(self, address: str, answer: str, times: int = 1_000_000) -> None:
+        """Answer RCPT TO ``address`` with ``answer`` (``"550 no such user"``), ``times`` times."""
+        with self._inbox.lock:
+            self._inbox.refuse[address] = (answer, times)
 
     def start(self) -> LocalSmtp:
         """Start listening."""
