@@ -1,8 +1,8 @@
 """Azure Communication Services Email (``azure-communication-email``).
 
 The send's operation id is a UUID derived from the idempotency key, so a repeat
-of a send names the same operation (ACS keeps one message per operation id) and
-the ``messageId`` of the ``EmailDeliveryReportReceived`` events is known at send time.
+of a send names the same operation, and the ``messageId`` of the
+``EmailDeliveryReportReceived`` events (the operation id) is known at send time.
 """
 
 from __future__ import annotations
