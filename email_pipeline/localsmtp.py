@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import email
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 __all__ = ["LocalSmtp", "free_port"]
 
@@ -57,13 +59,42 @@ class _Inbox:
         return "250 Message accepted for delivery"
 
 
+@dataclass(frozen=True)
+class _Authenticator:
+    """aiosmtpd authenticator: LOGIN/PLAIN against a dict of users."""
+
+    users: dict[str, str]
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            if self.users.get(login) == password:
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
 class LocalSmtp:
     """An SMTP server on ``127.0.0.1:<port>`` in a background thread (a context manager)."""
 
-    def __init__(self, port: int | None = None, *, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        delay: float = 0.0,
+        tls_context: ssl.SSLContext | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """With ``tls_context`` STARTTLS is required; with ``users`` so is a login."""
         self.port = port or free_port()
         self._inbox = _Inbox(delay=delay)
-        self._controller = Controller(self._inbox, hostname="127.0.0.1", port=self.port)
+        options: dict[str, Any] = {}
+        if tls_context is not None:
+            options.update(tls_context=tls_context, require_starttls=True)
+        if users is not None:
+            options.update(auth_required=True, authenticator=_Authenticator(users))
+        self._controller = Controller(self._inbox, hostname="127.0.0.1", port=self.port, **options)
 
     @property
     def messages(self) -> list[Message]:

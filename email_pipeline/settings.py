@@ -7,6 +7,7 @@ setting                                default         what it decides
 ``SMTP_HOST`` / ``SMTP_PORT``          localhost / 25  the SMTP server
 ``SMTP_SECURITY``                      ``none``        ``none``, ``starttls`` or ``ssl``
 ``SMTP_USERNAME`` / ``SMTP_PASSWORD``                  login, when set
+``SMTP_CA_FILE``                                       extra CA bundle to trust for TLS
 ``EMAIL_MESSAGE_ID_DOMAIN``            durable-fx.local right-hand side of our Message-IDs
 ``ACS_EMAIL_CONNECTION_STRING``                        the ACS resource (``acs``)
 ``EMAIL_RECEIPT_TIMEOUT_SECONDS``      ``86400``       wait for a receipt before escalating

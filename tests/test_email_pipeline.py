@@ -204,3 +204,71 @@ def test_the_sent_ledger_keeps_the_first_result(kind: str, tmp_path: Path) -> No
     assert records.sent("i.1") == first
     assert records.instance_for("<a@x>") == "i"
     assert records.instance_for("<b@x>") is None
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_smtp_starttls_and_login(tmp_path: Path) -> None:
+    import ssl
+
+    cert_file, key_file = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    with LocalSmtp(tls_context=context, users={"mailer": "s3cret"}) as smtp:
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_SECURITY": "starttls",
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD": "s3cret",
+            "SMTP_CA_FILE": str(cert_file),
+        }
+        sent = open_provider(settings).send(request(), "tls.1")
+        with pytest.raises(PermanentProviderError, match="login refused"):
+            open_provider({**settings, "SMTP_PASSWORD": "wrong"}).send(request(), "tls.2")
+        with pytest.raises(PermanentProviderError, match="SMTP_SECURITY"):
+            open_provider({**settings, "SMTP_SECURITY": "none"}).send(request(), "tls.3")
+        with pytest.raises(TransientProviderError, match="CERTIFICATE_VERIFY_FAILED"):
+            open_provider({**settings, "SMTP_CA_FILE": ""}).send(request(), "tls.4")
+        anonymous = {k: v for k, v in settings.items() if not k.startswith("SMTP_USER")}
+        with pytest.raises(PermanentProviderError, match="530"):
+            open_provider(anonymous).send(request(), "tls.5")
+        assert [m["Message-ID"] for m in smtp.messages] == [sent.message_id]

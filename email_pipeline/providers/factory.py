@@ -26,6 +26,7 @@ def open_provider(env: Mapping[str, str] | None = None) -> EmailProvider:
             security=security,  # type: ignore[arg-type]
             username=environ.get("SMTP_USERNAME") or None,
             password=environ.get("SMTP_PASSWORD") or None,
+            ca_file=environ.get("SMTP_CA_FILE") or None,
             domain=environ.get("EMAIL_MESSAGE_ID_DOMAIN", "durable-fx.local"),
         )
     if kind == "acs":

@@ -44,6 +44,7 @@ class SmtpProvider:
     username: str | None = None
     password: str | None = None
     timeout: float = 30.0
+    ca_file: str | None = None
     domain: str = "durable-fx.local"
     name: str = "smtp"
 
@@ -54,12 +55,17 @@ class SmtpProvider:
         try:
             with self._connect() as smtp:
                 if self.security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self._tls())
                 if self.username:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(message)
         except smtplib.SMTPAuthenticationError as error:
             raise PermanentProviderError(f"SMTP login refused: {error}") from None
+        except smtplib.SMTPNotSupportedError as error:
+            # Typically AUTH offered only after STARTTLS: a configuration error, not bad luck.
+            raise PermanentProviderError(
+                f"SMTP {self.host}:{self.port}: {error} (check SMTP_SECURITY)"
+            ) from None
         except smtplib.SMTPResponseException as error:
             raise _classify(error.smtp_code, str(error)) from None
         except smtplib.SMTPRecipientsRefused as error:
@@ -73,9 +79,13 @@ class SmtpProvider:
 
     def _connect(self) -> smtplib.SMTP:
         if self.security == "ssl":
-            context = ssl.create_default_context()
+            context = self._tls()
             return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+
+    def _tls(self) -> ssl.SSLContext:
+        # Certificates are always verified; ca_file adds a private CA (or a self-signed server).
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 def _classify(code: int, text: str) -> Exception:
