@@ -15,26 +15,47 @@ from typing import Any
 import httpx
 import pytest
 
+from durable_fx import open_store
+from durable_fx.bindings import FunctionsSettings
 from durable_fx.queues import encode_body, open_queues
 from email_pipeline.eventgrid import EMAIL_DELIVERY_REPORT
 from email_pipeline.localrun import AppProcess, signed, wait_until
 from email_pipeline.localsmtp import LocalSmtp
-from email_pipeline.records import SqliteRecords
+from email_pipeline.models import DeliveryOutcome
+from email_pipeline.records import open_records
+from tests.azurite import Azurite, new_hub
 
 pytestmark = pytest.mark.slow
 
 SECRET = "app-test-secret"
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[LocalSmtp]:
+def smtp(store_kind: str) -> Iterator[LocalSmtp]:
+    # One server per store kind: the tests count messages per address.
     with LocalSmtp() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, smtp: LocalSmtp) -> Iterator[AppProcess]:
-    workdir = tmp_path_factory.mktemp("email-app")
+def app(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    smtp: LocalSmtp,
+    store_kind: str,
+) -> Iterator[AppProcess]:
+    workdir = tmp_path_factory.mktemp(f"email-app-{store_kind}")
+    if store_kind == "sqlite":
+        url = f"sqlite:///{workdir / 'app.db'}"
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        url = azurite.connection_string(new_hub())
     settings = {
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
@@ -45,7 +66,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, smtp: LocalSmtp) -> Iterator[A
         "EMAIL_MAX_SENDS": "2",
         "EMAIL_OPERATIONS_ADDRESS": "ops@example.com",
     }
-    process = AppProcess(f"sqlite:///{workdir / 'app.db'}", settings, workdir / "serve.log")
+    process = AppProcess(url, settings, workdir / "serve.log")
     process.start()
     yield process
     assert process.stop() == 0
@@ -111,9 +132,17 @@ def test_a_delivered_email_is_recorded(
     assert result["sends"] == 1
     assert result["message_id"] == message_id
     assert to_addresses(smtp, "ada@example.com") == [message_id]
-    db = app.store_url.removeprefix("sqlite:///")
-    recorded = {o.instance_id: o for o in SqliteRecords(db).outcomes()}
-    assert recorded[instance_id].status == "delivered"
+    assert recorded_outcomes(app)[instance_id].status == "delivered"
+
+
+def recorded_outcomes(app: AppProcess) -> dict[str, DeliveryOutcome]:
+    """The outcomes table, read as the app reads it (next to its store)."""
+    store = open_store(app.store_url)
+    hub = FunctionsSettings.from_environment({}, store_url=app.store_url).hub
+    try:
+        return {o.instance_id: o for o in open_records(store, hub).outcomes()}
+    finally:
+        asyncio.run(store.close())
 
 
 def test_an_invalid_request_is_400_naming_the_field(client: httpx.Client) -> None:

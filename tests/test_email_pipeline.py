@@ -22,6 +22,7 @@ from email_pipeline.providers.acs import AcsProvider, operation_id_for
 from email_pipeline.providers.smtp import SmtpProvider
 from email_pipeline.records import MemoryRecords, SqliteRecords
 from email_pipeline.settings import policy_from_environment
+from tests.azurite import Azurite, new_hub
 
 
 def request(**changes: Any) -> EmailRequest:
@@ -272,3 +273,31 @@ def test_smtp_starttls_and_login(tmp_path: Path) -> None:
         with pytest.raises(PermanentProviderError, match="530"):
             open_provider(anonymous).send(request(), "tls.5")
         assert [m["Message-ID"] for m in smtp.messages] == [sent.message_id]
+
+
+@pytest.mark.azurite
+def test_the_azure_tables_keep_the_first_send_and_the_outcomes(azurite: Azurite) -> None:
+    from durable_fx import open_store
+    from email_pipeline.models import DeliveryOutcome
+    from email_pipeline.records import AzureRecords, open_records
+
+    hub = new_hub()
+    store = open_store(azurite.connection_string(hub))
+    try:
+        records = open_records(store, hub)
+        assert isinstance(records, AzureRecords)
+        first = SendResult(message_id="<a@x>", provider="smtp", idempotency_key="i/1")
+        second = SendResult(message_id="<b@x>", provider="smtp", idempotency_key="i/1")
+        assert records.sent("i/1") is None
+        assert records.record_sent("i/1", first, "inst") == first
+        assert records.record_sent("i/1", second, "inst") == first
+        assert records.instance_for("<a@x>") == "inst"
+        assert records.instance_for("<b@x>") is None
+        outcome = DeliveryOutcome(instance_id="inst", status="delivered", sends=1)
+        records.record_outcome(outcome)
+        records.record_outcome(outcome.model_copy(update={"sends": 2}))
+        assert [o.sends for o in records.outcomes()] == [2]
+    finally:
+        import asyncio
+
+        asyncio.run(store.close())
