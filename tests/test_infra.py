@@ -11,15 +11,21 @@ durable_fx and email_pipeline, queue names from the indexed function_app, the
 from __future__ import annotations
 
 import ast
+import fnmatch
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer.main
 from bicep_support import BicepFile, Node, object_keys, properties, walk
@@ -473,6 +479,88 @@ def test_the_dockerfile_runs_serve_with_flags_the_cli_has(indexed_app: dict[str,
     assert f"EXPOSE {values['--port']}" in lines
     ca = bicep(INFRA / "modules" / "containerapp.bicep").source.decode()
     assert f"targetPort: {values['--port']}" in ca
+
+
+def image_contents(destination: Path) -> Path:
+    """The repository as the Dockerfile's ``COPY . .`` sees it (minus .dockerignore)."""
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    destination.mkdir(parents=True, exist_ok=True)
+    for entry in REPO.iterdir():
+        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in ignored):
+            continue
+        if entry.is_dir():
+            shutil.copytree(
+                entry, destination / entry.name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(entry, destination / entry.name)
+    return destination
+
+
+def test_the_image_and_the_package_keep_what_the_app_needs(tmp_path: Path) -> None:
+    needed = {"host.json", "function_app.py", "email_pipeline", "durable_fx", "requirements.txt"}
+    image = {p.name for p in image_contents(tmp_path).iterdir()}
+    assert needed <= image
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert source == "." or (REPO / source).exists(), line
+    published = [
+        line.strip()
+        for line in (REPO / ".funcignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for name in needed:
+        assert not any(fnmatch.fnmatch(name, pattern) for pattern in published), name
+
+
+@pytest.mark.slow
+def test_the_container_command_serves_the_app(tmp_path: Path) -> None:
+    """The Dockerfile's CMD, run on the image's files (SQLite instead of Azure, another port)."""
+    lines = DOCKERFILE.read_text(encoding="utf-8").splitlines()
+    (cmd,) = [json.loads(line[len("CMD ") :]) for line in lines if line.startswith("CMD ")]
+    workdir = image_contents(tmp_path / "app")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "durable_fx._cli", *cmd[1:]]
+    argv[argv.index("--port") + 1] = str(port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DURABLE_FX_", "AzureWeb"))}
+    env.update(
+        DURABLE_FX_STORE=f"sqlite:///{tmp_path / 'app.db'}", DURABLE_FX_FUNCTION_KEYS="probe-key"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                answer = httpx.get(
+                    f"http://127.0.0.1:{port}/api/instances",
+                    headers={"x-functions-key": "probe-key"},
+                    timeout=2,
+                )
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+        first = log.read_text().splitlines()[0]
+        assert json.loads(first)  # --log-format json
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, log.read_text()
 
 
 def test_requirements_cover_the_runtime_dependencies() -> None:
