@@ -76,6 +76,7 @@ async def emails(req: func.HttpRequest, client: AsyncDurableClient) -> func.Http
 
 def _instance_of_message(message_id: str) -> str | None:
     # Receipts name the provider's message; the send recorded which instance sent it.
+    # (A synchronous point read: event sources resolve the instance id synchronously.)
     return records().instance_for(message_id) if message_id else None
 
 

@@ -25,6 +25,7 @@ from .models import (
     DeliveryOutcome,
     DeliveryReceipt,
     EmailJob,
+    EmailRequest,
     SendCommand,
     SendResult,
 )
@@ -89,8 +90,6 @@ def escalate(escalation: Escalation) -> None:
         ", ".join(escalation.recipients),
         escalation.detail,
     )
-    from .models import EmailRequest
-
     notice = EmailRequest.model_validate(
         {
             "from": escalation.operations_address,

@@ -141,14 +141,16 @@ def show(console: Console, db: Path, ids: dict[str, str], smtp: LocalSmtp) -> No
 
     outcomes = {o.instance_id: o for o in SqliteRecords(db).outcomes()}
     table = Table(title="Outcomes (email_outcomes table)")
-    for column in ("instance", "to", "outcome", "sends", "last receipt", "detail"):
+    for column in ("email", "to", "outcome", "sends", "last receipt"):
         table.add_column(column)
     for to, instance_id in ids.items():
         o = outcomes[instance_id]
-        table.add_row(
-            instance_id, to, o.status, str(o.sends), o.receipt_status or "-", o.detail or ""
-        )
+        key = instance_id.removeprefix("email-")
+        table.add_row(key, to, o.status, str(o.sends), o.receipt_status or "-")
     console.print(table)
+    for instance_id in ids.values():
+        if outcomes[instance_id].status != "delivered":
+            console.print(f"  {instance_id}: {outcomes[instance_id].detail}")
     received = [str(m["To"]) for m in smtp.messages]
     console.print(
         f"SMTP server received {len(received)} messages "
