@@ -203,12 +203,6 @@ var containerSecretSettings = {
   DURABLE_FX_FUNCTION_KEYS: secretNames.functionKey
 }
 
-var secretUris = toObject(items(secretSettings), e => e.key, e => '${vault.outputs.uri}secrets/${e.value}')
-var containerSecretUris = toObject(
-  items(containerSecretSettings),
-  e => e.key,
-  e => '${vault.outputs.uri}secrets/${e.value}'
-)
 
 // ---- Hosting -------------------------------------------------------------------
 
@@ -224,7 +218,8 @@ module functionApp 'modules/functionapp.bicep' = if (hosting == 'functions') {
     blobEndpoint: storage.outputs.blobEndpoint
     deploymentContainerName: deploymentContainerName
     appSettings: appSettings
-    keyVaultSettings: secretUris
+    keyVaultSettings: secretSettings
+    keyVaultUri: vault.outputs.uri
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     // dfx_control is the function DurableApp registers on the control queue:
@@ -247,7 +242,8 @@ module containerApp 'modules/containerapp.bicep' = if (hosting == 'containerapp'
     logAnalyticsName: 'log-${token}'
     image: containerImage
     appSettings: appSettings
-    keyVaultSettings: union(secretUris, containerSecretUris)
+    keyVaultSettings: union(secretSettings, containerSecretSettings)
+    keyVaultUri: vault.outputs.uri
     storageAccountName: storage.outputs.name
     scaleQueues: queueNames
     maxReplicas: maximumInstanceCount

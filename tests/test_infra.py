@@ -318,7 +318,7 @@ def test_key_vault_is_rbac_and_the_app_reads_its_secrets() -> None:
     assert "@Microsoft.KeyVault(SecretUri=" in fn.source.decode()
     assert "keyVaultReferenceIdentity: identityId" in fn.source.decode()
     ca = bicep(INFRA / "modules" / "containerapp.bicep")
-    assert "keyVaultUrl: entry.value" in ca.source.decode()
+    assert "keyVaultUrl: '${keyVaultUri}secrets/${entry.value}'" in ca.source.decode()
 
 
 def test_the_storage_settings_are_what_the_host_and_the_store_read(
@@ -406,7 +406,8 @@ def test_both_hosts_get_the_same_settings_and_every_secret_exists() -> None:
     for symbol in ("functionApp", "containerApp"):
         params = module_params(main, symbol)
         assert text(params["appSettings"]) == "appSettings"
-        assert "secretUris" in text(params["keyVaultSettings"])
+        assert "secretSettings" in text(params["keyVaultSettings"])
+        assert text(params["keyVaultUri"]) == "vault.outputs.uri"
     variables = main.variables()
     wanted = set(
         re.findall(

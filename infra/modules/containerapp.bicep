@@ -22,8 +22,11 @@ param image string
 @description('Plain environment variables, name -> value (the same object the function app gets).')
 param appSettings object
 
-@description('Environment variables resolved from Key Vault, name -> secret URI.')
+@description('Environment variables resolved from Key Vault: name -> secret name.')
 param keyVaultSettings object
+
+@description('The vault\'s URI (https://<name>.vault.azure.net/).')
+param keyVaultUri string
 
 param storageAccountName string
 
@@ -136,7 +139,7 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
       secrets: [
         for entry in items(keyVaultSettings): {
           name: secretNames[entry.key]
-          keyVaultUrl: entry.value
+          keyVaultUrl: '${keyVaultUri}secrets/${entry.value}'
           identity: identityId
         }
       ]

@@ -21,8 +21,11 @@ param deploymentContainerName string
 @description('Plain app settings, name -> value.')
 param appSettings object
 
-@description('Settings resolved from Key Vault, name -> secret URI.')
+@description('Settings resolved from Key Vault: setting name -> secret name.')
 param keyVaultSettings object
+
+@description('The vault\'s URI (https://<name>.vault.azure.net/).')
+param keyVaultUri string
 
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int
@@ -98,7 +101,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: union(appSettings, toObject(
     items(keyVaultSettings),
     entry => entry.key,
-    entry => '@Microsoft.KeyVault(SecretUri=${entry.value})'
+    entry => '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${entry.value})'
   ))
 }
 
