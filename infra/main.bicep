@@ -239,6 +239,7 @@ module containerApp 'modules/containerapp.bicep' = if (hosting == 'containerapp'
     tags: tags
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
+    identityPrincipalId: identity.outputs.principalId
     logAnalyticsName: 'log-${token}'
     image: containerImage
     appSettings: appSettings

@@ -13,6 +13,9 @@ param tags object = {}
 param identityId string
 param identityClientId string
 
+@description('Principal id of that identity (AcrPull below).')
+param identityPrincipalId string
+
 @description('Log Analytics workspace (name) for the environment\'s console logs.')
 param logAnalyticsName string
 
@@ -56,16 +59,12 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
 
 var acrPull = '7f951dda-4ed6-4680-a2ca-9c322abefe7d'
 
-resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
-  name: last(split(identityId, '/'))
-}
-
 resource pull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(registry.id, identityId, acrPull)
   scope: registry
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', acrPull)
-    principalId: identity.properties.principalId
+    principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }
 }
