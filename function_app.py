@@ -29,7 +29,7 @@ from durable_fx import (
     validate_instance_id,
 )
 from durable_fx.bindings import event_grid_handshake, hmac_sha256
-from email_pipeline.app import app, email_delivery, records
+from email_pipeline.app import app, email_delivery, instance_for_message
 from email_pipeline.eventgrid import EventGridEvent, receipt_from_event
 from email_pipeline.models import DeliveryReceipt, EmailJob, EmailRequest
 from email_pipeline.settings import policy_from_environment
@@ -74,16 +74,11 @@ async def emails(req: func.HttpRequest, client: AsyncDurableClient) -> func.Http
     return app.create_check_status_response(req, started)
 
 
-def _instance_of_message(message_id: str) -> str | None:
-    # Receipts name the provider's message; the send recorded which instance sent it.
-    # (A synchronous point read: event sources resolve the instance id synchronously.)
-    return records().instance_for(message_id) if message_id else None
-
-
 @app.event_webhook(
     route="webhooks/delivery",
     event_name="DeliveryReceipt",
-    instance_id=lambda receipt: _instance_of_message(receipt.message_id),
+    # Receipts name the provider's message; the send recorded which instance sent it.
+    instance_id=lambda receipt: instance_for_message(receipt.message_id),
     event_id=lambda receipt: receipt.event_id,
     verify=hmac_sha256("DELIVERY_WEBHOOK_SECRET"),
 )
@@ -95,7 +90,7 @@ def delivery_webhook(receipt: DeliveryReceipt) -> DeliveryReceipt:
 @app.event_webhook(
     route="webhooks/delivery/eventgrid",
     event_name="DeliveryReceipt",
-    instance_id=lambda event: _instance_of_message(event.message_id),
+    instance_id=lambda event: instance_for_message(event.message_id),
     event_id=lambda event: event.id,
     verify=event_grid_handshake(),
     batch=True,
@@ -108,7 +103,7 @@ def delivery_eventgrid(event: EventGridEvent) -> DeliveryReceipt | None:
 @app.event_queue(
     queue_name="email-delivery-events",
     event_name="DeliveryReceipt",
-    instance_id=lambda event: _instance_of_message(event.message_id),
+    instance_id=lambda event: instance_for_message(event.message_id),
     event_id=lambda event: event.id,
 )
 def delivery_queue(event: EventGridEvent) -> DeliveryReceipt | None:

@@ -15,6 +15,7 @@ from durable_fx import (
     ActivityContext,
     DurableApp,
     EventTimeoutError,
+    InstanceNotFoundError,
     OrchestrationContext,
     RetryPolicy,
     TaskFailedError,
@@ -32,7 +33,16 @@ from .models import (
 from .providers import EmailProvider, open_provider
 from .records import EmailRecords, open_records
 
-__all__ = ["app", "email_delivery", "escalate", "record_outcome", "records", "send_email"]
+__all__ = [
+    "UnknownMessageError",
+    "app",
+    "email_delivery",
+    "escalate",
+    "instance_for_message",
+    "record_outcome",
+    "records",
+    "send_email",
+]
 
 log = logging.getLogger("email_pipeline")
 
@@ -50,6 +60,28 @@ def records() -> EmailRecords:
         if found is None:
             found = _records[id(store)] = open_records(store, app.settings.hub)
         return found
+
+
+class UnknownMessageError(InstanceNotFoundError):
+    """A receipt names a message no send has recorded (yet).
+
+    An ``InstanceNotFoundError``, so event sources treat it as retryable: a
+    webhook answers 404 (Event Grid retries it later), a queue message is
+    retried by the host. A receipt can beat the send's own bookkeeping by a
+    few milliseconds; dropping it would leave the email waiting for 24 h.
+    """
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.args = (f"no email was sent with message id {message_id!r} (yet); retry later",)
+
+
+def instance_for_message(message_id: str) -> str:
+    """The instance that sent ``message_id`` (``UnknownMessageError`` if none did)."""
+    found = records().instance_for(message_id) if message_id else None
+    if found is None:
+        raise UnknownMessageError(message_id)
+    return found
 
 
 def provider() -> EmailProvider:

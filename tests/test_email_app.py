@@ -307,6 +307,9 @@ def test_reports_through_the_storage_queue(client: httpx.Client, app: AppProcess
     assert output(client, instance_id)["status"] == "delivered"
 
 
-def test_a_receipt_for_an_unknown_message_names_no_instance(client: httpx.Client) -> None:
+def test_a_receipt_for_an_unknown_message_is_404_so_that_it_is_retried(
+    client: httpx.Client,
+) -> None:
     answer = receipt(client, "<unknown@nowhere>", "delivered")
-    assert answer.status_code == 400
+    assert answer.status_code == 404
+    assert "retry later" in answer.text
