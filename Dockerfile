@@ -23,8 +23,9 @@ RUN pip install '.[functions]'
 # The app: host.json (queue rules, route prefix), function_app.py and its package.
 COPY . .
 
-# No root at run time; serve writes nothing to disk on the Azure store.
-RUN useradd --create-home --uid 10001 app
+# No root at run time. On the Azure store serve writes nothing to disk; run
+# without Azure settings it keeps the embedded SQLite store in /app/.durable_fx.
+RUN useradd --create-home --uid 10001 app && chown app /app
 USER app
 
 EXPOSE 8080
