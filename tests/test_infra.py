@@ -422,6 +422,28 @@ def test_both_hosts_get_the_same_settings_and_every_secret_exists() -> None:
     assert wanted <= set(main.scope()["secretNames"])
 
 
+# Azure's naming rules for what main.bicep names from uniqueString() (13 characters).
+NAME_RULES = {
+    ("storage", "name"): r"[a-z0-9]{3,24}",
+    ("vault", "name"): r"[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]",
+    ("identity", "name"): r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,127}",
+    ("functionApp", "appName"): r"[a-z0-9][a-z0-9-]{0,58}[a-z0-9]",
+    ("containerApp", "appName"): r"[a-z][a-z0-9-]{0,30}[a-z0-9]",
+    ("containerApp", "environmentName"): r"[a-z][a-z0-9-]{0,30}[a-z0-9]",
+    ("containerApp", "registryName"): r"[a-zA-Z0-9]{5,50}",
+    ("email", "communicationName"): r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}",
+}
+
+
+def test_generated_names_follow_azure_naming_rules() -> None:
+    main = bicep(MAIN)
+    scope = {**main.scope(), "token": "abcdefghijk12"}  # uniqueString(): 13 [a-z0-9]
+    for (symbol, param), rule in NAME_RULES.items():
+        name = main.value(module_params(main, symbol)[param], scope)
+        assert isinstance(name, str) and re.fullmatch(rule, name), (symbol, param, name)
+    assert "toLower(uniqueString(" in text(main.variables()["token"])
+
+
 def test_always_ready_names_a_function_the_app_registers(indexed_app: dict[str, Any]) -> None:
     source = MAIN.read_text(encoding="utf-8")
     named = re.findall(r"'function:([A-Za-z0-9_]+)'", source)
