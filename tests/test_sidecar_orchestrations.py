@@ -361,6 +361,15 @@ def test_a_failed_activity_fails_the_orchestration_with_its_details(
     assert "card declined" in state.failure_details.message
 
 
+def test_an_event_raised_before_a_scheduled_start_is_kept(
+    sdk: dt_client.TaskHubGrpcClient,
+) -> None:
+    start_at = datetime.now(UTC) + timedelta(seconds=0.5)
+    instance_id = sdk.schedule_new_orchestration(approval, start_at=start_at)
+    sdk.raise_orchestration_event(instance_id, "approve", data="early")
+    assert output(finished(sdk, instance_id)) == {"approved": "early"}
+
+
 def test_a_scheduled_start_waits_until_its_time(sdk: dt_client.TaskHubGrpcClient) -> None:
     start_at = datetime.now(UTC) + timedelta(seconds=0.5)
     instance_id = sdk.schedule_new_orchestration(double_later, start_at=start_at)

@@ -115,7 +115,9 @@ class EpisodeBridge:
         start = pending_start(instance, item.messages)
         if start is not None:
             early: list[HistoryEvent] = []
-            if instance.status is OrchestrationStatus.PENDING:
+            # Events can be kept for a start only while it is scheduled for later:
+            # an immediate start is in the first batch of its instance's messages.
+            if instance.status is OrchestrationStatus.PENDING and start.scheduled_start:
                 early = await self._store.load_history(instance.instance_id)
             events = [start, *early, *events_for(start.execution_id, item.messages)]
             record = starting_instance(instance, start)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ H = TypeVar("H", "_HeldEpisode", "_HeldActivity")
 Send = Callable[[pb.WorkItem], Awaitable[None]]
 
 _MIN_POLL = 0.005
-_LOCK_BATCH = 100
+_LOCK_BATCH = 500
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
 
 
@@ -130,13 +132,24 @@ class WorkItemDispatcher:
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
-        self._results: list[tuple[str, _Connection, ActivityResult]] = []
+        self._results: list[ActivityResult] = []
         self._committing: set[asyncio.Task[None]] = set()
         self._results_ready = asyncio.Event()
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._arrivals: set[asyncio.Event] = set()
+        self._arrivals: dict[str, set[asyncio.Event]] = {"episodes": set(), "activities": set()}
+        self._busy: set[str] = set()
+        """Instances with an episode at a worker or being committed: they cannot be locked."""
+        self._nudged: set[str] = set()
+        """Busy instances that got messages meanwhile: look for work once they are free."""
+        # Tokens only need to be unique: a per-sidecar prefix and a counter, since
+        # uuid4 per item costs a syscall and a GIL round trip on the hot path.
+        self._token_prefix = uuid.uuid4().hex[:12]
+        self._token_counter = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Completions arrive on gRPC threads; a burst of them wakes the loop once.
+        self._handoffs: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._handoffs_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the result writer and the lease renewer (on the running loop)."""
@@ -162,8 +175,14 @@ class WorkItemDispatcher:
         await self._write_results()
 
     def work_arrived(self) -> None:
-        """Wake the idle fetch loops: this process just made work visible (call on the loop)."""
-        for arrived in self._arrivals:
+        """Wake the idle episode fetch loops: this process just enqueued an orchestration message.
+
+        Call on the loop.
+        """
+        self._wake("episodes")
+
+    def _wake(self, kind: str) -> None:
+        for arrived in self._arrivals[kind]:
             arrived.set()
 
     # -- streams ---------------------------------------------------------------------------
@@ -187,8 +206,8 @@ class WorkItemDispatcher:
             last_sent=asyncio.get_running_loop().time(),
         )
         loops = [
-            asyncio.create_task(self._fetch_loop(connection, self._fetch_episodes)),
-            asyncio.create_task(self._fetch_loop(connection, self._fetch_activities)),
+            asyncio.create_task(self._fetch_loop(connection, self._fetch_episodes, "episodes")),
+            asyncio.create_task(self._fetch_loop(connection, self._fetch_activities, "activities")),
             asyncio.create_task(self._ping_loop(connection)),
             asyncio.create_task(self._closing.wait()),
         ]
@@ -212,15 +231,16 @@ class WorkItemDispatcher:
         self,
         connection: _Connection,
         fetch: Callable[[_Connection], Awaitable[LockBatch[Any] | None]],
+        kind: str,
     ) -> None:
         """Fetch until the stream ends; back off while there is nothing to do.
 
-        Work this sidecar makes visible wakes the loop at once (``work_arrived``);
+        Work this sidecar makes visible wakes the loop at once (``_wake``);
         work from other processes on the store is found by polling, at least
         every ``max_poll_interval`` seconds.
         """
         arrived = asyncio.Event()
-        self._arrivals.add(arrived)
+        self._arrivals[kind].add(arrived)
         delay = _MIN_POLL
         try:
             while True:
@@ -247,7 +267,7 @@ class WorkItemDispatcher:
                 if not await _wait_event(arrived, timeout):
                     delay = min(delay * 2, self._max_poll)
         finally:
-            self._arrivals.discard(arrived)
+            self._arrivals[kind].discard(arrived)
 
     async def _ping_loop(self, connection: _Connection) -> None:
         """Keep an idle stream alive: the SDKs reconnect after a long silence."""
@@ -295,8 +315,9 @@ class WorkItemDispatcher:
         if isinstance(prepared, EpisodeCommit):
             await self._commit_direct(item, prepared)
             return None
-        token = uuid.uuid4().hex
+        token = self._new_token()
         self._held[token] = _HeldEpisode(connection, prepared)
+        self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
         return pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
 
@@ -317,7 +338,7 @@ class WorkItemDispatcher:
         now = asyncio.get_running_loop().time()
         requests = []
         for item in batch.items:
-            token = uuid.uuid4().hex
+            token = self._new_token()
             self._held[token] = _HeldActivity(connection, item, now)
             connection.activities.add(token)
             requests.append(pb.WorkItem(activityRequest=_request(item), completionToken=token))
@@ -334,8 +355,9 @@ class WorkItemDispatcher:
         items owns it (a release on the loop pops it too). Acknowledging
         before the commit frees the worker's thread; the inbox messages stay
         in the store until the commit, so an episode whose commit fails (or
-        is lost with the process) is delivered and run again. The worker's
-        slot stays taken until the commit, which keeps its concurrency limit.
+        is lost with the process) is delivered and run again. The worker has
+        room for more at once: the instance itself stays locked until the
+        commit, so its next episode waits for this one.
         """
         held = self._take(response.completionToken, _HeldEpisode)
         self._call_soon(self._spawn_commit, response.completionToken, held, response)
@@ -343,30 +365,41 @@ class WorkItemDispatcher:
     def _spawn_commit(
         self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
     ) -> None:
-        task = asyncio.create_task(self._commit_episode(token, held, response))
+        _free(held.connection, token)
+        task = asyncio.create_task(self._commit_episode(held, response))
         self._committing.add(task)
         task.add_done_callback(self._committing.discard)
 
-    async def _commit_episode(
-        self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
-    ) -> None:
+    async def _commit_episode(self, held: _HeldEpisode, response: pb.OrchestratorResponse) -> None:
         prepared = held.prepared
         instance_id = prepared.instance.instance_id
+        commit: EpisodeCommit | None = None
         try:
             commit = await self._bridge.finish(prepared, response)
             version = await self._store.commit_episode(prepared.item, commit)
         except ConflictError:
+            commit = None
             self._bridge.forget(instance_id)
             log.info("episode for %s lost to another worker", instance_id)
         except Exception as error:
+            commit = None
             log.exception("committing the episode of %s failed; it will be retried", instance_id)
             await self._abandon_episode(prepared.item, f"{type(error).__name__}: {error}")
         else:
             self._bridge.committed(prepared, commit, version)
             self._watch.changed(instance_id, commit.instance)
-            self.work_arrived()
         finally:
-            _free(held.connection, token)
+            self._after_episode(instance_id, commit)
+
+    def _after_episode(self, instance_id: str, commit: EpisodeCommit | None) -> None:
+        """The instance is free again: wake the loops that may have work because of it."""
+        self._busy.discard(instance_id)
+        nudged = instance_id in self._nudged
+        self._nudged.discard(instance_id)
+        if nudged or commit is None or commit.messages:
+            self._wake("episodes")
+        if commit is not None and commit.activities:
+            self._wake("activities")
 
     def complete_activity(self, response: pb.ActivityResponse) -> None:
         """Take an activity's outcome; it is written with others in the next batch.
@@ -381,7 +414,8 @@ class WorkItemDispatcher:
         self._call_soon(self._queue_result, response.completionToken, held, result)
 
     def _queue_result(self, token: str, held: _HeldActivity, result: ActivityResult) -> None:
-        self._results.append((token, held.connection, result))
+        _free(held.connection, token)
+        self._results.append(result)
         self._results_ready.set()
 
     def _take(self, token: str, kind: type[H]) -> H:
@@ -391,9 +425,23 @@ class WorkItemDispatcher:
             raise UnknownTokenError(token)
         return held
 
+    def _new_token(self) -> str:
+        return f"{self._token_prefix}-{next(self._token_counter):x}"
+
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop soon (from any thread)."""
         assert self._loop is not None, "start() the dispatcher first"
-        self._loop.call_soon_threadsafe(callback, *args)
+        with self._handoffs_lock:
+            self._handoffs.append((callback, args))
+            if len(self._handoffs) > 1:
+                return  # a wake-up is on its way already
+        self._loop.call_soon_threadsafe(self._run_handoffs)
+
+    def _run_handoffs(self) -> None:
+        with self._handoffs_lock:
+            handoffs, self._handoffs = self._handoffs, []
+        for callback, args in handoffs:
+            callback(*args)
 
     async def abandon(self, token: str) -> None:
         """Release a work item the worker gave back; it is delivered again shortly."""
@@ -414,6 +462,7 @@ class WorkItemDispatcher:
         held.connection.activities.discard(token)
         if isinstance(held, _HeldEpisode):
             await self._abandon_episode(held.prepared.item, reason, retry_after)
+            self._after_episode(held.prepared.instance.instance_id, None)
         else:
             with contextlib.suppress(Exception):
                 await self._store.abandon_activity(
@@ -440,7 +489,8 @@ class WorkItemDispatcher:
         else:
             self._bridge.forget(instance_id)
             self._watch.changed(instance_id, commit.instance)
-            self.work_arrived()
+            if commit.messages:
+                self._wake("episodes")
 
     # -- background: result batches and lease renewal ----------------------------------------------
 
@@ -455,20 +505,24 @@ class WorkItemDispatcher:
         if not batch:
             return
         try:
-            await self._store.complete_activities([result for _, _, result in batch])
-            self.work_arrived()
+            await self._store.complete_activities(batch)
+            self._results_delivered(batch)
         except Exception:
             log.exception("writing %d activity results failed; they will run again", len(batch))
-            for _, _, result in batch:
+            for result in batch:
                 with contextlib.suppress(Exception):
                     await self._store.abandon_activity(
                         result.item,
                         reason="could not record the result",
                         retry_after=_RETRY_AFTER_ERROR,
                     )
-        finally:
-            for token, connection, _ in batch:
-                _free(connection, token)
+
+    def _results_delivered(self, batch: list[ActivityResult]) -> None:
+        """Wake the episode loops, unless every instance is busy (it is woken when free)."""
+        targets = {result.message.instance_id for result in batch}
+        self._nudged |= targets & self._busy
+        if targets - self._busy:
+            self._wake("episodes")
 
     async def _renew_loop(self) -> None:
         """Renew the leases of activities workers hold for long (orchestrations are short)."""
