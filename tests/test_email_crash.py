@@ -30,7 +30,7 @@ EMAILS = 20
 @pytest.fixture
 def smtp() -> Iterator[LocalSmtp]:
     # Slow enough that a kill lands while sends are in flight.
-    with LocalSmtp(delay=0.5) as server:
+    with LocalSmtp(delay=1.0) as server:
         yield server
 
 
