@@ -151,6 +151,9 @@ def test_an_invalid_request_is_400_naming_the_field(client: httpx.Client) -> Non
     fields = {f["field"] for f in answer.json()["fields"]}
     assert {"to.0", "subject"} <= fields
     assert client.post("emails", content=b"{not json").status_code == 400
+    bad_key = client.post("emails", json=email("k@example.com", idempotency_key="a/b"))
+    assert bad_key.status_code == 400
+    assert bad_key.json()["fields"][0]["field"] == "idempotency_key"
 
 
 def test_a_repeated_idempotency_key_answers_with_the_same_instance(

@@ -152,6 +152,14 @@ def test_acs_errors_are_transient_or_permanent(status: int, expected: type[Excep
         AcsProvider("endpoint=x", client_factory=lambda _: fake).send(request(), "k")
 
 
+def test_acs_unreachable_is_transient() -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    fake = FakeEmailClient(fail=ServiceRequestError("connection refused"))
+    with pytest.raises(TransientProviderError, match="unreachable"):
+        AcsProvider("endpoint=x", client_factory=lambda _: fake).send(request(), "k")
+
+
 def acs_event(status: str, event_type: str = EMAIL_DELIVERY_REPORT) -> EventGridEvent:
     return EventGridEvent.model_validate(
         {
