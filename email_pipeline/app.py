@@ -109,6 +109,8 @@ def send_email(command: SendCommand, context: ActivityContext) -> SendResult:
         )
         return earlier
     result = provider().send(command.request, key)
+    # A crash right here (accepted, not yet recorded) is the one window left: the
+    # retried activity sends again, with the same Message-ID / ACS operation id.
     return ledger.record_sent(key, result, command.instance_id)
 
 
