@@ -174,6 +174,35 @@ def test_an_abandoned_work_item_is_delivered_again(
         channel.close()
 
 
+def test_a_response_in_chunks_is_committed_whole(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    server = make_sidecar()
+    sdk = sdk_for(server.address)
+    instance_id = sdk.schedule_new_orchestration(steps, input=1)
+    channel, stub = stub_for(server.address)
+    try:
+        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        token = first_request(stream, "orchestratorRequest").completionToken
+        schedule = pb.OrchestratorAction(id=1, scheduleTask=pb.ScheduleTaskAction(name="step"))
+        for part in ([schedule], []):
+            stub.CompleteOrchestratorTask(
+                pb.OrchestratorResponse(
+                    instanceId=instance_id,
+                    completionToken=token,
+                    actions=part,
+                    isPartial=bool(part),
+                )
+            )
+        activity = first_request(stream, "activityRequest").activityRequest
+        stream.cancel()
+    finally:
+        channel.close()
+    assert (activity.name, activity.taskId) == ("step", 1)
+    assert activity.orchestrationInstance.instanceId == instance_id
+
+
 def test_completions_with_unknown_tokens_are_not_found(
     make_sidecar: Callable[..., SidecarServer],
 ) -> None:

@@ -88,6 +88,8 @@ class _Connection:
 class _HeldEpisode:
     connection: _Connection
     prepared: PreparedEpisode
+    partial: list[pb.OrchestratorAction] = field(default_factory=list)
+    """Actions of chunks already received (a worker may split a large response)."""
 
 
 @dataclass(slots=True)
@@ -359,8 +361,31 @@ class WorkItemDispatcher:
         room for more at once: the instance itself stays locked until the
         commit, so its next episode waits for this one.
         """
-        held = self._take(response.completionToken, _HeldEpisode)
-        self._call_soon(self._spawn_commit, response.completionToken, held, response)
+        token = response.completionToken
+        if response.isPartial:
+            chunk = self._held.get(token)
+            if not isinstance(chunk, _HeldEpisode):
+                raise UnknownTokenError(token)
+            chunk.partial.extend(response.actions)
+            return
+        held = self._take(token, _HeldEpisode)
+        if held.partial:
+            whole = pb.OrchestratorResponse()
+            whole.CopyFrom(response)
+            del whole.actions[:]
+            whole.actions.extend([*held.partial, *response.actions])
+            response = whole
+        if response.requiresHistory:
+            # The worker lost the history it expected to have: send it all again.
+            self._call_soon(self._spawn_release, token, held)
+            return
+        self._call_soon(self._spawn_commit, token, held, response)
+
+    def _spawn_release(self, token: str, held: _HeldEpisode) -> None:
+        self._held[token] = held
+        task = asyncio.create_task(self._release(token, "the worker asked for the history again"))
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
 
     def _spawn_commit(
         self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
