@@ -102,10 +102,19 @@ class PreparedEpisode:
 class EpisodeBridge:
     """Turns locked orchestration work into SDK requests, and SDK responses into commits."""
 
-    def __init__(self, store: Store, clock: Clock, *, cache_size: int = 1_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        cache_size: int = 1_000,
+        cache_events: int = 500_000,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._capacity = cache_size
+        self._event_budget = cache_events
+        self._cached_events = 0
         self._cache: OrderedDict[str, _CachedHistory] = OrderedDict()
 
     async def prepare(self, item: OrchestrationWorkItem) -> PreparedEpisode | EpisodeCommit:
@@ -196,14 +205,21 @@ class EpisodeBridge:
         for event in recorded:
             state.observe(event)
         past = [*prepared.past, *prepared.new, *map(event_to_pb, recorded)]
+        self.forget(instance_id)
         self._cache[instance_id] = _CachedHistory(version, prepared.started, past, state)
-        self._cache.move_to_end(instance_id)
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        self._cached_events += len(past)
+        # Bounded by instances and by events: one huge history must not hold the memory.
+        while self._cache and (
+            len(self._cache) > self._capacity or self._cached_events > self._event_budget
+        ):
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_events -= len(evicted.past)
 
     def forget(self, instance_id: str) -> None:
         """Drop the cached history of an instance (another worker moved it on)."""
-        self._cache.pop(instance_id, None)
+        dropped = self._cache.pop(instance_id, None)
+        if dropped is not None:
+            self._cached_events -= len(dropped.past)
 
     # -- building requests -----------------------------------------------------------------
 

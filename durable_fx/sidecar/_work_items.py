@@ -7,8 +7,8 @@ item until the worker completes or abandons it. When the stream ends (the
 worker disconnected, or the sidecar stops) everything it still holds is
 released at once, so another worker gets it without waiting for the lease.
 
-Activity results are written in batches: while one batch is being written,
-the results completed meanwhile queue up for the next (one store call each).
+Completions are taken on the gRPC call's thread and handed to the loop;
+activity results are written in batches (``ResultWriter``).
 """
 
 from __future__ import annotations
@@ -26,19 +26,17 @@ from typing import Any, TypeVar
 
 from .._clock import Clock
 from .._errors import ConflictError
-from .._history import TaskCompleted, TaskFailed
 from ..storage._protocol import Store
 from ..storage._records import (
     ActivityResult,
     ActivityWorkItem,
     EpisodeCommit,
     LockBatch,
-    OrchestrationMessage,
     OrchestrationWorkItem,
 )
 from ._episodes import EpisodeBridge, PreparedEpisode
-from ._history_pb import failure_from_pb
-from ._proto import optional_text, pb, text_value
+from ._proto import pb
+from ._results import ResultWriter, activity_request, activity_result
 from ._watch import InstanceWatch
 
 __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
@@ -134,9 +132,8 @@ class WorkItemDispatcher:
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
-        self._results: list[ActivityResult] = []
         self._committing: set[asyncio.Task[None]] = set()
-        self._results_ready = asyncio.Event()
+        self._results = ResultWriter(store, self._results_delivered)
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._arrivals: dict[str, set[asyncio.Event]] = {"episodes": set(), "activities": set()}
@@ -157,7 +154,7 @@ class WorkItemDispatcher:
         """Start the result writer and the lease renewer (on the running loop)."""
         self._loop = asyncio.get_running_loop()
         self._tasks = [
-            asyncio.create_task(self._write_results_loop(), name="durable-fx-sidecar-results"),
+            asyncio.create_task(self._results.run(), name="durable-fx-sidecar-results"),
             asyncio.create_task(self._renew_loop(), name="durable-fx-sidecar-renewals"),
         ]
 
@@ -174,7 +171,7 @@ class WorkItemDispatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._write_results()
+        await self._results.flush()
 
     def work_arrived(self) -> None:
         """Wake the idle episode fetch loops: this process just enqueued an orchestration message.
@@ -343,7 +340,9 @@ class WorkItemDispatcher:
             token = self._new_token()
             self._held[token] = _HeldActivity(connection, item, now)
             connection.activities.add(token)
-            requests.append(pb.WorkItem(activityRequest=_request(item), completionToken=token))
+            requests.append(
+                pb.WorkItem(activityRequest=activity_request(item), completionToken=token)
+            )
         for request in requests:
             await connection.send(request)
         return batch
@@ -435,13 +434,12 @@ class WorkItemDispatcher:
         it is lost.
         """
         held = self._take(response.completionToken, _HeldActivity)
-        result = _result(held.item, response, self._clock)
+        result = activity_result(held.item, response, self._clock.now())
         self._call_soon(self._queue_result, response.completionToken, held, result)
 
     def _queue_result(self, token: str, held: _HeldActivity, result: ActivityResult) -> None:
         _free(held.connection, token)
-        self._results.append(result)
-        self._results_ready.set()
+        self._results.add(result)
 
     def _take(self, token: str, kind: type[H]) -> H:
         """Own the work item held under ``token`` (safe from any thread)."""
@@ -519,29 +517,6 @@ class WorkItemDispatcher:
 
     # -- background: result batches and lease renewal ----------------------------------------------
 
-    async def _write_results_loop(self) -> None:
-        while True:
-            await self._results_ready.wait()
-            self._results_ready.clear()
-            await self._write_results()
-
-    async def _write_results(self) -> None:
-        batch, self._results = self._results, []
-        if not batch:
-            return
-        try:
-            await self._store.complete_activities(batch)
-            self._results_delivered(batch)
-        except Exception:
-            log.exception("writing %d activity results failed; they will run again", len(batch))
-            for result in batch:
-                with contextlib.suppress(Exception):
-                    await self._store.abandon_activity(
-                        result.item,
-                        reason="could not record the result",
-                        retry_after=_RETRY_AFTER_ERROR,
-                    )
-
     def _results_delivered(self, batch: list[ActivityResult]) -> None:
         """Wake the episode loops, unless every instance is busy (it is woken when free)."""
         targets = {result.message.instance_id for result in batch}
@@ -563,35 +538,6 @@ class WorkItemDispatcher:
                         held.renewed_at = loop.time()
                     except Exception:
                         log.warning("could not renew the lease of %s", held.item.invocation.name)
-
-
-def _request(item: ActivityWorkItem) -> pb.ActivityRequest:
-    invocation = item.invocation
-    return pb.ActivityRequest(
-        name=invocation.name,
-        input=text_value(invocation.input),
-        orchestrationInstance=pb.OrchestrationInstance(
-            instanceId=invocation.instance_id, executionId=text_value(invocation.execution_id)
-        ),
-        taskId=invocation.task_id,
-    )
-
-
-def _result(item: ActivityWorkItem, response: pb.ActivityResponse, clock: Clock) -> ActivityResult:
-    invocation = item.invocation
-    event: TaskCompleted | TaskFailed
-    if response.HasField("failureDetails"):
-        failure = failure_from_pb(response.failureDetails)
-        event = TaskFailed(
-            timestamp=clock.now(), task_scheduled_id=invocation.task_id, failure=failure
-        )
-    else:
-        result = optional_text(response, "result")
-        event = TaskCompleted(
-            timestamp=clock.now(), task_scheduled_id=invocation.task_id, result=result
-        )
-    message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
-    return ActivityResult(item, message)
 
 
 def _free(connection: _Connection, token: str) -> None:
