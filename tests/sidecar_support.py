@@ -7,6 +7,7 @@ instances, ``TaskHubGrpcWorker`` to run the orchestrators and activities.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ SIDECAR_STORES = [
 WAIT = 30.0
 """Seconds a test waits for an instance: generous, so a slow CI machine does not flake."""
 
+SDK_LOG = logging.getLogger("tests.durabletask")
+"""The SDK logs every episode at INFO to stderr by default; through logging, pytest keeps it."""
+
 
 def store_url_for(kind: str, directory: Path, request: pytest.FixtureRequest) -> str:
     """A fresh store of ``kind``: a new SQLite file, or a new task hub on the session's Azurite."""
@@ -41,7 +45,7 @@ def start_worker(
     address: str, orchestrators: list[Any], activities: list[Any]
 ) -> dt_worker.TaskHubGrpcWorker:
     """An SDK worker connected to ``address`` with these functions registered."""
-    worker = dt_worker.TaskHubGrpcWorker(host_address=address)
+    worker = dt_worker.TaskHubGrpcWorker(host_address=address, logger=SDK_LOG)
     for orchestrator in orchestrators:
         worker.add_orchestrator(orchestrator)
     for activity in activities:
@@ -77,7 +81,7 @@ def running_sidecar(url: str, **options: Any) -> SidecarServer:
 
 def client_for(server: SidecarServer) -> Iterator[dt_client.TaskHubGrpcClient]:
     """An SDK client for ``server``, closed afterwards (for use in fixtures)."""
-    sdk = dt_client.TaskHubGrpcClient(host_address=server.address)
+    sdk = dt_client.TaskHubGrpcClient(host_address=server.address, logger=SDK_LOG)
     try:
         yield sdk
     finally:

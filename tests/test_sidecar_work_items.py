@@ -29,6 +29,7 @@ from google.protobuf import empty_pb2
 
 from durable_fx.sidecar import SidecarServer
 from tests.sidecar_support import (
+    SDK_LOG,
     SIDECAR_STORES,
     WAIT,
     free_port,
@@ -110,7 +111,7 @@ def sdk_for() -> Iterator[Callable[[str], dt_client.TaskHubGrpcClient]]:
     clients: list[dt_client.TaskHubGrpcClient] = []
 
     def make(address: str) -> dt_client.TaskHubGrpcClient:
-        clients.append(dt_client.TaskHubGrpcClient(host_address=address))
+        clients.append(dt_client.TaskHubGrpcClient(host_address=address, logger=SDK_LOG))
         return clients[-1]
 
     yield make
