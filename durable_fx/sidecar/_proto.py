@@ -8,7 +8,7 @@ install hint.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 try:
     import grpc
@@ -36,18 +36,24 @@ __all__ = [
 ]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp for an aware (or naive UTC) datetime."""
-    value = timestamp_pb2.Timestamp()
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    value.FromDatetime(moment)
-    return value
+    # Integer arithmetic on the timedelta: exact, and far cheaper than FromDatetime,
+    # which runs for every event of every request.
+    since = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def from_timestamp(value: timestamp_pb2.Timestamp) -> datetime:
-    """An aware UTC datetime from a protobuf Timestamp."""
-    return value.ToDatetime(tzinfo=UTC)
+    """An aware UTC datetime from a protobuf Timestamp (to the microsecond)."""
+    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
 def text_value(text: str | None) -> wrappers_pb2.StringValue | None:

@@ -434,12 +434,12 @@ class WorkItemDispatcher:
         it is lost.
         """
         held = self._take(response.completionToken, _HeldActivity)
-        result = activity_result(held.item, response, self._clock.now())
-        self._call_soon(self._queue_result, response.completionToken, held, result)
+        # Only the hand-over happens here: the worker's thread waits for this call.
+        self._call_soon(self._queue_result, response.completionToken, held, response)
 
-    def _queue_result(self, token: str, held: _HeldActivity, result: ActivityResult) -> None:
+    def _queue_result(self, token: str, held: _HeldActivity, response: pb.ActivityResponse) -> None:
         _free(held.connection, token)
-        self._results.add(result)
+        self._results.add(activity_result(held.item, response, self._clock.now()))
 
     def _take(self, token: str, kind: type[H]) -> H:
         """Own the work item held under ``token`` (safe from any thread)."""
