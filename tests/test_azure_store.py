@@ -278,11 +278,6 @@ def test_episode_beyond_one_transaction_commits_whole(azure_store: AzureStore) -
 
 @pytest.mark.azurite
 @pytest.mark.slow
-@pytest.mark.xfail(
-    run=False,
-    reason="known gap: with 7% injected faults an instance can still be left without a "
-    "wake-up (found, not yet fixed); run it with --runxfail",
-)
 def test_one_hundred_orchestrations_survive_failing_storage_calls(azure_url: str) -> None:
     """7% of requests fail, half after the service applied them; results stay exact."""
     faults = FaultInjector(0.07, seed=7)

@@ -7,6 +7,7 @@ in ``_orchestrations``; this module carries it out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["commit_episode"]
 
 _ATTEMPTS = 6
+
+log = logging.getLogger("durable_fx.storage.azure")
 
 
 @dataclass
@@ -77,7 +80,15 @@ async def commit_episode(
     await _write(orchestrations, session, plan)
     old_generation, old_count = session.generation, session.count
     _apply(orchestrations, session, commit, plan)
-    await _after(orchestrations, session, plan)
+    try:
+        await _after(orchestrations, session, plan)
+    except Exception:
+        # The episode is committed; only sending what it made failed (storage kept
+        # failing). Its work rows and outbox rows stay: give the instance up here, and
+        # its guard's wake-up has it taken over and everything re-sent from the rows.
+        log.warning("sending what an episode of %s made failed; re-sent later", iid, exc_info=True)
+        orchestrations.drop_session(iid)
+        hub.control_poll.expect(hub.lease)
     if plan.generation != old_generation:
         orchestrations.delete_history_later(iid, old_generation, old_count)
     return str(plan.version)

@@ -209,6 +209,16 @@ class Hub:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
         self.has_ready_work: Callable[[], bool] = lambda: False
+        queues.on_lost = self._lost
+
+    def _lost(self, queue: str, delay: timedelta) -> None:
+        """Messages may be hidden under a receipt we never saw: poll when they return."""
+        if not self.is_worker:
+            return  # a client-only store never polls; a worker elsewhere finds them
+        if queue == self.names.control_queue:
+            self.control_poll.expect(delay)
+        elif queue == self.names.work_queue:
+            self.work_poll.expect(delay)
 
     # -- time and tokens ------------------------------------------------------------
 

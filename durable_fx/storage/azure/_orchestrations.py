@@ -577,6 +577,12 @@ class Orchestrations:
         for session in list(hub.sessions.values()):
             if session.lock is not None and not session.lock.expired(now):
                 continue
+            if session.stale:
+                # Rows may have landed that the session does not know of (a result whose
+                # response was lost): read them before deciding the session has nothing left.
+                await self._refresh(session)
+                if hub.sessions.get(session.instance_id) is not session:
+                    continue
             waiting = bool(session.outstanding) and not session.record.status.is_terminal
             if not waiting and not session.visible(now) and session.lock is None:
                 await self._end_session(session)

@@ -6,12 +6,17 @@ twice and can fail twice, as on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections import Counter
 from typing import Any
 
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ServiceRequestError,
+    ServiceResponseError,
+    StreamConsumedError,
+)
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy, SansIOHTTPPolicy
 
@@ -89,6 +94,8 @@ class FaultInjector(AsyncHTTPPolicy[Any, Any]):
             # Read the body so the connection goes back to the pool cleanly.
             load_body = getattr(response.http_response, "load_body", None)
             if load_body is not None:
-                await load_body()
+                # An empty body (204) counts as consumed once read: reading it again raises.
+                with contextlib.suppress(StreamConsumedError):
+                    await load_body()
             raise ServiceResponseError("injected fault: response lost after the service applied it")
         return response

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ._resources import Resources
-from ._transient import retrying, status_of
+from ._transient import maybe_applied, retrying, status_of
 
 __all__ = ["MAX_MESSAGE_BYTES", "Handle", "Queues", "Received"]
 
 MAX_MESSAGE_BYTES = 48 * 1024
 """Largest raw message: 64 KiB once base64-encoded."""
 _QUEUE_LIMIT = timedelta(days=7) - timedelta(seconds=1)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -54,6 +57,8 @@ class Queues:
     def __init__(self, resources: Resources, max_delay: timedelta) -> None:
         self._resources = resources
         self.max_delay = min(max_delay, _QUEUE_LIMIT)
+        self.on_lost: Callable[[str, timedelta], None] = lambda queue, delay: None
+        """Told when messages of ``queue`` may have been hidden for ``delay`` unseen."""
 
     def seconds(self, delay: timedelta, *, minimum: int = 0) -> int:
         """A queue delay in whole seconds: rounded up, capped, at least ``minimum``."""
@@ -84,19 +89,22 @@ class Queues:
             )
             return [message async for message in pager]
 
-        messages = await retrying(receive, what=f"receive from {queue}")
+        messages = await self._watched(receive, queue, lease, what=f"receive from {queue}")
         return [_received(queue, m) for m in messages]
 
     async def hide(self, handle: Handle, delay: timedelta) -> bool:
         """Make a held message invisible for ``delay`` (capped); False if no longer ours."""
         client = self._resources.queues[handle.queue]
         seconds = self.seconds(delay)
+
+        async def update() -> Any:
+            return await client.update_message(
+                handle.id, handle.pop_receipt, visibility_timeout=seconds
+            )
+
         try:
-            updated = await retrying(
-                lambda: client.update_message(
-                    handle.id, handle.pop_receipt, visibility_timeout=seconds
-                ),
-                what=f"hide a message of {handle.queue}",
+            updated = await self._watched(
+                update, handle.queue, delay, what=f"hide a message of {handle.queue}"
             )
         except (ResourceNotFoundError, HttpResponseError) as error:
             if status_of(error) in (400, 404):
@@ -104,6 +112,31 @@ class Queues:
             raise
         handle.pop_receipt = updated.pop_receipt or handle.pop_receipt
         return True
+
+    async def _watched(
+        self, call: Callable[[], Awaitable[T]], queue: str, delay: timedelta, *, what: str
+    ) -> T:
+        """``retrying(call)``, reporting to ``on_lost`` if an attempt may have applied unseen.
+
+        A receive or hide whose response was lost leaves messages hidden under a pop
+        receipt this process never saw: they come back after ``delay``, and only a
+        poll then finds them.
+        """
+        lost = False
+
+        async def attempt() -> T:
+            nonlocal lost
+            try:
+                return await call()
+            except Exception as error:
+                lost = lost or maybe_applied(error)
+                raise
+
+        try:
+            return await retrying(attempt, what=what)
+        finally:
+            if lost:
+                self.on_lost(queue, min(delay, self.max_delay))
 
     async def delete(self, handle: Handle) -> bool:
         """Delete a held message; False if it was gone or no longer ours."""

@@ -348,4 +348,4 @@ def client_kwargs(service: str, policies: Sequence[Any]) -> dict[str, Any]:
     ambiguous outcome (see ``_transient``).
     """
     key = "per_retry_policies" if service == "table" else "_additional_pipeline_policies"
-    return {key: list(policies), "connection_timeout": 10, "read_timeout": 30, "retry_total": 4}
+    return {key: list(policies), "connection_timeout": 10, "read_timeout": 30, "retry_total": 0}

@@ -22,7 +22,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-__all__ = ["TRANSIENT_STATUS", "is_transient", "retrying", "status_of"]
+__all__ = ["TRANSIENT_STATUS", "is_transient", "maybe_applied", "retrying", "status_of"]
 
 log = logging.getLogger("durable_fx.storage.azure")
 
@@ -51,6 +51,11 @@ def is_transient(error: BaseException) -> bool:
     except ImportError:  # pragma: no cover - aiohttp comes with the azure extra
         return False
     return isinstance(error, aiohttp.ClientError)
+
+
+def maybe_applied(error: BaseException) -> bool:
+    """A transient failure after the request may have reached the service."""
+    return is_transient(error) and not isinstance(error, ServiceRequestError)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, what: str) -> T:

@@ -1,0 +1,185 @@
+"""The Azure store under single, targeted storage faults, on Azurite.
+
+Each test loses the response of one kind of request (the service applied it,
+the client cannot tell) or fails it outright, and checks that nothing is
+stranded or slowed down to the idle back-off. The broad soak with random
+faults is ``test_azure_store.test_one_hundred_orchestrations_survive_failing_storage_calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.core.rest import HttpRequest
+
+from durable_fx import AsyncDurableClient, DurableClient, OrchestrationStatus, Worker
+from durable_fx.storage.azure import AzureStore, open_azure_store
+from tests.apps.harness import assert_history_consistent
+from tests.azurite import Azurite, new_hub
+from tests.test_azure_store import registry, three_steps
+
+pytestmark = [pytest.mark.azurite]
+
+Match = Callable[[HttpRequest, bytes], bool]
+_DELETES_WORK_ROW = re.compile(rb"DELETE [^\n]*RowKey='w")
+
+
+class Fail(AsyncHTTPPolicy[Any, Any]):
+    """Fails the first ``times`` requests that ``match`` (request, response body).
+
+    ``after=True`` sends the request first and loses the response (the service
+    applied it); otherwise the request never leaves. A response-based match
+    only makes sense with ``after``.
+    """
+
+    def __init__(self, match: Match, *, after: bool, times: int = 1) -> None:
+        self.match = match
+        self.after = after
+        self.left = times
+        self.hits = 0
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        http = request.http_request
+        if not self.after and self.left > 0 and self.match(http, b""):
+            self.left -= 1
+            self.hits += 1
+            raise ServiceRequestError("test: connection dropped before sending")
+        response = await self.next.send(request)
+        if self.after and self.left > 0:
+            try:
+                body = response.http_response.body()  # loaded already, unless streamed
+            except Exception:
+                body = b""
+            if self.match(http, body):
+                self.left -= 1
+                self.hits += 1
+                raise ServiceResponseError("test: response lost after the service applied it")
+        return response
+
+
+def _body(request: HttpRequest) -> bytes:
+    body = request.body
+    return body if isinstance(body, bytes) else b""
+
+
+def result_transaction(request: HttpRequest, _: bytes) -> bool:
+    """The entity-group transaction recording activity results (it deletes a work row)."""
+    return request.url.endswith("$batch") and _DELETES_WORK_ROW.search(_body(request)) is not None
+
+
+def receive_with_messages(queue_suffix: str) -> Match:
+    def match(request: HttpRequest, body: bytes) -> bool:
+        path = request.url.split("?")[0]
+        return (
+            request.method == "GET"
+            and path.endswith(f"{queue_suffix}/messages")
+            and b"<QueueMessage>" in body
+        )
+
+    return match
+
+
+def _store(azurite: Azurite, hub: str, *policies: Any, **options: Any) -> AzureStore:
+    return open_azure_store(azurite.connection_string(hub), policies=list(policies), **options)
+
+
+def _run_three_steps(client: DurableClient, count: int, timeout: float) -> None:
+    ids = [client.start(three_steps, n, instance_id=f"i-{n}") for n in range(count)]
+    for n, iid in enumerate(ids):
+        state = client.wait(iid, timeout=timeout)
+        assert state.status is OrchestrationStatus.COMPLETED, (iid, state.status, state.failure)
+        assert state.output == n + 3
+        full = client.get(iid, history=True)
+        assert full is not None
+        assert_history_consistent(full)
+
+
+def test_a_result_recorded_with_a_lost_response_still_reaches_its_owner(
+    azurite: Azurite,
+) -> None:
+    """The result transaction applied, its response was lost, and the retry found the work
+    row gone: the owning session must read its inbox before ending, or nobody ever would
+    (it used to end the session and delete the guard, leaving the result stranded)."""
+    fail = Fail(result_transaction, after=True)
+    store = _store(azurite, new_hub(), fail)
+    try:
+        with Worker(registry, store, lease=timedelta(seconds=30)), DurableClient(store) as client:
+            # A 30 s lease: a stranded instance cannot be rescued by its guard in time.
+            _run_three_steps(client, 1, timeout=15)
+        assert fail.hits == 1
+    finally:
+        asyncio.run(store.close())
+
+
+def test_a_lost_response_costs_no_sdk_back_off(azurite: Azurite) -> None:
+    """The SDK's own retry waited 15 s and more before retrying a lost response, stalling
+    the store's single loop; the store retries at once (and knows what a retry means)."""
+    fail = Fail(lambda r, b: r.method == "POST" and "-control/messages" in r.url, after=True)
+    store = _store(azurite, new_hub(), fail)
+    try:
+        with DurableClient(store) as client:
+            t0 = time.monotonic()
+            client.start(three_steps, 1, instance_id="lost-put")  # its wake-up's put is lost
+            assert time.monotonic() - t0 < 3.0
+            assert client.get("lost-put") is not None
+        assert fail.hits == 1
+    finally:
+        asyncio.run(store.close())
+
+
+def test_a_wake_up_received_with_a_lost_response_is_polled_for_again(azurite: Azurite) -> None:
+    """A receive that applied without an answer hides messages under receipts nobody saw:
+    the store polls again when they come back instead of after its idle back-off."""
+    hub = new_hub()
+    fail = Fail(receive_with_messages("-control"), after=True)
+    # Idle polls every 60 s at the soonest: only the expected return can find the wake-up.
+    worker = _store(azurite, hub, fail, idle_poll=(60.0, 60.0))
+    starter = _store(azurite, hub)
+    lease = timedelta(seconds=2)
+
+    async def scenario() -> None:
+        await AsyncDurableClient(starter).start(three_steps, 1, instance_id="lost-receive")
+        first = await worker.lock_orchestrations(owner="w", limit=8, lease=lease)
+        assert first.items == [] and fail.hits == 1
+        assert first.next_due is not None, "nothing tells the worker to look again"
+        wait = (first.next_due - datetime.now(UTC)).total_seconds()
+        assert wait <= lease.total_seconds() + 0.5
+        await asyncio.sleep(max(wait, 0) + 0.2)
+        second = await worker.lock_orchestrations(owner="w", limit=8, lease=lease)
+        assert [i.instance.instance_id for i in second.items] == ["lost-receive"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(worker.close())
+        asyncio.run(starter.close())
+
+
+@pytest.mark.slow
+def test_work_items_that_could_not_be_sent_after_a_commit_are_sent_again(
+    azurite: Azurite,
+) -> None:
+    """Storage refused every try of a work item's put after its episode committed: the
+    store gives the instance up, and its guard's wake-up has it taken over and the work
+    re-sent from the committed rows (it used to wait for a result that could never come)."""
+
+    def work_put(request: HttpRequest, _: bytes) -> bool:
+        return request.method == "POST" and "-workitems/messages" in request.url
+
+    fail = Fail(work_put, after=False, times=8)  # every attempt of one put
+    store = _store(azurite, new_hub(), fail)
+    try:
+        with Worker(registry, store, lease=timedelta(seconds=2)), DurableClient(store) as client:
+            _run_three_steps(client, 1, timeout=40)
+        assert fail.hits == 8
+    finally:
+        asyncio.run(store.close())
