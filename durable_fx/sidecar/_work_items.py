@@ -464,7 +464,10 @@ class WorkItemDispatcher:
         with self._handoffs_lock:
             handoffs, self._handoffs = self._handoffs, []
         for callback, args in handoffs:
-            callback(*args)
+            try:
+                callback(*args)
+            except Exception:  # one bad response must not strand the others handed over with it
+                log.exception("handling a completion failed; it runs again after its lease")
 
     async def abandon(self, token: str) -> None:
         """Release a work item the worker gave back; it is delivered again shortly."""
