@@ -236,11 +236,11 @@ def test_a_long_activity_keeps_its_lease(
     make_sidecar: Callable[..., SidecarServer],
     sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
 ) -> None:
-    server = make_sidecar(lease=timedelta(seconds=1.2))
+    server = make_sidecar(lease=timedelta(seconds=1.5))
     sdk = sdk_for(server.address)
     worker = start_worker(server.address, [one_long_step], [long_step])
     try:
-        instance_id = sdk.schedule_new_orchestration(one_long_step, input=2.5)
+        instance_id = sdk.schedule_new_orchestration(one_long_step, input=3.0)
         state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
     finally:
         worker.stop()

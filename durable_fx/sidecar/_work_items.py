@@ -530,7 +530,8 @@ class WorkItemDispatcher:
     async def _renew_loop(self) -> None:
         """Renew the leases of activities workers hold for long (orchestrations are short)."""
         loop = asyncio.get_running_loop()
-        interval = self._lease.total_seconds() / 3
+        # Every item is renewed at most two intervals after the last time: half the lease.
+        interval = self._lease.total_seconds() / 4
         while True:
             await asyncio.sleep(interval)
             due = loop.time() - interval
