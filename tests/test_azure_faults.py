@@ -25,7 +25,7 @@ from durable_fx import AsyncDurableClient, DurableClient, OrchestrationStatus, W
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from tests.apps.harness import assert_history_consistent
 from tests.azurite import Azurite, new_hub
-from tests.test_azure_store import registry, three_steps
+from tests.test_azure_store import fan_out, registry, three_steps
 
 pytestmark = [pytest.mark.azurite]
 
@@ -175,11 +175,23 @@ def test_work_items_that_could_not_be_sent_after_a_commit_are_sent_again(
     def work_put(request: HttpRequest, _: bytes) -> bool:
         return request.method == "POST" and "-workitems/messages" in request.url
 
-    fail = Fail(work_put, after=False, times=8)  # every attempt of one put
+    # Every attempt of the two queued items' puts (each gives up after 8).
+    fail = Fail(work_put, after=False, times=16)
     store = _store(azurite, new_hub(), fail)
+    lease = timedelta(seconds=2)
     try:
-        with Worker(registry, store, lease=timedelta(seconds=2)), DurableClient(store) as client:
-            _run_three_steps(client, 1, timeout=40)
-        assert fail.hits == 8
+        # Two activity slots: of the four items, two are held here and two are queued.
+        with (
+            Worker(registry, store, lease=lease, max_concurrent_activities=2),
+            DurableClient(store) as client,
+        ):
+            iid = client.start(fan_out, 4, instance_id="fan")
+            state = client.wait(iid, timeout=40)
+            assert state.status is OrchestrationStatus.COMPLETED, state.failure
+            assert state.output == sum(range(1, 5))
+            full = client.get(iid, history=True)
+            assert full is not None
+            assert_history_consistent(full)
+        assert fail.hits == 16
     finally:
         asyncio.run(store.close())

@@ -1,17 +1,21 @@
-"""Activity work on Azure: work items through the work-item queue, results into inboxes.
+"""Activity work on Azure: work rows in the instance partition, messages, results.
 
 Each scheduled activity is a row ``w<execution>:<task>`` in its instance's
-partition (written with the episode that scheduled it) and a message on
-``<hub>-workitems`` carrying the invocation (its input in a payload blob when
-too large for a message). The message's invisibility is the lease and its
-dequeue count the delivery count; this process also remembers the messages it
-holds, so a lease that expires while the process lives (by the store's clock)
-hands the item out again here, as every store does.
+partition, written with the episode that scheduled it. What this process's
+worker has room for it simply holds (``hold``): no queue message, no request;
+the row (marked ``Local``) and the instance's guard are the copy that survives
+a crash, since whoever takes the instance over re-sends its rows. The rest goes
+to ``<hub>-workitems`` as messages carrying the invocation (its input in a
+payload blob when too large), where any worker may receive it: the message's
+invisibility is the lease and its dequeue count the delivery count.
 
-Completing a batch is one transaction per instance: delete the work row and
-insert the result into the inbox. The row is the proof that the result is
-not recorded yet: a redelivered message whose row is gone is dropped without
-running (contract 4), and a late completion finds no row and is dropped.
+A result for an instance this process owns joins its session's inbox in
+memory; the episode that consumes it deletes the work row in its own
+transaction (``_defer``). Any other result is one transaction per instance:
+delete the work row and insert the result into the inbox. The row is the
+proof that the result is not recorded yet: a redelivered message whose row is
+gone is dropped without running (contract 4), and a late completion finds no
+row and is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from azure.data.tables import TableTransactionError
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
-from ._hub import Hub, Lease, Op, bump
+from ._hub import Hub, Lease, Op, Pending, Session, bump
 from ._queues import MAX_MESSAGE_BYTES, Handle, Received
 from ._transient import retrying, status_of
 
@@ -44,7 +48,8 @@ _PAIRS_PER_BATCH = 49  # a delete and an insert per result, plus a touch of the 
 class _Held:
     """A work-item message this process received and has not finished with."""
 
-    handle: Handle
+    handle: Handle | None
+    """Its queue message; ``None`` for an item held here only (its work row is the copy)."""
     invocation: ActivityInvocation
     row_key: str
     text: str
@@ -53,6 +58,11 @@ class _Held:
     visible_at: datetime | None = None
     since: float = field(default_factory=time.monotonic)
     """When the queue last hid it for us (monotonic seconds)."""
+    local_id: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.handle.id if self.handle is not None else self.local_id
 
     def age(self) -> timedelta:
         return timedelta(seconds=time.monotonic() - self.since)
@@ -76,8 +86,12 @@ class Activities:
 
     # -- scheduling ---------------------------------------------------------------
 
-    async def work_row(self, invocation: ActivityInvocation) -> dict[str, Any]:
-        """The ``w`` row recording a scheduled, not yet completed activity."""
+    async def work_row(self, invocation: ActivityInvocation, *, local: bool) -> dict[str, Any]:
+        """The ``w`` row recording a scheduled, not yet completed activity.
+
+        ``Local`` marks an item this process runs without a queue message: whoever
+        takes the instance over re-sends it at once (no copy can be in the queue).
+        """
         iid = invocation.instance_id
         row: dict[str, Any] = {
             "PartitionKey": iid,
@@ -87,6 +101,8 @@ class Activities:
             "Name": invocation.name,
             "Attempt": invocation.attempt,
         }
+        if local:
+            row["Local"] = 1
         await self._hub.codec.put_text(row, "Input", invocation.input, iid)
         return row
 
@@ -101,43 +117,53 @@ class Activities:
             attempt=int(row.get("Attempt", 1)),
         )
 
-    async def send(self, invocations: Sequence[ActivityInvocation], *, redelivery: bool) -> None:
-        """Put a work-item message per invocation (after their rows are committed)."""
-        hub = self._hub
-        gate = asyncio.Semaphore(_SEND_CONCURRENCY)
+    def room(self, count: int) -> int:
+        """How many of ``count`` new work items this process's worker takes itself."""
+        if not self._capacity:
+            return 0  # no worker polls here (a client, or the Functions host delivers work)
+        return max(0, min(count, self._capacity - self._waiting()))
 
-        # A copy sent after a takeover may duplicate a message that is still in the
-        # queue, hidden by the dead worker's lease. It waits two leases: by then the
-        # original has usually run, deleted its row, and the copy is dropped unrun.
-        delay = hub.lease * 2 if redelivery else timedelta(0)
+    def hold(self, invocations: Sequence[ActivityInvocation]) -> None:
+        """Take work items this worker runs itself: no queue message, no request.
 
-        # This process's worker takes what it has room for straight from here: the
-        # message is put hidden for a lease (it is the copy that survives a crash)
-        # and held, so running it costs no receive. The rest is for anyone.
-        room = 0 if redelivery or not self._capacity else self._capacity - self._waiting()
-        keep = set(range(max(0, min(room, len(invocations)))))
-
-        async def send_one(index: int, invocation: ActivityInvocation) -> _Held | None:
-            body = await self._body(invocation, redelivery)
-            hidden = index in keep
-            async with gate:
-                handle = await hub.queues.put(
-                    hub.names.work_queue, body, delay=hub.lease if hidden else delay
-                )
-            if not hidden:
-                return None
-            text = json.dumps(body, separators=(",", ":"))
+        Their committed work rows are the copy that survives a crash: the
+        instance's guard has it taken over and the rows re-sent.
+        """
+        for invocation in invocations:  # in scheduling order: handed out oldest first
+            self._tokens += 1
             row_key = work_key(invocation.execution_id, invocation.task_id)
-            return _Held(handle, invocation, row_key, text, 0)
+            held = _Held(None, invocation, row_key, "", 0, local_id=f"local:{self._tokens}")
+            self._held[held.key] = held
+        if invocations:
+            self._hub.wake()
+
+    async def send(
+        self,
+        invocations: Sequence[ActivityInvocation],
+        *,
+        redelivery: bool,
+        delay: timedelta | None = None,
+    ) -> None:
+        """Put a work-item message per invocation (after their rows are committed).
+
+        A ``redelivery`` is checked against its row before it runs. By default it
+        waits two leases: it may duplicate a message still in the queue, hidden by a
+        dead worker's lease, which by then has usually run and deleted its row.
+        """
+        hub = self._hub
+        if not invocations:
+            return
+        gate = asyncio.Semaphore(_SEND_CONCURRENCY)
+        if delay is None:
+            delay = hub.lease * 2 if redelivery else timedelta(0)
+
+        async def send_one(invocation: ActivityInvocation) -> None:
+            body = await self._body(invocation, redelivery)
+            async with gate:
+                await hub.queues.put(hub.names.work_queue, body, delay=delay)
 
         self._order = {id(i): hub.arrival() for i in invocations}
-        sent = await asyncio.gather(*(send_one(n, i) for n, i in enumerate(invocations)))
-        for held in sent:  # in scheduling order: work is handed out oldest first
-            if held is not None:
-                self._held[held.handle.id] = held
-        if len(keep) == len(invocations) and not delay:
-            hub.wake()
-            return
+        await asyncio.gather(*(send_one(i) for i in invocations))
         if delay:
             hub.work_poll.expect(delay)
         else:
@@ -286,13 +312,14 @@ class Activities:
             return False
         recent = held.dequeue_count == 0 and held.age() < lease / 2
         # Handed out again, or held a while: keep the queue from giving it to another.
-        if not fresh and not recent and not await hub.queues.hide(held.handle, lease):
-            self._held.pop(held.handle.id, None)  # someone else received it meanwhile
+        hide = not fresh and not recent and held.handle is not None
+        if hide and held.handle is not None and not await hub.queues.hide(held.handle, lease):
+            self._held.pop(held.key, None)  # someone else received it meanwhile
             return False
         held.dequeue_count += 1
         held.visible_at = None
         self._tokens += 1
-        held.lease = Lease(f"{held.handle.id}|{self._tokens}", owner, now + lease)
+        held.lease = Lease(f"{held.key}|{self._tokens}", owner, now + lease)
         held.since = time.monotonic()
         return True
 
@@ -329,8 +356,9 @@ class Activities:
         session = hub.sessions.get(invocation.instance_id)
         if session is not None:
             session.outstanding.pop(held.row_key, None)
-        self._held.pop(held.handle.id, None)
-        await hub.queues.delete(held.handle)
+        self._held.pop(held.key, None)
+        if held.handle is not None:
+            await hub.queues.delete(held.handle)
 
     # -- finishing ----------------------------------------------------------------
 
@@ -346,13 +374,46 @@ class Activities:
     async def _complete_instance(
         self, instance_id: str, entries: list[tuple[_Held, ActivityResult]]
     ) -> None:
+        done = [held for held, _ in entries]
         hub = self._hub
+        session = hub.sessions.get(instance_id)
+        if session is not None and hub.is_worker and self._trusted(session):
+            entries = self._defer(session, entries)
         for start in range(0, len(entries), _PAIRS_PER_BATCH):
             chunk = entries[start : start + _PAIRS_PER_BATCH]
             await self._complete_chunk(instance_id, chunk)
-        await asyncio.gather(*(hub.queues.delete(held.handle) for held, _ in entries))
-        for held, _ in entries:
-            self._held.pop(held.handle.id, None)
+        handles = [held.handle for held in done if held.handle is not None]
+        await asyncio.gather(*(hub.queues.delete(handle) for handle in handles))
+        for held in done:
+            self._held.pop(held.key, None)
+
+    def _trusted(self, session: Session) -> bool:
+        """Whether the session's lease is comfortably ours (no one else may take it now)."""
+        hub = self._hub
+        return session.owned_until - hub.now() > hub.lease / 4
+
+    def _defer(
+        self, session: Session, entries: list[tuple[_Held, ActivityResult]]
+    ) -> list[tuple[_Held, ActivityResult]]:
+        """Hand results to an instance owned here in memory; return the rest.
+
+        The episode that consumes them deletes their work rows in its own
+        transaction, so a result costs no request of its own. A crash before that
+        episode loses nothing: the work rows are still there, and the instance's
+        taker re-runs them (results are recorded once they are in the history).
+        """
+        rest = []
+        for held, result in entries:
+            if held.row_key not in session.outstanding:
+                rest.append((held, result))  # not expected (a copy, a finished instance)
+                continue
+            del session.outstanding[held.row_key]
+            pending = self._hub.pending_of(result.message)
+            pending.stored, pending.work_row = False, held.row_key
+            session.pending.setdefault(pending.row_key, pending)
+        if len(rest) < len(entries):
+            self._hub.wake()
+        return rest
 
     async def _complete_chunk(
         self, instance_id: str, chunk: list[tuple[_Held, ActivityResult]]
@@ -373,8 +434,12 @@ class Activities:
             ops.append(("delete", {"PartitionKey": instance_id, "RowKey": held.row_key}))
             ops.append(("create", entity))
             pendings[held.row_key] = pending
+        woken = False
         if not trusted:
             ops.append(bump(instance_id))
+            # The wake-up goes first: a crash after the rows cannot leave them unseen.
+            await self._wake(instance_id)
+            woken = True
         applied = await self._submit_results(instance_id, ops)
         if applied is None:
             return
@@ -397,11 +462,32 @@ class Activities:
                 session.pending.setdefault(pending.row_key, pending)
             if delivered:
                 hub.wake()
-        if not trusted and delivered:
-            await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
-            if hub.is_worker:
-                hub.control_poll.kick()
-                hub.wake()
+        if not trusted and delivered and not woken:
+            await self._wake(instance_id)
+
+    async def _wake(self, instance_id: str) -> None:
+        """Leave a wake-up for whoever owns (or will take) the instance."""
+        hub = self._hub
+        await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+        if hub.is_worker:
+            hub.control_poll.kick()
+            hub.wake()
+
+    async def record_held(self, instance_id: str, pendings: Sequence[Pending]) -> None:
+        """Write results a session held in memory (see ``_defer``) as its inbox rows.
+
+        For a session that ends or is given up before consuming them; each replaces
+        its work row, as any result from another process does.
+        """
+        hub = self._hub
+        await self._wake(instance_id)
+        for start in range(0, len(pendings), _PAIRS_PER_BATCH):
+            ops: list[Op] = []
+            for pending in pendings[start : start + _PAIRS_PER_BATCH]:
+                assert pending.work_row is not None
+                ops.append(("delete", {"PartitionKey": instance_id, "RowKey": pending.work_row}))
+                ops.append(("create", await hub.entity_of(instance_id, pending)))
+            await self._submit_results(instance_id, [*ops, bump(instance_id)])
 
     async def _submit_results(self, instance_id: str, ops: list[Op]) -> list[str] | None:
         """Submit result pairs; returns the work row keys whose results went in.
@@ -443,7 +529,8 @@ class Activities:
             return
         held.lease = None
         held.visible_at = hub.now() + retry_after
-        await hub.queues.hide(held.handle, max(retry_after, timedelta(seconds=1)))
+        if held.handle is not None:
+            await hub.queues.hide(held.handle, max(retry_after, timedelta(seconds=1)))
         if retry_after <= timedelta(0):
             hub.wake()
 
@@ -453,7 +540,7 @@ class Activities:
         if held is None or held.lease is None:
             return
         held.lease.expires_at = self._hub.now() + lease
-        if await self._hub.queues.hide(held.handle, lease):
+        if held.handle is None or await self._hub.queues.hide(held.handle, lease):
             held.since = time.monotonic()
 
     def has_ready(self, now: datetime) -> bool:

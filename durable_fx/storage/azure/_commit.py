@@ -18,7 +18,16 @@ from ..._errors import ConflictError
 from ..._ids import validate_instance_id
 from .._records import ActivityInvocation, EpisodeCommit, OrchestrationWorkItem
 from ._codec import INSTANCE_ROW, history_key, outbox_key, ts, work_key
-from ._hub import MAX_BATCH, MAX_BATCH_BYTES, Op, Pending, Session, entity_size, instance_update
+from ._hub import (
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    Op,
+    Pending,
+    Session,
+    consumed_rows,
+    entity_size,
+    instance_update,
+)
 from ._transient import status_of
 
 if TYPE_CHECKING:
@@ -47,6 +56,8 @@ class _Plan:
     consumed: list[str] = field(default_factory=list)
     self_pending: list[Pending] = field(default_factory=list)
     work: list[ActivityInvocation] = field(default_factory=list)
+    local: int = 0
+    """How many of ``work`` (the first) this worker holds without queue messages."""
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -122,7 +133,11 @@ async def _plan(orchestrations: Orchestrations, session: Session, commit: Episod
             continue  # already scheduled and not completed: never twice
         seen_work.add(key)
         work.append(invocation)
-        tagged.append(("upsert", await orchestrations.activities.work_row(invocation)))
+    # What this process's worker has room for it runs without a queue message.
+    local = orchestrations.activities.room(len(work))
+    for index, invocation in enumerate(work):
+        row = await orchestrations.activities.work_row(invocation, local=index < local)
+        tagged.append(("upsert", row))
 
     still_pending = {rk for rk in session.pending if rk not in consumed}
     self_pending: list[Pending] = []
@@ -181,9 +196,10 @@ async def _plan(orchestrations: Orchestrations, session: Session, commit: Episod
         consumed=consumed,
         self_pending=self_pending,
         work=work,
+        local=local,
         outbox=outbox,
     )
-    deletes: list[Op] = [("delete", {"PartitionKey": iid, "RowKey": rk}) for rk in consumed]
+    deletes: list[Op] = [op for rk in consumed for op in consumed_rows(iid, session.pending[rk])]
     plan.final = deletes
     size = sum(entity_size(op) for op in deletes) + entity_size(("upsert", instance))
     tagged_size = sum(entity_size(op) for op in tagged)
@@ -280,7 +296,8 @@ async def _after(orchestrations: Orchestrations, session: Session, plan: _Plan) 
     """Send the work items and messages the commit made; end the session if it is done."""
     hub = orchestrations.hub
     if plan.work:
-        await orchestrations.activities.send(plan.work, redelivery=False)
+        orchestrations.activities.hold(plan.work[: plan.local])
+        await orchestrations.activities.send(plan.work[plan.local :], redelivery=False)
     if plan.outbox:
         await orchestrations.deliver(session.instance_id, plan.outbox)
     if session.stale:

@@ -210,7 +210,7 @@ class Delivered:
         """Forget a work item that failed here; the host redelivers its message."""
         held = self._activities._holding(item)
         if held is not None:
-            self._activities._held.pop(held.handle.id, None)
+            self._activities._held.pop(held.key, None)
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

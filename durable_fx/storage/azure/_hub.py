@@ -40,7 +40,7 @@ from ._queues import Handle, Queues
 from ._resources import Resources
 from ._transient import retrying, status_of
 
-__all__ = ["Hub", "Lease", "Partition", "Pending", "Poller", "Session"]
+__all__ = ["Hub", "Lease", "Partition", "Pending", "Poller", "Session", "consumed_rows"]
 
 Op = tuple[Any, ...]
 """One operation of an entity-group transaction, as ``TableClient.submit_transaction`` takes it."""
@@ -73,6 +73,10 @@ class Pending:
     visible_at: datetime
     arrival: str
     dequeue_count: int = 0
+    stored: bool = True
+    """Whether it has an inbox row; an activity result held in memory has none yet."""
+    work_row: str | None = None
+    """The work row a result held in memory replaces: consuming it deletes that row."""
 
     def order(self) -> tuple[datetime, str, str]:
         return (self.visible_at, self.arrival, self.row_key)
@@ -325,32 +329,39 @@ class Hub:
         self, message: OrchestrationMessage, *, tag: str | None = None
     ) -> tuple[dict[str, Any], Pending]:
         """The inbox row for ``message`` and its pending record."""
-        now = self.now()
-        event_json = message.event.model_dump_json()
-        visible_at = message.visible_at or now
-        pending = Pending(
+        pending = self.pending_of(message)
+        return await self.entity_of(message.instance_id, pending, tag=tag), pending
+
+    def pending_of(self, message: OrchestrationMessage) -> Pending:
+        """The pending record of ``message`` (not written anywhere yet)."""
+        return Pending(
             row_key=inbox_key(message.key),
             event=message.event,
-            event_json=event_json,
+            event_json=message.event.model_dump_json(),
             execution_id=message.execution_id,
             key=message.key,
-            visible_at=visible_at,
+            visible_at=message.visible_at or self.now(),
             arrival=self.arrival(),
         )
+
+    async def entity_of(
+        self, instance_id: str, pending: Pending, *, tag: str | None = None
+    ) -> dict[str, Any]:
+        """The inbox row of a pending record."""
         entity: dict[str, Any] = {
-            "PartitionKey": message.instance_id,
+            "PartitionKey": instance_id,
             "RowKey": pending.row_key,
-            "Key": message.key,
-            "VisibleAt": ts(visible_at),
+            "Key": pending.key,
+            "VisibleAt": ts(pending.visible_at),
             "Arrival": pending.arrival,
             "DequeueCount": 0,
         }
-        if message.execution_id is not None:
-            entity["ExecutionId"] = message.execution_id
+        if pending.execution_id is not None:
+            entity["ExecutionId"] = pending.execution_id
         if tag:
             entity["Tag"] = tag
-        await self.codec.put_text(entity, "Event", event_json, message.instance_id)
-        return entity, pending
+        await self.codec.put_text(entity, "Event", pending.event_json, instance_id)
+        return entity
 
     async def pending_from_row(self, row: dict[str, Any]) -> Pending:
         """The pending record of an inbox row read from the table."""
@@ -420,6 +431,14 @@ def instance_update(entity: dict[str, Any], etag: str, *, merge: bool = False) -
     mode = UpdateMode.MERGE if merge else UpdateMode.REPLACE
     options = {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified}
     return ("update", entity, options)
+
+
+def consumed_rows(instance_id: str, pending: Pending) -> list[Op]:
+    """The deletions that consume a pending message: its inbox row, the work row it ends."""
+    rows = [pending.row_key] if pending.stored else []
+    if pending.work_row is not None:
+        rows.append(pending.work_row)
+    return [("delete", {"PartitionKey": instance_id, "RowKey": row}) for row in rows]
 
 
 def bump(instance_id: str) -> Op:

@@ -5,8 +5,9 @@ conditional write of the instance row names this store object its owner
 until ``OwnedUntil`` (renewed by every commit) and counts one delivery of its
 pending messages. While it owns the instance it keeps the row, the ETag and
 the pending messages in memory (a *session*), so the next episodes need no
-reads, no lock writes and no queue messages: an activity result written by
-this process wakes the session directly. The session ends, in the same write
+reads, no lock writes and no queue messages: an activity result of this
+process joins the session in memory, and the episode consuming it deletes its
+work row (see ``_activities``). The session ends, in the same write
 as a commit, once nothing is left to wait for here (no activity outstanding,
 no message ready); a pending timer then travels as a delayed control message.
 
@@ -66,7 +67,18 @@ from .._records import (
 )
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, json_list, parse_ts, ts, work_key
-from ._hub import MAX_BATCH, Hub, Lease, Op, Partition, Pending, Session, bump, instance_update
+from ._hub import (
+    MAX_BATCH,
+    Hub,
+    Lease,
+    Op,
+    Partition,
+    Pending,
+    Session,
+    bump,
+    consumed_rows,
+    instance_update,
+)
 from ._queues import Received
 from ._transient import status_of
 
@@ -491,8 +503,14 @@ class Orchestrations:
         invocations = [await self._activities.invocation_from_row(r) for r in work]
         for invocation in invocations:
             session.outstanding[work_key(invocation.execution_id, invocation.task_id)] = invocation
-        if invocations:
-            await self._activities.send(invocations, redelivery=True)
+        # Items their scheduler held without a message can have no copy in the queue:
+        # they go at once. Others may still be queued, hidden by a dead worker's lease.
+        local = [i for i, r in zip(invocations, work, strict=True) if r.get("Local")]
+        queued = [i for i, r in zip(invocations, work, strict=True) if not r.get("Local")]
+        held = self._activities.room(len(local)) if self._hub.is_worker else 0
+        self._activities.hold(local[:held])
+        await self._activities.send(local[held:], redelivery=True, delay=timedelta(0))
+        await self._activities.send(queued, redelivery=True)
         if outbox:
             await self._deliver(session.instance_id, outbox)
 
@@ -564,8 +582,11 @@ class Orchestrations:
             dequeue_count=pending.dequeue_count,
             extra=extra,
         )
-        delete: Op = ("delete", _key_of(session.instance_id, pending.row_key))
-        await hub.submit_tolerant([delete], tolerate=_gone_ok, what="delete a poisoned message")
+        await hub.submit_tolerant(
+            consumed_rows(session.instance_id, pending),
+            tolerate=_gone_ok,
+            what="delete a poisoned message",
+        )
         session.pending.pop(pending.row_key, None)
 
     # -- sessions -----------------------------------------------------------------
@@ -646,6 +667,11 @@ class Orchestrations:
         guard = session.guard
         now = hub.now()
         log.debug("end session %s (%d pending)", session.instance_id, len(session.pending))
+        held = _held_results(session)
+        if held:
+            await self._activities.record_held(session.instance_id, held)
+            for pending in held:
+                session.pending.pop(pending.row_key, None)
         # Messages may have arrived while the releasing commit was in flight: any
         # pending message, due or not, keeps a wake-up in the queue.
         due = min((p.visible_at for p in session.pending.values()), default=None)
@@ -661,9 +687,19 @@ class Orchestrations:
     def _drop_session(self, iid: str) -> None:
         """Forget an instance locally (someone else owns it now, or it is gone)."""
         session = self._hub.sessions.pop(iid, None)
-        if session is not None and session.guard is not None:
-            # Deleting the guard could strand that someone; let it expire instead.
-            session.guard = None
+        if session is None:
+            return
+        # Deleting the guard could strand that someone; let it expire instead.
+        session.guard = None
+        held = _held_results(session)
+        if held:
+            self._spawn(self._record_held(iid, held))
+
+    async def _record_held(self, iid: str, held: list[Pending]) -> None:
+        try:
+            await self._activities.record_held(iid, held)
+        except Exception:  # their work rows remain: the instance's taker re-runs them
+            log.warning("could not record the results held for %s", iid, exc_info=True)
 
     def _new_session(
         self,
@@ -728,6 +764,8 @@ class Orchestrations:
                 await self._poison(session, pending, reason)
                 continue
             pending.visible_at = now + retry_after
+            if not pending.stored:
+                continue  # held in memory: nothing to write
             values = {"VisibleAt": ts(pending.visible_at), "DequeueCount": pending.dequeue_count}
             ops.append(("update", {**_key_of(session.instance_id, pending.row_key), **values},
                         {"mode": "merge"}))  # fmt: skip
@@ -819,6 +857,11 @@ class Orchestrations:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _held_results(session: Session) -> list[Pending]:
+    """Activity results the session holds in memory only (no inbox row yet)."""
+    return [p for p in session.pending.values() if not p.stored and p.work_row is not None]
 
 
 def _delay(message: OrchestrationMessage, hub: Hub) -> timedelta:
