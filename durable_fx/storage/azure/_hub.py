@@ -35,6 +35,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from ..._clock import Clock
 from ..._history import HISTORY_EVENT, HistoryEvent
 from .._records import ActivityInvocation, InboxMessage, InstanceRecord, OrchestrationMessage
+from ._batch import submit_transaction
 from ._codec import INSTANCE_ROW, Codec, inbox_key, json_list, odata, parse_ts, ts
 from ._queues import Handle, Queues
 from ._resources import Resources
@@ -242,8 +243,7 @@ class Hub:
     async def submit(self, ops: Sequence[Op], *, what: str) -> list[dict[str, Any]]:
         """One entity-group transaction, retried while transient."""
         table = self.resources.table
-        result = await retrying(lambda: table.submit_transaction(list(ops)), what=what)
-        return [dict(r) for r in result]
+        return await retrying(lambda: submit_transaction(table, ops), what=what)
 
     async def submit_tolerant(
         self, ops: Sequence[Op], *, tolerate: Callable[[Op, int], bool], what: str
