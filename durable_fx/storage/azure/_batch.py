@@ -13,6 +13,7 @@ raises the SDK's ``TableTransactionError`` with its index and status, as
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -29,6 +30,9 @@ from azure.data.tables.aio import TableClient
 __all__ = ["encode_entity", "submit_transaction"]
 
 _INT32 = range(-(2**31), 2**31)
+# Boundaries only need to be absent from the body; a random prefix and a counter will do.
+_PROCESS = uuid.uuid4().hex
+_BOUNDARIES = itertools.count()
 _STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _ETAG = re.compile(r"^ETag: *(.+?)\r?$", re.MULTILINE | re.IGNORECASE)
 
@@ -112,7 +116,8 @@ async def submit_transaction(
         return []
     base = f"{table.scheme}://{table._primary_hostname}".rstrip("/")
     table_url = f"{base}/{table.table_name}"
-    batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
+    number = next(_BOUNDARIES)
+    batch, changeset = f"batch_{_PROCESS}_{number}", f"changeset_{_PROCESS}_{number}"
     request = HttpRequest(
         "POST",
         f"{base}/$batch",

@@ -211,6 +211,7 @@ class Hub:
         self.lease = timedelta(seconds=60)
         self.is_worker = False
         self._arrivals = itertools.count()
+        self._tokens = itertools.count()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
         self.has_ready_work: Callable[[], bool] = lambda: False
@@ -234,9 +235,12 @@ class Hub:
         """Arrival order of a message written by this process (time first, then a counter)."""
         return f"{ts(self.now())}{next(self._arrivals):012d}"
 
-    @staticmethod
-    def token() -> str:
-        return uuid.uuid4().hex
+    def token(self) -> str:
+        """A token no other write anywhere carries: this store's random id and a counter.
+
+        (``uuid4`` per write cost a GIL round trip through ``os.urandom`` each time.)
+        """
+        return f"{self.owner_id}{next(self._tokens):x}"
 
     # -- table ----------------------------------------------------------------------
 

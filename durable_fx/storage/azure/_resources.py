@@ -18,6 +18,15 @@ from functools import partial
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.policies import (
+    AsyncRedirectPolicy,
+    CustomHookPolicy,
+    DistributedTracingPolicy,
+    HttpLoggingPolicy,
+    NetworkTraceLoggingPolicy,
+    RequestIdPolicy,
+    UserAgentPolicy,
+)
 from azure.data.tables.aio import TableClient
 from azure.storage.blob.aio import ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -30,6 +39,32 @@ from ._transient import retrying
 __all__ = ["Resources"]
 
 _MAX_BODY = 1024 * 1024
+
+
+# Policies of the table client that cost CPU on every request and do nothing here:
+# tracing and logging (not configured), request ids and user agents nobody reads,
+# and redirects Table storage does not send. The retry policy stays (with no
+# retries: the store retries itself, see _transient): queries rely on its bookkeeping.
+_UNNEEDED = (
+    AsyncRedirectPolicy,
+    CustomHookPolicy,
+    DistributedTracingPolicy,
+    HttpLoggingPolicy,
+    NetworkTraceLoggingPolicy,
+    RequestIdPolicy,
+    UserAgentPolicy,
+)
+
+
+def _lean_table_client(
+    endpoint: str, table: str, credential: Any, extra: Sequence[Any]
+) -> TableClient:
+    """A table client without the ``_UNNEEDED`` policies, with ``extra`` last (per try)."""
+    options = client_kwargs("table", [])
+    options.pop("per_retry_policies")
+    default = TableClient(endpoint, table, credential=credential, **options)  # never sends
+    kept = [policy for policy in default._policies if not isinstance(policy, _UNNEEDED)]
+    return TableClient(endpoint, table, credential=credential, policies=[*kept, *extra], **options)
 
 
 class Resources:
@@ -51,8 +86,11 @@ class Resources:
             counted = [counter.policy(service)] if counter is not None else []
             return client_kwargs(service, [*counted, *policies])
 
-        self.table = TableClient(
-            settings.endpoint("table"), names.table, credential=credential, **options("table")
+        self.table = _lean_table_client(
+            settings.endpoint("table"),
+            names.table,
+            credential,
+            [*([counter.policy("table")] if counter is not None else []), *policies],
         )
         self.container = ContainerClient(
             settings.endpoint("blob"),
