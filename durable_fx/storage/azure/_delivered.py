@@ -94,12 +94,12 @@ class Delivered:
         if not any(p.visible_at <= now for p in pendings) and not work and not outbox:
             await self._nothing_ready(iid, pendings, message, body, first_seen)
             return None
-        session = await self._orchestrations._take_over(partition, row, pendings, lease)
+        session = await self._orchestrations.wake_ups.take_over(partition, row, pendings, lease)
         if session is None:
             await self._wake_later(iid, _BUSY_RETRY)  # another process took it first
             return None
         session.guard = None  # the host holds the message: release leaves a wake-up instead
-        await self._orchestrations._redispatch(session, work, outbox)
+        await self._orchestrations.wake_ups.redispatch(session, work, outbox)
         return iid
 
     async def _nothing_ready(

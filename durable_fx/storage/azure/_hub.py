@@ -41,12 +41,26 @@ from ._queues import Handle, Queues
 from ._resources import Resources
 from ._transient import retrying, status_of
 
-__all__ = ["Hub", "Lease", "Partition", "Pending", "Poller", "Session", "consumed_rows"]
+__all__ = [
+    "Hub",
+    "Lease",
+    "Partition",
+    "Pending",
+    "Poller",
+    "Session",
+    "consumed_rows",
+    "delay_of",
+    "exists_ok",
+    "gone_ok",
+    "key_of_row",
+]
 
 Op = tuple[Any, ...]
 """One operation of an entity-group transaction, as ``TableClient.submit_transaction`` takes it."""
 
 MAX_BATCH = 100
+MAX_MESSAGES_PER_EPISODE = 90
+"""Inbox messages handed out per episode: their deletions always fit its final transaction."""
 MAX_BATCH_BYTES = 3_500_000
 
 
@@ -435,6 +449,28 @@ def instance_update(entity: dict[str, Any], etag: str, *, merge: bool = False) -
     mode = UpdateMode.MERGE if merge else UpdateMode.REPLACE
     options = {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified}
     return ("update", entity, options)
+
+
+def key_of_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a row read from the table (for a delete)."""
+    return {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}
+
+
+def gone_ok(op: Op, status: int) -> bool:
+    """``submit_tolerant``: a delete or update of a row (not the instance row) already gone."""
+    return op[0] in ("delete", "update") and status == 404 and op[1].get("RowKey") != "i"
+
+
+def exists_ok(op: Op, status: int) -> bool:
+    """``submit_tolerant``: an insert whose row is there already (a duplicate, or our retry)."""
+    return op[0] == "create" and status == 409
+
+
+def delay_of(message: OrchestrationMessage, now: datetime) -> timedelta:
+    """How long until ``message`` is due (zero if it is)."""
+    if message.visible_at is None:
+        return timedelta(0)
+    return max(timedelta(0), message.visible_at - now)
 
 
 def consumed_rows(instance_id: str, pending: Pending) -> list[Op]:

@@ -1,0 +1,291 @@
+"""Starting instances and delivering messages to them (``Orchestrations`` delegates here).
+
+The wake-up goes first, the rows after: a crash between the two leaves a
+wake-up that finds nothing (and is dropped after a second look), never a
+message nobody is told about. A worker's own starts are owned at once: the
+instance row names this store, the wake-up is the session's guard, hidden for
+a lease. A message to an instance owned here is written and handed to the
+session; to any other, it is written with a touch of the instance row (so an
+owner elsewhere notices) after its wake-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+from azure.data.tables import TableTransactionError
+
+from ..._errors import ConflictError, InstanceExistsError
+from ..._history import ExecutionStarted
+from ..._ids import validate_instance_id
+from ..._state import OrchestrationStatus
+from .._records import InstanceRecord, OrchestrationMessage, new_instance_record, started_event
+from ._codec import ts
+from ._hub import (
+    MAX_BATCH,
+    Op,
+    Pending,
+    Session,
+    bump,
+    delay_of,
+    exists_ok,
+    gone_ok,
+    instance_update,
+    key_of_row,
+)
+from ._transient import status_of
+
+if TYPE_CHECKING:
+    from ._orchestrations import Orchestrations
+
+__all__ = ["Starts"]
+
+log = logging.getLogger("durable_fx.storage.azure")
+
+
+class Starts:
+    """Creating instances and routing messages, for ``Orchestrations``."""
+
+    def __init__(self, orchestrations: Orchestrations) -> None:
+        self._orchestrations = orchestrations
+        self._hub = orchestrations.hub
+
+    async def create_instance(self, message: OrchestrationMessage) -> None:
+        """Create (or replace a finished) instance with its start message in the inbox."""
+        hub = self._hub
+        started = started_event(message)
+        iid = validate_instance_id(message.instance_id)
+        own = hub.is_worker
+        # The wake-up goes first: if this process dies before the row lands, the
+        # message finds no instance and is dropped; the other way round, the
+        # instance would wait for a wake-up that never comes.
+        delay = hub.lease if own else delay_of(message, hub.now())
+        guard = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        try:
+            session = await self._create(message, started, own=own)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await hub.queues.delete(guard)
+            raise
+        if session is None:
+            self._orchestrations.expect(delay)
+            return
+        self._orchestrations.drop_session(iid)
+        session.guard = guard
+        hub.sessions[iid] = session
+        hub.wake()
+
+    async def _create(
+        self, message: OrchestrationMessage, started: ExecutionStarted, *, own: bool
+    ) -> Session | None:
+        hub = self._hub
+        iid = message.instance_id
+        record = new_instance_record(iid, started)
+        inbox, pending = await hub.inbox_entity(message)
+        for _ in range(5):
+            token = hub.token()
+            state = self.owner_state(own, token)
+            entity = await hub.codec.instance_entity(record, Version=1, Gen=0, Count=0, **state)
+            try:
+                results = await hub.submit(
+                    [("create", entity), ("upsert", inbox)], what=f"create instance {iid}"
+                )
+                etag = results[0]["etag"]
+                break
+            except TableTransactionError as error:
+                if status_of(error) != 409 or getattr(error, "index", 0) != 0:
+                    raise
+            row = await hub.read_instance(iid)
+            if row is None:
+                continue  # purged in between: try again
+            if row.get("Token") == token:
+                etag = row["etag"]  # our create applied; its response was lost
+                break
+            if not OrchestrationStatus(row["Status"]).is_terminal:
+                raise InstanceExistsError(iid, str(row["Status"]))
+            return await self._replace(message, started, row, inbox, pending, own=own)
+        else:
+            raise ConflictError(iid, "it kept changing while being created; try again")
+        if not own:
+            return None
+        return self.new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
+
+    async def _replace(
+        self,
+        message: OrchestrationMessage,
+        started: ExecutionStarted,
+        row: dict[str, Any],
+        inbox: dict[str, Any],
+        pending: Pending,
+        *,
+        own: bool,
+    ) -> Session | None:
+        """Re-create a finished instance: new generation, old messages and work dropped."""
+        hub = self._hub
+        iid = message.instance_id
+        partition = await hub.read_partition(iid)
+        current = partition.instance or row
+        version, generation = int(current.get("Version", 1)) + 1, int(current.get("Gen", 0)) + 1
+        old = [*partition.inbox, *partition.work, *partition.outbox]
+        deletes: list[Op] = [
+            ("delete", key_of_row(r)) for r in old if r["RowKey"] != inbox["RowKey"]
+        ]
+        head, tail = deletes[: MAX_BATCH - 2], deletes[MAX_BATCH - 2 :]
+        await hub.submit_batches(tail, what=f"clear the old rows of {iid}")
+        record = dataclasses.replace(new_instance_record(iid, started), version=str(version))
+        token = hub.token()
+        entity = await hub.codec.instance_entity(
+            record, Version=version, Gen=generation, Count=0, **self.owner_state(own, token)
+        )
+        ops: list[Op] = [instance_update(entity, str(current["etag"])), ("upsert", inbox), *head]
+        try:
+            _applied, results = await hub.submit_tolerant(
+                ops, tolerate=gone_ok, what=f"re-create instance {iid}"
+            )
+            etag = results[0]["etag"]
+        except TableTransactionError:
+            again = await hub.read_instance(iid)
+            if again is None or again.get("Token") != token:
+                raise InstanceExistsError(iid, "re-created by another starter") from None
+            etag = again["etag"]
+        self._orchestrations.activities.forget_work(iid, [str(r["RowKey"]) for r in partition.work])
+        self._orchestrations.drop_session(iid)
+        self._orchestrations.delete_history_later(iid, generation - 1, int(current.get("Count", 0)))
+        if not own:
+            return None
+        return self.new_session(record, etag, version, generation, 0, {pending.row_key: pending})
+
+    async def route(self, message: OrchestrationMessage, *, create: bool) -> bool:
+        """Deliver a message to its instance's inbox; False if the instance does not exist.
+
+        With ``create`` an ``ExecutionStarted`` creates its missing target (a
+        sub-orchestration); an existing target just gets the message.
+        """
+        hub = self._hub
+        iid = message.instance_id
+        session = hub.sessions.get(iid)
+        log.debug("route %s to %s (owned here: %s)", message.event.kind, iid, session is not None)
+        if session is not None:
+            return await self._enqueue_owned(session, message)
+        if create and isinstance(message.event, ExecutionStarted):
+            own = hub.is_worker
+            delay = hub.lease if own else delay_of(message, hub.now())
+            guard = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+            try:
+                created = await self._create_missing(message, message.event, own=own)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await hub.queues.delete(guard)
+                raise
+            if created is not None:
+                if created is not True:
+                    created.guard = guard
+                    hub.sessions[iid] = created
+                    hub.wake()
+                else:
+                    self._orchestrations.expect(delay)
+                return True
+            with contextlib.suppress(Exception):
+                await hub.queues.delete(guard)
+        delay = delay_of(message, hub.now())
+        hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        entity, _ = await hub.inbox_entity(message)
+        try:
+            await hub.submit_tolerant(
+                [("create", entity), bump(iid)], tolerate=exists_ok, what=f"message {iid}"
+            )
+        except TableTransactionError as error:
+            with contextlib.suppress(Exception):
+                await hub.queues.delete(hint)
+            if status_of(error) == 404:
+                return False
+            raise
+        # A 409 means a message with this key is pending, or that our own first try
+        # went in and only its response was lost: keep the wake-up either way.
+        self._orchestrations.expect(delay)
+        return True
+
+    async def _create_missing(
+        self, message: OrchestrationMessage, started: ExecutionStarted, *, own: bool
+    ) -> Session | Literal[True] | None:
+        """Create ``message``'s target; ``None`` if it exists (the caller then enqueues)."""
+        hub = self._hub
+        iid = message.instance_id
+        record = new_instance_record(iid, started)
+        inbox, pending = await hub.inbox_entity(message)
+        token = hub.token()
+        entity = await hub.codec.instance_entity(
+            record, Version=1, Gen=0, Count=0, **self.owner_state(own, token)
+        )
+        try:
+            results = await hub.submit(
+                [("create", entity), ("upsert", inbox)], what=f"start sub-orchestration {iid}"
+            )
+            etag = results[0]["etag"]
+        except TableTransactionError as error:
+            if status_of(error) != 409:
+                raise
+            row = await hub.read_instance(iid)
+            if row is None or row.get("Token") != token:
+                return None
+            etag = row["etag"]
+        if not own:
+            return True
+        return self.new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
+
+    async def _enqueue_owned(self, session: Session, message: OrchestrationMessage) -> bool:
+        hub = self._hub
+        iid = session.instance_id
+        entity, pending = await hub.inbox_entity(message)
+        try:
+            applied, results = await hub.submit_tolerant(
+                [("create", entity), bump(iid)], tolerate=exists_ok, what=f"message {iid}"
+            )
+        except TableTransactionError as error:
+            if status_of(error) == 404:
+                self._orchestrations.drop_session(iid)  # purged by another process
+                return False
+            raise
+        if hub.sessions.get(iid) is not session:
+            # The session ended while the message was being written: wake whoever is next.
+            await hub.queues.put(
+                hub.names.control_queue, {"h": iid}, delay=delay_of(message, hub.now())
+            )
+            self._orchestrations.expect(delay_of(message, hub.now()))
+            return True
+        session.etag = str(results[-1]["etag"])
+        if len(applied) == 2:
+            session.pending.setdefault(pending.row_key, pending)
+        else:
+            session.stale = True  # a duplicate, or our own write whose response was lost
+        hub.wake()
+        return True
+
+    def new_session(
+        self,
+        record: InstanceRecord,
+        etag: str,
+        version: int,
+        generation: int,
+        count: int,
+        pending: dict[str, Pending],
+    ) -> Session:
+        hub = self._hub
+        return Session(
+            record=record,
+            etag=str(etag),
+            version=version,
+            generation=generation,
+            count=count,
+            owned_until=hub.now() + hub.lease,
+            pending=pending,
+        )
+
+    def owner_state(self, own: bool, token: str) -> dict[str, Any]:
+        hub = self._hub
+        if not own:
+            return {"Owner": "", "Token": token}
+        return {"Owner": hub.owner_id, "OwnedUntil": ts(hub.now() + hub.lease), "Token": token}

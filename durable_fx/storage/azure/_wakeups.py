@@ -1,0 +1,233 @@
+"""Wake-ups on the control queue: polling it, and taking instances over.
+
+A wake-up names an instance (``{"h": <instance id>}``). For an instance this
+store owns it only marks the session for a re-read, and one of them stays as
+the session's guard. For any other instance the partition is read: an owner
+elsewhere whose lease still runs hides the message until then; nothing to do
+leaves it hidden until a pending timer or dropped; otherwise the instance is
+taken over (one conditional write naming this store its owner and counting a
+delivery of what is ready) and what the previous owner committed but may not
+have sent (work rows, outbox rows) is sent again. ``_delivered`` takes over
+instances the same way for host-delivered messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from azure.data.tables import TableTransactionError
+
+from ._codec import INSTANCE_ROW, json_list, parse_ts, ts, work_key
+from ._hub import MAX_MESSAGES_PER_EPISODE, Op, Partition, Pending, Session, instance_update
+from ._queues import Received
+
+if TYPE_CHECKING:
+    from ._orchestrations import Orchestrations
+
+__all__ = ["WakeUps"]
+
+log = logging.getLogger("durable_fx.storage.azure")
+
+_NOT_CREATED_YET = timedelta(seconds=30)
+"""How long a wake-up may precede its instance row (a starter writes the message first)."""
+_SECOND_LOOK = timedelta(seconds=10)
+_ABORTED_KEPT = 8
+
+
+class WakeUps:
+    """The control-queue side of ``Orchestrations``: polls, wake-ups and takeovers."""
+
+    def __init__(self, orchestrations: Orchestrations) -> None:
+        self._orchestrations = orchestrations
+        self._hub = orchestrations.hub
+        self.remote_dues: list[datetime] = []
+        """When hidden wake-ups of instances owned by nobody fall due (for ``next_due``)."""
+
+    async def poll(self, limit: int, lease: timedelta) -> None:
+        hub = self._hub
+        found = False
+        seen: set[str] = set()
+        while True:
+            received = await hub.queues.receive(hub.names.control_queue, limit=32, lease=lease)
+            fresh = [r for r in received if r.handle.id not in seen]
+            seen.update(r.handle.id for r in received)
+            found = found or bool(fresh)
+            groups: dict[str, list[Received]] = {}
+            for message in fresh:
+                iid = message.body.get("h") if message.body else None
+                if not isinstance(iid, str):
+                    await self._poison_hint(message)
+                    continue
+                groups.setdefault(iid, []).append(message)
+            for iid, messages in groups.items():
+                try:
+                    await self._on_wake_up(iid, messages, lease)
+                except Exception:
+                    log.exception("handling a wake-up for %s failed; it will come back", iid)
+            if len(received) < 32 or len(seen) >= max(limit, 1) * 4 or not fresh:
+                break
+        hub.control_poll.polled(found)
+
+    async def _poison_hint(self, message: Received) -> None:
+        hub = self._hub
+        await hub.record_poison(
+            queue=hub.names.control_queue,
+            logical_queue="orchestrations",
+            instance_id=None,
+            body=message.text,
+            reason='undecodable control message: expected {"h": <instance id>}',
+            dequeue_count=message.dequeue_count,
+            extra={"message_id": message.handle.id},
+        )
+        await hub.queues.delete(message.handle)
+
+    async def _on_wake_up(self, iid: str, messages: list[Received], lease: timedelta) -> None:
+        hub = self._hub
+        session = hub.sessions.get(iid)
+        if session is not None:
+            # New messages may have arrived for an instance we own: re-read before
+            # handing it out, and keep one wake-up as the guard.
+            session.stale = True
+            await self._keep_one_as_guard(session, messages)
+            return
+        partition = await hub.read_partition(iid)
+        row = partition.instance
+        now = hub.now()
+        log.debug("wake-up for %s: %d rows in its inbox", iid, len(partition.inbox))
+        if row is None:
+            for message in messages:
+                age = now - message.inserted_on
+                if age < _NOT_CREATED_YET:
+                    await hub.queues.hide(message.handle, timedelta(seconds=1))
+                else:
+                    await hub.queues.delete(message.handle)
+            return
+        owner = str(row.get("Owner") or "")
+        owned_until = parse_ts(str(row["OwnedUntil"])) if row.get("OwnedUntil") else now
+        if owner and owner != hub.owner_id and owned_until > now:
+            for message in messages:
+                await hub.queues.hide(message.handle, max(owned_until - now, timedelta(seconds=1)))
+            return
+        hidden = partition.hidden_tags()
+        pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
+        work = [r for r in partition.work if _live(r, hidden)]
+        outbox = [r for r in partition.outbox if _live(r, hidden)]
+        visible = [p for p in pendings if p.visible_at <= now]
+        if not visible and not work and not outbox:
+            keep, extra = messages[0], messages[1:]
+            for message in extra:
+                await self._discard(message)
+            due = min((p.visible_at for p in pendings), default=None)
+            if due is None:
+                await self._discard(keep)
+            else:
+                self.remote_dues.append(due)
+                await hub.queues.hide(keep.handle, due - now)
+                self._orchestrations.expect(due - now)
+            return
+        session = await self.take_over(partition, row, pendings, lease)
+        if session is None:
+            return  # someone else got there first; the wake-ups come back after the lease
+        await self._keep_one_as_guard(session, messages)
+        await self.redispatch(session, work, outbox)
+
+    async def _keep_one_as_guard(self, session: Session, messages: list[Received]) -> None:
+        for message in messages:
+            if session.guard is None or session.guard.id == message.handle.id:
+                session.guard = message.handle
+            else:
+                await self._discard(message)
+
+    async def _discard(self, message: Received) -> None:
+        """Drop a wake-up that found nothing new, unless its message may not have landed yet.
+
+        Senders put the wake-up before writing the row (so a crash between the
+        two cannot strand a message); a fresh wake-up therefore gets one more
+        look a moment later before it is deleted.
+        """
+        hub = self._hub
+        fresh = message.dequeue_count <= 1 and hub.now() - message.inserted_on < _SECOND_LOOK
+        if fresh:
+            await hub.queues.hide(message.handle, timedelta(seconds=2))
+        else:
+            await hub.queues.delete(message.handle)
+
+    async def take_over(
+        self, partition: Partition, row: dict[str, Any], pendings: list[Pending], lease: timedelta
+    ) -> Session | None:
+        """Make this store object the instance's owner; count a delivery of what is ready."""
+        hub = self._hub
+        iid = str(row["PartitionKey"])
+        now = hub.now()
+        token = hub.token()
+        update: dict[str, Any] = {
+            "PartitionKey": iid,
+            "RowKey": INSTANCE_ROW,
+            "Owner": hub.owner_id,
+            "OwnedUntil": ts(now + lease),
+            "Token": token,
+        }
+        aborted = json_list(row.get("Aborted"))
+        if row.get("Staging"):
+            aborted = [*aborted, str(row["Staging"])][-_ABORTED_KEPT:]
+            update["Staging"] = ""
+            update["Aborted"] = json.dumps(aborted)
+        ops: list[Op] = [instance_update(update, str(row["etag"]), merge=True)]
+        visible = sorted((p for p in pendings if p.visible_at <= now), key=Pending.order)
+        for p in visible[:MAX_MESSAGES_PER_EPISODE]:
+            # Persisted before the episode runs, so a message that crashes every
+            # worker that takes it still reaches max_dequeue_count.
+            counted = {**_key_of(iid, p.row_key), "DequeueCount": p.dequeue_count + 1}
+            ops.append(("update", counted, {"mode": "merge"}))
+        try:
+            results = await hub.submit(ops, what=f"take over instance {iid}")
+            etag = str(results[0]["etag"])
+        except TableTransactionError:
+            again = await hub.read_instance(iid)
+            if again is None or again.get("Token") != token:
+                return None
+            etag = str(again["etag"])
+        session = Session(
+            record=await hub.codec.instance_record(row),
+            etag=etag,
+            version=int(row.get("Version", 1)),
+            generation=int(row.get("Gen", 0)),
+            count=int(row.get("Count", 0)),
+            owned_until=now + lease,
+            aborted=aborted,
+            pending={p.row_key: p for p in pendings},
+        )
+        hub.sessions[iid] = session
+        return session
+
+    async def redispatch(
+        self, session: Session, work: list[dict[str, Any]], outbox: list[dict[str, Any]]
+    ) -> None:
+        """Send again what a previous owner committed but may not have delivered."""
+        activities = self._orchestrations.activities
+        invocations = [await activities.invocation_from_row(r) for r in work]
+        for invocation in invocations:
+            session.outstanding[work_key(invocation.execution_id, invocation.task_id)] = invocation
+        # Items their scheduler held without a message can have no copy in the queue:
+        # they go at once. Others may still be queued, hidden by a dead worker's lease.
+        local = [i for i, r in zip(invocations, work, strict=True) if r.get("Local")]
+        queued = [i for i, r in zip(invocations, work, strict=True) if not r.get("Local")]
+        held = activities.room(len(local)) if self._hub.is_worker else 0
+        activities.hold(local[:held])
+        await activities.send(local[held:], redelivery=True, delay=timedelta(0))
+        await activities.send(queued, redelivery=True)
+        if outbox:
+            await self._orchestrations.deliver(session.instance_id, outbox)
+
+
+def _live(row: dict[str, Any], hidden: set[str]) -> bool:
+    """Whether a row is committed (not staged by an unfinished or aborted episode)."""
+    tag = row.get("Tag")
+    return not tag or tag not in hidden
+
+
+def _key_of(iid: str, row_key: str) -> dict[str, Any]:
+    return {"PartitionKey": iid, "RowKey": row_key}
