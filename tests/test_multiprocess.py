@@ -81,8 +81,10 @@ def test_two_worker_processes_share_one_file_without_losing_or_doubling_work(
     by_pid = Counter(entry.pid for entry in entries)
     reported = Counter(pid for state in finals.values() for pid in state.output["pids"])
     assert reported == by_pid
+    # Both must have run some of it, or the race was never tested; how evenly it
+    # splits depends on how busy the machine is (and on Azure, on which process
+    # came to own which instances first), so that is reported, not asserted.
     assert set(by_pid) == pids, f"one process did all the work: {dict(by_pid)}"
-    assert min(by_pid.values()) >= len(entries) // 10, f"lopsided split: {dict(by_pid)}"
     shared = sum(1 for state in finals.values() if len(set(state.output["pids"])) == 2)
     assert poisoned_count(store_url) == 0
     assert not workers.errors(), workers.errors()
