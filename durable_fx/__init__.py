@@ -34,7 +34,7 @@ from ._replayer import Replayer, ReplayResult, history_from_json, history_to_jso
 from ._retry import RetryPolicy
 from ._state import OrchestrationState, OrchestrationStatus
 from ._worker import Worker
-from .storage import Store, open_store
+from .storage import PoisonedMessage, Store, open_store
 
 __all__ = [
     "ActivityContext",
@@ -55,6 +55,7 @@ __all__ = [
     "OrchestrationContext",
     "OrchestrationState",
     "OrchestrationStatus",
+    "PoisonedMessage",
     "QueryResult",
     "Registry",
     "ReplayResult",

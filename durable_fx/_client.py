@@ -33,12 +33,19 @@ from ._serialization import decode, encode
 from ._state import OrchestrationState, OrchestrationStatus
 from .storage import open_store
 from .storage._protocol import Store
-from .storage._records import InstanceQuery, InstanceRecord, OrchestrationMessage
+from .storage._records import (
+    InstanceQuery,
+    InstanceRecord,
+    OrchestrationMessage,
+    PoisonedMessage,
+)
 
 __all__ = ["AsyncDurableClient", "DurableClient", "QueryResult"]
 
 T = TypeVar("T")
 StatusFilter = OrchestrationStatus | str | Iterable[OrchestrationStatus | str] | None
+PoisonIds = str | Iterable[str]
+"""One poison id, or several."""
 
 
 class QueryResult(BaseModel):
@@ -278,6 +285,28 @@ class AsyncDurableClient:
             items=[_state_of(r, None) for r in page.items], continuation=page.continuation
         )
 
+    async def poisoned(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """Messages taken out of circulation after failing too often, oldest first.
+
+        Each names its ``poison_id``, ``queue`` (``orchestrations`` or
+        ``activities``), instance, ``reason``, ``dequeue_count`` and the
+        original ``body``. Pass ``instance_id`` for one instance's only.
+        """
+        return await self._store.poisoned_messages(instance_id=instance_id)
+
+    async def requeue_poisoned(self, poison_ids: PoisonIds) -> int:
+        """Put poisoned messages back to run again (fix the cause first); returns how many.
+
+        Each goes back as it was, visible now, with its delivery count reset,
+        so its instance makes progress again. Unknown ids are ignored; a
+        message whose instance was purged stays poisoned.
+        """
+        return await self._store.requeue_poisoned(_poison_ids(poison_ids))
+
+    async def delete_poisoned(self, poison_ids: PoisonIds) -> int:
+        """Drop poisoned messages for good; returns how many. Unknown ids are ignored."""
+        return await self._store.delete_poisoned(_poison_ids(poison_ids))
+
     async def close(self) -> None:
         """Close the store if this client opened it."""
         if self._owns_store:
@@ -315,6 +344,11 @@ class AsyncDurableClient:
 
 
 _TERMINAL = frozenset(s for s in OrchestrationStatus if s.is_terminal)
+
+
+def _poison_ids(poison_ids: PoisonIds) -> list[str]:
+    # A lone string is one id, not an iterable of one-character ids.
+    return [poison_ids] if isinstance(poison_ids, str) else list(poison_ids)
 
 
 def _require_aware(**moments: datetime | None) -> None:
@@ -464,6 +498,18 @@ class DurableClient:
                 continuation=continuation,
             )
         )
+
+    def poisoned(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """See ``AsyncDurableClient.poisoned``."""
+        return self._portal.call(self._client.poisoned(instance_id=instance_id))
+
+    def requeue_poisoned(self, poison_ids: PoisonIds) -> int:
+        """See ``AsyncDurableClient.requeue_poisoned``."""
+        return self._portal.call(self._client.requeue_poisoned(poison_ids))
+
+    def delete_poisoned(self, poison_ids: PoisonIds) -> int:
+        """See ``AsyncDurableClient.delete_poisoned``."""
+        return self._portal.call(self._client.delete_poisoned(poison_ids))
 
     def close(self) -> None:
         """Close the store (if this client opened it) and the client's thread."""

@@ -21,7 +21,8 @@ commit. Every implementation keeps the storage contract of DESIGN.md:
    commit or complete it.
 6. Messages may be delayed (``visible_at``) for any duration.
 7. A message abandoned ``max_dequeue_count`` times, or one that cannot be
-   decoded, moves to the poison list with its reason.
+   decoded, moves to the poison list with its reason; an operator can list,
+   requeue or delete it there by its ``poison_id``.
 
 The conformance suite in ``durable_fx.testing`` proves these for any store.
 """
@@ -162,8 +163,26 @@ class Store(Protocol):
         """Delete an instance with its history, inbox and work items; False if absent."""
         ...
 
-    async def poisoned_messages(self) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first."""
+    async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
+        ...
+
+    async def requeue_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Put poisoned messages back into circulation; returns how many went back.
+
+        Each goes back as it was, visible now, with its delivery count reset:
+        an orchestration message to its instance's inbox under its original
+        dedupe key (so it is applied at most once even if it is pending
+        already), an activity work item to the work items. It leaves the poison
+        list only once it is back, so a crash in between leaves a duplicate at
+        worst, which the dedupe keys absorb. Ids not (or no longer) in the list
+        are ignored; so is a message whose instance no longer exists, which
+        stays in the list to be deleted.
+        """
+        ...
+
+    async def delete_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Drop poisoned messages for good; returns how many; unknown ids are ignored."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:

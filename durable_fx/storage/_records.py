@@ -205,8 +205,15 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class PoisonedMessage:
-    """A message taken out of circulation, and why."""
+    """A message taken out of circulation, and why.
 
+    ``poison_id`` is the store's own key for it: stable while the message
+    stays poisoned, and what ``requeue_poisoned`` and ``delete_poisoned``
+    take. ``queue`` is ``"orchestrations"`` (an instance's inbox message or a
+    control message) or ``"activities"`` (an activity work item).
+    """
+
+    poison_id: str
     queue: str
     instance_id: str | None
     body: str

@@ -424,12 +424,36 @@ class Engine:
         deleted = self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
         return deleted.rowcount > 0
 
-    def poisoned_messages(self) -> list[PoisonedMessage]:
-        rows = self._db.execute(sql.SELECT_POISON).fetchall()
+    def poisoned_messages(self, instance_id: str | None) -> list[PoisonedMessage]:
+        if instance_id is None:
+            rows = self._db.execute(sql.SELECT_POISON).fetchall()
+        else:
+            rows = self._db.execute(sql.SELECT_INSTANCE_POISON, (instance_id,)).fetchall()
         return [
-            PoisonedMessage(queue, iid, body, reason, sql.from_micros(at), count, json.loads(extra))
-            for queue, iid, body, reason, at, count, extra in rows
-        ]
+            PoisonedMessage(str(pid), queue, iid, body, reason, sql.from_micros(at), count,
+                            json.loads(extra))
+            for pid, queue, iid, body, reason, at, count, extra in rows
+        ]  # fmt: skip
+
+    def requeue_poisoned(self, poison_ids: str) -> int:
+        """Move poison rows back to the inbox or the work items, in one transaction."""
+        db = self._db
+        now = self._now()
+        rows = db.execute(sql.SELECT_POISON_BY_ID, (poison_ids,)).fetchall()
+        ids, inbox, work = sql.requeued_items(rows)
+        if inbox:
+            # A message whose key is pending again meanwhile is ignored, not doubled.
+            db.execute(sql.INSERT_MESSAGES, (dumps(inbox), now))
+            db.execute(sql.RECOMPUTE_DUE, (dumps(sorted({item[0] for item in inbox})),))
+        if work:
+            db.execute(sql.INSERT_WORK_ITEMS, (dumps(work), now))
+        if ids:
+            db.execute(sql.DELETE_POISON, (dumps(ids),))
+            self._notify()
+        return len(ids)
+
+    def delete_poisoned(self, poison_ids: str) -> int:
+        return self._db.execute(sql.DELETE_POISON, (poison_ids,)).rowcount
 
     def has_ready_work(self) -> bool:
         (ready,) = self._db.execute(sql.HAS_READY_WORK, (self._now(),)).fetchone()

@@ -50,6 +50,7 @@ __all__ = [
     "DELETE_COMPLETED",
     "DELETE_HISTORY",
     "DELETE_MESSAGES",
+    "DELETE_POISON",
     "DELETE_WORK_ITEMS",
     "DELIVER_RESULTS",
     "HAS_READY_WORK",
@@ -77,8 +78,10 @@ __all__ = [
     "SELECT_HELD_WORK_ITEM",
     "SELECT_HISTORY",
     "SELECT_INSTANCE",
+    "SELECT_INSTANCE_POISON",
     "SELECT_LOCK_STATE",
     "SELECT_POISON",
+    "SELECT_POISON_BY_ID",
     "SELECT_READY_WORK_ITEMS",
     "SELECT_STATUS",
     "SELECT_VISIBLE_MESSAGES",
@@ -96,18 +99,35 @@ __all__ = [
     "micros",
     "optional_time",
     "query_filter",
+    "requeued_items",
     "result_item",
     "start_row",
     "to_micros",
     "work_item_poison",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first layout. 2: poison ids are never reused (they name messages to requeue or
+delete, so an old id must not hit a newer message), and ``poison_instance``."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _PENDING = OrchestrationStatus.PENDING.value
+
+# AUTOINCREMENT: a deleted or requeued row's id is never given to a later one.
+_POISON_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT NOT NULL,
+    instance_id   TEXT,
+    body          TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    poisoned_at   INTEGER NOT NULL,
+    dequeue_count INTEGER NOT NULL,
+    extra         TEXT NOT NULL DEFAULT '{{}}'
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -166,17 +186,22 @@ CREATE TABLE IF NOT EXISTS work_items (
 );
 CREATE INDEX IF NOT EXISTS work_items_visible ON work_items (visible_at, id);
 
-CREATE TABLE IF NOT EXISTS poison (
-    id            INTEGER PRIMARY KEY,
-    queue         TEXT NOT NULL,
-    instance_id   TEXT,
-    body          TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    poisoned_at   INTEGER NOT NULL,
-    dequeue_count INTEGER NOT NULL,
-    extra         TEXT NOT NULL DEFAULT '{}'
-);
-"""
+{poison_table}
+CREATE INDEX IF NOT EXISTS poison_instance ON poison (instance_id) WHERE instance_id IS NOT NULL;
+""".replace("{poison_table}", _POISON_TABLE.format(name="poison"))
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Version 1 reused the ids of deleted poison rows (a plain INTEGER PRIMARY KEY);
+    # only a rebuilt table can have AUTOINCREMENT.
+    2: (
+        _POISON_TABLE.format(name="poison_v2"),
+        "INSERT INTO poison_v2 SELECT id, queue, instance_id, body, reason, poisoned_at,"
+        " dequeue_count, extra FROM poison",
+        "DROP TABLE poison",
+        "ALTER TABLE poison_v2 RENAME TO poison",
+    ),
+}
+"""Statements that bring a file of the version before the key up to the key's version."""
 
 
 def _fields(*names: str) -> str:
@@ -342,10 +367,15 @@ INSERT_POISON = (
     "INSERT INTO poison (queue, instance_id, body, reason, poisoned_at, dequeue_count, extra)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-SELECT_POISON = (
-    "SELECT queue, instance_id, body, reason, poisoned_at, dequeue_count, extra"
-    " FROM poison ORDER BY id"
+_POISON_COLUMNS = "id, queue, instance_id, body, reason, poisoned_at, dequeue_count, extra"
+SELECT_POISON = f"SELECT {_POISON_COLUMNS} FROM poison ORDER BY id"
+SELECT_INSTANCE_POISON = f"SELECT {_POISON_COLUMNS} FROM poison WHERE instance_id = ? ORDER BY id"
+SELECT_POISON_BY_ID = (
+    "SELECT id, queue, instance_id, body, extra FROM poison"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+    " AND EXISTS (SELECT 1 FROM instances AS i WHERE i.instance_id = poison.instance_id)"
 )
+DELETE_POISON = "DELETE FROM poison WHERE id IN (SELECT value FROM json_each(?))"
 
 # -- the file ------------------------------------------------------------------
 
@@ -384,6 +414,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"{SCHEMA_VERSION}); upgrade durable_fx or use another file"
             )
         if found < SCHEMA_VERSION:
+            # A new file (0) gets the current layout at once; an older one is rebuilt
+            # step by step, then gets what is new (every CREATE is IF NOT EXISTS).
+            for version in range(found + 1, SCHEMA_VERSION + 1) if found else ():
+                for statement in _MIGRATIONS.get(version, ()):
+                    conn.execute(statement)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -507,6 +542,34 @@ def work_item_poison(row: Sequence[Any]) -> tuple[str, str]:
          "input": input_, "attempt": attempt}
     )  # fmt: skip
     return body, json.dumps({"execution_id": eid, "task_id": str(task), "name": name})
+
+
+def requeued_items(rows: Sequence[Sequence[Any]]) -> tuple[list[int], list[Any], list[Any]]:
+    """Put ``SELECT_POISON_BY_ID`` rows back: (their ids, inbox items, work items).
+
+    The poison row kept everything the original row held: an inbox message's
+    event, key and execution in ``body`` and ``extra``; a work item's
+    invocation in ``body`` (``work_item_poison``). A row that does not say
+    enough (written by hand, say) is left where it is.
+    """
+    ids: list[int] = []
+    inbox: list[Any] = []
+    work: list[Any] = []
+    for poison_id, queue, iid, body, extra_json in rows:
+        extra = json.loads(extra_json or "{}")
+        if queue == "activities":
+            try:
+                invocation = json.loads(body)
+                fields = ("execution_id", "task_id", "name", "input", "attempt")
+                work.append([iid, *(invocation[name] for name in fields)])
+            except (ValueError, KeyError, TypeError):
+                continue
+        elif extra.get("key"):
+            inbox.append([iid, extra.get("execution_id"), extra["key"], body, None])
+        else:
+            continue
+        ids.append(poison_id)
+    return ids, inbox, work
 
 
 def message_extra(message_id: int, key: str, execution_id: str | None) -> str:

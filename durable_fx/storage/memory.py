@@ -118,6 +118,14 @@ class _Instance:
         return self.lease is None or self.lease.expired(now)
 
 
+@dataclass(frozen=True, slots=True)
+class _Poisoned:
+    """A poisoned message as listed, and what it takes to put it back."""
+
+    listed: PoisonedMessage
+    original: OrchestrationMessage | ActivityInvocation
+
+
 @dataclass(slots=True)
 class _Work:
     """An activity work item with its delivery state."""
@@ -150,7 +158,7 @@ class MemoryStore:
         self._instances: dict[str, _Instance] = {}
         # dicts keep insertion order, which makes activity delivery FIFO.
         self._work: dict[_WorkKey, _Work] = {}
-        self._poison: list[PoisonedMessage] = []
+        self._poison: dict[str, _Poisoned] = {}  # by poison id, oldest first
         self._seq = itertools.count(1)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._closed = False
@@ -346,10 +354,32 @@ class MemoryStore:
             self._drop_instance(instance_id)
             return True
 
-    async def poisoned_messages(self) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first."""
+    async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
         with self._lock:
-            return list(self._poison)
+            listed = [p.listed for p in self._poison.values()]
+        return [p for p in listed if instance_id is None or p.instance_id == instance_id]
+
+    async def requeue_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Put poisoned messages back as they were, visible now; returns how many."""
+        with self._lock:
+            requeued = 0
+            for poison_id in dict.fromkeys(poison_ids):
+                poisoned = self._poison.get(poison_id)
+                if poisoned is not None and self._put_back(poisoned.original):
+                    del self._poison[poison_id]
+                    requeued += 1
+            if requeued:
+                self._wake()
+            return requeued
+
+    async def delete_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Drop poisoned messages for good; returns how many."""
+        with self._lock:
+            found = [i for i in dict.fromkeys(poison_ids) if i in self._poison]
+            for poison_id in found:
+                del self._poison[poison_id]
+            return len(found)
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when work becomes visible in this store, or after ``timeout`` seconds."""
@@ -386,6 +416,24 @@ class MemoryStore:
         pending = _Pending(next(self._seq), message, message.visible_at or now)
         inbox[pending.message_id] = pending
         return pending.visible_at <= now
+
+    def _put_back(self, original: OrchestrationMessage | ActivityInvocation) -> bool:
+        """Return a poisoned message to circulation; False if its instance is gone."""
+        if original.instance_id not in self._instances:
+            return False
+        if isinstance(original, ActivityInvocation):
+            # setdefault: a copy scheduled again meanwhile is not doubled.
+            now = self._clock.now()
+            self._work.setdefault(_work_key(original), _Work(original, visible_at=now))
+        else:
+            # Its dedupe key is unchanged, so a copy pending meanwhile is not doubled.
+            self._add_message(dataclasses.replace(original, visible_at=None))
+        return True
+
+    def _add_poison(
+        self, listed: PoisonedMessage, original: OrchestrationMessage | ActivityInvocation
+    ) -> None:
+        self._poison[listed.poison_id] = _Poisoned(listed, original)
 
     def _drop_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
@@ -461,8 +509,9 @@ class MemoryStore:
         extra = {"message_id": pending.message_id, "key": pending.message.key}
         if pending.message.execution_id is not None:
             extra["execution_id"] = pending.message.execution_id
-        self._poison.append(
+        self._add_poison(
             PoisonedMessage(
+                poison_id=str(next(self._seq)),
                 queue=_ORCHESTRATION_QUEUE,
                 instance_id=instance.record.instance_id,
                 body=pending.message.event.model_dump_json(),
@@ -470,14 +519,16 @@ class MemoryStore:
                 poisoned_at=now,
                 dequeue_count=pending.dequeue_count,
                 extra=extra,
-            )
+            ),
+            pending.message,
         )
 
     def _poison_work(self, key: _WorkKey, work: _Work, reason: str, now: datetime) -> None:
         del self._work[key]
         invocation = work.invocation
-        self._poison.append(
+        self._add_poison(
             PoisonedMessage(
+                poison_id=str(next(self._seq)),
                 queue=_ACTIVITY_QUEUE,
                 instance_id=invocation.instance_id,
                 body=json.dumps(dataclasses.asdict(invocation)),
@@ -489,7 +540,8 @@ class MemoryStore:
                     "task_id": str(invocation.task_id),
                     "name": invocation.name,
                 },
-            )
+            ),
+            invocation,
         )
 
     def _next_message_due(self, now: datetime) -> datetime | None:

@@ -189,9 +189,24 @@ class SqliteStore:
         """Delete an instance with its history, inbox and work items; False if absent."""
         return await self._call(partial(self._engine.purge_instance, instance_id))
 
-    async def poisoned_messages(self) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first."""
-        return await self._call(self._engine.poisoned_messages, write=False)
+    async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
+        read = partial(self._engine.poisoned_messages, instance_id)
+        return await self._call(read, write=False)
+
+    async def requeue_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Put poisoned messages back as they were, visible now; returns how many."""
+        ids = _row_ids(poison_ids)
+        if not ids:
+            return 0
+        return await self._call(partial(self._engine.requeue_poisoned, ids))
+
+    async def delete_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Drop poisoned messages for good; returns how many."""
+        ids = _row_ids(poison_ids)
+        if not ids:
+            return 0
+        return await self._call(partial(self._engine.delete_poisoned, ids))
 
     # -- waiting and closing ----------------------------------------------------
 
@@ -217,3 +232,9 @@ class SqliteStore:
         self._finalizer()
         await closed
         self._waiters.wake()
+
+
+def _row_ids(poison_ids: Sequence[str]) -> str | None:
+    """The poison row ids among ``poison_ids`` as a JSON array; ids of other stores are skipped."""
+    ids = sorted({int(i) for i in poison_ids if i.isascii() and i.isdigit() and len(i) < 19})
+    return dumps(ids) if ids else None

@@ -2,7 +2,8 @@
 
 Each check builds a fresh store from a factory, drives it through the Store
 protocol only, and asserts one guarantee of the storage contract (DESIGN.md).
-Activity and poison checks live in ``_store_conformance_work``, query,
+Activity and poisoning checks live in ``_store_conformance_work``, those of
+requeueing and deleting poisoned messages in ``_store_conformance_poison``, query,
 housekeeping and concurrency checks in ``_store_conformance_reads``;
 ``STORE_CHECKS`` lists them all.
 """
@@ -28,6 +29,7 @@ from .._history import (
 )
 from .._state import OrchestrationStatus
 from ..storage import InstanceRecord, OrchestrationMessage
+from ._store_conformance_poison import POISON_CHECKS
 from ._store_conformance_reads import READ_CHECKS
 from ._store_conformance_work import WORK_CHECKS
 from ._store_harness import (
@@ -486,6 +488,7 @@ STORE_CHECKS: list[StoreCheck] = [
     check_outgoing_start_creates_target_other_messages_need_one,
     check_abandoned_orchestration_retries_after_delay,
     *WORK_CHECKS,
+    *POISON_CHECKS,
     *READ_CHECKS,
 ]
 """Every store check, in the order ``check_store`` runs them."""

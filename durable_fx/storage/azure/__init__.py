@@ -6,10 +6,10 @@ package is imported only then, so a SQLite-only process never loads the Azure
 SDK. Modules: ``_settings`` (connection strings, identity, hub names),
 ``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (shared state and
 sessions), ``_orchestrations``, ``_starts``, ``_wakeups`` and ``_commit``
-(episodes), ``_activities``, ``_reads``, ``_delivered`` (host-delivered work),
-``_store`` (the ``AzureStore`` facade), ``_batch`` (entity-group transactions),
-``_resources`` (clients), ``_policies`` (request counting, fault injection) and
-``_transient`` (retries).
+(episodes), ``_activities``, ``_reads``, ``_poison`` (the poison list),
+``_delivered`` (host-delivered work), ``_store`` (the ``AzureStore`` facade),
+``_batch`` (entity-group transactions), ``_resources`` (clients), ``_policies``
+(request counting, fault injection) and ``_transient`` (retries).
 """
 
 from __future__ import annotations

@@ -408,17 +408,26 @@ class Hub:
         dequeue_count: int,
         extra: dict[str, str],
     ) -> None:
-        """Write a poisoned message to ``<queue>-poison`` and to the hub's poison rows."""
+        """Write a poisoned message to ``<queue>-poison`` and to the hub's poison rows.
+
+        The row is what ``poisoned_messages`` lists and ``requeue_poisoned``
+        puts back (``_poison``); the queue copy is for tools that watch poison
+        queues, and the row names it so that it can go too.
+        """
         now = self.now()
-        await self.queues.poison(queue, body, reason)
+        copy = await self.queues.poison(queue, body, reason)
         entity: dict[str, Any] = {
             "PartitionKey": "",  # no instance id is empty, so this partition is free
             "RowKey": f"p{self.arrival()}{uuid.uuid4().hex[:8]}",
             "Queue": logical_queue,
+            "SourceQueue": queue,
             "Reason": reason,
             "PoisonedAt": ts(now),
             "DequeueCount": dequeue_count,
             "Extra": json.dumps(extra),
+            "CopyQueue": copy.queue,
+            "CopyId": copy.id,
+            "CopyReceipt": copy.pop_receipt,
         }
         if instance_id is not None:
             entity["InstanceId"] = instance_id

@@ -186,24 +186,32 @@ class Orchestrations:
 
     async def _poison(self, session: Session, pending: Pending, reason: str) -> None:
         hub = self._hub
+        if session.pending.get(pending.row_key) is not pending:
+            return  # another call on this loop poisoned (or consumed) it meanwhile
+        # Out of the session before the first await: a lock running while this
+        # writes (an abandon released the instance) must not poison it a second time.
+        del session.pending[pending.row_key]
         extra = {"message_id": pending.row_key, "key": pending.key}
         if pending.execution_id is not None:
             extra["execution_id"] = pending.execution_id
-        await hub.record_poison(
-            queue=hub.names.control_queue,
-            logical_queue="orchestrations",
-            instance_id=session.instance_id,
-            body=pending.event_json,
-            reason=reason,
-            dequeue_count=pending.dequeue_count,
-            extra=extra,
-        )
-        await hub.submit_tolerant(
-            consumed_rows(session.instance_id, pending),
-            tolerate=gone_ok,
-            what="delete a poisoned message",
-        )
-        session.pending.pop(pending.row_key, None)
+        try:
+            await hub.record_poison(
+                queue=hub.names.control_queue,
+                logical_queue="orchestrations",
+                instance_id=session.instance_id,
+                body=pending.event_json,
+                reason=reason,
+                dequeue_count=pending.dequeue_count,
+                extra=extra,
+            )
+            await hub.submit_tolerant(
+                consumed_rows(session.instance_id, pending),
+                tolerate=gone_ok,
+                what="delete a poisoned message",
+            )
+        except BaseException:
+            session.pending.setdefault(pending.row_key, pending)  # still there: try again later
+            raise
 
     # -- sessions -----------------------------------------------------------------
 

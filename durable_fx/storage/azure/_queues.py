@@ -67,7 +67,10 @@ class Queues:
 
     async def put(self, queue: str, body: dict[str, Any], *, delay: timedelta) -> Handle:
         """Send ``body``, invisible for ``delay`` (capped); never expires."""
-        text = json.dumps(body, separators=(",", ":"))
+        return await self.put_text(queue, json.dumps(body, separators=(",", ":")), delay=delay)
+
+    async def put_text(self, queue: str, text: str, *, delay: timedelta) -> Handle:
+        """Send ``text`` as it is (``put`` encodes a body first)."""
         client = self._resources.queues[queue]
         seconds = self.seconds(delay)
         message = await retrying(
@@ -152,11 +155,15 @@ class Queues:
             raise
         return True
 
-    async def poison(self, queue: str, text: str, reason: str) -> None:
-        """Copy a message to ``<queue>-poison`` with the reason it was taken out."""
+    async def poison(self, queue: str, text: str, reason: str) -> Handle:
+        """Copy a message to ``<queue>-poison`` with the reason it was taken out.
+
+        The handle lets the copy be deleted once the message is requeued or
+        deleted, as long as nobody has received it meanwhile.
+        """
         body = {"reason": reason, "message": text}
         poison = self._resources.names.poison(queue)
-        await self.put(poison, body, delay=timedelta(0))
+        return await self.put(poison, body, delay=timedelta(0))
 
 
 def _received(queue: str, message: Any) -> Received:

@@ -1,16 +1,13 @@
-"""Reading and housekeeping: instance rows, histories, queries, purges, poison."""
+"""Reading and housekeeping: instance rows, histories, queries, purges."""
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 from pydantic import TypeAdapter
 
 from ..._history import HistoryEvent
-from .._records import InstanceQuery, InstanceRecord, Page, PoisonedMessage
+from .._records import InstanceQuery, InstanceRecord, Page
 from ..memory import _decode_continuation, _encode_continuation, _matches, _newest_first
-from ._codec import INSTANCE_ROW, history_key, odata, parse_ts
+from ._codec import INSTANCE_ROW, history_key, odata
 from ._hub import Hub, Op
 from ._orchestrations import Orchestrations
 
@@ -100,27 +97,6 @@ class Reads:
         )
         await hub.resources.delete_payloads(instance_id)
         return found
-
-    async def poisoned_messages(self) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first."""
-        hub = self._hub
-        rows = await hub.query("PartitionKey eq ''", what="read poisoned messages")
-        rows.sort(key=lambda r: str(r["RowKey"]))
-        poisoned = []
-        for row in rows:
-            extra: dict[str, Any] = json.loads(str(row.get("Extra") or "{}"))
-            poisoned.append(
-                PoisonedMessage(
-                    queue=str(row["Queue"]),
-                    instance_id=row.get("InstanceId"),
-                    body=await hub.codec.get_text(row, "Body") or "",
-                    reason=str(row["Reason"]),
-                    poisoned_at=parse_ts(str(row["PoisonedAt"])),
-                    dequeue_count=int(row.get("DequeueCount", 0)),
-                    extra={str(k): str(v) for k, v in extra.items()},
-                )
-            )
-        return poisoned
 
 
 def _filter(query: InstanceQuery) -> str:

@@ -42,6 +42,7 @@ from ._activities import Activities
 from ._delivered import Delivered
 from ._hub import Hub
 from ._orchestrations import Orchestrations
+from ._poison import Poison
 from ._policies import RequestCounter
 from ._queues import Queues
 from ._reads import Reads
@@ -108,6 +109,7 @@ class AzureStore:
         self._activities = Activities(self._hub)
         self._orchestrations = Orchestrations(self._hub, self._activities)
         self._reads = Reads(self._hub, self._orchestrations)
+        self._poison = Poison(self._hub, self._orchestrations)
         self._delivered = Delivered(self._orchestrations, self._activities)
 
     def __repr__(self) -> str:
@@ -229,9 +231,17 @@ class AzureStore:
         """Delete an instance with its history, inbox, work items and payload blobs."""
         return await self._call(lambda: self._reads.purge_instance(instance_id))
 
-    async def poisoned_messages(self) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first."""
-        return await self._call(self._reads.poisoned_messages)
+    async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
+        return await self._call(lambda: self._poison.list(instance_id))
+
+    async def requeue_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Put poisoned messages back as they were, visible now; returns how many."""
+        return await self._call(lambda: self._poison.requeue(poison_ids))
+
+    async def delete_poisoned(self, poison_ids: Sequence[str]) -> int:
+        """Drop poisoned messages and their queue copies for good; returns how many."""
+        return await self._call(lambda: self._poison.delete(poison_ids))
 
     # -- waiting and closing ----------------------------------------------------
 
