@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 
 from ._cli_input import (
+    CliSettings,
+    JsonOption,
+    StoreOption,
     check_instance_id,
+    command_settings,
     open_client,
     open_worker,
     parse_json,
@@ -36,6 +39,7 @@ from ._cli_output import (
     state_table,
     stdout_console,
 )
+from ._cli_poison import poison_app
 from ._cli_worker import load_registry, run_until_signalled
 from ._state import OrchestrationState, OrchestrationStatus
 from ._timeline import render_timeline, timeline_rows
@@ -56,30 +60,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Start, inspect and steer durable_fx orchestrations, and run workers.",
 )
+app.add_typer(poison_app, name="poison")
 
 
 # -- shared options -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    store: str | None = None
-    json: bool = False
-
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        metavar="URL",
-        show_default=False,
-        help="Store URL, e.g. sqlite:///app.db or sqlite:////abs/path.db. Default: "
-        "$DURABLE_FX_STORE, else $AzureWebJobsStorage, else sqlite:///.durable_fx/durable_fx.db.",
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
-]
 
 
 IdArgument = Annotated[
@@ -115,13 +99,7 @@ def _global_options(
 
     --store and --json go before the command or after it.
     """
-    ctx.obj = _Settings(store, json_output)
-
-
-def _settings(ctx: typer.Context, store: str | None, json_output: bool) -> _Settings:
-    """The command's own --store/--json, else those given before the command."""
-    root = ctx.find_object(_Settings) or _Settings()
-    return _Settings(store or root.store, json_output or root.json)
+    ctx.obj = CliSettings(store, json_output)
 
 
 # -- instance commands --------------------------------------------------------------------------
@@ -166,7 +144,7 @@ def start(
     The instance runs as soon as a worker that registers NAME is running on
     the same store (see 'durable-fx worker').
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     payload = parse_json(input_json, "--input")
     when = parse_time(start_at, "--start-at")
     with open_client(settings.store) as client:
@@ -188,7 +166,7 @@ def status(
     json_output: JsonOption = False,
 ) -> None:
     """Show an instance's status, input, output, custom status and failure."""
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
         state = require_state(client.get(instance_id), instance_id)
     if settings.json:
@@ -237,7 +215,7 @@ def list_instances(
     json_output: JsonOption = False,
 ) -> None:
     """List instances, newest first, one page at a time (or --all)."""
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     since = parse_time(created_from, "--created-from")
     until = parse_time(created_to, "--created-to")
     items: list[OrchestrationState] = []
@@ -285,7 +263,7 @@ def history(
     One row per event: time since the start, event kind, and what it was
     (activity and input, result, timer, event data, failure, sub-orchestration).
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
         state = require_state(client.get(instance_id, history=True), instance_id)
     if settings.json:
@@ -328,7 +306,7 @@ def raise_event(
     json_output: JsonOption = False,
 ) -> None:
     """Send event EVENT (with optional JSON data) to an instance."""
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     payload = parse_json(data, "--data")
     with open_client(settings.store) as client:
         client.raise_event(instance_id, event, payload, event_id=event_id)
@@ -351,7 +329,7 @@ def terminate(
     The instance ends TERMINATED at its next episode; work already running
     finishes but its results are ignored. A finished instance is left as it is.
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
         state = require_state(client.get(instance_id), instance_id)
         requested = not state.status.is_terminal
@@ -376,7 +354,7 @@ def terminate(
         )
 
 
-def _steer(action: str, instance_id: str, reason: str | None, settings: _Settings) -> None:
+def _steer(action: str, instance_id: str, reason: str | None, settings: CliSettings) -> None:
     with open_client(settings.store) as client:
         if action == "suspend":
             client.suspend(instance_id, reason)
@@ -398,7 +376,7 @@ def suspend(
     json_output: JsonOption = False,
 ) -> None:
     """Pause an instance: it keeps its events but runs no code until resumed."""
-    _steer("suspend", instance_id, reason, _settings(ctx, store, json_output))
+    _steer("suspend", instance_id, reason, command_settings(ctx, store, json_output))
 
 
 @app.command()
@@ -410,7 +388,7 @@ def resume(
     json_output: JsonOption = False,
 ) -> None:
     """Resume a suspended instance."""
-    _steer("resume", instance_id, reason, _settings(ctx, store, json_output))
+    _steer("resume", instance_id, reason, command_settings(ctx, store, json_output))
 
 
 @app.command()
@@ -450,7 +428,7 @@ def purge(
     Name one instance, or choose with --status, --created-before or --all.
     Running instances are never purged: terminate them first.
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     filtered = bool(status or created_before or everything)
     if instance_id is not None and filtered:
         raise typer.BadParameter("give an instance id or filters, not both", param_hint="'ID'")
@@ -496,7 +474,7 @@ def wait(
     Exits 0 if it COMPLETED, 1 if it FAILED or was TERMINATED, or if the
     timeout passed first.
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
         try:
             state = client.wait(instance_id, timeout=timeout or None)
@@ -554,7 +532,7 @@ def worker(
     workers, and exits 0. A second Ctrl-C quits at once. With --json, one
     summary document is printed when the worker stops.
     """
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="'--log-level'")
@@ -625,7 +603,7 @@ def sidecar(
         from .sidecar._command import run_sidecar
     except ImportError as missing:
         raise CliError(str(missing), exit_code=USAGE_ERROR) from None
-    settings = _settings(ctx, store, json_output)
+    settings = command_settings(ctx, store, json_output)
     run_sidecar(
         settings.store,
         host=host,
@@ -672,7 +650,7 @@ def serve(
     """
     from ._cli_serve import serve_command
 
-    settings = _settings(ctx, store, False)
+    settings = command_settings(ctx, store, False)
     serve_command(
         target,
         store=settings.store,

@@ -1,4 +1,4 @@
-"""What the ``durable-fx`` CLI reads: JSON and time options, instance ids, the store.
+"""What the ``durable-fx`` CLI reads: shared options, JSON and times, instance ids, the store.
 
 Bad input becomes a usage error (exit 2) naming the option and the fix; a
 failed operation becomes a ``CliError`` (exit 1). Neither shows a traceback.
@@ -10,9 +10,10 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -26,7 +27,11 @@ from ._worker import Worker
 from .storage import default_store_url
 
 __all__ = [
+    "CliSettings",
+    "JsonOption",
+    "StoreOption",
     "check_instance_id",
+    "command_settings",
     "open_client",
     "open_worker",
     "parse_json",
@@ -35,6 +40,35 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CliSettings:
+    """The options every command takes, before the command or after it."""
+
+    store: str | None = None
+    json: bool = False
+
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URL",
+        show_default=False,
+        help="Store URL, e.g. sqlite:///app.db or sqlite:////abs/path.db. Default: "
+        "$DURABLE_FX_STORE, else $AzureWebJobsStorage, else sqlite:///.durable_fx/durable_fx.db.",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
+]
+
+
+def command_settings(ctx: typer.Context, store: str | None, json_output: bool) -> CliSettings:
+    """The command's own --store/--json, else those given before the command."""
+    root = ctx.find_object(CliSettings) or CliSettings()
+    return CliSettings(store or root.store, json_output or root.json)
 
 
 def check_instance_id(value: str | None) -> str | None:

@@ -8,6 +8,7 @@ itself runs as a subprocess for a smoke test and for ``durable-fx worker``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from durable_fx import (
     OrchestrationStatus,
     Registry,
     Worker,
+    open_store,
 )
 from durable_fx._cli import app
 from durable_fx._timeline import format_offset, render_timeline, timeline_rows
@@ -327,10 +329,68 @@ def test_input_from_a_file_and_from_stdin(
 def test_help(cli: Callable[..., Result]) -> None:
     bare = cli(store=False)
     assert bare.exit_code == 0
-    assert "worker" in bare.stdout and "history" in bare.stdout
+    assert "worker" in bare.stdout and "history" in bare.stdout and "poison" in bare.stdout
     worker_help = ok(cli("worker", "--help")).stdout
     assert "MODULE:ATTR" in worker_help
     assert "SIGTERM" in worker_help
+
+
+# -- poisoned messages -------------------------------------------------------------------------
+
+
+def poison_starts(store_url: str, *instance_ids: str) -> None:
+    """Start instances whose first episode fails until their start message is poisoned."""
+
+    async def poison() -> None:
+        store = open_store(store_url)
+        try:
+            for _ in range(20):
+                batch = await store.lock_orchestrations(
+                    owner="doomed-worker", limit=10, lease=timedelta(seconds=30)
+                )
+                if not batch.items:
+                    return
+                for item in batch.items:
+                    await store.abandon_orchestration(
+                        item, reason="RuntimeError: the worker crashed", retry_after=timedelta(0)
+                    )
+        finally:
+            await store.close()
+
+    with DurableClient(store_url) as client:
+        for instance_id in instance_ids:
+            client.start(greeter, "poisoned", instance_id=instance_id)
+    asyncio.run(poison())
+
+
+def test_poison_list_requeue_and_delete(cli: Callable[..., Result], store_url: str) -> None:
+    poison_starts(store_url, "first", "second", "third")
+    listed = ok_json(cli("poison", "list", "--json"))["items"]
+    assert [item["instance_id"] for item in listed] == ["first", "second", "third"]
+    first, second, _ = (item["poison_id"] for item in listed)
+    assert listed[0]["queue"] == "orchestrations"
+    assert listed[0]["reason"] == "RuntimeError: the worker crashed"
+    assert listed[0]["dequeue_count"] == 5 and "ExecutionStarted" in listed[0]["body"]
+    only = ok_json(cli("poison", "list", "--json", "--instance", "second"))["items"]
+    assert [item["poison_id"] for item in only] == [second]
+
+    table = ok(cli("poison", "list")).stdout
+    for fragment in (first, "orchestrations", "first", "RuntimeError: the worker crashed", "5"):
+        assert fragment in table
+    assert "3 poisoned messages" in table
+
+    assert ok(cli("poison", "requeue", first)).stdout.strip() == "requeued 1 poisoned message"
+    partly = ok(cli("poison", "requeue", second, "404")).stdout
+    assert partly.strip() == "requeued 1 poisoned message (of 2 asked)"
+    assert ok_json(cli("poison", "delete", "--all", "--json")) == {"deleted": 1, "asked": 1}
+    assert ok_json(cli("poison", "list", "--json")) == {"items": []}
+    assert "0 poisoned messages" in ok(cli("poison", "list")).stdout
+    assert ok(cli("poison", "requeue", "--all")).stdout.strip() == "requeued 0 poisoned messages"
+
+    with Worker(workflows, store_url, max_poll_interval=0.05):
+        for instance_id in ("first", "second"):
+            wait_for_status(cli, instance_id, "RUNNING")  # requeued: it runs again
+    assert ok_json(cli("status", "third", "--json"))["status"] == "PENDING"  # deleted: never
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -363,6 +423,12 @@ def test_help(cli: Callable[..., Result]) -> None:
         pytest.param(["frobnicate"], 2, ["frobnicate"], id="no-such-command"),
         pytest.param(["status"], 2, ["ID"], id="missing-argument"),
         pytest.param(["status", "x", "--bogus"], 2, ["--bogus"], id="no-such-option"),
+        pytest.param(["poison", "requeue"], 2, ["--all"], id="requeue-nothing"),
+        pytest.param(["poison", "delete", "3", "--all"], 2, ["not both"], id="delete-both"),
+        pytest.param(
+            ["poison", "requeue", "404"], 1, ["404", "durable-fx poison list"], id="requeue-unknown"
+        ),
+        pytest.param(["poison", "delete", "404"], 1, ["404"], id="delete-unknown"),
     ],
 )
 def test_errors_are_one_line(
