@@ -23,9 +23,11 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from ._activity_runner import ActivityRunner
+from ._backoff import Backoff
 from ._clock import Clock, SystemClock
 from ._orchestration_runner import ExecutorCache, OrchestrationRunner
 from ._registry import Registry
+from ._result_batches import ResultBatcher
 from .storage import open_store
 from .storage._protocol import Store
 from .storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
@@ -36,7 +38,6 @@ log = logging.getLogger("durable_fx.worker")
 
 T = TypeVar("T")
 
-_MIN_POLL = 0.005
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
 
 
@@ -105,12 +106,11 @@ class Worker:
         self._activities = ActivityRunner(self._registry, self._clock, self._threads)
         self._episodes: set[asyncio.Task[None]] = set()
         self._activity_tasks: set[asyncio.Task[None]] = set()
-        self._results: list[ActivityResult] = []
+        self._results = ResultBatcher(self._store, self._results_settled, log)
         self._activities_held = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self._results_ready = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._thread_ready = threading.Event()
@@ -140,7 +140,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._results_ready = asyncio.Event()
+        # Its event binds to the loop it is first awaited on: a restart runs on a new loop.
+        self._results = ResultBatcher(self._store, self._results_settled, log)
         if self._stop_requested.is_set():
             self._stopping.set()
 
@@ -151,7 +152,10 @@ class Worker:
             asyncio.create_task(
                 self._fetch_loop(self._fetch_activities), name="durable-fx-activities"
             ),
-            asyncio.create_task(self._flush_results_loop(), name="durable-fx-results"),
+            asyncio.create_task(
+                self._results.run(until=self._results_done, poll=self._max_poll),
+                name="durable-fx-results",
+            ),
         ]
         self._thread_ready.set()
         try:
@@ -225,26 +229,22 @@ class Worker:
     async def _fetch_loop(self, fetch: Callable[[], Awaitable[LockBatch[Any] | None]]) -> None:
         """Fetch until stopping; back off exponentially while there is nothing to do."""
         assert self._stopping is not None
-        delay = _MIN_POLL
+        backoff = Backoff(self._clock, self._max_poll)
         while not self._stopping.is_set():
             try:
                 batch = await fetch()
             except Exception:
                 log.exception("fetching work failed; retrying")
                 batch = LockBatch(items=[])
-                delay = self._max_poll
+                backoff.failed()
             if batch is None:  # no free slot: wait for one to free up
                 await self._sleep(self._max_poll, use_store=False)
-                continue
-            if batch.items:
-                delay = _MIN_POLL
-                continue
-            timeout = delay
-            if batch.next_due is not None:
-                due_in = (batch.next_due - self._clock.now()).total_seconds()
-                timeout = max(0.0, min(timeout, due_in))
-            await self._sleep(timeout, use_store=True)
-            delay = min(delay * 2, self._max_poll)
+            elif batch.items:
+                backoff.found_work()
+            else:
+                # Doubled after a wake-up too: most of ours are freed slots, not new work.
+                await self._sleep(backoff.wait_for(batch.next_due), use_store=True)
+                backoff.idled()
 
     async def _sleep(self, timeout: float, *, use_store: bool) -> None:
         """Sleep until ``timeout``, a local wake-up, or stop."""
@@ -335,8 +335,7 @@ class Worker:
                     item, reason=f"{type(error).__name__}: {error}", retry_after=_RETRY_AFTER_ERROR
                 )
             return
-        self._results.append(result)
-        self._poke_results()
+        self._results.add(result)
 
     async def _with_lease_renewal(self, item: ActivityWorkItem, work: Awaitable[T]) -> T:
         """Await ``work``, renewing the item's lease while it runs long."""
@@ -353,36 +352,15 @@ class Worker:
 
     # -- writing results ----------------------------------------------------------------------
 
-    def _poke_results(self) -> None:
-        self._results_ready.set()
-
-    async def _flush_results_loop(self) -> None:
-        """Write finished activity results in batches: one store call per batch."""
+    def _results_done(self) -> bool:
+        """Stopping, and no result is left to write or still to come."""
         assert self._stopping is not None
-        while not (self._stopping.is_set() and not self._results and not self._activity_tasks):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._results_ready.wait(), timeout=self._max_poll)
-            self._results_ready.clear()
-            await self._flush_results()
+        return self._stopping.is_set() and not self._results.pending and not self._activity_tasks
 
-    async def _flush_results(self) -> None:
-        if not self._results:
-            return
-        batch, self._results = self._results, []
-        try:
-            await self._store.complete_activities(batch)
-        except Exception:
-            log.exception("writing %d activity results failed; they will run again", len(batch))
-            for result in batch:
-                with contextlib.suppress(Exception):
-                    await self._store.abandon_activity(
-                        result.item,
-                        reason="could not record the result",
-                        retry_after=_RETRY_AFTER_ERROR,
-                    )
-        finally:
-            self._activities_held -= len(batch)
-            self._poke()
+    def _results_settled(self, batch: list[ActivityResult], written: bool) -> None:
+        # Written or given back, these items are no longer ours: room for more.
+        self._activities_held -= len(batch)
+        self._poke()
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -397,9 +375,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        self._poke_results()
+        self._results.wake()
         await asyncio.gather(flusher, return_exceptions=True)
-        await self._flush_results()
+        await self._results.flush()
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._owns_store:
             await self._store.close()

@@ -1,29 +1,19 @@
-"""Activity work in protobuf, and the batches its results are written in.
+"""Activity work in protobuf: the requests workers run, and the results they send back.
 
-While one batch of results is being written, the results completed
-meanwhile queue up for the next: a busy worker's results cost one store call
-per batch, not one each.
+The results are written in batches (``durable_fx._result_batches``), as the
+built-in worker writes its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .._history import TaskCompleted, TaskFailed
-from ..storage._protocol import Store
 from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
 from ._history_pb import failure_from_pb
 from ._proto import optional_text, pb, text_value
 
-__all__ = ["ResultWriter", "activity_request", "activity_result"]
-
-log = logging.getLogger("durable_fx.sidecar")
-
-_RETRY_AFTER_ERROR = timedelta(seconds=1)
+__all__ = ["activity_request", "activity_result"]
 
 
 def activity_request(item: ActivityWorkItem) -> pb.ActivityRequest:
@@ -53,49 +43,3 @@ def activity_result(
         event = TaskCompleted(timestamp=now, task_scheduled_id=invocation.task_id, result=result)
     message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
     return ActivityResult(item, message)
-
-
-class ResultWriter:
-    """Writes activity results to the store in batches (use on the sidecar's loop).
-
-    Args:
-        store: Where the results go (``complete_activities``).
-        delivered: Called with each batch once it is written.
-    """
-
-    def __init__(self, store: Store, delivered: Callable[[list[ActivityResult]], None]) -> None:
-        self._store = store
-        self._delivered = delivered
-        self._pending: list[ActivityResult] = []
-        self._ready = asyncio.Event()
-
-    def add(self, result: ActivityResult) -> None:
-        """Queue a result for the next batch."""
-        self._pending.append(result)
-        self._ready.set()
-
-    async def run(self) -> None:
-        """Write batches as results come, until cancelled."""
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Write what is queued; on failure release the work items so the activities run again."""
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            await self._store.complete_activities(batch)
-        except Exception:
-            log.exception("writing %d activity results failed; they will run again", len(batch))
-            for result in batch:
-                with contextlib.suppress(Exception):
-                    await self._store.abandon_activity(
-                        result.item,
-                        reason="could not record the result",
-                        retry_after=_RETRY_AFTER_ERROR,
-                    )
-            return
-        self._delivered(batch)

@@ -8,7 +8,7 @@ worker disconnected, or the sidecar stops) everything it still holds is
 released at once, so another worker gets it without waiting for the lease.
 
 Completions are taken on the gRPC call's thread and handed to the loop;
-activity results are written in batches (``ResultWriter``).
+activity results are written in batches (``ResultBatcher``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .._backoff import Backoff
 from .._clock import Clock
 from .._errors import ConflictError
+from .._result_batches import ResultBatcher
 from ..storage._protocol import Store
 from ..storage._records import (
     ActivityResult,
@@ -36,7 +38,7 @@ from ..storage._records import (
 )
 from ._episodes import EpisodeBridge, PreparedEpisode
 from ._proto import pb
-from ._results import ResultWriter, activity_request, activity_result
+from ._results import activity_request, activity_result
 from ._watch import InstanceWatch
 
 __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
@@ -47,7 +49,6 @@ T = TypeVar("T")
 H = TypeVar("H", "_HeldEpisode", "_HeldActivity")
 Send = Callable[[pb.WorkItem], Awaitable[None]]
 
-_MIN_POLL = 0.005
 _LOCK_BATCH = 500
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
 
@@ -133,7 +134,7 @@ class WorkItemDispatcher:
         self._max_poll = max_poll_interval
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
         self._committing: set[asyncio.Task[None]] = set()
-        self._results = ResultWriter(store, self._results_delivered)
+        self._results = ResultBatcher(store, self._results_settled, log)
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._arrivals: dict[str, set[asyncio.Event]] = {"episodes": set(), "activities": set()}
@@ -240,7 +241,7 @@ class WorkItemDispatcher:
         """
         arrived = asyncio.Event()
         self._arrivals[kind].add(arrived)
-        delay = _MIN_POLL
+        backoff = Backoff(self._clock, self._max_poll)
         try:
             while True:
                 # Cleared before looking: work made visible during the lock call wakes us.
@@ -251,20 +252,15 @@ class WorkItemDispatcher:
                     raise
                 except Exception:
                     log.exception("fetching work failed; retrying")
-                    batch, delay = LockBatch(items=[]), self._max_poll
+                    batch = LockBatch(items=[])
+                    backoff.failed()
                 if batch is None:  # the worker has no room: wait until it completes something
                     await _wait_event(connection.wake, self._max_poll)
                     connection.wake.clear()
-                    continue
-                if batch.items:
-                    delay = _MIN_POLL
-                    continue
-                timeout = delay
-                if batch.next_due is not None:
-                    due_in = (batch.next_due - self._clock.now()).total_seconds()
-                    timeout = max(0.0, min(timeout, due_in))
-                if not await _wait_event(arrived, timeout):
-                    delay = min(delay * 2, self._max_poll)
+                elif batch.items:
+                    backoff.found_work()
+                elif not await _wait_event(arrived, backoff.wait_for(batch.next_due)):
+                    backoff.idled()  # a wake-up here is new work: the delay stays short
         finally:
             self._arrivals[kind].discard(arrived)
 
@@ -520,8 +516,14 @@ class WorkItemDispatcher:
 
     # -- background: result batches and lease renewal ----------------------------------------------
 
-    def _results_delivered(self, batch: list[ActivityResult]) -> None:
-        """Wake the episode loops, unless every instance is busy (it is woken when free)."""
+    def _results_settled(self, batch: list[ActivityResult], written: bool) -> None:
+        """Wake the episode loops for a written batch, unless every instance is busy.
+
+        A busy instance is woken when it is free; a batch given back runs
+        again as activities, so it has nothing for the episodes yet.
+        """
+        if not written:
+            return
         targets = {result.message.instance_id for result in batch}
         self._nudged |= targets & self._busy
         if targets - self._busy:
