@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from durabletask import client as dt_client
+from durabletask import task
 from durabletask import worker as dt_worker
 
 from durable_fx.sidecar import SidecarServer
@@ -31,6 +33,33 @@ WAIT = 30.0
 
 SDK_LOG = logging.getLogger("tests.durabletask")
 """The SDK logs every episode at INFO to stderr by default; through logging, pytest keeps it."""
+
+Status = dt_client.OrchestrationStatus
+Steps = Generator[task.Task[Any], Any, Any]
+"""What an SDK orchestrator function returns."""
+
+
+class RunCounter:
+    """How many times each key (an instance, a task) has run.
+
+    Activities run on the SDK worker's threads, so counting takes a lock.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> int:
+        """Count one more run of ``key``; returns its count so far."""
+        with self._lock:
+            self._runs[key] = self._runs.get(key, 0) + 1
+            return self._runs[key]
+
+    def __getitem__(self, key: str) -> int:
+        return self._runs.get(key, 0)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._runs
 
 
 def store_url_for(kind: str, directory: Path, request: pytest.FixtureRequest) -> str:

@@ -7,9 +7,8 @@ starts its own instances with the SDK's client and checks what comes back.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +21,9 @@ from durable_fx.sidecar import SidecarServer
 from tests.sidecar_support import (
     SIDECAR_STORES,
     WAIT,
+    RunCounter,
+    Status,
+    Steps,
     client_for,
     running_sidecar,
     start_worker,
@@ -29,13 +31,9 @@ from tests.sidecar_support import (
     wait_for,
 )
 
-Status = dt_client.OrchestrationStatus
-Steps = Generator[task.Task[Any], Any, Any]
-
 # -- activities ---------------------------------------------------------------------------------
 
-_attempts: dict[str, int] = {}
-_attempts_lock = threading.Lock()
+_attempts = RunCounter()
 
 
 def greet(ctx: task.ActivityContext, name: str) -> str:
@@ -48,8 +46,7 @@ def double(ctx: task.ActivityContext, value: int) -> int:
 
 def flaky(ctx: task.ActivityContext, succeed_on: int) -> int:
     """Fails until its ``succeed_on``-th attempt for this instance, then returns the attempt."""
-    with _attempts_lock:
-        attempt = _attempts[ctx.orchestration_id] = _attempts.get(ctx.orchestration_id, 0) + 1
+    attempt = _attempts.add(ctx.orchestration_id)
     if attempt < succeed_on:
         raise RuntimeError(f"attempt {attempt} failed")
     return attempt
@@ -167,12 +164,11 @@ def double_later(ctx: task.OrchestrationContext, _: Any) -> str:
     return "started late"
 
 
-_rewind_runs: dict[str, int] = {}
+_rewind_runs = RunCounter()
 
 
 def fails_once(ctx: task.ActivityContext, _: Any) -> str:
-    runs = _rewind_runs[ctx.orchestration_id] = _rewind_runs.get(ctx.orchestration_id, 0) + 1
-    if runs == 1:
+    if _rewind_runs.add(ctx.orchestration_id) == 1:
         raise RuntimeError("not yet")
     return "second worked"
 

@@ -12,9 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,9 @@ from tests.sidecar_support import (
     SDK_LOG,
     SIDECAR_STORES,
     WAIT,
+    RunCounter,
+    Status,
+    Steps,
     free_port,
     running_sidecar,
     start_worker,
@@ -39,32 +41,24 @@ from tests.sidecar_support import (
     wait_for,
 )
 
-Status = dt_client.OrchestrationStatus
-Steps = Generator[task.Task[Any], Any, Any]
+Stub = pb_grpc.TaskHubSidecarServiceStub
 
-_runs: dict[str, int] = {}
-_runs_lock = threading.Lock()
-
-
-def count_run(key: str) -> int:
-    with _runs_lock:
-        _runs[key] = _runs.get(key, 0) + 1
-        return _runs[key]
+_runs = RunCounter()
 
 
 def step(ctx: task.ActivityContext, value: int) -> int:
-    count_run(f"{ctx.orchestration_id}/{ctx.task_id}")
+    _runs.add(f"{ctx.orchestration_id}/{ctx.task_id}")
     return value + 1
 
 
 def slow_step(ctx: task.ActivityContext, value: int) -> int:
-    count_run(f"{ctx.orchestration_id}/{ctx.task_id}")
+    _runs.add(f"{ctx.orchestration_id}/{ctx.task_id}")
     time.sleep(0.4)
     return value + 1
 
 
 def long_step(ctx: task.ActivityContext, seconds: float) -> str:
-    count_run(ctx.orchestration_id)
+    _runs.add(ctx.orchestration_id)
     time.sleep(seconds)
     return "done"
 
@@ -119,9 +113,40 @@ def sdk_for() -> Iterator[Callable[[str], dt_client.TaskHubGrpcClient]]:
         sdk.close()
 
 
-def stub_for(address: str) -> tuple[grpc.Channel, pb_grpc.TaskHubSidecarServiceStub]:
-    channel = grpc.insecure_channel(address)
-    return channel, pb_grpc.TaskHubSidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+@contextlib.contextmanager
+def raw_stub(address: str) -> Iterator[Stub]:
+    """The protocol's generated stub, to act as a worker the SDK would never be; closed after."""
+    with grpc.insecure_channel(address) as channel:
+        yield pb_grpc.TaskHubSidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def holding_an_episode(address: str) -> Iterator[tuple[Stub, Any, pb.WorkItem]]:
+    """A raw worker's stub, its stream, and the first episode sent on it; disconnects after."""
+    with raw_stub(address) as stub:
+        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        try:
+            yield stub, stream, first_request(stream, "orchestratorRequest")
+        finally:
+            stream.cancel()
+
+
+Scheduled = tuple[SidecarServer, dt_client.TaskHubGrpcClient, str]
+
+
+@pytest.fixture
+def schedule_steps(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> Callable[..., Scheduled]:
+    """Starts a sidecar (with the options given), an SDK client, and a ``steps`` instance."""
+
+    def schedule(value: int, **options: Any) -> Scheduled:
+        server = make_sidecar(**options)
+        sdk = sdk_for(server.address)
+        return server, sdk, sdk.schedule_new_orchestration(steps, input=value)
+
+    return schedule
 
 
 def first_request(stream: Any, kind: str) -> pb.WorkItem:
@@ -133,18 +158,12 @@ def first_request(stream: Any, kind: str) -> pb.WorkItem:
 
 
 def test_a_disconnected_worker_s_work_goes_to_another_at_once(
-    make_sidecar: Callable[..., SidecarServer],
-    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+    schedule_steps: Callable[..., Scheduled],
 ) -> None:
-    server = make_sidecar(lease=timedelta(minutes=10))  # only the release can free it in time
-    sdk = sdk_for(server.address)
-    instance_id = sdk.schedule_new_orchestration(steps, input=2)
-    channel, stub = stub_for(server.address)
-    stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
-    taken = first_request(stream, "orchestratorRequest")
-    assert taken.orchestratorRequest.instanceId == instance_id
-    stream.cancel()
-    channel.close()
+    # Only the release can free the episode in time: its lease outlasts the test.
+    server, sdk, instance_id = schedule_steps(2, lease=timedelta(minutes=10))
+    with holding_an_episode(server.address) as (_, _, taken):
+        assert taken.orchestratorRequest.instanceId == instance_id
     worker = start_worker(server.address, [steps], [step])
     try:
         state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
@@ -154,82 +173,62 @@ def test_a_disconnected_worker_s_work_goes_to_another_at_once(
 
 
 def test_an_abandoned_work_item_is_delivered_again(
-    make_sidecar: Callable[..., SidecarServer],
-    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+    schedule_steps: Callable[..., Scheduled],
 ) -> None:
-    server = make_sidecar()
-    sdk = sdk_for(server.address)
-    instance_id = sdk.schedule_new_orchestration(steps, input=1)
-    channel, stub = stub_for(server.address)
-    try:
-        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
-        first = first_request(stream, "orchestratorRequest")
+    server, _, instance_id = schedule_steps(1)
+    with holding_an_episode(server.address) as (stub, stream, first):
         stub.AbandonTaskOrchestratorWorkItem(
             pb.AbandonOrchestrationTaskRequest(completionToken=first.completionToken)
         )
         again = first_request(stream, "orchestratorRequest")
-        assert again.orchestratorRequest.instanceId == instance_id
-        assert again.completionToken != first.completionToken
-        stream.cancel()
-    finally:
-        channel.close()
+    assert again.orchestratorRequest.instanceId == instance_id
+    assert again.completionToken != first.completionToken
 
 
 def test_a_response_in_chunks_is_committed_whole(
-    make_sidecar: Callable[..., SidecarServer],
-    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+    schedule_steps: Callable[..., Scheduled],
 ) -> None:
-    server = make_sidecar()
-    sdk = sdk_for(server.address)
-    instance_id = sdk.schedule_new_orchestration(steps, input=1)
-    channel, stub = stub_for(server.address)
-    try:
-        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
-        token = first_request(stream, "orchestratorRequest").completionToken
+    server, _, instance_id = schedule_steps(1)
+    with holding_an_episode(server.address) as (stub, stream, first):
         schedule = pb.OrchestratorAction(id=1, scheduleTask=pb.ScheduleTaskAction(name="step"))
         for part in ([schedule], []):
             stub.CompleteOrchestratorTask(
                 pb.OrchestratorResponse(
                     instanceId=instance_id,
-                    completionToken=token,
+                    completionToken=first.completionToken,
                     actions=part,
                     isPartial=bool(part),
                 )
             )
         activity = first_request(stream, "activityRequest").activityRequest
-        stream.cancel()
-    finally:
-        channel.close()
     assert (activity.name, activity.taskId) == ("step", 1)
     assert activity.orchestrationInstance.instanceId == instance_id
 
 
+@pytest.mark.parametrize(
+    "complete",
+    [
+        lambda stub: stub.CompleteActivityTask(pb.ActivityResponse(completionToken="nope")),
+        lambda stub: stub.CompleteOrchestratorTask(pb.OrchestratorResponse(completionToken="nope")),
+    ],
+    ids=["activity", "orchestration"],
+)
 def test_completions_with_unknown_tokens_are_not_found(
-    make_sidecar: Callable[..., SidecarServer],
+    make_sidecar: Callable[..., SidecarServer], complete: Callable[[Stub], object]
 ) -> None:
     server = make_sidecar()
-    channel, stub = stub_for(server.address)
-    try:
-        with pytest.raises(grpc.RpcError) as activity:
-            stub.CompleteActivityTask(pb.ActivityResponse(completionToken="nope"))
-        with pytest.raises(grpc.RpcError) as orchestration:
-            stub.CompleteOrchestratorTask(pb.OrchestratorResponse(completionToken="nope"))
-    finally:
-        channel.close()
-    for error in (activity.value, orchestration.value):
-        assert error.code() == grpc.StatusCode.NOT_FOUND
-        assert "completion token 'nope'" in (error.details() or "")
+    with raw_stub(server.address) as stub, pytest.raises(grpc.RpcError) as raised:
+        complete(stub)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "completion token 'nope'" in (raised.value.details() or "")
 
 
 def test_an_idle_stream_gets_health_pings(make_sidecar: Callable[..., SidecarServer]) -> None:
     server = make_sidecar(ping_interval=0.1)
-    channel, stub = stub_for(server.address)
-    try:
+    with raw_stub(server.address) as stub:
         stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
         assert next(stream).HasField("healthPing")
         stream.cancel()
-    finally:
-        channel.close()
 
 
 def test_a_long_activity_keeps_its_lease(
@@ -252,12 +251,8 @@ def test_entity_rpcs_are_unimplemented_with_a_reason(
     make_sidecar: Callable[..., SidecarServer],
 ) -> None:
     server = make_sidecar()
-    channel, stub = stub_for(server.address)
-    try:
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@a", name="add"))
-    finally:
-        channel.close()
+    with raw_stub(server.address) as stub, pytest.raises(grpc.RpcError) as raised:
+        stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@a", name="add"))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "durable entities" in (raised.value.details() or "")
 
@@ -272,8 +267,7 @@ def test_client_errors_map_to_grpc_status_codes(
     with pytest.raises(grpc.RpcError) as missing:
         sdk.raise_orchestration_event("missing", "e")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    channel, stub = stub_for(server.address)
-    try:
+    with raw_stub(server.address) as stub:
         stub.StartInstance(pb.CreateInstanceRequest(instanceId="dup", name="steps"))
         with pytest.raises(grpc.RpcError) as duplicate:
             stub.StartInstance(pb.CreateInstanceRequest(instanceId="dup", name="steps"))
@@ -281,8 +275,6 @@ def test_client_errors_map_to_grpc_status_codes(
             stub.StartInstance(pb.CreateInstanceRequest(instanceId="a/b", name="steps"))
         with pytest.raises(grpc.RpcError) as running:
             stub.PurgeInstances(pb.PurgeInstancesRequest(instanceId="dup"))
-    finally:
-        channel.close()
     assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert bad_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert running.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -313,9 +305,8 @@ def sidecar_process(store_url: str) -> Iterator[Callable[[int], subprocess.Popen
 
 
 def _wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    channel, stub = stub_for(address)
-    try:
-        deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + WAIT
+    with raw_stub(address) as stub:
         while True:
             assert process.poll() is None, f"the sidecar exited with {process.returncode}"
             try:
@@ -325,8 +316,6 @@ def _wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-    finally:
-        channel.close()
 
 
 @pytest.mark.slow
