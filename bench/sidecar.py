@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -80,15 +81,28 @@ def _quiet_logger() -> logging.Logger:
     return logger
 
 
-def run_w1(address: str) -> dict[str, Any]:
+@contextmanager
+def sdk_running(address: str, orchestrator: Any) -> Iterator[Any]:
+    """An SDK worker running ``orchestrator`` (and ``step``); yields an SDK client.
+
+    Both are closed afterwards, the worker first.
+    """
     from durabletask import client, worker
 
     sdk_worker = worker.TaskHubGrpcWorker(host_address=address, logger=_quiet_logger())
-    sdk_worker.add_orchestrator(three_steps)
+    sdk_worker.add_orchestrator(orchestrator)
     sdk_worker.add_activity(step)
     sdk_worker.start()
     sdk = client.TaskHubGrpcClient(host_address=address, logger=_quiet_logger())
     try:
+        yield sdk
+    finally:
+        sdk_worker.stop()
+        sdk.close()
+
+
+def run_w1(address: str) -> dict[str, Any]:
+    with sdk_running(address, three_steps) as sdk:
         for warm in [sdk.schedule_new_orchestration(three_steps, input=0) for _ in range(20)]:
             sdk.wait_for_orchestration_completion(warm, timeout=120)
         cpu0, wall0 = _cpu(), time.perf_counter()
@@ -104,9 +118,6 @@ def run_w1(address: str) -> dict[str, Any]:
             sdk.wait_for_orchestration_completion(instance_id, timeout=300)
         wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
         states = [sdk.get_orchestration_state(i) for i in ids]
-    finally:
-        sdk_worker.stop()
-        sdk.close()
     outputs = [None if s is None else s.get_output() for s in states]
     assert outputs == [i + 3 for i in range(W1_COUNT)], "W1 went wrong"
     first = min(s.created_at for s in states if s is not None)
@@ -123,14 +134,7 @@ def run_w1(address: str) -> dict[str, Any]:
 
 
 def run_w2(address: str) -> dict[str, Any]:
-    from durabletask import client, worker
-
-    sdk_worker = worker.TaskHubGrpcWorker(host_address=address, logger=_quiet_logger())
-    sdk_worker.add_orchestrator(fan_out)
-    sdk_worker.add_activity(step)
-    sdk_worker.start()
-    sdk = client.TaskHubGrpcClient(host_address=address, logger=_quiet_logger())
-    try:
+    with sdk_running(address, fan_out) as sdk:
         warm = sdk.schedule_new_orchestration(fan_out, input=100)
         sdk.wait_for_orchestration_completion(warm, timeout=120)
         time.sleep(0.25)
@@ -143,9 +147,6 @@ def run_w2(address: str) -> dict[str, Any]:
             for e in sdk.get_orchestration_history(instance_id)
             if type(e).__name__ == "OrchestratorStartedEvent"
         )
-    finally:
-        sdk_worker.stop()
-        sdk.close()
     assert state is not None and state.get_output() == W2_FAN_OUT, "W2 went wrong"
     return {
         "activities": W2_FAN_OUT,
@@ -272,6 +273,8 @@ def main() -> None:
 
     workloads = [w.strip().upper() for w in args.only.split(",") if w.strip()]
     layouts = LAYOUTS if args.layout == "both" else [args.layout]
+    from run import _load  # bench/run.py: the same load average figure
+
     load_before = _load()
     results: dict[str, Any] = {}
     for workload in workloads:
@@ -333,13 +336,6 @@ def _compare(workload: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, 
         "met": met,
     }
     return compared
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def _machine() -> dict[str, Any]:
