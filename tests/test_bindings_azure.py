@@ -34,6 +34,7 @@ class FakeHost:
     """Receives the hub's queue messages and invokes the app's queue functions with them."""
 
     def __init__(self, app: DurableApp, queues: QueueBackend) -> None:
+        self.app = app
         functions = {f.get_function_name(): f for f in app.get_functions()}
         self.handlers: dict[str, Callable[..., Any]] = {
             app.settings.control_queue: functions["dfx_control"].get_user_function(),
@@ -66,6 +67,19 @@ class FakeHost:
             assert time.monotonic() < deadline, "the host never got there"
             if not await self.pump():
                 await asyncio.sleep(0.05)
+
+    async def run_until_finished(self, instance_id: str) -> durable_fx.OrchestrationState:
+        """Pump until ``instance_id`` has finished; returns its final state."""
+        client = self.app.runtime.client
+
+        async def finished() -> bool:
+            state = await client.get(instance_id)
+            return state is not None and state.status.is_terminal
+
+        await self.run_until(finished)
+        state = await client.get(instance_id)
+        assert state is not None
+        return state
 
     async def start(self, name: str, instance_id: str, body: bytes = b"") -> func.HttpResponse:
         url = f"http://localhost:7071/api/orchestrators/{name}/{instance_id}"
@@ -111,14 +125,8 @@ def test_the_host_path_runs_orchestrations_and_makes_no_requests_when_idle(
     async def scenario() -> None:
         host = FakeHost(app, open_queues(store))
         assert (await host.start("flow", "run-1", b'"go"')).status_code == 202
-
-        async def completed() -> bool:
-            state = await app.runtime.client.get("run-1")
-            return state is not None and state.status.is_terminal
-
-        await host.run_until(completed)
-        state = await app.runtime.client.get("run-1")
-        assert state is not None and state.output == "GO GO!"
+        state = await host.run_until_finished("run-1")
+        assert state.output == "GO GO!"
         assert calls == ["go", "go!"]
         before = store.requests.total
         await asyncio.sleep(1.5)  # no invocations: the host is idle, so is durable_fx
@@ -144,12 +152,7 @@ def test_a_timer_leaves_a_delayed_wake_up(store: AzureStore) -> None:
         while await host.pump():
             pass  # the episode after the activity: it starts the timer
         started = time.monotonic()
-
-        async def completed() -> bool:
-            state = await app.runtime.client.get("sleepy-1")
-            return state is not None and state.status.is_terminal
-
-        await host.run_until(completed)
+        await host.run_until_finished("sleepy-1")
         assert time.monotonic() - started >= 1.0  # the wake-up waited for the timer
         await host.queues.close()
 
@@ -167,14 +170,8 @@ def test_concurrent_wake_ups_for_one_instance_run_it_once_each_step(store: Azure
         control = app.settings.control_queue
         for _ in range(3):  # extra wake-ups for the same instance, as retries would leave
             await host.queues.send(control, encode_body('{"h": "twice"}'))
-
-        async def completed() -> bool:
-            state = await app.runtime.client.get("twice")
-            return state is not None and state.status.is_terminal
-
-        await host.run_until(completed)
-        state = await app.runtime.client.get("twice")
-        assert state is not None and state.output == "X X!"
+        state = await host.run_until_finished("twice")
+        assert state.output == "X X!"
         assert calls == ["x", "x!"]
         await host.queues.close()
 
