@@ -7,6 +7,7 @@ SDK. Modules: ``_settings`` (connection strings, identity, hub names),
 ``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (shared state and
 sessions), ``_orchestrations``, ``_starts``, ``_wakeups`` and ``_commit``
 (episodes), ``_activities``, ``_reads``, ``_poison`` (the poison list),
+``_adoption`` (the Functions host's poisoned messages in that list),
 ``_delivered`` (host-delivered work), ``_store`` (the ``AzureStore`` facade),
 ``_batch`` (entity-group transactions), ``_resources`` (clients), ``_policies``
 (request counting, fault injection) and ``_transient`` (retries).

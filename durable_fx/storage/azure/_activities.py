@@ -189,7 +189,8 @@ class Activities:
             body["b"] = await self._hub.resources.put_payload(invocation.instance_id, text)
         return body
 
-    async def _invocation(self, body: dict[str, Any]) -> ActivityInvocation:
+    async def invocation_of(self, body: dict[str, Any]) -> ActivityInvocation:
+        """The invocation a work-item message carries (its input from a blob if large)."""
         text = body.get("in")
         if body.get("b"):
             text = await self._hub.resources.get_payload(str(body["b"]))
@@ -249,7 +250,7 @@ class Activities:
             return held
         body = message.body
         try:
-            invocation = await self._invocation(body) if body else None
+            invocation = await self.invocation_of(body) if body else None
         except (KeyError, TypeError, ValueError, ResourceNotFoundError):
             invocation = None
         if invocation is None:

@@ -415,10 +415,11 @@ class Hub:
         queues, and the row names it so that it can go too.
         """
         now = self.now()
-        copy = await self.queues.poison(queue, body, reason)
+        poison_id = f"p{self.arrival()}{uuid.uuid4().hex[:8]}"
+        copy = await self.queues.poison(queue, body, reason, poison_id)
         entity: dict[str, Any] = {
             "PartitionKey": "",  # no instance id is empty, so this partition is free
-            "RowKey": f"p{self.arrival()}{uuid.uuid4().hex[:8]}",
+            "RowKey": poison_id,
             "Queue": logical_queue,
             "SourceQueue": queue,
             "Reason": reason,

@@ -14,12 +14,19 @@ everything needed to put the message back:
   instance is gone), then a work-item message that is checked against that
   row before it runs;
 * a queue message that never decoded (no instance): its text, sent again as
-  it was to the queue it came from.
+  it was to the queue it came from;
+* a wake-up the Functions host poisoned (``Kind`` ``wake-up``, see
+  ``_adoption``): its instance id; the instance's inbox rows get their
+  delivery counts reset (the host's failed deliveries counted against them)
+  and a wake-up goes to the control queue.
+
+Listing adopts the host's poisoned messages first (``_adoption``).
 
 The message goes back first and the poison row is deleted after: a crash in
 between leaves the row, and requeueing it again writes the same inbox row
 (its key refuses a second copy) or the same work row (whose first result
-deletes it, so a second message finds none and does not run).
+deletes it, so a second message finds none and does not run), or wakes the
+instance once more (a wake-up that finds nothing to do is dropped).
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from pydantic import ValidationError
 
 from ..._history import HISTORY_EVENT
 from .._records import ActivityInvocation, OrchestrationMessage, PoisonedMessage
+from ._adoption import WAKE_UP, Adoption
 from ._codec import odata, parse_ts
-from ._hub import Hub, bump
+from ._hub import Hub, Op, bump, gone_ok, key_of_row
 from ._orchestrations import Orchestrations
 from ._queues import Handle
 from ._transient import retrying, status_of
@@ -55,9 +63,14 @@ class Poison:
     def __init__(self, hub: Hub, orchestrations: Orchestrations) -> None:
         self._hub = hub
         self._orchestrations = orchestrations
+        self._adoption = Adoption(hub, orchestrations.activities)
 
     async def list(self, instance_id: str | None) -> list[PoisonedMessage]:
-        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
+        """Messages taken out of circulation, oldest first (only ``instance_id``'s if given).
+
+        The host's poisoned messages are adopted first, so they are listed too.
+        """
+        await self._adoption.adopt()
         query = f"PartitionKey eq {odata(_PARTITION)}"
         if instance_id is not None:
             query += f" and InstanceId eq {odata(instance_id)}"
@@ -139,6 +152,8 @@ class Poison:
         instance_id = row.get("InstanceId")
         if instance_id is None:
             return await self._resend(row, body)
+        if row.get("Kind") == WAKE_UP:
+            return await self._wake(str(instance_id))
         if row["Queue"] == "activities":
             return await self._reschedule(str(instance_id), body)
         try:
@@ -184,3 +199,38 @@ class Poison:
         # copy (a requeue repeated after a crash) does not run once the first has.
         await activities.send([invocation], redelivery=True, delay=timedelta(0))
         return True
+
+    async def _wake(self, instance_id: str) -> bool:
+        """Wake an instance whose wake-up the host poisoned; False if it is gone.
+
+        Each failed delivery may have counted against its inbox messages (a
+        takeover counts one before the episode runs): they start again from
+        zero, as a requeued message does, or the next takeover would poison
+        them for what the host already gave up on. The touch of the instance
+        row makes an owner elsewhere re-read them.
+        """
+        hub = self._hub
+        partition = await hub.read_partition(instance_id)
+        counted = [r for r in partition.inbox if int(r.get("DequeueCount", 0)) > 0]
+        resets: list[Op] = [
+            ("update", {**key_of_row(r), "DequeueCount": 0}, {"mode": "merge"}) for r in counted
+        ]
+        for start in range(0, max(len(resets), 1), _RESETS_PER_BATCH):
+            chunk = [*resets[start : start + _RESETS_PER_BATCH], bump(instance_id)]
+            try:
+                # A row consumed meanwhile needs no reset (gone_ok); a gone instance fails.
+                await hub.submit_tolerant(chunk, tolerate=gone_ok, what="requeue a wake-up")
+            except TableTransactionError as error:
+                if status_of(error) == 404:
+                    return False
+                raise
+        session = hub.sessions.get(instance_id)
+        if session is not None:
+            session.stale = True  # owned here: re-read the counts before the next episode
+        await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+        self._orchestrations.expect(timedelta(0))
+        return True
+
+
+_RESETS_PER_BATCH = 99
+"""Inbox rows reset per transaction, with the touch of the instance row."""

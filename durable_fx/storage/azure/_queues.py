@@ -21,7 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from ._resources import Resources
 from ._transient import maybe_applied, retrying, status_of
 
-__all__ = ["MAX_MESSAGE_BYTES", "Handle", "Queues", "Received"]
+__all__ = ["MAX_MESSAGE_BYTES", "Handle", "Queues", "Received", "is_poison_copy"]
 
 MAX_MESSAGE_BYTES = 48 * 1024
 """Largest raw message: 64 KiB once base64-encoded."""
@@ -95,6 +95,15 @@ class Queues:
         messages = await self._watched(receive, queue, lease, what=f"receive from {queue}")
         return [_received(queue, m) for m in messages]
 
+    async def peek(self, queue: str, *, limit: int) -> list[Received]:
+        """Up to ``limit`` (at most 32) visible messages, left visible with their pop receipts."""
+        client = self._resources.queues[queue]
+        count = max(1, min(32, limit))
+        messages = await retrying(
+            lambda: client.peek_messages(max_messages=count), what=f"peek at {queue}"
+        )
+        return [_received(queue, m) for m in messages]
+
     async def hide(self, handle: Handle, delay: timedelta) -> bool:
         """Make a held message invisible for ``delay`` (capped); False if no longer ours."""
         client = self._resources.queues[handle.queue]
@@ -155,15 +164,28 @@ class Queues:
             raise
         return True
 
-    async def poison(self, queue: str, text: str, reason: str) -> Handle:
+    async def poison(self, queue: str, text: str, reason: str, poison_id: str) -> Handle:
         """Copy a message to ``<queue>-poison`` with the reason it was taken out.
 
         The handle lets the copy be deleted once the message is requeued or
-        deleted, as long as nobody has received it meanwhile.
+        deleted, as long as nobody has received it meanwhile. The copy names
+        its poison row, so that a copy whose row is gone can be recognised
+        (``is_poison_copy``, ``_adoption``).
         """
-        body = {"reason": reason, "message": text}
+        body = {"reason": reason, "message": text, "id": poison_id}
         poison = self._resources.names.poison(queue)
         return await self.put(poison, body, delay=timedelta(0))
+
+
+def is_poison_copy(body: dict[str, Any] | None) -> bool:
+    """Whether a ``<queue>-poison`` message is a copy ``Queues.poison`` wrote.
+
+    Copies written before they named their row have no ``"id"``. A wake-up
+    (``{"h": ...}``) or a work item (``{"w": ...}``) never has these keys.
+    """
+    if body is None or not {"reason", "message"} <= body.keys() <= {"reason", "message", "id"}:
+        return False
+    return all(isinstance(value, str) for value in body.values())
 
 
 def _received(queue: str, message: Any) -> Received:

@@ -102,19 +102,18 @@ class Resources:
             **options("blob"),
         )
         self.queues: dict[str, QueueClient] = {}
-        for queue in (
-            names.control_queue,
-            names.work_queue,
-            names.poison(names.control_queue),
-            names.poison(names.work_queue),
-        ):
-            # Base64 is what the Functions queue trigger expects by default.
+        poison_queues = (names.poison(names.control_queue), names.poison(names.work_queue))
+        for queue in (names.control_queue, names.work_queue, *poison_queues):
+            # Base64 is what the Functions queue trigger expects by default. Poison
+            # queues are read as they are: the host moves a body that is not Base64
+            # there unread, and decoding it here would fail the whole receive.
+            decode = None if queue in poison_queues else TextBase64DecodePolicy()
             self.queues[queue] = QueueClient(
                 settings.endpoint("queue"),
                 queue,
                 credential=credential,
                 message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
+                message_decode_policy=decode,
                 **options("queue"),
             )
         self._ready: asyncio.Future[None] | None = None
