@@ -538,3 +538,32 @@ def test_a_user_route_starts_an_orchestration_through_the_client(harness: Harnes
     harness.waiting_for_events(instance_id)
     harness.client.raise_event(instance_id, "Shipped", {"order_id": "o-9", "carrier": "last"})
     assert harness.wait(instance_id).output["carriers"] == ["last"]
+
+
+def test_the_store_poisons_after_host_json_max_dequeue_count(tmp_path: Path) -> None:
+    from durable_fx.bindings._host_json import HostConfig, QueueOptions
+
+    app = DurableApp(store=f"sqlite:///{tmp_path / 'hub.db'}")
+
+    @app.orchestrator()
+    def idle(ctx: OrchestrationContext, _: None) -> None:
+        return None
+
+    app.runtime.use_host_config(HostConfig(queues=QueueOptions(max_dequeue_count=2)))
+
+    async def deliver_until_poisoned() -> int:
+        store = app.runtime.store
+        await app.runtime.client.start(idle, instance_id="host-json-dequeue")
+        deliveries = 0
+        while not await store.poisoned_messages():
+            batch = await store.lock_orchestrations(
+                owner="test", limit=1, lease=timedelta(seconds=30)
+            )
+            for item in batch.items:
+                deliveries += 1
+                await store.abandon_orchestration(item, reason="boom", retry_after=timedelta(0))
+        await app.runtime.aclose()
+        return deliveries
+
+    # The host gives up on a queue message after maxDequeueCount deliveries; so does the store.
+    assert asyncio.run(deliver_until_poisoned()) == 2

@@ -108,7 +108,14 @@ class AppRuntime:
         with self._lock:
             if self._store is None:
                 url = self._store_url or self.settings.resolved_store_url()
-                self._store = open_store(url, clock=self._clock, hub=self.settings.hub)
+                # The host poisons a queue message after host.json's maxDequeueCount
+                # deliveries; the store poisons its own messages after as many.
+                self._store = open_store(
+                    url,
+                    clock=self._clock,
+                    hub=self.settings.hub,
+                    max_dequeue_count=self.host_config.queues.max_dequeue_count,
+                )
                 self._owns_store = True
             return self._store
 

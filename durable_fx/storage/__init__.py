@@ -64,7 +64,11 @@ def default_store_url() -> str:
 
 
 def open_store(
-    url: str | None = None, *, clock: Clock | None = None, hub: str | None = None
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    hub: str | None = None,
+    max_dequeue_count: int = 5,
 ) -> Store:
     """Open the store a URL names.
 
@@ -74,7 +78,8 @@ def open_store(
     ``UseDevelopmentStorage=true``) or ``azure://<account>`` (identity auth)
     is the Azure store, whose task hub is ``hub``, else ``TaskHub=`` in the
     connection string or ``?hub=`` in the URL, else ``DURABLE_FX_HUB``.
-    Without a URL, ``default_store_url()`` decides.
+    Without a URL, ``default_store_url()`` decides. ``max_dequeue_count``:
+    deliveries after which a message that never succeeded is poisoned.
     """
     url = url or default_store_url()
     if _is_azure(url):
@@ -84,18 +89,18 @@ def open_store(
             raise ImportError(
                 f"the Azure store needs the azure extra: pip install 'durable-fx[azure]' ({error})"
             ) from error
-        return open_azure_store(url, hub=hub, clock=clock)
+        return open_azure_store(url, hub=hub, clock=clock, max_dequeue_count=max_dequeue_count)
     if url == "memory://":
         from .memory import MemoryStore
 
-        return MemoryStore(clock=clock)
+        return MemoryStore(clock=clock, max_dequeue_count=max_dequeue_count)
     if url.startswith("sqlite://"):
         from .sqlite import SqliteStore
 
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
             raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file.db")
-        return SqliteStore(path, clock=clock)
+        return SqliteStore(path, clock=clock, max_dequeue_count=max_dequeue_count)
     raise ValueError(
         f"unsupported store URL {_redact(url)!r}: use memory://, sqlite:///path.db, "
         "an Azure Storage connection string or azure://<account>"

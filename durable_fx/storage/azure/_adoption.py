@@ -150,9 +150,8 @@ class Adoption:
             deliveries = 0  # the host poisons such a body without invoking anything
         else:
             adopted = await self._describe(source, text)
-            # The message does not carry its count (the copy starts afresh) and the
-            # store cannot read host.json: its maxDequeueCount is the store's unless
-            # configured otherwise (both default to 5).
+            # The copy does not carry its count (it starts afresh); a DurableApp opens
+            # its store with host.json's maxDequeueCount, so the store's is the host's.
             deliveries = hub.max_dequeue_count
             reason = f"the Functions host moved it to {source.poison} after {deliveries} deliveries"
         entity: dict[str, Any] = {
