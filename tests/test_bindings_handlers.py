@@ -26,7 +26,13 @@ from pydantic import BaseModel
 
 import durable_fx
 from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext
-from durable_fx.bindings import MessageRejected, event_grid_handshake, hmac_sha256
+from durable_fx.bindings import (
+    HostConfig,
+    MessageRejected,
+    QueueOptions,
+    event_grid_handshake,
+    hmac_sha256,
+)
 from durable_fx.hosting import http_request, queue_message
 from durable_fx.queues import MemoryQueues, QueuedMessage, decode_body, encode_body
 
@@ -541,8 +547,6 @@ def test_a_user_route_starts_an_orchestration_through_the_client(harness: Harnes
 
 
 def test_the_store_poisons_after_host_json_max_dequeue_count(tmp_path: Path) -> None:
-    from durable_fx.bindings._host_json import HostConfig, QueueOptions
-
     app = DurableApp(store=f"sqlite:///{tmp_path / 'hub.db'}")
 
     @app.orchestrator()
