@@ -137,6 +137,11 @@ class _FailingCommits:
         # No wait between retries: the test need not sit out DELIVERIES seconds.
         await self.inner.abandon_orchestration(item, reason=reason, retry_after=timedelta(0))
 
+    async def renew_orchestration_lease(
+        self, item: OrchestrationWorkItem, lease: timedelta
+    ) -> None:
+        await self.inner.renew_orchestration_lease(item, lease)
+
     async def lock_activities(
         self, *, owner: str, limit: int, lease: timedelta
     ) -> LockBatch[ActivityWorkItem]:

@@ -8,10 +8,19 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import durable_fx.testing
+from durable_fx import ConflictError
 from durable_fx._clock import Clock
-from durable_fx.storage import Store, open_store
+from durable_fx._history import ExecutionStarted
+from durable_fx.storage import (
+    EpisodeCommit,
+    OrchestrationMessage,
+    OrchestrationWorkItem,
+    Store,
+    open_store,
+)
 from durable_fx.storage.memory import MemoryStore
 from durable_fx.testing import STORE_CHECKS, ManualClock, StoreCheck, StoreFactory, check_store
+from tests.azurite import Azurite, new_hub
 
 
 @pytest.mark.parametrize("check", STORE_CHECKS, ids=lambda check: check.__name__)
@@ -86,3 +95,67 @@ class TestManualClock:
             ManualClock(datetime(2024, 1, 1))
         with pytest.raises(ValueError, match="forward"):
             ManualClock().advance(-1)
+
+
+# -- Azure: two processes on one task hub ---------------------------------------------------
+#
+# The checks above use one store object, so on Azure they prove the lock this
+# process keeps. Another process goes by the instance row's ownership instead.
+
+_LEASE = timedelta(seconds=30)
+
+
+@pytest.mark.azurite
+def test_azure_renewal_keeps_an_instance_from_another_process(azurite: Azurite) -> None:
+    """A renewal pushes the row's ownership out, so the other process waits for the new
+    lease, not the first; once it has taken over, a renewal from the first steals nothing."""
+    from durable_fx.storage.azure import open_azure_store
+
+    clock = ManualClock()
+    url = azurite.connection_string(new_hub())
+    # Queue delays capped at zero: wake-ups come back at once and the clock decides.
+    first, second = (
+        open_azure_store(url, clock=clock, max_message_delay=timedelta(0), idle_poll=(0.0, 0.0))
+        for _ in range(2)
+    )
+
+    async def lock(store: Store, owner: str) -> list[OrchestrationWorkItem]:
+        batch = await store.lock_orchestrations(owner=owner, limit=10, lease=_LEASE)
+        return batch.items
+
+    async def scenario() -> None:
+        started = ExecutionStarted(
+            timestamp=clock.now(), name="wf", instance_id="x", execution_id="exec-1"
+        )
+        await first.create_instance(OrchestrationMessage("x", started))
+        (held,) = await lock(first, "first")
+        # A received wake-up stays hidden for at least a second of real time (the
+        # queue's minimum); the other process can see it only after that.
+        await asyncio.sleep(1.1)
+        clock.advance(timedelta(seconds=20))
+        await first.renew_orchestration_lease(held, _LEASE)
+        clock.advance(timedelta(seconds=20))
+        assert await lock(second, "second") == [], "taken over after the first lease"
+        clock.advance(timedelta(seconds=11))
+        (taken,) = await lock(second, "second")
+        await first.renew_orchestration_lease(held, timedelta(hours=1))
+        with pytest.raises(ConflictError):
+            await first.commit_episode(held, _commit(held))
+        await second.commit_episode(taken, _commit(taken))
+
+    async def run() -> None:
+        try:
+            await scenario()
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    asyncio.run(run())
+
+
+def _commit(item: OrchestrationWorkItem) -> EpisodeCommit:
+    """An episode that records the messages it got and changes nothing else."""
+    return EpisodeCommit(
+        instance=item.instance,
+        new_history=[message.event for message in item.messages],
+        consumed=[message.message_id for message in item.messages],
+    )

@@ -18,7 +18,9 @@ commit. Every implementation keeps the storage contract of DESIGN.md:
 5. Locks are leases: work held by a crashed process becomes visible again once
    its lease expires. A lock stays its holder's until another lock call takes
    the work over, so a slow worker whose lease merely expired may still
-   commit or complete it.
+   commit or complete it. A holder that needs longer renews its lease
+   (``renew_orchestration_lease``, ``renew_activity_lease``); a renewal never
+   wins back work that was taken over.
 6. Messages may be delayed (``visible_at``) for any duration.
 7. A message abandoned ``max_dequeue_count`` times, or one that cannot be
    decoded, moves to the poison list with its reason; an operator can list,
@@ -115,6 +117,20 @@ class Store(Protocol):
 
         Messages already delivered ``max_dequeue_count`` times are poisoned
         with ``reason`` instead.
+        """
+        ...
+
+    async def renew_orchestration_lease(
+        self, item: OrchestrationWorkItem, lease: timedelta
+    ) -> None:
+        """Keep ``item``'s instance locked for ``lease`` from now, for an episode that runs long.
+
+        Renews only while ``item`` still holds the lock (its ``lock_token``),
+        expired or not, as long as no other lock call took the instance over.
+        A lock that was lost (taken over, released by a commit or an abandon,
+        or its instance purged) stays lost: the call does nothing, as
+        ``renew_activity_lease`` does, and the episode's commit raises
+        ``ConflictError`` as it would have anyway.
         """
         ...
 

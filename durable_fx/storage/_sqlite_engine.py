@@ -326,6 +326,10 @@ class Engine:
         if _visible(due, now, empty=False):
             self._notify()
 
+    def renew_orchestration_lease(self, iid: str, token: str, lease: timedelta) -> None:
+        # A lost lock has another holder's token (or none): the WHERE leaves it alone.
+        self._db.execute(sql.RENEW_INSTANCE, (iid, token, self._now() + sql.micros(lease)))
+
     def _poison_messages(self, rows: list[tuple[Any, ...]], now: int) -> None:
         """Move inbox rows ``(id, instance, body, reason, count, key, execution_id)`` to poison."""
         if not rows:

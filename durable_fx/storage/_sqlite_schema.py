@@ -242,6 +242,10 @@ RELEASE_INSTANCE = (
     "UPDATE instances SET locked_by = NULL, locked_until = NULL"
     " WHERE instance_id = ? AND locked_by = ?"
 )
+# due_at moves with the lease: a locked instance is due when its lease runs out.
+RENEW_INSTANCE = (
+    "UPDATE instances SET locked_until = ?3, due_at = ?3 WHERE instance_id = ?1 AND locked_by = ?2"
+)
 # Only unlocked instances: a locked one is due at its lease expiry until its
 # commit (or abandon) recomputes this.
 RECOMPUTE_DUE = (

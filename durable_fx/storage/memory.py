@@ -259,6 +259,16 @@ class MemoryStore:
             if retry_after <= timedelta(0):
                 self._wake()
 
+    async def renew_orchestration_lease(
+        self, item: OrchestrationWorkItem, lease: timedelta
+    ) -> None:
+        """Extend the lock if ``item`` still holds it; otherwise do nothing."""
+        with self._lock:
+            instance = self._instances.get(item.instance.instance_id)
+            lock = instance.lease if instance is not None else None
+            if lock is not None and _holds(lock, item.lock_token):
+                lock.expires_at = self._clock.now() + lease
+
     # -- activity work ----------------------------------------------------------
 
     async def lock_activities(

@@ -145,6 +145,13 @@ class SqliteStore:
         abandon = partial(self._engine.abandon_orchestration, item.instance.instance_id)
         await self._call(partial(abandon, item.lock_token, ids, reason, retry_after))
 
+    async def renew_orchestration_lease(
+        self, item: OrchestrationWorkItem, lease: timedelta
+    ) -> None:
+        """Extend the lock if ``item`` still holds it; otherwise do nothing."""
+        renew = self._engine.renew_orchestration_lease
+        await self._call(partial(renew, item.instance.instance_id, item.lock_token, lease))
+
     # -- activity work ----------------------------------------------------------
 
     async def lock_activities(

@@ -266,6 +266,41 @@ async def check_lock_hands_out_instance_once_until_lease_expires(factory: StoreF
         assert counts == [("ExecutionStarted", 2), ("EventRaised", 1)], counts
 
 
+async def check_renewed_orchestration_lock_outlives_its_first_lease(factory: StoreFactory) -> None:
+    """A renewed orchestration lock outlives its first lease; an unrenewed one is taken over."""
+    async with fresh_store(factory) as h:
+        await h.start("renewed")
+        await h.start("unrenewed")
+        items = await h.lock(owner="w1")
+        assert sorted(items) == ["renewed", "unrenewed"], sorted(items)
+        h.clock.advance(timedelta(seconds=20))
+        await h.store.renew_orchestration_lease(items["renewed"], LEASE)
+        h.clock.advance(timedelta(seconds=20))  # 10 s past the first lease, 10 s left of the new
+        taken = await h.lock(owner="w2")
+        assert sorted(taken) == ["unrenewed"], f"after a renewal of one of two: {sorted(taken)}"
+        await h.commit(items["renewed"])  # still its holder's, after the first lease
+        await h.commit(taken["unrenewed"])
+
+
+async def check_renewing_a_lost_orchestration_lock_changes_nothing(factory: StoreFactory) -> None:
+    """A renewal under a lock that was taken over or committed neither steals nor relocks it."""
+    async with fresh_store(factory) as h:
+        await h.start("a")
+        stale = await h.lock_one("a", owner="w1")
+        h.clock.advance(PAST_LEASE)
+        current = await h.lock_one("a", owner="w2")
+        await h.store.renew_orchestration_lease(stale, timedelta(hours=1))
+        late = h.commit(stale)
+        await expect_raises(ConflictError, late, "a commit after renewing a lost lock")
+        h.clock.advance(PAST_LEASE)  # w2's lock runs out as usual: the renewal extended nothing
+        again = await h.lock_one("a", owner="w3")
+        assert again.lock_token != current.lock_token, "lock tokens must be unique per lock"
+        await h.commit(again)
+        await h.store.renew_orchestration_lease(again, LEASE)
+        await h.store.enqueue(h.event("a"))
+        assert "a" in await h.lock(owner="w4"), "a renewal after the commit locked the instance"
+
+
 async def check_lock_returns_visible_messages_oldest_first(factory: StoreFactory) -> None:
     """A work item carries every visible message oldest first, and limit caps the batch."""
     async with fresh_store(factory) as h:
@@ -480,6 +515,8 @@ STORE_CHECKS: list[StoreCheck] = [
     check_inbox_dedupes_by_key,
     check_delayed_messages_wait_for_clock,
     check_lock_hands_out_instance_once_until_lease_expires,
+    check_renewed_orchestration_lock_outlives_its_first_lease,
+    check_renewing_a_lost_orchestration_lock_changes_nothing,
     check_lock_returns_visible_messages_oldest_first,
     check_commit_persists_whole_episode,
     check_conflicting_commit_changes_nothing,

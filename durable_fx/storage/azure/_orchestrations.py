@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from azure.data.tables import TableTransactionError
@@ -235,11 +235,15 @@ class Orchestrations:
                 await self._renew(session, lease)
 
     async def _renew(self, session: Session, lease: timedelta) -> None:
-        hub = self._hub
-        until = hub.now() + lease
-        update = {"Owner": hub.owner_id, "OwnedUntil": ts(until)}
-        if await self._merge_owned(session, update):
-            session.owned_until = until
+        await self._own_until(session, self._hub.now() + lease)
+
+    async def _own_until(self, session: Session, until: datetime) -> bool:
+        """Push the row's ``OwnedUntil`` out; False (and the session dropped) if it was lost."""
+        update = {"Owner": self._hub.owner_id, "OwnedUntil": ts(until)}
+        if not await self._merge_owned(session, update):
+            return False
+        session.owned_until = until
+        return True
 
     async def _end_session(self, session: Session) -> None:
         """Give up ownership; leave the guard as the wake-up for the next pending message."""
@@ -282,7 +286,10 @@ class Orchestrations:
             session.etag = str(row["etag"])
             session.stale = True  # someone added messages: re-read them before the next lock
             return "retry"
-        self._drop_session(session.instance_id)
+        if hub.sessions.get(session.instance_id) is session:
+            # Only this session is lost: a newer one (this process took the instance
+            # over again meanwhile) answers for its own writes.
+            self._drop_session(session.instance_id)
         return "lost"
 
     async def _release_guard(self, session: Session) -> None:
@@ -372,6 +379,32 @@ class Orchestrations:
         if retry_after <= timedelta(0):
             hub.wake()
 
+    async def renew(self, item: OrchestrationWorkItem, lease: timedelta) -> None:
+        """Extend a lock that ``item`` still holds, with the ownership that backs it.
+
+        The lock lives in this process, which is enough for its other callers;
+        other processes go by the row's ``OwnedUntil`` (a takeover needs it
+        past), so that is pushed out as well: one conditional merge, which
+        fails if the instance was taken over, and then the lock stays lost.
+        The guard message is left as it is, as for any session renewed in
+        ``_upkeep``: a process that receives it early reads the row and hides
+        it until ``OwnedUntil``. That costs the other process a read and a hide
+        once per lease, and only while an episode outlives its lease; hiding
+        the guard here would cost a request on every renewal.
+        """
+        hub = self._hub
+        iid = item.instance.instance_id
+        session = hub.sessions.get(iid)
+        if session is None or not _holds(session, item.lock_token):
+            return  # committed, abandoned or taken over: nothing of ours to renew
+        until = hub.now() + lease
+        if session.owned_until < until and not await self._own_until(session, until):
+            return
+        lock = session.lock
+        # The merge awaited: the episode may have been committed or dropped meanwhile.
+        if lock is not None and lock.token == item.lock_token and hub.sessions.get(iid) is session:
+            lock.expires_at = max(lock.expires_at, until)
+
     # -- delivering ---------------------------------------------------------------
 
     async def _deliver(self, iid: str, rows: list[dict[str, Any]]) -> None:
@@ -455,6 +488,11 @@ class Orchestrations:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _holds(session: Session, token: str) -> bool:
+    """Whether ``token`` names the session's current lock (expired or not)."""
+    return session.lock is not None and session.lock.token == token
 
 
 def _held_results(session: Session) -> list[Pending]:

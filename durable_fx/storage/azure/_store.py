@@ -168,6 +168,12 @@ class AzureStore:
         """Release the lock; retry the messages later, or poison the over-delivered ones."""
         await self._call(lambda: self._orchestrations.abandon(item, reason, retry_after))
 
+    async def renew_orchestration_lease(
+        self, item: OrchestrationWorkItem, lease: timedelta
+    ) -> None:
+        """Extend the lock if ``item`` still holds it; otherwise do nothing."""
+        await self._call(lambda: self._orchestrations.renew(item, lease))
+
     # -- activity work ----------------------------------------------------------
 
     async def lock_activities(
