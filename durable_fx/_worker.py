@@ -14,15 +14,14 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from ._activity_runner import ActivityRunner
+from ._background import BackgroundThread, StartStopContext, StopSignal
 from ._backoff import Backoff
 from ._clock import Clock, SystemClock
 from ._orchestration_runner import ExecutorCache, OrchestrationRunner
@@ -53,7 +52,7 @@ def registry_of(app: Registry | HasRegistry) -> Registry:
     return app if isinstance(app, Registry) else app.registry
 
 
-class Worker:
+class Worker(StartStopContext):
     """Runs the orchestrators and activities of ``app`` against ``store``.
 
     Use it as a context manager (``with Worker(app, store):`` runs it on a
@@ -108,16 +107,15 @@ class Worker:
         self._activity_tasks: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(self._store, self._results_settled, log)
         self._activities_held = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_ready = threading.Event()
         # A stop asked for before the loop exists must not be lost (a signal
         # handler or another thread can call request_stop() at any moment).
-        self._stop_requested = threading.Event()
-        self._thread_error: BaseException | None = None
+        self._stop_signal = StopSignal()
+        self._background = BackgroundThread(
+            self._stop_signal, name="durable-fx-worker", what="worker", log=log
+        )
 
     @property
     def store(self) -> Store:
@@ -137,13 +135,10 @@ class Worker:
         await self._serve()
 
     def _prepare(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+        self._stopping = self._stop_signal.arm()
         self._wake = asyncio.Event()
         # Its event binds to the loop it is first awaited on: a restart runs on a new loop.
         self._results = ResultBatcher(self._store, self._results_settled, log)
-        if self._stop_requested.is_set():
-            self._stopping.set()
 
     async def _serve(self) -> None:
         assert self._stopping is not None
@@ -157,7 +152,7 @@ class Worker:
                 name="durable-fx-results",
             ),
         ]
-        self._thread_ready.set()
+        self._background.ready()
         try:
             await self._stopping.wait()
         finally:
@@ -166,10 +161,7 @@ class Worker:
 
     def request_stop(self) -> None:
         """Ask the worker to stop (now, or as soon as it starts); safe from any thread."""
-        self._stop_requested.set()
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stopping.set)
+        self._stop_signal.request()
 
     async def __aenter__(self) -> Self:
         self._prepare()
@@ -185,44 +177,11 @@ class Worker:
 
     def start(self) -> None:
         """Run the worker on a background thread until ``stop()``."""
-        if self._thread is not None:
-            raise RuntimeError("this worker is already started")
-        self._thread = threading.Thread(
-            target=self._thread_main, name="durable-fx-worker", daemon=True
-        )
-        self._thread.start()
-        self._thread_ready.wait()
-        if self._thread_error is not None:
-            raise self._thread_error
+        self._background.start(self.run)
 
     def stop(self) -> None:
         """Stop the background thread: finish in-flight work (or release it), then return."""
-        if self._thread is None:
-            return
-        self.request_stop()
-        self._thread.join()
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self.run())
-        except BaseException as error:  # surfaced to start() if it happens before ready
-            self._thread_error = error
-            log.exception("worker stopped with an error")
-        finally:
-            self._thread_ready.set()
+        self._background.stop()
 
     # -- fetching ---------------------------------------------------------------------------
 

@@ -112,3 +112,13 @@ def test_sync_lifecycles_stop_cleanly(
             assert c.wait(c.start(noop), timeout=20).output == "ok"
         worker.stop()
         worker.stop()  # a second stop is harmless
+
+
+def test_a_started_worker_cannot_be_started_twice(
+    registry: Registry, store: durable_fx.Store
+) -> None:
+    with (
+        Worker(registry, store, max_poll_interval=0.05) as worker,
+        pytest.raises(RuntimeError, match="this worker is already started"),
+    ):
+        worker.start()

@@ -14,12 +14,11 @@ import concurrent.futures
 import logging
 import os
 import socket
-import threading
 import uuid
 from datetime import timedelta
-from types import TracebackType
 from typing import Self
 
+from .._background import BackgroundThread, StartStopContext, StopSignal
 from .._clock import Clock, SystemClock
 from ..storage import open_store
 from ..storage._protocol import Store
@@ -39,7 +38,7 @@ _MAX_MESSAGE = 256 * 1024 * 1024
 """Histories travel whole in every orchestrator request; gRPC's 4 MB default is too small."""
 
 
-class SidecarServer:
+class SidecarServer(StartStopContext):
     """Serves ``TaskHubSidecarService`` so the official Durable Task SDKs run on ``store``.
 
     Args:
@@ -86,13 +85,12 @@ class SidecarServer:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:sidecar:{uuid.uuid4().hex[:8]}"
         self._server: grpc.Server | None = None
         self._dispatcher: WorkItemDispatcher | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._stop_requested = threading.Event()
+        self._stop_signal = StopSignal()
         self._run_task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_ready = threading.Event()
-        self._thread_error: BaseException | None = None
+        self._background = BackgroundThread(
+            self._stop_signal, name="durable-fx-sidecar", what="sidecar", log=log
+        )
 
     @property
     def store(self) -> Store:
@@ -116,17 +114,14 @@ class SidecarServer:
         try:
             await self._start()
             assert self._stopping is not None
-            self._thread_ready.set()
+            self._background.ready()
             await self._stopping.wait()
         finally:
             await self._stop()
 
     def request_stop(self) -> None:
         """Ask the server to stop (now, or as soon as it starts); safe from any thread."""
-        self._stop_requested.set()
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stopping.set)
+        self._stop_signal.request()
 
     async def __aenter__(self) -> Self:
         try:
@@ -152,10 +147,7 @@ class SidecarServer:
             await self._run_task
 
     async def _start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        if self._stop_requested.is_set():
-            self._stopping.set()
+        self._stopping = self._stop_signal.arm()
         watch = InstanceWatch(self._store, max_poll=self._max_poll)
         bridge = EpisodeBridge(self._store, self._clock, cache_size=self._cache_size)
         self._dispatcher = WorkItemDispatcher(
@@ -179,7 +171,7 @@ class SidecarServer:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
             ],
         )
-        threaded = ThreadedServicer(servicer, self._loop)
+        threaded = ThreadedServicer(servicer, asyncio.get_running_loop())
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]
         try:
             bound = server.add_insecure_port(f"{self._host}:{self._port}")
@@ -212,44 +204,8 @@ class SidecarServer:
 
     def start(self) -> None:
         """Serve on a background thread until ``stop()``; raises if it cannot listen."""
-        if self._thread is not None:
-            raise RuntimeError("this sidecar is already started")
-        self._thread = threading.Thread(
-            target=self._thread_main, name="durable-fx-sidecar", daemon=True
-        )
-        self._thread.start()
-        self._thread_ready.wait()
-        if self._thread_error is not None:
-            self._thread.join()
-            self._thread = None
-            raise self._thread_error
+        self._background.start(self.run)
 
     def stop(self) -> None:
         """Stop the background thread's server gracefully and wait for it."""
-        if self._thread is None:
-            return
-        self.request_stop()
-        self._thread.join()
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self.run())
-        except BaseException as error:  # surfaced to start() if it happens before ready
-            self._thread_error = error
-            if self._thread_ready.is_set():
-                log.exception("sidecar stopped with an error")
-        finally:
-            self._thread_ready.set()
+        self._background.stop()
