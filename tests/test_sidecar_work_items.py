@@ -247,6 +247,52 @@ def test_a_long_activity_keeps_its_lease(
     assert _runs[instance_id] == 1  # renewed: never handed to anyone else meanwhile
 
 
+def test_an_episode_held_past_its_lease_stays_with_its_worker(
+    schedule_steps: Callable[..., Scheduled], make_sidecar: Callable[..., SidecarServer]
+) -> None:
+    lease = timedelta(seconds=1.5)
+    # Health pings let the raw streams below notice the time.
+    server, _, instance_id = schedule_steps(1, lease=lease, ping_interval=0.2)
+    # Another sidecar on the same store, whose worker would take a lost instance over.
+    other = make_sidecar(lease=lease, ping_interval=0.2)
+    with holding_an_episode(server.address) as (stub, stream, held):
+        with raw_stub(other.address) as other_stub:
+            watching = other_stub.GetWorkItems(pb.GetWorkItemsRequest())
+            try:
+                taken = work_sent(watching, seconds=3 * lease.total_seconds())
+            finally:
+                watching.cancel()
+        assert taken == [], "an episode held past its lease went to another sidecar's worker"
+        schedule = pb.OrchestratorAction(id=1, scheduleTask=pb.ScheduleTaskAction(name="step"))
+        stub.CompleteOrchestratorTask(
+            pb.OrchestratorResponse(
+                instanceId=instance_id, completionToken=held.completionToken, actions=[schedule]
+            )
+        )
+        after = work_sent(stream, seconds=WAIT, first_only=True)
+    # Next on the holder's stream is the activity the late completion scheduled: the
+    # instance was not handed out again meanwhile, and the commit counted.
+    kinds = [item.WhichOneof("request") for item in after]
+    assert kinds == ["activityRequest"], f"handed out again, or its commit was lost: {after}"
+    activity = after[0].activityRequest
+    assert (activity.name, activity.taskId) == ("step", 1)
+    assert activity.orchestrationInstance.instanceId == instance_id
+
+
+def work_sent(stream: Any, *, seconds: float, first_only: bool = False) -> list[pb.WorkItem]:
+    """Work a raw stream sends within about ``seconds`` (it needs pings to notice the time)."""
+    deadline = time.monotonic() + seconds
+    work = []
+    for item in stream:
+        if not item.HasField("healthPing"):
+            work.append(item)
+            if first_only:
+                break
+        if time.monotonic() >= deadline:
+            break
+    return work
+
+
 def test_entity_rpcs_are_unimplemented_with_a_reason(
     make_sidecar: Callable[..., SidecarServer],
 ) -> None:

@@ -87,6 +87,7 @@ class _Connection:
 class _HeldEpisode:
     connection: _Connection
     prepared: PreparedEpisode
+    renewed_at: float
     partial: list[pb.OrchestratorAction] = field(default_factory=list)
     """Actions of chunks already received (a worker may split a large response)."""
 
@@ -107,7 +108,7 @@ class WorkItemDispatcher:
         bridge: Turns orchestration work items into requests and responses into commits.
         watch: Told about every commit, for clients waiting on an instance.
         owner: This sidecar's name in the store's locks.
-        lease: How long locked work stays ours; held activities are renewed.
+        lease: How long locked work stays ours; work a worker holds is renewed.
         ping_interval: Seconds of silence after which a stream gets a health ping.
         max_poll_interval: Longest sleep between polls of an idle stream.
     """
@@ -311,7 +312,8 @@ class WorkItemDispatcher:
             await self._commit_direct(item, prepared)
             return None
         token = self._new_token()
-        self._held[token] = _HeldEpisode(connection, prepared)
+        now = asyncio.get_running_loop().time()
+        self._held[token] = _HeldEpisode(connection, prepared, now)
         self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
         return pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
@@ -530,20 +532,34 @@ class WorkItemDispatcher:
             self._wake("episodes")
 
     async def _renew_loop(self) -> None:
-        """Renew the leases of activities workers hold for long (orchestrations are short)."""
+        """Renew the leases of what workers hold for long: activities and episodes alike.
+
+        An episode is usually back in milliseconds, but an SDK worker may take
+        longer than a lease (a long history to replay, a saturated thread
+        pool); unrenewed, its instance would go to another sidecar on the
+        store, and the work would be done twice with one commit lost.
+        """
         loop = asyncio.get_running_loop()
         # Every item is renewed at most two intervals after the last time: half the lease.
         interval = self._lease.total_seconds() / 4
         while True:
             await asyncio.sleep(interval)
             due = loop.time() - interval
-            for held in list(self._held.values()):
-                if isinstance(held, _HeldActivity) and held.renewed_at <= due:
-                    try:
-                        await self._store.renew_activity_lease(held.item, self._lease)
-                        held.renewed_at = loop.time()
-                    except Exception:
-                        log.warning("could not renew the lease of %s", held.item.invocation.name)
+            for token, held in list(self._held.items()):
+                # Skip what was completed or released since the snapshot: nothing to renew.
+                if held.renewed_at <= due and self._held.get(token) is held:
+                    await self._renew(held)
+
+    async def _renew(self, held: _HeldEpisode | _HeldActivity) -> None:
+        """Renew one held item's lease; a failure is retried on the next round."""
+        try:
+            if isinstance(held, _HeldEpisode):
+                await self._store.renew_orchestration_lease(held.prepared.item, self._lease)
+            else:
+                await self._store.renew_activity_lease(held.item, self._lease)
+            held.renewed_at = asyncio.get_running_loop().time()
+        except Exception:
+            log.warning("could not renew the lease of %s", _describe(held))
 
 
 def _free(connection: _Connection, token: str) -> None:
@@ -551,6 +567,12 @@ def _free(connection: _Connection, token: str) -> None:
     connection.episodes.discard(token)
     connection.activities.discard(token)
     connection.wake.set()
+
+
+def _describe(held: _HeldEpisode | _HeldActivity) -> str:
+    if isinstance(held, _HeldEpisode):
+        return f"the episode of {held.prepared.instance.instance_id}"
+    return f"activity {held.item.invocation.name} of {held.item.invocation.instance_id}"
 
 
 def _limits(connection: _Connection) -> tuple[int, int]:
