@@ -4,7 +4,9 @@ The worker's and the sidecar's fetch loops poll the store the same way: after
 a batch with items they look again at once; after an empty one they wait,
 twice as long each time up to a ceiling, but never past the moment the store
 says the next item falls due. What cuts a wait short (a local wake-up) is
-each loop's own business.
+each loop's own business. ``durable-fx serve``'s queue listeners back off the
+same way from a longer first wait, and randomize each wait as the Functions
+host does.
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ class Backoff:
     Args:
         clock: What "now" is when a due time shortens the wait.
         ceiling: The longest wait, in seconds.
+        floor: The first wait, and the first again after work was found, in seconds.
     """
 
-    __slots__ = ("_ceiling", "_clock", "_delay")
+    __slots__ = ("_ceiling", "_clock", "_delay", "_floor")
 
-    def __init__(self, clock: Clock, ceiling: float) -> None:
+    def __init__(self, clock: Clock, ceiling: float, *, floor: float = MIN_POLL) -> None:
         self._clock = clock
         self._ceiling = ceiling
-        self._delay = MIN_POLL
+        self._floor = floor
+        self._delay = floor
 
     def found_work(self) -> None:
         """A batch had items: the next wait is short again."""
-        self._delay = MIN_POLL
+        self._delay = self._floor
 
     def failed(self) -> None:
         """Fetching failed: wait the longest before trying again."""

@@ -26,6 +26,8 @@ import random
 import uuid
 from datetime import timedelta
 
+from .._backoff import Backoff
+from .._clock import SystemClock
 from ..bindings import QueueOptions
 from ..queues import QueueBackend, QueuedMessage, decode_body, poison_queue_of
 from ._index import IndexedFunction
@@ -64,7 +66,7 @@ class _Listener:
         """Poll until ``stopping``; back off while the queue is empty."""
         options = self._options
         ceiling = max(options.max_polling_interval.total_seconds(), _MIN_POLL)
-        delay = _MIN_POLL
+        backoff = Backoff(SystemClock(), ceiling, floor=_MIN_POLL)
         capacity = options.batch_size + options.batch_threshold()
         while not stopping.is_set():
             received: list[QueuedMessage] = []
@@ -79,14 +81,14 @@ class _Listener:
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
             if received:
-                delay = _MIN_POLL
+                backoff.found_work()
                 await asyncio.sleep(0)
                 continue
             # Randomized exponential back-off, as the host's queue listener does.
-            await _wait(stopping, self._kick, delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, ceiling)
+            await _wait(stopping, self._kick, backoff.wait_for(None) * random.uniform(0.8, 1.2))
+            backoff.idled()
             if self._kick.is_set():
-                delay = _MIN_POLL
+                backoff.found_work()
 
     async def drain(self, grace: float) -> None:
         """Let running invocations finish for ``grace`` seconds, then release their messages."""
