@@ -24,14 +24,23 @@ __all__ = ["BackgroundThread", "StartStopContext", "StopSignal"]
 class StopSignal:
     """A stop asked for from any thread, at any moment, delivered to the service's loop."""
 
-    __slots__ = ("_requested", "_target")
+    __slots__ = ("_requested", "_target", "_what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "service") -> None:
+        self._what = what
         self._requested = threading.Event()
         self._target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def arm(self) -> asyncio.Event:
-        """On the service's loop as it starts: the event a request sets, set already if one came."""
+        """On the service's loop as it starts: the event a request sets, set already if one came.
+
+        Raises ``RuntimeError`` the second time: a service that ran has closed
+        what it owned (its store, its threads) and cannot run again.
+        """
+        if self._target is not None:
+            raise RuntimeError(
+                f"this {self._what} has run already and cannot run again: create a new one"
+            )
         stopping = asyncio.Event()
         self._target = (asyncio.get_running_loop(), stopping)
         # After the target is published: a request made meanwhile is seen here or sets it there.
@@ -77,6 +86,8 @@ class BackgroundThread:
         """Run ``run()`` on a new thread; return once it is ready, or raise why it is not."""
         if self._thread is not None:
             raise RuntimeError(f"this {self._what} is already started")
+        self._ready.clear()
+        self._error = None
         self._thread = threading.Thread(
             target=self._main, args=(run,), name=self._name, daemon=True
         )

@@ -112,7 +112,7 @@ class Worker(StartStopContext):
         self._run_task: asyncio.Task[None] | None = None
         # A stop asked for before the loop exists must not be lost (a signal
         # handler or another thread can call request_stop() at any moment).
-        self._stop_signal = StopSignal()
+        self._stop_signal = StopSignal("worker")
         self._background = BackgroundThread(
             self._stop_signal, name="durable-fx-worker", what="worker", log=log
         )
@@ -137,7 +137,7 @@ class Worker(StartStopContext):
     def _prepare(self) -> None:
         self._stopping = self._stop_signal.arm()
         self._wake = asyncio.Event()
-        # Its event binds to the loop it is first awaited on: a restart runs on a new loop.
+        # Made here, not in __init__: its event binds to the loop it is first awaited on.
         self._results = ResultBatcher(self._store, self._results_settled, log)
 
     async def _serve(self) -> None:

@@ -501,3 +501,10 @@ def test_durable_fx_clients_see_sdk_instances(
     assert state.output == ["Hello interop!"]
     assert state.history is not None
     assert [e.kind for e in state.history][-1] == "ExecutionCompleted"
+
+
+def test_a_stopped_sidecar_says_it_cannot_run_again(tmp_path: Any) -> None:
+    server = running_sidecar(f"sqlite:///{tmp_path / 'hub.db'}")
+    server.stop()
+    with pytest.raises(RuntimeError, match="this sidecar has run already and cannot run again"):
+        server.start()

@@ -122,3 +122,20 @@ def test_a_started_worker_cannot_be_started_twice(
         pytest.raises(RuntimeError, match="this worker is already started"),
     ):
         worker.start()
+
+
+def test_a_stopped_worker_says_it_cannot_run_again(
+    registry: Registry, store: durable_fx.Store
+) -> None:
+    worker = Worker(registry, store, max_poll_interval=0.05)
+    worker.start()
+    worker.stop()
+    # It closed what it owned; a silent second run would stop at once or fail later.
+    with pytest.raises(RuntimeError, match="cannot run again: create a new one"):
+        worker.start()
+
+    async def run_again() -> None:
+        await worker.run()
+
+    with pytest.raises(RuntimeError, match="cannot run again"):
+        asyncio.run(run_again())

@@ -86,7 +86,7 @@ class SidecarServer(StartStopContext):
         self._server: grpc.Server | None = None
         self._dispatcher: WorkItemDispatcher | None = None
         self._stopping: asyncio.Event | None = None
-        self._stop_signal = StopSignal()
+        self._stop_signal = StopSignal("sidecar")
         self._run_task: asyncio.Task[None] | None = None
         self._background = BackgroundThread(
             self._stop_signal, name="durable-fx-sidecar", what="sidecar", log=log
@@ -111,6 +111,7 @@ class SidecarServer(StartStopContext):
 
     async def run(self) -> None:
         """Serve until ``request_stop()`` (or cancellation), then stop gracefully."""
+        self._stopping = self._stop_signal.arm()  # before the try: a second run stops nothing
         try:
             await self._start()
             assert self._stopping is not None
@@ -124,6 +125,7 @@ class SidecarServer(StartStopContext):
         self._stop_signal.request()
 
     async def __aenter__(self) -> Self:
+        self._stopping = self._stop_signal.arm()
         try:
             await self._start()
         except BaseException:
@@ -147,7 +149,6 @@ class SidecarServer(StartStopContext):
             await self._run_task
 
     async def _start(self) -> None:
-        self._stopping = self._stop_signal.arm()
         watch = InstanceWatch(self._store, max_poll=self._max_poll)
         bridge = EpisodeBridge(self._store, self._clock, cache_size=self._cache_size)
         self._dispatcher = WorkItemDispatcher(
