@@ -7,7 +7,7 @@ commands show them, put them back once the cause is fixed, or drop them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +15,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ._cli_input import JsonOption, StoreOption, command_settings, open_client
+from ._cli_input import CliSettings, JsonOption, StoreOption, command_settings, open_client
 from ._cli_output import USAGE_ERROR, CliError, emit_json, format_time, stdout_console
 from ._client import DurableClient
 from .storage import PoisonedMessage
@@ -112,11 +112,7 @@ def requeue(
     progress again. One whose instance was purged stays poisoned.
     """
     settings = command_settings(ctx, store, json_output)
-    ids = _chosen(poison_ids, everything, "requeue")
-    with open_client(settings.store) as client:
-        ids = _all_ids(client) if everything else ids
-        requeued = client.requeue_poisoned(ids)
-    _report("requeued", requeued, ids, everything, settings.json)
+    _apply(settings, poison_ids, everything, "requeue", DurableClient.requeue_poisoned)
 
 
 @poison_app.command()
@@ -129,11 +125,22 @@ def delete(
 ) -> None:
     """Delete poisoned messages for good: they will never run."""
     settings = command_settings(ctx, store, json_output)
-    ids = _chosen(poison_ids, everything, "delete")
+    _apply(settings, poison_ids, everything, "delete", DurableClient.delete_poisoned)
+
+
+def _apply(
+    settings: CliSettings,
+    poison_ids: list[str] | None,
+    everything: bool,
+    verb: str,
+    action: Callable[[DurableClient, list[str]], int],
+) -> None:
+    """Run ``action`` on the named poisoned messages (or all of them) and report the count."""
+    ids = _chosen(poison_ids, everything, verb)
     with open_client(settings.store) as client:
         ids = _all_ids(client) if everything else ids
-        deleted = client.delete_poisoned(ids)
-    _report("deleted", deleted, ids, everything, settings.json)
+        affected = action(client, ids)
+    _report(f"{verb}d", affected, ids, everything, settings.json)
 
 
 def _chosen(poison_ids: list[str] | None, everything: bool, verb: str) -> list[str]:
