@@ -321,3 +321,20 @@ def test_requests_per_activity_and_an_idle_store(azure_store: AzureStore) -> Non
     idle = azure_store.requests.total
     time.sleep(1.0)
     assert azure_store.requests.total == idle, "a store with no calls made requests"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.002, 0.01])
+def test_closing_settles_the_calls_in_flight(azure_url: str, pause: float) -> None:
+    # A fresh hub: the first calls wait for its table, queues and container.
+    # Closing meanwhile lets them finish (or refuses those not begun), rather
+    # than stranding them on a stopped loop, where their callers saw a bare
+    # CancelledError and their tasks and HTTP sessions were left open.
+    async def call_then_close() -> list[object]:
+        store = open_store(azure_url)
+        calls = [asyncio.ensure_future(store.get_instance(f"i-{n}")) for n in range(8)]
+        await asyncio.sleep(pause)
+        await store.close()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(call_then_close())
+    assert all(o is None or isinstance(o, RuntimeError) for o in outcomes), outcomes

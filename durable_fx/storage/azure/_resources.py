@@ -140,7 +140,10 @@ class Resources:
         )
 
     async def close(self) -> None:
-        """Close every client and the credential."""
+        """Close every client and the credential (and stop a creation still running)."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()
+            await asyncio.gather(self._ready, return_exceptions=True)
         await self.table.close()
         await self.container.close()
         for client in self.queues.values():

@@ -57,6 +57,8 @@ DEFAULT_MAX_MESSAGE_DELAY = timedelta(days=6)
 DEFAULT_IDLE_POLL = (0.05, 80.0)
 """Idle polls back off to one control poll every 80 s and one work poll every 160 s:
 about 70 requests an hour for a worker with nothing to do."""
+_CLOSE_GRACE = 5.0
+"""Seconds ``close()`` lets calls in flight finish before cancelling them."""
 
 
 class AzureStore:
@@ -88,6 +90,8 @@ class AzureStore:
         self.requests = RequestCounter()
         """Every request this store sent (each retry counts)."""
         self._closed = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        """Calls running on the store loop (only touched there)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="durable_fx-azure", daemon=True
@@ -126,8 +130,16 @@ class AzureStore:
             raise RuntimeError(f"{self!r} is closed")
 
         async def run() -> T:
-            await self._hub.resources.ensure()
-            return await make()
+            if self._closed:  # close() began after the check above
+                raise RuntimeError(f"{self!r} is closed")
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            try:
+                await self._hub.resources.ensure()
+                return await make()
+            finally:
+                self._in_flight.discard(task)
 
         future = asyncio.run_coroutine_threadsafe(_as_coroutine(run), self._loop)
         # shield: a cancelled caller must not cut a commit in half on the store loop.
@@ -289,6 +301,7 @@ class AzureStore:
         self._closed = True
 
         async def shut() -> None:
+            await self._settle_in_flight()
             await self._orchestrations.close()
             await self._hub.resources.close()
 
@@ -301,6 +314,20 @@ class AzureStore:
             await asyncio.to_thread(self._thread.join)
             self._loop.close()
             self._hub.wake()
+
+    async def _settle_in_flight(self) -> None:
+        """Let calls in flight finish, briefly, and cancel the rest (on the store loop).
+
+        None may outlive the clients it uses: one cut off by the loop stopping
+        would leave its task pending and its HTTP session open.
+        """
+        calls = set(self._in_flight)
+        if not calls:
+            return
+        _, late = await asyncio.wait(calls, timeout=_CLOSE_GRACE)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
