@@ -210,11 +210,7 @@ def test_a_poisoned_orchestration_message_is_applied_once_requeued(
     failing_worker: Callable[[], Worker],
     wait_until: Callable[..., None],
 ) -> None:
-    @registry.orchestrator()
-    def approval(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
-        decision = yield ctx.wait_for_event("Approve")
-        return f"{order}: {decision}"
-
+    approval = _approval(registry)
     assert isinstance(failing, Store)
     instance_id = client.start(approval, "order-8")
     failing_worker()
@@ -248,11 +244,7 @@ def test_a_deleted_poisoned_message_never_runs(
     failing_worker: Callable[[], Worker],
     wait_until: Callable[..., None],
 ) -> None:
-    @registry.orchestrator()
-    def approval(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
-        decision = yield ctx.wait_for_event("Approve")
-        return f"{order}: {decision}"
-
+    approval = _approval(registry)
     instance_id = client.start(approval, "order-9")
     failing_worker()
     wait_until(lambda: _status(client, instance_id) is OrchestrationStatus.RUNNING)
@@ -268,6 +260,17 @@ def test_a_deleted_poisoned_message_never_runs(
     client.raise_event(instance_id, "Approve", "yes")
     done = client.wait(instance_id, timeout=WAIT)
     assert done.output == "order-9: yes", "the deleted event ran after all"
+
+
+def _approval(registry: Registry) -> Callable[..., Any]:
+    """An orchestration that waits for one "Approve" event and returns it with the order."""
+
+    @registry.orchestrator()
+    def approval(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
+        decision = yield ctx.wait_for_event("Approve")
+        return f"{order}: {decision}"
+
+    return approval
 
 
 def _status(client: DurableClient, instance_id: str) -> OrchestrationStatus | None:

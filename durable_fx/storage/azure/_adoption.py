@@ -40,7 +40,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 
 from ._activities import Activities
-from ._codec import ts
+from ._codec import json_object, ts
 from ._hub import Hub
 from ._queues import Received, is_poison_copy
 from ._transient import status_of
@@ -174,7 +174,7 @@ class Adoption:
 
     async def _describe(self, source: _Source, text: str) -> _Adopted:
         """What puts a decoded message back: an invocation, an instance to wake, or its text."""
-        body = _json_object(text)
+        body = json_object(text)
         if body is None:
             return _Adopted(None, text, {})
         if source.logical == "orchestrations":
@@ -205,7 +205,7 @@ class Adoption:
         hub = self._hub
         now = datetime.now(UTC)  # queue times are the service's, not the store's clock
         for copy in copies:
-            body = _json_object(_text_of(copy.text) or "")
+            body = json_object(_text_of(copy.text) or "")
             poison_id = body.get("id") if body is not None else None
             if not isinstance(poison_id, str):
                 continue  # written before copies named their rows
@@ -240,14 +240,6 @@ def _text_of(raw: str) -> str | None:
         return None
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _is_copy(message: Received) -> bool:
     text = _text_of(message.text)
-    return text is not None and is_poison_copy(_json_object(text))
+    return text is not None and is_poison_copy(json_object(text))

@@ -38,6 +38,7 @@ __all__ = [
     "Codec",
     "history_key",
     "inbox_key",
+    "json_object",
     "odata",
     "outbox_key",
     "parse_ts",
@@ -175,3 +176,12 @@ def json_list(value: object) -> list[str]:
         return []
     parsed = json.loads(str(value))
     return [str(item) for item in parsed]
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """``text`` as a JSON object, or ``None`` if it is not one (queue bodies are untrusted)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

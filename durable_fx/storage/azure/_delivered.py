@@ -21,14 +21,13 @@ reason, and a redelivered item whose result is recorded is not run again.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
 from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
-from ._codec import parse_ts, ts
+from ._codec import json_object, parse_ts, ts
 from ._hub import Lease, Pending
 from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
 from ._queues import Handle, Received
@@ -56,7 +55,7 @@ class Delivered:
         """Own the instance a wake-up names if it has work now; else leave a wake-up for later."""
         hub = self._hub
         hub.lease = lease
-        body = _json_object(message.text)
+        body = json_object(message.text)
         iid = body.get("h") if body is not None else None
         if not isinstance(iid, str) or not iid:
             await hub.record_poison(
@@ -197,7 +196,7 @@ class Delivered:
             dequeue_count=message.dequeue_count,
             inserted_on=message.inserted_at,
             text=message.text,
-            body=_json_object(message.text),
+            body=json_object(message.text),
         )
         held = await activities._admit(received)
         if held is None:
@@ -211,14 +210,6 @@ class Delivered:
         held = self._activities._holding(item)
         if held is not None:
             self._activities._held.pop(held.key, None)
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _first_seen(body: dict[str, Any], message: DeliveredMessage) -> datetime:
