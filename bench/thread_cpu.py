@@ -87,7 +87,7 @@ def measure(backend: str, runs: int) -> dict[str, Any]:
             threads: dict[str, float] = json.loads(child.stdout.readline())
         finally:
             child.wait(timeout=30)
-    orchestrations = runs * (workloads.W1_COUNT + 20)  # run_w1 warms up with 20
+    orchestrations = runs * (workloads.W1_COUNT + workloads.W1_WARM_UP)
     return {
         "backend": backend,
         "runs": runs,

@@ -26,8 +26,6 @@ of the copies received get their new receipts, and a copy whose row is gone
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import json
 import logging
@@ -39,6 +37,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 
+from ...queues._messages import decode_body
 from ._activities import Activities
 from ._codec import json_object, ts
 from ._hub import Hub
@@ -235,8 +234,8 @@ def adopted_key(message: Received) -> str:
 def _text_of(raw: str) -> str | None:
     """A poison message's text, decoded from Base64 as the host wrote it (None if not)."""
     try:
-        return base64.b64decode(raw, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
+        return decode_body(raw).decode("utf-8")
+    except ValueError:  # not Base64, or not UTF-8 underneath
         return None
 
 
