@@ -254,16 +254,12 @@ class Activities:
         except (KeyError, TypeError, ValueError, ResourceNotFoundError):
             invocation = None
         if invocation is None:
-            await hub.record_poison(
+            await hub.poison_undecodable(
+                message,
                 queue=hub.names.work_queue,
                 logical_queue="activities",
-                instance_id=None,
-                body=message.text,
                 reason="undecodable work item message",
-                dequeue_count=message.dequeue_count,
-                extra={"message_id": message.handle.id},
             )
-            await hub.queues.delete(message.handle)
             return None
         row_key = work_key(invocation.execution_id, invocation.task_id)
         task = (invocation.instance_id, row_key)

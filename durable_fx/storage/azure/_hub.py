@@ -37,7 +37,7 @@ from ..._history import HISTORY_EVENT, HistoryEvent
 from .._records import ActivityInvocation, InboxMessage, InstanceRecord, OrchestrationMessage
 from ._batch import submit_transaction
 from ._codec import INSTANCE_ROW, Codec, inbox_key, json_list, odata, parse_ts, ts
-from ._queues import Handle, Queues
+from ._queues import Handle, Queues, Received
 from ._resources import Resources
 from ._transient import retrying, status_of
 
@@ -434,6 +434,21 @@ class Hub:
             entity["InstanceId"] = instance_id
         await self.codec.put_text(entity, "Body", body, instance_id or "_poison")
         await self.submit([("upsert", entity)], what="record a poisoned message")
+
+    async def poison_undecodable(
+        self, message: Received, *, queue: str, logical_queue: str, reason: str
+    ) -> None:
+        """Poison a received message that names no instance, then take it off ``queue``."""
+        await self.record_poison(
+            queue=queue,
+            logical_queue=logical_queue,
+            instance_id=None,
+            body=message.text,
+            reason=reason,
+            dequeue_count=message.dequeue_count,
+            extra={"message_id": message.handle.id},
+        )
+        await self.queues.delete(message.handle)
 
     # -- waking -----------------------------------------------------------------------
 

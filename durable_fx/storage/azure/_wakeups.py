@@ -73,16 +73,12 @@ class WakeUps:
 
     async def _poison_hint(self, message: Received) -> None:
         hub = self._hub
-        await hub.record_poison(
+        await hub.poison_undecodable(
+            message,
             queue=hub.names.control_queue,
             logical_queue="orchestrations",
-            instance_id=None,
-            body=message.text,
             reason='undecodable control message: expected {"h": <instance id>}',
-            dequeue_count=message.dequeue_count,
-            extra={"message_id": message.handle.id},
         )
-        await hub.queues.delete(message.handle)
 
     async def _on_wake_up(self, iid: str, messages: list[Received], lease: timedelta) -> None:
         hub = self._hub
