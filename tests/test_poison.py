@@ -210,15 +210,10 @@ def test_a_poisoned_orchestration_message_is_applied_once_requeued(
     failing_worker: Callable[[], Worker],
     wait_until: Callable[..., None],
 ) -> None:
-    approval = _approval(registry)
     assert isinstance(failing, Store)
-    instance_id = client.start(approval, "order-8")
-    failing_worker()
-    wait_until(lambda: _status(client, instance_id) is OrchestrationStatus.RUNNING)
-
-    failing.broken.set()
-    client.raise_event(instance_id, "Approve", "yes")
-    wait_until(lambda: client.poisoned() != [])
+    instance_id = _poison_an_approval(
+        registry, client, failing, failing_worker, wait_until, "order-8", "yes"
+    )
     listed = client.poisoned()
     assert len(listed) == 1, listed
     [poisoned] = listed
@@ -244,13 +239,9 @@ def test_a_deleted_poisoned_message_never_runs(
     failing_worker: Callable[[], Worker],
     wait_until: Callable[..., None],
 ) -> None:
-    approval = _approval(registry)
-    instance_id = client.start(approval, "order-9")
-    failing_worker()
-    wait_until(lambda: _status(client, instance_id) is OrchestrationStatus.RUNNING)
-    failing.broken.set()
-    client.raise_event(instance_id, "Approve", "a mistake")
-    wait_until(lambda: client.poisoned() != [])
+    instance_id = _poison_an_approval(
+        registry, client, failing, failing_worker, wait_until, "order-9", "a mistake"
+    )
     failing.broken.clear()
 
     [poisoned] = client.poisoned()
@@ -262,15 +253,32 @@ def test_a_deleted_poisoned_message_never_runs(
     assert done.output == "order-9: yes", "the deleted event ran after all"
 
 
-def _approval(registry: Registry) -> Callable[..., Any]:
-    """An orchestration that waits for one "Approve" event and returns it with the order."""
+def _poison_an_approval(
+    registry: Registry,
+    client: DurableClient,
+    failing: _FailingCommits,
+    failing_worker: Callable[[], Worker],
+    wait_until: Callable[..., None],
+    order: str,
+    decision: str,
+) -> str:
+    """Start an approval and break the store's commits until its "Approve" event is poisoned.
+
+    The store stays broken: the caller clears ``failing.broken`` when it is done looking.
+    """
 
     @registry.orchestrator()
     def approval(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
         decision = yield ctx.wait_for_event("Approve")
         return f"{order}: {decision}"
 
-    return approval
+    instance_id = client.start(approval, order)
+    failing_worker()
+    wait_until(lambda: _status(client, instance_id) is OrchestrationStatus.RUNNING)
+    failing.broken.set()
+    client.raise_event(instance_id, "Approve", decision)
+    wait_until(lambda: client.poisoned() != [])
+    return instance_id
 
 
 def _status(client: DurableClient, instance_id: str) -> OrchestrationStatus | None:
