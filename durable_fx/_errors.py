@@ -8,6 +8,7 @@
     ├── InvalidOperationError       the request does not fit the instance's state
     ├── UnknownNameError            no orchestrator/activity is registered under a name
     ├── ConflictError               another worker committed first (the worker drops its try)
+    ├── StoreBusyError              the store stayed locked or throttled past its retry budget
     └── TaskError                   raised *inside* an orchestrator at a yield
         ├── TaskFailedError         an activity or sub-orchestration failed
         └── EventTimeoutError       wait_for_event(timeout=...) elapsed first
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidOperationError",
     "NonDeterminismError",
     "SerializationError",
+    "StoreBusyError",
     "TaskError",
     "TaskFailedError",
     "UnknownNameError",
@@ -110,6 +112,19 @@ class ConflictError(DurableFxError):
         message = f"instance {instance_id!r} was changed by another worker"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.instance_id = instance_id
+
+
+class StoreBusyError(DurableFxError):
+    """The store stayed busy (locked by another writer, throttled) past its retry budget.
+
+    Nothing was written; the same call may succeed later. HTTP entry points
+    answer 503 with ``Retry-After: retry_after`` seconds.
+    """
+
+    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(f"the store is busy ({detail}); retry in {retry_after:g} s")
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 class TaskError(DurableFxError):
