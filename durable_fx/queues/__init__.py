@@ -77,9 +77,9 @@ def _queues_for_url(url: str) -> QueueBackend:
     if url == "memory://":
         return MemoryQueues()
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path:
-            raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file.db")
+        from ..storage.sqlite import parse_sqlite_url
+
+        path, _ = parse_sqlite_url(url)  # the store's own parameters, checked the same way
         return SqliteQueues(path)
     if _is_azure(url):
         from ..storage.azure import settings_from_url

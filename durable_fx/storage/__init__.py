@@ -74,7 +74,9 @@ def open_store(
 
     ``memory://`` is an in-process store (tests, experiments);
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` is the
-    embedded durable store; an Azure Storage connection string (including
+    embedded durable store (``?synchronous=normal`` trades durability against
+    an OS crash for speed, ``?busy_timeout=SECONDS`` bounds lock waits; see
+    ``SqliteStore``); an Azure Storage connection string (including
     ``UseDevelopmentStorage=true``) or ``azure://<account>`` (identity auth)
     is the Azure store, whose task hub is ``hub``, else ``TaskHub=`` in the
     connection string or ``?hub=`` in the URL, else ``DURABLE_FX_HUB``.
@@ -95,12 +97,16 @@ def open_store(
 
         return MemoryStore(clock=clock, max_dequeue_count=max_dequeue_count)
     if url.startswith("sqlite://"):
-        from .sqlite import SqliteStore
+        from .sqlite import SqliteStore, parse_sqlite_url
 
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path:
-            raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file.db")
-        return SqliteStore(path, clock=clock, max_dequeue_count=max_dequeue_count)
+        path, params = parse_sqlite_url(url)
+        return SqliteStore(
+            path,
+            clock=clock,
+            max_dequeue_count=max_dequeue_count,
+            synchronous=params.get("synchronous", "full"),
+            busy_timeout=float(params.get("busy_timeout", 5.0)),
+        )
     raise ValueError(
         f"unsupported store URL {_redact(url)!r}: use memory://, sqlite:///path.db, "
         "an Azure Storage connection string or azure://<account>"

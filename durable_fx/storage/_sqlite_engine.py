@@ -119,8 +119,17 @@ def _batch(items: Iterator[list[Any]]) -> str | None:
 class Engine:
     """The synchronous store on its own thread: transactions and the calls they run."""
 
-    def __init__(self, path: Path, clock: Clock, max_dequeue_count: int) -> None:
-        self._db = sql.connect(path)
+    def __init__(
+        self,
+        path: Path,
+        clock: Clock,
+        max_dequeue_count: int,
+        connect: Callable[[Path], sqlite3.Connection] = sql.connect,
+    ) -> None:
+        # Opened on first use, on the store thread (opening may wait for a lock).
+        self._path = path
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
         self._clock = clock
         self._max_dequeue = max_dequeue_count
         self._work_arrived = False
@@ -129,8 +138,19 @@ class Engine:
         self._token_prefix = os.urandom(6).hex()
         self._token_counter = itertools.count()
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect(self._path)
+        return self._conn
+
+    def open(self) -> None:
+        """Open the file and bring its schema up to date, unless that is done."""
+        _ = self._db
+
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def _now(self) -> int:
         return sql.to_micros(self._clock.now())
@@ -166,17 +186,23 @@ class Engine:
         with self._transaction():
             return call()
 
-    def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    def run_group(
+        self, calls: Sequence[Callable[[], Any]], *, isolated: bool = False
+    ) -> list[tuple[bool, Any]]:
         """Run write calls in one transaction: ``(True, result)`` or ``(False, error)`` each.
 
         Raises ``GroupBroken`` (having rolled everything back) if a call fails
         in any other way than an expected error raised before it wrote
         anything; errors of the transaction itself (say, the file stayed
-        locked by another process) propagate as they are.
+        locked by another process) propagate as they are. ``isolated`` runs
+        each call in a SAVEPOINT instead, undoing only a failed call's writes.
         """
         outcomes: list[tuple[bool, Any]] = []
         with self._transaction():
             for call in calls:
+                if isolated:
+                    outcomes.append(self._in_savepoint(call))
+                    continue
                 before = self._db.total_changes
                 try:
                     outcomes.append((True, call()))
@@ -188,6 +214,17 @@ class Engine:
                 except Exception as error:
                     raise GroupBroken from error
         return outcomes
+
+    def _in_savepoint(self, call: Callable[[], Any]) -> tuple[bool, Any]:
+        self._db.execute("SAVEPOINT call")
+        try:
+            result = call()
+        except Exception as error:
+            self._db.execute("ROLLBACK TO call")
+            return False, error
+        finally:
+            self._db.execute("RELEASE call")
+        return True, result
 
     # -- starting and messaging -------------------------------------------------
 

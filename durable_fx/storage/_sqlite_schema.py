@@ -85,6 +85,7 @@ __all__ = [
     "SELECT_READY_WORK_ITEMS",
     "SELECT_STATUS",
     "SELECT_VISIBLE_MESSAGES",
+    "SYNCHRONOUS_LEVELS",
     "WORK_ITEM_COLUMNS",
     "commit_values",
     "connect",
@@ -110,6 +111,9 @@ SCHEMA_VERSION = 2
 """1: the first layout. 2: poison ids are never reused (they name messages to requeue or
 delete, so an old id must not hit a newer message), and ``poison_instance``."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
+
+SYNCHRONOUS_LEVELS = {"full": 2, "normal": 1}
+"""``PRAGMA synchronous`` values the store may run with, by name."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -384,21 +388,34 @@ DELETE_POISON = "DELETE FROM poison WHERE id IN (SELECT value FROM json_each(?))
 # -- the file ------------------------------------------------------------------
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the store file and bring its schema up to date."""
+def connect(
+    path: Path, *, synchronous: str = "full", busy_timeout: float = 5.0
+) -> sqlite3.Connection:
+    """Open (creating if needed) the store file and bring its schema up to date.
+
+    ``synchronous`` is ``"full"`` (WAL synced at every commit: a commit survives
+    an OS crash or power loss) or ``"normal"`` (synced at checkpoints only);
+    ``busy_timeout`` is how many seconds a statement waits for another
+    connection's lock before failing with ``SQLITE_BUSY``.
+    """
     if sqlite3.sqlite_version_info < _MIN_SQLITE:
         raise RuntimeError(
             f"the SQLite store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer; "
             f"this Python has {sqlite3.sqlite_version}"
         )
+    level = SYNCHRONOUS_LEVELS[synchronous]  # validated by the URL parser; KeyError is a bug
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: the store issues BEGIN IMMEDIATE itself, so a write
     # transaction takes the file's write lock up front instead of failing with
     # SQLITE_BUSY halfway through when another process got there first.
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, cached_statements=256)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={level}")
+        # A build or VFS may refuse a level silently: the store must not claim FULL without it.
+        (running,) = conn.execute("PRAGMA synchronous").fetchone()
+        if running != level:
+            raise RuntimeError(f"SQLite runs with synchronous={running}, not {synchronous}")
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA cache_size=-16000")
         _migrate(conn, path)

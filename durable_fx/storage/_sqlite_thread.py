@@ -1,11 +1,20 @@
-"""The store thread: one connection, calls run in order, queued writes committed together.
+"""The store thread: one connection, and the calls queued for it committed together.
 
 The async side queues ``Call``s from any event loop or thread; the thread
-takes everything queued, runs each run of consecutive writes in one
-transaction (group commit: one WAL commit per batch, not per call), and hands
-each outcome back to its caller's loop with one wake-up per loop. A group that
-fails in an unexpected way is rolled back and retried call by call, so only
-the failing call sees the error.
+takes everything queued (a batch), runs its reads, then all its writes in one
+transaction (group commit: one WAL commit, so one fsync under
+``synchronous=FULL``, per batch rather than per call), and hands each outcome
+back to its caller's loop with one wake-up per loop.
+
+Reads go first and writes are not split by them: every call of a batch was
+queued while the others were still pending, so none of them can depend on
+another's outcome, and any order is one the callers could have seen. A group
+in which one call fails after writing is rolled back and run again in one
+transaction with each call in a SAVEPOINT, so only the failing call sees the
+error and the others still share one commit.
+
+The thread opens the file itself: opening can wait for another process's
+lock, which must not block an event loop.
 """
 
 from __future__ import annotations
@@ -35,9 +44,13 @@ class GroupBroken(Exception):
 class Transactor(Protocol):
     """What the thread needs of the engine it drives."""
 
+    def open(self) -> None: ...
+
     def run_alone(self, call: Callable[[], T]) -> T: ...
 
-    def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]: ...
+    def run_group(
+        self, calls: Sequence[Callable[[], Any]], *, isolated: bool = False
+    ) -> list[tuple[bool, Any]]: ...
 
     def take_work_arrived(self) -> bool: ...
 
@@ -58,35 +71,35 @@ class Call:
 
 
 class StoreThread(Generic[E]):
-    """The thread that owns the connection and runs queued calls in order.
+    """The thread that owns the connection and runs queued calls.
 
     It holds no reference to the ``SqliteStore``, so a store dropped without
     ``close()`` can still be collected (a finalizer then stops the thread).
+
+    ``opened`` settles once the thread's first attempt to open the file ends
+    (with what opening raised, if it failed; the engine then tries again on
+    the next call); ``stopped`` once the file is closed and the thread is done.
     """
 
-    def __init__(self, open_engine: Callable[[], E], on_work: Callable[[], None]) -> None:
+    def __init__(self, engine: E, on_work: Callable[[], None]) -> None:
         self.queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self.opened: Future[None] = Future()
+        self.stopped: Future[None] = Future()
         self._on_work = on_work
-        started: Future[E] = Future()
         # A daemon: a store nobody closed must not keep the process alive, and
         # WAL makes stopping it at any instant safe for the file.
         self._thread = threading.Thread(
-            target=self._serve, args=(open_engine, started), name="durable_fx-sqlite", daemon=True
+            target=self._serve, args=(engine,), name="durable_fx-sqlite", daemon=True
         )
         self._thread.start()
-        self.engine = started.result()  # raises what opening the file raised
 
-    def join(self) -> None:
-        """Wait until the thread has stopped (after a ``None`` was queued)."""
-        self._thread.join()
-
-    def _serve(self, open_engine: Callable[[], E], started: Future[E]) -> None:
+    def _serve(self, engine: E) -> None:
         try:
-            engine = open_engine()
-        except BaseException as error:
-            started.set_exception(error)
-            return
-        started.set_result(engine)
+            engine.open()
+        except Exception as error:
+            self.opened.set_exception(error)
+        else:
+            self.opened.set_result(None)
         try:
             while (batch := self._next_batch()) is not None:
                 try:
@@ -96,6 +109,7 @@ class StoreThread(Generic[E]):
         finally:
             engine.close()
             self._refuse_late_calls()
+            self.stopped.set_result(None)
 
     def _refuse_late_calls(self) -> None:
         """Fail calls that raced ``close()`` into the queue, so none waits forever."""
@@ -127,33 +141,27 @@ class StoreThread(Generic[E]):
         return batch
 
     def _run(self, engine: Transactor, batch: list[Call]) -> None:
-        """Run a batch in order, each run of consecutive writes as one transaction."""
-        outcomes: list[tuple[Call, bool, Any]] = []
-        writes: list[Call] = []
-        for call in batch:
-            if call.write:
-                writes.append(call)
-                continue
-            outcomes += self._run_writes(engine, writes)
-            writes = []
-            outcomes.append((call, *_attempt(call.run)))
-        outcomes += self._run_writes(engine, writes)
+        """Run a batch: its reads, then all its writes as one transaction."""
+        outcomes = [(call, *_attempt(call.run)) for call in batch if not call.write]
+        outcomes += self._run_writes(engine, [call for call in batch if call.write])
         if engine.take_work_arrived():
             self._on_work()
         _settle(outcomes)
 
     @staticmethod
     def _run_writes(engine: Transactor, writes: list[Call]) -> list[tuple[Call, bool, Any]]:
-        if len(writes) > 1:
+        if len(writes) <= 1:
+            return [(call, *_attempt(partial(engine.run_alone, call.run))) for call in writes]
+        runs = [call.run for call in writes]
+        try:
             try:
-                results = engine.run_group([call.run for call in writes])
+                results = engine.run_group(runs)
             except GroupBroken:
-                pass  # one call broke the group: run each alone so only that one fails
-            except Exception as error:
-                return [(call, False, error) for call in writes]
-            else:
-                return [(call, *result) for call, result in zip(writes, results, strict=True)]
-        return [(call, *_attempt(partial(engine.run_alone, call.run))) for call in writes]
+                # One call failed after writing: again, each call in a savepoint.
+                results = engine.run_group(runs, isolated=True)
+        except Exception as error:  # the transaction itself failed (locked file, full disk)
+            return [(call, False, error) for call in writes]
+        return [(call, *result) for call, result in zip(writes, results, strict=True)]
 
 
 def _attempt(run: Callable[[], Any]) -> tuple[bool, Any]:

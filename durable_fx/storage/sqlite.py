@@ -13,6 +13,12 @@ may be used from any number of event loops and threads. Writes that queue up
 while the thread is busy share one transaction (group commit), each call
 still succeeding or failing on its own.
 
+Durability: ``synchronous=FULL`` by default, so a call that returned survives
+an OS crash or power loss (group commit pays one fsync per batch, not per
+call); ``synchronous="normal"`` (``?synchronous=normal`` in the URL) syncs the
+WAL only at checkpoints. A write waits up to ``busy_timeout`` seconds for
+another connection's lock, then fails with ``StoreBusyError``.
+
 The layout of the file is in ``_sqlite_schema``, the calls themselves in
 ``_sqlite_engine``. Rules the protocol leaves open are those ``MemoryStore``
 lists; as fairness choices, the instance due longest and the work item visible
@@ -22,6 +28,8 @@ longest go first.
 from __future__ import annotations
 
 import asyncio
+import math
+import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -33,6 +41,7 @@ from typing import TypeVar
 from pydantic import TypeAdapter
 
 from .._clock import Clock, SystemClock
+from .._errors import StoreBusyError
 from .._history import HistoryEvent
 from .._ids import validate_instance_id
 from . import _sqlite_schema as sql
@@ -52,7 +61,7 @@ from ._records import (
 from ._sqlite_engine import CommitPlan, Engine, dumps
 from ._sqlite_thread import Call, StoreThread, Waiters
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "parse_sqlite_url"]
 
 T = TypeVar("T")
 
@@ -68,29 +77,72 @@ class SqliteStore:
             clock by default (tests pass a manual clock).
         max_dequeue_count: Deliveries after which a message or work item that
             never succeeded is moved to the poison list.
+        synchronous: ``"full"`` (the default): every commit is synced to disk
+            before the call returns, so it survives an OS crash or power loss;
+            ``"normal"``: synced at WAL checkpoints only, so a crash of the
+            machine (not of the process) can roll back the last commits.
+        busy_timeout: Seconds a call waits for another connection's lock on
+            the file before it fails with ``StoreBusyError``.
+
+    Created outside an event loop, the store opens the file before returning
+    and raises what opening raised; created on a running loop, it returns at
+    once and the first call reports a failure to open (and the next tries
+    again), so the loop never waits for the file.
     """
 
     def __init__(
-        self, path: str | Path, *, clock: Clock | None = None, max_dequeue_count: int = 5
+        self,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        max_dequeue_count: int = 5,
+        synchronous: str = "full",
+        busy_timeout: float = 5.0,
     ) -> None:
         if max_dequeue_count < 1:
             raise ValueError(f"max_dequeue_count must be at least 1, got {max_dequeue_count}")
         self.path = Path(path)
+        self.synchronous = _synchronous(synchronous, "synchronous")
+        """The ``PRAGMA synchronous`` level the connection runs with: "full" or "normal"."""
+        self.busy_timeout = _busy_timeout(busy_timeout, "busy_timeout")
+        """Seconds a call waits for another connection's lock before ``StoreBusyError``."""
         self._closed = False
         self._waiters = Waiters()
-        engine = partial(Engine, self.path, clock or SystemClock(), max_dequeue_count)
-        self._thread = StoreThread(engine, self._waiters.wake)
-        self._engine = self._thread.engine
+        connect = partial(sql.connect, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        self._engine = Engine(self.path, clock or SystemClock(), max_dequeue_count, connect)
+        self._thread = StoreThread(self._engine, self._waiters.wake)
         # Stops the thread if the store is dropped without close().
         self._finalizer = weakref.finalize(self, self._thread.queue.put, None)
+        if not _on_event_loop():
+            self._wait_opened()
+
+    def _wait_opened(self) -> None:
+        try:
+            self._thread.opened.result()
+        except BaseException as error:
+            self._finalizer()
+            if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
+                raise self._busy_error(error) from error
+            raise
 
     def __repr__(self) -> str:
-        return f"SqliteStore({str(self.path)!r})"
+        return f"SqliteStore({str(self.path)!r}, synchronous={self.synchronous!r})"
 
     async def _call(self, run: Callable[[], T], *, write: bool = True) -> T:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        return await self._queue(run, write=write)
+        try:
+            return await self._queue(run, write=write)
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise
+            raise self._busy_error(error) from error
+
+    def _busy_error(self, error: sqlite3.OperationalError) -> StoreBusyError:
+        return StoreBusyError(
+            f"another connection held {self.path} locked for more than "
+            f"busy_timeout={self.busy_timeout:g} s: {error}"
+        )
 
     def _queue(self, run: Callable[[], T], *, write: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -234,11 +286,72 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        # Behind every call already queued: close the file, then stop the thread.
-        closed = self._queue(self._engine.close, write=False)
+        # Behind every call already queued: the thread runs them, closes the file and stops.
         self._finalizer()
-        await closed
+        await asyncio.wrap_future(self._thread.stopped)
         self._waiters.wake()
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path.db?name=value&...`` into the path and its parameters.
+
+    Parameters are ``synchronous`` (``full`` or ``normal``) and ``busy_timeout``
+    (seconds); any other, a repeated one or a bad value is a ``ValueError``
+    naming it and what is allowed. Values are checked, not converted.
+    """
+    rest = url.removeprefix("sqlite://").removeprefix("/")
+    path, _, query = rest.partition("?")
+    if not path:
+        raise ValueError(f"store URL {url!r} names no file; use sqlite:///path/to/file.db")
+    params: dict[str, str] = {}
+    for pair in query.split("&") if query else ():
+        name, equals, value = pair.partition("=")
+        if name not in _CHECKS:
+            raise ValueError(
+                f"unknown store URL parameter {name!r} in {url!r}; "
+                f"SQLite store URLs take {' and '.join(sorted(_CHECKS))}"
+            )
+        if not equals or name in params:
+            raise ValueError(f"store URL parameter {name!r} needs exactly one value: {name}=...")
+        _CHECKS[name](value, f"store URL parameter {name}")
+        params[name] = value
+    return path, params
+
+
+def _synchronous(value: str, what: str) -> str:
+    if not isinstance(value, str) or value.lower() not in sql.SYNCHRONOUS_LEVELS:
+        raise ValueError(f"{what} must be full or normal, got {value!r}")
+    return value.lower()
+
+
+def _busy_timeout(value: str | float, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{what} must be a number of seconds, 0 or more, got {value!r}")
+    return seconds
+
+
+_CHECKS: dict[str, Callable[[str, str], object]] = {
+    "synchronous": _synchronous,
+    "busy_timeout": _busy_timeout,
+}
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (SQLITE_BUSY/LOCKED)."""
+    # The low byte is the primary code; extended ones (SQLITE_BUSY_SNAPSHOT...) count too.
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _row_ids(poison_ids: Sequence[str]) -> str | None:
