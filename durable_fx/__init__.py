@@ -33,6 +33,7 @@ from ._replay.context import OrchestrationContext
 from ._replay.tasks import Task, when_all, when_any
 from ._replayer import Replayer, ReplayResult, history_from_json, history_to_json
 from ._retry import RetryPolicy
+from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
 from ._worker import Worker
 from .storage import PoisonedMessage, Store, open_store
@@ -48,6 +49,7 @@ __all__ = [
     "EventTimeoutError",
     "FailureDetails",
     "HistoryEvent",
+    "IdReusePolicy",
     "InstanceExistsError",
     "InstanceNotFoundError",
     "InvalidInstanceIdError",

@@ -8,6 +8,7 @@ implementation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
@@ -29,6 +30,7 @@ from ._history import (
 )
 from ._ids import validate_instance_id
 from ._registry import name_of
+from ._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
 from ._serialization import decode, encode
 from ._state import OrchestrationState, OrchestrationStatus
 from .storage import open_store
@@ -82,13 +84,18 @@ class AsyncDurableClient:
         *,
         instance_id: str | None = None,
         start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
     ) -> str:
         """Start an orchestration and return its instance id.
 
         Raises ``InstanceExistsError`` if ``instance_id`` names an instance
-        that has not finished; a finished one is replaced. With ``start_at``
-        the instance stays PENDING until then.
+        that exists, finished or not, unless ``reuse`` says to replace an
+        instance in its status (``IdReusePolicy.REPLACE_FINISHED``, or the
+        finished statuses to replace): the replaced instance's history is
+        dropped. The check and the start are one atomic step in the store.
+        With ``start_at`` the instance stays PENDING until then.
         """
+        replaceable = replaceable_statuses(reuse)
         if instance_id is None:
             instance_id = uuid.uuid4().hex
         validate_instance_id(instance_id)
@@ -103,7 +110,7 @@ class AsyncDurableClient:
             scheduled_start=start_at,
         )
         message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
-        await self._store.create_instance(message)
+        await self._store.create_instance(message, replaceable=replaceable)
         return instance_id
 
     async def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
@@ -140,22 +147,29 @@ class AsyncDurableClient:
 
     async def raise_event(
         self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None
-    ) -> None:
-        """Deliver event ``name`` to an instance.
+    ) -> bool:
+        """Deliver event ``name`` to an instance; False if ``event_id`` was raised before.
 
-        ``event_id`` makes the call idempotent while the event is pending:
-        raising again with the same id delivers it once.
+        ``event_id`` makes the call idempotent for the life of the instance:
+        the store remembers it with the event, so raising again with the same
+        id, even after the first was handled or the instance finished, delivers
+        nothing and returns False. Raises ``InstanceNotFoundError`` for an
+        unknown instance and ``InvalidOperationError`` (delivering nothing) for
+        a new event to a COMPLETED, FAILED or TERMINATED one.
         """
-        await self._raise_event_json(instance_id, name, encode(data), event_id=event_id)
+        return await self._raise_event_json(instance_id, name, encode(data), event_id=event_id)
 
     async def _raise_event_json(
         self, instance_id: str, name: str, payload: str | None, *, event_id: str | None = None
-    ) -> None:
+    ) -> bool:
         """``raise_event`` with the data already JSON text (the gRPC sidecar passes it through)."""
-        await self._require(instance_id, "raise an event on", terminal_ok=False)
+        validate_instance_id(instance_id)
         event = EventRaised(timestamp=self._clock.now(), name=name, input=payload)
         key = f"event:{event_id}" if event_id else ""
-        await self._store.enqueue(OrchestrationMessage(instance_id, event, key=key))
+        # The store checks the status in the same step as the insert: a read
+        # here first would leave a window where the instance finishes and the
+        # accepted event is never delivered.
+        return await self._store.enqueue(OrchestrationMessage(instance_id, event, key=key))
 
     async def terminate(
         self, instance_id: str, reason: Any = None, *, recursive: bool = True
@@ -174,7 +188,8 @@ class AsyncDurableClient:
         if record.status.is_terminal:
             return
         event = ExecutionTerminated(timestamp=self._clock.now(), input=reason, recurse=recursive)
-        await self._store.enqueue(OrchestrationMessage(instance_id, event))
+        with contextlib.suppress(InvalidOperationError):  # it finished meanwhile: nothing to do
+            await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def suspend(self, instance_id: str, reason: Any = None) -> None:
         """Pause an instance: it keeps receiving events but runs no code until resumed."""
@@ -205,7 +220,7 @@ class AsyncDurableClient:
                 "be restarted under its own id (terminate it first, or pass new_instance_id=True)"
             )
         target = uuid.uuid4().hex if new_instance_id else instance_id
-        return await self._start_raw(record.name, record.input, target)
+        return await self._start_raw(record.name, record.input, target, replaceable=FINISHED)
 
     async def purge(
         self,
@@ -329,7 +344,14 @@ class AsyncDurableClient:
             )
         return record
 
-    async def _start_raw(self, name: str, payload: str | None, instance_id: str) -> str:
+    async def _start_raw(
+        self,
+        name: str,
+        payload: str | None,
+        instance_id: str,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> str:
         started = ExecutionStarted(
             timestamp=self._clock.now(),
             name=name,
@@ -338,7 +360,8 @@ class AsyncDurableClient:
             input=payload,
         )
         await self._store.create_instance(
-            OrchestrationMessage(instance_id, started, started.execution_id)
+            OrchestrationMessage(instance_id, started, started.execution_id),
+            replaceable=replaceable,
         )
         return instance_id
 
@@ -420,10 +443,13 @@ class DurableClient:
         *,
         instance_id: str | None = None,
         start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
     ) -> str:
         """See ``AsyncDurableClient.start``."""
         return self._portal.call(
-            self._client.start(orchestrator, input, instance_id=instance_id, start_at=start_at)
+            self._client.start(
+                orchestrator, input, instance_id=instance_id, start_at=start_at, reuse=reuse
+            )
         )
 
     def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
@@ -440,9 +466,11 @@ class DurableClient:
 
     def raise_event(
         self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None
-    ) -> None:
+    ) -> bool:
         """See ``AsyncDurableClient.raise_event``."""
-        self._portal.call(self._client.raise_event(instance_id, name, data, event_id=event_id))
+        return self._portal.call(
+            self._client.raise_event(instance_id, name, data, event_id=event_id)
+        )
 
     def terminate(self, instance_id: str, reason: Any = None, *, recursive: bool = True) -> None:
         """See ``AsyncDurableClient.terminate``."""

@@ -3,7 +3,7 @@
     DurableFxError
     ├── SerializationError          a value cannot become (or come back from) JSON
     ├── InvalidInstanceIdError      an instance id breaks the key rules shared by all stores
-    ├── InstanceExistsError         start() with the id of an instance that is still running
+    ├── InstanceExistsError         start() with the id of an existing instance it may not replace
     ├── InstanceNotFoundError       no instance has that id
     ├── InvalidOperationError       the request does not fit the instance's state
     ├── UnknownNameError            no orchestrator/activity is registered under a name
@@ -70,14 +70,21 @@ class InvalidInstanceIdError(DurableFxError, ValueError):
         self.reason = reason
 
 
+_FINISHED = ("COMPLETED", "FAILED", "TERMINATED")
+
+
 class InstanceExistsError(DurableFxError):
-    """An instance with this id is still running, so it cannot be started again."""
+    """An instance with this id exists, and the start's id reuse policy does not replace it."""
 
     def __init__(self, instance_id: str, status: str) -> None:
-        super().__init__(
-            f"instance {instance_id!r} already exists and is {status}; wait for it to finish, "
-            "terminate it, or start with another instance_id"
-        )
+        if status in _FINISHED:
+            advice = (
+                "it keeps its history; to run it again, restart it or start with "
+                "reuse=IdReusePolicy.REPLACE_FINISHED"
+            )
+        else:
+            advice = "wait for it to finish, terminate it, or start with another instance_id"
+        super().__init__(f"instance {instance_id!r} already exists and is {status}; {advice}")
         self.instance_id = instance_id
         self.status = status
 

@@ -15,6 +15,7 @@ import pytest
 from durable_fx import (
     DurableClient,
     EventTimeoutError,
+    IdReusePolicy,
     InstanceExistsError,
     InvalidOperationError,
     OrchestrationContext,
@@ -494,7 +495,7 @@ def test_duplicate_start_of_a_running_instance(
     assert client.wait(iid, timeout=WAIT).output == {"label": "first", "data": None}
 
 
-def test_starting_a_finished_id_replaces_it(
+def test_starting_a_finished_id_replaces_it_when_asked(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
@@ -509,13 +510,13 @@ def test_starting_a_finished_id_replaces_it(
 
     first = client.wait(client.start(echo, 1, instance_id="reuse"), timeout=WAIT)
     assert first.output == 1
-    client.start(echo, 2, instance_id="reuse")
+    client.start(echo, 2, instance_id="reuse", reuse=IdReusePolicy.REPLACE_FINISHED)
     second = client.wait("reuse", timeout=WAIT)
     assert second.output == 2
     assert second.custom_status == "status 2"
     assert second.execution_id != first.execution_id
     assert _kinds(client, "reuse").count("ExecutionStarted") == 1
-    client.start(other, instance_id="reuse")
+    client.start(other, instance_id="reuse", reuse=IdReusePolicy.REPLACE_FINISHED)
     third = client.wait("reuse", timeout=WAIT)
     assert (third.name, third.output, third.input) == ("other", "other", None)
 

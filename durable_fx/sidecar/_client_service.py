@@ -62,12 +62,17 @@ class ClientService:
     # -- starting -------------------------------------------------------------------------
 
     async def start(self, request: pb.CreateInstanceRequest) -> pb.CreateInstanceResponse:
-        """Create an instance (replacing a finished one, unless the reuse policy says no)."""
+        """Create an instance (replacing a finished one, unless the reuse policy says no).
+
+        With no ``orchestrationIdReusePolicy`` a finished instance is replaced,
+        as the Durable Task backends do; a policy names the statuses to replace.
+        """
         instance_id = request.instanceId or self._new_id()
         validate_instance_id(instance_id)
+        requested: frozenset[OrchestrationStatus] = _TERMINAL
         if request.HasField("orchestrationIdReusePolicy"):
-            replaceable = request.orchestrationIdReusePolicy.replaceableStatus
-            await self._check_reuse(instance_id, {status_from_pb(s) for s in replaceable})
+            statuses = request.orchestrationIdReusePolicy.replaceableStatus
+            requested = frozenset(status_from_pb(s) for s in statuses)
         scheduled = None
         if request.HasField("scheduledStartTimestamp"):
             scheduled = from_timestamp(request.scheduledStartTimestamp)
@@ -82,7 +87,7 @@ class ClientService:
             tags=dict(request.tags) or None,
         )
         message = OrchestrationMessage(instance_id, started, started.execution_id, scheduled)
-        await self._store.create_instance(message)
+        await self._create(message, requested)
         self._watch.changed(instance_id)
         self._work_arrived()
         return pb.CreateInstanceResponse(instanceId=instance_id)
@@ -90,17 +95,19 @@ class ClientService:
     def _new_id(self) -> str:
         return f"{self._random.getrandbits(128):032x}"
 
-    async def _check_reuse(self, instance_id: str, replaceable: set[OrchestrationStatus]) -> None:
-        existing = await self._store.get_instance(instance_id)
-        if existing is None:
-            return
-        if existing.status not in replaceable:
-            raise InstanceExistsError(instance_id, existing.status.value)
-        if not existing.status.is_terminal:
-            raise InvalidOperationError(
-                f"instance {instance_id!r} is {existing.status.value}: durable_fx replaces only "
-                "finished instances; terminate it first"
-            )
+    async def _create(
+        self, message: OrchestrationMessage, requested: frozenset[OrchestrationStatus]
+    ) -> None:
+        """Create the instance; the store checks the policy in the same step as the write."""
+        try:
+            await self._store.create_instance(message, replaceable=requested & _TERMINAL)
+        except InstanceExistsError as error:
+            if OrchestrationStatus(error.status) in requested - _TERMINAL:
+                raise InvalidOperationError(
+                    f"instance {message.instance_id!r} is {error.status}: durable_fx replaces "
+                    "only finished instances; terminate it first"
+                ) from error
+            raise
 
     async def restart(self, request: pb.RestartInstanceRequest) -> pb.RestartInstanceResponse:
         """Start a finished instance again with its input (under its id, or a new one)."""

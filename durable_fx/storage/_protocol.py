@@ -11,7 +11,9 @@ commit. Every implementation keeps the storage contract of DESIGN.md:
 2. ``commit_episode`` is conditional on the version handed out by
    ``lock_orchestrations``; a stale commit raises ``ConflictError`` and
    changes nothing.
-3. At most one pending inbox message exists per ``(instance_id, key)``.
+3. At most one pending inbox message exists per ``(instance_id, key)``; keys
+   of messages ``enqueue`` accepted are remembered for the life of the
+   instance, so a client's event id is applied once however often it is sent.
 4. ``complete_activities`` records a result and removes its work item
    atomically (or, where it cannot, a redelivered item whose result is
    recorded is not handed out again).
@@ -36,6 +38,7 @@ from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from .._history import HistoryEvent
+from .._state import OrchestrationStatus
 from ._records import (
     ActivityResult,
     ActivityWorkItem,
@@ -58,21 +61,36 @@ class Store(Protocol):
 
     # -- starting and messaging -------------------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or re-create) an instance from an ``ExecutionStarted`` message.
+    async def create_instance(
+        self,
+        message: OrchestrationMessage,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> None:
+        """Create an instance from an ``ExecutionStarted`` message.
 
         Writes a PENDING instance row and puts the message in its inbox, in one
-        step. An existing instance that is COMPLETED, FAILED or TERMINATED is
-        replaced (its history and pending messages are dropped); any other
-        existing instance raises ``InstanceExistsError``.
+        step. An existing instance whose status is in ``replaceable`` (only
+        COMPLETED, FAILED or TERMINATED may be named) is replaced: its history,
+        pending messages, work items and remembered event keys are dropped.
+        Any other existing instance raises ``InstanceExistsError`` (with its
+        status) and is left as it was. The status check and the write are one
+        atomic step: of two concurrent creates of one id, one fails.
         """
         ...
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        """Put a message in an existing instance's inbox.
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        """Put a message in an existing instance's inbox; False if its key was used already.
 
-        Raises ``InstanceNotFoundError`` when the instance does not exist. A
-        message whose ``key`` is already pending for that instance is ignored.
+        The key of every message enqueued here is remembered for the life of
+        the instance (until it is purged or replaced), in the same step as the
+        message: a message whose ``key`` was enqueued before for that instance,
+        pending or consumed, is ignored and the call returns False, even if the
+        instance has finished since. Otherwise, an instance that is COMPLETED,
+        FAILED or TERMINATED raises ``InvalidOperationError`` and one that does
+        not exist ``InstanceNotFoundError``; neither writes anything. The
+        status check is atomic with the write, so a message is never accepted
+        by an instance that has already finished.
         """
         ...
 

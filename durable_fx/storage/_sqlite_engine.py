@@ -24,7 +24,13 @@ from typing import Any, TypeVar, cast
 from pydantic import ValidationError
 
 from .._clock import Clock
-from .._errors import ConflictError, DurableFxError, InstanceExistsError, InstanceNotFoundError
+from .._errors import (
+    ConflictError,
+    DurableFxError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidOperationError,
+)
 from .._history import HISTORY_EVENT, ExecutionStarted
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
@@ -228,13 +234,15 @@ class Engine:
 
     # -- starting and messaging -------------------------------------------------
 
-    def create_instance(self, iid: str, instance: tuple[Any, ...], message: str) -> None:
+    def create_instance(
+        self, iid: str, instance: tuple[Any, ...], message: str, replaceable: frozenset[str]
+    ) -> None:
         db = self._db
         now = self._now()
         status = db.execute(sql.SELECT_STATUS, (iid,)).fetchone()
         if status is None:
             db.execute(sql.INSERT_INSTANCE, (*instance, now))
-        elif OrchestrationStatus(status[0]).is_terminal:
+        elif status[0] in replaceable and OrchestrationStatus(status[0]).is_terminal:
             _delete_instance_data(db, iid)
             db.execute(sql.RESTART_INSTANCE, (*instance, now))
         else:
@@ -243,16 +251,28 @@ class Engine:
         if _visible(instance[-1], now):
             self._notify()
 
-    def enqueue(self, iid: str, message: str, delay: int | None) -> None:
+    def enqueue(self, iid: str, key: str, kind: str, message: str, delay: int | None) -> bool:
         db = self._db
-        now = self._now()
-        if db.execute(sql.INSERT_MESSAGES, (message, now)).rowcount:
-            db.execute(sql.LOWER_DUE, (iid, now if delay is None else delay))
-            if _visible(delay, now):
-                self._notify()
-        elif db.execute(sql.SELECT_STATUS, (iid,)).fetchone() is None:
+        # One read answers both questions before anything is written, so a refusal
+        # leaves the rest of a group commit intact (see run_group).
+        found = db.execute(sql.SELECT_STATUS_AND_KEY, (iid, key)).fetchone()
+        if found is None:
             raise InstanceNotFoundError(iid)
-        # else: a message with this key is already pending
+        status, used = found
+        if used:
+            return False
+        if OrchestrationStatus(status).is_terminal:
+            raise InvalidOperationError(
+                f"cannot deliver {kind} to instance {iid!r}: it is {status}"
+            )
+        db.execute(sql.INSERT_USED_KEY, (iid, key))
+        now = self._now()
+        if not db.execute(sql.INSERT_MESSAGES, (message, now)).rowcount:
+            return False  # a message with this key is pending (put there by a worker)
+        db.execute(sql.LOWER_DUE, (iid, now if delay is None else delay))
+        if _visible(delay, now):
+            self._notify()
+        return True
 
     # -- orchestration work -----------------------------------------------------
 
@@ -516,6 +536,6 @@ def _conflict_detail(db: sqlite3.Connection, iid: str, held: tuple[Any, ...]) ->
 
 
 def _delete_instance_data(db: sqlite3.Connection, instance_id: str) -> None:
-    """Drop an instance's history, inbox and work items (not its row)."""
-    for table in ("history", "inbox", "work_items"):
+    """Drop an instance's history, inbox, work items and used keys (not its row)."""
+    for table in ("history", "inbox", "work_items", "used_keys"):
         db.execute(f"DELETE FROM {table} WHERE instance_id = ?", (instance_id,))

@@ -59,6 +59,7 @@ __all__ = [
     "INSERT_INSTANCE",
     "INSERT_MESSAGES",
     "INSERT_POISON",
+    "INSERT_USED_KEY",
     "INSERT_WORK_ITEMS",
     "INSTANCE_COLUMNS",
     "LOCK_INSTANCES",
@@ -84,6 +85,7 @@ __all__ = [
     "SELECT_POISON_BY_ID",
     "SELECT_READY_WORK_ITEMS",
     "SELECT_STATUS",
+    "SELECT_STATUS_AND_KEY",
     "SELECT_VISIBLE_MESSAGES",
     "SYNCHRONOUS_LEVELS",
     "WORK_ITEM_COLUMNS",
@@ -107,9 +109,10 @@ __all__ = [
     "work_item_poison",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first layout. 2: poison ids are never reused (they name messages to requeue or
-delete, so an old id must not hit a newer message), and ``poison_instance``."""
+delete, so an old id must not hit a newer message), and ``poison_instance``. 3: ``used_keys``,
+the keys of enqueued messages, remembered until the instance is purged or replaced."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 SYNCHRONOUS_LEVELS = {"full": 2, "normal": 1}
@@ -190,6 +193,14 @@ CREATE TABLE IF NOT EXISTS work_items (
 );
 CREATE INDEX IF NOT EXISTS work_items_visible ON work_items (visible_at, id);
 
+-- Keys of the messages Store.enqueue accepted (event ids of clients): a repeat
+-- is a duplicate even after the first copy was consumed.
+CREATE TABLE IF NOT EXISTS used_keys (
+    instance_id TEXT NOT NULL,
+    msg_key     TEXT NOT NULL,
+    PRIMARY KEY (instance_id, msg_key)
+) WITHOUT ROWID;
+
 {poison_table}
 CREATE INDEX IF NOT EXISTS poison_instance ON poison (instance_id) WHERE instance_id IS NOT NULL;
 """.replace("{poison_table}", _POISON_TABLE.format(name="poison"))
@@ -221,6 +232,11 @@ INSTANCE_COLUMNS = (
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
 SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
+SELECT_STATUS_AND_KEY = (
+    "SELECT status, EXISTS (SELECT 1 FROM used_keys WHERE instance_id = ?1 AND msg_key = ?2)"
+    " FROM instances WHERE instance_id = ?1"
+)
+INSERT_USED_KEY = "INSERT OR IGNORE INTO used_keys (instance_id, msg_key) VALUES (?, ?)"
 INSERT_INSTANCE = (
     "INSERT OR IGNORE INTO instances (instance_id, name, execution_id, status, input,"
     " created_at, updated_at, parent_instance_id, due_at)"

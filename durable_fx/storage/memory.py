@@ -35,9 +35,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from .._clock import Clock, SystemClock
-from .._errors import ConflictError, InstanceExistsError, InstanceNotFoundError
+from .._errors import (
+    ConflictError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidOperationError,
+)
 from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
+from .._state import OrchestrationStatus
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -108,6 +114,8 @@ class _Instance:
     history: list[HistoryEvent] = field(default_factory=list)
     inbox: dict[str, _Pending] = field(default_factory=dict)
     lease: _Lease | None = None
+    used_keys: set[str] = field(default_factory=set)
+    """Keys of the messages ``enqueue`` accepted: a repeat is a duplicate, pending or not."""
 
     def visible(self, now: datetime) -> list[_Pending]:
         """Messages that may be delivered now, oldest first."""
@@ -165,13 +173,18 @@ class MemoryStore:
 
     # -- starting and messaging -------------------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or replace a finished) instance and put its start message in the inbox."""
+    async def create_instance(
+        self,
+        message: OrchestrationMessage,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> None:
+        """Create an instance, replacing one whose status is in ``replaceable``."""
         started = started_event(message)
         instance_id = validate_instance_id(message.instance_id)
         with self._lock:
             existing = self._instances.get(instance_id)
-            if existing is not None and not existing.record.status.is_terminal:
+            if existing is not None and not _replaces(existing.record.status, replaceable):
                 raise InstanceExistsError(instance_id, existing.record.status.value)
             record = new_instance_record(instance_id, started)
             if existing is not None:
@@ -183,14 +196,27 @@ class MemoryStore:
             if self._add_message(message):
                 self._wake()
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        """Add a message to an existing instance's inbox, unless its key is pending."""
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        """Add a message to a live instance's inbox; False if its key was used already."""
         validate_instance_id(message.instance_id)
         with self._lock:
-            if message.instance_id not in self._instances:
+            instance = self._instances.get(message.instance_id)
+            if instance is None:
                 raise InstanceNotFoundError(message.instance_id)
+            if message.key in instance.used_keys:
+                return False
+            status = instance.record.status
+            if status.is_terminal:
+                raise InvalidOperationError(
+                    f"cannot deliver {message.event.kind} to instance {message.instance_id!r}: "
+                    f"it is {status.value}"
+                )
+            instance.used_keys.add(message.key)
+            if any(p.message.key == message.key for p in instance.inbox.values()):
+                return False
             if self._add_message(message):
                 self._wake()
+            return True
 
     # -- orchestration work -----------------------------------------------------
 
@@ -576,6 +602,11 @@ class MemoryStore:
 def _holds(lease: _Lease | None, token: str) -> bool:
     """Whether ``token`` still owns the lock (an expired lease counts until retaken)."""
     return lease is not None and lease.token == token
+
+
+def _replaces(status: OrchestrationStatus, replaceable: frozenset[OrchestrationStatus]) -> bool:
+    # Only a finished instance is ever replaced, whatever the caller names.
+    return status.is_terminal and status in replaceable
 
 
 def _next_version(record: InstanceRecord) -> str:

@@ -44,6 +44,7 @@ from .._clock import Clock, SystemClock
 from .._errors import StoreBusyError
 from .._history import HistoryEvent
 from .._ids import validate_instance_id
+from .._state import OrchestrationStatus
 from . import _sqlite_schema as sql
 from ._records import (
     ActivityResult,
@@ -152,19 +153,27 @@ class SqliteStore:
 
     # -- starting and messaging -------------------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or replace a finished) instance and put its start message in the inbox."""
+    async def create_instance(
+        self,
+        message: OrchestrationMessage,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> None:
+        """Create an instance, replacing one whose status is in ``replaceable``."""
         started = started_event(message)
         iid = validate_instance_id(message.instance_id)
         row = sql.start_row(message, started)
         batch = dumps([sql.message_item(message)])
-        await self._call(partial(self._engine.create_instance, iid, row, batch))
+        statuses = frozenset(status.value for status in replaceable)
+        await self._call(partial(self._engine.create_instance, iid, row, batch, statuses))
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        """Add a message to an existing instance's inbox, unless its key is pending."""
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        """Add a message to a live instance's inbox; False if its key was used already."""
         iid = validate_instance_id(message.instance_id)
         batch = dumps([sql.message_item(message)])
-        await self._call(partial(self._engine.enqueue, iid, batch, sql.delay_of(message)))
+        kind = message.event.kind
+        enqueue = partial(self._engine.enqueue, iid, message.key, kind, batch)
+        return await self._call(partial(enqueue, sql.delay_of(message)))
 
     # -- orchestration work -----------------------------------------------------
 

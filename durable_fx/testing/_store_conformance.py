@@ -48,6 +48,7 @@ _TERMINAL = (
     OrchestrationStatus.FAILED,
     OrchestrationStatus.TERMINATED,
 )
+_FINISHED = frozenset(_TERMINAL)
 
 
 # -- instances ----------------------------------------------------------------
@@ -149,7 +150,9 @@ async def check_create_replaces_terminal_instance(factory: StoreFactory) -> None
             versions.add(await h.run_episode(instance_id, status=status, consumed=[]))
             assert await h.store.load_history(instance_id), "setup: history expected"
 
-            started = await h.start(instance_id, name="wf-2", execution_id="exec-2", input="2")
+            started = await h.start(
+                instance_id, name="wf-2", execution_id="exec-2", input="2", replaceable=_FINISHED
+            )
             record = await h.store.get_instance(instance_id)
             assert record is not None
             assert (record.status, record.execution_id, record.name, record.input) == (

@@ -135,10 +135,15 @@ class StoreHarness:
     # -- orchestration steps ----------------------------------------------------
 
     async def start(
-        self, instance_id: str, *, visible_at: datetime | None = None, **fields: Any
+        self,
+        instance_id: str,
+        *,
+        visible_at: datetime | None = None,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+        **fields: Any,
     ) -> ExecutionStarted:
         message = self.start_message(instance_id, visible_at=visible_at, **fields)
-        await self.store.create_instance(message)
+        await self.store.create_instance(message, replaceable=replaceable)
         assert isinstance(message.event, ExecutionStarted)
         return message.event
 

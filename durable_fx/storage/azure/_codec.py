@@ -43,6 +43,7 @@ __all__ = [
     "outbox_key",
     "parse_ts",
     "ts",
+    "used_key",
     "work_key",
 ]
 
@@ -78,6 +79,16 @@ def _safe(text: str) -> str:
 def history_key(generation: int, seq: int) -> str:
     """RowKey of history event ``seq`` of generation ``generation``."""
     return f"h{generation:06x}{seq:08x}"
+
+
+def used_key(generation: int, key: str) -> str:
+    """RowKey remembering that a message with dedupe key ``key`` was enqueued.
+
+    It sorts before the history rows and the instance row, so partition reads
+    (``RowKey ge 'i'``) skip it; a replaced instance starts a new generation,
+    which forgets the old keys, and a purge deletes them with the partition.
+    """
+    return f"d{generation:06x}" + _safe(key)
 
 
 def inbox_key(key: str) -> str:

@@ -297,11 +297,15 @@ class Hub:
 
     async def read_instance(self, instance_id: str) -> dict[str, Any] | None:
         """The instance row with its ETag under ``"etag"``, or ``None``."""
+        return await self.read_row(instance_id, INSTANCE_ROW, what="read an instance")
+
+    async def read_row(
+        self, partition: str, row_key: str, *, what: str = "read a row"
+    ) -> dict[str, Any] | None:
+        """One row with its ETag under ``"etag"``, or ``None``."""
         table = self.resources.table
         try:
-            entity = await retrying(
-                lambda: table.get_entity(instance_id, INSTANCE_ROW), what="read an instance"
-            )
+            entity = await retrying(lambda: table.get_entity(partition, row_key), what=what)
         except ResourceNotFoundError:
             return None
         row = dict(entity)

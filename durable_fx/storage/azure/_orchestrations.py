@@ -52,8 +52,7 @@ from typing import Any, Literal
 
 from azure.data.tables import TableTransactionError
 
-from ..._errors import InstanceNotFoundError
-from ..._ids import validate_instance_id
+from ..._state import OrchestrationStatus
 from .._records import (
     EpisodeCommit,
     LockBatch,
@@ -94,15 +93,15 @@ class Orchestrations:
 
     # -- starting and messaging -------------------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or replace a finished) instance with its start message in the inbox."""
-        await self.starts.create_instance(message)
+    async def create_instance(
+        self, message: OrchestrationMessage, *, replaceable: frozenset[OrchestrationStatus]
+    ) -> None:
+        """Create an instance, replacing one whose status is in ``replaceable``."""
+        await self.starts.create_instance(message, replaceable=replaceable)
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        """Put a message in an existing instance's inbox (ignored if its key is pending)."""
-        iid = validate_instance_id(message.instance_id)
-        if not await self.route(message, create=False):
-            raise InstanceNotFoundError(iid)
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        """Put a message in a live instance's inbox; False if its key was used already."""
+        return await self.starts.deliver(message)
 
     async def route(self, message: OrchestrationMessage, *, create: bool) -> bool:
         """Deliver a message to its instance's inbox; False if the instance does not exist."""

@@ -18,12 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from azure.data.tables import TableTransactionError
 
-from ..._errors import ConflictError, InstanceExistsError
+from ..._errors import (
+    ConflictError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidOperationError,
+)
 from ..._history import ExecutionStarted
 from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
 from .._records import InstanceRecord, OrchestrationMessage, new_instance_record, started_event
-from ._codec import ts
+from ._codec import INSTANCE_ROW, ts, used_key
 from ._hub import (
     MAX_BATCH,
     Op,
@@ -45,6 +50,9 @@ __all__ = ["Starts"]
 
 log = logging.getLogger("durable_fx.storage.azure")
 
+_ADD_ATTEMPTS = 20
+"""Tries of an enqueue whose instance row keeps changing (commits, other messages)."""
+
 
 class Starts:
     """Creating instances and routing messages, for ``Orchestrations``."""
@@ -53,8 +61,10 @@ class Starts:
         self._orchestrations = orchestrations
         self._hub = orchestrations.hub
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or replace a finished) instance with its start message in the inbox."""
+    async def create_instance(
+        self, message: OrchestrationMessage, *, replaceable: frozenset[OrchestrationStatus]
+    ) -> None:
+        """Create an instance, replacing one whose status is in ``replaceable``."""
         hub = self._hub
         started = started_event(message)
         iid = validate_instance_id(message.instance_id)
@@ -65,7 +75,7 @@ class Starts:
         delay = hub.lease if own else delay_of(message, hub.now())
         guard = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
         try:
-            session = await self._create(message, started, own=own)
+            session = await self._create(message, started, replaceable, own=own)
         except BaseException:
             with contextlib.suppress(Exception):
                 await hub.queues.delete(guard)
@@ -79,7 +89,12 @@ class Starts:
         hub.wake()
 
     async def _create(
-        self, message: OrchestrationMessage, started: ExecutionStarted, *, own: bool
+        self,
+        message: OrchestrationMessage,
+        started: ExecutionStarted,
+        replaceable: frozenset[OrchestrationStatus],
+        *,
+        own: bool,
     ) -> Session | None:
         hub = self._hub
         iid = message.instance_id
@@ -104,9 +119,8 @@ class Starts:
             if row.get("Token") == token:
                 etag = row["etag"]  # our create applied; its response was lost
                 break
-            if not OrchestrationStatus(row["Status"]).is_terminal:
-                raise InstanceExistsError(iid, str(row["Status"]))
-            return await self._replace(message, started, row, inbox, pending, own=own)
+            _check_replaceable(iid, row, replaceable)
+            return await self._replace(message, started, row, inbox, pending, replaceable, own=own)
         else:
             raise ConflictError(iid, "it kept changing while being created; try again")
         if not own:
@@ -120,14 +134,20 @@ class Starts:
         row: dict[str, Any],
         inbox: dict[str, Any],
         pending: Pending,
+        replaceable: frozenset[OrchestrationStatus],
         *,
         own: bool,
     ) -> Session | None:
-        """Re-create a finished instance: new generation, old messages and work dropped."""
+        """Re-create a finished instance: new generation, old messages, work and keys dropped.
+
+        The write is conditional on the ETag of the row whose status was
+        checked, so a concurrent start or restart makes it fail, not replace twice.
+        """
         hub = self._hub
         iid = message.instance_id
         partition = await hub.read_partition(iid)
         current = partition.instance or row
+        _check_replaceable(iid, current, replaceable)
         version, generation = int(current.get("Version", 1)) + 1, int(current.get("Gen", 0)) + 1
         old = [*partition.inbox, *partition.work, *partition.outbox]
         deletes: list[Op] = [
@@ -149,7 +169,8 @@ class Starts:
         except TableTransactionError:
             again = await hub.read_instance(iid)
             if again is None or again.get("Token") != token:
-                raise InstanceExistsError(iid, "re-created by another starter") from None
+                status = str(again["Status"]) if again is not None else "re-created"
+                raise InstanceExistsError(iid, status) from None
             etag = again["etag"]
         self._orchestrations.activities.forget_work(iid, [str(r["RowKey"]) for r in partition.work])
         self._orchestrations.drop_session(iid)
@@ -157,6 +178,94 @@ class Starts:
         if not own:
             return None
         return self.new_session(record, etag, version, generation, 0, {pending.row_key: pending})
+
+    async def deliver(self, message: OrchestrationMessage) -> bool:
+        """``Store.enqueue``: add a message and remember its key; False if the key was used.
+
+        The wake-up goes first, as for any message to an instance owned elsewhere.
+        """
+        hub = self._hub
+        iid = validate_instance_id(message.instance_id)
+        delay = delay_of(message, hub.now())
+        owned = iid in hub.sessions
+        hint = None
+        if not owned:
+            hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        try:
+            added = await self._add_once(message)
+        except BaseException:
+            if hint is not None:
+                with contextlib.suppress(Exception):
+                    await hub.queues.delete(hint)
+            raise
+        if not added:
+            if hint is not None:
+                with contextlib.suppress(Exception):
+                    await hub.queues.delete(hint)
+            return False
+        session = hub.sessions.get(iid)
+        if session is not None:
+            session.stale = True  # our write changed its row: re-read before the next lock
+            hub.wake()
+        elif owned:
+            # The session ended while the message was being written: wake whoever is next.
+            await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        self._orchestrations.expect(delay)
+        return True
+
+    async def _add_once(self, message: OrchestrationMessage) -> bool:
+        """One transaction: the used-key row, the inbox row, and If-Match on the instance row.
+
+        The used-key row makes a repeat fail (409: a duplicate, pending or
+        consumed); the condition on the instance row makes the status read
+        before it still hold at the write, so an instance that finished in
+        between refuses the message instead of dropping it unseen.
+        """
+        hub = self._hub
+        iid = message.instance_id
+        entity, _ = await hub.inbox_entity(message)
+        token = hub.token()
+        for _ in range(_ADD_ATTEMPTS):
+            row = await hub.read_instance(iid)
+            if row is None:
+                raise InstanceNotFoundError(iid)
+            used = {
+                "PartitionKey": iid,
+                "RowKey": used_key(int(row.get("Gen", 0)), message.key),
+                "Token": token,
+            }
+            status = OrchestrationStatus(row["Status"])
+            if status.is_terminal:
+                if await self._used_by(used) is not None:
+                    return False
+                raise InvalidOperationError(
+                    f"cannot deliver {message.event.kind} to instance {iid!r}: it is {status.value}"
+                )
+            touch = {"PartitionKey": iid, "RowKey": INSTANCE_ROW, "Mail": token}
+            ops: list[Op] = [
+                ("create", used),
+                ("create", entity),
+                instance_update(touch, str(row["etag"]), merge=True),
+            ]
+            try:
+                await hub.submit(ops, what=f"message {iid}")
+                return True
+            except TableTransactionError as error:
+                index, code = getattr(error, "index", None), status_of(error)
+                if index == 0 and code == 409:
+                    # Ours if only the response of an applied try was lost.
+                    return await self._used_by(used) == token
+                if index == 1 and code == 409:
+                    return False  # a message with this key is pending already
+                if index == 2 and code in (404, 412):
+                    continue  # the instance changed (or was purged): look again
+                raise
+        raise ConflictError(iid, "it kept changing while a message was added; try again")
+
+    async def _used_by(self, used: dict[str, Any]) -> str | None:
+        """The token of the stored used-key row ``used`` names, or ``None`` if there is none."""
+        row = await self._hub.read_row(str(used["PartitionKey"]), str(used["RowKey"]))
+        return None if row is None else str(row.get("Token", ""))
 
     async def route(self, message: OrchestrationMessage, *, create: bool) -> bool:
         """Deliver a message to its instance's inbox; False if the instance does not exist.
@@ -289,3 +398,12 @@ class Starts:
         if not own:
             return {"Owner": "", "Token": token}
         return {"Owner": hub.owner_id, "OwnedUntil": ts(hub.now() + hub.lease), "Token": token}
+
+
+def _check_replaceable(
+    iid: str, row: dict[str, Any], replaceable: frozenset[OrchestrationStatus]
+) -> None:
+    """Raise ``InstanceExistsError`` unless ``row``'s instance may be replaced."""
+    status = OrchestrationStatus(row["Status"])
+    if not (status.is_terminal and status in replaceable):
+        raise InstanceExistsError(iid, status.value)

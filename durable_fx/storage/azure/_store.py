@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
 from ..._history import HistoryEvent
+from ..._state import OrchestrationStatus
 from .._delivered import DeliveredMessage
 from .._records import (
     ActivityResult,
@@ -147,13 +148,19 @@ class AzureStore:
 
     # -- starting and messaging -------------------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        """Create (or replace a finished) instance and put its start message in the inbox."""
-        await self._call(lambda: self._orchestrations.create_instance(message))
+    async def create_instance(
+        self,
+        message: OrchestrationMessage,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> None:
+        """Create an instance, replacing one whose status is in ``replaceable``."""
+        create = self._orchestrations.create_instance
+        await self._call(lambda: create(message, replaceable=replaceable))
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        """Add a message to an existing instance's inbox, unless its key is pending."""
-        await self._call(lambda: self._orchestrations.enqueue(message))
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        """Add a message to a live instance's inbox; False if its key was used already."""
+        return await self._call(lambda: self._orchestrations.enqueue(message))
 
     # -- orchestration work -----------------------------------------------------
 
