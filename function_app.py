@@ -28,7 +28,13 @@ from durable_fx import (
     InvalidInstanceIdError,
     validate_instance_id,
 )
-from durable_fx.bindings import event_grid_handshake, hmac_sha256
+from durable_fx.bindings import (
+    HttpProblem,
+    event_grid_handshake,
+    hmac_sha256,
+    problem_response,
+    read_body,
+)
 from email_pipeline.app import app, email_delivery, instance_for_message
 from email_pipeline.eventgrid import EventGridEvent, receipt_from_event
 from email_pipeline.models import DeliveryReceipt, EmailJob, EmailRequest
@@ -49,7 +55,10 @@ def _problem(
 async def emails(req: func.HttpRequest, client: AsyncDurableClient) -> func.HttpResponse:
     """Start a delivery; a repeated idempotency key answers with the existing instance."""
     try:
-        request = EmailRequest.model_validate_json(req.get_body() or b"")
+        # The same limit as the management API (DURABLE_FX_MAX_REQUEST_BYTES): 413 above it.
+        request = EmailRequest.model_validate_json(read_body(req, app.settings.max_request_bytes))
+    except HttpProblem as problem:
+        return problem_response(problem)
     except ValidationError as error:
         fields = [
             {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}

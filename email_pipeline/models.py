@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 __all__ = [
     "DeliveryOutcome",
@@ -23,12 +24,37 @@ ReceiptStatus = Literal[
 ]
 """What a provider says happened to a message."""
 
-# Statuses worth another send after a back-off; every other non-delivered one is final.
-# A plain address check (no extra dependency): one @, no spaces or angle brackets.
+# A plain address check (no extra dependency): one @, and nothing that separates
+# addresses or ends a header line: "a,victim@evil.example" would be two recipients.
+_ATOM = r"[^@\s<>,;:\"()\[\]\\\x00-\x1f\x7f-\x9f]+"
+_ADDRESS = re.compile(f"{_ATOM}@{_ATOM}")
+# str.splitlines() boundaries (what the email package refuses in a header) and other controls.
+_NOT_ONE_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _plain_address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError(
+            "not a plain address local@domain (no spaces, commas, semicolons, colons, quotes, "
+            "brackets or control characters)"
+        )
+    return value
+
+
+def _one_line(value: str) -> str:
+    if _NOT_ONE_LINE.search(value):
+        raise ValueError("must be one line: no CR, LF or other control characters")
+    return value
+
+
 Address = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    str, StringConstraints(strip_whitespace=True, max_length=320), AfterValidator(_plain_address)
+]
+HeaderText = Annotated[
+    str, StringConstraints(min_length=1, max_length=998), AfterValidator(_one_line)
 ]
 
+# Statuses worth another send after a back-off; every other non-delivered one is final.
 RETRYABLE: frozenset[str] = frozenset({"bounced_soft", "deferred"})
 
 
@@ -38,7 +64,7 @@ class EmailRequest(BaseModel):
     from_: Address = Field(alias="from")
     to: list[Address] = Field(min_length=1)
     cc: list[Address] = Field(default_factory=list)
-    subject: str = Field(min_length=1, max_length=998)
+    subject: HeaderText
     text: str | None = None
     html: str | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)

@@ -219,14 +219,15 @@ def test_start_returns_the_check_status_payload(harness: Harness) -> None:
     assert response.status_code == 202
     payload = body_of(response)
     base = "http://localhost:7071/api/instances/order-1"
+    # The caller's key (?code=k) is not copied into the URLs; the origin is configuration's.
     assert payload == {
         "id": "order-1",
-        "statusQueryGetUri": f"{base}?code=k",
-        "sendEventPostUri": f"{base}/raiseEvent/{{eventName}}?code=k",
-        "terminatePostUri": f"{base}/terminate?reason={{text}}&code=k",
-        "suspendPostUri": f"{base}/suspend?reason={{text}}&code=k",
-        "resumePostUri": f"{base}/resume?reason={{text}}&code=k",
-        "purgeHistoryDeleteUri": f"{base}?code=k",
+        "statusQueryGetUri": base,
+        "sendEventPostUri": f"{base}/raiseEvent/{{eventName}}",
+        "terminatePostUri": f"{base}/terminate?reason={{text}}",
+        "suspendPostUri": f"{base}/suspend?reason={{text}}",
+        "resumePostUri": f"{base}/resume?reason={{text}}",
+        "purgeHistoryDeleteUri": base,
     }
     assert response.headers["Location"] == payload["statusQueryGetUri"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._app import DurableApp
 from ._host_json import HostConfig, QueueOptions
+from ._http import FieldProblem, HttpProblem, problem_response, read_body
 from ._ledger import EventLedger
 from ._management import check_status_payload, status_json
 from ._runtime import AppRuntime, MessageRejected
@@ -25,8 +26,10 @@ __all__ = [
     "AppRuntime",
     "DurableApp",
     "EventLedger",
+    "FieldProblem",
     "FunctionsSettings",
     "HostConfig",
+    "HttpProblem",
     "MessageRejected",
     "QueueOptions",
     "WebhookRejected",
@@ -35,5 +38,7 @@ __all__ = [
     "event_grid_handshake",
     "github_signature",
     "hmac_sha256",
+    "problem_response",
+    "read_body",
     "status_json",
 ]

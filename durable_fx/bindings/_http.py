@@ -3,6 +3,10 @@
 Every error a caller can fix is a 4xx with a JSON body
 ``{"error": "<what happened and what to do>", "fields": [...]}``, where
 ``fields`` names each offending field (``{"field": "input.to", "message": ...}``).
+
+JSON bodies must also be storable: a lone surrogate (``"\\ud800"``) or
+``NaN``/``Infinity`` parses in Python but cannot be written back as JSON, so
+both are refused here, naming the field, rather than failing later as a 500.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import azure.functions as func
 from pydantic import ValidationError
@@ -20,7 +24,6 @@ __all__ = [
     "FieldProblem",
     "HttpProblem",
     "base_url",
-    "caller_key",
     "instance_url",
     "json_response",
     "parse_json",
@@ -95,15 +98,51 @@ def parse_json_body(req: func.HttpRequest, limit: int) -> Any:
 
 
 def parse_json(body: bytes, where: str) -> Any:
-    """Parse JSON bytes, or raise a 400 problem naming ``where``."""
+    """Parse JSON bytes, or raise a 400 problem naming ``where`` (or the field inside it)."""
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise HttpProblem(
             400,
             f"the request {where} is not valid JSON: {error}",
             [FieldProblem(where, "not valid JSON")],
         ) from None
+    field_name = _lone_surrogate(value, where)
+    if field_name is not None:
+        message = "contains a lone surrogate (an escape such as \\ud800), which is not text"
+        raise HttpProblem(400, f"{field_name} {message}", [FieldProblem(field_name, message)])
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _lone_surrogate(value: Any, root: str) -> str | None:
+    """The path (``body.items.0.name``) of the first string or key that is not UTF-8 text."""
+    # Iterative: json.loads accepts nesting deeper than a recursive walk could follow.
+    pending: list[tuple[Any, str]] = [(value, root)]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            if not _is_text(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _is_text(key):
+                    return f"{path}.{key.encode('utf-8', 'backslashreplace').decode()}"
+                pending.append((child, f"{path}.{key}"))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}.{index}") for index, child in enumerate(item))
+    return None
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validation_problems(error: ValidationError, root: str) -> list[FieldProblem]:
@@ -115,16 +154,14 @@ def validation_problems(error: ValidationError, root: str) -> list[FieldProblem]
     return problems
 
 
-def caller_key(req: func.HttpRequest) -> str | None:
-    """The function key the caller sent (``code`` query parameter or ``x-functions-key``)."""
-    return req.params.get("code") or req.headers.get("x-functions-key") or None
+def base_url(origin: str, route_prefix: str) -> str:
+    """``scheme://host[/prefix]``: where the app's routes live, from its configured origin.
 
-
-def base_url(req: func.HttpRequest, route_prefix: str) -> str:
-    """``scheme://host[/prefix]`` of the app that received ``req``."""
-    parts = urlsplit(req.url)
+    ``origin`` comes from configuration (``FunctionsSettings.public_origin``),
+    never from the request: its ``Host`` header is whatever the caller wrote.
+    """
     prefix = f"/{route_prefix.strip('/')}" if route_prefix.strip("/") else ""
-    return f"{parts.scheme}://{parts.netloc}{prefix}"
+    return f"{origin.rstrip('/')}{prefix}"
 
 
 def instance_url(

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
 from pydantic import TypeAdapter, ValidationError
@@ -33,6 +35,7 @@ from .._errors import (
     InstanceNotFoundError,
     InvalidInstanceIdError,
     InvalidOperationError,
+    StoreBusyError,
     UnknownNameError,
 )
 from .._ids import validate_instance_id
@@ -43,7 +46,6 @@ from ._http import (
     FieldProblem,
     HttpProblem,
     base_url,
-    caller_key,
     instance_url,
     json_response,
     parse_json_body,
@@ -52,7 +54,7 @@ from ._http import (
 )
 from ._runtime import AppRuntime
 
-__all__ = ["ManagementApi", "check_status_payload", "guarded", "status_json"]
+__all__ = ["ManagementApi", "busy_response", "check_status_payload", "guarded", "status_json"]
 
 log = logging.getLogger("durable_fx.functions")
 
@@ -87,11 +89,20 @@ def guarded(handler: Handler) -> Handler:
             return problem_response(HttpProblem(404, str(error)))
         except InstanceExistsError as error:
             return problem_response(HttpProblem(409, str(error)))
+        except StoreBusyError as error:
+            return busy_response(error)
         except Exception:
-            log.exception("%s %s failed", req.method, req.url)
+            # The path only: the query may hold the caller's key (?code=).
+            log.exception("%s %s failed", req.method, urlsplit(req.url).path)
             return json_response({"error": "internal error; see the app's logs"}, 500)
 
     return run
+
+
+def busy_response(error: StoreBusyError) -> func.HttpResponse:
+    """503 with ``Retry-After`` (whole seconds): the store is locked or throttled for now."""
+    retry_after = str(max(1, math.ceil(error.retry_after)))
+    return json_response({"error": str(error)}, 503, {"Retry-After": retry_after})
 
 
 def status_json(
@@ -120,13 +131,16 @@ def status_json(
     return body
 
 
-def check_status_payload(base: str, instance_id: str, key: str | None) -> dict[str, str]:
-    """Durable Functions' check-status body: where to query and steer ``instance_id``."""
-    code = {"code": key} if key else {}
+def check_status_payload(base: str, instance_id: str) -> dict[str, str]:
+    """Durable Functions' check-status body: where to query and steer ``instance_id``.
+
+    The URLs carry no key (Durable Functions writes ``?code=``): a key in a URL
+    ends up in logs, browser history and proxies. Callers send their own key
+    (``x-functions-key``) with each request.
+    """
 
     def url(suffix: str = "", reason: bool = False) -> str:
-        query = {"reason": "{text}", **code} if reason else code
-        return instance_url(base, instance_id, suffix, query)
+        return instance_url(base, instance_id, suffix, {"reason": "{text}"} if reason else None)
 
     return {
         "id": instance_id,
@@ -146,12 +160,13 @@ class ManagementApi:
         self._runtime = runtime
         self._inputs: dict[str, tuple[TypeAdapter[Any] | None, inspect.Parameter | None]] = {}
 
-    def _base(self, req: func.HttpRequest) -> str:
-        return base_url(req, self._runtime.host_config.route_prefix)
+    def _base(self) -> str:
+        runtime = self._runtime
+        return base_url(runtime.settings.public_origin(), runtime.host_config.route_prefix)
 
     def check_status_response(self, req: func.HttpRequest, instance_id: str) -> func.HttpResponse:
         """202 with a Location header and the check-status body for ``instance_id``."""
-        payload = check_status_payload(self._base(req), instance_id, caller_key(req))
+        payload = check_status_payload(self._base(), instance_id)
         headers = {"Location": payload["statusQueryGetUri"], "Retry-After": "1"}
         return json_response(payload, 202, headers)
 
@@ -221,7 +236,7 @@ class ManagementApi:
         body = status_json(state, show_input=show_input, show_history=show_history)
         if state.status.is_terminal:
             return json_response(body, 200)
-        location = check_status_payload(self._base(req), instance_id, caller_key(req))
+        location = check_status_payload(self._base(), instance_id)
         headers = {"Location": location["statusQueryGetUri"], "Retry-After": "1"}
         return json_response(body, 202, headers)
 

@@ -13,8 +13,20 @@ setting                            default                what it decides
                                                           queue triggers (and the store) use
 ``DURABLE_FX_STORE``               the connection's value  store URL (SQLite, memory, Azure)
 ``DURABLE_FX_MANAGEMENT_AUTH``     ``FUNCTION``           auth level of the HTTP management API
-``DURABLE_FX_MAX_REQUEST_BYTES``   ``1048576``            largest management/webhook body (413)
+``DURABLE_FX_MAX_REQUEST_BYTES``   ``1048576``            largest request body, every route (413)
+``DURABLE_FX_BODY_TIMEOUT_SECONDS`` ``30``                 ``serve``: time to send a body (408)
+``DURABLE_FX_PUBLIC_URL``          see below              ``https://host`` of generated URLs
 =================================  =====================  =======================================
+
+The URLs the management API writes (check-status bodies, ``Location``) start
+with ``DURABLE_FX_PUBLIC_URL``, else ``https://$WEBSITE_HOSTNAME`` (the
+Functions host sets it; ``http`` for ``localhost``), else the address
+``durable-fx serve`` listens on, else ``http://localhost:7071``. Never with
+the request's ``Host``: a caller could point the links at their own server.
+
+A custom ``DURABLE_FX_CONNECTION`` works like ``AzureWebJobsStorage``: its
+value is a connection string, or ``<name>__accountName`` (and the other
+identity settings) select identity auth on that account.
 """
 
 from __future__ import annotations
@@ -36,6 +48,10 @@ AuthLevelName = Literal["ANONYMOUS", "FUNCTION", "ADMIN"]
 DEFAULT_HUB = "durablefx"
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+SERVE_URL_SETTING = "DURABLE_FX_SERVE_URL"
+"""Set by ``durable-fx serve`` to the address it listens on (the last origin fallback)."""
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _HUB = re.compile(r"[a-z][a-z0-9]{2,39}")
 _AUTH_LEVELS: tuple[AuthLevelName, ...] = ("ANONYMOUS", "FUNCTION", "ADMIN")
 
@@ -49,7 +65,10 @@ class FunctionsSettings:
         connection: The app setting holding the storage connection.
         store_url: The store to open (``None``: decided when first needed).
         management_auth_level: Auth level of the HTTP management API.
-        max_request_bytes: Largest request body the management API and webhooks read.
+        max_request_bytes: Largest request body any route reads (``serve`` enforces it
+            while reading; the management API and webhooks also check it themselves).
+        body_timeout_seconds: How long ``serve`` waits for a whole request body.
+        public_url: ``DURABLE_FX_PUBLIC_URL``: the origin of the URLs the app writes.
         lease: How long an invocation owns an instance or a work item.
     """
 
@@ -58,6 +77,8 @@ class FunctionsSettings:
     store_url: str | None = None
     management_auth_level: AuthLevelName = "FUNCTION"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    public_url: str | None = None
     lease: timedelta = timedelta(seconds=60)
 
     @property
@@ -82,7 +103,22 @@ class FunctionsSettings:
             value = environ.get(self.connection, "").strip()
             if value:
                 return value
+            prefix = f"{self.connection}__"
+            if any(k.startswith(prefix) and v.strip() for k, v in environ.items()):
+                # Identity settings of this connection, not AzureWebJobsStorage's account.
+                return f"azure://?connection={self.connection}"
         return default_store_url()
+
+    def public_origin(self, env: Mapping[str, str] | None = None) -> str:
+        """``scheme://host[:port]`` of the URLs the app writes (see the module docstring)."""
+        if self.public_url:
+            return self.public_url
+        environ = os.environ if env is None else env
+        website = environ.get("WEBSITE_HOSTNAME", "").strip()
+        if website:
+            scheme = "http" if website.lower().startswith(_LOOPBACK_HOSTS) else "https"
+            return f"{scheme}://{website}"
+        return environ.get(SERVE_URL_SETTING, "").strip() or "http://localhost:7071"
 
     @classmethod
     def from_environment(
@@ -106,6 +142,9 @@ class FunctionsSettings:
         limit = max_request_bytes or _int_setting(
             environ, "DURABLE_FX_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES
         )
+        body_timeout = _seconds_setting(
+            environ, "DURABLE_FX_BODY_TIMEOUT_SECONDS", DEFAULT_BODY_TIMEOUT_SECONDS
+        )
         return cls(
             hub=_valid_hub(chosen_hub or DEFAULT_HUB),
             connection=connection
@@ -114,6 +153,8 @@ class FunctionsSettings:
             store_url=store_url,
             management_auth_level=_auth_level(level),
             max_request_bytes=limit,
+            body_timeout_seconds=body_timeout,
+            public_url=_public_url(environ.get("DURABLE_FX_PUBLIC_URL", "")),
         )
 
 
@@ -148,6 +189,32 @@ def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, not {value}")
     return value
+
+
+def _seconds_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def _public_url(raw: str) -> str | None:
+    """``DURABLE_FX_PUBLIC_URL`` as ``scheme://host[:port][/path]``, without a final slash."""
+    text = raw.strip().rstrip("/")
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"DURABLE_FX_PUBLIC_URL must look like https://app.example.com, not {raw.strip()!r}"
+        )
+    return text
 
 
 def _hub_in_url(url: str | None) -> str | None:

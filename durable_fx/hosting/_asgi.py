@@ -2,31 +2,45 @@
 
 Routes come from the triggers' templates under host.json's ``routePrefix``;
 a request that matches no route (or not its methods) is 404, one without the
-key its auth level needs is 401, a body over the limit is 413, and an
-exception in the function is an empty 500, as on Azure. ``GET /`` answers
-200 so a health probe needs no key.
+key its auth level needs is 401, and an exception in the function is an
+empty 500, as on Azure. ``GET /`` answers 200 so a health probe needs no key.
+
+Bodies are bounded while they are read, before any function runs: over
+``max_request_bytes`` is a 413 as soon as the excess is known (at once from
+``Content-Length``, else when the chunks pass the limit), and a body that
+takes longer than ``body_timeout`` seconds is a 408, so neither a large nor a
+slow upload can hold memory or a connection (uvicorn stops reading a socket
+while the app is not reading). Both close the connection. A path or query
+that is not UTF-8 once percent-decoded is a 400: replacing the bytes with
+U+FFFD would map different ids to the same one. A ``StoreBusyError`` out of a
+function is a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from .._errors import StoreBusyError
+from ..bindings._settings import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_MAX_REQUEST_BYTES
 from ._index import IndexedFunction
 from ._invoke import HttpAnswer, Invoker, http_answer, http_request
 from ._keys import FunctionKeys
 from ._logging import invocation
-from ._routes import RouteTable
+from ._routes import PathNotText, RouteTable
 
 __all__ = ["MAX_REQUEST_BYTES", "FunctionsAsgi"]
 
 log = logging.getLogger("durable_fx.serve")
 
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
-"""The Functions host's request size limit (100 MB)."""
+"""The Functions host's own request size limit (100 MB); serve's default is far lower."""
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -42,6 +56,9 @@ class FunctionsAsgi:
         keys: The function and master keys.
         invoker: Calls the functions.
         after_invocation: Called after each invocation (serve polls queues sooner).
+        max_request_bytes: The largest body read (``DURABLE_FX_MAX_REQUEST_BYTES``).
+        body_timeout: Seconds a client has to send its whole body
+            (``DURABLE_FX_BODY_TIMEOUT_SECONDS``).
     """
 
     def __init__(
@@ -52,7 +69,8 @@ class FunctionsAsgi:
         keys: FunctionKeys,
         invoker: Invoker,
         after_invocation: Callable[[], None] = lambda: None,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
     ) -> None:
         self.routes: RouteTable[IndexedFunction] = RouteTable(route_prefix)
         for function in functions:
@@ -63,6 +81,7 @@ class FunctionsAsgi:
         self._invoker = invoker
         self._after = after_invocation
         self._limit = max_request_bytes
+        self._body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
@@ -76,14 +95,20 @@ class FunctionsAsgi:
         method = str(scope["method"]).upper()
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
-        match = self.routes.match(method, path)
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        try:
+            match = self.routes.match(method, path)
+            pairs = parse_qsl(query_string, keep_blank_values=True, errors="strict")
+        except PathNotText as error:
+            return _problem(400, str(error), "path")
+        except UnicodeDecodeError:
+            return _problem(400, "the query string is not UTF-8 once percent-decoded", "query")
         if match is None:
             if path.strip("/") == "" and method in ("GET", "HEAD"):
                 return HttpAnswer(200, [("content-type", "text/plain")], b"durable-fx serve\n")
             return HttpAnswer(404, [], b"")
         function = match.target
-        query_string = scope.get("query_string", b"").decode("latin-1")
-        query = _joined(parse_qsl(query_string, keep_blank_values=True))
+        query = _joined(pairs)
         headers = _joined(
             [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         )
@@ -91,9 +116,11 @@ class FunctionsAsgi:
         level = str(function.trigger.get("authLevel") or "FUNCTION")
         if not self._keys.allows(level, offered):
             return HttpAnswer(401, [], b"")
-        body = await _read_body(receive, self._limit, headers.get("content-length"))
-        if body is None:
-            return HttpAnswer(413, [], b"")
+        body = await _read_body(
+            receive, self._limit, headers.get("content-length"), self._body_timeout
+        )
+        if isinstance(body, HttpAnswer):
+            return body
         url = f"{scope.get('scheme', 'http')}://{_host(scope, headers)}{path}"
         url += f"?{query_string}" if query_string else ""
         request = http_request(method, url, headers, query, match.route_params, body)
@@ -102,7 +129,13 @@ class FunctionsAsgi:
             with invocation(
                 function.name, "http", invocation_id, method=method, path=path
             ) as record:
-                answer = http_answer(await self._invoker.invoke(function, request, invocation_id))
+                try:
+                    result = await self._invoker.invoke(function, request, invocation_id)
+                except StoreBusyError as error:
+                    record.fields["outcome"] = "busy"
+                    answer = _busy(error)
+                else:
+                    answer = http_answer(result)
                 record.fields["status"] = answer.status
         except Exception:
             answer = HttpAnswer(500, [], b"")
@@ -126,24 +159,56 @@ def _host(scope: Scope, headers: dict[str, str]) -> str:
     return f"{server[0]}:{server[1]}"
 
 
-async def _read_body(receive: Receive, limit: int, declared: str | None) -> bytes | None:
-    """The whole body, or ``None`` as soon as it is known to exceed ``limit``."""
+async def _read_body(
+    receive: Receive, limit: int, declared: str | None, timeout: float
+) -> bytes | HttpAnswer:
+    """The whole body, or the answer refusing it (413 over ``limit``, 408 too slow)."""
     if declared and declared.isdigit() and int(declared) > limit:
-        return None
+        return _too_large(f"is {int(declared)} bytes", limit)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    # Never run a function on part of a body; the client is gone anyway.
+                    return _problem(400, "the client disconnected before its body ended", "body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return _too_large(f"is over {limit} bytes", limit)
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+    except TimeoutError:
+        late = f"the request body did not arrive within {timeout:g} s"
+        return _problem(408, f"{late} (DURABLE_FX_BODY_TIMEOUT_SECONDS)", "body", close=True)
+
+
+def _too_large(size: str, limit: int) -> HttpAnswer:
+    message = (
+        f"the request body {size}; at most {limit} are accepted (DURABLE_FX_MAX_REQUEST_BYTES)"
+    )
+    # Closing the connection stops the client from sending the rest.
+    return _problem(413, message, "body", close=True)
+
+
+def _problem(status: int, message: str, field: str | None, *, close: bool = False) -> HttpAnswer:
+    """A JSON problem answer, as the management API writes them."""
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["fields"] = [{"field": field, "message": message}]
+    headers = [("content-type", "application/json")]
+    if close:
+        headers.append(("connection", "close"))
+    return HttpAnswer(status, headers, json.dumps(body).encode())
+
+
+def _busy(error: StoreBusyError) -> HttpAnswer:
+    answer = _problem(503, str(error), None)
+    answer.headers.append(("retry-after", str(max(1, math.ceil(error.retry_after)))))
+    return answer
 
 
 async def _send(send: Send, answer: HttpAnswer) -> None:

@@ -7,6 +7,9 @@ parameters ``{name}``, optional ones ``{name?}`` (last segment only), defaults
 literals and parameters (``{name}.{ext}``). When several routes match, the most
 specific wins: literals before constrained parameters before plain ones,
 optional and catch-all last, as ASP.NET orders them.
+
+Segments are percent-decoded as strict UTF-8: invalid bytes are a
+``PathNotText`` (400), never U+FFFD, which would make different paths equal.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
-__all__ = ["RouteMatch", "RouteTable", "RouteTemplate"]
+__all__ = ["PathNotText", "RouteMatch", "RouteTable", "RouteTemplate"]
 
 T = TypeVar("T")
 
@@ -270,6 +273,19 @@ class RouteTemplate:
         return values
 
 
+class PathNotText(ValueError):
+    """A URL path whose percent-encoded bytes are not UTF-8 (``%ED%A0%80``)."""
+
+
+def _decoded(segment: str) -> str:
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise PathNotText(
+            f"the URL path segment {segment[:80]!r} is not UTF-8 once percent-decoded"
+        ) from None
+
+
 @dataclass(slots=True)
 class RouteMatch(Generic[T]):
     """What a request matched: the target and its route values."""
@@ -292,8 +308,8 @@ class RouteTable(Generic[T]):
         self._routes.sort(key=lambda route: route[0].order())
 
     def match(self, method: str, path: str) -> RouteMatch[T] | None:
-        """The best route for ``method`` and the raw URL ``path``, or ``None``."""
-        segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
+        """The best route for ``method`` and the raw URL ``path``, or ``None`` (``PathNotText``)."""
+        segments = [_decoded(s) for s in path.strip("/").split("/")] if path.strip("/") else []
         prefix = [s for s in self.prefix.strip("/").split("/") if s]
         if [s.lower() for s in segments[: len(prefix)]] != [p.lower() for p in prefix]:
             return None

@@ -12,6 +12,10 @@
 5. SIGTERM or SIGINT stops it gracefully: no new requests or messages, work in
    flight finishes (up to the grace period), then everything closes. A second
    signal exits at once.
+
+Keys never reach the logs: with no key configured, the key made up for the run
+is printed once to the terminal (stderr, plain text, not a log record) in the
+text format and not at all in the JSON format, whose lines go to collectors.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import azure.functions as func
 import uvicorn
 
 from .._worker import Worker
-from ..bindings import DurableApp, HostConfig
+from ..bindings import DurableApp, FunctionsSettings, HostConfig
+from ..bindings._settings import SERVE_URL_SETTING
 from ..queues import QueueBackend, open_queues
 from ..storage import Store, default_store_url, open_store
 from ..storage._delivered import DeliveredWork
@@ -44,7 +49,14 @@ from ._invoke import Invoker
 from ._keys import FunctionKeys
 from ._logging import LogFormat, configure_logging
 
-__all__ = ["ServeError", "ServeOptions", "load_app", "load_local_settings", "serve"]
+__all__ = [
+    "ServeError",
+    "ServeOptions",
+    "listen_url",
+    "load_app",
+    "load_local_settings",
+    "serve",
+]
 
 log = logging.getLogger("durable_fx.serve")
 
@@ -90,6 +102,15 @@ def load_local_settings(directory: Path) -> list[str]:
     return loaded
 
 
+def listen_url(host: str, port: int) -> str:
+    """``http://host:port`` for a listening address (a wildcard address as ``localhost``)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def load_app(target: str, directory: Path) -> func.FunctionRegister:
     """Import ``module:attr`` (from ``directory``) and return the Functions app it names."""
     module_name, _, attr = target.partition(":")
@@ -130,6 +151,8 @@ def serve(options: ServeOptions) -> str | None:
     if options.store:
         # Before the app is imported: its queue triggers take their hub from the store URL.
         os.environ["DURABLE_FX_STORE"] = options.store
+    # The origin of generated URLs when neither DURABLE_FX_PUBLIC_URL nor WEBSITE_HOSTNAME is set.
+    os.environ[SERVE_URL_SETTING] = listen_url(options.host, options.port)
     if loaded:
         log.info("loaded %d settings from local.settings.json", len(loaded))
     try:
@@ -171,6 +194,15 @@ class _Host:
         durable_queues = {self._durable.settings.control_queue, self._durable.settings.work_queue}
         return [f for f in functions if f.trigger.get("queueName") not in durable_queues]
 
+    def _settings(self) -> FunctionsSettings:
+        """The app's settings (limits apply to every route, a plain FunctionApp's too)."""
+        if self._durable is not None:
+            return self._durable.settings
+        try:
+            return FunctionsSettings.from_environment()
+        except ValueError as error:
+            raise ServeError(str(error)) from None
+
     async def run(self) -> str | None:
         store, queues = self._open()
         delivered = isinstance(store, DeliveredWork)
@@ -182,12 +214,15 @@ class _Host:
         invoker = Invoker(threads, queues, self._config.queues.message_encoding)
         dispatcher = Dispatcher(functions, queues, self._config.queues, invoker)
         keys = FunctionKeys.from_environment()
+        settings = self._settings()
         asgi = FunctionsAsgi(
             functions,
             route_prefix=self._config.route_prefix,
             keys=keys,
             invoker=invoker,
             after_invocation=dispatcher.kick,
+            max_request_bytes=settings.max_request_bytes,
+            body_timeout=settings.body_timeout_seconds,
         )
         worker = None
         if self._durable is not None and store is not None and not delivered:
@@ -255,7 +290,7 @@ class _Host:
         store: Store | None,
         with_worker: bool,
     ) -> None:
-        base = f"http://{self._options.host}:{self._options.port}"
+        base = listen_url(self._options.host, self._options.port)
         prefix = f"/{self._config.route_prefix}" if self._config.route_prefix else ""
         for function in functions:
             trigger = function.trigger
@@ -266,14 +301,35 @@ class _Host:
                 where = f"queue {trigger.get('queueName')}"
             log.info("function %s: %s", function.name, where)
         if keys.generated:
+            self._announce_generated_key(keys.function_keys[0])
+        if self._durable is not None and self._durable.settings.management_auth_level == (
+            "ANONYMOUS"
+        ):
             log.warning(
-                "no DURABLE_FX_FUNCTION_KEYS set: FUNCTION-level routes take this run's key %s "
-                "(x-functions-key header or ?code=)",
-                keys.function_keys[0],
+                "DURABLE_FX_MANAGEMENT_AUTH=ANONYMOUS: anyone who can reach %s can start, "
+                "read, terminate and purge instances without a key",
+                base,
             )
         durable = "an in-process worker" if with_worker else "the queue triggers"
         where = repr(store) if store is not None else "no store"
         log.info("listening on %s; durable work by %s on %s", base, durable, where)
+
+    def _announce_generated_key(self, key: str) -> None:
+        """Show the run's key once on the terminal, never in a log record."""
+        if self._options.log_format == "json":
+            log.warning(
+                "no DURABLE_FX_FUNCTION_KEYS or DURABLE_FX_MASTER_KEY set: FUNCTION-level routes "
+                "take a key made up for this run, which JSON logs do not show; set "
+                "DURABLE_FX_FUNCTION_KEYS (or run with --log-format text to see it)"
+            )
+            return
+        # print, not logging: log handlers may ship records to collectors.
+        print(
+            "durable-fx serve: no DURABLE_FX_FUNCTION_KEYS set; FUNCTION-level routes take this "
+            f"run's key {key} (x-functions-key header or ?code=)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

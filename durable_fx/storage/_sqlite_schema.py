@@ -23,7 +23,6 @@ caches prepared statements per connection by their text.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -653,16 +653,4 @@ def continuation(last: InstanceRecord) -> str:
 
 
 def _parse_continuation(token: str) -> tuple[int, str]:
-    try:
-        created, after = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError, binascii.Error) as error:
-        raise _bad_continuation(token) from error
-    if not isinstance(created, int) or not isinstance(after, str):
-        raise _bad_continuation(token)
-    return created, after
-
-
-def _bad_continuation(token: str) -> ValueError:
-    return ValueError(
-        f"invalid continuation token {token[:40]!r}: pass back the one a query returned"
-    )
+    return decode_keyset(token)  # strict: no booleans, 64-bit integers, UTF-8 ids

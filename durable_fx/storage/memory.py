@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import dataclasses
 import itertools
@@ -44,6 +43,7 @@ from .._errors import (
 from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -643,12 +643,4 @@ def _encode_continuation(key: _SortKey) -> str:
 def _decode_continuation(token: str | None) -> _SortKey | None:
     if token is None:
         return None
-    try:
-        micros, instance_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error, TypeError) as error:
-        raise ValueError(
-            f"invalid continuation token {token[:40]!r}: pass back the one a query returned"
-        ) from error
-    if not isinstance(micros, int) or not isinstance(instance_id, str):
-        raise ValueError(f"invalid continuation token {token[:40]!r}")
-    return (micros, instance_id)
+    return decode_keyset(token)  # strict: no booleans, 64-bit integers, UTF-8 ids

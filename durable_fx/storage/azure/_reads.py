@@ -116,6 +116,21 @@ def _filter(query: InstanceQuery) -> str:
     prefix = query.instance_id_prefix
     if prefix:
         clauses.append(f"PartitionKey ge {odata(prefix)}")
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        clauses.append(f"PartitionKey lt {odata(upper)}")
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            clauses.append(f"PartitionKey lt {odata(upper)}")
     return " and ".join(clauses)
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """A string above every id starting with ``prefix`` (``None``: no such bound is needed).
+
+    The bound only narrows the server's scan (``_matches`` checks the prefix
+    exactly), so it may be loose. The table compares UTF-16 code units, where
+    characters past U+FFFF (surrogate pairs) sort below U+E000..U+FFFF, so the
+    last character is raised only below the surrogates (U+D7FF); otherwise it
+    is dropped and the one before it is raised instead.
+    """
+    while prefix and ord(prefix[-1]) >= 0xD7FF:
+        prefix = prefix[:-1]
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None

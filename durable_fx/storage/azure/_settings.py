@@ -10,7 +10,8 @@ Three ways to name a storage account, all turned into one ``AzureSettings``:
 - ``azure://`` alone: the Functions identity settings
   ``AzureWebJobsStorage__accountName`` / ``__queueServiceUri`` /
   ``__tableServiceUri`` / ``__blobServiceUri`` / ``__credential`` /
-  ``__clientId``, read from the environment.
+  ``__clientId``, read from the environment; ``azure://?connection=MyConn``
+  reads ``MyConn__accountName`` and friends instead (a custom connection).
 
 The task hub name (``hub`` argument, else the URL, else ``DURABLE_FX_HUB``,
 else ``durablefx``) names every resource, so several apps can share one
@@ -255,10 +256,11 @@ def _development_settings(proxy: str | None) -> AzureSettings:
 def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, str | None]:
     parts = urlsplit(url)
     query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"hub", "credential", "client_id"}
+    unknown = set(query) - {"hub", "credential", "client_id", "connection"}
     if unknown:
         raise ValueError(
-            f"unknown azure:// parameters {sorted(unknown)}; use hub, credential, client_id"
+            f"unknown azure:// parameters {sorted(unknown)}; "
+            "use hub, credential, client_id, connection"
         )
     account = parts.netloc
     if account:
@@ -266,7 +268,9 @@ def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, st
             account, {}, query.get("credential"), query.get("client_id"), source=url
         )
     else:
-        settings = identity_settings_from_environment(env)
+        # ?connection=MyConn: a custom connection's <MyConn>__accountName... settings.
+        prefix = query.get("connection") or IDENTITY_PREFIX
+        settings = identity_settings_from_environment(env, prefix)
         if "credential" in query or "client_id" in query:
             settings = _identity_settings(
                 settings.account,
