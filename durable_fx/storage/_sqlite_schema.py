@@ -426,7 +426,7 @@ def connect(
     # SQLITE_BUSY halfway through when another process got there first.
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(conn, busy_timeout)
         conn.execute(f"PRAGMA synchronous={level}")
         # A build or VFS may refuse a level silently: the store must not claim FULL without it.
         (running,) = conn.execute("PRAGMA synchronous").fetchone()

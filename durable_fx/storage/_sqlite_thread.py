@@ -154,14 +154,19 @@ class StoreThread(Generic[E]):
             return [(call, *_attempt(partial(engine.run_alone, call.run))) for call in writes]
         runs = [call.run for call in writes]
         try:
-            try:
-                results = engine.run_group(runs)
-            except GroupBroken:
-                # One call failed after writing: again, each call in a savepoint.
-                results = engine.run_group(runs, isolated=True)
+            results = _group(engine, runs)
         except Exception as error:  # the transaction itself failed (locked file, full disk)
             return [(call, False, error) for call in writes]
         return [(call, *result) for call, result in zip(writes, results, strict=True)]
+
+
+def _group(engine: Transactor, runs: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    try:
+        return engine.run_group(runs)
+    except GroupBroken:
+        pass  # outside the handler below, so callers' errors do not chain to GroupBroken
+    # One call failed after writing: again, each call in a savepoint.
+    return engine.run_group(runs, isolated=True)
 
 
 def _attempt(run: Callable[[], Any]) -> tuple[bool, Any]:
