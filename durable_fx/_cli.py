@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -41,6 +42,7 @@ from ._cli_output import (
 )
 from ._cli_poison import poison_app
 from ._cli_worker import load_registry, run_until_signalled
+from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
 from ._timeline import render_timeline, timeline_rows
 from .storage import default_store_url
@@ -105,6 +107,18 @@ def _global_options(
 # -- instance commands --------------------------------------------------------------------------
 
 
+class ReuseChoice(StrEnum):
+    """``start --reuse``: the CLI spelling of an ``IdReusePolicy``."""
+
+    refuse = "refuse"
+    replace_finished = "replace-finished"
+    replace_failed = "replace-failed"
+
+    @property
+    def policy(self) -> IdReusePolicy:
+        return IdReusePolicy[self.name.upper()]
+
+
 @app.command()
 def start(
     ctx: typer.Context,
@@ -124,10 +138,21 @@ def start(
             "--id",
             metavar="ID",
             callback=check_instance_id,
-            help="Instance id to use (default: a new random id). Refused while an instance "
-            "with this id is still running; a finished one is replaced.",
+            help="Instance id to use (default: a new random id). Refused if an instance "
+            "with this id exists, unless --reuse says to replace it.",
         ),
     ] = None,
+    reuse: Annotated[
+        ReuseChoice,
+        typer.Option(
+            "--reuse",
+            help="What to do if --id names a finished instance: refuse (keep it and fail), "
+            "replace-finished (replace a COMPLETED, FAILED or TERMINATED one, dropping its "
+            "history) or replace-failed (only a FAILED or TERMINATED one). A running "
+            "instance is never replaced.",
+            case_sensitive=False,
+        ),
+    ] = ReuseChoice.refuse,
     start_at: Annotated[
         str | None,
         typer.Option(
@@ -148,7 +173,9 @@ def start(
     payload = parse_json(input_json, "--input")
     when = parse_time(start_at, "--start-at")
     with open_client(settings.store) as client:
-        started = client.start(name, payload, instance_id=instance_id, start_at=when)
+        started = client.start(
+            name, payload, instance_id=instance_id, start_at=when, reuse=reuse.policy
+        )
     if settings.json:
         emit_json(
             {"instance_id": started, "name": name, "start_at": when.isoformat() if when else None}
@@ -590,6 +617,37 @@ def sidecar(
     log_level: Annotated[
         str, typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
     ] = "INFO",
+    auth_token: Annotated[
+        str | None,
+        typer.Option(
+            "--auth-token",
+            envvar="DURABLE_FX_SIDECAR_TOKEN",
+            show_envvar=True,
+            show_default=False,
+            metavar="TOKEN",
+            help="Require 'authorization: Bearer TOKEN' metadata on every call. Prefer the "
+            "environment variable: an option is visible to every user in ps.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option("--tls-cert", metavar="PEM", help="Certificate chain: serve TLS only."),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", metavar="PEM", help="The certificate's unencrypted key."),
+    ] = None,
+    max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-message-bytes",
+            envvar="DURABLE_FX_SIDECAR_MAX_MESSAGE_BYTES",
+            show_envvar=True,
+            metavar="BYTES",
+            help="Largest request taken and work item sent (gRPC's default, as the SDKs' "
+            "workers use it). Raise it with the workers' max_receive_message_length.",
+        ),
+    ] = 4 * 1024 * 1024,
     store: StoreOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -598,20 +656,23 @@ def sidecar(
     Point an SDK's client and worker at HOST:PORT (Python: TaskHubGrpcClient and
     TaskHubGrpcWorker with host_address="127.0.0.1:4001"). Ctrl-C or SIGTERM stops
     it gracefully; work that workers still hold is released for the next start.
+    Beyond loopback, set DURABLE_FX_SIDECAR_TOKEN and --tls-cert/--tls-key.
     """
     try:
-        from .sidecar._command import run_sidecar
+        from .sidecar._command import SidecarOptions, run_sidecar
     except ImportError as missing:
         raise CliError(str(missing), exit_code=USAGE_ERROR) from None
     settings = command_settings(ctx, store, json_output)
-    run_sidecar(
-        settings.store,
+    options = SidecarOptions(
         host=host,
         port=port,
         lease=lease,
-        log_level=log_level,
-        json_output=settings.json,
+        auth_token=auth_token or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_message_bytes=max_message_bytes,
     )
+    run_sidecar(settings.store, options, log_level=log_level, json_output=settings.json)
 
 
 @app.command()

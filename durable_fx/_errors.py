@@ -79,8 +79,9 @@ class InstanceExistsError(DurableFxError):
     def __init__(self, instance_id: str, status: str) -> None:
         if status in _FINISHED:
             advice = (
-                "it keeps its history; to run it again, restart it or start with "
-                "reuse=IdReusePolicy.REPLACE_FINISHED"
+                "it keeps its history. To run it again, restart it, or start it with an id "
+                "reuse policy that replaces it (reuse=IdReusePolicy.REPLACE_FINISHED; "
+                "CLI: --reuse replace-finished)"
             )
         else:
             advice = "wait for it to finish, terminate it, or start with another instance_id"

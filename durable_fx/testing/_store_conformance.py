@@ -3,6 +3,7 @@
 Each check builds a fresh store from a factory, drives it through the Store
 protocol only, and asserts one guarantee of the storage contract (DESIGN.md).
 Activity and poisoning checks live in ``_store_conformance_work``, those of
+id reuse and remembered message keys in ``_store_conformance_keys``, those of
 requeueing and deleting poisoned messages in ``_store_conformance_poison``, query,
 housekeeping and concurrency checks in ``_store_conformance_reads``;
 ``STORE_CHECKS`` lists them all.
@@ -29,6 +30,7 @@ from .._history import (
 )
 from .._state import OrchestrationStatus
 from ..storage import InstanceRecord, OrchestrationMessage
+from ._store_conformance_keys import KEY_CHECKS
 from ._store_conformance_poison import POISON_CHECKS
 from ._store_conformance_reads import READ_CHECKS
 from ._store_conformance_work import WORK_CHECKS
@@ -527,6 +529,7 @@ STORE_CHECKS: list[StoreCheck] = [
     check_reset_history_replaces_history,
     check_outgoing_start_creates_target_other_messages_need_one,
     check_abandoned_orchestration_retries_after_delay,
+    *KEY_CHECKS,
     *WORK_CHECKS,
     *POISON_CHECKS,
     *READ_CHECKS,
