@@ -1,10 +1,11 @@
 """durable_fx benchmarks: print one JSON document with every figure, its target and the machine.
 
-    python bench/run.py [--store sqlite|memory://] [--only W1,W2-1000,...] [--repeat N]
-                        [--out FILE]
+    python bench/run.py [--store sqlite[?PARAMS]|memory://] [--only W1,W2-1000,...]
+                        [--repeat N] [--out FILE]
 
 ``--store sqlite`` (the default) gives each workload a fresh SQLite file in a
-temporary directory; ``--store memory://`` a fresh in-process store. Each
+temporary directory (``--store 'sqlite?synchronous=normal'`` passes store URL
+parameters); ``--store memory://`` a fresh in-process store. Each
 workload runs in a process of its own, so one cannot warm or slow another.
 ``--only W2`` selects W2-1000 and W2-5000. ``--repeat N`` runs each workload
 N times (each in a new process on a new database) and reports the median of
@@ -57,7 +58,9 @@ DESCRIPTIONS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default="sqlite", help="sqlite (default) or memory://")
+    parser.add_argument(
+        "--store", default="sqlite", help="sqlite (default), sqlite?PARAMS or memory://"
+    )
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W4")
     parser.add_argument("--repeat", type=int, default=1, help="runs per workload (median)")
     parser.add_argument("--out", help="also write the JSON document to this file")
@@ -106,7 +109,9 @@ def _store_spec(value: str) -> str:
         return value
     if value in ("sqlite", "sqlite://"):
         return "sqlite"
-    raise SystemExit(f"--store must be sqlite or memory://, not {value!r}")
+    if value.startswith("sqlite?"):
+        return value  # URL parameters, e.g. sqlite?synchronous=normal
+    raise SystemExit(f"--store must be sqlite, sqlite?PARAMS or memory://, not {value!r}")
 
 
 def _select(only: str) -> list[str]:

@@ -73,7 +73,8 @@ def open_fresh_store(spec: str, db_dir: Path, name: str) -> Store:
     path = db_dir / f"{name}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return open_store(f"sqlite:///{path}")
+    _, query = spec.split("?", 1) if "?" in spec else (spec, "")
+    return open_store(f"sqlite:///{path}" + (f"?{query}" if query else ""))
 
 
 @contextmanager

@@ -207,6 +207,25 @@ def test_a_call_waiting_for_the_lock_succeeds_once_it_is_released(tmp_path: Path
     assert asyncio.run(scenario()) == "after-release"
 
 
+def test_queues_in_a_locked_file_give_up_with_store_busy_error(tmp_path: Path) -> None:
+    path = tmp_path / "queues.db"
+    url = url_of(path, "busy_timeout=0.2")
+
+    async def scenario() -> None:
+        queues = durable_fx.queues.open_queues(url)
+        try:
+            await queues.send("inbox", "first")  # creates the table
+            with write_locked(path), pytest.raises(StoreBusyError, match=r"busy_timeout=0\.2"):
+                await queues.send("inbox", "second")
+            await queues.send("inbox", "third")
+            got = await queues.receive("inbox", limit=5, visibility=timedelta(seconds=30))
+            assert [message.text for message in got] == ["first", "third"]
+        finally:
+            await queues.close()
+
+    asyncio.run(scenario())
+
+
 def test_opening_a_locked_file_outside_a_loop_gives_store_busy_error(tmp_path: Path) -> None:
     path = tmp_path / "new-and-locked.db"
     with write_locked(path), pytest.raises(StoreBusyError):

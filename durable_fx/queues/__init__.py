@@ -57,7 +57,7 @@ def open_queues(store: Store | str) -> QueueBackend:
     from ..storage.sqlite import SqliteStore
 
     if isinstance(store, SqliteStore):
-        return SqliteQueues(store.path)
+        return SqliteQueues(store.path, busy_timeout=store.busy_timeout)
     if isinstance(store, MemoryStore):
         return MemoryQueues()
     azure = sys.modules.get("durable_fx.storage.azure")
@@ -79,8 +79,8 @@ def _queues_for_url(url: str) -> QueueBackend:
     if url.startswith("sqlite://"):
         from ..storage.sqlite import parse_sqlite_url
 
-        path, _ = parse_sqlite_url(url)  # the store's own parameters, checked the same way
-        return SqliteQueues(path)
+        path, params = parse_sqlite_url(url)  # the store's parameters, checked the same way
+        return SqliteQueues(path, busy_timeout=float(params.get("busy_timeout", 5.0)))
     if _is_azure(url):
         from ..storage.azure import settings_from_url
         from ._azure import AzureQueues

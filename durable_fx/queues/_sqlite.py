@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._clock import Clock, SystemClock
+from .._errors import StoreBusyError
+from ..storage._sqlite_schema import is_busy
 from ._messages import QueuedMessage, poison_queue_of, validate_queue_name
 
 __all__ = ["SqliteQueues"]
@@ -55,8 +57,12 @@ def _time(micros: int) -> datetime:
 class SqliteQueues:
     """A ``QueueBackend`` on a SQLite file (usually the SQLite store's)."""
 
-    def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, clock: Clock | None = None, busy_timeout: float = 5.0
+    ) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        """Seconds a call waits for another connection's lock before ``StoreBusyError``."""
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -65,7 +71,7 @@ class SqliteQueues:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
@@ -77,7 +83,15 @@ class SqliteQueues:
             with self._lock:
                 return work(self._connection())
 
-        return await asyncio.to_thread(call)
+        try:
+            return await asyncio.to_thread(call)
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+            raise StoreBusyError(
+                f"another connection held {self.path} locked for more than "
+                f"busy_timeout={self.busy_timeout:g} s: {error}"
+            ) from error
 
     async def send(self, queue: str, text: str, *, delay: timedelta = timedelta(0)) -> None:
         """Add a message, invisible for ``delay``."""

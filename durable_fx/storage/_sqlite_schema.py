@@ -98,6 +98,7 @@ __all__ = [
     "held_key",
     "instance_from_row",
     "invocation_item",
+    "is_busy",
     "message_extra",
     "message_item",
     "micros",
@@ -442,6 +443,12 @@ def connect(
     return conn
 
 
+def is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (SQLITE_BUSY/LOCKED)."""
+    # The low byte is the primary code; extended ones (SQLITE_BUSY_SNAPSHOT...) count too.
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
     """Switch the file to WAL (once per file), waiting up to ``busy_timeout`` for the lock."""
     deadline = time.monotonic() + busy_timeout
@@ -452,7 +459,7 @@ def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
         except sqlite3.OperationalError as error:
             # The switch needs an exclusive lock, and SQLite answers BUSY at once
             # (its rule against deadlocks) instead of calling the busy handler.
-            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            if not is_busy(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
 

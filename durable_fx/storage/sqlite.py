@@ -122,7 +122,7 @@ class SqliteStore:
             self._thread.opened.result()
         except BaseException as error:
             self._finalizer()
-            if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
+            if isinstance(error, sqlite3.OperationalError) and sql.is_busy(error):
                 raise self._busy_error(error) from error
             raise
 
@@ -135,7 +135,7 @@ class SqliteStore:
         try:
             return await self._queue(run, write=write)
         except sqlite3.OperationalError as error:
-            if not _is_busy(error):
+            if not sql.is_busy(error):
                 raise
             raise self._busy_error(error) from error
 
@@ -355,12 +355,6 @@ def _on_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    """Whether SQLite gave up waiting for another connection's lock (SQLITE_BUSY/LOCKED)."""
-    # The low byte is the primary code; extended ones (SQLITE_BUSY_SNAPSHOT...) count too.
-    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _row_ids(poison_ids: Sequence[str]) -> str | None:
