@@ -9,7 +9,8 @@ outcome. Entry points:
 * ``POST /api/webhooks/delivery``: a receipt as HMAC-signed JSON
   (``DELIVERY_WEBHOOK_SECRET``; ``X-Signature`` over ``"<X-Timestamp>.<body>"``);
 * ``POST /api/webhooks/delivery/eventgrid``: ACS delivery reports from an Event
-  Grid subscription (validation handshake included; function key in the URL);
+  Grid subscription (validation handshake included; function key in the URL;
+  events that can never apply go to ``email-delivery-events-poison``);
 * the queue ``email-delivery-events``: the same reports through Event Grid -> Storage Queue.
 
     durable-fx serve function_app:app      # or: func start (with Azurite)
@@ -103,9 +104,17 @@ def delivery_webhook(receipt: DeliveryReceipt) -> DeliveryReceipt:
     event_id=lambda event: event.id,
     verify=event_grid_handshake(),
     batch=True,
+    # Events that can never be applied land next to the queue source's, in
+    # email-delivery-events-poison; moving one's "message" to email-delivery-events retries it.
+    dead_letter_queue="email-delivery-events",
 )
 def delivery_eventgrid(event: EventGridEvent) -> DeliveryReceipt | None:
-    """ACS EmailDeliveryReportReceived events pushed by Event Grid (others are ignored)."""
+    """ACS EmailDeliveryReportReceived events pushed by Event Grid (others are ignored).
+
+    Every event of a batch is raised whatever the others are; the answer lists
+    each one's outcome, and is 503 (Event Grid delivers the batch again) while
+    one names a message whose send is not recorded yet.
+    """
     return receipt_from_event(event)
 
 

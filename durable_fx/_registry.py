@@ -8,9 +8,12 @@ and ``client.start(fn)`` resolve names and payload types from the function.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+from pydantic import TypeAdapter
 
 from ._errors import UnknownNameError
 from ._serialization import PayloadCodec, input_parameter, return_annotation
@@ -18,10 +21,12 @@ from ._serialization import PayloadCodec, input_parameter, return_annotation
 __all__ = [
     "ActivityContext",
     "ActivityDefinition",
+    "EventDeclaration",
     "OrchestratorDefinition",
     "Registry",
     "definition_of",
     "name_of",
+    "validate_event_name",
 ]
 
 P = ParamSpec("P")
@@ -29,6 +34,46 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTRIBUTE = "__durable_fx_definition__"
+MAX_EVENT_NAME = 256
+"""Longest event name (as instance ids): names are stored in every EventRaised."""
+
+
+def validate_event_name(name: str) -> str:
+    """``name`` if it can name an event; ``ValueError`` saying what is wrong.
+
+    Names are matched case-insensitively; they may not be empty, longer than
+    256 characters, or hold control characters (they show in logs and tools).
+    """
+    if not name:
+        raise ValueError("an event name may not be empty")
+    if len(name) > MAX_EVENT_NAME:
+        raise ValueError(f"it has {len(name)} characters, at most {MAX_EVENT_NAME}")
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs")), None)
+    if bad is not None:
+        raise ValueError(
+            f"it contains U+{ord(bad):04X}; control and format characters are not allowed"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeclaration:
+    """An event an orchestrator waits for, and the type its data must have."""
+
+    name: str
+    annotation: Any
+    adapter: TypeAdapter[Any] | None
+    """Validates the data as the orchestrator will decode it (``None``: any JSON)."""
+
+    @classmethod
+    def of(cls, name: str, annotation: Any) -> EventDeclaration:
+        """Declare ``name`` with data of type ``annotation`` (``Any``: any JSON)."""
+        try:
+            validate_event_name(name)
+        except ValueError as error:
+            raise ValueError(f"invalid event name {name!r}: {error}") from None
+        empty = annotation in (Any, None, inspect.Parameter.empty)
+        return cls(name, annotation, None if empty else TypeAdapter(annotation))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +102,12 @@ class OrchestratorDefinition:
     input_codec: PayloadCodec[Any]
     output_codec: PayloadCodec[Any]
     kind: Literal["orchestrator"] = "orchestrator"
+    events: Mapping[str, EventDeclaration] | None = field(default=None, compare=False)
+    """The events it waits for, by casefolded name; ``None`` if it declared none."""
+
+    def event(self, name: str) -> EventDeclaration | None:
+        """The declaration of event ``name`` (names are case-insensitive), if any."""
+        return None if self.events is None else self.events.get(name.casefold())
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +157,26 @@ class Registry:
     @overload
     def orchestrator(self, fn: F, /) -> F: ...
     @overload
-    def orchestrator(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+    def orchestrator(
+        self, /, *, name: str | None = None, events: Mapping[str, Any] | None = None
+    ) -> Callable[[F], F]: ...
 
     def orchestrator(
-        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        events: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Register a generator function ``f(ctx, input)`` as an orchestrator."""
+        """Register a generator function ``f(ctx, input)`` as an orchestrator.
+
+        ``events`` declares the events it waits for and their data's type
+        (``{"DeliveryReceipt": DeliveryReceipt}``): the HTTP management API then
+        refuses, with 400 naming the fields, data that would not decode and
+        names it does not wait for, instead of letting them fail the instance.
+        """
+        declared = _declarations(events)
 
         def register(fn: F) -> F:
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -126,6 +191,7 @@ class Registry:
                 fn=fn,
                 input_codec=PayloadCodec.for_parameter(input_parameter(fn, 1)),
                 output_codec=PayloadCodec(return_annotation(fn, generator=True)),
+                events=declared,
             )
             self._add(self._orchestrators, definition)
             setattr(fn, _ATTRIBUTE, definition)
@@ -191,6 +257,17 @@ class Registry:
                 f"({where}); pass name=... to one of them"
             )
         table[definition.name] = definition
+
+
+def _declarations(events: Mapping[str, Any] | None) -> dict[str, EventDeclaration] | None:
+    if events is None:
+        return None
+    declared: dict[str, EventDeclaration] = {}
+    for name, annotation in events.items():
+        declaration = EventDeclaration.of(name, annotation)
+        if declared.setdefault(name.casefold(), declaration) is not declaration:
+            raise ValueError(f"event {name!r} is declared twice (names are case-insensitive)")
+    return declared
 
 
 def _activity_definition(name: str, fn: Callable[..., Any]) -> ActivityDefinition:

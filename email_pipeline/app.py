@@ -65,8 +65,9 @@ def records() -> EmailRecords:
 class UnknownMessageError(InstanceNotFoundError):
     """A receipt names a message no send has recorded (yet).
 
-    An ``InstanceNotFoundError``, so event sources treat it as retryable: a
-    webhook answers 404 (Event Grid retries it later), a queue message is
+    An ``InstanceNotFoundError``, so event sources treat it as retryable: the
+    signed webhook answers 404, an Event Grid batch 503 (Event Grid delivers it
+    again; the batch's other events are raised already), a queue message is
     retried by the host. A receipt can beat the send's own bookkeeping by a
     few milliseconds; dropping it would leave the email waiting for 24 h.
     """
@@ -158,7 +159,7 @@ def _transient(error: TaskFailedError) -> bool:
     return error.error_type.endswith("TransientProviderError")
 
 
-@app.orchestrator()
+@app.orchestrator(events={"DeliveryReceipt": DeliveryReceipt})
 def email_delivery(
     ctx: OrchestrationContext, job: EmailJob
 ) -> Generator[Any, Any, DeliveryOutcome]:
@@ -186,7 +187,7 @@ def email_delivery(
         ctx.set_custom_status(
             {"stage": "awaiting receipt", "attempt": attempt, "message_id": sent.message_id}
         )
-        receipt = yield from _receipt_for(ctx, sent, policy.receipt_timeout_seconds)
+        receipt = yield from _receipt_for(ctx, sent, attempt, policy.receipt_timeout_seconds)
         if receipt is None:
             ctx.set_custom_status({"stage": "escalated", "attempt": attempt})
             detail = f"no delivery receipt within {policy.receipt_timeout_seconds:g} s"
@@ -216,10 +217,15 @@ def email_delivery(
 
 
 def _receipt_for(
-    ctx: OrchestrationContext, sent: SendResult, timeout_seconds: float
+    ctx: OrchestrationContext, sent: SendResult, attempt: int, timeout_seconds: float
 ) -> Generator[Any, Any, DeliveryReceipt | None]:
-    """The receipt for ``sent`` (late receipts of earlier sends are skipped); None on timeout."""
+    """The receipt for ``sent``; None on timeout.
+
+    Late receipts of earlier sends are skipped; malformed ones are counted in
+    the custom status (``malformed_receipts``) and skipped too.
+    """
     deadline = ctx.current_utc_datetime + timedelta(seconds=timeout_seconds)
+    malformed = 0
     while True:
         left = deadline - ctx.current_utc_datetime
         if left <= timedelta(0):
@@ -230,6 +236,23 @@ def _receipt_for(
             )
         except EventTimeoutError:
             return None
+        except TaskFailedError as error:
+            if error.error_type != "SerializationError":
+                raise
+            # Data that is not a receipt (raised by hand, a buggy relay) must not end
+            # the email: note it where operators look, and keep waiting for the real one.
+            malformed += 1
+            ctx.logger.warning("ignoring a malformed DeliveryReceipt: %s", error.message)
+            ctx.set_custom_status(
+                {
+                    "stage": "awaiting receipt",
+                    "attempt": attempt,
+                    "message_id": sent.message_id,
+                    "malformed_receipts": malformed,
+                    "last_malformed": error.message[:500],
+                }
+            )
+            continue
         if receipt.message_id == sent.message_id:
             return receipt
         ctx.logger.info("skipping a receipt for %s (an earlier send)", receipt.message_id)

@@ -9,6 +9,10 @@
 
 SQLite tables in the store's file, Azure Tables (``<hub>emailsent``,
 ``<hub>emailmap``, ``<hub>emailoutcomes``) in the store's account, or memory.
+
+On SQLite, reads take no lock (the file is in WAL mode), so a webhook's
+``instance_for`` never waits for a writer; a write waits at most
+``BUSY_TIMEOUT_SECONDS`` for another connection, then raises ``StoreBusyError``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import hashlib
 import sqlite3
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from durable_fx import StoreBusyError
 
 from .models import DeliveryOutcome, SendResult
 
@@ -27,7 +34,10 @@ if TYPE_CHECKING:
     from durable_fx import Store
     from durable_fx.storage.azure import AzureSettings
 
-__all__ = ["EmailRecords", "MemoryRecords", "SqliteRecords", "open_records"]
+__all__ = ["BUSY_TIMEOUT_SECONDS", "EmailRecords", "MemoryRecords", "SqliteRecords", "open_records"]
+
+BUSY_TIMEOUT_SECONDS = 2.0
+"""How long SQLite waits for another connection's write lock before ``StoreBusyError``."""
 
 
 class EmailRecords(Protocol):
@@ -103,18 +113,28 @@ class SqliteRecords:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
-    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
-        """Run statements in one transaction; returns the last one's rows."""
-        with self._lock:
-            if self._conn is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self._path, timeout=30.0, isolation_level=None, check_same_thread=False
-                )
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
                 for ddl in self._SCHEMA:
                     conn.execute(ddl)
-                self._conn = conn
-            conn = self._conn
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        """Run statements in one write transaction; returns the last one's rows."""
+        with self._lock, _busy(self._path):
+            conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows: list[Any] = []
@@ -126,9 +146,14 @@ class SqliteRecords:
                 raise
             return rows
 
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """One query, outside any transaction: in WAL mode it waits for no writer."""
+        with self._lock, _busy(self._path):
+            return self._connection().execute(sql, args).fetchall()
+
     def sent(self, key: str) -> SendResult | None:
         """The recorded result of send ``key``."""
-        rows = self._run(("SELECT result FROM email_sent WHERE key = ?", (key,)))
+        rows = self._read("SELECT result FROM email_sent WHERE key = ?", (key,))
         return SendResult.model_validate_json(rows[0][0]) if rows else None
 
     def record_sent(self, key: str, result: SendResult, instance_id: str) -> SendResult:
@@ -145,8 +170,8 @@ class SqliteRecords:
 
     def instance_for(self, message_id: str) -> str | None:
         """The instance that sent ``message_id``."""
-        rows = self._run(
-            ("SELECT instance_id FROM email_messages WHERE message_id = ?", (message_id,))
+        rows = self._read(
+            "SELECT instance_id FROM email_messages WHERE message_id = ?", (message_id,)
         )
         return str(rows[0][0]) if rows else None
 
@@ -159,8 +184,22 @@ class SqliteRecords:
 
     def outcomes(self) -> list[DeliveryOutcome]:
         """Every recorded outcome, by instance id."""
-        rows = self._run(("SELECT outcome FROM email_outcomes ORDER BY instance_id", ()))
+        rows = self._read("SELECT outcome FROM email_outcomes ORDER BY instance_id", ())
         return [DeliveryOutcome.model_validate_json(row[0]) for row in rows]
+
+
+@contextlib.contextmanager
+def _busy(path: Path) -> Iterator[None]:
+    """Turn SQLite's "database is locked" into ``StoreBusyError`` (503 at HTTP level)."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        raise StoreBusyError(
+            f"{path.name} stayed locked for {BUSY_TIMEOUT_SECONDS:g} s ({error})",
+            retry_after=BUSY_TIMEOUT_SECONDS,
+        ) from None
 
 
 def _key(value: str) -> str:

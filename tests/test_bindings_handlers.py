@@ -500,7 +500,16 @@ def test_event_grid_handshakes_and_batches(harness: Harness) -> None:
         body=batch,
         headers={"aeg-event-type": "Notification"},  # type: ignore[arg-type]
     )
-    assert body_of(delivered) == {"raised": 2, "duplicates": 1, "ignored": 0}
+    assert body_of(delivered) == {
+        "raised": 2,
+        "duplicates": 1,
+        "ignored": 0,
+        "items": [
+            {"index": 0, "outcome": "raised", "id": "e1"},
+            {"index": 1, "outcome": "duplicate", "id": "e1"},
+            {"index": 2, "outcome": "raised", "id": "e2"},
+        ],
+    }
     assert harness.wait("grid-1").output["carriers"] == ["dhl", "last"]
 
 

@@ -21,13 +21,15 @@ any durable_fx program.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
 
 import azure.functions as func
 
-from .._registry import Registry
+from .._registry import Registry, validate_event_name
+from ..queues import poison_queue_of, validate_queue_name
 from ..storage import Store
 from ..storage._delivered import DeliveredMessage
 from ._client_binding import with_durable_client
@@ -113,11 +115,25 @@ class DurableApp(func.FunctionApp):
     @overload
     def orchestrator(self, fn: F, /) -> F: ...
     @overload
-    def orchestrator(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+    def orchestrator(
+        self, /, *, name: str | None = None, events: Mapping[str, Any] | None = None
+    ) -> Callable[[F], F]: ...
 
-    def orchestrator(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
-        """Register a generator function ``f(ctx, input)`` as an orchestrator."""
-        register: Callable[[F], F] = self._registry.orchestrator(name=name)
+    def orchestrator(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        events: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Register a generator function ``f(ctx, input)`` as an orchestrator.
+
+        ``events`` declares the events it waits for and their data's type; the
+        management API's ``raiseEvent`` refuses others, and data that would not
+        decode, with a 400 naming the fields (``Registry.orchestrator``).
+        """
+        register: Callable[[F], F] = self._registry.orchestrator(name=name, events=events)
         return register(fn) if fn is not None else register
 
     @overload
@@ -141,6 +157,7 @@ class DurableApp(func.FunctionApp):
         verify: WebhookVerifier | Sequence[WebhookVerifier] = (),
         event_id: EventIdSource | None = None,
         batch: bool = False,
+        dead_letter_queue: str | None = None,
         auth_level: func.AuthLevel | str | None = None,
         name: str | None = None,
     ) -> Callable[[F], F]:
@@ -149,23 +166,44 @@ class DurableApp(func.FunctionApp):
         The decorated function receives the JSON body validated into its
         parameter's type and returns the event's data (``None``: ignore it).
         ``instance_id`` is a callable on that payload or a route/query parameter
-        name; ``event_id`` gives the provider's event id (default: its id
-        header, else a hash of the body), so a replayed delivery raises once.
-        With ``batch`` the body is a JSON array of payloads (Event Grid).
-        ``auth_level`` defaults to ANONYMOUS when a verifier authenticates the
-        sender (a signature), else to the app's level.
+        name; ``event_id`` gives the provider's event id (default: the body's
+        digest when a verifier signs it, else its id header, else the body's
+        digest), so a replayed delivery raises once.
+
+        With ``batch`` the body is a JSON array of payloads (Event Grid): every
+        item is raised whatever the others are; items that never can be go to
+        ``<dead_letter_queue>-poison`` with the reason (default: the function's
+        name as a queue name, ``delivery_grid`` -> ``delivery-grid-poison``).
+
+        ``auth_level`` defaults to ANONYMOUS when every verifier authenticates
+        the sender (signatures), else to the app's level. A signature covers
+        the body only, so an ANONYMOUS route must take the instance from it:
+        ``instance_id`` naming a route or query parameter is refused there.
         """
         verifiers = (verify,) if callable(verify) else tuple(verify)
-        if auth_level is None and any(v.authenticates for v in verifiers):
+        if auth_level is None and verifiers and all(v.authenticates for v in verifiers):
             auth_level = func.AuthLevel.ANONYMOUS
         methods = ["POST", *(m for v in verifiers for m in v.methods if m != "POST")]
+        _check_event_name(event_name)
 
         def register(fn: F) -> F:
             function_name = name or fn.__name__
+            signed_only = any(v.authenticates for v in verifiers) and _anonymous(auth_level)
+            if isinstance(instance_id, str) and signed_only:
+                raise TypeError(
+                    f"webhook {function_name!r}: instance_id={instance_id!r} names a route or "
+                    "query parameter, which no signature covers: anyone holding one signed "
+                    "request could raise it on another instance. Take the instance from the "
+                    "signed payload (instance_id=lambda payload: ...), or require a key "
+                    "(auth_level=func.AuthLevel.FUNCTION)"
+                )
             source = EventSource.of(
                 function_name, fn, event_name=event_name, instance_id=instance_id, event_id=event_id
             )
-            handler = WebhookHandler(self._runtime, source, verifiers, batch=batch)
+            queue = _dead_letter_queue(function_name, dead_letter_queue)
+            handler = WebhookHandler(
+                self._runtime, source, verifiers, batch=batch, dead_letter_queue=queue
+            )
             self._add_http(function_name, route, list(dict.fromkeys(methods)), auth_level, handler)
             return fn
 
@@ -189,6 +227,7 @@ class DurableApp(func.FunctionApp):
         once. Messages that can never become an event go to ``<queue>-poison``
         with the reason.
         """
+        _check_event_name(event_name)
 
         def register(fn: F) -> F:
             function_name = name or fn.__name__
@@ -295,6 +334,34 @@ class DurableApp(func.FunctionApp):
         ]  # fmt: skip
         for name, route, method, handler in routes:
             self._add_http(name, route, [method], level, guarded(handler))
+
+
+def _anonymous(level: func.AuthLevel | str | None) -> bool:
+    found = level.name if isinstance(level, func.AuthLevel) else str(level or "")
+    return found.upper() == "ANONYMOUS"
+
+
+def _check_event_name(name: str) -> None:
+    try:
+        validate_event_name(name)
+    except ValueError as error:
+        raise ValueError(f"invalid event_name {name!r}: {error}") from None
+
+
+def _dead_letter_queue(function_name: str, chosen: str | None) -> str:
+    """The queue whose ``-poison`` twin gets a batch's unusable items (a valid name)."""
+    default = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9]", "-", function_name.lower())).strip("-")
+    queue = chosen or default
+    try:
+        validate_queue_name(queue)
+    except ValueError as error:
+        raise ValueError(f"webhook {function_name!r}: dead_letter_queue: {error}") from None
+    if poison_queue_of(queue) is None:
+        raise ValueError(
+            f"webhook {function_name!r}: dead_letter_queue {queue!r} has no '-poison' twin "
+            "(it is one already, or the name would pass 63 characters)"
+        )
+    return queue
 
 
 def _hub_of(store: Store | str | None) -> str | None:

@@ -1,11 +1,11 @@
-"""Which provider events an event source has raised already: webhook idempotency.
+"""Which provider events an event source has raised already, past the instance's life.
 
 Providers redeliver webhooks (timeouts, their own retries, replays). The store
-drops a duplicate only while the first copy is still pending in the inbox;
-once the orchestration has consumed it, a replay would raise the event again.
-The ledger remembers each (source, provider event id) after its event is raised
-(a crash in between lets a redelivery raise it again, and the inbox key makes
-that copy harmless while the first is pending).
+dedupes an event id atomically for the life of its instance; the ledger
+remembers each (source, provider event id) after its event is raised, so a
+redelivery after the instance was purged (or to another instance) is still a
+duplicate. Recording is one idempotent insert; a crash before it leaves the
+store's dedupe in charge.
 
 It lives with the store: a table in the SQLite file, a table ``<hub>events`` in
 the Azure account, a set in memory. Ids are kept hashed; nothing expires.
@@ -23,11 +23,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._errors import StoreBusyError
+
 if TYPE_CHECKING:
     from ..storage import Store
     from ..storage.azure import AzureSettings
 
 __all__ = ["EventLedger", "MemoryLedger", "SqliteLedger", "open_ledger"]
+
+BUSY_TIMEOUT_SECONDS = 2.0
+"""How long a write waits for another connection's lock before ``StoreBusyError``.
+
+Webhooks answer 503 with ``Retry-After`` then; waiting longer only holds the request.
+"""
 
 
 class EventLedger(Protocol):
@@ -79,17 +87,36 @@ class SqliteLedger:
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._lock:
-            if self._conn is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self._path, timeout=10.0, isolation_level=None, check_same_thread=False
-                )
+            try:
+                return self._connection().execute(sql, args).fetchall()
+            except sqlite3.OperationalError as error:
+                if "locked" in str(error) or "busy" in str(error):
+                    raise StoreBusyError(
+                        f"the event ledger in {self._path.name} stayed locked for "
+                        f"{BUSY_TIMEOUT_SECONDS:g} s ({error})",
+                        retry_after=BUSY_TIMEOUT_SECONDS,
+                    ) from None
+                raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
                 conn.execute(
-                    "CREATE TABLE IF NOT EXISTS fx_event_ids (source TEXT NOT NULL, "
-                    "digest TEXT NOT NULL, raised_at TEXT NOT NULL, PRIMARY KEY (source, digest))"
+                    "CREATE TABLE IF NOT EXISTS fx_event_ids (source TEXT NOT NULL, digest "
+                    "TEXT NOT NULL, raised_at TEXT NOT NULL, PRIMARY KEY (source, digest))"
                 )
-                self._conn = conn
-            return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
 
     async def seen(self, source: str, event_id: str) -> bool:
         """Whether ``event_id`` was recorded for ``source``."""

@@ -39,8 +39,8 @@ from .._errors import (
     UnknownNameError,
 )
 from .._ids import validate_instance_id
-from .._registry import OrchestratorDefinition
-from .._serialization import input_parameter
+from .._registry import OrchestratorDefinition, validate_event_name
+from .._serialization import encode, input_parameter
 from .._state import OrchestrationState, OrchestrationStatus
 from ._http import (
     FieldProblem,
@@ -269,14 +269,57 @@ class ManagementApi:
     # -- steering -------------------------------------------------------------------
 
     async def raise_event(self, req: func.HttpRequest) -> func.HttpResponse:
-        """POST instances/{instanceId}/raiseEvent/{eventName}: the body is the event's data."""
+        """POST instances/{instanceId}/raiseEvent/{eventName}: the body is the event's data.
+
+        202 raised. With ``?eventId=`` or ``Idempotency-Key`` a repeat, for the
+        instance's life, answers 200 ``{"duplicate": true}`` and raises nothing.
+        If the instance's orchestrator declared its events, other names and data
+        that would not decode are 400 naming the fields: they would fail it.
+        """
         runtime = self._runtime
-        instance_id = await self._running(req, "raise an event on")
         name = req.route_params.get("eventName", "")
+        try:
+            validate_event_name(name)
+        except ValueError as error:
+            problem = f"invalid event name {name[:80]!r}: {error}"
+            raise HttpProblem(400, problem, [FieldProblem("eventName", str(error))]) from None
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
         data = parse_json_body(req, runtime.settings.max_request_bytes)
+        state = await runtime.client.get(instance_id)
+        if state is None:
+            raise InstanceNotFoundError(instance_id)
+        self._check_event(state.name, name, data)
         event_id = req.params.get("eventId") or req.headers.get("idempotency-key") or None
-        await runtime.client.raise_event(instance_id, name, data, event_id=event_id)
+        try:
+            raised = await runtime.client.raise_event(instance_id, name, data, event_id=event_id)
+        except InvalidOperationError as error:  # finished, and this is a new event
+            raise HttpProblem(410, str(error)) from None
+        if not raised:
+            return json_response({"duplicate": True, "eventId": event_id}, 200)
         return func.HttpResponse(status_code=202)
+
+    def _check_event(self, orchestrator: str, name: str, data: Any) -> None:
+        """400 if ``orchestrator`` declared its events and this one would not decode."""
+        definition = self._runtime.registry.find_orchestrator(orchestrator)
+        if definition is None or definition.events is None:
+            return
+        declaration = definition.event(name)
+        if declaration is None:
+            declared = ", ".join(d.name for d in definition.events.values()) or "none"
+            problem = (
+                f"orchestrator {orchestrator!r} waits for no event {name!r} (declared: {declared})"
+            )
+            raise HttpProblem(400, problem, [FieldProblem("eventName", "not declared")])
+        if declaration.adapter is None:
+            return
+        try:
+            # As the orchestrator will decode it: from the JSON text it is stored as.
+            declaration.adapter.validate_json(encode(data) or "null")
+        except ValidationError as error:
+            fields = validation_problems(error, "body")
+            listed = "; ".join(f"{f.field}: {f.message}" for f in fields[:5])
+            problem = f"the data does not match event {declaration.name!r}'s type: {listed}"
+            raise HttpProblem(400, problem, fields) from None
 
     async def terminate(self, req: func.HttpRequest) -> func.HttpResponse:
         """POST instances/{instanceId}/terminate?reason=: stop it (and the children it waits on)."""

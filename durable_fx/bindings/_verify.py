@@ -3,7 +3,14 @@
 A verifier looks at a request before anything is parsed or raised. It either
 lets it through (returns ``None``), answers it itself (returns a response: a
 handshake), or refuses it (raises ``WebhookRejected``, which becomes a 401 with
-nothing raised). Verifiers compose: ``verify=[event_grid_handshake(), hmac_sha256(...)]``.
+nothing raised). Verifiers compose in order: the first to answer or refuse wins.
+
+A webhook needs no function key only when every verifier ``authenticates``
+everything it lets through or answers. ``event_grid_handshake()`` answers the
+validation handshakes without proof of the sender, so
+``verify=[event_grid_handshake(), hmac_sha256("SECRET")]`` keeps the route's
+key (FUNCTION): Event Grid calls it with ``?code=``, and notifications need the
+signature as well.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -44,7 +52,10 @@ class WebhookVerifier(Protocol):
     methods: tuple[str, ...]
     """HTTP methods the verifier answers itself (added to the webhook's methods)."""
     authenticates: bool
-    """Whether passing proves the sender (then the webhook needs no function key)."""
+    """Whether everything it lets through or answers comes from a proven sender.
+
+    A webhook is ANONYMOUS by default only when all its verifiers authenticate.
+    """
 
     def __call__(self, req: func.HttpRequest, body: bytes) -> func.HttpResponse | None: ...
 
@@ -103,8 +114,11 @@ class _HmacSha256:
         try:
             sent = float(raw)
         except ValueError:
+            sent = math.nan
+        if not math.isfinite(sent):
+            # nan compares false with everything, so it would pass any window check.
             problem = f"missing or malformed timestamp {self._timestamp_header}"
-            raise WebhookRejected(problem) from None
+            raise WebhookRejected(problem)
         if abs(self._now() - sent) > self._tolerance:
             raise WebhookRejected(
                 f"timestamp {raw} is outside the {self._tolerance:g} s window (a replay?)"
@@ -142,7 +156,11 @@ def hmac_sha256(
 
 
 def github_signature(secret_setting: str) -> WebhookVerifier:
-    """GitHub's ``X-Hub-Signature-256: sha256=<hex>`` (no timestamp: use its delivery id)."""
+    """GitHub's ``X-Hub-Signature-256: sha256=<hex>`` over the body (GitHub signs no time).
+
+    With no timestamp a captured delivery stays valid; its event id is the
+    body's digest, so a replay is a duplicate (``X-GitHub-Delivery`` is not signed).
+    """
     return hmac_sha256(
         secret_setting,
         signature_header="X-Hub-Signature-256",
