@@ -31,6 +31,7 @@ from tests.test_serve_http import (
     HOST_JSON,
     REPO,
     Server,
+    awaiting_receipt,
     new_id,
     server_env,
     signed,
@@ -123,13 +124,13 @@ def test_a_60_mib_anonymous_chunked_body_is_refused_before_it_is_buffered(
     finally:
         running.stop()
     assert chunked.status_code == 413, chunked.text
+    assert grown_mib < 20, f"peak RSS grew by {grown_mib:.1f} MiB for a 60 MiB body"
     assert "1048576" in chunked.json()["error"]
     assert "DURABLE_FX_MAX_REQUEST_BYTES" in chunked.json()["error"]
     assert chunked.json()["fields"][0]["field"] == "body"
     assert chunked.headers["connection"] == "close"  # the rest is never read
     assert declared.status_code == 413  # Content-Length: refused before reading at all
     assert "62914560 bytes" in declared.json()["error"]
-    assert grown_mib < 20, f"peak RSS grew by {grown_mib:.1f} MiB for a 60 MiB body"
 
 
 def test_a_3_mib_email_request_is_413(email_app: Server) -> None:
@@ -276,6 +277,8 @@ def test_a_management_500_logs_the_path_without_the_key(email_app: Server) -> No
     """D40/V5: the 500's log line names method and path, never the query (it held ?code=)."""
     with keyed(email_app, key=None) as anonymous:
         instance_id = start_email(anonymous, params={"code": MASTER_KEY}).json()["id"]
+        with keyed(email_app) as client:  # then nothing writes its row until a receipt comes
+            wait_until(lambda: awaiting_receipt(client, instance_id))
         with sqlite3.connect(email_app.store_url.removeprefix("sqlite:///"), timeout=30) as db:
             # A row no code wrote: reading it fails inside the handler, a genuine 500.
             db.execute("UPDATE instances SET status = 'bogus' WHERE instance_id = ?", [instance_id])
@@ -284,8 +287,11 @@ def test_a_management_500_logs_the_path_without_the_key(email_app: Server) -> No
         token = "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAsICJ4Il0="  # [10**30, "x"]
         d40 = anonymous.get("instances", params={"code": MASTER_KEY, "continuationToken": token})
         assert d40.status_code == 400
-    wait_until(lambda: f"GET /api/instances/{instance_id} failed" in email_app.logs())
+    lines = wait_until(
+        lambda: [line for line in email_app.logs().splitlines() if f"{instance_id}" in line]
+    )
     assert MASTER_KEY not in email_app.logs()
+    assert any(f"GET /api/instances/{instance_id} failed" in line for line in lines)
     assert FUNCTION_KEY not in email_app.logs()
 
 
