@@ -283,13 +283,22 @@ def test_event_grid_handshake_and_delivery_reports(client: httpx.Client) -> None
     assert answer.json() == {"validationResponse": "code-123"}
     instance_id = start(client, "grid@example.com")
     message_id = awaiting(client, instance_id)
+    expanded, bounced = acs_report(message_id, "Expanded"), acs_report(message_id, "Bounced")
     answer = client.post(
         "webhooks/delivery/eventgrid",
-        json=[acs_report(message_id, "Expanded"), acs_report(message_id, "Bounced")],
+        json=[expanded, bounced],
         headers={"aeg-event-type": "Notification"},
     )
     assert answer.status_code == 202
-    assert answer.json() == {"raised": 1, "duplicates": 0, "ignored": 1}
+    assert answer.json() == {
+        "raised": 1,
+        "duplicates": 0,
+        "ignored": 1,
+        "items": [
+            {"index": 0, "outcome": "ignored", "id": expanded["id"]},
+            {"index": 1, "outcome": "raised", "id": bounced["id"]},
+        ],
+    }
     result = output(client, instance_id)
     assert (result["status"], result["receipt_status"]) == ("failed", "bounced_hard")
 

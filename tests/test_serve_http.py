@@ -315,7 +315,15 @@ def test_event_grid_handshake_and_delivery(server: Server) -> None:
         delivered = client.post(
             "hooks/grid", json=events, headers={"aeg-event-type": "Notification"}
         )
-        assert delivered.json() == {"raised": 2, "duplicates": 0, "ignored": 0}
+        assert delivered.json() == {
+            "raised": 2,
+            "duplicates": 0,
+            "ignored": 0,
+            "items": [
+                {"index": n, "outcome": "raised", "id": event["id"]}
+                for n, event in enumerate(events)
+            ],
+        }
         again = client.post("hooks/grid", json=events, headers={"aeg-event-type": "Notification"})
         assert again.json()["duplicates"] == 2
         assert finished(client, order_id)["output"]["carriers"] == ["dhl", "last"]
