@@ -35,6 +35,7 @@ from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,

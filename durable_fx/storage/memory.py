@@ -45,6 +45,7 @@ from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
