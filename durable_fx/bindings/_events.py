@@ -310,7 +310,9 @@ class WebhookHandler:
         ledger remembers what was dead-lettered so each item is copied once.
         """
         body = json.dumps(item).encode()
-        ledger, source, digest = self._runtime.ledger, f"{self._source.name}/dead", _digest(body)
+        # Its own ledger partition (Azure table keys refuse "/"): not an event id.
+        ledger, source = self._runtime.ledger, f"{self._source.name}.dead-letters"
+        digest = _digest(body)
         try:
             if await ledger.seen(source, digest):
                 return ItemResult("poisoned", event_id, reason=f"{reason} (dead-lettered before)")
