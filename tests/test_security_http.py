@@ -342,7 +342,7 @@ def test_json_logs_hold_no_key_and_anonymous_management_warns(tmp_path: Path) ->
 def test_a_locked_store_answers_503_and_the_server_keeps_answering(tmp_path: Path) -> None:
     """E1/E2 for the management API: another process holds the SQLite write lock."""
     (tmp_path / "host.json").write_text(json.dumps(HOST_JSON))
-    url = f"sqlite:///{tmp_path / 'app.db'}"
+    url = f"sqlite:///{tmp_path / 'app.db'}?busy_timeout=1"  # the budget: 1 s of waiting
     running = start_server(tmp_path, "serve_app:app", server_env(), ["--store", url])
     holder = sqlite3.connect(tmp_path / "app.db", isolation_level=None, timeout=30)
     answers: dict[str, httpx.Response] = {}

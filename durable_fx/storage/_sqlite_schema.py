@@ -36,6 +36,7 @@ from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,

@@ -46,6 +46,7 @@ from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
