@@ -361,16 +361,18 @@ def test_a_locked_store_answers_503_and_the_server_keeps_answering(tmp_path: Pat
         health = httpx.get(running.base + "/", timeout=60)
         start_pending = waiting.is_alive()
         waiting.join(timeout=300)
+        with running.client() as client:  # an app's own route that starts an instance
+            answers["user route"] = client.put(f"orders/{new_id()}")
     finally:
         holder.rollback()
         holder.close()
         running.stop()
     assert health.status_code == 200
     assert start_pending, "GET / should answer while the start waits for the lock"
-    busy = answers["start"]
-    assert busy.status_code == 503, busy.text
-    assert int(busy.headers["retry-after"]) >= 1
-    assert "busy" in busy.json()["error"]
+    for busy in answers.values():
+        assert busy.status_code == 503, busy.text
+        assert int(busy.headers["retry-after"]) >= 1
+        assert "busy" in busy.json()["error"]
 
 
 # -- the Functions review's finding 8 ----------------------------------------------------------

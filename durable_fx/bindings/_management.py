@@ -25,9 +25,11 @@ import math
 import math
 import math
 import math
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 from urllib.parse import urlsplit
 from urllib.parse import urlsplit
 from urllib.parse import urlsplit

@@ -37,6 +37,7 @@ from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,

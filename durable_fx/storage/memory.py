@@ -47,6 +47,7 @@ from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
 from ._keyset import decode_keyset
+from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
