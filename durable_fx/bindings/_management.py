@@ -22,17 +22,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import math
-import math
-import math
-import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.parse import urlsplit
-from urllib.parse import urlsplit
-from urllib.parse import urlsplit
 from urllib.parse import urlsplit
 
 import azure.functions as func

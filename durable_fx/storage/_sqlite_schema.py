@@ -34,10 +34,6 @@ from typing import Any
 from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,

@@ -44,10 +44,6 @@ from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
-from ._keyset import decode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
