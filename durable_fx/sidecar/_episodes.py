@@ -41,6 +41,7 @@ from .._history import (
     ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
+    FailureDetails,
     HistoryEvent,
     OrchestratorStarted,
 )
@@ -191,6 +192,31 @@ class EpisodeBridge:
         if refused:
             commit = dataclasses.replace(commit, messages=[*commit.messages, *refused])
         return commit
+
+    async def fail(self, prepared: PreparedEpisode, error_type: str, message: str) -> EpisodeCommit:
+        """The commit failing ``prepared``'s instance without its code (it cannot be sent).
+
+        The new events are recorded before the failure, as if the code had
+        failed, so the history shows what arrived (a result that made it too large).
+        """
+        if prepared.rewinding:
+            failure = FailureDetails(error_type=error_type, message=message)
+            return plan_failure(
+                instance=prepared.instance,
+                started=prepared.started,
+                failure=failure,
+                consumed=prepared.consumed,
+                now=prepared.now,
+            )
+        details = pb.TaskFailureDetails(errorType=error_type, errorMessage=message)
+        complete = pb.CompleteOrchestrationAction(
+            orchestrationStatus=pb.ORCHESTRATION_STATUS_FAILED, failureDetails=details
+        )
+        response = pb.OrchestratorResponse(
+            instanceId=prepared.instance.instance_id,
+            actions=[pb.OrchestratorAction(id=-1, completeOrchestration=complete)],
+        )
+        return await self.finish(prepared, response)
 
     def committed(self, prepared: PreparedEpisode, commit: EpisodeCommit, version: str) -> None:
         """Keep the history that ``commit`` left, under the store's new ``version``."""

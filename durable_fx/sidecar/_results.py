@@ -12,8 +12,9 @@ from .._history import TaskCompleted, TaskFailed
 from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
 from ._history_pb import failure_from_pb
 from ._proto import optional_text, pb, text_value
+from ._security import TOO_LARGE_ERROR
 
-__all__ = ["activity_request", "activity_result"]
+__all__ = ["activity_request", "activity_result", "failed_activity"]
 
 
 def activity_request(item: ActivityWorkItem) -> pb.ActivityRequest:
@@ -43,3 +44,10 @@ def activity_result(
         event = TaskCompleted(timestamp=now, task_scheduled_id=invocation.task_id, result=result)
     message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
     return ActivityResult(item, message)
+
+
+def failed_activity(reason: str) -> pb.ActivityResponse:
+    """The response of an activity that could not be sent to any worker, and why."""
+    return pb.ActivityResponse(
+        failureDetails=pb.TaskFailureDetails(errorType=TOO_LARGE_ERROR, errorMessage=reason)
+    )

@@ -16,6 +16,7 @@ import os
 import socket
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Self
 
 from .._background import BackgroundThread, StartStopContext, StopSignal
@@ -25,6 +26,13 @@ from ..storage._protocol import Store
 from ._client_service import ClientService
 from ._episodes import EpisodeBridge
 from ._proto import grpc, pb_grpc
+from ._security import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BearerTokenInterceptor,
+    TlsFiles,
+    check_max_message_bytes,
+    exposure_warning,
+)
 from ._service import SidecarServicer
 from ._threaded import ThreadedServicer
 from ._watch import InstanceWatch
@@ -33,9 +41,6 @@ from ._work_items import WorkItemDispatcher
 __all__ = ["SidecarServer"]
 
 log = logging.getLogger("durable_fx.sidecar")
-
-_MAX_MESSAGE = 256 * 1024 * 1024
-"""Histories travel whole in every orchestrator request; gRPC's 4 MB default is too small."""
 
 
 class SidecarServer(StartStopContext):
@@ -55,6 +60,20 @@ class SidecarServer(StartStopContext):
         shutdown_grace: Seconds stopping waits for in-flight RPCs.
         threads: Calls served at once: each worker's stream and each waiting
             client (``WaitForInstance*``) holds one while it lasts.
+        auth_token: If set, every call must carry the metadata
+            ``authorization: Bearer <auth_token>``; others are UNAUTHENTICATED.
+        tls_cert: A PEM certificate chain; with ``tls_key``, the port speaks TLS only.
+        tls_key: The certificate's PEM private key (unencrypted).
+        max_message_bytes: The largest message taken from a client or worker,
+            and the largest work item sent to a worker (default 4 MiB,
+            gRPC's and so the SDKs' default receive limit). A work item that
+            would be larger fails its instance (or its activity) with the
+            reason instead of breaking the worker's stream. Raise it together
+            with the workers' ``max_receive_message_length``.
+
+    Raises:
+        ValueError: Only one of ``tls_cert``/``tls_key``, an unreadable or
+            mismatched pair, an empty ``auth_token``, or a limit gRPC cannot take.
     """
 
     def __init__(
@@ -70,7 +89,19 @@ class SidecarServer(StartStopContext):
         cache_size: int = 1_000,
         shutdown_grace: float = 5.0,
         threads: int = 200,
+        auth_token: str | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key (tls_cert and tls_key)")
+        # Checked before the store opens: a bad setting must not leave a store open.
+        self._tls = (
+            None if tls_cert is None or tls_key is None else TlsFiles.load(tls_cert, tls_key)
+        )
+        self._auth = None if auth_token is None else BearerTokenInterceptor(auth_token)
+        self._max_message = check_max_message_bytes(max_message_bytes)
         self._clock = clock or SystemClock()
         self._owns_store = not isinstance(store, Store)
         self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
@@ -160,6 +191,7 @@ class SidecarServer(StartStopContext):
             lease=self._lease,
             ping_interval=self._ping_interval,
             max_poll_interval=self._max_poll,
+            max_work_item_bytes=self._max_message,
         )
         clients = ClientService(self._store, self._clock, watch, self._dispatcher.work_arrived)
         servicer = SidecarServicer(clients, self._dispatcher)
@@ -167,24 +199,41 @@ class SidecarServer(StartStopContext):
             concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="durable-fx-sidecar-call"
             ),
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
+            # gRPC refuses a larger request before reading it: no client makes us buffer more.
+            options=[("grpc.max_receive_message_length", self._max_message)],
+            interceptors=[] if self._auth is None else [self._auth],
         )
         threaded = ThreadedServicer(servicer, asyncio.get_running_loop())
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]
+        self._port = self._bind(server)
+        server.start()
+        self._server = server
+        self._dispatcher.start()
+        log.info(
+            "durable_fx sidecar listening on %s (%s, %s, messages up to %d bytes)",
+            self.address,
+            "TLS" if self._tls else "no TLS",
+            "token required" if self._auth else "no token",
+            self._max_message,
+        )
+        warning = exposure_warning(
+            self._host, tls=self._tls is not None, token=self._auth is not None
+        )
+        if warning:
+            log.warning("%s", warning)
+
+    def _bind(self, server: grpc.Server) -> int:
+        address = f"{self._host}:{self._port}"
         try:
-            bound = server.add_insecure_port(f"{self._host}:{self._port}")
+            if self._tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, self._tls.credentials())
         except RuntimeError as error:  # grpcio's way of saying the bind failed
             raise OSError(f"{error}") from None
         if bound == 0:
             raise OSError("the address could not be bound")
-        self._port = bound
-        server.start()
-        self._server = server
-        self._dispatcher.start()
-        log.info("durable_fx sidecar listening on %s", self.address)
+        return bound
 
     async def _stop(self) -> None:
         server, dispatcher = self._server, self._dispatcher

@@ -9,6 +9,11 @@ released at once, so another worker gets it without waiting for the lease.
 
 Completions are taken on the gRPC call's thread and handed to the loop;
 activity results are written in batches (``ResultBatcher``).
+
+A work item larger than the worker can receive is never sent: it would end
+the worker's whole stream, and every reconnect would meet it again (and
+count a delivery of everything the worker held). Its instance fails instead,
+or its activity fails as a ``TaskFailed`` the orchestrator can handle.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from ..storage._records import (
 )
 from ._episodes import EpisodeBridge, PreparedEpisode
 from ._proto import pb
-from ._results import activity_request, activity_result
+from ._results import activity_request, activity_result, failed_activity
+from ._security import TOO_LARGE_ERROR, too_large
 from ._watch import InstanceWatch
 
 __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
@@ -111,6 +117,7 @@ class WorkItemDispatcher:
         lease: How long locked work stays ours; work a worker holds is renewed.
         ping_interval: Seconds of silence after which a stream gets a health ping.
         max_poll_interval: Longest sleep between polls of an idle stream.
+        max_work_item_bytes: The largest work item a worker can receive.
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class WorkItemDispatcher:
         lease: timedelta,
         ping_interval: float,
         max_poll_interval: float,
+        max_work_item_bytes: int,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -133,6 +141,7 @@ class WorkItemDispatcher:
         self._lease = lease
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
+        self._max_item = max_work_item_bytes
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
         self._committing: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(store, self._results_settled, log)
@@ -312,11 +321,20 @@ class WorkItemDispatcher:
             await self._commit_direct(item, prepared)
             return None
         token = self._new_token()
+        work_item = pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
+        size = work_item.ByteSize()
+        if size > self._max_item:
+            what = f"the work item of instance {item.instance.instance_id!r} (its history)"
+            reason = too_large(what, size, self._max_item)
+            log.warning("%s; the instance fails", reason)
+            failed = await self._bridge.fail(prepared, TOO_LARGE_ERROR, reason)
+            await self._commit_direct(item, failed)
+            return None
         now = asyncio.get_running_loop().time()
         self._held[token] = _HeldEpisode(connection, prepared, now)
         self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
-        return pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
+        return work_item
 
     async def _fetch_activities(
         self, connection: _Connection
@@ -336,14 +354,24 @@ class WorkItemDispatcher:
         requests = []
         for item in batch.items:
             token = self._new_token()
+            request = pb.WorkItem(activityRequest=activity_request(item), completionToken=token)
+            if (size := request.ByteSize()) > self._max_item:
+                self._fail_activity(item, size)
+                continue
             self._held[token] = _HeldActivity(connection, item, now)
             connection.activities.add(token)
-            requests.append(
-                pb.WorkItem(activityRequest=activity_request(item), completionToken=token)
-            )
+            requests.append(request)
         for request in requests:
             await connection.send(request)
         return batch
+
+    def _fail_activity(self, item: ActivityWorkItem, size: int) -> None:
+        """Answer an activity no worker can receive with a failure its orchestrator sees."""
+        invocation = item.invocation
+        what = f"the work item of activity {invocation.name!r} (its input)"
+        reason = too_large(what, size, self._max_item)
+        log.warning("%s; it fails in instance %s", reason, invocation.instance_id)
+        self._results.add(activity_result(item, failed_activity(reason), self._clock.now()))
 
     # -- completions -------------------------------------------------------------------------
 
