@@ -9,7 +9,9 @@ finished since. The HTTP level (the management API's ``Idempotency-Key`` and
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,3 +109,20 @@ def test_purging_forgets_event_ids(
     client.start("collector", 0, instance_id="reborn")
     assert client.raise_event("reborn", "stop", event_id="k") is True
     client.wait("reborn", timeout=WAIT)
+
+
+def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    with DurableClient(url) as client:
+        client.start("collector", 1, instance_id="old")
+    # Make it a file of the layout before remembered keys (schema version 2).
+    with sqlite3.connect(tmp_path / "v2.db") as db:
+        db.executescript("DROP TABLE used_keys; PRAGMA user_version=2;")
+    db.close()
+    with DurableClient(url) as client:
+        assert client.raise_event("old", "item", 1, event_id="e") is True
+        assert client.raise_event("old", "item", 1, event_id="e") is False
+    with sqlite3.connect(tmp_path / "v2.db") as db:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+    db.close()
+    assert version == 3

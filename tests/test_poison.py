@@ -321,7 +321,8 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         (last,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'poison'").fetchone()
     db.close()
-    assert version == 2 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert version == 3 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert "used_keys" in indexes, "version 3 remembers event ids (test_event_dedupe.py)"
     assert last == 7, "the next poisoned message could reuse a deleted id"
 
 

@@ -86,11 +86,13 @@ class Store(Protocol):
         the instance (until it is purged or replaced), in the same step as the
         message: a message whose ``key`` was enqueued before for that instance,
         pending or consumed, is ignored and the call returns False, even if the
-        instance has finished since. Otherwise, an instance that is COMPLETED,
-        FAILED or TERMINATED raises ``InvalidOperationError`` and one that does
-        not exist ``InstanceNotFoundError``; neither writes anything. The
-        status check is atomic with the write, so a message is never accepted
-        by an instance that has already finished.
+        instance has finished since. Otherwise an ``EventRaised`` to an instance
+        that is COMPLETED, FAILED or TERMINATED raises ``InvalidOperationError``
+        (other kinds, such as a rewind of a failed instance, are the caller's
+        to judge), and a message to an instance that does not exist raises
+        ``InstanceNotFoundError``; neither writes anything. The status check is
+        atomic with the write, so an event is never accepted by an instance
+        that has already finished.
         """
         ...
 

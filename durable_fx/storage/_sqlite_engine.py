@@ -261,7 +261,7 @@ class Engine:
         status, used = found
         if used:
             return False
-        if OrchestrationStatus(status).is_terminal:
+        if kind == "EventRaised" and OrchestrationStatus(status).is_terminal:
             raise InvalidOperationError(
                 f"cannot deliver {kind} to instance {iid!r}: it is {status}"
             )

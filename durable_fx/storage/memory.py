@@ -206,7 +206,7 @@ class MemoryStore:
             if message.key in instance.used_keys:
                 return False
             status = instance.record.status
-            if status.is_terminal:
+            if status.is_terminal and message.event.kind == "EventRaised":
                 raise InvalidOperationError(
                     f"cannot deliver {message.event.kind} to instance {message.instance_id!r}: "
                     f"it is {status.value}"

@@ -2,7 +2,7 @@
 
 A start refuses an existing instance unless its status is named replaceable;
 ``enqueue`` remembers every key it accepted until the instance is purged or
-replaced, and refuses new messages to a finished instance. Each rule holds
+replaced, and refuses new events to a finished instance. Each rule holds
 under concurrency: the check and the write are one step in the store.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 
 from .._errors import InstanceExistsError, InvalidOperationError
-from .._history import EventRaised
+from .._history import EventRaised, ExecutionRewound
 from .._state import OrchestrationStatus
+from ..storage import OrchestrationMessage
 from ._store_harness import StoreCheck, StoreFactory, StoreHarness, expect_raises, fresh_store
 
 __all__ = ["KEY_CHECKS"]
@@ -119,7 +120,8 @@ async def check_enqueue_to_finished_instance(factory: StoreFactory) -> None:
             instance_id = f"over-{status.value.lower()}"
             await h.start(instance_id)
             await h.store.enqueue(h.event(instance_id, "go", key="event:seen"))
-            await h.run_episode(instance_id, status=status)
+            # A fresh history (continue-as-new) is the same instance: keys stay.
+            await h.run_episode(instance_id, status=status, reset_history=True)
             duplicate = await h.store.enqueue(h.event(instance_id, "go", key="event:seen"))
             assert duplicate is False, f"a used key on a {status.value} instance was accepted"
             for key in ("event:new", ""):
@@ -131,6 +133,9 @@ async def check_enqueue_to_finished_instance(factory: StoreFactory) -> None:
             # Refused keys were not remembered: they are refused again, not "duplicates".
             refused = h.store.enqueue(h.event(instance_id, "go", key="event:new"))
             await expect_raises(InvalidOperationError, refused, "the refused key again")
+            # Only events are refused: a rewind of a finished instance is the caller's call.
+            rewind = ExecutionRewound(timestamp=h.clock.now(), reason="again")
+            assert await h.store.enqueue(OrchestrationMessage(instance_id, rewind)) is True
 
 
 async def check_purge_and_replace_forget_keys(factory: StoreFactory) -> None:

@@ -35,6 +35,7 @@ from ._resources import Resources
 
 __all__ = [
     "INSTANCE_ROW",
+    "USED_KEYS",
     "Codec",
     "history_key",
     "inbox_key",
@@ -81,14 +82,18 @@ def history_key(generation: int, seq: int) -> str:
     return f"h{generation:06x}{seq:08x}"
 
 
-def used_key(generation: int, key: str) -> str:
+USED_KEYS = ("d", "e")
+"""The RowKey range (from, before) of the used-key rows of a partition."""
+
+
+def used_key(key: str) -> str:
     """RowKey remembering that a message with dedupe key ``key`` was enqueued.
 
     It sorts before the history rows and the instance row, so partition reads
-    (``RowKey ge 'i'``) skip it; a replaced instance starts a new generation,
-    which forgets the old keys, and a purge deletes them with the partition.
+    (``RowKey ge 'i'``) skip it. A replacement or a purge of the instance
+    deletes these rows; a new history generation (continue-as-new) keeps them.
     """
-    return f"d{generation:06x}" + _safe(key)
+    return "d" + _safe(key)
 
 
 def inbox_key(key: str) -> str:

@@ -28,7 +28,7 @@ from ..._history import ExecutionStarted
 from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
 from .._records import InstanceRecord, OrchestrationMessage, new_instance_record, started_event
-from ._codec import INSTANCE_ROW, ts, used_key
+from ._codec import INSTANCE_ROW, USED_KEYS, odata, ts, used_key
 from ._hub import (
     MAX_BATCH,
     Op,
@@ -138,7 +138,7 @@ class Starts:
         *,
         own: bool,
     ) -> Session | None:
-        """Re-create a finished instance: new generation, old messages, work and keys dropped.
+        """Re-create a finished instance: new generation; old messages, work and used keys dropped.
 
         The write is conditional on the ETag of the row whose status was
         checked, so a concurrent start or restart makes it fail, not replace twice.
@@ -148,8 +148,14 @@ class Starts:
         partition = await hub.read_partition(iid)
         current = partition.instance or row
         _check_replaceable(iid, current, replaceable)
+        low, high = USED_KEYS
+        used = await hub.query(
+            f"PartitionKey eq {odata(iid)} and RowKey ge '{low}' and RowKey lt '{high}'",
+            what=f"list the used keys of {iid}",
+            select=["PartitionKey", "RowKey"],
+        )
         version, generation = int(current.get("Version", 1)) + 1, int(current.get("Gen", 0)) + 1
-        old = [*partition.inbox, *partition.work, *partition.outbox]
+        old = [*partition.inbox, *partition.work, *partition.outbox, *used]
         deletes: list[Op] = [
             ("delete", key_of_row(r)) for r in old if r["RowKey"] != inbox["RowKey"]
         ]
@@ -231,11 +237,11 @@ class Starts:
                 raise InstanceNotFoundError(iid)
             used = {
                 "PartitionKey": iid,
-                "RowKey": used_key(int(row.get("Gen", 0)), message.key),
+                "RowKey": used_key(message.key),
                 "Token": token,
             }
             status = OrchestrationStatus(row["Status"])
-            if status.is_terminal:
+            if status.is_terminal and message.event.kind == "EventRaised":
                 if await self._used_by(used) is not None:
                     return False
                 raise InvalidOperationError(
