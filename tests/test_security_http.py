@@ -437,3 +437,20 @@ def test_header_breaking_email_fields_are_400(
         answer = client.post("emails", json={**EMAIL, **change})
     assert answer.status_code == 400, answer.text
     assert [f["field"] for f in answer.json()["fields"]] == [field]
+
+
+def test_a_malformed_public_url_stops_serve_naming_the_setting(tmp_path: Path) -> None:
+    """A URL without a scheme would make every generated link relative to nothing."""
+    shutil.copy(REPO / "host.json", tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "durable_fx._cli", "serve", "function_app:app"],
+        cwd=tmp_path,
+        env=server_env(DURABLE_FX_PUBLIC_URL="mail.example.com"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "DURABLE_FX_PUBLIC_URL must look like https://" in result.stderr
+    assert "a bug in durable-fx" not in result.stderr
