@@ -37,6 +37,7 @@ from durable_fx import (
     StoreBusyError,
     Worker,
 )
+from tests.test_serve_http import free_port, server_env
 
 WAIT = 20.0
 SCRIPT = Path(sys.executable).parent / "durable-fx"
@@ -254,6 +255,23 @@ def test_opening_on_an_event_loop_does_not_wait_for_the_lock(tmp_path: Path) -> 
 
     with write_locked(path) as holder:
         assert asyncio.run(scenario(holder)) == "late"
+
+
+def test_serve_on_a_file_that_is_not_a_store_fails_at_startup(tmp_path: Path) -> None:
+    """``serve`` opens its store off the loop, so a bad file is still a startup error."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    command = [sys.executable, "-m", "durable_fx._cli", "serve", "serve_app:app"]
+    done = subprocess.run(
+        [*command, "--store", url_of(junk), "--port", str(free_port())],
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "file is not a database" in done.stderr
 
 
 # -- group commit ----------------------------------------------------------------------------

@@ -207,7 +207,9 @@ class _Host:
             raise ServeError(str(error)) from None
 
     async def run(self) -> str | None:
-        store, queues = self._open()
+        # Off the loop: opening a store waits for its file's lock, and outside a loop
+        # the SQLite store opens at once, so a bad file fails here, at startup.
+        store, queues = await asyncio.to_thread(self._open)
         delivered = isinstance(store, DeliveredWork)
         functions, problems = index_app(self._app)
         for problem in problems:

@@ -13,6 +13,10 @@ in which one call fails after writing is rolled back and run again in one
 transaction with each call in a SAVEPOINT, so only the failing call sees the
 error and the others still share one commit.
 
+A group of lease calls only (locking work, renewing a lease: writes nobody
+was told about, so losing them to a power cut loses nothing) commits without
+the sync; a group with any other write is synced.
+
 The thread opens the file itself: opening can wait for another process's
 lock, which must not block an event loop.
 """
@@ -24,7 +28,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -54,6 +58,8 @@ class Transactor(Protocol):
 
     def take_work_arrived(self) -> bool: ...
 
+    def unsynced(self) -> AbstractContextManager[None]: ...
+
     def close(self) -> None: ...
 
 
@@ -68,6 +74,8 @@ class Call:
     write: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    synced: bool = True
+    """Whether the write's commit must reach the disk before the caller hears of it."""
 
 
 class StoreThread(Generic[E]):
@@ -143,10 +151,22 @@ class StoreThread(Generic[E]):
     def _run(self, engine: Transactor, batch: list[Call]) -> None:
         """Run a batch: its reads, then all its writes as one transaction."""
         outcomes = [(call, *_attempt(call.run)) for call in batch if not call.write]
-        outcomes += self._run_writes(engine, [call for call in batch if call.write])
+        writes = [call for call in batch if call.write]
+        if any(call.synced for call in writes):
+            outcomes += self._run_writes(engine, writes)
+        else:
+            outcomes += self._run_unsynced(engine, writes)
         if engine.take_work_arrived():
             self._on_work()
         _settle(outcomes)
+
+    @classmethod
+    def _run_unsynced(cls, engine: Transactor, writes: list[Call]) -> list[tuple[Call, bool, Any]]:
+        try:
+            with engine.unsynced():
+                return cls._run_writes(engine, writes)
+        except Exception as error:  # the file could not be opened, or the level not restored
+            return [(call, False, error) for call in writes]
 
     @staticmethod
     def _run_writes(engine: Transactor, writes: list[Call]) -> list[tuple[Call, bool, Any]]:

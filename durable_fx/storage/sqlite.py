@@ -129,11 +129,11 @@ class SqliteStore:
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r}, synchronous={self.synchronous!r})"
 
-    async def _call(self, run: Callable[[], T], *, write: bool = True) -> T:
+    async def _call(self, run: Callable[[], T], *, write: bool = True, synced: bool = True) -> T:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         try:
-            return await self._queue(run, write=write)
+            return await self._queue(run, write=write, synced=synced)
         except sqlite3.OperationalError as error:
             if not sql.is_busy(error):
                 raise
@@ -145,10 +145,10 @@ class SqliteStore:
             f"busy_timeout={self.busy_timeout:g} s: {error}"
         )
 
-    def _queue(self, run: Callable[[], T], *, write: bool) -> asyncio.Future[T]:
+    def _queue(self, run: Callable[[], T], *, write: bool, synced: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._thread.queue.put(Call(run, write, loop, future))
+        self._thread.queue.put(Call(run, write, loop, future, synced))
         return future
 
     # -- starting and messaging -------------------------------------------------
@@ -181,7 +181,8 @@ class SqliteStore:
         self, *, owner: str, limit: int, lease: timedelta
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` unlocked instances with visible messages, each with all of them."""
-        return await self._call(partial(self._engine.lock_orchestrations, owner, limit, lease))
+        lock = partial(self._engine.lock_orchestrations, owner, limit, lease)
+        return await self._call(lock, synced=False)  # a lease: see _sqlite_thread
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
         """The current execution's history, oldest first (empty if none)."""
@@ -211,7 +212,9 @@ class SqliteStore:
     ) -> None:
         """Extend the lock if ``item`` still holds it; otherwise do nothing."""
         renew = self._engine.renew_orchestration_lease
-        await self._call(partial(renew, item.instance.instance_id, item.lock_token, lease))
+        await self._call(
+            partial(renew, item.instance.instance_id, item.lock_token, lease), synced=False
+        )
 
     # -- activity work ----------------------------------------------------------
 
@@ -219,7 +222,8 @@ class SqliteStore:
         self, *, owner: str, limit: int, lease: timedelta
     ) -> LockBatch[ActivityWorkItem]:
         """Lock up to ``limit`` visible work items, oldest first."""
-        return await self._call(partial(self._engine.lock_activities, owner, limit, lease))
+        lock = partial(self._engine.lock_activities, owner, limit, lease)
+        return await self._call(lock, synced=False)
 
     async def complete_activities(self, results: Sequence[ActivityResult]) -> None:
         """Deliver each result whose work item this worker still holds; drop the rest."""
@@ -239,7 +243,8 @@ class SqliteStore:
 
     async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
         """Extend the lease if this worker still holds the item; otherwise do nothing."""
-        await self._call(partial(self._engine.renew_activity_lease, sql.held_key(item), lease))
+        renew = partial(self._engine.renew_activity_lease, sql.held_key(item), lease)
+        await self._call(renew, synced=False)
 
     # -- reading and housekeeping -----------------------------------------------
 
