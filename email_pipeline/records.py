@@ -11,8 +11,10 @@ SQLite tables in the store's file, Azure Tables (``<hub>emailsent``,
 ``<hub>emailmap``, ``<hub>emailoutcomes``) in the store's account, or memory.
 
 On SQLite, reads take no lock (the file is in WAL mode), so a webhook's
-``instance_for`` never waits for a writer; a write waits at most
-``BUSY_TIMEOUT_SECONDS`` for another connection, then raises ``StoreBusyError``.
+``instance_for`` never waits for a writer, and gives up after
+``READ_TIMEOUT_SECONDS`` with ``StoreBusyError`` (503) if it ever must. Writes
+come from activities, on threads: they wait up to ``WRITE_TIMEOUT_SECONDS``,
+since failing ``record_sent`` after the provider took the mail is worse.
 """
 
 from __future__ import annotations
@@ -34,10 +36,19 @@ if TYPE_CHECKING:
     from durable_fx import Store
     from durable_fx.storage.azure import AzureSettings
 
-__all__ = ["BUSY_TIMEOUT_SECONDS", "EmailRecords", "MemoryRecords", "SqliteRecords", "open_records"]
+__all__ = [
+    "READ_TIMEOUT_SECONDS",
+    "WRITE_TIMEOUT_SECONDS",
+    "EmailRecords",
+    "MemoryRecords",
+    "SqliteRecords",
+    "open_records",
+]
 
-BUSY_TIMEOUT_SECONDS = 2.0
-"""How long SQLite waits for another connection's write lock before ``StoreBusyError``."""
+READ_TIMEOUT_SECONDS = 2.0
+"""How long a read may wait for SQLite's locks before ``StoreBusyError``."""
+WRITE_TIMEOUT_SECONDS = 30.0
+"""How long a write waits for another connection's write lock before ``StoreBusyError``."""
 
 
 class EmailRecords(Protocol):
@@ -118,7 +129,7 @@ class SqliteRecords:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self._path,
-                timeout=BUSY_TIMEOUT_SECONDS,
+                timeout=READ_TIMEOUT_SECONDS,
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -133,9 +144,13 @@ class SqliteRecords:
 
     def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
         """Run statements in one write transaction; returns the last one's rows."""
-        with self._lock, _busy(self._path):
+        with self._lock, _busy(self._path, WRITE_TIMEOUT_SECONDS):
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA busy_timeout = {WRITE_TIMEOUT_SECONDS * 1000:.0f}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {READ_TIMEOUT_SECONDS * 1000:.0f}")
             try:
                 rows: list[Any] = []
                 for sql, args in statements:
@@ -148,7 +163,7 @@ class SqliteRecords:
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         """One query, outside any transaction: in WAL mode it waits for no writer."""
-        with self._lock, _busy(self._path):
+        with self._lock, _busy(self._path, READ_TIMEOUT_SECONDS):
             return self._connection().execute(sql, args).fetchall()
 
     def sent(self, key: str) -> SendResult | None:
@@ -189,7 +204,7 @@ class SqliteRecords:
 
 
 @contextlib.contextmanager
-def _busy(path: Path) -> Iterator[None]:
+def _busy(path: Path, waited: float) -> Iterator[None]:
     """Turn SQLite's "database is locked" into ``StoreBusyError`` (503 at HTTP level)."""
     try:
         yield
@@ -197,8 +212,8 @@ def _busy(path: Path) -> Iterator[None]:
         if "locked" not in str(error) and "busy" not in str(error):
             raise
         raise StoreBusyError(
-            f"{path.name} stayed locked for {BUSY_TIMEOUT_SECONDS:g} s ({error})",
-            retry_after=BUSY_TIMEOUT_SECONDS,
+            f"{path.name} stayed locked for {waited:g} s ({error})",
+            retry_after=min(waited, READ_TIMEOUT_SECONDS),
         ) from None
 
 
