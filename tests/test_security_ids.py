@@ -97,9 +97,10 @@ def test_issued_continuation_tokens_still_page_through(server: Server) -> None:
     [
         (b'{"order_id": "x", "carrier": "\\ud800"}', "body.carrier"),  # D45
         (b'{"order_id": "x", "carrier": NaN}', "body"),
+        (b'{"order_id": "x", "carrier": 1e999}', "body"),  # read as inf, written as Infinity
         (b'{"order_id": "x", "\\udc00": 1}', "body.\\udc00"),
     ],
-    ids=["lone-surrogate", "nan", "surrogate-key"],
+    ids=["lone-surrogate", "nan", "overflow", "surrogate-key"],
 )
 def test_event_data_that_cannot_be_stored_is_400_naming_the_field(
     server: Server, body: bytes, field: str

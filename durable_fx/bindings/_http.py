@@ -4,14 +4,16 @@ Every error a caller can fix is a 4xx with a JSON body
 ``{"error": "<what happened and what to do>", "fields": [...]}``, where
 ``fields`` names each offending field (``{"field": "input.to", "message": ...}``).
 
-JSON bodies must also be storable: a lone surrogate (``"\\ud800"``) or
-``NaN``/``Infinity`` parses in Python but cannot be written back as JSON, so
-both are refused here, naming the field, rather than failing later as a 500.
+JSON bodies must also be storable: a lone surrogate (``"\\ud800"``) parses
+in Python but cannot be written as UTF-8, and ``NaN``, ``Infinity`` or
+``1e999`` are not JSON numbers once written back; all are refused here
+(naming the field) rather than failing or changing meaning later.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,7 +102,7 @@ def parse_json_body(req: func.HttpRequest, limit: int) -> Any:
 def parse_json(body: bytes, where: str) -> Any:
     """Parse JSON bytes, or raise a 400 problem naming ``where`` (or the field inside it)."""
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as error:
         raise HttpProblem(
             400,
@@ -116,6 +118,13 @@ def parse_json(body: bytes, where: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON, but Python reads it as inf
+        raise ValueError(f"{text[:40]} is too large for a number")
+    return value
 
 
 def _lone_surrogate(value: Any, root: str) -> str | None:
