@@ -251,8 +251,15 @@ def test_the_request_host_does_not_choose_the_url_host(
             },
             "https://mail.example.com",
         ),
+        (
+            {
+                "CONTAINER_APP_NAME": "email",
+                "CONTAINER_APP_ENV_DNS_SUFFIX": "calm-sea-1.westeurope.azurecontainerapps.io",
+            },
+            "https://email.calm-sea-1.westeurope.azurecontainerapps.io",
+        ),
     ],
-    ids=["WEBSITE_HOSTNAME", "DURABLE_FX_PUBLIC_URL"],
+    ids=["WEBSITE_HOSTNAME", "DURABLE_FX_PUBLIC_URL", "container-app"],
 )
 def test_urls_use_the_configured_origin(
     tmp_path: Path, settings: dict[str, str], origin: str

@@ -20,9 +20,11 @@ setting                            default                what it decides
 
 The URLs the management API writes (check-status bodies, ``Location``) start
 with ``DURABLE_FX_PUBLIC_URL``, else ``https://$WEBSITE_HOSTNAME`` (the
-Functions host sets it; ``http`` for ``localhost``), else the address
-``durable-fx serve`` listens on, else ``http://localhost:7071``. Never with
-the request's ``Host``: a caller could point the links at their own server.
+Functions host sets it; ``http`` for ``localhost``), else
+``https://$CONTAINER_APP_NAME.$CONTAINER_APP_ENV_DNS_SUFFIX`` (Azure Container
+Apps sets both), else the address ``durable-fx serve`` listens on, else
+``http://localhost:7071``. Never with the request's ``Host``: a caller could
+point the links at their own server.
 
 A custom ``DURABLE_FX_CONNECTION`` works like ``AzureWebJobsStorage``: its
 value is a connection string, or ``<name>__accountName`` (and the other
@@ -118,6 +120,10 @@ class FunctionsSettings:
         if website:
             scheme = "http" if website.lower().startswith(_LOOPBACK_HOSTS) else "https"
             return f"{scheme}://{website}"
+        container_app = environ.get("CONTAINER_APP_NAME", "").strip()
+        dns_suffix = environ.get("CONTAINER_APP_ENV_DNS_SUFFIX", "").strip()
+        if container_app and dns_suffix:
+            return f"https://{container_app}.{dns_suffix}"
         return environ.get(SERVE_URL_SETTING, "").strip() or "http://localhost:7071"
 
     @classmethod
