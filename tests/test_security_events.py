@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -143,6 +145,38 @@ def test_b22_an_instance_from_an_unsigned_route_parameter_is_refused_at_decorati
         auth_level="FUNCTION",
     )
     assert keyed(hook) is hook
+
+
+_UNSIGNED_TARGET_APP = """
+from typing import Any
+from durable_fx import DurableApp
+from durable_fx.bindings import hmac_sha256
+
+app = DurableApp()
+
+
+@app.event_webhook(route="hooks/{id}", event_name="Ping", instance_id="id", verify=hmac_sha256("S"))
+def hook(ping: dict[str, Any]) -> dict[str, Any]:
+    return ping
+"""
+
+
+def test_b22_serve_refuses_an_app_that_takes_the_instance_from_an_unsigned_parameter(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hook_app.py").write_text(_UNSIGNED_TARGET_APP)
+    result = subprocess.run(
+        [sys.executable, "-m", "durable_fx._cli", "serve", "hook_app:app", "--port", "0"],
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot load hook_app:app: webhook 'hook': instance_id='id'" in result.stderr
+    assert "signed payload" in result.stderr
+    assert "a bug in durable-fx" not in result.stderr
 
 
 @pytest.mark.parametrize("stamp", ["nan", "NaN", "inf", "-inf", "1e400"])
