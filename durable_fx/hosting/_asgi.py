@@ -163,8 +163,8 @@ async def _read_body(
     receive: Receive, limit: int, declared: str | None, timeout: float
 ) -> bytes | HttpAnswer:
     """The whole body, or the answer refusing it (413 over ``limit``, 408 too slow)."""
-    if declared and declared.isdigit() and int(declared) > limit:
-        return _too_large(f"is {int(declared)} bytes", limit)
+    if _exceeds(declared, limit):
+        return _too_large(f"is {declared} bytes", limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -184,6 +184,15 @@ async def _read_body(
     except TimeoutError:
         late = f"the request body did not arrive within {timeout:g} s"
         return _problem(408, f"{late} (DURABLE_FX_BODY_TIMEOUT_SECONDS)", "body", close=True)
+
+
+def _exceeds(declared: str | None, limit: int) -> bool:
+    """Whether a ``Content-Length`` announces more than ``limit`` bytes."""
+    if not declared or not (declared.isascii() and declared.isdigit()):
+        return False  # absent or malformed: the body is counted as it arrives
+    digits = declared.lstrip("0")
+    # Compare lengths first: int() of a 5,000-digit header is refused by Python itself.
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
 
 
 def _too_large(size: str, limit: int) -> HttpAnswer:
