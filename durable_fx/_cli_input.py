@@ -18,11 +18,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ._cli_output import USAGE_ERROR, CliError, redact_store_url
-from ._client import DurableClient
 from ._errors import DurableFxError, InstanceNotFoundError, InvalidInstanceIdError
 from ._ids import validate_instance_id
 from ._registry import Registry
 from ._state import OrchestrationState
+from ._sync_client import DurableClient
 from ._worker import Worker
 from .storage import default_store_url
 

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ._cli_input import CliSettings, JsonOption, StoreOption, command_settings, open_client
 from ._cli_output import USAGE_ERROR, CliError, emit_json, format_time, stdout_console
-from ._client import DurableClient
+from ._sync_client import DurableClient
 from .storage import PoisonedMessage
 
 __all__ = ["poison_app", "poisoned_json", "poisoned_table"]

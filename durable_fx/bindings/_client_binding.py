@@ -14,7 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .._client import AsyncDurableClient, DurableClient
+from .._client import AsyncDurableClient
+from .._sync_client import DurableClient
 from ._runtime import AppRuntime
 
 __all__ = ["with_durable_client"]

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from .._activity_runner import ActivityRunner
-from .._client import AsyncDurableClient, DurableClient
+from .._client import AsyncDurableClient
 from .._clock import Clock, SystemClock
 from .._orchestration_runner import ExecutorCache, OrchestrationRunner
 from .._registry import Registry
+from .._sync_client import DurableClient
 from ..queues import QueueBackend, encode_body, open_queues, poison_queue_of
 from ..storage import Store, open_store
 from ..storage._delivered import DeliveredMessage, DeliveredWork

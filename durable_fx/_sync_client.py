@@ -1,0 +1,176 @@
+"""The synchronous client: ``AsyncDurableClient``'s operations, blocking.
+
+Each call runs the async client's coroutine on a private event-loop thread, so
+the two clients share one implementation (no hand-written sync twin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ._client import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
+from ._clock import Clock
+from ._reuse import IdReuse, IdReusePolicy
+from ._state import OrchestrationState
+from .storage._protocol import Store
+from .storage._records import PoisonedMessage
+
+__all__ = ["DurableClient"]
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread that runs coroutines for sync callers."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="durable-fx-client", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class DurableClient:
+    """The synchronous client: the same operations as ``AsyncDurableClient``, blocking."""
+
+    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+        self._client = AsyncDurableClient(store, clock=clock)
+        self._portal = _LoopThread()
+
+    @property
+    def store(self) -> Store:
+        """The store this client talks to."""
+        return self._client.store
+
+    def start(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str:
+        """See ``AsyncDurableClient.start``."""
+        return self._portal.call(
+            self._client.start(
+                orchestrator, input, instance_id=instance_id, start_at=start_at, reuse=reuse
+            )
+        )
+
+    def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
+        """See ``AsyncDurableClient.get``."""
+        return self._portal.call(self._client.get(instance_id, history=history))
+
+    def wait(
+        self, instance_id: str, *, timeout: float | None = 60.0, poll_interval: float = 0.25
+    ) -> OrchestrationState:
+        """See ``AsyncDurableClient.wait``."""
+        return self._portal.call(
+            self._client.wait(instance_id, timeout=timeout, poll_interval=poll_interval)
+        )
+
+    def raise_event(
+        self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None
+    ) -> bool:
+        """See ``AsyncDurableClient.raise_event``."""
+        return self._portal.call(
+            self._client.raise_event(instance_id, name, data, event_id=event_id)
+        )
+
+    def terminate(self, instance_id: str, reason: Any = None, *, recursive: bool = True) -> None:
+        """See ``AsyncDurableClient.terminate``."""
+        self._portal.call(self._client.terminate(instance_id, reason, recursive=recursive))
+
+    def suspend(self, instance_id: str, reason: Any = None) -> None:
+        """See ``AsyncDurableClient.suspend``."""
+        self._portal.call(self._client.suspend(instance_id, reason))
+
+    def resume(self, instance_id: str, reason: Any = None) -> None:
+        """See ``AsyncDurableClient.resume``."""
+        self._portal.call(self._client.resume(instance_id, reason))
+
+    def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:
+        """See ``AsyncDurableClient.restart``."""
+        return self._portal.call(self._client.restart(instance_id, new_instance_id=new_instance_id))
+
+    def purge(
+        self,
+        instance_id: str | None = None,
+        *,
+        status: StatusFilter = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+    ) -> int:
+        """See ``AsyncDurableClient.purge``."""
+        return self._portal.call(
+            self._client.purge(
+                instance_id, status=status, created_from=created_from, created_to=created_to
+            )
+        )
+
+    def query(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> QueryResult:
+        """See ``AsyncDurableClient.query``."""
+        return self._portal.call(
+            self._client.query(
+                status=status,
+                name=name,
+                created_from=created_from,
+                created_to=created_to,
+                instance_id_prefix=instance_id_prefix,
+                page_size=page_size,
+                continuation=continuation,
+            )
+        )
+
+    def poisoned(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
+        """See ``AsyncDurableClient.poisoned``."""
+        return self._portal.call(self._client.poisoned(instance_id=instance_id))
+
+    def requeue_poisoned(self, poison_ids: PoisonIds) -> int:
+        """See ``AsyncDurableClient.requeue_poisoned``."""
+        return self._portal.call(self._client.requeue_poisoned(poison_ids))
+
+    def delete_poisoned(self, poison_ids: PoisonIds) -> int:
+        """See ``AsyncDurableClient.delete_poisoned``."""
+        return self._portal.call(self._client.delete_poisoned(poison_ids))
+
+    def close(self) -> None:
+        """Close the store (if this client opened it) and the client's thread."""
+        self._portal.call(self._client.close())
+        self._portal.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
