@@ -126,9 +126,6 @@ def load_app(target: str, directory: Path) -> func.FunctionRegister:
         raise ServeError(f"cannot import {module_name!r}: {error}", exit_code=2) from None
     except AttributeError:
         raise ServeError(f"module {module_name!r} has no attribute {attr!r}", exit_code=2) from None
-    except ValueError as error:
-        # A malformed app setting (DurableApp reads them when the module builds it).
-        raise ServeError(f"cannot load {target}: {error}") from None
     except (TypeError, ValueError) as error:
         # A malformed app setting (DurableApp reads them when the module builds it),
         # or a decorator refusing its arguments (an unsigned instance id, say).
