@@ -8,7 +8,6 @@ share one implementation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -186,8 +185,7 @@ class AsyncDurableClient:
         if record.status.is_terminal:
             return
         event = ExecutionTerminated(timestamp=self._clock.now(), input=reason, recurse=recursive)
-        with contextlib.suppress(InvalidOperationError):  # it finished meanwhile: nothing to do
-            await self._store.enqueue(OrchestrationMessage(instance_id, event))
+        await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def suspend(self, instance_id: str, reason: Any = None) -> None:
         """Pause an instance: it keeps receiving events but runs no code until resumed."""

@@ -198,7 +198,7 @@ class Starts:
         if not owned:
             hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
         try:
-            added = await self._add_once(message)
+            added = await self._write_message(message)
         except BaseException:
             if hint is not None:
                 with contextlib.suppress(Exception):
@@ -213,13 +213,14 @@ class Starts:
         if session is not None:
             session.stale = True  # our write changed its row: re-read before the next lock
             hub.wake()
-        elif owned:
+            return True
+        if owned:
             # The session ended while the message was being written: wake whoever is next.
             await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
         self._orchestrations.expect(delay)
         return True
 
-    async def _add_once(self, message: OrchestrationMessage) -> bool:
+    async def _write_message(self, message: OrchestrationMessage) -> bool:
         """One transaction: the used-key row, the inbox row, and If-Match on the instance row.
 
         The used-key row makes a repeat fail (409: a duplicate, pending or
