@@ -10,7 +10,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from durabletask import client as dt_client
+from durabletask import task
+from durabletask.internal import orchestrator_service_pb2 as pb
 from typer.testing import CliRunner
 
 from durable_fx import (
@@ -25,6 +29,8 @@ from durable_fx import (
     Worker,
 )
 from durable_fx._cli import app as cli_app
+from tests.sidecar_support import WAIT as SIDECAR_WAIT
+from tests.sidecar_support import running_sidecar, start_worker
 
 WAIT = 20.0
 
@@ -135,3 +141,32 @@ def test_cli_start_refuses_a_finished_id_unless_told_to_replace_it(
     replaced = runner.invoke(cli_app, [*args, "--reuse", "replace-finished"])
     assert replaced.exit_code == 0, replaced.output
     assert client.wait("cli-done", timeout=WAIT).output == 5
+
+
+def test_sidecar_start_follows_the_sdk_reuse_policy(tmp_path: Path) -> None:
+    """The gRPC sidecar: no policy replaces a finished instance (as Durable Task backends do);
+    a policy naming no finished status keeps it (ALREADY_EXISTS), checked by the store."""
+
+    def hello(ctx: task.OrchestrationContext, name: str) -> str:
+        return f"hello {name}"
+
+    server = running_sidecar(f"sqlite:///{tmp_path / 'sidecar.db'}")
+    worker = start_worker(server.address, [hello], [])
+    sdk = dt_client.TaskHubGrpcClient(host_address=server.address)
+    try:
+        sdk.schedule_new_orchestration(hello, input="a", instance_id="s1")
+        first = sdk.wait_for_orchestration_completion("s1", timeout=SIDECAR_WAIT)
+        assert first is not None and first.serialized_output == '"hello a"'
+        keep = pb.OrchestrationIdReusePolicy(replaceableStatus=[pb.ORCHESTRATION_STATUS_FAILED])
+        with pytest.raises(grpc.RpcError) as refused:
+            sdk.schedule_new_orchestration(hello, input="b", instance_id="s1", reuse_id_policy=keep)
+        assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        kept = sdk.get_orchestration_state("s1")
+        assert kept is not None and kept.serialized_output == '"hello a"'
+        sdk.schedule_new_orchestration(hello, input="c", instance_id="s1")
+        again = sdk.wait_for_orchestration_completion("s1", timeout=SIDECAR_WAIT)
+        assert again is not None and again.serialized_output == '"hello c"'
+    finally:
+        sdk.close()
+        worker.stop()
+        server.stop()
