@@ -18,6 +18,9 @@ one JSON array (``json_group_array``): each statement is then a single SQLite
 step, and the store thread gives up and retakes the GIL once per statement
 rather than once per row. Statements are module constants because sqlite3
 caches prepared statements per connection by their text.
+
+The module is long because it holds every SQL text of the store, kept beside
+the layout the statements rely on so the two are read (and changed) together.
 """
 
 from __future__ import annotations

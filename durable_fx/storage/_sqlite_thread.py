@@ -152,10 +152,10 @@ class StoreThread(Generic[E]):
         """Run a batch: its reads, then all its writes as one transaction."""
         outcomes = [(call, *_attempt(call.run)) for call in batch if not call.write]
         writes = [call for call in batch if call.write]
-        if any(call.synced for call in writes):
-            outcomes += self._run_writes(engine, writes)
-        else:
+        if writes and not any(call.synced for call in writes):
             outcomes += self._run_unsynced(engine, writes)
+        else:
+            outcomes += self._run_writes(engine, writes)
         if engine.take_work_arrived():
             self._on_work()
         _settle(outcomes)
