@@ -324,17 +324,27 @@ class WorkItemDispatcher:
         work_item = pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
         size = work_item.ByteSize()
         if size > self._max_item:
-            what = f"the work item of instance {item.instance.instance_id!r} (its history)"
-            reason = too_large(what, size, self._max_item)
-            log.warning("%s; the instance fails", reason)
-            failed = await self._bridge.fail(prepared, TOO_LARGE_ERROR, reason)
-            await self._commit_direct(item, failed)
+            await self._fail_episode(prepared, size)
             return None
         now = asyncio.get_running_loop().time()
         self._held[token] = _HeldEpisode(connection, prepared, now)
         self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
         return work_item
+
+    async def _fail_episode(self, prepared: PreparedEpisode, size: int) -> None:
+        """Fail the instance of an episode no worker can receive, with the sizes."""
+        item = prepared.item
+        what = f"the work item of instance {item.instance.instance_id!r} (its history)"
+        reason = too_large(what, size, self._max_item)
+        log.warning("%s; the instance fails", reason)
+        try:
+            failed = await self._bridge.fail(prepared, TOO_LARGE_ERROR, reason)
+        except Exception as error:
+            log.exception("failing %s failed; it will be retried", item.instance.instance_id)
+            await self._abandon_episode(item, f"{type(error).__name__}: {error}")
+            return
+        await self._commit_direct(item, failed)
 
     async def _fetch_activities(
         self, connection: _Connection
