@@ -13,9 +13,12 @@ in which one call fails after writing is rolled back and run again in one
 transaction with each call in a SAVEPOINT, so only the failing call sees the
 error and the others still share one commit.
 
-A group of lease calls only (locking work, renewing a lease: writes nobody
-was told about, so losing them to a power cut loses nothing) commits without
-the sync; a group with any other write is synced.
+A group of worker-only writes (locking work, renewing a lease, recording
+activity results) commits without the sync: no client was told of them, and
+losing one to a power cut only runs its work again (activities are
+at-least-once), while the next synced commit syncs them too, since the WAL is
+written in order. A group with any other write (a start, an event, an
+episode) is synced before any of its callers hears of it.
 
 The thread opens the file itself: opening can wait for another process's
 lock, which must not block an event loop.

@@ -232,7 +232,8 @@ class SqliteStore:
         batch = dumps([sql.result_item(result) for result in results])
         delays = [sql.delay_of(result.message) for result in results]
         targets = dumps(sorted({result.message.instance_id for result in results}))
-        await self._call(partial(self._engine.complete_activities, batch, delays, targets))
+        complete = partial(self._engine.complete_activities, batch, delays, targets)
+        await self._call(complete, synced=False)  # lost, the activities run again
 
     async def abandon_activity(
         self, item: ActivityWorkItem, *, reason: str, retry_after: timedelta
