@@ -310,14 +310,21 @@ def test_an_open_bind_without_tls_or_token_warns_and_names_the_flags(store_url: 
     assert "0.0.0.0" in warning
     assert "DURABLE_FX_SIDECAR_TOKEN" in warning
     assert "--tls-cert" in warning
+    token_only = {"DURABLE_FX_SIDECAR_TOKEN": TOKEN}  # read from the environment
+    with sidecar_command(store_url, "--host", "0.0.0.0", env=token_only) as (_, _, lines):
+        pass
+    warning = next(line for line in lines if "WARNING" in line)
+    assert "no TLS" in warning
+    assert "clear text" in warning
+    assert "DURABLE_FX_SIDECAR_TOKEN" not in warning
+    assert TOKEN not in "".join(lines)
 
 
 @pytest.mark.slow
 def test_loopback_or_a_token_with_tls_does_not_warn(store_url: str, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     secured = ("--host", "0.0.0.0", "--tls-cert", str(cert), "--tls-key", str(key))
-    for flags in [(), secured]:
-        env = {"DURABLE_FX_SIDECAR_TOKEN": TOKEN}
+    for flags, env in [((), {}), (secured, {"DURABLE_FX_SIDECAR_TOKEN": TOKEN})]:
         with sidecar_command(store_url, *flags, env=env) as (_, _, lines):
             pass
         assert not [line for line in lines if "WARNING" in line], lines
