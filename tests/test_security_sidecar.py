@@ -351,20 +351,29 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
-def test_oversized_raise_event_and_completion_are_refused_with_the_size(
+def test_oversized_requests_are_refused_with_the_size_and_gRPC_keeps_a_hard_cap(
     sidecars: list[SidecarServer], store_url: str
 ) -> None:
-    server = serve(sidecars, store_url, max_message_bytes=64 * 1024)
+    limit = 64 * 1024
+    server = serve(sidecars, store_url, max_message_bytes=limit)
     with raw_stub(server.address) as stub:
         stub.StartInstance(pb.CreateInstanceRequest(instanceId="ev", name="hello"))
         big = wrappers_pb2.StringValue(value="x" * 100_000)
+        with pytest.raises(grpc.RpcError) as start:
+            stub.StartInstance(pb.CreateInstanceRequest(instanceId="big", name="h", input=big))
         with pytest.raises(grpc.RpcError) as event:
             stub.RaiseEvent(pb.RaiseEventRequest(instanceId="ev", name="e", input=big))
+        # A completion up to the hard cap reaches its handler (which fails its work
+        # item); over the cap, max(4 * limit, limit + 16 MiB), gRPC refuses it unread.
+        huge = wrappers_pb2.StringValue(value="x" * (limit + 16 * MiB))
         with pytest.raises(grpc.RpcError) as completion:
-            stub.CompleteActivityTask(pb.ActivityResponse(completionToken="t", result=big))
-    for refused in (event, completion):
+            stub.CompleteActivityTask(pb.ActivityResponse(completionToken="t", result=huge))
+        assert stub.GetInstance(pb.GetInstanceRequest(instanceId="big")).exists is False
+    for refused in (start, event):
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "vs. 65536" in str(refused.value.details())
+        assert "vs. 65536): the sidecar's --max-message-bytes" in str(refused.value.details())
+    assert completion.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"vs. {limit + 16 * MiB})" in str(completion.value.details())
 
 
 # -- S2: an oversized work item fails its own instance, not the worker's stream -------------
@@ -480,3 +489,72 @@ def _schedule_filling(work: pb.WorkItem, limit: int) -> pb.OrchestratorResponse:
     while response(size + 1).ByteSize() <= limit:
         size += 1
     return response(size)
+
+
+# -- answers over the limit: a result or an episode fails its own item, the worker carries on ----
+
+
+def guarded_blob(ctx: task.OrchestrationContext, size: int) -> Steps:
+    """Calls an activity whose result is over the limit and reports how it failed."""
+    try:
+        yield ctx.call_activity(blob, input=size)
+    except task.TaskFailedError as failed:
+        return f"{failed.details.error_type}: {failed.details.message}"
+    return "the result arrived"
+
+
+def loud(ctx: task.OrchestrationContext, size: int) -> str:
+    """An orchestrator whose answer (its custom status) is over the limit."""
+    ctx.set_custom_status("x" * size)
+    return "done"
+
+
+@pytest.mark.slow
+def test_a_result_over_the_limit_fails_its_activity_and_the_worker_carries_on(
+    sidecars: list[SidecarServer], store_url: str
+) -> None:
+    server = serve(sidecars, store_url, max_message_bytes=MiB)
+    with (
+        sdk_worker([guarded_blob, hello], [blob], host_address=server.address),
+        sdk_client(server.address) as sdk,
+    ):
+        big = sdk.schedule_new_orchestration(guarded_blob, input=int(1.5 * MiB))
+        big_state = sdk.wait_for_orchestration_completion(big, timeout=WAIT)
+        small = sdk.schedule_new_orchestration(hello, input="small")
+        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
+    assert big_state is not None
+    assert big_state.runtime_status == Status.COMPLETED, big_state.failure_details
+    caught = big_state.get_output()
+    assert caught.startswith("ResultTooLargeError: the result of activity 'blob'"), caught
+    assert f"the sidecar takes at most {MiB}" in caught
+    assert "--max-message-bytes" in caught
+    assert small_state is not None
+    assert small_state.runtime_status == Status.COMPLETED
+    assert _poisoned(server) == []
+
+
+@pytest.mark.slow
+def test_an_orchestrator_answer_over_the_limit_fails_its_instance(
+    sidecars: list[SidecarServer], store_url: str
+) -> None:
+    server = serve(sidecars, store_url, max_message_bytes=MiB)
+    with (
+        sdk_worker([loud, hello], [], host_address=server.address),
+        sdk_client(server.address) as sdk,
+    ):
+        big = sdk.schedule_new_orchestration(loud, input=int(1.5 * MiB))
+        big_state = sdk.wait_for_orchestration_completion(big, timeout=WAIT)
+        small = sdk.schedule_new_orchestration(hello, input="small")
+        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
+    assert big_state is not None
+    assert big_state.runtime_status == Status.FAILED
+    assert big_state.failure_details is not None
+    assert big_state.failure_details.error_type == "ResultTooLargeError"
+    message = big_state.failure_details.message
+    assert f"the answer of instance {big!r}'s orchestrator" in message
+    assert f"the sidecar takes at most {MiB}" in message
+    assert "--max-message-bytes" in message
+    assert big_state.serialized_custom_status is None  # the oversized status was not kept
+    assert small_state is not None
+    assert small_state.runtime_status == Status.COMPLETED
+    assert _poisoned(server) == []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,7 +56,7 @@ from ._history_pb import event_to_pb
 from ._proto import optional_text, pb, text_value
 from ._rewind import plan_rewind
 
-__all__ = ["EpisodeBridge", "PreparedEpisode"]
+__all__ = ["EpisodeBridge", "EpisodePlan", "PreparedEpisode"]
 
 
 @dataclass(slots=True)
@@ -98,6 +98,10 @@ class PreparedEpisode:
     @property
     def consumed(self) -> list[str]:
         return [m.message_id for m in self.item.messages]
+
+
+EpisodePlan = Callable[[PreparedEpisode], Awaitable[EpisodeCommit]]
+"""How an episode's commit is made: from the worker's answer, or failing its instance."""
 
 
 class EpisodeBridge:

@@ -46,8 +46,11 @@ def activity_result(
     return ActivityResult(item, message)
 
 
-def failed_activity(reason: str) -> pb.ActivityResponse:
-    """The response of an activity that could not be sent to any worker, and why."""
+def failed_activity(reason: str, error_type: str = TOO_LARGE_ERROR) -> pb.ActivityResponse:
+    """The response of an activity that failed outside any worker's code, and why.
+
+    Its work item could not be sent to a worker, or its result was too large to take.
+    """
     return pb.ActivityResponse(
-        failureDetails=pb.TaskFailureDetails(errorType=TOO_LARGE_ERROR, errorMessage=reason)
+        failureDetails=pb.TaskFailureDetails(errorType=error_type, errorMessage=reason)
     )

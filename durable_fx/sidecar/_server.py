@@ -25,6 +25,7 @@ from ..storage import open_store
 from ..storage._protocol import Store
 from ._client_service import ClientService
 from ._episodes import EpisodeBridge
+from ._message_limit import RequestLimitInterceptor, receive_cap
 from ._proto import grpc, pb_grpc
 from ._security import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -67,9 +68,12 @@ class SidecarServer(StartStopContext):
         max_message_bytes: The largest message taken from a client or worker,
             and the largest work item sent to a worker (default 4 MiB,
             gRPC's and so the SDKs' default receive limit). A work item that
-            would be larger fails its instance (or its activity) with the
-            reason instead of breaking the worker's stream. Raise it together
-            with the workers' ``max_receive_message_length``.
+            would be larger, or a worker's answer that is, fails its
+            instance (or its activity) with the reason instead of breaking
+            the worker's stream; other requests over it are refused
+            (RESOURCE_EXHAUSTED), and gRPC itself refuses any message over
+            ``max(4 * limit, limit + 16 MiB)``. Raise it together with the
+            workers' ``max_receive_message_length``.
 
     Raises:
         ValueError: Only one of ``tls_cert``/``tls_key``, an unreadable or
@@ -191,7 +195,7 @@ class SidecarServer(StartStopContext):
             lease=self._lease,
             ping_interval=self._ping_interval,
             max_poll_interval=self._max_poll,
-            max_work_item_bytes=self._max_message,
+            max_message_bytes=self._max_message,
         )
         clients = ClientService(self._store, self._clock, watch, self._dispatcher.work_arrived)
         servicer = SidecarServicer(clients, self._dispatcher)
@@ -199,9 +203,12 @@ class SidecarServer(StartStopContext):
             concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="durable-fx-sidecar-call"
             ),
-            # gRPC refuses a larger request before reading it: no client makes us buffer more.
-            options=[("grpc.max_receive_message_length", self._max_message)],
-            interceptors=[] if self._auth is None else [self._auth],
+            # gRPC refuses a request over the hard cap before reading it. Up to the
+            # cap, the sidecar checks the limit itself: an answer too large fails
+            # its own work item, any other request is refused (``_message_limit``).
+            options=[("grpc.max_receive_message_length", receive_cap(self._max_message))],
+            # The token first: a caller without it gets nothing parsed.
+            interceptors=[*filter(None, [self._auth]), RequestLimitInterceptor(self._max_message)],
         )
         threaded = ThreadedServicer(servicer, asyncio.get_running_loop())
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]

@@ -13,7 +13,9 @@ activity results are written in batches (``ResultBatcher``).
 A work item larger than the worker can receive is never sent: it would end
 the worker's whole stream, and every reconnect would meet it again (and
 count a delivery of everything the worker held). Its instance fails instead,
-or its activity fails as a ``TaskFailed`` the orchestrator can handle.
+or its activity fails as a ``TaskFailed`` the orchestrator can handle; so
+does an answer over the limit (``_message_limit``). Long because streams,
+completions, releases and renewals share one table of held items (``_take``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from .._backoff import Backoff
@@ -41,10 +44,11 @@ from ..storage._records import (
     LockBatch,
     OrchestrationWorkItem,
 )
-from ._episodes import EpisodeBridge, PreparedEpisode
+from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
+from ._message_limit import MessageLimit
 from ._proto import pb
-from ._results import activity_request, activity_result, failed_activity
-from ._security import TOO_LARGE_ERROR, too_large
+from ._results import activity_request, activity_result
+from ._security import TOO_LARGE_ERROR
 from ._watch import InstanceWatch
 
 __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
@@ -117,7 +121,8 @@ class WorkItemDispatcher:
         lease: How long locked work stays ours; work a worker holds is renewed.
         ping_interval: Seconds of silence after which a stream gets a health ping.
         max_poll_interval: Longest sleep between polls of an idle stream.
-        max_work_item_bytes: The largest work item a worker can receive.
+        max_message_bytes: The largest work item a worker can receive, and
+            the largest answer taken from one.
     """
 
     def __init__(
@@ -131,7 +136,7 @@ class WorkItemDispatcher:
         lease: timedelta,
         ping_interval: float,
         max_poll_interval: float,
-        max_work_item_bytes: int,
+        max_message_bytes: int,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -141,7 +146,7 @@ class WorkItemDispatcher:
         self._lease = lease
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
-        self._max_item = max_work_item_bytes
+        self._limit = MessageLimit(max_message_bytes)
         self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
         self._committing: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(store, self._results_settled, log)
@@ -221,7 +226,8 @@ class WorkItemDispatcher:
             asyncio.create_task(self._ping_loop(connection)),
             asyncio.create_task(self._closing.wait()),
         ]
-        log.info("worker connected (up to %d episodes, %d activities)", *_limits(connection))
+        limits = connection.max_episodes, connection.max_activities
+        log.info("worker connected (up to %d episodes, %d activities)", *limits)
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -323,7 +329,7 @@ class WorkItemDispatcher:
         token = self._new_token()
         work_item = pb.WorkItem(orchestratorRequest=prepared.request, completionToken=token)
         size = work_item.ByteSize()
-        if size > self._max_item:
+        if size > self._limit.limit:
             await self._fail_episode(prepared, size)
             return None
         now = asyncio.get_running_loop().time()
@@ -335,9 +341,7 @@ class WorkItemDispatcher:
     async def _fail_episode(self, prepared: PreparedEpisode, size: int) -> None:
         """Fail the instance of an episode no worker can receive, with the sizes."""
         item = prepared.item
-        what = f"the work item of instance {item.instance.instance_id!r} (its history)"
-        reason = too_large(what, size, self._max_item)
-        log.warning("%s; the instance fails", reason)
+        reason = self._limit.unsendable_episode(item.instance.instance_id, size)
         try:
             failed = await self._bridge.fail(prepared, TOO_LARGE_ERROR, reason)
         except Exception as error:
@@ -365,8 +369,9 @@ class WorkItemDispatcher:
         for item in batch.items:
             token = self._new_token()
             request = pb.WorkItem(activityRequest=activity_request(item), completionToken=token)
-            if (size := request.ByteSize()) > self._max_item:
-                self._fail_activity(item, size)
+            if (size := request.ByteSize()) > self._limit.limit:
+                failure = self._limit.unsendable_activity(item, size)
+                self._results.add(activity_result(item, failure, self._clock.now()))
                 continue
             self._held[token] = _HeldActivity(connection, item, now)
             connection.activities.add(token)
@@ -374,14 +379,6 @@ class WorkItemDispatcher:
         for request in requests:
             await connection.send(request)
         return batch
-
-    def _fail_activity(self, item: ActivityWorkItem, size: int) -> None:
-        """Answer an activity no worker can receive with a failure its orchestrator sees."""
-        invocation = item.invocation
-        what = f"the work item of activity {invocation.name!r} (its input)"
-        reason = too_large(what, size, self._max_item)
-        log.warning("%s; it fails in instance %s", reason, invocation.instance_id)
-        self._results.add(activity_result(item, failed_activity(reason), self._clock.now()))
 
     # -- completions -------------------------------------------------------------------------
 
@@ -397,7 +394,8 @@ class WorkItemDispatcher:
         commit, so its next episode waits for this one.
         """
         token = response.completionToken
-        if response.isPartial:
+        size = response.ByteSize()
+        if response.isPartial and size <= self._limit.limit:
             chunk = self._held.get(token)
             if not isinstance(chunk, _HeldEpisode):
                 raise UnknownTokenError(token)
@@ -410,32 +408,36 @@ class WorkItemDispatcher:
             del whole.actions[:]
             whole.actions.extend([*held.partial, *response.actions])
             response = whole
-        if response.requiresHistory:
+        if size > self._limit.limit:  # the answer is dropped: its instance fails with why
+            plan = self._limit.failing(self._bridge, size)
+        elif response.requiresHistory:
             # The worker lost the history it expected to have: send it all again.
             self._call_soon(self._spawn_release, token, held)
             return
-        self._call_soon(self._spawn_commit, token, held, response)
+        else:
+            plan = partial(self._bridge.finish, response=response)
+        self._call_soon(self._spawn_commit, token, held, plan)
 
     def _spawn_release(self, token: str, held: _HeldEpisode) -> None:
         self._held[token] = held
-        task = asyncio.create_task(self._release(token, "the worker asked for the history again"))
-        self._committing.add(task)
-        task.add_done_callback(self._committing.discard)
+        self._spawn(self._release(token, "the worker asked for the history again"))
 
-    def _spawn_commit(
-        self, token: str, held: _HeldEpisode, response: pb.OrchestratorResponse
-    ) -> None:
+    def _spawn_commit(self, token: str, held: _HeldEpisode, plan: EpisodePlan) -> None:
         _free(held.connection, token)
-        task = asyncio.create_task(self._commit_episode(held, response))
+        self._spawn(self._commit_episode(held, plan))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the loop; closing waits for it."""
+        task = asyncio.create_task(work)
         self._committing.add(task)
         task.add_done_callback(self._committing.discard)
 
-    async def _commit_episode(self, held: _HeldEpisode, response: pb.OrchestratorResponse) -> None:
+    async def _commit_episode(self, held: _HeldEpisode, plan: EpisodePlan) -> None:
         prepared = held.prepared
         instance_id = prepared.instance.instance_id
         commit: EpisodeCommit | None = None
         try:
-            commit = await self._bridge.finish(prepared, response)
+            commit = await plan(prepared)
             version = await self._store.commit_episode(prepared.item, commit)
         except ConflictError:
             commit = None
@@ -469,9 +471,11 @@ class WorkItemDispatcher:
         written, so a lost result means the activity runs again, never that
         it is lost.
         """
-        held = self._take(response.completionToken, _HeldActivity)
+        token = response.completionToken
+        held = self._take(token, _HeldActivity)
+        response = self._limit.activity_answer(held.item, response)  # a failure if too large
         # Only the hand-over happens here: the worker's thread waits for this call.
-        self._call_soon(self._queue_result, response.completionToken, held, response)
+        self._call_soon(self._queue_result, token, held, response)
 
     def _queue_result(self, token: str, held: _HeldActivity, response: pb.ActivityResponse) -> None:
         _free(held.connection, token)
@@ -611,10 +615,6 @@ def _describe(held: _HeldEpisode | _HeldActivity) -> str:
     if isinstance(held, _HeldEpisode):
         return f"the episode of {held.prepared.instance.instance_id}"
     return f"activity {held.item.invocation.name} of {held.item.invocation.instance_id}"
-
-
-def _limits(connection: _Connection) -> tuple[int, int]:
-    return connection.max_episodes, connection.max_activities
 
 
 async def _unless_lost(connection: _Connection, locking: Awaitable[T]) -> T:
