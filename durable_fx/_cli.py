@@ -644,8 +644,9 @@ def sidecar(
             envvar="DURABLE_FX_SIDECAR_MAX_MESSAGE_BYTES",
             show_envvar=True,
             metavar="BYTES",
-            help="Largest request taken and work item sent (gRPC's default, as the SDKs' "
-            "workers use it). Raise it with the workers' max_receive_message_length.",
+            help="Largest message taken and work item sent (gRPC's default, as the SDKs' "
+            "workers use it); a worker's answer over it fails its own work item. Raise it "
+            "with the workers' max_receive_message_length.",
         ),
     ] = 4 * 1024 * 1024,
     store: StoreOption = None,

@@ -332,15 +332,21 @@ def test_loopback_or_a_token_with_tls_does_not_warn(store_url: str, tmp_path: Pa
 
 @pytest.mark.slow
 def test_a_50_mib_start_is_refused_before_the_sidecar_buffers_it(store_url: str) -> None:
+    refusals = []
     with sidecar_command(store_url) as (process, address, _):
-        with sdk_client(address) as sdk, pytest.raises(grpc.RpcError) as refused:
-            sdk.schedule_new_orchestration(hello, input="x" * (50 * MiB), instance_id="big")
+        # 50 MiB is over gRPC's hard cap (20 MiB); 19 MiB reaches the sidecar's own check.
+        for size, instance_id in [(50 * MiB, "big"), (19 * MiB, "below-the-cap")]:
+            with sdk_client(address) as sdk, pytest.raises(grpc.RpcError) as refused:
+                sdk.schedule_new_orchestration(hello, input="x" * size, instance_id=instance_id)
+            refusals.append(refused.value)
         peak_kib = _peak_rss_kib(process.pid)
         with sdk_client(address) as sdk:
             assert sdk.get_orchestration_state("big") is None
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "vs. 4194304" in str(refused.value.details())  # the size and the limit
-    # Before the limit, this start took the sidecar to about 956 MB (probe S1).
+            assert sdk.get_orchestration_state("below-the-cap") is None
+    assert [r.code() for r in refusals] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    assert "vs. 20971520)" in str(refusals[0].details())  # the size and the hard cap
+    assert "vs. 4194304): the sidecar's --max-message-bytes" in str(refusals[1].details())
+    # Before the limit, the 50 MiB start took the sidecar to about 956 MB (probe S1).
     assert peak_kib < 200_000, f"the sidecar peaked at {peak_kib} kB"
 
 
@@ -558,3 +564,24 @@ def test_an_orchestrator_answer_over_the_limit_fails_its_instance(
     assert small_state is not None
     assert small_state.runtime_status == Status.COMPLETED
     assert _poisoned(server) == []
+
+
+def test_a_partial_answer_chunk_over_the_limit_fails_its_instance(
+    sidecars: list[SidecarServer], store_url: str
+) -> None:
+    limit = 64 * 1024
+    server = serve(sidecars, store_url, max_message_bytes=limit)
+    with raw_stub(server.address) as stub:
+        stub.StartInstance(pb.CreateInstanceRequest(instanceId="chunked", name="fan"))
+        stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        try:
+            work = _next_work(stream)
+            chunk = _schedule_filling(work, 2 * limit)
+            chunk.isPartial = True  # SDKs that split large answers send chunks like this
+            assert stub.CompleteOrchestratorTask(chunk) == pb.CompleteTaskResponse()
+            state = _wait_until_failed(stub, "chunked")
+        finally:
+            stream.cancel()
+    assert state.failureDetails.errorType == "ResultTooLargeError"
+    assert "the answer of instance 'chunked'" in state.failureDetails.errorMessage
+    assert f"the sidecar takes at most {limit}" in state.failureDetails.errorMessage

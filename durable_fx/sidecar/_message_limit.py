@@ -55,8 +55,8 @@ def receive_cap(limit: int) -> int:
     ``max(4 * limit, limit + 16 MiB)``, 20 MiB for the default 4 MiB: enough
     that an answer a few times too large (a result that grew, a file
     returned by mistake) still reaches its handler and fails its own work
-    item, and still a bound on what one call makes the sidecar hold (the
-    bytes, then the parsed message, about as much again, dropped at once).
+    item, and still a bound on what one call makes the sidecar hold (about
+    three times the message: gRPC's buffers, the bytes, the parsed message).
     """
     return min(max(4 * limit, limit + _HEADROOM), _GRPC_MAX)
 
