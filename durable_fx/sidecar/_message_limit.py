@@ -2,12 +2,12 @@
 
 ``--max-message-bytes`` bounds every message. A work item over it is not
 sent (a default worker could not receive it): its instance or activity
-fails instead. gRPC refusing a worker's
-answer itself (RESOURCE_EXHAUSTED) would refuse it before the sidecar knew
-which work item it answers: the SDK logs the refusal and drops the answer,
-and the item stays with the worker, its lease renewed, until the stream
-ends. So gRPC's own receive limit is a hard cap above the limit
-(``receive_cap``), and the sidecar checks the limit itself:
+fails instead. A worker's answer over it, refused by gRPC itself
+(RESOURCE_EXHAUSTED), would be refused before the sidecar knew which work
+item it answers: the SDK logs the refusal and drops the answer, and the
+item stays with the worker, its lease renewed, until the stream ends. So
+gRPC's own receive limit is a hard cap above the limit (``receive_cap``),
+and the sidecar checks the limit itself:
 
 - an activity result over it becomes a ``TaskFailed`` of its task, and an
   episode's answer over it fails its instance (``MessageLimit``); the call
