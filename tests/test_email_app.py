@@ -23,7 +23,7 @@ from email_pipeline.localrun import AppProcess, signed, wait_until
 from email_pipeline.localsmtp import LocalSmtp
 from email_pipeline.models import DeliveryOutcome
 from email_pipeline.records import open_records
-from tests.azurite import Azurite, new_hub
+from tests.email_app_support import served_email_app
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +46,9 @@ def smtp(store_kind: str) -> Iterator[LocalSmtp]:
 @pytest.fixture(scope="module")
 def app(
     request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
     smtp: LocalSmtp,
     store_kind: str,
 ) -> Iterator[AppProcess]:
-    workdir = tmp_path_factory.mktemp(f"email-app-{store_kind}")
-    if store_kind == "sqlite":
-        url = f"sqlite:///{workdir / 'app.db'}"
-    else:
-        azurite: Azurite = request.getfixturevalue("azurite")
-        url = azurite.connection_string(new_hub())
     settings = {
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
@@ -66,10 +59,8 @@ def app(
         "EMAIL_MAX_SENDS": "2",
         "EMAIL_OPERATIONS_ADDRESS": "ops@example.com",
     }
-    process = AppProcess(url, settings, workdir / "serve.log")
-    process.start()
-    yield process
-    assert process.stop() == 0
+    with served_email_app(request, f"email-app-{store_kind}", store_kind, settings) as process:
+        yield process
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from durable_fx.bindings import hmac_sha256
 from durable_fx.queues import decode_body, open_queues
 from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localsmtp import LocalSmtp
-from tests.azurite import Azurite, new_hub
+from tests.email_app_support import served_email_app
 from tests.test_email_app import acs_report, awaiting, email, output
 from tests.test_serve_http import HOST_JSON, Server, server_env, start_server, wait_until
 
@@ -313,27 +313,20 @@ def smtp(store_kind: str) -> Iterator[LocalSmtp]:
 @pytest.fixture(scope="module")
 def email_app(
     request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
     smtp: LocalSmtp,
     store_kind: str,
 ) -> Iterator[AppProcess]:
-    workdir = tmp_path_factory.mktemp(f"email-app-events-{store_kind}")
-    if store_kind == "sqlite":
-        # A short lock budget, so the held-lock tests (E1) see the 503 soon.
-        url = f"sqlite:///{workdir / 'app.db'}?busy_timeout=1"
-    else:
-        azurite: Azurite = request.getfixturevalue("azurite")
-        url = azurite.connection_string(new_hub())
     settings = {
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
         "DELIVERY_WEBHOOK_SECRET": RECEIPT_SECRET,
         "EMAIL_RECEIPT_TIMEOUT_SECONDS": "120",
     }
-    process = AppProcess(url, settings, workdir / "serve.log")
-    process.start()
-    yield process
-    assert process.stop() == 0
+    # A short lock budget, so the held-lock tests (E1) see the 503 soon.
+    with served_email_app(
+        request, f"email-app-events-{store_kind}", store_kind, settings, "?busy_timeout=1"
+    ) as process:
+        yield process
 
 
 @pytest.fixture
