@@ -82,6 +82,19 @@ def test_names_and_levels_come_from_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert "dfx_start" not in bindings_of(DurableApp(management_api=False))
 
 
+def test_an_anonymous_management_api_warns_when_the_app_is_built(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Built at indexing time, so the Functions host's log shows it too, not only serve's.
+    with caplog.at_level("WARNING", logger="durable_fx.functions"):
+        DurableApp()
+        assert not caplog.records
+        DurableApp(management_auth_level=func.AuthLevel.ANONYMOUS)
+    [warning] = caplog.records
+    assert "management API is ANONYMOUS" in warning.getMessage()
+    assert "without a key" in warning.getMessage()
+
+
 def test_the_hub_in_the_store_url_names_the_queues() -> None:
     app = DurableApp(store="UseDevelopmentStorage=true;TaskHub=shop")
     assert app.settings.control_queue == "shop-control"

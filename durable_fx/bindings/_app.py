@@ -21,6 +21,7 @@ any durable_fx program.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ from ._settings import FunctionsSettings
 from ._verify import WebhookVerifier
 
 __all__ = ["DurableApp"]
+
+log = logging.getLogger("durable_fx.functions")
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -321,6 +324,13 @@ class DurableApp(func.FunctionApp):
     def _register_management_api(self) -> None:
         api = self._management
         level = self._settings.management_auth_level
+        if level == "ANONYMOUS":
+            # Said here, not by serve, so the Functions host's log shows it too.
+            log.warning(
+                "the management API is ANONYMOUS (DURABLE_FX_MANAGEMENT_AUTH=ANONYMOUS or "
+                "management_auth_level): anyone who can reach the app can start, read, "
+                "terminate and purge instances without a key"
+            )
         routes: list[tuple[str, str, str, HttpHandler]] = [
             ("dfx_start", "orchestrators/{name}/{instanceId?}", "POST", api.start),
             ("dfx_status", "instances/{instanceId}", "GET", api.status),

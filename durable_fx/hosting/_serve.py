@@ -308,14 +308,6 @@ class _Host:
             log.info("function %s: %s", function.name, where)
         if keys.generated:
             self._announce_generated_key(keys.function_keys[0])
-        if self._durable is not None and self._durable.settings.management_auth_level == (
-            "ANONYMOUS"
-        ):
-            log.warning(
-                "DURABLE_FX_MANAGEMENT_AUTH=ANONYMOUS: anyone who can reach %s can start, "
-                "read, terminate and purge instances without a key",
-                base,
-            )
         durable = "an in-process worker" if with_worker else "the queue triggers"
         where = repr(store) if store is not None else "no store"
         log.info("listening on %s; durable work by %s on %s", base, durable, where)
