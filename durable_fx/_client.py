@@ -26,7 +26,7 @@ from ._history import (
     HistoryEvent,
 )
 from ._ids import validate_instance_id
-from ._registry import name_of
+from ._registry import name_of, validate_event_name
 from ._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
 from ._serialization import decode, encode
 from ._state import OrchestrationState, OrchestrationStatus
@@ -152,8 +152,14 @@ class AsyncDurableClient:
         id, even after the first was handled or the instance finished, delivers
         nothing and returns False. Raises ``InstanceNotFoundError`` for an
         unknown instance and ``InvalidOperationError`` (delivering nothing) for
-        a new event to a COMPLETED, FAILED or TERMINATED one.
+        a new event to a COMPLETED, FAILED or TERMINATED one. A name that is
+        empty, over 256 characters or holds control or format characters is a
+        ``ValueError``, as in the management API.
         """
+        try:
+            validate_event_name(name)
+        except ValueError as error:
+            raise ValueError(f"invalid event name {name[:80]!r}: {error}") from None
         return await self._raise_event_json(instance_id, name, encode(data), event_id=event_id)
 
     async def _raise_event_json(

@@ -84,6 +84,29 @@ def test_valid_instance_ids_are_accepted(
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        pytest.param("", "may not be empty", id="empty"),
+        pytest.param("E" * 5000, "5000 characters, at most 256", id="5000-chars"),
+        pytest.param("a\nb", "U+000A", id="newline"),
+        pytest.param("a\u202eb", "U+202E", id="bidi-override"),
+    ],
+)
+def test_a_bad_event_name_is_refused_before_anything_is_raised(
+    registry: Registry, client: DurableClient, name: str, problem: str
+) -> None:
+    # The management API refuses these names (400); the client keeps the same rule.
+    @registry.orchestrator()
+    def waits(ctx: OrchestrationContext) -> Any:
+        return (yield ctx.wait_for_event("go"))
+
+    iid = client.start(waits)
+    with pytest.raises(ValueError, match="invalid event name") as raised:
+        client.raise_event(iid, name, 1)
+    assert problem in str(raised.value)
+
+
 def test_invalid_sub_orchestrator_id_fails_the_orchestrator(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
