@@ -190,6 +190,19 @@ def test_b5_v1_a_timestamp_that_is_not_finite_is_refused(events: Server, stamp: 
         assert pings(client, instance_id) == []
 
 
+def test_b6_a_signature_in_upper_case_hex_is_accepted_and_a_wrong_one_is_not(
+    events: Server,
+) -> None:
+    with events.client() as client, events.client(key=None) as anonymous:
+        instance_id = collecting(client)
+        raw, headers = timestamp_signed({"instance": instance_id, "n": 1}, str(int(time.time())))
+        upper = {**headers, "X-Signature": "sha256=" + headers["X-Signature"][7:].upper()}
+        wrong = {**headers, "X-Signature": "sha256=" + "AB" * 32}
+        assert anonymous.post("hooks/signed", content=raw, headers=wrong).status_code == 401
+        assert anonymous.post("hooks/signed", content=raw, headers=upper).status_code == 202
+        assert len(pings(client, instance_id)) == 1
+
+
 def test_k1_k2_k3_handshakes_composed_with_a_signature_still_need_the_key(
     events: Server,
 ) -> None:

@@ -104,6 +104,8 @@ class _HmacSha256:
         # Several signatures may be offered (secret rotation): any one valid one will do.
         for candidate in offered.replace(" ", ",").split(","):
             value = candidate.strip().removeprefix(self._prefix)
+            if self._encoding == "hex":
+                value = value.lower()  # hex is case-insensitive; some senders write it upper case
             if value and hmac.compare_digest(value.encode(), expected.encode()):
                 return None
         raise WebhookRejected(f"invalid signature in {self._header}")
