@@ -11,7 +11,8 @@ from datetime import timedelta
 from .._cli_output import USAGE_ERROR, CliError, emit_json, redact_store_url
 from .._cli_worker import run_until_signalled
 from ..storage import default_store_url
-from ._security import TlsFiles, check_max_message_bytes
+from ._message_limit import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
+from ._security import TlsFiles
 from ._server import SidecarServer
 
 __all__ = ["SidecarOptions", "run_sidecar"]
@@ -29,7 +30,7 @@ class SidecarOptions:
     auth_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 def run_sidecar(

@@ -26,18 +26,29 @@ from typing import Any
 from ..storage._records import ActivityWorkItem, EpisodeCommit
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
 from ._proto import grpc, pb
-from ._results import failed_activity
-from ._security import too_large
 
 __all__ = [
     "COMPLETIONS",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "RESULT_TOO_LARGE_ERROR",
+    "TOO_LARGE_ERROR",
     "MessageLimit",
     "RequestLimitInterceptor",
+    "check_max_message_bytes",
     "receive_cap",
 ]
 
 log = logging.getLogger("durable_fx.sidecar")
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""gRPC's default receive limit, which the SDKs' workers and clients keep unless told otherwise.
+
+A work item larger than this would break a default worker's whole stream,
+and a request larger than this is mostly a mistake; raise it on both sides.
+"""
+
+TOO_LARGE_ERROR = "WorkItemTooLargeError"
+"""The error type of an instance or activity failed because its work item was too large."""
 
 RESULT_TOO_LARGE_ERROR = "ResultTooLargeError"
 """The error type of an activity or instance failed because its worker's answer was too large."""
@@ -45,8 +56,18 @@ RESULT_TOO_LARGE_ERROR = "ResultTooLargeError"
 COMPLETIONS = frozenset({"CompleteActivityTask", "CompleteOrchestratorTask"})
 """The RPCs whose handlers check the limit themselves (they know the work item)."""
 
-_HEADROOM = 16 * 1024 * 1024
+_MIN_MESSAGE_BYTES = 64 * 1024
 _GRPC_MAX = 2**31 - 1  # gRPC takes the limit as a C int
+_HEADROOM = 16 * 1024 * 1024
+
+
+def check_max_message_bytes(limit: int) -> int:
+    """``limit`` if gRPC can use it as a message limit and a history still fits; else ValueError."""
+    if not _MIN_MESSAGE_BYTES <= limit <= _GRPC_MAX:
+        raise ValueError(
+            f"max_message_bytes must be between {_MIN_MESSAGE_BYTES} and {_GRPC_MAX}, got {limit}"
+        )
+    return limit
 
 
 def receive_cap(limit: int) -> int:
@@ -59,6 +80,15 @@ def receive_cap(limit: int) -> int:
     three times the message: gRPC's buffers, the bytes, the parsed message).
     """
     return min(max(4 * limit, limit + _HEADROOM), _GRPC_MAX)
+
+
+def too_large(what: str, size: int, limit: int) -> str:
+    """Why a work item was not sent: its size, the limit, and what to do about it."""
+    return (
+        f"{what} is {size} bytes; the worker accepts at most {limit} "
+        "(the sidecar's max message size): raise --max-message-bytes on the sidecar and "
+        "the worker's gRPC max_receive_message_length together, or keep payloads smaller"
+    )
 
 
 def result_too_large(what: str, size: int, limit: int) -> str:
@@ -89,7 +119,7 @@ class MessageLimit:
         what = f"the work item of activity {invocation.name!r} (its input)"
         reason = too_large(what, size, self.limit)
         log.warning("%s; it fails in instance %s", reason, invocation.instance_id)
-        return failed_activity(reason)
+        return _failed_activity(TOO_LARGE_ERROR, reason)
 
     def activity_answer(
         self, item: ActivityWorkItem, response: pb.ActivityResponse
@@ -105,7 +135,7 @@ class MessageLimit:
         )
         reason = result_too_large(what, size, self.limit)
         log.warning("%s; the task fails", reason)
-        return failed_activity(reason, RESULT_TOO_LARGE_ERROR)
+        return _failed_activity(RESULT_TOO_LARGE_ERROR, reason)
 
     def failing(self, bridge: EpisodeBridge, size: int) -> EpisodePlan:
         """The plan failing an episode whose answer of ``size`` bytes was dropped."""
@@ -120,6 +150,13 @@ class MessageLimit:
             return await bridge.fail(prepared, RESULT_TOO_LARGE_ERROR, reason)
 
         return fail
+
+
+def _failed_activity(error_type: str, reason: str) -> pb.ActivityResponse:
+    """The response of an activity that failed outside any worker's code, and why."""
+    return pb.ActivityResponse(
+        failureDetails=pb.TaskFailureDetails(errorType=error_type, errorMessage=reason)
+    )
 
 
 # -- every other request: refused before it is parsed ---------------------------------------------

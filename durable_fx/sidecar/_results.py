@@ -12,9 +12,8 @@ from .._history import TaskCompleted, TaskFailed
 from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
 from ._history_pb import failure_from_pb
 from ._proto import optional_text, pb, text_value
-from ._security import TOO_LARGE_ERROR
 
-__all__ = ["activity_request", "activity_result", "failed_activity"]
+__all__ = ["activity_request", "activity_result"]
 
 
 def activity_request(item: ActivityWorkItem) -> pb.ActivityRequest:
@@ -44,13 +43,3 @@ def activity_result(
         event = TaskCompleted(timestamp=now, task_scheduled_id=invocation.task_id, result=result)
     message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
     return ActivityResult(item, message)
-
-
-def failed_activity(reason: str, error_type: str = TOO_LARGE_ERROR) -> pb.ActivityResponse:
-    """The response of an activity that failed outside any worker's code, and why.
-
-    Its work item could not be sent to a worker, or its result was too large to take.
-    """
-    return pb.ActivityResponse(
-        failureDetails=pb.TaskFailureDetails(errorType=error_type, errorMessage=reason)
-    )

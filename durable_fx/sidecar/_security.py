@@ -1,4 +1,4 @@
-"""Exposing the sidecar: a bearer token, TLS, the message limit, and the warning for open binds.
+"""Exposing the sidecar: a bearer token, TLS, and the warning for open binds.
 
 The sidecar lets whoever reaches its port start, read, terminate and purge
 instances and take work items, so off loopback it wants a token (checked on
@@ -18,53 +18,10 @@ from typing import Any
 
 from ._proto import grpc
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "TOKEN_ENV",
-    "TOO_LARGE_ERROR",
-    "BearerTokenInterceptor",
-    "TlsFiles",
-    "check_max_message_bytes",
-    "exposure_warning",
-    "too_large",
-]
+__all__ = ["TOKEN_ENV", "BearerTokenInterceptor", "TlsFiles", "exposure_warning"]
 
 TOKEN_ENV = "DURABLE_FX_SIDECAR_TOKEN"
 """The environment variable the CLI reads the token from (kept out of ``ps``)."""
-
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""gRPC's default receive limit, which the SDKs' workers and clients keep unless told otherwise.
-
-A work item larger than this would break a default worker's whole stream,
-and a request larger than this is mostly a mistake; raise it on both sides.
-"""
-
-_MIN_MESSAGE_BYTES = 64 * 1024
-_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC takes the limit as a C int
-
-
-def check_max_message_bytes(limit: int) -> int:
-    """``limit`` if gRPC can use it as a message limit and a history still fits; else ValueError."""
-    if not _MIN_MESSAGE_BYTES <= limit <= _MAX_MESSAGE_BYTES:
-        raise ValueError(
-            f"max_message_bytes must be between {_MIN_MESSAGE_BYTES} and {_MAX_MESSAGE_BYTES}, "
-            f"got {limit}"
-        )
-    return limit
-
-
-TOO_LARGE_ERROR = "WorkItemTooLargeError"
-"""The error type of an instance or activity failed because its work item was too large."""
-
-
-def too_large(what: str, size: int, limit: int) -> str:
-    """Why a work item was not sent: its size, the limit, and what to do about it."""
-    return (
-        f"{what} is {size} bytes; the worker accepts at most {limit} "
-        "(the sidecar's max message size): raise --max-message-bytes on the sidecar and "
-        "the worker's gRPC max_receive_message_length together, or keep payloads smaller"
-    )
-
 
 # -- the bearer token --------------------------------------------------------------------------
 

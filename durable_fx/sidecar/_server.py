@@ -25,15 +25,14 @@ from ..storage import open_store
 from ..storage._protocol import Store
 from ._client_service import ClientService
 from ._episodes import EpisodeBridge
-from ._message_limit import RequestLimitInterceptor, receive_cap
-from ._proto import grpc, pb_grpc
-from ._security import (
+from ._message_limit import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    BearerTokenInterceptor,
-    TlsFiles,
+    RequestLimitInterceptor,
     check_max_message_bytes,
-    exposure_warning,
+    receive_cap,
 )
+from ._proto import grpc, pb_grpc
+from ._security import BearerTokenInterceptor, TlsFiles, exposure_warning
 from ._service import SidecarServicer
 from ._threaded import ThreadedServicer
 from ._watch import InstanceWatch

@@ -45,10 +45,9 @@ from ..storage._records import (
     OrchestrationWorkItem,
 )
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
-from ._message_limit import MessageLimit
+from ._message_limit import TOO_LARGE_ERROR, MessageLimit
 from ._proto import pb
 from ._results import activity_request, activity_result
-from ._security import TOO_LARGE_ERROR
 from ._watch import InstanceWatch
 
 __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
