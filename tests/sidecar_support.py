@@ -71,10 +71,14 @@ def store_url_for(kind: str, directory: Path, request: pytest.FixtureRequest) ->
 
 
 def start_worker(
-    address: str, orchestrators: list[Any], activities: list[Any]
+    address: str, orchestrators: list[Any], activities: list[Any], **options: Any
 ) -> dt_worker.TaskHubGrpcWorker:
-    """An SDK worker connected to ``address`` with these functions registered."""
-    worker = dt_worker.TaskHubGrpcWorker(host_address=address, logger=SDK_LOG)
+    """An SDK worker connected to ``address`` with these functions registered.
+
+    ``options`` go to ``TaskHubGrpcWorker`` (``metadata``, or a ``channel``,
+    which the SDK then uses instead of ``address``).
+    """
+    worker = dt_worker.TaskHubGrpcWorker(host_address=address, logger=SDK_LOG, **options)
     for orchestrator in orchestrators:
         worker.add_orchestrator(orchestrator)
     for activity in activities:

@@ -37,6 +37,7 @@ from tests.sidecar_support import (
     Status,
     Steps,
     running_sidecar,
+    start_worker,
     wait_for,
 )
 from tests.tls_support import self_signed
@@ -100,14 +101,9 @@ def sdk_client(address: str, **options: Any) -> Iterator[dt_client.TaskHubGrpcCl
 
 @contextlib.contextmanager
 def sdk_worker(
-    orchestrators: list[Any], activities: list[Any], **options: Any
+    address: str, orchestrators: list[Any], activities: list[Any], **options: Any
 ) -> Iterator[dt_worker.TaskHubGrpcWorker]:
-    worker = dt_worker.TaskHubGrpcWorker(logger=SDK_LOG, **options)
-    for orchestrator in orchestrators:
-        worker.add_orchestrator(orchestrator)
-    for activity in activities:
-        worker.add_activity(activity)
-    worker.start()
+    worker = start_worker(address, orchestrators, activities, **options)
     try:
         yield worker
     finally:
@@ -157,7 +153,7 @@ def test_an_sdk_client_and_worker_with_the_token_run_an_orchestration(
 ) -> None:
     server = serve(sidecars, store_url, auth_token=TOKEN)
     with (
-        sdk_worker([hello], [], host_address=server.address, metadata=bearer(TOKEN)),
+        sdk_worker(server.address, [hello], [], metadata=bearer(TOKEN)),
         sdk_client(server.address, metadata=bearer(TOKEN)) as sdk,
     ):
         instance_id = sdk.schedule_new_orchestration(hello, input="ada")
@@ -185,7 +181,7 @@ def test_over_tls_the_sdk_runs_with_a_private_ca_and_plaintext_is_refused(
     worker_channel = grpc.secure_channel(server.address, credentials)
     try:
         with (
-            sdk_worker([hello], [], channel=worker_channel),
+            sdk_worker(server.address, [hello], [], channel=worker_channel),
             sdk_client(server.address, channel=client_channel) as sdk,
         ):
             instance_id = sdk.schedule_new_orchestration(hello, input="tls")
@@ -356,17 +352,7 @@ def test_an_oversized_history_fails_its_instance_and_spares_the_others(
 ) -> None:
     caplog.set_level(logging.INFO, logger="durable_fx.sidecar")
     server = serve(sidecars, store_url)  # default limit: what a default SDK worker receives
-    with (
-        sdk_worker([two_blobs, hello], [blob], host_address=server.address),
-        sdk_client(server.address) as sdk,
-    ):
-        big = sdk.schedule_new_orchestration(two_blobs, input=int(2.5 * MiB))
-        big_state = sdk.wait_for_orchestration_completion(big, timeout=WAIT)
-        small = sdk.schedule_new_orchestration(hello, input="small")
-        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
-    assert small_state is not None
-    assert small_state.runtime_status == Status.COMPLETED
-    assert big_state is not None
+    big_state = run_big_then_small(server, two_blobs, int(2.5 * MiB), [blob])
     assert big_state.runtime_status == Status.FAILED
     assert big_state.failure_details is not None
     message = big_state.failure_details.message
@@ -375,7 +361,29 @@ def test_an_oversized_history_fails_its_instance_and_spares_the_others(
     assert big_state.failure_details.error_type == "WorkItemTooLargeError"
     connects = [r for r in caplog.records if r.getMessage().startswith("worker connected")]
     assert len(connects) == 1, "the worker's stream broke and reconnected"
+
+
+def run_big_then_small(
+    server: SidecarServer, big: Any, size: int, activities: list[Any]
+) -> dt_client.OrchestrationState:
+    """Run ``big`` with ``size``, then ``hello``, on one SDK worker: ``big``'s final state.
+
+    Whatever ``big`` met, the small instance after it completes on the same
+    worker and nothing is poisoned.
+    """
+    with (
+        sdk_worker(server.address, [big, hello], activities),
+        sdk_client(server.address) as sdk,
+    ):
+        big_id = sdk.schedule_new_orchestration(big, input=size)
+        big_state = sdk.wait_for_orchestration_completion(big_id, timeout=WAIT)
+        small = sdk.schedule_new_orchestration(hello, input="small")
+        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
+    assert small_state is not None
+    assert small_state.runtime_status == Status.COMPLETED
     assert _poisoned(server) == []
+    assert big_state is not None
+    return big_state
 
 
 def _poisoned(server: SidecarServer) -> list[Any]:
@@ -485,23 +493,12 @@ def test_a_result_over_the_limit_fails_its_activity_and_the_worker_carries_on(
     sidecars: list[SidecarServer], store_url: str
 ) -> None:
     server = serve(sidecars, store_url, max_message_bytes=MiB)
-    with (
-        sdk_worker([guarded_blob, hello], [blob], host_address=server.address),
-        sdk_client(server.address) as sdk,
-    ):
-        big = sdk.schedule_new_orchestration(guarded_blob, input=int(1.5 * MiB))
-        big_state = sdk.wait_for_orchestration_completion(big, timeout=WAIT)
-        small = sdk.schedule_new_orchestration(hello, input="small")
-        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
-    assert big_state is not None
+    big_state = run_big_then_small(server, guarded_blob, int(1.5 * MiB), [blob])
     assert big_state.runtime_status == Status.COMPLETED, big_state.failure_details
     caught = big_state.get_output()
     assert caught.startswith("ResultTooLargeError: the result of activity 'blob'"), caught
     assert f"the sidecar takes at most {MiB}" in caught
     assert "--max-message-bytes" in caught
-    assert small_state is not None
-    assert small_state.runtime_status == Status.COMPLETED
-    assert _poisoned(server) == []
 
 
 @pytest.mark.slow
@@ -509,26 +506,15 @@ def test_an_orchestrator_answer_over_the_limit_fails_its_instance(
     sidecars: list[SidecarServer], store_url: str
 ) -> None:
     server = serve(sidecars, store_url, max_message_bytes=MiB)
-    with (
-        sdk_worker([loud, hello], [], host_address=server.address),
-        sdk_client(server.address) as sdk,
-    ):
-        big = sdk.schedule_new_orchestration(loud, input=int(1.5 * MiB))
-        big_state = sdk.wait_for_orchestration_completion(big, timeout=WAIT)
-        small = sdk.schedule_new_orchestration(hello, input="small")
-        small_state = sdk.wait_for_orchestration_completion(small, timeout=WAIT)
-    assert big_state is not None
+    big_state = run_big_then_small(server, loud, int(1.5 * MiB), [])
     assert big_state.runtime_status == Status.FAILED
     assert big_state.failure_details is not None
     assert big_state.failure_details.error_type == "ResultTooLargeError"
     message = big_state.failure_details.message
-    assert f"the answer of instance {big!r}'s orchestrator" in message
+    assert f"the answer of instance {big_state.instance_id!r}'s orchestrator" in message
     assert f"the sidecar takes at most {MiB}" in message
     assert "--max-message-bytes" in message
     assert big_state.serialized_custom_status is None  # the oversized status was not kept
-    assert small_state is not None
-    assert small_state.runtime_status == Status.COMPLETED
-    assert _poisoned(server) == []
 
 
 def test_a_partial_answer_chunk_over_the_limit_fails_its_instance(
