@@ -25,7 +25,6 @@ the layout the statements rely on so the two are read (and changed) together.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
-from ._keyset import decode_keyset
+from ._keyset import decode_keyset, encode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -666,7 +665,7 @@ def query_filter(query: InstanceQuery) -> tuple[str, list[Any]]:
         clauses.append("substr(instance_id, 1, ?) = ?")
         params.extend((len(query.instance_id_prefix), query.instance_id_prefix))
     if query.continuation is not None:
-        created, after = _parse_continuation(query.continuation)
+        created, after = decode_keyset(query.continuation)
         clauses.append("(created_at < ? OR (created_at = ? AND instance_id > ?))")
         params.extend((created, created, after))
     return " AND ".join(clauses), params
@@ -674,9 +673,4 @@ def query_filter(query: InstanceQuery) -> tuple[str, list[Any]]:
 
 def continuation(last: InstanceRecord) -> str:
     """An opaque keyset token: where the next page starts in (created_at DESC, id) order."""
-    raw = json.dumps([to_micros(last.created_at), last.instance_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _parse_continuation(token: str) -> tuple[int, str]:
-    return decode_keyset(token)  # strict: no booleans, 64-bit integers, UTF-8 ids
+    return encode_keyset(to_micros(last.created_at), last.instance_id)

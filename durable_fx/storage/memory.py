@@ -22,7 +22,6 @@ and work items in the order they were created.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import itertools
@@ -43,7 +42,7 @@ from .._errors import (
 from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
-from ._keyset import decode_keyset
+from ._keyset import decode_keyset, encode_keyset
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -637,7 +636,7 @@ def _newest_first(record: InstanceRecord) -> _SortKey:
 
 
 def _encode_continuation(key: _SortKey) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+    return encode_keyset(*key)
 
 
 def _decode_continuation(token: str | None) -> _SortKey | None:
