@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._clock import Clock, SystemClock
-from .._errors import StoreBusyError
-from ..storage._sqlite_schema import is_busy
+from ..storage._sqlite_schema import busy_error, is_busy
 from ._messages import QueuedMessage, poison_queue_of, validate_queue_name
 
 __all__ = ["SqliteQueues"]
@@ -88,10 +87,7 @@ class SqliteQueues:
         except sqlite3.OperationalError as error:
             if not is_busy(error):
                 raise
-            raise StoreBusyError(
-                f"another connection held {self.path} locked for more than "
-                f"busy_timeout={self.busy_timeout:g} s: {error}"
-            ) from error
+            raise busy_error(self.path, self.busy_timeout, error) from error
 
     async def send(self, queue: str, text: str, *, delay: timedelta = timedelta(0)) -> None:
         """Add a message, invisible for ``delay``."""

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .._errors import StoreBusyError
 from .._history import ExecutionStarted, FailureDetails
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset, encode_keyset
@@ -92,6 +93,7 @@ __all__ = [
     "SELECT_VISIBLE_MESSAGES",
     "SYNCHRONOUS_LEVELS",
     "WORK_ITEM_COLUMNS",
+    "busy_error",
     "commit_values",
     "connect",
     "continuation",
@@ -449,6 +451,14 @@ def is_busy(error: sqlite3.OperationalError) -> bool:
     """Whether SQLite gave up waiting for another connection's lock (SQLITE_BUSY/LOCKED)."""
     # The low byte is the primary code; extended ones (SQLITE_BUSY_SNAPSHOT...) count too.
     return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def busy_error(path: Path, busy_timeout: float, error: sqlite3.OperationalError) -> StoreBusyError:
+    """The ``StoreBusyError`` for a call that gave up on ``path``'s lock (``is_busy(error)``)."""
+    return StoreBusyError(
+        f"another connection held {path} locked for more than "
+        f"busy_timeout={busy_timeout:g} s: {error}"
+    )
 
 
 def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:

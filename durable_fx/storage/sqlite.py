@@ -41,7 +41,6 @@ from typing import TypeVar
 from pydantic import TypeAdapter
 
 from .._clock import Clock, SystemClock
-from .._errors import StoreBusyError
 from .._history import HistoryEvent
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
@@ -123,7 +122,7 @@ class SqliteStore:
         except BaseException as error:
             self._finalizer()
             if isinstance(error, sqlite3.OperationalError) and sql.is_busy(error):
-                raise self._busy_error(error) from error
+                raise sql.busy_error(self.path, self.busy_timeout, error) from error
             raise
 
     def __repr__(self) -> str:
@@ -137,13 +136,7 @@ class SqliteStore:
         except sqlite3.OperationalError as error:
             if not sql.is_busy(error):
                 raise
-            raise self._busy_error(error) from error
-
-    def _busy_error(self, error: sqlite3.OperationalError) -> StoreBusyError:
-        return StoreBusyError(
-            f"another connection held {self.path} locked for more than "
-            f"busy_timeout={self.busy_timeout:g} s: {error}"
-        )
+            raise sql.busy_error(self.path, self.busy_timeout, error) from error
 
     def _queue(self, run: Callable[[], T], *, write: bool, synced: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
