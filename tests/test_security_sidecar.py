@@ -398,22 +398,27 @@ def test_an_activity_too_large_for_the_worker_is_never_sent_and_fails_its_task(
     limit = 64 * 1024
     server = serve(sidecars, store_url, max_message_bytes=limit)
     received: list[pb.WorkItem] = []
+    ended: list[grpc.RpcError] = []
     with raw_stub(server.address, limit=limit) as stub:
         stub.StartInstance(pb.CreateInstanceRequest(instanceId="act", name="fan"))
         stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        reader = threading.Thread(target=_drain, args=(stream, received, ended), daemon=True)
         try:
             first = _next_work(stream)
             # The largest scheduling answer the sidecar takes: its activity request,
             # which adds the execution id, is larger than the worker can receive.
             stub.CompleteOrchestratorTask(_schedule_filling(first, limit))
-            reader = threading.Thread(target=_drain, args=(stream, received), daemon=True)
             reader.start()
             state = _wait_until_failed(stub, "act")
         finally:
             stream.cancel()
+            if reader.is_alive():
+                reader.join(timeout=WAIT)
     with raw_stub(server.address) as stub:  # a history chunk may be larger than the worker's limit
         history = [e for chunk in _history(stub, "act") for e in chunk.events]
     assert not [item for item in received if not item.HasField("healthPing")]
+    # Ended by our cancel, not by an item over the stream's limit (RESOURCE_EXHAUSTED).
+    assert [error.code() for error in ended] == [grpc.StatusCode.CANCELLED]
     task_failed = [e.taskFailed.failureDetails for e in history if e.HasField("taskFailed")]
     assert [d.errorType for d in task_failed] == ["WorkItemTooLargeError"]
     assert "the work item of activity 'echo'" in task_failed[0].errorMessage
@@ -423,9 +428,11 @@ def test_an_activity_too_large_for_the_worker_is_never_sent_and_fails_its_task(
     assert "the work item of instance 'act'" in state.failureDetails.errorMessage
 
 
-def _drain(stream: Any, into: list[pb.WorkItem]) -> None:
-    with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+def _drain(stream: Any, into: list[pb.WorkItem], ended: list[grpc.RpcError]) -> None:
+    try:
         into.extend(stream)
+    except grpc.RpcError as error:  # cancelled at the end
+        ended.append(error)
 
 
 def _wait_until_failed(stub: pb_grpc.TaskHubSidecarServiceStub, instance_id: str) -> Any:
