@@ -197,17 +197,14 @@ class Starts:
         hint = None
         if not owned:
             hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        added = False
         try:
             added = await self._write_message(message)
-        except BaseException:
-            if hint is not None:
+        finally:
+            if not added and hint is not None:  # a duplicate, or the write failed
                 with contextlib.suppress(Exception):
                     await hub.queues.delete(hint)
-            raise
         if not added:
-            if hint is not None:
-                with contextlib.suppress(Exception):
-                    await hub.queues.delete(hint)
             return False
         session = hub.sessions.get(iid)
         if session is not None:
@@ -232,15 +229,11 @@ class Starts:
         iid = message.instance_id
         entity, _ = await hub.inbox_entity(message)
         token = hub.token()
+        used = {"PartitionKey": iid, "RowKey": used_key(message.key), "Token": token}
         for _ in range(_ADD_ATTEMPTS):
             row = await hub.read_instance(iid)
             if row is None:
                 raise InstanceNotFoundError(iid)
-            used = {
-                "PartitionKey": iid,
-                "RowKey": used_key(message.key),
-                "Token": token,
-            }
             status = OrchestrationStatus(row["Status"])
             if status.is_terminal and message.event.kind == "EventRaised":
                 if await self._used_by(used) is not None:
