@@ -37,6 +37,7 @@ from durable_fx import (
     StoreBusyError,
     Worker,
 )
+from durable_fx.storage.sqlite import SqliteStore
 from tests.test_serve_http import free_port, server_env
 
 WAIT = 20.0
@@ -71,9 +72,23 @@ def release_later(holder: sqlite3.Connection, seconds: float) -> threading.Timer
 
 def test_the_default_store_syncs_every_commit(tmp_path: Path) -> None:
     store = durable_fx.open_store(url_of(tmp_path / "default.db"))
+    assert isinstance(store, SqliteStore)
+
+    def level() -> int:  # the connection's own level, read on the store thread
+        return int(store._engine._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    async def levels() -> tuple[int, int]:
+        before = await store._call(level, write=False)
+        # Lease-only groups commit unsynced and must leave the connection at FULL.
+        lease = timedelta(seconds=30)
+        locks = (store.lock_activities(owner="w", limit=1, lease=lease) for _ in range(3))
+        await asyncio.gather(*locks)
+        return before, await store._call(level, write=False)
+
     try:
-        assert store.synchronous == "full"  # type: ignore[attr-defined]
+        assert store.synchronous == "full"
         assert "synchronous='full'" in repr(store)
+        assert asyncio.run(levels()) == (2, 2)  # PRAGMA synchronous: 2 is FULL
     finally:
         asyncio.run(store.close())
 
