@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from .._errors import InvalidOperationError
 from .._history import (
     ExecutionStarted,
     FailureDetails,
@@ -40,6 +41,7 @@ __all__ = [
     "Page",
     "PoisonedMessage",
     "dedupe_key",
+    "finished_refusal",
     "new_instance_record",
     "started_event",
 ]
@@ -234,6 +236,21 @@ def started_event(message: OrchestrationMessage) -> ExecutionStarted:
             f"but the message is addressed to {message.instance_id!r}"
         )
     return event
+
+
+def finished_refusal(
+    instance_id: str, kind: str, status: OrchestrationStatus
+) -> InvalidOperationError | None:
+    """The error ``Store.enqueue`` refuses a new event to a finished instance with, else ``None``.
+
+    Only ``EventRaised`` is refused: other kinds (a rewind of a failed
+    instance) are the caller's to judge.
+    """
+    if kind != "EventRaised" or not status.is_terminal:
+        return None
+    return InvalidOperationError(
+        f"cannot deliver {kind} to instance {instance_id!r}: it is {status.value}"
+    )
 
 
 def new_instance_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:

@@ -29,7 +29,6 @@ from .._errors import (
     DurableFxError,
     InstanceExistsError,
     InstanceNotFoundError,
-    InvalidOperationError,
 )
 from .._history import HISTORY_EVENT, ExecutionStarted
 from .._ids import validate_instance_id
@@ -46,6 +45,7 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    finished_refusal,
     started_event,
 )
 from ._sqlite_thread import GroupBroken
@@ -284,10 +284,8 @@ class Engine:
         status, used = found
         if used:
             return False
-        if kind == "EventRaised" and OrchestrationStatus(status).is_terminal:
-            raise InvalidOperationError(
-                f"cannot deliver {kind} to instance {iid!r}: it is {status}"
-            )
+        if refusal := finished_refusal(iid, kind, OrchestrationStatus(status)):
+            raise refusal
         db.execute(sql.INSERT_USED_KEY, (iid, key))
         now = self._now()
         if not db.execute(sql.INSERT_MESSAGES, (message, now)).rowcount:

@@ -37,7 +37,6 @@ from .._errors import (
     ConflictError,
     InstanceExistsError,
     InstanceNotFoundError,
-    InvalidOperationError,
 )
 from .._history import ExecutionStarted, HistoryEvent
 from .._ids import validate_instance_id
@@ -56,6 +55,7 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    finished_refusal,
     new_instance_record,
     started_event,
 )
@@ -204,12 +204,9 @@ class MemoryStore:
                 raise InstanceNotFoundError(message.instance_id)
             if message.key in instance.used_keys:
                 return False
-            status = instance.record.status
-            if status.is_terminal and message.event.kind == "EventRaised":
-                raise InvalidOperationError(
-                    f"cannot deliver {message.event.kind} to instance {message.instance_id!r}: "
-                    f"it is {status.value}"
-                )
+            kind, status = message.event.kind, instance.record.status
+            if refusal := finished_refusal(message.instance_id, kind, status):
+                raise refusal
             instance.used_keys.add(message.key)
             if any(p.message.key == message.key for p in instance.inbox.values()):
                 return False

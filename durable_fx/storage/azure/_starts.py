@@ -22,12 +22,17 @@ from ..._errors import (
     ConflictError,
     InstanceExistsError,
     InstanceNotFoundError,
-    InvalidOperationError,
 )
 from ..._history import ExecutionStarted
 from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
-from .._records import InstanceRecord, OrchestrationMessage, new_instance_record, started_event
+from .._records import (
+    InstanceRecord,
+    OrchestrationMessage,
+    finished_refusal,
+    new_instance_record,
+    started_event,
+)
 from ._codec import INSTANCE_ROW, USED_KEYS, odata, ts, used_key
 from ._hub import (
     MAX_BATCH,
@@ -235,12 +240,10 @@ class Starts:
             if row is None:
                 raise InstanceNotFoundError(iid)
             status = OrchestrationStatus(row["Status"])
-            if status.is_terminal and message.event.kind == "EventRaised":
+            if refusal := finished_refusal(iid, message.event.kind, status):
                 if await self._used_by(used) is not None:
                     return False
-                raise InvalidOperationError(
-                    f"cannot deliver {message.event.kind} to instance {iid!r}: it is {status.value}"
-                )
+                raise refusal
             touch = {"PartitionKey": iid, "RowKey": INSTANCE_ROW, "Mail": token}
             ops: list[Op] = [
                 ("create", used),
