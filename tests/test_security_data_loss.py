@@ -155,7 +155,8 @@ def test_a_finished_instance_keeps_its_history_when_started_again(server: Server
     with server.client() as client:
         start_order(client, order_id)
         shipped = {"order_id": order_id, "carrier": "last"}
-        assert client.post(f"instances/{order_id}/raiseEvent/Shipped", json=shipped).status_code
+        raised = client.post(f"instances/{order_id}/raiseEvent/Shipped", json=shipped)
+        assert raised.status_code == 202, raised.text
         finished(client, order_id)
         before = _with_history(client, order_id)
         order = {"order_id": order_id, "quantity": 2}
