@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from .._errors import StoreBusyError
+from ..bindings._management import busy_response
 from ..bindings._settings import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_MAX_REQUEST_BYTES
 from ._index import IndexedFunction
 from ._invoke import HttpAnswer, Invoker, http_answer, http_request
@@ -133,9 +133,8 @@ class FunctionsAsgi:
                     result = await self._invoker.invoke(function, request, invocation_id)
                 except StoreBusyError as error:
                     record.fields["outcome"] = "busy"
-                    answer = _busy(error)
-                else:
-                    answer = http_answer(result)
+                    result = busy_response(error)
+                answer = http_answer(result)
                 record.fields["status"] = answer.status
         except Exception:
             answer = HttpAnswer(500, [], b"")
@@ -203,21 +202,13 @@ def _too_large(size: str, limit: int) -> HttpAnswer:
     return _problem(413, message, "body", close=True)
 
 
-def _problem(status: int, message: str, field: str | None, *, close: bool = False) -> HttpAnswer:
+def _problem(status: int, message: str, field: str, *, close: bool = False) -> HttpAnswer:
     """A JSON problem answer, as the management API writes them."""
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["fields"] = [{"field": field, "message": message}]
+    body = {"error": message, "fields": [{"field": field, "message": message}]}
     headers = [("content-type", "application/json")]
     if close:
         headers.append(("connection", "close"))
     return HttpAnswer(status, headers, json.dumps(body).encode())
-
-
-def _busy(error: StoreBusyError) -> HttpAnswer:
-    answer = _problem(503, str(error), None)
-    answer.headers.append(("retry-after", str(max(1, math.ceil(error.retry_after)))))
-    return answer
 
 
 async def _send(send: Send, answer: HttpAnswer) -> None:
