@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import StoreBusyError
+from ..storage._sqlite_schema import is_busy
 
 if TYPE_CHECKING:
     from ..storage import Store
@@ -90,7 +91,7 @@ class SqliteLedger:
             try:
                 return self._connection().execute(sql, args).fetchall()
             except sqlite3.OperationalError as error:
-                if "locked" in str(error) or "busy" in str(error):
+                if is_busy(error):
                     raise StoreBusyError(
                         f"the event ledger in {self._path.name} stayed locked for "
                         f"{BUSY_TIMEOUT_SECONDS:g} s ({error})",
