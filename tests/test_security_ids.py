@@ -99,8 +99,11 @@ def test_issued_continuation_tokens_still_page_through(server: Server) -> None:
         (b'{"order_id": "x", "carrier": NaN}', "body"),
         (b'{"order_id": "x", "carrier": 1e999}', "body"),  # read as inf, written as Infinity
         (b'{"order_id": "x", "\\udc00": 1}', "body.\\udc00"),
+        # Not escaped: UTF-8 bytes of U+D800, and a UTF-16 body (json.loads reads both).
+        (b'{"order_id": "x", "carrier": "\xed\xa0\x80"}', "body.carrier"),
+        ('{"carrier": "\ud800"}'.encode("utf-16-le", "surrogatepass"), "body.carrier"),
     ],
-    ids=["lone-surrogate", "nan", "overflow", "surrogate-key"],
+    ids=["lone-surrogate", "nan", "overflow", "surrogate-key", "raw-bytes", "utf-16"],
 )
 def test_event_data_that_cannot_be_stored_is_400_naming_the_field(
     server: Server, body: bytes, field: str

@@ -109,7 +109,7 @@ def parse_json(body: bytes, where: str) -> Any:
             f"the request {where} is not valid JSON: {error}",
             [FieldProblem(where, "not valid JSON")],
         ) from None
-    field_name = _lone_surrogate(value, where)
+    field_name = _lone_surrogate(value, where) if _may_hold_surrogates(body) else None
     if field_name is not None:
         message = "contains a lone surrogate (an escape such as \\ud800), which is not text"
         raise HttpProblem(400, f"{field_name} {message}", [FieldProblem(field_name, message)])
@@ -125,6 +125,17 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):  # 1e999: valid JSON, but Python reads it as inf
         raise ValueError(f"{text[:40]} is too large for a number")
     return value
+
+
+def _may_hold_surrogates(body: bytes) -> bool:
+    """Whether ``json.loads(body)`` can have made a surrogate: else the walk is skipped.
+
+    From UTF-8, ``json.loads`` makes them only out of ``\\u`` escapes or (it decodes
+    with ``surrogatepass``) raw ED A0-BF bytes; UTF-16 and UTF-32 bodies are walked.
+    """
+    if not json.detect_encoding(body).startswith("utf-8"):
+        return True
+    return b"\\u" in body or b"\xed" in body
 
 
 def _lone_surrogate(value: Any, root: str) -> str | None:
