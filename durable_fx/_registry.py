@@ -61,7 +61,6 @@ class EventDeclaration:
     """An event an orchestrator waits for, and the type its data must have."""
 
     name: str
-    annotation: Any
     adapter: TypeAdapter[Any] | None
     """Validates the data as the orchestrator will decode it (``None``: any JSON)."""
 
@@ -73,7 +72,7 @@ class EventDeclaration:
         except ValueError as error:
             raise ValueError(f"invalid event name {name!r}: {error}") from None
         empty = annotation in (Any, None, inspect.Parameter.empty)
-        return cls(name, annotation, None if empty else TypeAdapter(annotation))
+        return cls(name, None if empty else TypeAdapter(annotation))
 
 
 @dataclass(frozen=True, slots=True)
