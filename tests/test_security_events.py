@@ -90,7 +90,7 @@ def github_signed(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     return raw, {"X-Hub-Signature-256": f"sha256={digest}"}
 
 
-def timestamp_signed(body: dict[str, Any], stamp: str) -> tuple[bytes, dict[str, str]]:
+def timestamp_signed(body: Any, stamp: str) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(body).encode()
     digest = hmac.new(HOOK_SECRET.encode(), stamp.encode() + b"." + raw, hashlib.sha256)
     return raw, {"X-Timestamp": stamp, "X-Signature": f"sha256={digest.hexdigest()}"}
@@ -230,10 +230,7 @@ def test_k1_k2_k3_handshakes_composed_with_a_signature_still_need_the_key(
         batch = [{"id": "k3", "eventType": "Ping", "data": {"instance": instance_id, "n": 1}}]
         unsigned = client.post("hooks/composed", json=batch)
         assert unsigned.status_code == 401
-        raw = json.dumps(batch).encode()
-        stamp = str(int(time.time()))
-        digest = hmac.new(HOOK_SECRET.encode(), stamp.encode() + b"." + raw, hashlib.sha256)
-        headers = {"X-Timestamp": stamp, "X-Signature": f"sha256={digest.hexdigest()}"}
+        raw, headers = timestamp_signed(batch, str(int(time.time())))
         assert client.post("hooks/composed", content=raw, headers=headers).status_code == 202
 
 
