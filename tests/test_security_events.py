@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from email_pipeline.localsmtp import LocalSmtp
 from tests.email_app_support import served_email_app
 from tests.test_email_app import acs_report, awaiting, email, output
 from tests.test_serve_http import HOST_JSON, Server, server_env, start_server, wait_until
+from tests.test_sqlite_durability import write_locked
 
 pytestmark = pytest.mark.slow
 
@@ -471,25 +471,6 @@ def test_a_malformed_receipt_raised_by_a_client_is_recorded_and_the_email_comple
     assert output(mail, instance_id)["status"] == "delivered"
 
 
-class _WriteLock:
-    """``BEGIN IMMEDIATE`` on the served SQLite file, from another connection."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-
-    def __enter__(self) -> _WriteLock:
-        self._conn.execute("BEGIN IMMEDIATE")
-        return self
-
-    def release(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-        self._conn.close()
-
-
 def _webhook_while_locked(
     email_app: AppProcess, mail: httpx.Client, release_after_get: bool
 ) -> tuple[httpx.Response, list[str]]:
@@ -502,7 +483,7 @@ def _webhook_while_locked(
     if not email_app.store_url.startswith("sqlite:"):
         pytest.skip("a SQLite file's write lock")
     path = Path(email_app.store_url.removeprefix("sqlite:///").split("?")[0])
-    with _WriteLock(path) as lock:
+    with write_locked(path) as holder:
 
         def post() -> None:
             with email_app.client() as http:
@@ -515,7 +496,7 @@ def _webhook_while_locked(
         assert httpx.get(f"http://127.0.0.1:{email_app.port}/", timeout=30).status_code == 200
         order.append("GET /")
         if release_after_get:
-            lock.release()
+            holder.execute("ROLLBACK")
         poster.join(60)
     return answers[0], order
 
