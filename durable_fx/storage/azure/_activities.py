@@ -296,7 +296,9 @@ class Activities:
         hub = self._hub
         if instance_id not in hub.sessions:
             # Its completion may have died before sending the wake-up; one more is harmless.
-            await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+            await hub.queues.put(
+                hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
+            )
         await hub.queues.delete(message.handle)
 
     async def _hand_out(
@@ -465,7 +467,9 @@ class Activities:
     async def _wake(self, instance_id: str) -> None:
         """Leave a wake-up for whoever owns (or will take) the instance."""
         hub = self._hub
-        await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+        await hub.queues.put(
+            hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
+        )
         if hub.is_worker:
             hub.control_poll.kick()
             hub.wake()

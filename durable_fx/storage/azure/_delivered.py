@@ -136,7 +136,7 @@ class Delivered:
         if second:
             body["s"] = 1
         hub = self._hub
-        await hub.queues.put(hub.names.control_queue, body, delay=max(delay, timedelta(0)))
+        await hub.queues.put(hub.control_queue_of(iid), body, delay=max(delay, timedelta(0)))
 
     async def lock_delivered(
         self, iid: str, owner: str, lease: timedelta

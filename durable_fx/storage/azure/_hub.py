@@ -240,6 +240,10 @@ class Hub:
         elif queue == self.names.work_queue:
             self.work_poll.expect(delay)
 
+    def control_queue_of(self, instance_id: str) -> str:
+        """The control queue that carries ``instance_id``'s wake-ups."""
+        return self.names.control_queue
+
     # -- time and tokens ------------------------------------------------------------
 
     def now(self) -> datetime:

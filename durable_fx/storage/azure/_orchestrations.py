@@ -311,7 +311,9 @@ class Orchestrations:
             return
         delay = max(due - now, timedelta(0))
         if guard is None or not await hub.queues.hide(guard, delay):
-            await hub.queues.put(hub.names.control_queue, {"h": session.instance_id}, delay=delay)
+            await hub.queues.put(
+                hub.control_queue_of(session.instance_id), {"h": session.instance_id}, delay=delay
+            )
         self._expect(delay)
 
     def _drop_session(self, iid: str) -> None:

@@ -227,7 +227,9 @@ class Poison:
         session = hub.sessions.get(instance_id)
         if session is not None:
             session.stale = True  # owned here: re-read the counts before the next episode
-        await hub.queues.put(hub.names.control_queue, {"h": instance_id}, delay=timedelta(0))
+        await hub.queues.put(
+            hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
+        )
         self._orchestrations.expect(timedelta(0))
         return True
 

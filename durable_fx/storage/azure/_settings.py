@@ -38,6 +38,7 @@ __all__ = [
     "AzureSettings",
     "HubNames",
     "is_azure_url",
+    "partition_of",
     "settings_from_url",
 ]
 
@@ -98,10 +99,26 @@ class HubNames:
     def container(self) -> str:
         return f"{self.hub}-payloads"
 
+    def control_partition(self, index: int) -> str:
+        """The control queue of partition ``index`` (``<hub>-control-00`` ...)."""
+        return f"{self.hub}-control-{index:02d}"
+
     @staticmethod
     def poison(queue: str) -> str:
         """The poison twin of a queue (the Functions host's naming)."""
         return f"{queue}-poison"
+
+
+def partition_of(instance_id: str, count: int) -> int:
+    """The control partition of an instance: FNV-1a (32 bit) of its UTF-8 id, modulo ``count``.
+
+    Stable across processes and versions (unlike ``hash``), so every writer
+    and every trigger agrees on where an instance's wake-ups go.
+    """
+    value = 0x811C9DC5
+    for byte in instance_id.encode("utf-8", "surrogatepass"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value % count
 
 
 @dataclass(frozen=True)

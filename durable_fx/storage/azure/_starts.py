@@ -78,7 +78,7 @@ class Starts:
         # message finds no instance and is dropped; the other way round, the
         # instance would wait for a wake-up that never comes.
         delay = hub.lease if own else delay_of(message, hub.now())
-        guard = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        guard = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
         try:
             session = await self._create(message, started, replaceable, own=own)
         except BaseException:
@@ -201,7 +201,7 @@ class Starts:
         owned = iid in hub.sessions
         hint = None
         if not owned:
-            hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+            hint = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
         added = False
         try:
             added = await self._write_message(message)
@@ -218,7 +218,7 @@ class Starts:
             return True
         if owned:
             # The session ended while the message was being written: wake whoever is next.
-            await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+            await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
         self._orchestrations.expect(delay)
         return True
 
@@ -285,7 +285,7 @@ class Starts:
         if create and isinstance(message.event, ExecutionStarted):
             own = hub.is_worker
             delay = hub.lease if own else delay_of(message, hub.now())
-            guard = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+            guard = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
             try:
                 created = await self._create_missing(message, message.event, own=own)
             except BaseException:
@@ -303,7 +303,7 @@ class Starts:
             with contextlib.suppress(Exception):
                 await hub.queues.delete(guard)
         delay = delay_of(message, hub.now())
-        hint = await hub.queues.put(hub.names.control_queue, {"h": iid}, delay=delay)
+        hint = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
         entity, _ = await hub.inbox_entity(message)
         try:
             await hub.submit_tolerant(
@@ -364,7 +364,7 @@ class Starts:
         if hub.sessions.get(iid) is not session:
             # The session ended while the message was being written: wake whoever is next.
             await hub.queues.put(
-                hub.names.control_queue, {"h": iid}, delay=delay_of(message, hub.now())
+                hub.control_queue_of(iid), {"h": iid}, delay=delay_of(message, hub.now())
             )
             self._orchestrations.expect(delay_of(message, hub.now()))
             return True
