@@ -76,16 +76,25 @@ def result_transaction(request: HttpRequest, _: bytes) -> bool:
     return request.url.endswith("$batch") and _DELETES_WORK_ROW.search(_body(request)) is not None
 
 
-def receive_with_messages(queue_suffix: str) -> Match:
+_CONTROL_MESSAGES = re.compile(r"-control(-\d\d)?/messages$")
+"""The messages of any control queue: a partition's (``-control-NN``) or the legacy one."""
+
+
+def receive_with_messages(queue: re.Pattern[str]) -> Match:
     def match(request: HttpRequest, body: bytes) -> bool:
         path = request.url.split("?")[0]
         return (
-            request.method == "GET"
-            and path.endswith(f"{queue_suffix}/messages")
-            and b"<QueueMessage>" in body
+            request.method == "GET" and queue.search(path) is not None and b"<QueueMessage>" in body
         )
 
     return match
+
+
+def control_put(request: HttpRequest, _: bytes) -> bool:
+    """A message sent to a control queue."""
+    return (
+        request.method == "POST" and _CONTROL_MESSAGES.search(request.url.split("?")[0]) is not None
+    )
 
 
 def _store(azurite: Azurite, hub: str, *policies: Any, **options: Any) -> AzureStore:
@@ -123,7 +132,7 @@ def test_a_result_recorded_with_a_lost_response_still_reaches_its_owner(
 def test_a_lost_response_costs_no_sdk_back_off(azurite: Azurite) -> None:
     """The SDK's own retry waited 15 s and more before retrying a lost response, stalling
     the store's single loop; the store retries at once (and knows what a retry means)."""
-    fail = Fail(lambda r, b: r.method == "POST" and "-control/messages" in r.url, after=True)
+    fail = Fail(control_put, after=True)
     store = _store(azurite, new_hub(), fail)
     try:
         with DurableClient(store) as client:
@@ -140,7 +149,7 @@ def test_a_wake_up_received_with_a_lost_response_is_polled_for_again(azurite: Az
     """A receive that applied without an answer hides messages under receipts nobody saw:
     the store polls again when they come back instead of after its idle back-off."""
     hub = new_hub()
-    fail = Fail(receive_with_messages("-control"), after=True)
+    fail = Fail(receive_with_messages(_CONTROL_MESSAGES), after=True)
     # Idle polls every 60 s at the soonest: only the expected return can find the wake-up.
     worker = _store(azurite, hub, fail, idle_poll=(60.0, 60.0))
     starter = _store(azurite, hub)

@@ -30,6 +30,7 @@ from durable_fx.hosting import queue_message
 from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_body, open_queues
 from durable_fx.storage._delivered import DeliveredMessage
 from durable_fx.storage.azure import AzureStore, HubNames, open_azure_store
+from durable_fx.storage.azure._settings import partition_of
 from tests.azurite import Azurite, new_hub
 
 pytestmark = [pytest.mark.azurite]
@@ -46,12 +47,23 @@ class Host:
         functions = {f.get_function_name(): f for f in app.get_functions()}
         self.app = app
         self.queues = queues
-        self.control = app.settings.control_queue
-        self.work = app.settings.work_queue
+        settings = app.settings
+        self.controls = (*settings.control_queues, settings.legacy_control_queue)
+        self.work = settings.work_queue
+        durable = [n for n in functions if n.startswith("dfx_control") or n == "dfx_work_items"]
         self.handlers: dict[str, Callable[..., Any]] = {
-            self.control: functions["dfx_control"].get_user_function(),
-            self.work: functions["dfx_work_items"].get_user_function(),
+            functions[name].get_trigger().queue_name: functions[name].get_user_function()
+            for name in durable
         }
+
+    def control_of(self, instance_id: str) -> str:
+        """The control queue (partition) of ``instance_id``."""
+        settings = self.app.settings
+        return settings.control_queues[partition_of(instance_id, settings.partitions)]
+
+    async def deliver_control(self) -> int:
+        """One receive from every control queue; returns how many messages there were."""
+        return sum([await self.deliver(queue) for queue in self.controls])
 
     async def deliver(self, queue: str) -> int:
         """One receive from ``queue``; invoke each message; returns how many there were."""
@@ -84,7 +96,7 @@ class Host:
 
     async def settle(self) -> None:
         """Deliver until both queues have nothing visible."""
-        while await self.deliver(self.control) + await self.deliver(self.work):
+        while await self.deliver_control() + await self.deliver(self.work):
             pass
 
     async def run_until_finished(self, instance_id: str) -> durable_fx.OrchestrationState:
@@ -93,7 +105,7 @@ class Host:
             state = await client.get(instance_id)
             if state is not None and state.status.is_terminal:
                 return state
-            if not await self.deliver(self.control) + await self.deliver(self.work):
+            if not await self.deliver_control() + await self.deliver(self.work):
                 await asyncio.sleep(0.05)
         raise AssertionError(f"{instance_id} never finished")
 
@@ -144,7 +156,7 @@ class Scenario:
         """Start ``pay``; its work item then fails every delivery until the host poisons it."""
         host = self.host
         instance_id = await self.client.start(self.pay, order, instance_id=f"pay-{order}")
-        while await host.deliver(host.control):
+        while await host.deliver_control():
             pass  # the first episode: it schedules the activity
         for _ in range(MAX_DEQUEUE_COUNT):
             # Each worker dies mid-activity before completing it (killed, timed out).
@@ -204,13 +216,13 @@ def test_a_wake_up_the_host_poisoned_wakes_its_instance_once_requeued(
         for _ in range(MAX_DEQUEUE_COUNT):
             # A worker takes the instance over (which counts a delivery of the event)
             # and dies before the episode commits: the host sees a failed invocation.
-            message = await host.receive_one(host.control)
+            message = await host.receive_one(host.control_of(instance_id))
             await _take_over_and_die(azurite, store, message)
             await host.failed(message)
-        assert await host.count(host.control) == 0, "nothing left to wake the instance"
+        assert await host.count(host.control_of(instance_id)) == 0, "nothing left to wake it"
 
         [poisoned] = await s.client.poisoned(instance_id=instance_id)
-        control_poison = f"{s.names.control_queue}-poison"
+        control_poison = f"{host.control_of(instance_id)}-poison"
         assert (poisoned.queue, poisoned.instance_id) == ("orchestrations", instance_id)
         assert poisoned.reason == (
             f"the Functions host moved it to {control_poison} after {MAX_DEQUEUE_COUNT} deliveries"
@@ -304,9 +316,10 @@ def test_the_stores_own_copies_are_not_adopted(store: AzureStore, azurite: Azuri
     async def scenario() -> None:
         s = Scenario(store)
         host = s.host
-        control_poison = f"{s.names.control_queue}-poison"
+        control = s.names.control_partition(1)
+        control_poison = f"{control}-poison"
         # The store poisons an undecodable wake-up itself: a row and a copy.
-        await host.queues.send(host.control, encode_body("not a wake-up"))
+        await host.queues.send(control, encode_body("not a wake-up"))
         await host.settle()
         [own] = await s.client.poisoned()
         assert own.reason.startswith("undecodable control message")
@@ -351,7 +364,8 @@ def test_a_body_that_is_not_base64_is_adopted_as_it_is(store: AzureStore) -> Non
 def test_adoption_looks_past_a_page_of_copies(store: AzureStore, azurite: Azurite) -> None:
     async def scenario() -> None:
         s = Scenario(store)
-        control_poison = f"{s.names.control_queue}-poison"
+        # The legacy control queue's poison queue (a hub made before partitions) is adopted too.
+        control_poison = f"{s.names.legacy_control_queue}-poison"
         # More copies (as Queues.poison writes them) than one peek or receive returns,
         # and behind them a wake-up the host poisoned.
         for n in range(40):

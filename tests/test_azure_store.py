@@ -77,10 +77,12 @@ class TestSettings:
     def test_hub_names_are_valid_for_every_service(self) -> None:
         names = HubNames.of("MyApp1")
         assert names.table == "myapp1state"
-        assert names.control_queue == "myapp1-control"
+        assert names.legacy_control_queue == "myapp1-control"
+        assert names.control_partitions == tuple(f"myapp1-control-0{i}" for i in range(4))
         assert len(names.poison(names.work_queue)) <= 63
-        longest = HubNames.of("a" * 40)
+        longest = HubNames.of("a" * 40, 16)
         assert len(longest.work_queue) <= 56 and len(longest.poison(longest.work_queue)) <= 63
+        assert all(len(longest.poison(q)) <= 63 for q in longest.control_queues)
 
     @pytest.mark.parametrize("bad", ["ab", "has-dash", "9lives", "x" * 41, "spa ce"])
     def test_bad_hub_names_say_what_is_allowed(self, bad: str) -> None:

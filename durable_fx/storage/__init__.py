@@ -68,6 +68,7 @@ def open_store(
     *,
     clock: Clock | None = None,
     hub: str | None = None,
+    partitions: int | None = None,
     max_dequeue_count: int = 5,
 ) -> Store:
     """Open the store a URL names.
@@ -79,9 +80,12 @@ def open_store(
     ``SqliteStore``); an Azure Storage connection string (including
     ``UseDevelopmentStorage=true``) or ``azure://<account>`` (identity auth)
     is the Azure store, whose task hub is ``hub``, else ``TaskHub=`` in the
-    connection string or ``?hub=`` in the URL, else ``DURABLE_FX_HUB``.
-    Without a URL, ``default_store_url()`` decides. ``max_dequeue_count``:
-    deliveries after which a message that never succeeded is poisoned.
+    connection string or ``?hub=`` in the URL, else ``DURABLE_FX_HUB``, and
+    whose control partition count is ``partitions``, else ``Partitions=`` or
+    ``?partitions=``, else ``DURABLE_FX_PARTITIONS``, else 4 (fixed per hub;
+    other stores ignore it). Without a URL, ``default_store_url()`` decides.
+    ``max_dequeue_count``: deliveries after which a message that never
+    succeeded is poisoned.
     """
     url = url or default_store_url()
     if _is_azure(url):
@@ -91,7 +95,13 @@ def open_store(
             raise ImportError(
                 f"the Azure store needs the azure extra: pip install 'durable-fx[azure]' ({error})"
             ) from error
-        return open_azure_store(url, hub=hub, clock=clock, max_dequeue_count=max_dequeue_count)
+        return open_azure_store(
+            url,
+            hub=hub,
+            partitions=partitions,
+            clock=clock,
+            max_dequeue_count=max_dequeue_count,
+        )
     if url == "memory://":
         from .memory import MemoryStore
 

@@ -28,6 +28,8 @@ class DeliveredMessage:
     text: str
     dequeue_count: int
     inserted_at: datetime
+    queue: str = ""
+    """The queue it came from, if the trigger knows (it names where a poisoned copy goes)."""
 
 
 @runtime_checkable

@@ -19,16 +19,28 @@ from typing import Any
 
 from ..._clock import Clock
 from ._policies import FaultInjector, RequestCounter
-from ._settings import DEFAULT_HUB, HUB_ENV, AzureSettings, HubNames, settings_from_url
+from ._resources import PartitionCountError
+from ._settings import (
+    DEFAULT_HUB,
+    DEFAULT_PARTITIONS,
+    HUB_ENV,
+    PARTITIONS_ENV,
+    AzureSettings,
+    HubNames,
+    settings_from_url,
+)
 from ._store import AzureStore
 
 __all__ = [
     "DEFAULT_HUB",
+    "DEFAULT_PARTITIONS",
     "HUB_ENV",
+    "PARTITIONS_ENV",
     "AzureSettings",
     "AzureStore",
     "FaultInjector",
     "HubNames",
+    "PartitionCountError",
     "RequestCounter",
     "open_azure_store",
     "settings_from_url",
@@ -36,7 +48,13 @@ __all__ = [
 
 
 def open_azure_store(
-    url: str, *, hub: str | None = None, clock: Clock | None = None, **options: Any
+    url: str,
+    *,
+    hub: str | None = None,
+    partitions: int | None = None,
+    clock: Clock | None = None,
+    **options: Any,
 ) -> AzureStore:
     """An ``AzureStore`` for a connection string or ``azure://`` URL."""
-    return AzureStore(settings_from_url(url, hub=hub), clock=clock, **options)
+    settings = settings_from_url(url, hub=hub, partitions=partitions)
+    return AzureStore(settings, clock=clock, **options)

@@ -470,8 +470,8 @@ class Activities:
         await hub.queues.put(
             hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
         )
+        hub.expect_control(instance_id, timedelta(0))
         if hub.is_worker:
-            hub.control_poll.kick()
             hub.wake()
 
     async def record_held(self, instance_id: str, pendings: Sequence[Pending]) -> None:

@@ -1,6 +1,7 @@
 """Adopting what the Functions host poisoned: its ``<queue>-poison`` messages become poison rows.
 
-Under the Functions host a control or work-item message whose invocations keep
+Under the Functions host a control (any partition's, or the legacy queue's) or
+work-item message whose invocations keep
 failing (the worker crashed, the function timed out) is moved by the host,
 not the store, to ``<queue>-poison`` after ``maxDequeueCount`` deliveries: the
 original text, Base64, and no row in the hub table. Reading the poison list
@@ -89,10 +90,14 @@ class Adoption:
         self._activities = activities
 
     async def adopt(self) -> None:
-        """Adopt every host-poisoned message both poison queues hold now."""
+        """Adopt every host-poisoned message the hub's poison queues hold now.
+
+        That is every control partition's, the legacy control queue's and the
+        work-item queue's.
+        """
         names = self._hub.names
         sources = [
-            _Source(names.control_queue, "orchestrations", names.poison(names.control_queue)),
+            *(_Source(q, "orchestrations", names.poison(q)) for q in names.control_queues),
             _Source(names.work_queue, "activities", names.poison(names.work_queue)),
         ]
         await asyncio.gather(*(self._adopt_from(source) for source in sources))

@@ -99,7 +99,7 @@ async def commit_episode(
         # its guard's wake-up has it taken over and everything re-sent from the rows.
         log.warning("sending what an episode of %s made failed; re-sent later", iid, exc_info=True)
         orchestrations.drop_session(iid)
-        hub.control_poll.expect(hub.lease)
+        hub.expect_control(iid, hub.lease)
     if plan.generation != old_generation:
         orchestrations.delete_history_later(iid, old_generation, old_count)
     return str(plan.version)

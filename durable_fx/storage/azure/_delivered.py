@@ -28,7 +28,7 @@ from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
 from ._codec import json_object, parse_ts, ts
-from ._hub import Lease, Pending
+from ._hub import Hub, Lease, Pending
 from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
 from ._queues import Handle, Received
 
@@ -59,7 +59,7 @@ class Delivered:
         iid = body.get("h") if body is not None else None
         if not isinstance(iid, str) or not iid:
             await hub.record_poison(
-                queue=hub.names.control_queue,
+                queue=_control_queue(hub, message),
                 logical_queue="orchestrations",
                 instance_id=None,
                 body=message.text,
@@ -210,6 +210,12 @@ class Delivered:
         held = self._activities._holding(item)
         if held is not None:
             self._activities._held.pop(held.key, None)
+
+
+def _control_queue(hub: Hub, message: DeliveredMessage) -> str:
+    """The control queue a delivered message came from (the legacy one if not known)."""
+    names = hub.names
+    return message.queue if message.queue in names.control_queues else names.legacy_control_queue
 
 
 def _first_seen(body: dict[str, Any], message: DeliveredMessage) -> datetime:

@@ -42,10 +42,12 @@ from ._resources import Resources
 from ._transient import retrying, status_of
 
 __all__ = [
+    "ControlPolls",
     "Hub",
     "Lease",
     "Partition",
     "Pending",
+    "PollRound",
     "Poller",
     "Session",
     "consumed_rows",
@@ -199,6 +201,79 @@ class Poller:
         return max(0.0, self._expected[0] - time.monotonic())
 
 
+@dataclass(frozen=True, slots=True)
+class PollRound:
+    """The control queues to poll now, and whether the back-off chose them."""
+
+    queues: tuple[str, ...]
+    timed: bool
+    """True if the shared back-off fell due (else only kicked or expected queues)."""
+
+
+class ControlPolls:
+    """When to poll which control queue: one back-off for all of them.
+
+    While polls find messages (work flows) a timed poll takes every queue; after
+    one that found nothing, a timed poll takes the next queue in turn, so a
+    worker with nothing to do costs what one queue costs, and a message another
+    process sends waits at most ``len(queues)`` times the longest interval (5 x
+    80 s with 4 partitions). A queue this process sent to is polled alone, at
+    once (``kick``) or when its message falls due (``expect``).
+    """
+
+    def __init__(self, queues: Sequence[str], interval: tuple[float, float]) -> None:
+        self.queues = tuple(queues)
+        self._backoff = Poller(interval)
+        self._always_sweep = interval[1] <= 0
+        """No back-off (tests): idle costs are not the point, every poll takes every queue."""
+        self._sweep = True
+        """Poll every queue at the next timed round (at first, and after one found work)."""
+        self._turn = 0
+        self._kicked: set[str] = set()
+        self._expected: list[tuple[float, str]] = []
+
+    def due(self) -> PollRound:
+        """The queues to poll now (none: no poll)."""
+        now = time.monotonic()
+        while self._expected and self._expected[0][0] <= now:
+            self._kicked.add(heapq.heappop(self._expected)[1])
+        timed = self._backoff.due()
+        chosen = set(self._kicked)
+        if timed:
+            chosen.update(self.queues if self._sweep else [self.queues[self._turn]])
+        return PollRound(tuple(q for q in self.queues if q in chosen), timed)
+
+    def polled(self, round_: PollRound, found: bool) -> None:
+        """Record a round: a timed one that found messages has the next one poll everything."""
+        self._kicked.difference_update(round_.queues)
+        if not round_.timed:
+            return
+        if not self._sweep:
+            self._turn = (self._turn + 1) % len(self.queues)
+        self._sweep = found or self._always_sweep
+        self._backoff.polled(found)
+
+    @property
+    def kicked(self) -> bool:
+        """Whether some queue is to be polled at once."""
+        return bool(self._kicked)
+
+    def kick(self, queue: str) -> None:
+        """Poll ``queue`` at the next chance (this process just sent something to it)."""
+        self._kicked.add(queue)
+
+    def expect(self, queue: str, delay: timedelta) -> None:
+        """Poll ``queue`` when a message hidden for ``delay`` becomes visible."""
+        due = time.monotonic() + max(0.0, delay.total_seconds())
+        heapq.heappush(self._expected, (due, queue))
+
+    def next_expected(self) -> float | None:
+        """Seconds until the next expected message, if any."""
+        if not self._expected:
+            return None
+        return max(0.0, self._expected[0][0] - time.monotonic())
+
+
 class Hub:
     """Everything the store's parts share; lives on the store loop."""
 
@@ -219,7 +294,7 @@ class Hub:
         self.names = resources.names
         self.owner_id = uuid.uuid4().hex
         self.sessions: dict[str, Session] = {}
-        self.control_poll = Poller(idle_poll)
+        self.control_polls = ControlPolls(self.names.control_queues, idle_poll)
         # The work queue mostly waits for our own commits; poll it half as often when idle.
         self.work_poll = Poller((idle_poll[0], idle_poll[1] * 2))
         self.lease = timedelta(seconds=60)
@@ -235,14 +310,24 @@ class Hub:
         """Messages may be hidden under a receipt we never saw: poll when they return."""
         if not self.is_worker:
             return  # a client-only store never polls; a worker elsewhere finds them
-        if queue == self.names.control_queue:
-            self.control_poll.expect(delay)
+        if queue in self.names.control_queues:
+            self.control_polls.expect(queue, delay)
         elif queue == self.names.work_queue:
             self.work_poll.expect(delay)
 
     def control_queue_of(self, instance_id: str) -> str:
-        """The control queue that carries ``instance_id``'s wake-ups."""
-        return self.names.control_queue
+        """The control queue that carries ``instance_id``'s wake-ups (its partition's)."""
+        return self.names.control_queue_of(instance_id)
+
+    def expect_control(self, instance_id: str, delay: timedelta) -> None:
+        """This worker sent ``instance_id`` a wake-up: poll its queue when it is due."""
+        if not self.is_worker:
+            return
+        queue = self.control_queue_of(instance_id)
+        if delay <= timedelta(0):
+            self.control_polls.kick(queue)
+        else:
+            self.control_polls.expect(queue, min(delay, self.queues.max_delay))
 
     # -- time and tokens ------------------------------------------------------------
 

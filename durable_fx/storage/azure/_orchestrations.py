@@ -117,12 +117,11 @@ class Orchestrations:
         hub.is_worker = True
         hub.lease = lease
         await self._upkeep(lease)
-        if hub.control_poll.due():
-            await self.wake_ups.poll(limit, lease)
+        await self.wake_ups.poll(limit, lease)
         items = await self._hand_out(owner, limit, lease)
         now = hub.now()
         dues = [d for s in hub.sessions.values() if (d := s.next_due(now)) is not None]
-        remote = hub.control_poll.next_expected()
+        remote = hub.control_polls.next_expected()
         if remote is not None:
             dues.append(now + timedelta(seconds=remote))
         dues.extend(self.wake_ups.remote_dues)
@@ -195,7 +194,7 @@ class Orchestrations:
             extra["execution_id"] = pending.execution_id
         try:
             await hub.record_poison(
-                queue=hub.names.control_queue,
+                queue=hub.control_queue_of(session.instance_id),
                 logical_queue="orchestrations",
                 instance_id=session.instance_id,
                 body=pending.event_json,
@@ -314,7 +313,7 @@ class Orchestrations:
             await hub.queues.put(
                 hub.control_queue_of(session.instance_id), {"h": session.instance_id}, delay=delay
             )
-        self._expect(delay)
+        self._expect(session.instance_id, delay)
 
     def _drop_session(self, iid: str) -> None:
         """Forget an instance locally (someone else owns it now, or it is gone)."""
@@ -333,15 +332,12 @@ class Orchestrations:
         except Exception:  # their work rows remain: the instance's taker re-runs them
             log.warning("could not record the results held for %s", iid, exc_info=True)
 
-    def _expect(self, delay: timedelta) -> None:
-        """This process sent a wake-up: poll for it when it becomes visible."""
+    def _expect(self, iid: str, delay: timedelta) -> None:
+        """This process sent ``iid`` a wake-up: poll its queue when it becomes visible."""
         hub = self._hub
-        if hub.is_worker:
-            if delay <= timedelta(0):
-                hub.control_poll.kick()
-                hub.wake()
-            else:
-                hub.control_poll.expect(min(delay, hub.queues.max_delay))
+        hub.expect_control(iid, delay)
+        if hub.is_worker and delay <= timedelta(0):
+            hub.wake()
 
     # -- committing -------------------------------------------------------------
 
@@ -449,8 +445,8 @@ class Orchestrations:
     def drop_session(self, iid: str) -> None:
         self._drop_session(iid)
 
-    def expect(self, delay: timedelta) -> None:
-        self._expect(delay)
+    def expect(self, iid: str, delay: timedelta) -> None:
+        self._expect(iid, delay)
 
     @property
     def hub(self) -> Hub:

@@ -18,7 +18,7 @@ everything needed to put the message back:
 * a wake-up the Functions host poisoned (``Kind`` ``wake-up``, see
   ``_adoption``): its instance id; the instance's inbox rows get their
   delivery counts reset (the host's failed deliveries counted against them)
-  and a wake-up goes to the control queue.
+  and a wake-up goes to the instance's control partition.
 
 Listing adopts the host's poisoned messages first (``_adoption``).
 
@@ -171,10 +171,12 @@ class Poison:
     async def _resend(self, row: dict[str, Any], text: str) -> bool:
         """A queue message that named no instance goes back to its queue as it was."""
         hub = self._hub
+        names = hub.names
         queue = row.get("SourceQueue")
-        if queue is None:
+        if queue not in hub.resources.queues:
+            # Rows from before SourceQueue, or of a partition this count no longer has.
             logical = row["Queue"]
-            queue = hub.names.work_queue if logical == "activities" else hub.names.control_queue
+            queue = names.work_queue if logical == "activities" else names.legacy_control_queue
         await hub.queues.put_text(str(queue), text, delay=timedelta(0))
         return True
 
@@ -230,7 +232,7 @@ class Poison:
         await hub.queues.put(
             hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
         )
-        self._orchestrations.expect(timedelta(0))
+        self._orchestrations.expect(instance_id, timedelta(0))
         return True
 
 

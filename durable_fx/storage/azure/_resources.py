@@ -1,10 +1,18 @@
 """The SDK clients of one task hub, created on the store's loop, and payload blobs.
 
-Everything is created on first use: the table, both queues, their poison
-twins (when first needed) and the blob container. A value too large for a
-table property or a queue message is written to a blob named
-``<instance id>/<uuid>`` and referenced by name, so purging an instance
-deletes its blobs by prefix.
+Everything is created on first use: the table, the queues (every control
+partition's, the legacy control queue, the work-item queue, and the poison
+twin of each) and the blob container. A value too large for a table property
+or a queue message is written to a blob named ``<instance id>/<uuid>`` and
+referenced by name, so purging an instance deletes its blobs by prefix.
+
+**The hub record.** The partition count decides which queue carries an
+instance's wake-ups, so every process of a hub must use the same one. The
+first setup writes ``hub.json`` (``{"partitions": N}``) to the payload
+container, only if it is not there (If-None-Match, as DTFx writes its
+``taskhub.json``); later setups read it and refuse another count
+(``PartitionCountError``). The name has no ``/``, so no instance's payload
+prefix covers it.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -32,13 +41,35 @@ from azure.storage.blob.aio import ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from ..._errors import DurableFxError
 from ._policies import RequestCounter
 from ._settings import AzureSettings, HubNames, client_kwargs
 from ._transient import retrying
 
-__all__ = ["Resources"]
+__all__ = ["HUB_RECORD", "PartitionCountError", "Resources"]
 
 _MAX_BODY = 1024 * 1024
+HUB_RECORD = "hub.json"
+"""The blob, in the payload container, that records the hub's partition count."""
+
+
+class PartitionCountError(DurableFxError, ValueError):
+    """A store was opened with another partition count than its hub was set up with."""
+
+    def __init__(self, hub: str, recorded: int | None, configured: int) -> None:
+        if recorded is None:
+            detail = f"its {HUB_RECORD} blob (in {hub}-payloads) has no valid partition count"
+        else:
+            detail = f"it was set up with {recorded} partitions"
+        super().__init__(
+            f"task hub {hub!r} cannot be opened with {configured} partitions: {detail}. "
+            f"The count is fixed per hub: set DURABLE_FX_PARTITIONS (or the store URL's "
+            f"partitions option) to {recorded if recorded is not None else 'its count'}, "
+            "or use a new hub"
+        )
+        self.hub = hub
+        self.recorded = recorded
+        self.configured = configured
 
 
 # Policies of the table client that cost CPU on every request and do nothing here:
@@ -102,8 +133,9 @@ class Resources:
             **options("blob"),
         )
         self.queues: dict[str, QueueClient] = {}
-        poison_queues = (names.poison(names.control_queue), names.poison(names.work_queue))
-        for queue in (names.control_queue, names.work_queue, *poison_queues):
+        queues = (*names.control_queues, names.work_queue)
+        poison_queues = tuple(names.poison(queue) for queue in queues)
+        for queue in (*queues, *poison_queues):
             # Base64 is what the Functions queue trigger expects by default. Poison
             # queues are read as they are: the host moves a body that is not Base64
             # there unread, and decoding it here would fail the whole receive.
@@ -119,7 +151,11 @@ class Resources:
         self._ready: asyncio.Future[None] | None = None
 
     async def ensure(self) -> None:
-        """Create the table, queues and container once (concurrent callers share the work)."""
+        """Create the table, queues and container once (concurrent callers share the work).
+
+        Raises ``PartitionCountError`` if the hub was set up with another
+        partition count (and again on every call: nothing is created then).
+        """
         if self._ready is None:
             self._ready = asyncio.ensure_future(self._create())
         try:
@@ -129,6 +165,11 @@ class Resources:
             raise
 
     async def _create(self) -> None:
+        # The record first: a store with the wrong count must not add queues to the hub.
+        recorded = await self._read_record()
+        if recorded is not None:
+            self._check_record(recorded)
+
         async def create(make: Any) -> None:
             with contextlib.suppress(ResourceExistsError):
                 await make()
@@ -138,6 +179,40 @@ class Resources:
         await asyncio.gather(
             *(retrying(partial(create, m), what="create the task hub's resources") for m in makers)
         )
+        if recorded is None:
+            await self._write_record()
+
+    async def _write_record(self) -> None:
+        """Record our partition count, unless another first setup recorded one meanwhile."""
+        text = json.dumps({"partitions": self.settings.partitions})
+        try:
+            await retrying(
+                # overwrite=False sends If-None-Match: *, so of two first setups one writes.
+                lambda: self.container.upload_blob(HUB_RECORD, text, overwrite=False),
+                what=f"record the task hub's partitions in {HUB_RECORD}",
+            )
+        except ResourceExistsError:
+            self._check_record(await self._read_record())
+
+    def _check_record(self, recorded: int | str | None) -> None:
+        configured = self.settings.partitions
+        if recorded != configured:
+            count = recorded if isinstance(recorded, int) else None
+            raise PartitionCountError(self.names.hub, count, configured)
+
+    async def _read_record(self) -> int | str | None:
+        """The recorded count; ``None`` if there is no record, ``""`` if it is unreadable."""
+        try:
+            text = await self.get_payload(HUB_RECORD)
+        except ResourceNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            return ""
+        try:
+            count = json.loads(text)["partitions"]
+        except (ValueError, TypeError, KeyError):
+            return ""
+        return count if isinstance(count, int) and not isinstance(count, bool) else ""
 
     async def close(self) -> None:
         """Close every client and the credential (and stop a creation still running)."""

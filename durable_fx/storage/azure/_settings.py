@@ -15,8 +15,14 @@ Three ways to name a storage account, all turned into one ``AzureSettings``:
 
 The task hub name (``hub`` argument, else the URL, else ``DURABLE_FX_HUB``,
 else ``durablefx``) names every resource, so several apps can share one
-account: table ``<hub>state``, queues ``<hub>-control`` and
-``<hub>-workitems`` (plus ``-poison`` twins), blob container ``<hub>-payloads``.
+account: table ``<hub>state``, control queues ``<hub>-control-00`` ...
+(one per partition) and the legacy ``<hub>-control``, ``<hub>-workitems``
+(each with a ``-poison`` twin), blob container ``<hub>-payloads``.
+
+The partition count (``partitions`` argument, else ``Partitions=`` in the
+connection string or ``?partitions=`` in the URL, else ``DURABLE_FX_PARTITIONS``,
+else 4; at most 16) decides which control queue carries an instance's
+wake-ups. It is fixed per hub: the hub records it on first setup (``_resources``).
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from .._partitions import DEFAULT_PARTITIONS, PARTITIONS_ENV, partition_count, valid_partitions
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
@@ -34,7 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HUB",
+    "DEFAULT_PARTITIONS",
     "HUB_ENV",
+    "PARTITIONS_ENV",
     "AzureSettings",
     "HubNames",
     "is_azure_url",
@@ -71,24 +81,26 @@ class HubNames:
     """The resource names of one task hub (all valid for their services)."""
 
     hub: str
+    partitions: int = DEFAULT_PARTITIONS
 
     @classmethod
-    def of(cls, hub: str) -> HubNames:
-        """Validate ``hub`` (case-insensitive) and derive the names."""
+    def of(cls, hub: str, partitions: int = DEFAULT_PARTITIONS) -> HubNames:
+        """Validate ``hub`` (case-insensitive) and ``partitions``, and derive the names."""
         name = hub.strip().lower()
         if not _HUB.fullmatch(name):
             raise ValueError(
                 f"invalid task hub name {hub!r}: use 3-40 letters and digits, starting with a "
                 "letter (it names a table, queues and a blob container)"
             )
-        return cls(name)
+        return cls(name, valid_partitions(partitions, source="partitions"))
 
     @property
     def table(self) -> str:
         return f"{self.hub}state"
 
     @property
-    def control_queue(self) -> str:
+    def legacy_control_queue(self) -> str:
+        """The one control queue of hubs made before partitions: still drained, never sent to."""
         return f"{self.hub}-control"
 
     @property
@@ -102,6 +114,20 @@ class HubNames:
     def control_partition(self, index: int) -> str:
         """The control queue of partition ``index`` (``<hub>-control-00`` ...)."""
         return f"{self.hub}-control-{index:02d}"
+
+    @property
+    def control_partitions(self) -> tuple[str, ...]:
+        """Every partition's control queue, in partition order."""
+        return tuple(self.control_partition(i) for i in range(self.partitions))
+
+    @property
+    def control_queues(self) -> tuple[str, ...]:
+        """Every queue that may hold wake-ups: the partitions, then the legacy queue."""
+        return (*self.control_partitions, self.legacy_control_queue)
+
+    def control_queue_of(self, instance_id: str) -> str:
+        """The control queue of ``instance_id``'s partition."""
+        return self.control_partition(partition_of(instance_id, self.partitions))
 
     @staticmethod
     def poison(queue: str) -> str:
@@ -132,6 +158,7 @@ class AzureSettings:
     account: str
     endpoints: Mapping[str, str]
     hub: str = DEFAULT_HUB
+    partitions: int = DEFAULT_PARTITIONS
     account_key: str | None = field(default=None, repr=False)
     sas_token: str | None = field(default=None, repr=False)
     use_identity: bool = False
@@ -141,7 +168,7 @@ class AzureSettings:
     @property
     def names(self) -> HubNames:
         """The hub's resource names."""
-        return HubNames.of(self.hub)
+        return HubNames.of(self.hub, self.partitions)
 
     def endpoint(self, service: str) -> str:
         """The service URL for ``blob``, ``queue`` or ``table``."""
@@ -175,11 +202,18 @@ class AzureSettings:
     def describe(self) -> str:
         """Where this is, without secrets (for errors and logs)."""
         auth = "key" if self.account_key else "SAS" if self.sas_token else "identity"
-        return f"account {self.account!r} ({auth} auth), task hub {self.hub!r}"
+        return (
+            f"account {self.account!r} ({auth} auth), task hub {self.hub!r}, "
+            f"{self.partitions} partitions"
+        )
 
 
 def settings_from_url(
-    url: str, *, hub: str | None = None, environ: Mapping[str, str] | None = None
+    url: str,
+    *,
+    hub: str | None = None,
+    partitions: int | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AzureSettings:
     """Parse a connection string or ``azure://`` URL into settings (no network).
 
@@ -187,18 +221,21 @@ def settings_from_url(
     """
     env = os.environ if environ is None else environ
     if url.startswith("azure://"):
-        settings, url_hub = _from_azure_url(url, env)
+        settings, options = _from_azure_url(url, env)
     else:
-        settings, url_hub = _from_connection_string(url)
-    chosen = hub or url_hub or env.get(HUB_ENV, "").strip() or DEFAULT_HUB
-    names = HubNames.of(chosen)
-    return _replace_hub(settings, names.hub)
+        settings, options = _from_connection_string(url)
+    chosen = hub or options.hub or env.get(HUB_ENV, "").strip() or DEFAULT_HUB
+    count = partition_count(partitions, options.partitions, env)
+    names = HubNames.of(chosen, count)
+    return replace(settings, hub=names.hub, partitions=names.partitions)
 
 
-def _replace_hub(settings: AzureSettings, hub: str) -> AzureSettings:
-    from dataclasses import replace
+@dataclass(frozen=True, slots=True)
+class _HubOptions:
+    """What a store URL says about the hub (``TaskHub=``/``?hub=``, ``Partitions=``/...)."""
 
-    return replace(settings, hub=hub)
+    hub: str | None = None
+    partitions: str | None = None
 
 
 # -- connection strings ---------------------------------------------------------
@@ -227,9 +264,9 @@ def _redact_segment(segment: str) -> str:
     return segment[:60]
 
 
-def _from_connection_string(text: str) -> tuple[AzureSettings, str | None]:
+def _from_connection_string(text: str) -> tuple[AzureSettings, _HubOptions]:
     pairs = _parse_pairs(text)
-    hub = pairs.pop("taskhub", None)
+    hub = _HubOptions(pairs.pop("taskhub", None), pairs.pop("partitions", None))
     if pairs.get("usedevelopmentstorage", "").lower() == "true":
         return _development_settings(pairs.get("developmentstorageproxyuri")), hub
     account = pairs.get("accountname")
@@ -270,14 +307,14 @@ def _development_settings(proxy: str | None) -> AzureSettings:
 # -- identity -------------------------------------------------------------------
 
 
-def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, str | None]:
+def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, _HubOptions]:
     parts = urlsplit(url)
     query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"hub", "credential", "client_id", "connection"}
+    unknown = set(query) - {"hub", "partitions", "credential", "client_id", "connection"}
     if unknown:
         raise ValueError(
             f"unknown azure:// parameters {sorted(unknown)}; "
-            "use hub, credential, client_id, connection"
+            "use hub, partitions, credential, client_id, connection"
         )
     account = parts.netloc
     if account:
@@ -296,7 +333,7 @@ def _from_azure_url(url: str, env: Mapping[str, str]) -> tuple[AzureSettings, st
                 query.get("client_id"),
                 source=url,
             )
-    return settings, query.get("hub")
+    return settings, _HubOptions(query.get("hub"), query.get("partitions"))
 
 
 def identity_settings_from_environment(

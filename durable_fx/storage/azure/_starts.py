@@ -86,7 +86,7 @@ class Starts:
                 await hub.queues.delete(guard)
             raise
         if session is None:
-            self._orchestrations.expect(delay)
+            self._orchestrations.expect(iid, delay)
             return
         self._orchestrations.drop_session(iid)
         session.guard = guard
@@ -219,7 +219,7 @@ class Starts:
         if owned:
             # The session ended while the message was being written: wake whoever is next.
             await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
-        self._orchestrations.expect(delay)
+        self._orchestrations.expect(iid, delay)
         return True
 
     async def _write_message(self, message: OrchestrationMessage) -> bool:
@@ -298,7 +298,7 @@ class Starts:
                     hub.sessions[iid] = created
                     hub.wake()
                 else:
-                    self._orchestrations.expect(delay)
+                    self._orchestrations.expect(iid, delay)
                 return True
             with contextlib.suppress(Exception):
                 await hub.queues.delete(guard)
@@ -317,7 +317,7 @@ class Starts:
             raise
         # A 409 means a message with this key is pending, or that our own first try
         # went in and only its response was lost: keep the wake-up either way.
-        self._orchestrations.expect(delay)
+        self._orchestrations.expect(iid, delay)
         return True
 
     async def _create_missing(
@@ -366,7 +366,7 @@ class Starts:
             await hub.queues.put(
                 hub.control_queue_of(iid), {"h": iid}, delay=delay_of(message, hub.now())
             )
-            self._orchestrations.expect(delay_of(message, hub.now()))
+            self._orchestrations.expect(iid, delay_of(message, hub.now()))
             return True
         session.etag = str(results[-1]["etag"])
         if len(applied) == 2:

@@ -293,12 +293,12 @@ class AzureStore:
     async def _ready(self) -> tuple[bool, float | None]:
         hub = self._hub
         now = hub.now()
-        if hub.control_poll.kicked or hub.work_poll.kicked or self._activities.has_ready(now):
+        if hub.control_polls.kicked or hub.work_poll.kicked or self._activities.has_ready(now):
             return True, None
         for session in hub.sessions.values():
             if session.lockable(now) and session.visible(now):
                 return True, None
-        dues = [hub.control_poll.next_expected(), hub.work_poll.next_expected()]
+        dues = [hub.control_polls.next_expected(), hub.work_poll.next_expected()]
         return False, min((d for d in dues if d is not None), default=None)
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ instances the same way for host-delivered messages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import datetime, timedelta
@@ -47,11 +48,26 @@ class WakeUps:
         """When hidden wake-ups of instances owned by nobody fall due (for ``next_due``)."""
 
     async def poll(self, limit: int, lease: timedelta) -> None:
+        """Poll the control queues that are due (see ``ControlPolls``)."""
+        polls = self._hub.control_polls
+        round_ = polls.due()
+        if not round_.queues:
+            return
+        polled = (self._poll(q, limit, lease) for q in round_.queues)
+        outcomes = await asyncio.gather(*polled, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                # The others had their say; the round is not recorded, so it comes again.
+                raise outcome
+        polls.polled(round_, any(outcomes))
+
+    async def _poll(self, queue: str, limit: int, lease: timedelta) -> bool:
+        """Receive and handle one control queue's wake-ups; whether there were any."""
         hub = self._hub
         found = False
         seen: set[str] = set()
         while True:
-            received = await hub.queues.receive(hub.names.control_queue, limit=32, lease=lease)
+            received = await hub.queues.receive(queue, limit=32, lease=lease)
             fresh = [r for r in received if r.handle.id not in seen]
             seen.update(r.handle.id for r in received)
             found = found or bool(fresh)
@@ -68,14 +84,12 @@ class WakeUps:
                 except Exception:
                     log.exception("handling a wake-up for %s failed; it will come back", iid)
             if len(received) < 32 or len(seen) >= max(limit, 1) * 4 or not fresh:
-                break
-        hub.control_poll.polled(found)
+                return found
 
     async def _poison_hint(self, message: Received) -> None:
-        hub = self._hub
-        await hub.poison_undecodable(
+        await self._hub.poison_undecodable(
             message,
-            queue=hub.names.control_queue,
+            queue=message.handle.queue,
             logical_queue="orchestrations",
             reason='undecodable control message: expected {"h": <instance id>}',
         )
@@ -122,7 +136,7 @@ class WakeUps:
             else:
                 self.remote_dues.append(due)
                 await hub.queues.hide(keep.handle, due - now)
-                self._orchestrations.expect(due - now)
+                self._orchestrations.expect(iid, due - now)
             return
         session = await self.take_over(partition, row, pendings, lease)
         if session is None:
