@@ -1,8 +1,9 @@
 """The durable queue triggers on the Azure store, driven the way the Functions host drives them.
 
-``FakeHost`` plays the host: it receives from the hub's control and work-item
-queues, decodes Base64, builds each ``func.QueueMessage`` with azure-functions'
-converter from the trigger metadata, calls the indexed function by keyword,
+``FakeHost`` plays the host: it receives from the hub's control queues (every
+partition's and the legacy one) and its work-item queue, decodes Base64,
+builds each ``func.QueueMessage`` with azure-functions' converter from the
+trigger metadata, calls the indexed function by keyword,
 and deletes the message on success (or releases it on failure). Nothing else
 polls: between invocations the app must make no requests at all.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,13 +38,16 @@ class FakeHost:
     def __init__(self, app: DurableApp, queues: QueueBackend) -> None:
         self.app = app
         functions = {f.get_function_name(): f for f in app.get_functions()}
+        durable = [n for n in functions if n.startswith("dfx_control") or n == "dfx_work_items"]
         self.handlers: dict[str, Callable[..., Any]] = {
-            app.settings.control_queue: functions["dfx_control"].get_user_function(),
-            app.settings.work_queue: functions["dfx_work_items"].get_user_function(),
+            functions[name].get_trigger().queue_name: functions[name].get_user_function()
+            for name in durable
         }
         self.http = {n: f.get_user_function() for n, f in functions.items()}
         self.queues = queues
         self.invocations = 0
+        self.ran: Counter[str] = Counter()
+        """Invocations by queue."""
 
     async def pump(self) -> int:
         """One receive per queue; invoke each message; returns how many ran."""
@@ -57,6 +62,7 @@ class FakeHost:
                     await self.queues.update_visibility(message, timedelta(0))
                     raise
                 await self.queues.delete(message)
+                self.ran[queue] += 1
                 ran += 1
         self.invocations += ran
         return ran
@@ -120,7 +126,9 @@ def test_the_host_path_runs_orchestrations_and_makes_no_requests_when_idle(
 ) -> None:
     calls: list[str] = []
     app = build(store, calls)
-    assert app.settings.control_queue == store.settings.names.control_queue
+    names = store.settings.names
+    assert app.settings.control_queues == names.control_partitions
+    assert app.settings.legacy_control_queue == names.legacy_control_queue
 
     async def scenario() -> None:
         host = FakeHost(app, open_queues(store))
@@ -131,6 +139,33 @@ def test_the_host_path_runs_orchestrations_and_makes_no_requests_when_idle(
         before = store.requests.total
         await asyncio.sleep(1.5)  # no invocations: the host is idle, so is durable_fx
         assert store.requests.total == before
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_the_host_drains_wake_ups_left_on_the_legacy_control_queue(store: AzureStore) -> None:
+    """A hub made before partitions: ``dfx_control`` runs what waits on ``<hub>-control``."""
+    calls: list[str] = []
+    app = build(store, calls)
+    names = store.settings.names
+    legacy = names.legacy_control_queue
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        assert (await host.start("flow", "legacy-1", b'"old"')).status_code == 202
+        # Its wake-up as a store before partitions sent it: on the one control queue.
+        (sent,) = await host.queues.receive(
+            names.control_queue_of("legacy-1"), limit=8, visibility=timedelta(minutes=1)
+        )
+        await host.queues.delete(sent)
+        await host.queues.send(legacy, encode_body(json.dumps({"h": "legacy-1"})))
+        state = await host.run_until_finished("legacy-1")
+        assert state.output == "OLD OLD!" and calls == ["old", "old!"]
+        # The legacy message ran once; everything after went to the instance's partition.
+        assert host.ran[legacy] == 1
+        assert host.ran[names.control_queue_of("legacy-1")] >= 1
         await host.queues.close()
 
     asyncio.run(scenario())
@@ -167,7 +202,7 @@ def test_concurrent_wake_ups_for_one_instance_run_it_once_each_step(store: Azure
     async def scenario() -> None:
         host = FakeHost(app, open_queues(store))
         await host.start("flow", "twice", b'"x"')
-        control = app.settings.control_queue
+        control = store.settings.names.control_queue_of("twice")
         for _ in range(3):  # extra wake-ups for the same instance, as retries would leave
             await host.queues.send(control, encode_body('{"h": "twice"}'))
         state = await host.run_until_finished("twice")
@@ -184,7 +219,7 @@ def test_malformed_messages_are_poisoned_with_their_reason(store: AzureStore) ->
 
     async def scenario() -> None:
         host = FakeHost(app, open_queues(store))
-        await host.queues.send(app.settings.control_queue, encode_body("not a wake-up"))
+        await host.queues.send(app.settings.control_queues[2], encode_body("not a wake-up"))
         await host.queues.send(app.settings.work_queue, encode_body('{"w": 1}'))
         while await host.pump():
             pass
@@ -192,6 +227,12 @@ def test_malformed_messages_are_poisoned_with_their_reason(store: AzureStore) ->
         reasons = sorted(p.reason for p in poisoned)
         assert reasons[0].startswith("undecodable control message")
         assert reasons[1] == "undecodable work item message"
+        # The control message's record names the partition queue it came from.
+        (control,) = [p for p in poisoned if p.queue == "orchestrations"]
+        copies = await host.queues.receive(
+            f"{app.settings.control_queues[2]}-poison", limit=8, visibility=timedelta(0)
+        )
+        assert [json.loads(decode_body(c.text))["id"] for c in copies] == [control.poison_id]
         await host.queues.close()
 
     asyncio.run(scenario())
@@ -207,7 +248,8 @@ def test_a_redelivered_work_item_whose_result_is_recorded_does_not_run_again(
     async def scenario() -> None:
         host = FakeHost(app, open_queues(store))
         await host.start("flow", "again", b'"once"')
-        control, work = app.settings.control_queue, app.settings.work_queue
+        control = store.settings.names.control_queue_of("again")
+        work = app.settings.work_queue
         hold = timedelta(minutes=1)
         while not (items := await host.queues.receive(work, limit=1, visibility=timedelta(0))):
             for message in await host.queues.receive(control, limit=16, visibility=hold):

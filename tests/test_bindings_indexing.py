@@ -39,15 +39,20 @@ def test_durable_app_is_a_function_app_with_the_durable_functions() -> None:
     app = DurableApp()
     assert isinstance(app, func.FunctionApp)
     found = bindings_of(app)
-    assert found["dfx_control"] == [
-        {
-            "direction": "IN",
-            "type": "queueTrigger",
-            "name": "msg",
-            "queueName": "durablefx-control",
-            "connection": "AzureWebJobsStorage",
-        }
-    ]
+    # One control function per partition (4 by default), and one on the legacy queue.
+    controls = {f"dfx_control_{i:02d}": f"durablefx-control-{i:02d}" for i in range(4)}
+    controls["dfx_control"] = "durablefx-control"
+    for name, queue in controls.items():
+        assert found[name] == [
+            {
+                "direction": "IN",
+                "type": "queueTrigger",
+                "name": "msg",
+                "queueName": queue,
+                "connection": "AzureWebJobsStorage",
+            }
+        ]
+    assert sorted(n for n in found if n.startswith("dfx_control")) == sorted(controls)
     assert found["dfx_work_items"][0]["queueName"] == "durablefx-workitems"
     routes = {
         name: (b[0]["route"], b[0]["methods"], b[0]["authLevel"])
@@ -70,8 +75,11 @@ def test_names_and_levels_come_from_settings(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DURABLE_FX_HUB", "Orders")
     monkeypatch.setenv("DURABLE_FX_CONNECTION", "OrdersStorage")
     monkeypatch.setenv("DURABLE_FX_MANAGEMENT_AUTH", "admin")
+    monkeypatch.setenv("DURABLE_FX_PARTITIONS", "16")
     found = bindings_of(DurableApp())
     assert found["dfx_control"][0]["queueName"] == "orders-control"
+    assert found["dfx_control_15"][0]["queueName"] == "orders-control-15"
+    assert "dfx_control_16" not in found
     assert found["dfx_work_items"][0]["connection"] == "OrdersStorage"
     assert found["dfx_status"][0]["authLevel"] == "ADMIN"
     explicit = bindings_of(
@@ -80,6 +88,9 @@ def test_names_and_levels_come_from_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert explicit["dfx_work_items"][0]["queueName"] == "billing-workitems"
     assert explicit["dfx_start"][0]["authLevel"] == "ANONYMOUS"
     assert "dfx_start" not in bindings_of(DurableApp(management_api=False))
+    monkeypatch.delenv("DURABLE_FX_PARTITIONS")
+    default = bindings_of(DurableApp(hub="billing"))
+    assert "dfx_control_03" in default and "dfx_control_04" not in default
 
 
 def test_an_anonymous_management_api_warns_when_the_app_is_built(
@@ -96,8 +107,11 @@ def test_an_anonymous_management_api_warns_when_the_app_is_built(
 
 
 def test_the_hub_in_the_store_url_names_the_queues() -> None:
-    app = DurableApp(store="UseDevelopmentStorage=true;TaskHub=shop")
-    assert app.settings.control_queue == "shop-control"
+    app = DurableApp(store="UseDevelopmentStorage=true;TaskHub=shop;Partitions=2")
+    assert app.settings.control_queues == ("shop-control-00", "shop-control-01")
+    assert app.settings.legacy_control_queue == "shop-control"
+    app = DurableApp(store="azure://acct?hub=shop&partitions=3")
+    assert app.settings.control_queues[-1] == "shop-control-02"
 
 
 def test_bad_settings_are_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,6 +122,11 @@ def test_bad_settings_are_refused_naming_the_setting(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DURABLE_FX_MANAGEMENT_AUTH", "everyone")
     with pytest.raises(ValueError, match="DURABLE_FX_MANAGEMENT_AUTH"):
         DurableApp()
+    monkeypatch.delenv("DURABLE_FX_MANAGEMENT_AUTH")
+    for bad in ("0", "17", "four"):
+        monkeypatch.setenv("DURABLE_FX_PARTITIONS", bad)
+        with pytest.raises(ValueError, match="DURABLE_FX_PARTITIONS must be a whole number from 1"):
+            DurableApp()
 
 
 def test_queue_names_are_those_of_the_azure_store() -> None:
@@ -115,8 +134,10 @@ def test_queue_names_are_those_of_the_azure_store() -> None:
 
     app = DurableApp(hub="Fulfilment1")
     names = HubNames.of("Fulfilment1")
-    assert (app.settings.control_queue, app.settings.work_queue) == (
-        names.control_queue,
+    settings = app.settings
+    assert (settings.control_queues, settings.legacy_control_queue, settings.work_queue) == (
+        names.control_partitions,
+        names.legacy_control_queue,
         names.work_queue,
     )
 

@@ -445,6 +445,11 @@ def test_the_email_app_runs_on_a_fresh_directory_and_stops_on_sigterm(tmp_path: 
     assert start_record["outcome"] == "succeeded"
     assert isinstance(start_record["duration_ms"], float)
     assert any(r["message"] == "stopped (SIGTERM)" for r in records)
+    # On SQLite a worker runs durable work: no durable queue function is served, none of
+    # the control partitions' (dfx_control_NN), the legacy queue's or the work items'.
+    served = [r["message"].split(":")[0] for r in records if r["message"].startswith("function ")]
+    assert "function dfx_start" in served
+    assert not [f for f in served if f.startswith(("function dfx_control", "function dfx_work"))]
 
 
 def awaiting_receipt(client: httpx.Client, instance_id: str) -> str | None:

@@ -4,16 +4,22 @@ It is a ``func.FunctionApp``: user routes, timers, queue triggers and
 blueprints work as usual. On top, it registers real functions the host
 indexes:
 
-================  ===========================  ==========================================
-function          trigger                      does
-================  ===========================  ==========================================
-``dfx_control``   queue ``<hub>-control``      runs the episodes of the instance named
-``dfx_work_items`` queue ``<hub>-workitems``   runs one activity
-``dfx_start``...  HTTP (management API)        start / status / list / raise / terminate...
-================  ===========================  ==========================================
+==================  ===========================  ==========================================
+function            trigger                      does
+==================  ===========================  ==========================================
+``dfx_control_NN``  queue ``<hub>-control-NN``   runs the episodes of the instance named
+``dfx_control``     queue ``<hub>-control``      the same, for a hub made before partitions
+``dfx_work_items``  queue ``<hub>-workitems``    runs one activity
+``dfx_start``...    HTTP (management API)        start / status / list / raise / terminate...
+==================  ===========================  ==========================================
 
-Orchestrators and activities are not functions of their own: the two queue
-functions run all of them, so adding one never changes the app's bindings.
+There is one control function per partition (``DURABLE_FX_PARTITIONS``, 4 by
+default: ``dfx_control_00`` to ``dfx_control_03``), so a Flex Consumption app
+scales each partition on its own. ``dfx_control`` drains the single control
+queue of a hub made by an earlier version (nothing sends to it any more; it
+costs only the host's idle polling of an empty queue). Orchestrators and
+activities are not functions of their own: the queue functions run all of
+them, so adding one never changes the app's bindings.
 Decorators return the user's function unchanged (typed), and ``app.registry``
 is a ``Registry``, so ``Worker(app, store)`` and ``DurableClient`` work as in
 any durable_fx program.
@@ -81,6 +87,7 @@ class DurableApp(func.FunctionApp):
         level = management_auth_level
         self._settings = FunctionsSettings.from_environment(
             hub=hub or _hub_of(store),
+            partitions=_partitions_of(store),
             connection=connection,
             store_url=store if isinstance(store, str) else None,
             management_auth_level=level.name if isinstance(level, func.AuthLevel) else level,
@@ -110,7 +117,18 @@ class DurableApp(func.FunctionApp):
         return self._runtime
 
     def use_store(self, store: Store | str) -> None:
-        """Run against ``store`` instead of the settings' store (before first use)."""
+        """Run against ``store`` instead of the settings' store (before first use).
+
+        An Azure store must have the partitions the app's control functions are
+        registered on (``settings.partitions``).
+        """
+        count = _partitions_of(store)
+        if count is not None and count != self._settings.partitions:
+            raise ValueError(
+                f"the store has {count} control partitions but the app's functions are "
+                f"registered on {self._settings.partitions} (DURABLE_FX_PARTITIONS); "
+                "open the store with the app's count"
+            )
         self._runtime.use_store(store)
 
     # -- orchestrators and activities ----------------------------------------------------
@@ -312,14 +330,22 @@ class DurableApp(func.FunctionApp):
         runtime = self._runtime
         settings = self._settings
 
-        async def control(msg: func.QueueMessage) -> None:
-            await runtime.run_wake_up(delivered(msg))
+        def control(queue: str) -> QueueHandler:
+            async def wake_up(msg: func.QueueMessage) -> None:
+                await runtime.run_wake_up(delivered(msg, queue))
+
+            return wake_up
 
         async def work_item(msg: func.QueueMessage) -> None:
-            await runtime.run_work_item(delivered(msg))
+            await runtime.run_work_item(delivered(msg, settings.work_queue))
 
-        self._add_queue("dfx_control", settings.control_queue, settings.connection, control)
-        self._add_queue("dfx_work_items", settings.work_queue, settings.connection, work_item)
+        connection = settings.connection
+        for index, queue in enumerate(settings.control_queues):
+            self._add_queue(f"dfx_control_{index:02d}", queue, connection, control(queue))
+        # Drains the single control queue of a hub made before partitions.
+        legacy = settings.legacy_control_queue
+        self._add_queue("dfx_control", legacy, connection, control(legacy))
+        self._add_queue("dfx_work_items", settings.work_queue, connection, work_item)
 
     def _register_management_api(self) -> None:
         api = self._management
@@ -380,12 +406,19 @@ def _hub_of(store: Store | str | None) -> str | None:
     return hub if isinstance(hub, str) else None
 
 
-def delivered(msg: func.QueueMessage) -> DeliveredMessage:
-    """What the store needs of a queue trigger's message."""
+def _partitions_of(store: Store | str | None) -> int | None:
+    """The control partition count of an opened Azure store."""
+    count = getattr(getattr(store, "settings", None), "partitions", None)
+    return count if isinstance(count, int) else None
+
+
+def delivered(msg: func.QueueMessage, queue: str = "") -> DeliveredMessage:
+    """What the store needs of a queue trigger's message (``queue``: where it came from)."""
     return DeliveredMessage(
         id=msg.id or "",
         pop_receipt=msg.pop_receipt or "",
         text=(msg.get_body() or b"").decode("utf-8", "replace"),
         dequeue_count=msg.dequeue_count or 1,
         inserted_at=msg.insertion_time or datetime.now(UTC),
+        queue=queue,
     )

@@ -115,6 +115,7 @@ class AppRuntime:
                     url,
                     clock=self._clock,
                     hub=self.settings.hub,
+                    partitions=self.settings.partitions,
                     max_dequeue_count=self.host_config.queues.max_dequeue_count,
                 )
                 self._owns_store = True

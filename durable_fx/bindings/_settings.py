@@ -7,8 +7,11 @@ bind to must be known then, and must be the names the Azure store uses.
 =================================  =====================  =======================================
 setting                            default                what it decides
 =================================  =====================  =======================================
-``DURABLE_FX_HUB``                 ``durablefx``          task hub: ``<hub>-control``,
+``DURABLE_FX_HUB``                 ``durablefx``          task hub: ``<hub>-control-NN``,
                                                           ``<hub>-workitems``, table ``<hub>state``
+``DURABLE_FX_PARTITIONS``          ``4``                  control queue partitions (1 to 16; one
+                                                          ``dfx_control_NN`` function each; fixed
+                                                          per hub)
 ``DURABLE_FX_CONNECTION``          ``AzureWebJobsStorage`` the connection setting the durable
                                                           queue triggers (and the store) use
 ``DURABLE_FX_STORE``               the connection's value  store URL (SQLite, memory, Azure)
@@ -42,6 +45,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from ..storage import default_store_url
+from ..storage._partitions import DEFAULT_PARTITIONS, partition_count
 
 __all__ = ["AuthLevelName", "FunctionsSettings"]
 
@@ -64,6 +68,7 @@ class FunctionsSettings:
 
     Attributes:
         hub: The task hub; it names the control and work-item queues.
+        partitions: How many control queues (``<hub>-control-00`` ...) the hub has.
         connection: The app setting holding the storage connection.
         store_url: The store to open (``None``: decided when first needed).
         management_auth_level: Auth level of the HTTP management API.
@@ -75,6 +80,7 @@ class FunctionsSettings:
     """
 
     hub: str = DEFAULT_HUB
+    partitions: int = DEFAULT_PARTITIONS
     connection: str = DEFAULT_CONNECTION
     store_url: str | None = None
     management_auth_level: AuthLevelName = "FUNCTION"
@@ -84,8 +90,13 @@ class FunctionsSettings:
     lease: timedelta = timedelta(seconds=60)
 
     @property
-    def control_queue(self) -> str:
-        """The queue of orchestration wake-ups (the Azure store's name for it)."""
+    def control_queues(self) -> tuple[str, ...]:
+        """The queues of orchestration wake-ups, one per partition (the Azure store's names)."""
+        return tuple(f"{self.hub}-control-{i:02d}" for i in range(self.partitions))
+
+    @property
+    def legacy_control_queue(self) -> str:
+        """The one control queue of hubs made before partitions (still drained)."""
         return f"{self.hub}-control"
 
     @property
@@ -132,6 +143,7 @@ class FunctionsSettings:
         env: Mapping[str, str] | None = None,
         *,
         hub: str | None = None,
+        partitions: int | None = None,
         connection: str | None = None,
         store_url: str | None = None,
         management_auth_level: str | None = None,
@@ -144,6 +156,7 @@ class FunctionsSettings:
         environ = os.environ if env is None else env
         url = store_url or environ.get("DURABLE_FX_STORE", "").strip() or None
         chosen_hub = hub or _hub_in_url(url) or environ.get("DURABLE_FX_HUB", "").strip()
+        count = partition_count(partitions, _option_in_url(url, "partitions"), environ)
         level = management_auth_level or environ.get("DURABLE_FX_MANAGEMENT_AUTH", "FUNCTION")
         limit = max_request_bytes or _int_setting(
             environ, "DURABLE_FX_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES
@@ -153,6 +166,7 @@ class FunctionsSettings:
         )
         return cls(
             hub=_valid_hub(chosen_hub or DEFAULT_HUB),
+            partitions=count,
             connection=connection
             or environ.get("DURABLE_FX_CONNECTION", "").strip()
             or DEFAULT_CONNECTION,
@@ -225,12 +239,18 @@ def _public_url(raw: str) -> str | None:
 
 def _hub_in_url(url: str | None) -> str | None:
     """The task hub a store URL names (``TaskHub=`` or ``?hub=``), as the Azure store reads it."""
+    return _option_in_url(url, "hub")
+
+
+def _option_in_url(url: str | None, option: str) -> str | None:
+    """``hub`` (``?hub=``, ``TaskHub=``) or ``partitions`` of a store URL, as the store reads it."""
     if not url:
         return None
     if url.startswith("azure://"):
-        return parse_qs(urlsplit(url).query).get("hub", [None])[-1]
+        return parse_qs(urlsplit(url).query).get(option, [None])[-1]
+    key_name = "taskhub" if option == "hub" else option
     for segment in url.split(";"):
         key, _, value = segment.partition("=")
-        if key.strip().lower() == "taskhub" and value.strip():
+        if key.strip().lower() == key_name and value.strip():
             return value.strip()
     return None

@@ -184,7 +184,7 @@ class _Host:
             url = self._options.store or default_store_url()
             return None, open_queues(url)
         url = self._options.store or durable.settings.resolved_store_url()
-        store = open_store(url, hub=durable.settings.hub)
+        store = open_store(url, hub=durable.settings.hub, partitions=durable.settings.partitions)
         queues = open_queues(store)
         durable.use_store(store)
         durable.runtime.use_queues(queues)
@@ -195,7 +195,12 @@ class _Host:
         """The functions to serve: the durable queue ones only where the store has those queues."""
         if self._durable is None or delivered:
             return functions
-        durable_queues = {self._durable.settings.control_queue, self._durable.settings.work_queue}
+        settings = self._durable.settings
+        durable_queues = {
+            *settings.control_queues,
+            settings.legacy_control_queue,
+            settings.work_queue,
+        }
         return [f for f in functions if f.trigger.get("queueName") not in durable_queues]
 
     def _settings(self) -> FunctionsSettings:
