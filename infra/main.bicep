@@ -19,8 +19,13 @@ param hosting string = 'functions'
 
 @minLength(3)
 @maxLength(40)
-@description('durable_fx task hub (DURABLE_FX_HUB): 3-40 lowercase letters and digits, starting with a letter. Names the queues <hub>-control and <hub>-workitems, the table <hub>state and the container <hub>-payloads.')
+@description('durable_fx task hub (DURABLE_FX_HUB): 3-40 lowercase letters and digits, starting with a letter. Names the queues <hub>-control-NN, <hub>-control and <hub>-workitems, the table <hub>state and the container <hub>-payloads.')
 param hubName string = 'durablefx'
+
+@minValue(1)
+@maxValue(16)
+@description('Control queue partitions (DURABLE_FX_PARTITIONS): one queue <hub>-control-NN and one function dfx_control_NN each, scaled on their own. Fixed per hub: the store refuses another count for a hub that has one.')
+param controlPartitions int = 4
 
 @allowed([512, 2048, 4096])
 @description('Flex Consumption instance memory (MB).')
@@ -32,7 +37,7 @@ param instanceMemoryMB int = 2048
 param maximumInstanceCount int = 100
 
 @minValue(0)
-@description('Flex always-ready instances for the durable control-queue function (0: scale to zero; 1 removes cold starts from orchestration wake-ups).')
+@description('Flex always-ready instances for each control partition\'s function dfx_control_NN, so controlPartitions times this in all (0: scale to zero; 1 removes cold starts from orchestration wake-ups).')
 param alwaysReadyInstances int = 0
 
 @description('Python version of the Flex runtime (the Dockerfile pins its own).')
@@ -75,10 +80,22 @@ param containerImage string = 'mcr.microsoft.com/k8se/quickstart:latest'
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = { 'azd-env-name': environmentName }
 
-// Queue names durable_fx derives from the hub (durable_fx.bindings._settings).
-var controlQueue = '${hubName}-control'
+// Queue names durable_fx derives from the hub (durable_fx.bindings._settings):
+// one control queue per partition, the legacy single control queue (a
+// function drains it for hubs made before partitions) and the work items.
+var controlQueues = [for i in range(0, controlPartitions): '${hubName}-control-${padLeft(i, 2, '0')}']
+var legacyControlQueue = '${hubName}-control'
 var workQueue = '${hubName}-workitems'
-var queueNames = [controlQueue, workQueue, deliveryQueueName]
+var queueNames = concat(controlQueues, [legacyControlQueue, workQueue, deliveryQueueName])
+
+// dfx_control_NN is the function DurableApp registers on partition NN's queue:
+// keeping them warm makes orchestration wake-ups (timers, receipts) prompt.
+var alwaysReadyFunctions = [
+  for i in range(0, controlPartitions): {
+    name: 'function:dfx_control_${padLeft(i, 2, '0')}'
+    instanceCount: alwaysReadyInstances
+  }
+]
 
 var deploymentContainerName = 'app-package-${token}'
 
@@ -173,6 +190,7 @@ var monitoringSettings = {
 
 var durableSettings = {
   DURABLE_FX_HUB: hubName
+  DURABLE_FX_PARTITIONS: string(controlPartitions)
 }
 
 var pipelineSettings = {
@@ -222,9 +240,7 @@ module functionApp 'modules/functionapp.bicep' = if (hosting == 'functions') {
     keyVaultUri: vault.outputs.uri
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
-    // dfx_control is the function DurableApp registers on the control queue:
-    // keeping it warm makes orchestration wake-ups (timers, receipts) prompt.
-    alwaysReady: alwaysReadyInstances > 0 ? [{ name: 'function:dfx_control', instanceCount: alwaysReadyInstances }] : []
+    alwaysReady: alwaysReadyInstances > 0 ? alwaysReadyFunctions : []
     pythonVersion: pythonVersion
   }
 }

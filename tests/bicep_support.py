@@ -4,8 +4,9 @@ tree-sitter-bicep parses a file into a concrete syntax tree; ``BicepFile``
 answers what the tests ask of it: syntax errors, parameters with their
 defaults, variables, resources and modules with their bodies, and the value of
 a simple expression (strings with ``${}`` interpolation of parameters and
-variables, numbers, booleans, arrays, objects). Anything else evaluates to
-``Unknown``, which no literal equals.
+variables, numbers, booleans, arrays, objects, ``[for x in ...: ...]`` loops
+and the pure functions ``range``, ``padLeft``, ``string`` and ``concat``).
+Anything else evaluates to ``Unknown``, which no literal equals.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class Unknown:
 
     def __repr__(self) -> str:
         return f"Unknown({self.text!r})"
+
+
+def _concat(*parts: Any) -> Any:
+    if all(isinstance(p, list) for p in parts):
+        return [item for part in parts for item in part]
+    return "".join(str(p) for p in parts)
+
+
+_FUNCTIONS: dict[str, Any] = {
+    "range": lambda start, count: list(range(start, start + count)),
+    "padLeft": lambda value, width, fill=" ": str(value).rjust(width, fill),
+    "string": lambda value: str(value).lower() if isinstance(value, bool) else str(value),
+    "concat": _concat,
+}
+"""Bicep's pure functions the templates use, as Python (Bicep's argument order)."""
 
 
 def walk(node: Node) -> list[Node]:
@@ -184,7 +200,29 @@ class BicepFile:
             return {k: self.value(v, scope) for k, v in properties(node).items()}
         if kind == "identifier" and _text(node) in scope:
             return scope[_text(node)]
+        if kind == "for_statement":
+            return self._loop(node, scope)
+        if kind == "call_expression":
+            return self._call(node, scope)
         return Unknown(_text(node))
+
+    def _loop(self, node: Node, scope: dict[str, Any]) -> Any:
+        """``[for name in items: body]`` (one loop variable, no index)."""
+        name, items, body = _named(node)
+        if name.type != "identifier":
+            return Unknown(_text(node))
+        values = self.value(items, scope)
+        if not isinstance(values, list):
+            return Unknown(_text(node))
+        return [self.value(body, {**scope, _text(name): value}) for value in values]
+
+    def _call(self, node: Node, scope: dict[str, Any]) -> Any:
+        function, arguments = _named(node)
+        implementation = _FUNCTIONS.get(_text(function))
+        args = [self.value(a, scope) for a in _named(arguments)]
+        if implementation is None or any(isinstance(a, Unknown) for a in args):
+            return Unknown(_text(node))
+        return implementation(*args)
 
     def scope(self) -> dict[str, Any]:
         """Parameters (their defaults) and variables, evaluated in declaration order."""

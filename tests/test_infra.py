@@ -370,8 +370,36 @@ def test_the_hub_setting_is_the_one_the_app_reads_and_names_the_queues(
     (hub_setting,) = [k for k, v in literal.items() if text(v) == "hubName"]
     assert FunctionsSettings.from_environment({hub_setting: "probehub"}).hub == "probehub"
     assert durable[hub_setting] == main.scope()["hubName"] == DEFAULT_HUB
-    expected = FunctionsSettings.from_environment({hub_setting: durable[hub_setting]})
-    assert {expected.control_queue, expected.work_queue} <= queue_triggers(indexed_app)
+    expected = FunctionsSettings.from_environment(
+        {
+            hub_setting: durable[hub_setting],
+            "DURABLE_FX_PARTITIONS": durable["DURABLE_FX_PARTITIONS"],
+        }
+    )
+    durable_queues = {*expected.control_queues, expected.legacy_control_queue, expected.work_queue}
+    assert durable_queues <= queue_triggers(indexed_app)
+
+
+def test_the_partition_setting_is_the_one_the_app_reads_and_names_the_control_functions(
+    indexed_app: dict[str, Any],
+) -> None:
+    main = bicep(MAIN)
+    scope = main.scope()
+    assert scope["durableSettings"]["DURABLE_FX_PARTITIONS"] == str(scope["controlPartitions"])
+    count = FunctionsSettings.from_environment(
+        {"DURABLE_FX_PARTITIONS": scope["durableSettings"]["DURABLE_FX_PARTITIONS"]}
+    ).partitions
+    assert count == scope["controlPartitions"] == 4
+    controls = {f"dfx_control_{i:02d}" for i in range(count)}
+    assert controls | {"dfx_control"} == {
+        name for name in indexed_app["functions"] if name.startswith("dfx_control")
+    }
+    # Always-ready instances go to every partition's function (not the legacy drain).
+    ready = {entry["name"] for entry in scope["alwaysReadyFunctions"]}
+    assert ready == {f"function:{name}" for name in controls}
+    assert text(module_params(main, "functionApp")["alwaysReady"]) == (
+        "alwaysReadyInstances > 0 ? alwaysReadyFunctions : []"
+    )
 
 
 def test_the_app_settings_match_what_the_code_reads() -> None:
@@ -445,11 +473,11 @@ def test_generated_names_follow_azure_naming_rules() -> None:
 
 
 def test_always_ready_names_a_function_the_app_registers(indexed_app: dict[str, Any]) -> None:
-    source = MAIN.read_text(encoding="utf-8")
-    named = re.findall(r"'function:([A-Za-z0-9_]+)'", source)
+    named = [entry["name"] for entry in bicep(MAIN).scope()["alwaysReadyFunctions"]]
     assert named
     for function in named:
-        assert function in indexed_app["functions"]
+        assert function.startswith("function:")
+        assert function.removeprefix("function:") in indexed_app["functions"]
 
 
 def test_keda_scales_on_every_queue_the_app_listens_on(indexed_app: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 // The storage account is both the Functions host storage and the durable_fx
-// store (table <hub>state, queues <hub>-control / <hub>-workitems, container
-// <hub>-payloads): the durable queue triggers read this account's queues, so
-// the store must live here too.
+// store (table <hub>state, queues <hub>-control-NN / <hub>-control /
+// <hub>-workitems, container <hub>-payloads): the durable queue triggers read
+// this account's queues, so the store must live here too.
 
 param name string
 param location string
