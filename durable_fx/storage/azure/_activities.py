@@ -165,7 +165,7 @@ class Activities:
         self._order = {id(i): hub.arrival() for i in invocations}
         await asyncio.gather(*(send_one(i) for i in invocations))
         if delay:
-            hub.work_poll.expect(delay)
+            hub.work_poll.expect(hub.queues.visible_after(delay))
         else:
             hub.work_poll.kick()
             hub.wake()

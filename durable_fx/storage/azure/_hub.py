@@ -310,10 +310,11 @@ class Hub:
         """Messages may be hidden under a receipt we never saw: poll when they return."""
         if not self.is_worker:
             return  # a client-only store never polls; a worker elsewhere finds them
+        visible = self.queues.visible_after(delay)
         if queue in self.names.control_queues:
-            self.control_polls.expect(queue, delay)
+            self.control_polls.expect(queue, visible)
         elif queue == self.names.work_queue:
-            self.work_poll.expect(delay)
+            self.work_poll.expect(visible)
 
     def control_queue_of(self, instance_id: str) -> str:
         """The control queue that carries ``instance_id``'s wake-ups (its partition's)."""
@@ -327,7 +328,7 @@ class Hub:
         if delay <= timedelta(0):
             self.control_polls.kick(queue)
         else:
-            self.control_polls.expect(queue, min(delay, self.queues.max_delay))
+            self.control_polls.expect(queue, self.queues.visible_after(delay))
 
     # -- time and tokens ------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class Received:
     """The decoded JSON object, or ``None`` if the message is not one of ours."""
 
 
+_VISIBILITY_SLACK = timedelta(milliseconds=250)
+
+
 class Queues:
     """Put, receive, hide and delete messages, capping every delay at ``max_delay``."""
 
@@ -64,6 +67,15 @@ class Queues:
         """A queue delay in whole seconds: rounded up, capped, at least ``minimum``."""
         capped = min(delay, self.max_delay)
         return max(minimum, math.ceil(capped.total_seconds()))
+
+    def visible_after(self, delay: timedelta) -> timedelta:
+        """When a message put or hidden for ``delay`` is sure to be visible.
+
+        The queue hides for whole seconds (``seconds``), and its clock is not
+        ours: a poll expected at the unrounded delay finds nothing and leaves
+        the message to the idle back-off, which may be minutes away.
+        """
+        return timedelta(seconds=self.seconds(delay)) + _VISIBILITY_SLACK
 
     async def put(self, queue: str, body: dict[str, Any], *, delay: timedelta) -> Handle:
         """Send ``body``, invisible for ``delay`` (capped); never expires."""
