@@ -48,24 +48,31 @@ class FakeHost:
         self.invocations = 0
         self.ran: Counter[str] = Counter()
         """Invocations by queue."""
+        self.gone: list[str] = []
+        """Messages that were gone when the host deleted them after a successful invocation."""
 
     async def pump(self) -> int:
         """One receive per queue; invoke each message; returns how many ran."""
         ran = 0
-        for queue, handler in self.handlers.items():
+        for queue in self.handlers:
             received = await self.queues.receive(queue, limit=16, visibility=timedelta(minutes=5))
             for message in received:
-                msg = queue_message(message, decode_body(message.text))
-                try:
-                    await handler(msg=msg)
-                except Exception:
-                    await self.queues.update_visibility(message, timedelta(0))
-                    raise
-                await self.queues.delete(message)
-                self.ran[queue] += 1
+                await self.invoke(message)
                 ran += 1
         self.invocations += ran
         return ran
+
+    async def invoke(self, message: QueuedMessage) -> None:
+        """Invoke the message's function; delete the message on success, else release it."""
+        handler = self.handlers[message.queue]
+        try:
+            await handler(msg=queue_message(message, decode_body(message.text)))
+        except Exception:
+            await self.queues.update_visibility(message, timedelta(0))
+            raise
+        if not await self.queues.delete(message):
+            self.gone.append(message.id)  # the real host logs a 404 and carries on
+        self.ran[message.queue] += 1
 
     async def run_until(self, done: Callable[[], Any], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -136,6 +143,7 @@ def test_the_host_path_runs_orchestrations_and_makes_no_requests_when_idle(
         state = await host.run_until_finished("run-1")
         assert state.output == "GO GO!"
         assert calls == ["go", "go!"]
+        assert host.gone == []  # every message was still there for the host to delete
         before = store.requests.total
         await asyncio.sleep(1.5)  # no invocations: the host is idle, so is durable_fx
         assert store.requests.total == before
@@ -233,6 +241,7 @@ def test_malformed_messages_are_poisoned_with_their_reason(store: AzureStore) ->
             f"{app.settings.control_queues[2]}-poison", limit=8, visibility=timedelta(0)
         )
         assert [json.loads(decode_body(c.text))["id"] for c in copies] == [control.poison_id]
+        assert host.gone == []
         await host.queues.close()
 
     asyncio.run(scenario())
@@ -264,6 +273,67 @@ def test_a_redelivered_work_item_whose_result_is_recorded_does_not_run_again(
         )
         await host.handlers[work](msg=redelivered)
         assert calls == ["once"]
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_the_work_item_function_leaves_its_message_to_the_host(store: AzureStore) -> None:
+    """Whether it runs the activity, finds a copy held or the result recorded, or poisons
+    the item, the function only returns: the host's delete is the one that deletes."""
+    calls: list[str] = []
+    app = DurableApp(store=store)
+
+    @app.activity()
+    def slow(word: str) -> str:
+        time.sleep(0.3)  # long enough for a second copy to arrive while this one runs
+        calls.append(word)
+        return word.upper()
+
+    @app.orchestrator()
+    def once(ctx: OrchestrationContext, word: str) -> Generator[Any, Any, str]:
+        result: str = yield ctx.call_activity(slow, word)
+        return result
+
+    work = app.settings.work_queue
+    hold = timedelta(minutes=1)
+
+    async def next_item(host: FakeHost, instance_id: str) -> QueuedMessage:
+        await host.start("once", instance_id, json.dumps(instance_id).encode())
+        while not (items := await host.queues.receive(work, limit=1, visibility=hold)):
+            for queue in app.settings.control_queues:
+                for message in await host.queues.receive(queue, limit=16, visibility=hold):
+                    await host.invoke(message)
+        return items[0]
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        # A second copy of a task (a put whose response was lost) arrives while it runs.
+        item = await next_item(host, "copied")
+        await host.queues.send(work, item.text)
+        (copy,) = await host.queues.receive(work, limit=1, visibility=hold)
+        await asyncio.gather(host.invoke(item), host.invoke(copy))
+        assert calls == ["copied"]
+        assert host.gone == []
+        # The result is recorded, but the host lost track and delivers the message again.
+        item = await next_item(host, "recorded")
+        await host.handlers[work](msg=queue_message(item, decode_body(item.text)))
+        again = await host.queues.update_visibility(item, timedelta(0))
+        assert again is not None, "the function deleted the host's message"
+        (redelivered,) = await host.queues.receive(work, limit=1, visibility=hold)
+        await host.invoke(redelivered)
+        assert calls == ["copied", "recorded"]
+        # Delivered once more than the store allows: poisoned, and deleted by the host.
+        item = await next_item(host, "spent")
+        for _ in range(app.runtime.host_config.queues.max_dequeue_count):
+            await host.queues.update_visibility(item, timedelta(0))
+            (item,) = await host.queues.receive(work, limit=1, visibility=hold)
+        await host.invoke(item)
+        (poisoned,) = await store.poisoned_messages(instance_id="spent")
+        assert poisoned.reason.startswith("delivered 5 times")
+        assert calls == ["copied", "recorded"]
+        assert host.gone == []
         await host.queues.close()
 
     asyncio.run(scenario())

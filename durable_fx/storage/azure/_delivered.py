@@ -17,6 +17,8 @@ host deletes the original.
 The work-item function hands its message here to be admitted exactly as the
 store's own receive admits one: malformed messages are poisoned with their
 reason, and a redelivered item whose result is recorded is not run again.
+Its handle is marked ``hosted``, so none of that deletes or hides it: the
+function returns and the host deletes the message.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class Delivered:
         hub = self._hub
         activities = self._activities
         received = Received(
-            handle=Handle(hub.names.work_queue, message.id, message.pop_receipt),
+            handle=Handle(hub.names.work_queue, message.id, message.pop_receipt, hosted=True),
             dequeue_count=message.dequeue_count,
             inserted_on=message.inserted_at,
             text=message.text,

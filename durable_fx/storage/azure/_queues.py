@@ -37,6 +37,8 @@ class Handle:
     queue: str
     id: str
     pop_receipt: str
+    hosted: bool = False
+    """Held by the Functions host for an invocation: only the host deletes or hides it."""
 
 
 @dataclass(slots=True)
@@ -118,6 +120,8 @@ class Queues:
 
     async def hide(self, handle: Handle, delay: timedelta) -> bool:
         """Make a held message invisible for ``delay`` (capped); False if no longer ours."""
+        if handle.hosted:
+            return False  # the host's: it hides it again itself if the invocation fails
         client = self._resources.queues[handle.queue]
         seconds = self.seconds(delay)
 
@@ -163,7 +167,13 @@ class Queues:
                 self.on_lost(queue, min(delay, self.max_delay))
 
     async def delete(self, handle: Handle) -> bool:
-        """Delete a held message; False if it was gone or no longer ours."""
+        """Delete a held message; False if it was gone or no longer ours.
+
+        A ``hosted`` message is left alone: the host deletes it once the
+        invocation returns (deleting it here made the host's delete a 404).
+        """
+        if handle.hosted:
+            return False
         client = self._resources.queues[handle.queue]
         try:
             await retrying(
