@@ -75,9 +75,11 @@ class Queues:
 
         The queue hides for whole seconds (``seconds``), and its clock is not
         ours: a poll expected at the unrounded delay finds nothing and leaves
-        the message to the idle back-off, which may be minutes away.
+        the message to the idle back-off, which may be minutes away. A message
+        not hidden at all is visible at once.
         """
-        return timedelta(seconds=self.seconds(delay)) + _VISIBILITY_SLACK
+        seconds = self.seconds(delay)
+        return timedelta(seconds=seconds) + _VISIBILITY_SLACK if seconds else timedelta(0)
 
     async def put(self, queue: str, body: dict[str, Any], *, delay: timedelta) -> Handle:
         """Send ``body``, invisible for ``delay`` (capped); never expires."""
