@@ -193,8 +193,22 @@ class AppRuntime:
         return store
 
     async def run_wake_up(self, message: DeliveredMessage) -> int:
-        """Run the ready episodes of the instance a control message names; returns how many."""
+        """Run the ready episodes of the instance a control message names; returns how many.
+
+        If storage fails on the way, a delayed copy of the message is handed on
+        and the invocation succeeds: a storage outage never poisons a wake-up.
+        """
         store = self._delivered()
+        try:
+            return await self._run_wake_up(store, message)
+        except Exception as error:
+            if not store.storage_fault(error):
+                raise
+            log.warning("storage failed in a control invocation; handing it on", exc_info=True)
+            await store.hand_on(message)
+            return 0
+
+    async def _run_wake_up(self, store: DeliveredWork, message: DeliveredMessage) -> int:
         lease = self.settings.lease
         instance_id = await store.accept_wake_up(message, lease=lease)
         if instance_id is None:
@@ -209,6 +223,8 @@ class AppRuntime:
                 try:
                     await self.orchestrations.run(item)
                 except Exception as error:
+                    if store.storage_fault(error):
+                        raise  # handed on: storage faults must not count as failed episodes
                     log.exception("episode for %s failed; it will be retried", instance_id)
                     await self.store.abandon_orchestration(
                         item,
@@ -221,8 +237,22 @@ class AppRuntime:
         return episodes
 
     async def run_work_item(self, message: DeliveredMessage) -> bool:
-        """Run the activity a work-item message carries; False if it was not to run."""
+        """Run the activity a work-item message carries; False if it was not to run.
+
+        If storage fails on the way, a delayed copy of the message is handed on
+        (it runs the activity again unless its result is recorded by then).
+        """
         store = self._delivered()
+        try:
+            return await self._run_work_item(store, message)
+        except Exception as error:
+            if not store.storage_fault(error):
+                raise
+            log.warning("storage failed in a work-item invocation; handing it on", exc_info=True)
+            await store.hand_on(message)
+            return False
+
+    async def _run_work_item(self, store: DeliveredWork, message: DeliveredMessage) -> bool:
         item = await store.accept_work_item(message, owner=self.owner, lease=self.settings.lease)
         if item is None:
             return False

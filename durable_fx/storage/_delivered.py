@@ -70,3 +70,16 @@ class DeliveredWork(Protocol):
     async def forget_work_item(self, item: ActivityWorkItem) -> None:
         """Drop an accepted work item that will not be completed here (the host retries it)."""
         ...
+
+    def storage_fault(self, error: BaseException) -> bool:
+        """Whether ``error`` is the store's storage failing for now (throttled, down)."""
+        ...
+
+    async def hand_on(self, message: DeliveredMessage) -> None:
+        """Send a delayed copy of ``message``, whose invocation storage failed.
+
+        The invocation then succeeds and the host deletes the original, so storage
+        faults never push a message towards the poison queue. Raises if even the
+        copy cannot be sent (the host then retries the original).
+        """
+        ...

@@ -99,6 +99,10 @@ async def commit_episode(
         # its guard's wake-up has it taken over and everything re-sent from the rows.
         log.warning("sending what an episode of %s made failed; re-sent later", iid, exc_info=True)
         orchestrations.drop_session(iid)
+        if session.hosted:
+            # No guard under the host: its message is the wake-up, so the invocation must
+            # fail for it to come back (the row still names this owner: all is re-sent).
+            raise
         hub.expect_control(iid, hub.lease)
     if plan.generation != old_generation:
         orchestrations.delete_history_later(iid, old_generation, old_count)

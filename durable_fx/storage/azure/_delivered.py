@@ -14,6 +14,14 @@ polling would hide a wake-up for later (the instance is busy, its row has not
 landed yet, its timer is not due), a delayed copy is sent instead and the
 host deletes the original.
 
+An invocation that fails leaves nothing behind in the process: its session
+is dropped (a leftover one is never taken for "busy"), and the instance row,
+which still names this owner, tells the next taker to send the committed
+work again (an invocation that ends well clears the owner after its sends).
+When storage itself fails, the trigger hands a delayed copy of its message on
+(``hand_on``) and succeeds, so a storage outage never walks a message to the
+host's poison queue.
+
 The work-item function hands its message here to be admitted exactly as the
 store's own receive admits one: malformed messages are poisoned with their
 reason, and a redelivered item whose result is recorded is not run again.
@@ -23,6 +31,10 @@ function returns and the host deletes the message.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,14 +45,22 @@ from ._codec import json_object, parse_ts, ts
 from ._hub import Hub, Lease, Pending
 from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
 from ._queues import Handle, Received
+from ._transient import is_transient
 
 __all__ = ["Delivered"]
+
+log = logging.getLogger("durable_fx.storage.azure")
 
 _NOT_CREATED_YET = timedelta(seconds=30)
 """How long a wake-up may precede its instance row (a starter writes the message first)."""
 _SECOND_LOOK = timedelta(seconds=10)
 _BUSY_RETRY = timedelta(seconds=1)
 _BUSY_RETRY_MAX = timedelta(seconds=2)
+_RESEND_AFTER = timedelta(seconds=5)
+"""Re-sent work waits this long: if its first message was sent and is visible, it runs first."""
+_HAND_ON_PATIENCE = timedelta(minutes=5)
+"""How long an invocation keeps trying to hand its message on while storage is down."""
+_HAND_ON_MAX_DELAY = 60
 
 
 class Delivered:
@@ -50,6 +70,8 @@ class Delivered:
         self._orchestrations = orchestrations
         self._activities = activities
         self._hub = orchestrations.hub
+        self._accepted: set[str] = set()
+        """Instances an invocation here accepted and has not released yet (the busy ones)."""
 
     # -- control messages -------------------------------------------------------------
 
@@ -72,10 +94,35 @@ class Delivered:
             return None
         assert body is not None
         first_seen = _first_seen(body, message)
-        if iid in hub.sessions:
+        if iid in self._accepted or (hub.is_worker and iid in hub.sessions):
             # Another invocation in this process runs it now; look again after it.
             await self._wake_later(iid, _BUSY_RETRY)
             return None
+        if iid in hub.sessions:
+            # No invocation holds it: a failed one left it behind. Not busy, just stale.
+            self._orchestrations.drop_session(iid)
+        self._accepted.add(iid)
+        try:
+            accepted = await self._accept(iid, message, body, first_seen, lease)
+        except BaseException:
+            accepted = None
+            self._orchestrations.drop_session(iid)  # or every later wake-up finds it busy
+            raise
+        finally:
+            if accepted is None:
+                self._accepted.discard(iid)
+        return accepted
+
+    async def _accept(
+        self,
+        iid: str,
+        message: DeliveredMessage,
+        body: dict[str, Any],
+        first_seen: datetime,
+        lease: timedelta,
+    ) -> str | None:
+        """Take the instance over if it has work now; else leave a wake-up for later."""
+        hub = self._hub
         partition = await hub.read_partition(iid)
         row = partition.instance
         now = hub.now()
@@ -88,6 +135,9 @@ class Delivered:
         if owner and owner != hub.owner_id and owned_until > now:
             await self._wake_later(iid, min(owned_until - now, _BUSY_RETRY_MAX))
             return None
+        # Every invocation that ends well clears the owner after its sends: one still
+        # named died or failed on the way, maybe before sending the work it committed.
+        unfinished = bool(owner)
         hidden = partition.hidden_tags()
         pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
         work = [r for r in partition.work if _live(r, hidden)]
@@ -99,8 +149,10 @@ class Delivered:
         if session is None:
             await self._wake_later(iid, _BUSY_RETRY)  # another process took it first
             return None
-        session.guard = None  # the host holds the message: release leaves a wake-up instead
-        await self._orchestrations.wake_ups.redispatch(session, work, outbox)
+        session.hosted = True  # the host holds the message: release leaves a wake-up instead
+        await self._orchestrations.wake_ups.redispatch(
+            session, work, outbox, resend=unfinished, delay=_RESEND_AFTER
+        )
         return iid
 
     async def _nothing_ready(
@@ -168,7 +220,20 @@ class Delivered:
         return OrchestrationWorkItem(session.record, messages, session.lock.token)
 
     async def release_delivered(self, iid: str) -> None:
-        """End the session of an accepted instance, leaving a wake-up for what is pending."""
+        """End the session of an accepted instance, leaving a wake-up for what is pending.
+
+        If that fails the session is dropped all the same: the row still names this
+        owner until its lease runs out, and whoever takes it next re-sends its work.
+        """
+        try:
+            await self._release(iid)
+        except BaseException:
+            self._orchestrations.drop_session(iid)
+            raise
+        finally:
+            self._accepted.discard(iid)
+
+    async def _release(self, iid: str) -> None:
         hub = self._hub
         session = hub.sessions.get(iid)
         if session is None:
@@ -184,6 +249,52 @@ class Delivered:
             # The row kept changing under the release: forget it here, look again soon.
             self._orchestrations.drop_session(iid)
             await self._wake_later(iid, _BUSY_RETRY)
+
+    # -- storage faults -------------------------------------------------------------------
+
+    @staticmethod
+    def storage_fault(error: BaseException) -> bool:
+        """Whether ``error`` is storage failing for now (throttled, down, unreachable)."""
+        return is_transient(error)
+
+    async def hand_on(self, message: DeliveredMessage) -> None:
+        """Send a delayed copy of a message whose invocation storage failed.
+
+        The host then deletes the original, so its delivery count does not climb
+        towards the poison queue while storage is down: only messages that can
+        never succeed go there. A work item's copy checks its row before it runs
+        (its result may be recorded); each copy waits twice as long as the last,
+        up to a minute. The send is retried for up to ``_HAND_ON_PATIENCE`` (the
+        host keeps the original hidden meanwhile); after that the error is raised
+        and the host retries the original.
+        """
+        hub = self._hub
+        body = json_object(message.text)
+        work = message.queue == hub.names.work_queue
+        queue = hub.names.work_queue if work else _control_queue(hub, message)
+        text = message.text
+        copies = 0
+        if body is not None and isinstance(body.get("h" if not work else "w"), str):
+            copies = _int(body.get("r"))
+            copy = {**body, "r": copies + 1}
+            if work:
+                copy["re"] = 1
+            else:
+                queue = hub.control_queue_of(str(body["h"]))
+                copy.setdefault("t", ts(_first_seen(body, message)))
+            text = json.dumps(copy, separators=(",", ":"))
+        delay = timedelta(seconds=min(2**copies, _HAND_ON_MAX_DELAY))
+        give_up = time.monotonic() + _HAND_ON_PATIENCE.total_seconds()
+        while True:
+            try:
+                await hub.resources.ensure()  # a cold start may meet the outage first
+                await hub.queues.put_text(queue, text, delay=delay)
+                return
+            except Exception as error:
+                if not is_transient(error) or time.monotonic() > give_up:
+                    raise
+                log.warning("storage is failing; handing on a message of %s again", queue)
+            await asyncio.sleep(2.0)
 
     # -- work items -------------------------------------------------------------------
 
@@ -229,6 +340,11 @@ def _first_seen(body: dict[str, Any], message: DeliveredMessage) -> datetime:
         except ValueError:
             pass
     return message.inserted_at
+
+
+def _int(value: Any) -> int:
+    """A small count from a message body (anything else counts as 0)."""
+    return value if isinstance(value, int) and 0 <= value < 64 else 0
 
 
 def _live(row: dict[str, Any], hidden: set[str]) -> bool:

@@ -119,6 +119,8 @@ class Session:
     guard: Handle | None = None
     stale: bool = False
     """Other processes may have added messages: re-read the inbox before the next lock."""
+    hosted: bool = False
+    """Taken for one host invocation: no guard, the host's message is the only wake-up."""
 
     @property
     def instance_id(self) -> str:

@@ -126,7 +126,7 @@ class AzureStore:
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, make: Callable[[], Awaitable[T]], *, ensure: bool = True) -> T:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
 
@@ -137,7 +137,8 @@ class AzureStore:
             assert task is not None
             self._in_flight.add(task)
             try:
-                await self._hub.resources.ensure()
+                if ensure:
+                    await self._hub.resources.ensure()
                 return await make()
             finally:
                 self._in_flight.discard(task)
@@ -241,6 +242,15 @@ class AzureStore:
     async def forget_work_item(self, item: ActivityWorkItem) -> None:
         """Drop an accepted work item that failed here (the host redelivers it)."""
         await self._call(lambda: self._delivered.forget_work_item(item))
+
+    def storage_fault(self, error: BaseException) -> bool:
+        """Whether ``error`` is storage failing for now (throttled, down, unreachable)."""
+        return self._delivered.storage_fault(error)
+
+    async def hand_on(self, message: DeliveredMessage) -> None:
+        """Send a delayed copy of a message whose invocation storage failed (see ``_delivered``)."""
+        # It creates the hub's resources itself, patiently: storage is failing.
+        await self._call(lambda: self._delivered.hand_on(message), ensure=False)
 
     # -- reading and housekeeping -----------------------------------------------
 

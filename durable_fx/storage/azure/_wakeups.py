@@ -214,9 +214,19 @@ class WakeUps:
         return session
 
     async def redispatch(
-        self, session: Session, work: list[dict[str, Any]], outbox: list[dict[str, Any]]
+        self,
+        session: Session,
+        work: list[dict[str, Any]],
+        outbox: list[dict[str, Any]],
+        *,
+        resend: bool = True,
+        delay: timedelta | None = None,
     ) -> None:
-        """Send again what a previous owner committed but may not have delivered."""
+        """Send again what a previous owner committed but may not have delivered.
+
+        ``resend=False``: the queued work items were sent (only those held without
+        a message go); ``delay`` holds back the queued ones (default: two leases).
+        """
         activities = self._orchestrations.activities
         invocations = [await activities.invocation_from_row(r) for r in work]
         for invocation in invocations:
@@ -228,7 +238,8 @@ class WakeUps:
         held = activities.room(len(local)) if self._hub.is_worker else 0
         activities.hold(local[:held])
         await activities.send(local[held:], redelivery=True, delay=timedelta(0))
-        await activities.send(queued, redelivery=True)
+        if resend:
+            await activities.send(queued, redelivery=True, delay=delay)
         if outbox:
             await self._orchestrations.deliver(session.instance_id, outbox)
 
