@@ -1,0 +1,463 @@
+"""What the scale controllers would do with parked emails, and what parked emails cost.
+
+    python bench/flex_scale.py [--n 100] [--only receipts,timeouts,sqlite]
+                               [--timeout-s 0] [--concurrency 16] [--out FILE]
+
+Runs the email pipeline (``function_app:app``) under ``durable-fx serve`` on
+an Azure store on a private Azurite, with a local SMTP server playing the
+provider, parks ``--n`` emails (each sent and waiting for its delivery
+receipt) and applies the scale controllers' model (``tests/scale_model.py``:
+the Flex per-function target and KEDA's visible-only rule) to every queue a
+trigger of the app listens on (``<hub>-*`` but poison queues, and the event
+source queue ``email-delivery-events``). Prints one JSON document.
+
+"At zero" figures are taken with ``serve`` stopped: the queues as the scale
+controller sees them while no instance runs, which is what decides whether the
+app stays at zero and how far it scales out from it. "Live" figures are the
+largest over samples taken every ``--sample-s`` while ``serve`` works.
+
+- receipts (receipt timeout 24 h, the default): park N; the target at idle
+  (live, then at zero); one new email started while at zero (its wake-up is the
+  one visible message), then live while ``serve`` runs it; table rows and bytes
+  and the serve process's memory with N parked; then N + 1 receipts through
+  the signed webhook: time until all completed, and the target meanwhile;
+  idle again afterwards.
+- timeouts (receipt timeout ``--timeout-s``, default 60 s + 0.1 s per email):
+  park N, stop ``serve`` at once, wait until every receipt timeout is due,
+  take the target with all N due, then start ``serve`` and time the N
+  escalations.
+- sqlite: the same pipeline on a SQLite file: park N, file size and rows,
+  memory, N receipts and the completion throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO), str(HERE)]
+
+from azure.data.tables import TableServiceClient  # noqa: E402
+from azure.storage.blob import BlobServiceClient  # noqa: E402
+from azure.storage.queue import QueueServiceClient  # noqa: E402
+
+from durable_fx.storage.azure._settings import partition_of  # noqa: E402
+from email_pipeline.localrun import AppProcess  # noqa: E402
+from email_pipeline.localsmtp import LocalSmtp  # noqa: E402
+from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.parked_emails import (  # noqa: E402
+    AzureObserver,
+    Instance,
+    Observer,
+    SqliteObserver,
+    app_settings,
+    post_emails,
+    post_receipts,
+    start_directly,
+    wait_for,
+    wait_while_moving,
+)
+from tests.scale_model import ScaleRules, model, sample_queues, trigger_queues  # noqa: E402
+
+DAY = 86400.0
+EVENT_QUEUES = ("email-delivery-events",)
+"""The app's event-source queue (function_app.py): not named after the hub."""
+
+
+class Bench:
+    """One run: Azurite, the SMTP server, the rules and the options."""
+
+    def __init__(self, azurite: Azurite, smtp: LocalSmtp, workdir: Path, args: Any) -> None:
+        self.azurite = azurite
+        self.smtp = smtp
+        self.workdir = workdir
+        self.args = args
+        self.rules = ScaleRules.of_repo()
+        self.queues = QueueServiceClient.from_connection_string(azurite.connection_string())
+
+    def serve(self, store_url: str, timeout_s: float, name: str) -> AppProcess:
+        process = AppProcess(
+            store_url, app_settings(self.smtp.port, timeout_s), self.workdir / f"{name}.log"
+        )
+        return process.start()
+
+    def target(self, hub: str) -> dict[str, Any]:
+        return model(self._sample(hub), self.rules)
+
+    def _sample(self, hub: str) -> list[Any]:
+        return sample_queues(self.queues, trigger_queues(self.queues, hub, EVENT_QUEUES))
+
+    @contextmanager
+    def live(self, hub: str) -> Iterator[dict[str, Any]]:
+        """Sample the queues every ``--sample-s`` while the block runs; the largest figures."""
+        found: dict[str, Any] = {"samples": 0}
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                _keep_largest(found, self.target(hub))
+                stop.wait(self.args.sample_s)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield found
+        finally:
+            stop.set()
+            thread.join()
+
+    def settle(self, hub: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until no trigger queue has a visible message; the model then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            figures = self.target(hub)
+            if figures["visible"] == 0 or time.monotonic() > deadline:
+                return figures
+            time.sleep(0.5)
+
+
+def _keep_largest(found: dict[str, Any], figures: dict[str, Any]) -> None:
+    found["samples"] += 1
+    for key in ("flex_instances", "flex_largest_function", "keda_replicas", "visible", "messages"):
+        found[f"max_{key}"] = max(found.get(f"max_{key}", 0), figures[key])
+    if figures["flex_instances"] >= found.get("at_max_flex", {}).get("flex_instances", -1):
+        found["at_max_flex"] = figures
+
+
+# -- parking, resuming --------------------------------------------------------------------
+
+
+def park(process: AppProcess, observer: Observer, tag: str, n: int, args: Any) -> dict[str, Any]:
+    """Start ``n`` emails through the HTTP API; wait until each awaits its receipt."""
+    t0 = time.perf_counter()
+    post_emails(_base(process), process.key, tag, n, args.concurrency)
+    posted = time.perf_counter()
+    wait_for(observer, f"email-{tag}-", _parked, n, args.wait_s)
+    parked = time.perf_counter()
+    return {
+        "emails": n,
+        "post_s": round(posted - t0, 2),
+        "park_s": round(parked - t0, 2),
+        "parked_per_s": round(n / (parked - t0), 1),
+    }
+
+
+def _parked(instance: Instance) -> bool:
+    return instance.awaiting_receipt
+
+
+def resume(process: AppProcess, observer: Observer, prefix: str, args: Any) -> dict[str, Any]:
+    """A ``delivered`` receipt for every parked email under ``prefix``; time to completion."""
+    waiting = [i for i in observer.instances(prefix) if i.awaiting_receipt]
+    first = datetime.now(UTC)
+    t0 = time.perf_counter()
+    post_receipts(_base(process), process.key, [i.message_id for i in waiting], args.concurrency)
+    posted = time.perf_counter()
+    done = wait_while_moving(observer, prefix, _completed, len(waiting), args.stall_s)
+    return {
+        "receipts": len(waiting),
+        "post_s": round(posted - t0, 2),
+        **_completion(done, first, len(waiting)),
+    }
+
+
+def _completed(instance: Instance) -> bool:
+    return instance.completed
+
+
+def _completion(done: list[Instance], first: datetime, expected: int) -> dict[str, Any]:
+    """How many completed, when the last did (from the rows' own times), and how many did not."""
+    span = (max(i.updated_at for i in done) - first).total_seconds() if done else float("nan")
+    return {
+        "completed": len(done),
+        "not_completed": expected - len(done),
+        "last_completed_s": round(span, 2),
+        "completed_per_s": round(len(done) / span, 1) if done else 0,
+    }
+
+
+def _base(process: AppProcess) -> str:
+    return f"http://127.0.0.1:{process.port}/api/"
+
+
+def rss(process: AppProcess) -> dict[str, float]:
+    """The serve process's resident memory now and at its peak, in MiB."""
+    assert process.process is not None
+    fields = {}
+    for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mib": fields["VmRSS"], "peak_rss_mib": fields["VmHWM"]}
+
+
+# -- what parked instances occupy -----------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return getattr(value, "value", str(value))
+
+
+def azure_footprint(azurite: Azurite, hub: str, parked: int) -> dict[str, Any]:
+    """Rows and JSON bytes of every ``<hub>*`` table, and the hub's payload blobs."""
+    tables = TableServiceClient.from_connection_string(azurite.connection_string())
+    found: dict[str, Any] = {}
+    rows_all = bytes_all = 0
+    for table in sorted(t.name for t in tables.list_tables() if t.name.startswith(hub)):
+        rows = size = 0
+        kinds: dict[str, int] = {}
+        for entity in tables.get_table_client(table).list_entities():
+            rows += 1
+            size += len(json.dumps(dict(entity), default=_json_default))
+            kind = str(entity.get("RowKey", ""))[:1] or "?"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        rows_all, bytes_all = rows_all + rows, bytes_all + size
+        found[table] = {"rows": rows, "json_bytes": size, "rows_by_rowkey_initial": kinds}
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string())
+    container = blobs.get_container_client(f"{hub}-payloads")
+    blob_count = blob_bytes = 0
+    if container.exists():
+        for blob in container.list_blobs():
+            blob_count, blob_bytes = blob_count + 1, blob_bytes + (blob.size or 0)
+    return {
+        "tables": found,
+        "rows_per_parked_instance": round(rows_all / parked, 2),
+        "json_bytes_per_parked_instance": round(bytes_all / parked),
+        "payload_blobs": blob_count,
+        "payload_blob_bytes": blob_bytes,
+        "note": "every row of every <hub>* table (the app's email tables too) over the parked "
+        "emails; bytes are each entity's JSON (binary properties as Base64)",
+    }
+
+
+def sqlite_footprint(path: Path, parked: int) -> dict[str, Any]:
+    """Rows per table and the file's size (database and WAL)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {n: db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+        try:  # page bytes per table and index, where SQLite was built with dbstat
+            pages = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+        except sqlite3.OperationalError:
+            pages = {}
+    files = {p.name: p.stat().st_size for p in path.parent.glob(path.name + "*")}
+    total = sum(rows.values())
+    return {
+        "rows": {k: v for k, v in rows.items() if v},
+        "rows_per_parked_instance": round(total / parked, 2),
+        "file_bytes": files,
+        "file_bytes_per_parked_instance": round(sum(files.values()) / parked),
+        "page_bytes": {k: v for k, v in sorted(pages.items()) if v},
+        "page_bytes_per_parked_instance": round(sum(pages.values()) / parked) if pages else None,
+    }
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def receipts(bench: Bench) -> dict[str, Any]:
+    n, args = bench.args.n, bench.args
+    hub = new_hub()
+    url = bench.azurite.connection_string(hub)
+    observer = AzureObserver(bench.azurite.connection_string(), hub)
+    out: dict[str, Any] = {"hub": hub, "receipt_timeout_s": DAY}
+    process = bench.serve(url, DAY, "receipts-1")
+    try:
+        out["park"] = park(process, observer, "park", n, args)
+        out["idle_live"] = bench.settle(hub)
+        out["memory_parked"] = rss(process)
+    finally:
+        process.stop()
+    out["idle_at_zero"] = bench.target(hub)
+    out["footprint_parked"] = azure_footprint(bench.azurite, hub, n)
+    start_directly(url, "email-new-00000", DAY)
+    out["one_new_email_at_zero"] = bench.target(hub)
+    process = bench.serve(url, DAY, "receipts-2")
+    try:
+        with bench.live(hub) as live:
+            wait_for(observer, "email-new-", _parked, 1, args.wait_s)
+        out["one_new_email_live"] = live
+        bench.settle(hub)
+        with bench.live(hub) as live:
+            out["resume"] = resume(process, observer, "email-", args)
+        out["resume_live"] = live
+        out["idle_live_after"] = bench.settle(hub)
+        out["memory_after"] = rss(process)
+    finally:
+        process.stop()
+    out["idle_at_zero_after"] = bench.target(hub)
+    observer.close()
+    return out
+
+
+def timeouts(bench: Bench) -> dict[str, Any]:
+    n, args = bench.args.n, bench.args
+    timeout_s = args.timeout_s or 60 + 0.1 * n
+    hub = new_hub()
+    url = bench.azurite.connection_string(hub)
+    observer = AzureObserver(bench.azurite.connection_string(), hub)
+    out: dict[str, Any] = {"hub": hub, "receipt_timeout_s": timeout_s}
+    process = bench.serve(url, timeout_s, "timeouts-1")
+    try:
+        out["park"] = park(process, observer, "late", n, args)
+    finally:
+        process.stop()
+    stopped = time.monotonic()
+    out["fired_before_stop"] = sum(
+        1 for i in observer.instances("email-") if not i.awaiting_receipt
+    )
+    # Every deadline is at most timeout_s after its email was parked, so after the stop.
+    time.sleep(max(0.0, timeout_s + 3 - (time.monotonic() - stopped)))
+    due = [i.instance_id for i in observer.instances("email-") if i.awaiting_receipt]
+    out["due"] = len(due)
+    out["target_for_due_work_only"] = _due_only_target(due, bench.rules.concurrency)
+    out["all_due_at_zero"] = bench.target(hub)
+    process = bench.serve(url, timeout_s, "timeouts-2")
+    try:
+        first = datetime.now(UTC)
+        with bench.live(hub) as live:
+            done = wait_while_moving(observer, "email-", _completed, n, args.stall_s)
+        out["escalations"] = _completion(done, first, n)
+        out["escalations_live"] = live
+        out["idle_live_after"] = bench.settle(hub)
+    finally:
+        process.stop()
+    out["idle_at_zero_after"] = bench.target(hub)
+    observer.close()
+    return out
+
+
+def _due_only_target(due: list[str], concurrency: int, partitions: int = 4) -> dict[str, Any]:
+    """The Flex target if the queues held exactly one visible wake-up per due timer."""
+    per_partition = [0] * partitions
+    for iid in due:
+        per_partition[partition_of(iid, partitions)] += 1
+    targets = [math.ceil(c / concurrency) for c in per_partition]
+    return {"due_per_partition": per_partition, "flex_instances": sum(targets)}
+
+
+def sqlite(bench: Bench) -> dict[str, Any]:
+    n, args = bench.args.n, bench.args
+    path = bench.workdir / f"{new_hub()}.db"
+    observer = SqliteObserver(path)
+    out: dict[str, Any] = {"receipt_timeout_s": DAY}
+    process = bench.serve(f"sqlite:///{path}", DAY, "sqlite")
+    try:
+        out["park"] = park(process, observer, "park", n, args)
+        out["memory_parked"] = rss(process)
+        out["footprint_parked"] = sqlite_footprint(path, n)
+        out["resume"] = resume(process, observer, "email-", args)
+        out["memory_after"] = rss(process)
+    finally:
+        process.stop()
+    return out
+
+
+SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "receipts": receipts,
+    "timeouts": timeouts,
+    "sqlite": sqlite,
+}
+
+
+def _commit() -> str:
+    def git(*command: str) -> str:
+        return subprocess.run(
+            ["git", *command], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "durable_fx", "email_pipeline", "function_app.py")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="emails to park (default 100)")
+    parser.add_argument("--only", default="receipts,timeouts,sqlite")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=0.0,
+        help="timeouts' receipt timeout (0: 60 + 0.1 a mail)",
+    )
+    parser.add_argument("--concurrency", type=int, default=16, help="HTTP requests in flight")
+    parser.add_argument("--sample-s", type=float, default=1.0, help="live sampling interval")
+    parser.add_argument("--wait-s", type=float, default=900.0, help="give up waiting after")
+    parser.add_argument(
+        "--stall-s", type=float, default=60.0, help="stop waiting after this long without progress"
+    )
+    parser.add_argument("--logs", help="keep serve's logs in this directory")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}: {', '.join(SCENARIOS)}")
+    load_before = os.getloadavg()[0]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="durable_fx-flex-") as workdir:
+        azurite = AzuriteProcess(Path(workdir))
+        try:
+            with LocalSmtp() as smtp:
+                logs = Path(args.logs or workdir)
+                logs.mkdir(parents=True, exist_ok=True)
+                bench = Bench(azurite.azurite, smtp, logs, args)
+                for name in wanted:
+                    print(f"running {name} with {args.n} emails ...", file=sys.stderr, flush=True)
+                    t0 = time.perf_counter()
+                    results[name] = SCENARIOS[name](bench)
+                    results[name]["scenario_wall_s"] = round(time.perf_counter() - t0, 1)
+        finally:
+            azurite.stop()
+    document = {
+        "benchmark": "durable_fx scale-controller model and parked-email cost",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "durable_fx": _commit(),
+        "machine": {
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_before_after": [load_before, os.getloadavg()[0]],
+            "azurite": "node_modules/.bin/azurite (same cores)",
+        },
+        "rules": {
+            "flex_divisor": bench.rules.concurrency,
+            "flex_rule": "per queue-trigger function: ceil(ApproximateMessagesCount / "
+            "(batchSize + newBatchThreshold)) if a peek finds a visible message, else 0",
+            "keda_queue_length": bench.rules.keda_queue_length,
+            "keda_rule": "per queue: ceil(visible (peek 32; the full count at 32) / queueLength); "
+            "replicas = the largest rule",
+            "max_instances": bench.rules.max_instances,
+        },
+        "results": results,
+    }
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
