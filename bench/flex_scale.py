@@ -62,6 +62,7 @@ from email_pipeline.localrun import AppProcess  # noqa: E402
 from email_pipeline.localsmtp import LocalSmtp  # noqa: E402
 from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
 from tests.parked_emails import (  # noqa: E402
+    EVENT_QUEUES,
     AzureObserver,
     Instance,
     Observer,
@@ -76,8 +77,6 @@ from tests.parked_emails import (  # noqa: E402
 from tests.scale_model import ScaleRules, model, sample_queues, trigger_queues  # noqa: E402
 
 DAY = 86400.0
-EVENT_QUEUES = ("email-delivery-events",)
-"""The app's event-source queue (function_app.py): not named after the hub."""
 
 
 class Bench:

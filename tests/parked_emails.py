@@ -28,6 +28,7 @@ from email_pipeline.localrun import signed
 from email_pipeline.models import DeliveryPolicy, EmailJob, EmailRequest
 
 __all__ = [
+    "EVENT_QUEUES",
     "SECRET",
     "AzureObserver",
     "Instance",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 SECRET = "flex-scale-secret"
+EVENT_QUEUES = ("email-delivery-events",)
+"""The app's event-source queue (function_app.py), which is not named after the hub."""
 
 
 def app_settings(smtp_port: int, receipt_timeout_seconds: float) -> dict[str, str]:
