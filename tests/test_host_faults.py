@@ -1,12 +1,8 @@
 """Host mode under storage faults and crashes: no instance is stranded, nothing poisoned.
 
-``Host`` plays the Functions host as ``QueueProcessor`` does (reference: the
-review's Q3): it receives from every control partition, the legacy control
-queue and the work-item queue, hides each message while its function runs
-(renewing the hold), deletes it on success, releases it for ``retry_after`` on
-a failure and copies it to ``<queue>-poison`` after ``maxDequeueCount`` failed
-deliveries (or without invoking, once delivered more often than that). Its own
-requests do not fail; the app's store gets the faults.
+``Host`` (``tests/host_faults_support.py``) plays the Functions host as its
+``QueueProcessor`` does; its own requests do not fail, the app's store gets
+the faults.
 
 The targeted tests each break one step of an invocation; the soak at the end
 breaks every kind of request at random, crashes invocations between steps and
@@ -16,153 +12,27 @@ takes storage away for a while.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-import time
-from collections import Counter
+import threading
 from collections.abc import Callable, Generator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ServiceRequestError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.core.rest import HttpRequest
 
 from durable_fx import AsyncDurableClient, DurableApp, OrchestrationContext, OrchestrationStatus
-from durable_fx.hosting import queue_message
-from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, open_queues
+from durable_fx.queues import open_queues
 from durable_fx.storage.azure import AzureStore, _transient, open_azure_store
 from tests.apps.harness import assert_history_consistent
 from tests.azurite import Azurite, new_hub
-from tests.test_azure_faults import Fail
+from tests.host_faults_support import Host, Instance, Outage, soak
+from tests.test_azure_faults import Fail, result_transaction
 
 pytestmark = [pytest.mark.azurite]
-
-MAX_DEQUEUE_COUNT = 5
-"""host.json's ``maxDequeueCount`` (the host's default)."""
-
-
-class Host:
-    """Receives the hub's messages and invokes the app's queue functions by the host's rules.
-
-    Args:
-        app: The app whose ``dfx_control_NN`` / ``dfx_work_items`` functions to invoke.
-        queues: The host's own queue client (reliable).
-        hold: How long a received message stays hidden (renewed while it runs).
-        retry_after: host.json's ``visibilityTimeout``: the hold after a failure.
-    """
-
-    def __init__(
-        self,
-        app: DurableApp,
-        queues: QueueBackend,
-        *,
-        hold: timedelta = timedelta(minutes=10),
-        retry_after: timedelta = timedelta(seconds=0.5),
-    ) -> None:
-        functions = {f.get_function_name(): f for f in app.get_functions()}
-        durable = [n for n in functions if n.startswith("dfx_control") or n == "dfx_work_items"]
-        self.handlers: dict[str, Callable[..., Any]] = {
-            functions[name].get_trigger().queue_name: functions[name].get_user_function()
-            for name in durable
-        }
-        self.app = app
-        self.queues = queues
-        self.hold = hold
-        self.retry_after = retry_after
-        self.invocations: Counter[str] = Counter()
-        self.failures: list[str] = []
-        """``"<queue>: <error>"`` for each invocation that raised."""
-        self.poisoned: list[str] = []
-        """Queues of the messages the host moved to a poison queue."""
-        self.gone: list[str] = []
-        """Messages already gone when the host deleted them after a success."""
-
-    async def pump(self) -> int:
-        """One receive per queue; runs the messages concurrently; returns how many."""
-        received: list[QueuedMessage] = []
-        for queue in self.handlers:
-            received += await self.queues.receive(queue, limit=16, visibility=self.hold)
-        await asyncio.gather(*(self.process(message) for message in received))
-        return len(received)
-
-    async def process(self, message: QueuedMessage) -> None:
-        """Invoke one received message and settle it as ``QueueProcessor`` does."""
-        if message.dequeue_count > MAX_DEQUEUE_COUNT:
-            await self._poison(message)
-            return
-        self.invocations[message.queue] += 1
-        renewal = asyncio.ensure_future(self._renew(message))
-        try:
-            await self.invoke(message)
-        except Exception as error:
-            self.failures.append(f"{message.queue}: {type(error).__name__}: {error}")
-            latest = await _stop(renewal, message)
-            if message.dequeue_count >= MAX_DEQUEUE_COUNT:
-                await self._poison(latest)
-            else:
-                await self.queues.update_visibility(latest, self.retry_after)
-            return
-        if not await self.queues.delete(await _stop(renewal, message)):
-            self.gone.append(message.id)
-
-    async def invoke(self, message: QueuedMessage) -> None:
-        """Call the message's function (what the host's worker does)."""
-        handler = self.handlers[message.queue]
-        await handler(msg=queue_message(message, decode_body(message.text)))
-
-    async def _renew(self, message: QueuedMessage) -> QueuedMessage:
-        latest = message
-        try:
-            while True:
-                await asyncio.sleep(self.hold.total_seconds() / 2)
-                renewed = await self.queues.update_visibility(latest, self.hold)
-                if renewed is None:
-                    return latest
-                latest = renewed
-        except asyncio.CancelledError:
-            return latest
-
-    async def _poison(self, message: QueuedMessage) -> None:
-        self.poisoned.append(message.queue)
-        await self.queues.poison(message, "failed too often")
-
-    async def run_until(self, done: Callable[[], Any], timeout: float) -> None:
-        """Pump until ``await done()``; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not await done():
-            assert time.monotonic() < deadline, (
-                f"not done after {timeout} s; host failures: {self.failures[-5:]}"
-            )
-            if not await self.pump():
-                await asyncio.sleep(0.05)
-
-
-async def _stop(renewal: asyncio.Task[QueuedMessage], message: QueuedMessage) -> QueuedMessage:
-    renewal.cancel()
-    try:
-        return await renewal
-    except asyncio.CancelledError:
-        return message
-
-
-class Outage(AsyncHTTPPolicy[Any, Any]):
-    """Every request fails before it leaves while the outage lasts (``begin(seconds)``)."""
-
-    def __init__(self) -> None:
-        self.until = 0.0
-        self.refused = 0
-
-    def begin(self, seconds: float) -> None:
-        self.until = time.monotonic() + seconds
-
-    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        if time.monotonic() < self.until:
-            self.refused += 1
-            raise ServiceRequestError("test: storage is unreachable")
-        return await self.next.send(request)
-
 
 _QUICK_ATTEMPTS = 3
 
@@ -185,7 +55,7 @@ class Chain:
         self.client = AsyncDurableClient(self.monitor)
         self.app = app = DurableApp(store=self.store)
         options = {} if hold is None else {"hold": hold}
-        self.host = Host(app, open_queues(self.store), **options)
+        self.host = Host([Instance(app)], open_queues(self.store), **options)
         self.steps: list[int] = []
         self.before_step: Callable[[int], None] = lambda n: None
 
@@ -221,8 +91,7 @@ class Chain:
         assert_history_consistent(state)
 
     async def close(self) -> None:
-        await self.host.queues.close()
-        await self.app.runtime.aclose()
+        await self.host.close()
         await self.store.close()
         await self.monitor.close()
 
@@ -302,6 +171,50 @@ def test_a_failed_release_leaves_no_session_that_looks_busy(azurite: Azurite) ->
     asyncio.run(scenario())
 
 
+class Gate(AsyncHTTPPolicy[Any, Any]):
+    """Holds every request that ``match``es until ``open`` is set (from any thread)."""
+
+    def __init__(self, match: Callable[[HttpRequest, bytes], bool]) -> None:
+        self.match = match
+        self.open = threading.Event()
+        self.reached = threading.Event()
+        """Set once a request is held."""
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        if self.match(request.http_request, b""):
+            self.reached.set()
+            await asyncio.to_thread(self.open.wait, 30)
+        return await self.next.send(request)
+
+
+def test_a_wake_up_taken_before_its_result_landed_is_not_used_up(azurite: Azurite) -> None:
+    """The work-item function used to send the instance's wake-up before writing the
+    result. A control invocation that took the wake-up in between found the work row
+    but no result, ran nothing and released the instance; the result then landed with
+    no wake-up left, and the instance waited forever."""
+    gate = Gate(result_transaction)
+    chain = Chain(azurite, gate)
+    host = chain.host
+    work = chain.app.settings.work_queue
+
+    async def scenario() -> None:
+        await chain.start("early")
+        while not (items := await host.queues.receive(work, limit=1, visibility=host.hold)):
+            await host.pump()  # the first episode: it schedules step 0
+        running = asyncio.ensure_future(host.process(items[0]))
+        assert await asyncio.to_thread(gate.reached.wait, 10)
+        for _ in range(10):  # any wake-up there is now is taken before the result lands
+            await host.pump()
+            await asyncio.sleep(0.05)
+        gate.open.set()
+        await running
+        await chain.finish("early", timeout=15)
+        assert chain.host.failures == [] and chain.host.poisoned == []
+        await chain.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.usefixtures("quick_retries")
 def test_a_storage_outage_poisons_no_message(azurite: Azurite) -> None:
     """Storage is gone for 6 s when the start's wake-up arrives, and again while the first
@@ -309,7 +222,7 @@ def test_a_storage_outage_poisons_no_message(azurite: Azurite) -> None:
     message on and succeeds, so the host's delivery count never climbs (it used to fail
     each delivery, and the host poisoned the message after five of them)."""
     outage = Outage()
-    chain = Chain(azurite, outage)
+    chain = Chain(azurite, outage.policy())
 
     def step_zero_meets_an_outage(n: int) -> None:
         if not chain.steps:
@@ -328,3 +241,25 @@ def test_a_storage_outage_poisons_no_message(azurite: Azurite) -> None:
         await chain.close()
 
     asyncio.run(scenario())
+
+
+def test_one_hundred_orchestrations_survive_faults_kills_and_an_outage(azurite: Azurite) -> None:
+    """Two app instances under the host; 7 % of their storage requests fail (half after they
+    applied), one request in 250 kills its process (before or after it applied; the host
+    holds that process's messages until their hold runs out), storage is gone for 10 s,
+    and the host loses 2 % of its deletes. Every job completes with its result, each
+    activity result once in its history, nothing is poisoned, and once the faults stop
+    every queue of the hub runs empty: no wake-up keeps coming back."""
+    figures = asyncio.run(soak(azurite))
+    print(json.dumps(figures.summary()))
+    assert figures.stuck == [], json.dumps(figures.stuck, indent=1)
+    assert figures.wrong_outputs == []
+    assert figures.completed == figures.orchestrations == 100
+    for state in figures.states:
+        assert_history_consistent(state)
+    assert figures.host_poisoned == [] and figures.store_poisoned == 0
+    assert figures.seconds_to_settle is not None, f"{figures.messages_left} messages left"
+    assert figures.gone == 0
+    # The faults did happen.
+    assert figures.faults_before and figures.faults_after and figures.outage_refused
+    assert figures.kills

@@ -434,8 +434,14 @@ class Activities:
             ops.append(("create", entity))
             pendings[held.row_key] = pending
         woken = False
+        # Under the host, the wake-up goes after the rows: sent first, it could be taken
+        # (the work row still there, the result not yet) and used up before they land.
+        # A crash in between leaves the host's message, whose redelivery finds the
+        # result recorded and wakes the instance (``_drop_completed``).
+        hosted = any(held.handle is not None and held.handle.hosted for held, _ in chunk)
         if not trusted:
             ops.append(bump(instance_id))
+        if not trusted and not hosted:
             # The wake-up goes first: a crash after the rows cannot leave them unseen.
             await self._wake(instance_id)
             woken = True
