@@ -102,6 +102,8 @@ var queueRules = [
         queueLength: string(queueLength)
         // Count only visible messages: a durable timer is a delayed
         // (invisible) wake-up, which must not keep a replica up for hours.
+        // KEDA does so only below 32 visible messages; from 32 on it counts
+        // every message of the queue, delayed ones included.
         queueLengthStrategy: 'visibleonly'
       }
       // KEDA reads the queue with the app identity (Queue Data Contributor),
@@ -153,8 +155,8 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
         }
       ]
       scale: {
-        // Zero when idle: durable_fx makes no requests between messages, and
-        // a timer's wake-up is counted (visibleonly) only once it is due.
+        // Zero when idle: with no visible message every queue rule counts 0
+        // (visibleonly), and a timer's wake-up becomes visible when it is due.
         minReplicas: 0
         maxReplicas: maxReplicas
         rules: concat(
