@@ -187,13 +187,14 @@ def _completed(instance: Instance) -> bool:
 
 
 def _completion(done: list[Instance], first: datetime, expected: int) -> dict[str, Any]:
-    """How many completed, when the last did (from the rows' own times), and how many did not."""
-    span = (max(i.updated_at for i in done) - first).total_seconds() if done else float("nan")
+    """How many completed since ``first``, when the last did (the rows' own times), how many not."""
+    since = [i for i in done if i.updated_at >= first]
+    span = (max(i.updated_at for i in since) - first).total_seconds() if since else 0.0
     return {
-        "completed": len(done),
-        "not_completed": expected - len(done),
+        "completed": len(since),
+        "not_completed": expected - len(since),
         "last_completed_s": round(span, 2),
-        "completed_per_s": round(len(done) / span, 1) if done else 0,
+        "completed_per_s": round(len(since) / span, 1) if span else 0,
     }
 
 
@@ -343,7 +344,7 @@ def timeouts(bench: Bench) -> dict[str, Any]:
         first = datetime.now(UTC)
         with bench.live(hub) as live:
             done = wait_while_moving(observer, "email-", _completed, n, args.stall_s)
-        out["escalations"] = _completion(done, first, n)
+        out["escalations"] = _completion(done, first, len(due))
         out["escalations_live"] = live
         out["idle_live_after"] = bench.settle(hub)
     finally:

@@ -266,17 +266,21 @@ def wait_while_moving(
     stall: float,
     poll: float = 1.0,
 ) -> list[Instance]:
-    """Poll until ``count`` instances are ``done`` or none got done for ``stall`` s; the done ones.
+    """Poll until ``count`` instances are ``done`` or none moved for ``stall`` s; the done ones.
 
     For work that may strand some instances: the caller reports how many.
+    An instance moves when its status or custom status changes.
     """
-    last, since = -1, time.monotonic()
+    last: list[tuple[str, str]] = []
+    since = time.monotonic()
     while True:
-        found = [i for i in observer.instances(prefix) if done(i)]
+        seen = observer.instances(prefix)
+        found = [i for i in seen if done(i)]
         if len(found) >= count:
             return found
-        if len(found) != last:
-            last, since = len(found), time.monotonic()
+        states = sorted((i.status.value, json.dumps(i.custom_status, sort_keys=True)) for i in seen)
+        if states != last:
+            last, since = states, time.monotonic()
         elif time.monotonic() - since > stall:
             return found
         time.sleep(poll)
