@@ -5,13 +5,15 @@ the function runs, deletes it on success and poisons it after too many
 failures. The control-queue function hands its wake-up here: the instance is
 taken over as a worker would take it over (``Orchestrations``), its ready
 episodes run one after another, and ``release`` ends the session in the same
-invocation, leaving a delayed wake-up for anything still pending (a timer).
+invocation, leaving a wake-up for anything still pending (a timer: a delayed
+message if it is near, a row of the timer index if it is far, see ``_timers``).
+A partition's timer alarm is delivered here too: it wakes the due timers.
 Nothing stays owned between invocations, so an instance never waits for a
 process that may have been scaled away.
 
 The host's message is never hidden or deleted here: where the store's own
 polling would hide a wake-up for later (the instance is busy, its row has not
-landed yet, its timer is not due), a delayed copy is sent instead and the
+landed yet, a near timer is not due), a delayed copy is sent instead and the
 host deletes the original.
 
 An invocation that fails leaves nothing behind in the process: its session
@@ -45,6 +47,7 @@ from ._codec import json_object, parse_ts, ts
 from ._hub import Hub, Lease, Pending
 from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
 from ._queues import Handle, Received
+from ._timers import UNDECODABLE_ALARM, alarm_partition
 from ._transient import is_transient
 
 __all__ = ["Delivered"]
@@ -80,17 +83,13 @@ class Delivered:
         hub = self._hub
         hub.lease = lease
         body = json_object(message.text)
+        if body is not None and "p" in body:
+            await self._ring(message, body)
+            return None
         iid = body.get("h") if body is not None else None
         if not isinstance(iid, str) or not iid:
-            await hub.record_poison(
-                queue=_control_queue(hub, message),
-                logical_queue="orchestrations",
-                instance_id=None,
-                body=message.text,
-                reason='undecodable control message: expected {"h": <instance id>}',
-                dequeue_count=message.dequeue_count,
-                extra={"message_id": message.id},
-            )
+            reason = 'undecodable control message: expected {"h": <instance id>}'
+            await self._poison(message, reason)
             return None
         assert body is not None
         first_seen = _first_seen(body, message)
@@ -127,7 +126,7 @@ class Delivered:
         row = partition.instance
         now = hub.now()
         if row is None:
-            if now - first_seen < _NOT_CREATED_YET:
+            if now - first_seen < _NOT_CREATED_YET and not body.get("d"):
                 await self._wake_later(iid, timedelta(seconds=1), first_seen=first_seen)
             return None
         owner = str(row.get("Owner") or "")
@@ -167,14 +166,39 @@ class Delivered:
         hub = self._hub
         now = hub.now()
         due = min((p.visible_at for p in pendings), default=None)
+        if self._orchestrations.timers.is_far(due):
+            assert due is not None
+            await self._orchestrations.timers.add(iid, due)
+            return
         if due is not None:
-            await self._wake_later(iid, due - now)  # the queue caps it; long timers chain
+            await self._wake_later(iid, due - now)
             return
         # Senders write the wake-up before the row, so a fresh wake-up may have
-        # overtaken its message: one more look shortly, then it is dropped.
+        # overtaken its message: one more look shortly, then it is dropped. A
+        # timer's wake-up comes after the rows: it has nothing to wait for.
         fresh = message.dequeue_count <= 1 and now - first_seen < _SECOND_LOOK
-        if fresh and not body.get("s"):
+        if fresh and not body.get("s") and not body.get("d"):
             await self._wake_later(iid, timedelta(seconds=2), first_seen=first_seen, second=True)
+
+    async def _ring(self, message: DeliveredMessage, body: dict[str, Any]) -> None:
+        """A partition's timer alarm: wake its due timers (``_timers``); the host deletes it."""
+        index = alarm_partition(body, self._hub.names.partitions)
+        if index is None:
+            await self._poison(message, UNDECODABLE_ALARM)
+            return
+        await self._orchestrations.timers.ring(index, message.id)
+
+    async def _poison(self, message: DeliveredMessage, reason: str) -> None:
+        """Record a control message that can never be handled; the host then deletes it."""
+        await self._hub.record_poison(
+            queue=_control_queue(self._hub, message),
+            logical_queue="orchestrations",
+            instance_id=None,
+            body=message.text,
+            reason=reason,
+            dequeue_count=message.dequeue_count,
+            extra={"message_id": message.id},
+        )
 
     async def _wake_later(
         self,

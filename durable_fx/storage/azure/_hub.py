@@ -324,9 +324,12 @@ class Hub:
 
     def expect_control(self, instance_id: str, delay: timedelta) -> None:
         """This worker sent ``instance_id`` a wake-up: poll its queue when it is due."""
+        self.expect_queue(self.control_queue_of(instance_id), delay)
+
+    def expect_queue(self, queue: str, delay: timedelta) -> None:
+        """This worker sent a message to the control queue ``queue``: poll it when it is due."""
         if not self.is_worker:
             return
-        queue = self.control_queue_of(instance_id)
         if delay <= timedelta(0):
             self.control_polls.kick(queue)
         else:

@@ -9,7 +9,9 @@ reads, no lock writes and no queue messages: an activity result of this
 process joins the session in memory, and the episode consuming it deletes its
 work row (see ``_activities``). The session ends, in the same write
 as a commit, once nothing is left to wait for here (no activity outstanding,
-no message ready); a pending timer then travels as a delayed control message.
+no message ready); a pending timer then travels as a delayed control message
+if it is near, or as a row of the timer index if it is far (``_timers``: the
+queues the Functions host scales on must not count parked timers).
 
 **The guard.** Each session holds one hidden control message. If the process
 dies, the message becomes visible when the lease runs out and whoever
@@ -73,7 +75,9 @@ from ._hub import (
     instance_update,
     key_of_row,
 )
+from ._queues import Handle
 from ._starts import Starts
+from ._timers import Timers
 from ._wakeups import WakeUps
 
 __all__ = ["MAX_MESSAGES_PER_EPISODE", "Orchestrations"]
@@ -88,6 +92,7 @@ class Orchestrations:
         self._hub = hub
         self._activities = activities
         self._tasks: set[asyncio.Task[None]] = set()
+        self.timers = Timers(hub)
         self.wake_ups = WakeUps(self)
         self.starts = Starts(self)
 
@@ -304,6 +309,10 @@ class Orchestrations:
         # Messages may have arrived while the releasing commit was in flight: any
         # pending message, due or not, keeps a wake-up in the queue.
         due = min((p.visible_at for p in session.pending.values()), default=None)
+        if self.timers.is_far(due):
+            assert due is not None
+            await self.timers.add(session.instance_id, due)  # first: the guard covers a crash
+            due = None
         if due is None:
             if guard is not None:
                 await hub.queues.delete(guard)
@@ -331,6 +340,28 @@ class Orchestrations:
             await self._activities.record_held(iid, held)
         except Exception:  # their work rows remain: the instance's taker re-runs them
             log.warning("could not record the results held for %s", iid, exc_info=True)
+
+    async def wake_up_at(self, iid: str, due: datetime | None) -> Handle | None:
+        """Leave ``iid`` a wake-up for ``due`` (now if ``None``); its message, if it has one.
+
+        A far one is a row of the timer index (no message: the alarm sends
+        one when it is due); any other is a control message hidden until then.
+        Call ``expect_wake_up`` once the rows it wakes for are written.
+        """
+        if self.timers.is_far(due):
+            assert due is not None
+            await self.timers.add(iid, due)
+            return None
+        hub = self._hub
+        return await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=self._until(due))
+
+    def expect_wake_up(self, iid: str, due: datetime | None) -> None:
+        """This worker left ``iid`` a wake-up (``wake_up_at``): poll for it when it is due."""
+        if not self.timers.is_far(due):
+            self._expect(iid, self._until(due))
+
+    def _until(self, due: datetime | None) -> timedelta:
+        return timedelta(0) if due is None else max(due - self._hub.now(), timedelta(0))
 
     def _expect(self, iid: str, delay: timedelta) -> None:
         """This process sent ``iid`` a wake-up: poll its queue when it becomes visible."""

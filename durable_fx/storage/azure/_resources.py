@@ -1,6 +1,6 @@
 """The SDK clients of one task hub, created on the store's loop, and payload blobs.
 
-Everything is created on first use: the table, the queues (every control
+Everything is created on first use: the tables (state and timers), the queues (every control
 partition's, the legacy control queue, the work-item queue, and the poison
 twin of each) and the blob container. A value too large for a table property
 or a queue message is written to a blob named ``<instance id>/<uuid>`` and
@@ -117,11 +117,12 @@ class Resources:
             counted = [counter.policy(service)] if counter is not None else []
             return client_kwargs(service, [*counted, *policies])
 
+        table_policies = [*([counter.policy("table")] if counter is not None else []), *policies]
         self.table = _lean_table_client(
-            settings.endpoint("table"),
-            names.table,
-            credential,
-            [*([counter.policy("table")] if counter is not None else []), *policies],
+            settings.endpoint("table"), names.table, credential, table_policies
+        )
+        self.timers = _lean_table_client(
+            settings.endpoint("table"), names.timers_table, credential, table_policies
         )
         self.container = ContainerClient(
             settings.endpoint("blob"),
@@ -174,7 +175,11 @@ class Resources:
             with contextlib.suppress(ResourceExistsError):
                 await make()
 
-        makers: list[Any] = [self.table.create_table, self.container.create_container]
+        makers: list[Any] = [
+            self.table.create_table,
+            self.timers.create_table,
+            self.container.create_container,
+        ]
         makers += [client.create_queue for client in self.queues.values()]
         await asyncio.gather(
             *(retrying(partial(create, m), what="create the task hub's resources") for m in makers)
@@ -220,6 +225,7 @@ class Resources:
             self._ready.cancel()
             await asyncio.gather(self._ready, return_exceptions=True)
         await self.table.close()
+        await self.timers.close()
         await self.container.close()
         for client in self.queues.values():
             await client.close()

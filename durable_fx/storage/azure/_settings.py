@@ -99,6 +99,11 @@ class HubNames:
         return f"{self.hub}state"
 
     @property
+    def timers_table(self) -> str:
+        """Durable timers by partition and due time (``_timers``)."""
+        return f"{self.hub}timers"
+
+    @property
     def legacy_control_queue(self) -> str:
         """The one control queue of hubs made before partitions: still drained, never sent to."""
         return f"{self.hub}-control"
@@ -127,7 +132,11 @@ class HubNames:
 
     def control_queue_of(self, instance_id: str) -> str:
         """The control queue of ``instance_id``'s partition."""
-        return self.control_partition(partition_of(instance_id, self.partitions))
+        return self.control_partition(self.partition_index(instance_id))
+
+    def partition_index(self, instance_id: str) -> int:
+        """The control partition of ``instance_id`` (``partition_of`` with this hub's count)."""
+        return partition_of(instance_id, self.partitions)
 
     @staticmethod
     def poison(queue: str) -> str:

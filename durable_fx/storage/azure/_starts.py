@@ -36,16 +36,17 @@ from .._records import (
 from ._codec import INSTANCE_ROW, USED_KEYS, odata, ts, used_key
 from ._hub import (
     MAX_BATCH,
+    Hub,
     Op,
     Pending,
     Session,
     bump,
-    delay_of,
     exists_ok,
     gone_ok,
     instance_update,
     key_of_row,
 )
+from ._queues import Handle
 from ._transient import status_of
 
 if TYPE_CHECKING:
@@ -77,16 +78,14 @@ class Starts:
         # The wake-up goes first: if this process dies before the row lands, the
         # message finds no instance and is dropped; the other way round, the
         # instance would wait for a wake-up that never comes.
-        delay = hub.lease if own else delay_of(message, hub.now())
-        guard = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
+        guard = await self._first_wake_up(iid, message, own=own)
         try:
             session = await self._create(message, started, replaceable, own=own)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await hub.queues.delete(guard)
+            await _delete_quietly(hub, guard)
             raise
         if session is None:
-            self._orchestrations.expect(iid, delay)
+            self._orchestrations.expect_wake_up(iid, message.visible_at)
             return
         self._orchestrations.drop_session(iid)
         session.guard = guard
@@ -197,18 +196,16 @@ class Starts:
         """
         hub = self._hub
         iid = validate_instance_id(message.instance_id)
-        delay = delay_of(message, hub.now())
         owned = iid in hub.sessions
         hint = None
         if not owned:
-            hint = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
+            hint = await self._orchestrations.wake_up_at(iid, message.visible_at)
         added = False
         try:
             added = await self._write_message(message)
         finally:
-            if not added and hint is not None:  # a duplicate, or the write failed
-                with contextlib.suppress(Exception):
-                    await hub.queues.delete(hint)
+            if not added:  # a duplicate, or the write failed
+                await _delete_quietly(hub, hint)
         if not added:
             return False
         session = hub.sessions.get(iid)
@@ -218,8 +215,8 @@ class Starts:
             return True
         if owned:
             # The session ended while the message was being written: wake whoever is next.
-            await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
-        self._orchestrations.expect(iid, delay)
+            await self._orchestrations.wake_up_at(iid, message.visible_at)
+        self._orchestrations.expect_wake_up(iid, message.visible_at)
         return True
 
     async def _write_message(self, message: OrchestrationMessage) -> bool:
@@ -284,13 +281,11 @@ class Starts:
             return await self._enqueue_owned(session, message)
         if create and isinstance(message.event, ExecutionStarted):
             own = hub.is_worker
-            delay = hub.lease if own else delay_of(message, hub.now())
-            guard = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
+            guard = await self._first_wake_up(iid, message, own=own)
             try:
                 created = await self._create_missing(message, message.event, own=own)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await hub.queues.delete(guard)
+                await _delete_quietly(hub, guard)
                 raise
             if created is not None:
                 if created is not True:
@@ -298,27 +293,33 @@ class Starts:
                     hub.sessions[iid] = created
                     hub.wake()
                 else:
-                    self._orchestrations.expect(iid, delay)
+                    self._orchestrations.expect_wake_up(iid, message.visible_at)
                 return True
-            with contextlib.suppress(Exception):
-                await hub.queues.delete(guard)
-        delay = delay_of(message, hub.now())
-        hint = await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=delay)
+            await _delete_quietly(hub, guard)
+        hint = await self._orchestrations.wake_up_at(iid, message.visible_at)
         entity, _ = await hub.inbox_entity(message)
         try:
             await hub.submit_tolerant(
                 [("create", entity), bump(iid)], tolerate=exists_ok, what=f"message {iid}"
             )
         except TableTransactionError as error:
-            with contextlib.suppress(Exception):
-                await hub.queues.delete(hint)
+            await _delete_quietly(hub, hint)
             if status_of(error) == 404:
                 return False
             raise
         # A 409 means a message with this key is pending, or that our own first try
         # went in and only its response was lost: keep the wake-up either way.
-        self._orchestrations.expect(iid, delay)
+        self._orchestrations.expect_wake_up(iid, message.visible_at)
         return True
+
+    async def _first_wake_up(
+        self, iid: str, message: OrchestrationMessage, *, own: bool
+    ) -> Handle | None:
+        """The wake-up sent before a new instance's rows: its guard if this worker owns it."""
+        if not own:
+            return await self._orchestrations.wake_up_at(iid, message.visible_at)
+        hub = self._hub
+        return await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=hub.lease)
 
     async def _create_missing(
         self, message: OrchestrationMessage, started: ExecutionStarted, *, own: bool
@@ -363,10 +364,8 @@ class Starts:
             raise
         if hub.sessions.get(iid) is not session:
             # The session ended while the message was being written: wake whoever is next.
-            await hub.queues.put(
-                hub.control_queue_of(iid), {"h": iid}, delay=delay_of(message, hub.now())
-            )
-            self._orchestrations.expect(iid, delay_of(message, hub.now()))
+            await self._orchestrations.wake_up_at(iid, message.visible_at)
+            self._orchestrations.expect_wake_up(iid, message.visible_at)
             return True
         session.etag = str(results[-1]["etag"])
         if len(applied) == 2:
@@ -401,6 +400,13 @@ class Starts:
         if not own:
             return {"Owner": "", "Token": token}
         return {"Owner": hub.owner_id, "OwnedUntil": ts(hub.now() + hub.lease), "Token": token}
+
+
+async def _delete_quietly(hub: Hub, message: Handle | None) -> None:
+    """Take back a wake-up whose rows were not written (one that stays finds nothing)."""
+    if message is not None:
+        with contextlib.suppress(Exception):
+            await hub.queues.delete(message)
 
 
 def _check_replaceable(

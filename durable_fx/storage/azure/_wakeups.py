@@ -1,10 +1,12 @@
 """Wake-ups on the control queue: polling it, and taking instances over.
 
-A wake-up names an instance (``{"h": <instance id>}``). For an instance this
+A wake-up names an instance (``{"h": <instance id>}``); a partition's timer
+alarm (``{"p": <partition>}``) wakes its due timers (``_timers``). For an instance this
 store owns it only marks the session for a re-read, and one of them stays as
 the session's guard. For any other instance the partition is read: an owner
 elsewhere whose lease still runs hides the message until then; nothing to do
-leaves it hidden until a pending timer or dropped; otherwise the instance is
+leaves it hidden until a pending timer that is near (a far one goes to the
+timer index, and the message is dropped) or dropped; otherwise the instance is
 taken over (one conditional write naming this store its owner and counting a
 delivery of what is ready) and what the previous owner committed but may not
 have sent (work rows, outbox rows) is sent again. ``_delivered`` takes over
@@ -24,6 +26,7 @@ from azure.data.tables import TableTransactionError
 from ._codec import INSTANCE_ROW, json_list, parse_ts, ts, work_key
 from ._hub import MAX_MESSAGES_PER_EPISODE, Op, Partition, Pending, Session, instance_update
 from ._queues import Received
+from ._timers import UNDECODABLE_ALARM, alarm_partition
 
 if TYPE_CHECKING:
     from ._orchestrations import Orchestrations
@@ -73,6 +76,9 @@ class WakeUps:
             found = found or bool(fresh)
             groups: dict[str, list[Received]] = {}
             for message in fresh:
+                if message.body is not None and "p" in message.body:
+                    await self._on_alarm(message)
+                    continue
                 iid = message.body.get("h") if message.body else None
                 if not isinstance(iid, str):
                     await self._poison_hint(message)
@@ -85,6 +91,25 @@ class WakeUps:
                     log.exception("handling a wake-up for %s failed; it will come back", iid)
             if len(received) < 32 or len(seen) >= max(limit, 1) * 4 or not fresh:
                 return found
+
+    async def _on_alarm(self, message: Received) -> None:
+        """A partition's timer alarm rang: wake the due timers (``_timers``), then drop it."""
+        hub = self._hub
+        index = alarm_partition(message.body, hub.names.partitions)
+        if index is None:
+            await hub.poison_undecodable(
+                message,
+                queue=message.handle.queue,
+                logical_queue="orchestrations",
+                reason=UNDECODABLE_ALARM,
+            )
+            return
+        try:
+            await self._orchestrations.timers.ring(index, message.handle.id)
+        except Exception:
+            log.exception("ringing the timer alarm of partition %02d failed; it rings again", index)
+            return
+        await hub.queues.delete(message.handle)
 
     async def _poison_hint(self, message: Received) -> None:
         await self._hub.poison_undecodable(
@@ -110,7 +135,7 @@ class WakeUps:
         if row is None:
             for message in messages:
                 age = now - message.inserted_on
-                if age < _NOT_CREATED_YET:
+                if age < _NOT_CREATED_YET and not _from_timer(message):
                     await hub.queues.hide(message.handle, timedelta(seconds=1))
                 else:
                     await hub.queues.delete(message.handle)
@@ -133,6 +158,9 @@ class WakeUps:
             due = min((p.visible_at for p in pendings), default=None)
             if due is None:
                 await self._discard(keep)
+            elif self._orchestrations.timers.is_far(due):
+                await self._orchestrations.timers.add(iid, due)
+                await hub.queues.delete(keep.handle)
             else:
                 self.remote_dues.append(due)
                 await hub.queues.hide(keep.handle, due - now)
@@ -160,7 +188,7 @@ class WakeUps:
         """
         hub = self._hub
         fresh = message.dequeue_count <= 1 and hub.now() - message.inserted_on < _SECOND_LOOK
-        if fresh:
+        if fresh and not _from_timer(message):
             await hub.queues.hide(message.handle, timedelta(seconds=2))
         else:
             await hub.queues.delete(message.handle)
@@ -242,6 +270,11 @@ class WakeUps:
             await activities.send(queued, redelivery=True, delay=delay)
         if outbox:
             await self._orchestrations.deliver(session.instance_id, outbox)
+
+
+def _from_timer(message: Received) -> bool:
+    """Whether a wake-up was sent for a due timer (its instance row must exist already)."""
+    return bool(message.body and message.body.get("d"))
 
 
 def _live(row: dict[str, Any], hidden: set[str]) -> bool:
