@@ -131,6 +131,8 @@ class Orchestrations:
             dues.append(now + timedelta(seconds=remote))
         dues.extend(self.wake_ups.remote_dues)
         self.wake_ups.remote_dues.clear()
+        dues.extend(self.timers.dues)
+        self.timers.dues.clear()
         return LockBatch(items, min((d for d in dues if d > now), default=None))
 
     async def _hand_out(

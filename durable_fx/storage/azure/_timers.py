@@ -80,6 +80,8 @@ class Timers:
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
+        self.dues: list[datetime] = []
+        """Due times of indexed timers seen since a worker last asked (for ``next_due``)."""
 
     def is_far(self, due: datetime | None) -> bool:
         """Whether a wake-up for ``due`` belongs in the index rather than in the queue."""
@@ -99,6 +101,7 @@ class Timers:
         }
         table = hub.resources.timers
         await retrying(lambda: table.upsert_entity(row), what=f"index a timer of {instance_id}")
+        self.dues.append(due)
         alarm = await self._read_alarm(index)
         if self._rings_by(alarm, due, ringing=None):
             return
@@ -195,6 +198,8 @@ class Timers:
         for _ in range(_SETTLE_ATTEMPTS):
             earliest = await self._earliest(index)
             alarm = await self._read_alarm(index)
+            if earliest is not None:
+                self.dues.append(earliest)
             if earliest is None:
                 if alarm is None or not self._spent(alarm, ringing):
                     return

@@ -75,9 +75,10 @@ class WakeUps:
             seen.update(r.handle.id for r in received)
             found = found or bool(fresh)
             groups: dict[str, list[Received]] = {}
+            woken = 0
             for message in fresh:
                 if message.body is not None and "p" in message.body:
-                    await self._on_alarm(message)
+                    woken += await self._on_alarm(message)
                     continue
                 iid = message.body.get("h") if message.body else None
                 if not isinstance(iid, str):
@@ -89,11 +90,16 @@ class WakeUps:
                     await self._on_wake_up(iid, messages, lease)
                 except Exception:
                     log.exception("handling a wake-up for %s failed; it will come back", iid)
+            if woken:
+                continue  # the alarm sent wake-ups to this queue: take them now
             if len(received) < 32 or len(seen) >= max(limit, 1) * 4 or not fresh:
                 return found
 
-    async def _on_alarm(self, message: Received) -> None:
-        """A partition's timer alarm rang: wake the due timers (``_timers``), then drop it."""
+    async def _on_alarm(self, message: Received) -> int:
+        """A partition's timer alarm rang: wake the due timers (``_timers``), then drop it.
+
+        Returns how many instances it woke.
+        """
         hub = self._hub
         index = alarm_partition(message.body, hub.names.partitions)
         if index is None:
@@ -103,13 +109,14 @@ class WakeUps:
                 logical_queue="orchestrations",
                 reason=UNDECODABLE_ALARM,
             )
-            return
+            return 0
         try:
-            await self._orchestrations.timers.ring(index, message.handle.id)
+            woken = await self._orchestrations.timers.ring(index, message.handle.id)
         except Exception:
             log.exception("ringing the timer alarm of partition %02d failed; it rings again", index)
-            return
+            return 0
         await hub.queues.delete(message.handle)
+        return woken
 
     async def _poison_hint(self, message: Received) -> None:
         await self._hub.poison_undecodable(
