@@ -225,9 +225,10 @@ class Timers:
         """Send a new alarm message for ``due`` and point the alarm row at it (If-Match)."""
         hub = self._hub
         queue = hub.names.control_partition(index)
-        delay = max(due - hub.now(), timedelta(0))
+        now = hub.now()
+        delay = max(due - now, timedelta(0))
         message = await hub.queues.put(queue, {"p": index}, delay=delay)
-        rings_at = hub.now() + min(delay, hub.queues.max_delay)
+        rings_at = min(due, now + hub.queues.max_delay)  # longer waits ring early and re-arm
         entity = {
             "PartitionKey": _partition_key(index),
             "RowKey": _ALARM,

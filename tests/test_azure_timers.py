@@ -1,0 +1,253 @@
+"""Durable timers on the Azure store: parked work leaves the triggered queues alone.
+
+The Functions scale controller sizes an app by each trigger queue's
+ApproximateMessagesCount, hidden messages included. These tests count exactly
+that (Azurite's queue properties) while orchestrations wait on long timers, in
+host mode (``FakeHost`` plays the Functions host) and with a plain worker, and
+check that the timers still fire: a 24-hour receipt timeout with a manual clock,
+a 12-second timer in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Generator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient
+
+import durable_fx
+from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext
+from durable_fx.queues import encode_body, open_queues
+from durable_fx.storage.azure import AzureStore, open_azure_store
+from durable_fx.testing import ManualClock
+from tests.azurite import Azurite, new_hub
+from tests.test_bindings_azure import FakeHost
+
+pytestmark = [pytest.mark.azurite, pytest.mark.slow]
+
+RECEIPT_TIMEOUT = timedelta(hours=24)
+
+
+@pytest.fixture
+def store(azurite: Azurite) -> Iterator[AzureStore]:
+    opened = durable_fx.open_store(azurite.connection_string(new_hub()))
+    assert isinstance(opened, AzureStore)
+    yield opened
+    asyncio.run(opened.close())
+
+
+def build(store: AzureStore) -> DurableApp:
+    """An app whose orchestration waits for a receipt for ``minutes`` (the email's wait)."""
+    app = DurableApp(store=store)
+
+    @app.orchestrator()
+    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Generator[Any, Any, str]:
+        try:
+            receipt = yield ctx.wait_for_event("receipt", timeout=timedelta(minutes=minutes))
+        except EventTimeoutError:
+            return "escalated"
+        return f"receipt {receipt}"
+
+    return app
+
+
+def queue_lengths(azurite: Azurite, store: AzureStore) -> dict[str, int]:
+    """ApproximateMessagesCount of every queue the app triggers on (what the scaler reads)."""
+    names = store.settings.names
+    lengths = {}
+    for queue in (*names.control_queues, names.work_queue):
+        client = QueueClient.from_connection_string(azurite.connection_string(), queue)
+        with client:
+            lengths[queue] = client.get_queue_properties().approximate_message_count
+    return lengths
+
+
+async def quiet(host: FakeHost) -> None:
+    """Pump until a pump finds nothing to run."""
+    while await host.pump():
+        pass
+
+
+def test_parked_timers_leave_at_most_one_message_per_partition(
+    azurite: Azurite, store: AzureStore
+) -> None:
+    app = build(store)
+    names = store.settings.names
+    parked = [f"parked-{i:02d}" for i in range(40)]
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        for index, iid in enumerate(parked):
+            # Each timer sooner than the one before: every one supersedes its partition's alarm.
+            response = await host.start("await_receipt", iid, b"%d" % (600 - index))
+            assert response.status_code == 202
+            await quiet(host)
+        lengths = queue_lengths(azurite, store)
+        assert all(lengths[q] <= 1 for q in names.control_partitions), lengths
+        assert lengths[names.legacy_control_queue] == 0, lengths
+        assert lengths[names.work_queue] == 0, lengths
+
+        # Parked is not lost: a receipt still resumes its instance at once.
+        client = app.runtime.client
+        for iid in parked[:3]:
+            await client.raise_event(iid, "receipt", "delivered")
+        for iid in parked[:3]:
+            state = await host.run_until_finished(iid)
+            assert state.output == "receipt delivered"
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_a_far_timer_fires_in_real_time(store: AzureStore) -> None:
+    """12 s is past the index threshold: the alarm, not a wake-up of its own, fires it."""
+    app = build(store)
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        started = time.monotonic()
+        await host.start("await_receipt", "soon", json.dumps(0.2).encode())
+        state = await host.run_until_finished("soon")
+        assert state.output == "escalated"
+        assert time.monotonic() - started >= 11.0  # the alarm waited for the timer
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+@pytest.fixture
+def clocked(azurite: Azurite) -> Iterator[tuple[AzureStore, ManualClock]]:
+    """A store on a manual clock; queue delays capped at zero so the clock alone decides."""
+    clock = ManualClock(datetime.now(UTC))
+    opened = open_azure_store(
+        azurite.connection_string(new_hub()),
+        clock=clock,
+        max_message_delay=timedelta(0),
+        idle_poll=(0.0, 0.0),
+    )
+    yield opened, clock
+    asyncio.run(opened.close())
+
+
+def test_the_receipt_timeout_fires_after_24_hours(
+    azurite: Azurite, clocked: tuple[AzureStore, ManualClock]
+) -> None:
+    store, clock = clocked
+    app = build(store)
+    minutes = RECEIPT_TIMEOUT.total_seconds() / 60
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("await_receipt", "waiting", json.dumps(minutes).encode())
+        await host.start("await_receipt", "answered", json.dumps(minutes).encode())
+        await quiet_for(host, rounds=3)
+        state = await app.runtime.client.get("waiting")
+        assert state is not None and state.status is durable_fx.OrchestrationStatus.RUNNING
+        clock.advance(RECEIPT_TIMEOUT - timedelta(minutes=1))
+        await app.runtime.client.raise_event("answered", "receipt", "late but in time")
+        assert (await host.run_until_finished("answered")).output == "receipt late but in time"
+        await quiet_for(host, rounds=3)
+        state = await app.runtime.client.get("waiting")
+        assert state is not None and state.status is durable_fx.OrchestrationStatus.RUNNING
+        # The episodes ran on the app's (real) clock, a few seconds after the store's
+        # clock started: two more minutes are past the deadline on either.
+        clock.advance(timedelta(minutes=2))
+        assert (await host.run_until_finished("waiting")).output == "escalated"
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+async def quiet_for(host: FakeHost, rounds: int) -> None:
+    """Pump ``rounds`` times (an alarm capped at zero delay rings on every pump)."""
+    for _ in range(rounds):
+        await host.pump()
+
+
+def test_a_timer_of_a_purged_instance_costs_one_look(
+    clocked: tuple[AzureStore, ManualClock],
+) -> None:
+    store, clock = clocked
+    app = build(store)
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("await_receipt", "gone", b"60")
+        await quiet_for(host, rounds=3)
+        client = app.runtime.client
+        await client.terminate("gone", "no longer wanted")
+        await host.run_until_finished("gone")
+        assert await client.purge("gone")
+        clock.advance(timedelta(hours=2))
+        control = store.settings.names.control_queue_of("gone")
+        before = host.ran[control]
+        await quiet(host)
+        await quiet(host)
+        # The alarm's ring and the timer's wake-up, which finds no instance and is gone.
+        assert host.ran[control] - before <= 3
+        assert await client.get("gone") is None
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+@pytest.mark.parametrize("body", ['{"p": 99}', '{"p": "00"}', '{"p": true}', '{"p": null}'])
+def test_a_malformed_alarm_is_poisoned_with_its_reason(store: AzureStore, body: str) -> None:
+    app = build(store)
+    names = store.settings.names
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.queues.send(names.control_partition(0), encode_body(body))
+        assert await host.pump() == 1
+        poisoned = await store.poisoned_messages()
+        assert [p.reason for p in poisoned] == [
+            'undecodable timer alarm: expected {"p": <partition number>}'
+        ]
+        assert json.loads(poisoned[0].body) == json.loads(body)
+        await host.queues.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_a_worker_keeps_parked_timers_out_of_the_queues(
+    azurite: Azurite, store: AzureStore
+) -> None:
+    registry = durable_fx.Registry()
+
+    @registry.orchestrator()
+    def nap(ctx: OrchestrationContext, minutes: int) -> Generator[Any, Any, str]:
+        yield ctx.create_timer(timedelta(minutes=minutes))
+        return "rested"
+
+    names = store.settings.names
+    client = durable_fx.DurableClient(store)
+    with durable_fx.Worker(registry, store, max_poll_interval=0.05):
+        ids = [client.start(nap, 120 - i) for i in range(30)]
+
+        def parked() -> bool:
+            return all("TimerCreated" in _kinds(client, iid) for iid in ids)
+
+        deadline = time.monotonic() + 30
+        while not parked():
+            assert time.monotonic() < deadline, "the instances never parked"
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the worker end its sessions
+        lengths = queue_lengths(azurite, store)
+    assert sum(lengths.values()) <= names.partitions, lengths
+    assert all(lengths[q] <= 1 for q in names.control_partitions), lengths
+
+
+def _kinds(client: durable_fx.DurableClient, iid: str) -> list[str]:
+    state = client.get(iid, history=True)
+    return [] if state is None else [type(event).__name__ for event in state.history or []]
