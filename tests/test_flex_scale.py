@@ -40,7 +40,6 @@ def _targets(azurite: Azurite, hub: str) -> dict[str, dict[str, int]]:
     return queues
 
 
-@pytest.mark.xfail(strict=True, reason="timers still in the control queues (issue 12 item 1)")
 def test_parked_emails_leave_the_app_at_zero_and_a_new_one_wakes_one_instance_per_partition(
     request: pytest.FixtureRequest, azurite: Azurite
 ) -> None:

@@ -216,8 +216,17 @@ class Timers:
         return alarm is not None and not self._spent(alarm, ringing) and alarm.rings_at <= due
 
     def _spent(self, alarm: _Alarm, ringing: str | None) -> bool:
-        """Whether the alarm's message rings now (``ringing``) or has been lost."""
-        return alarm.message.id == ringing or alarm.rings_at < self._hub.now() - LOST_AFTER
+        """Whether the alarm's message has rung (or been lost): it wakes nothing more.
+
+        While an alarm rings, one whose time has come counts as rung even if
+        it is not the message ringing: that may be a copy (a host invocation
+        hands a message on while storage fails) or a stale alarm, and the
+        row's own message may be gone with the original.
+        """
+        now = self._hub.now()
+        if ringing is not None and (alarm.message.id == ringing or alarm.rings_at <= now):
+            return True
+        return alarm.rings_at < now - LOST_AFTER
 
     async def _arm(
         self, index: int, due: datetime, alarm: _Alarm | None, *, ringing: str | None
