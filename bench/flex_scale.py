@@ -393,8 +393,11 @@ def _commit() -> str:
             ["git", *command], cwd=REPO, capture_output=True, text=True, check=False
         ).stdout.strip()
 
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown (not a git checkout)"
     dirty = git("status", "--porcelain", "--", "durable_fx", "email_pipeline", "function_app.py")
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+    return head + ("-dirty" if dirty else "")
 
 
 def main() -> None:
