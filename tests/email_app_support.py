@@ -29,5 +29,11 @@ def served_email_app(
         url = azurite.connection_string(new_hub())
     process = AppProcess(url, settings, workdir / "serve.log")
     process.start()
-    yield process
+    try:
+        yield process
+    except BaseException:
+        # A failed test still stops its server: left running, its Popen is collected
+        # in a later test and fails that one with an unraisable-exception warning.
+        process.stop()
+        raise
     assert process.stop() == 0
