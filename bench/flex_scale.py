@@ -424,6 +424,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}: {', '.join(SCENARIOS)}")
     load_before = os.getloadavg()[0]
+    args.commit = _commit()  # now: the tree may change while the run lasts
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="durable_fx-flex-") as workdir:
         azurite = AzuriteProcess(Path(workdir))
@@ -452,7 +453,7 @@ def _write(args: Any, rules: ScaleRules, results: dict[str, Any], load_before: f
         "benchmark": "durable_fx scale-controller model and parked-email cost",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "durable_fx": _commit(),
+        "durable_fx": args.commit,
         "machine": {
             "cpus_usable": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),
