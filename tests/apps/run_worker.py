@@ -6,6 +6,7 @@ ready file is created once the worker runs, so a test knows when to start work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -15,7 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-from durable_fx import Worker
+from durable_fx import Store, Worker, open_store
+from durable_fx.storage.azure import open_azure_store
 
 from .durability_app import registry
 
@@ -33,10 +35,27 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with Worker(registry, store_url, lease=lease, max_poll_interval=0.05, shutdown_grace=2.0):
-        ready_file.touch()
-        stop.wait()
+    store = _open(store_url)
+    try:
+        with Worker(registry, store, lease=lease, max_poll_interval=0.05, shutdown_grace=2.0):
+            ready_file.touch()
+            stop.wait()
+    finally:
+        asyncio.run(store.close())
     return 0
+
+
+def _open(store_url: str) -> Store:
+    """The store; an Azure one polls its control queues at least every 2 s while idle.
+
+    The tests' workers race for work that another process starts. With the
+    default idle back-off (one control queue per step, up to 80 s apart) a
+    worker that idled while the other started up could find its first
+    message only after the other had done all the work.
+    """
+    if "TaskHub=" in store_url:
+        return open_azure_store(store_url, idle_poll=(0.05, 2.0))
+    return open_store(store_url)
 
 
 if __name__ == "__main__":
