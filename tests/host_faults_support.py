@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from typing import Any
 from azure.core.exceptions import ServiceRequestError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.core.rest import HttpRequest
 from azure.storage.queue import QueueClient
 
 from durable_fx import (
@@ -67,27 +69,79 @@ class Killer(AsyncHTTPPolicy[Any, Any]):
     """Kills its process at a random request: ``rate`` per request, half of them after
     the request applied (the process died before it saw the response)."""
 
-    def __init__(self, rate: float, *, seed: int) -> None:
+    def __init__(self, rate: float = 0.0, *, seed: int = 0) -> None:
         self.rate = rate
         self.dead = False
+        self.died_at = 0.0
+        """``time.monotonic()`` at the death."""
         self.where = ""
         """What the fatal request was (``request_kind``), and before or after it applied."""
         self._random = random.Random(seed)
+        self._match: Callable[[HttpRequest], bool] | None = None
+
+    def arm(self, match: Callable[[HttpRequest], bool], where: str) -> None:
+        """Die at the next request that ``match``es, before it leaves."""
+        self._match = match
+        self.where = where
+
+    def kill(self, where: str) -> None:
+        """Die now (every later request of the process raises ``Killed``)."""
+        self.dead, self.where, self.died_at = True, where, time.monotonic()
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         if self.dead:
             raise Killed("the process is gone")
+        if self._match is not None and self._match(request.http_request):
+            self.kill(self.where)
+            raise Killed(self.where)
         roll = self._random.random()
         if roll >= self.rate:
             return await self.next.send(request)
-        self.dead = True
         kind = request_kind(request)
         if roll < self.rate / 2:
-            self.where = f"{kind}, before"
+            self.kill(f"{kind}, before")
             raise Killed(self.where)
-        self.where = f"{kind}, after"
+        self.kill(f"{kind}, after")
         await self.next.send(request)
         raise Killed(self.where)
+
+
+_HISTORY_ROW = re.compile(rb"RowKey='h")
+_CONTROL_MESSAGES = re.compile(r"-control(-\d\d)?/messages$")
+
+
+def _body(request: HttpRequest) -> bytes:
+    return request.body if isinstance(request.body, bytes) else b""
+
+
+def _commit(request: HttpRequest) -> bool:
+    """An episode's commit (the transaction that writes history rows)."""
+    return request.url.endswith("$batch") and _HISTORY_ROW.search(_body(request)) is not None
+
+
+def _work_put(request: HttpRequest) -> bool:
+    return request.method == "POST" and "-workitems/messages" in request.url
+
+
+def _wake_up(request: HttpRequest) -> bool:
+    """A control message put, or a guard made visible (an update of a control message)."""
+    path = request.url.split("?")[0]
+    control = _CONTROL_MESSAGES.search(path) is not None or (
+        "-control" in path and "/messages/" in path
+    )
+    return request.method in ("POST", "PUT") and control
+
+
+KILL_POINTS: dict[str, Callable[[Killer], None]] = {
+    "control-after-takeover": lambda k: k.arm(_commit, "before the commit"),
+    "control-after-commit": lambda k: k.arm(_work_put, "before the work item's put"),
+    "work-mid-activity": lambda k: k.kill("in the activity"),
+    "work-at-wake-up": lambda k: k.arm(_wake_up, "at the instance's wake-up"),
+}
+"""Where to kill an instance during the second step of a chain, armed (or killed) from the
+activity of that step: the control invocation after its takeover, before its commit; after
+its commit, before the work item's put; the work-item invocation in its activity; at its
+wake-up for the instance, once the result is written."""
 
 
 def request_kind(request: PipelineRequest[Any]) -> str:
@@ -189,6 +243,7 @@ class Host:
         lose_deletes: Fraction of successful invocations whose delete the host loses
             (the message comes back after ``hold``, as after a host crash).
         capacity: Invocations at once (``batchSize + newBatchThreshold``).
+        idle_wait: How long ``run_until`` waits after a round that found nothing.
     """
 
     def __init__(
@@ -201,6 +256,7 @@ class Host:
         restart: Callable[[], Instance] | None = None,
         lose_deletes: float = 0.0,
         capacity: int = 24,
+        idle_wait: float = 0.05,
         seed: int = 0,
     ) -> None:
         self.instances = instances
@@ -210,6 +266,7 @@ class Host:
         self.restart = restart
         self.lose_deletes = lose_deletes
         self.capacity = capacity
+        self.idle_wait = idle_wait
         self._random = random.Random(seed)
         self.polled = list(instances[0].handlers)
         self.invocations: Counter[str] = Counter()
@@ -222,6 +279,9 @@ class Host:
         self.deaths: list[str] = []
         """Where each dead instance died (``Killer.where``)."""
         self.lost_deletes = 0
+        self.lapsed_holds = 0
+        """Deletes that failed because the hold had run out (the test's loop was starved)."""
+        self._held_since: dict[str, float] = {}
         self._retired: list[asyncio.Task[None]] = []
 
     async def pump(self) -> int:
@@ -261,7 +321,7 @@ class Host:
                         task.add_done_callback(running.discard)
                         found += 1
                 if not found:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.idle_wait)
         finally:
             await asyncio.gather(*running, return_exceptions=True)
 
@@ -295,7 +355,11 @@ class Host:
                 latest = await _stop(renewal, message)
                 if self._random.random() < self.lose_deletes:
                     self.lost_deletes += 1
-                elif not await self.queues.delete(latest):
+                elif await self.queues.delete(latest):
+                    self._held_since.pop(message.id, None)
+                elif self._hold_ran_out(message):
+                    self.lapsed_holds += 1  # received again meanwhile: a late renewal's doing
+                else:
                     self.gone.append(message.id)
                 return
         finally:
@@ -322,15 +386,23 @@ class Host:
 
     async def _renew(self, message: QueuedMessage) -> QueuedMessage:
         latest = message
+        self._held_since[message.id] = time.monotonic()
         try:
             while True:
                 await asyncio.sleep(self.hold.total_seconds() / 2)
                 renewed = await self.queues.update_visibility(latest, self.hold)
                 if renewed is None:
+                    self._held_since[message.id] = 0.0  # the hold ran out before the renewal
                     return latest
                 latest = renewed
+                self._held_since[message.id] = time.monotonic()
         except asyncio.CancelledError:
             return latest
+
+    def _hold_ran_out(self, message: QueuedMessage) -> bool:
+        """Whether the host's hold on ``message`` may have lapsed (a starved loop)."""
+        since = self._held_since.pop(message.id, 0.0)
+        return time.monotonic() - since >= self.hold.total_seconds()
 
     async def _poison(self, message: QueuedMessage) -> None:
         self.poisoned.append(message.queue)
@@ -350,6 +422,35 @@ async def _stop(renewal: asyncio.Task[QueuedMessage], message: QueuedMessage) ->
         return await renewal
     except asyncio.CancelledError:
         return message
+
+
+def chain_instance(
+    url: str, kill: Callable[[Killer], None] | None = None, *, lease: timedelta | None = None
+) -> Instance:
+    """An instance of an app whose ``chain`` runs ``step`` three times (``chain(0) == 3``).
+
+    ``kill`` (one of ``KILL_POINTS``) is applied to the instance's killer from the
+    activity of the second step.
+    """
+    killer = Killer()
+    store = open_azure_store(url, policies=[killer])
+    app = DurableApp(store=store)
+    if lease is not None:
+        app.runtime.settings = dataclasses.replace(app.runtime.settings, lease=lease)
+
+    @app.activity()
+    def step(n: int) -> int:
+        if n == 1 and kill is not None:
+            kill(killer)
+        return n + 1
+
+    @app.orchestrator()
+    def chain(ctx: OrchestrationContext, n: int) -> Generator[Any, Any, int]:
+        for _ in range(3):
+            n = yield ctx.call_activity(step, n)
+        return n
+
+    return Instance(app, store, killer)
 
 
 # -- the soak ------------------------------------------------------------------------------
@@ -407,6 +508,7 @@ class SoakFigures:
     store_poisoned: int = 0
     gone: int = 0
     lost_deletes: int = 0
+    lapsed_holds: int = 0
     activity_runs: int = 0
     activity_reruns: int = 0
     seconds_to_complete: float = 0.0
@@ -547,6 +649,7 @@ async def soak(
         figures.host_poisoned = list(host.poisoned)
         figures.gone = len(host.gone)
         figures.lost_deletes = host.lost_deletes
+        figures.lapsed_holds = host.lapsed_holds
         figures.activity_runs = sum(ledger.runs.values())
         figures.activity_reruns = sum(n - 1 for n in ledger.runs.values())
         await host.close()

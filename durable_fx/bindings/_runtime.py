@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ from .._sync_client import DurableClient
 from ..queues import QueueBackend, encode_body, open_queues, poison_queue_of
 from ..storage import Store, open_store
 from ..storage._delivered import DeliveredMessage, DeliveredWork
+from ..storage._records import ActivityResult, ActivityWorkItem
 from ._host_json import HostConfig
 from ._ledger import EventLedger, open_ledger
 from ._settings import FunctionsSettings
@@ -257,12 +259,27 @@ class AppRuntime:
         if item is None:
             return False
         try:
-            result = await self.activities.run(item)
+            result = await self._renewing(item, self.activities.run(item))
             await self.store.complete_activities([result])
         except BaseException:
             await store.forget_work_item(item)
             raise
         return True
+
+    async def _renewing(
+        self, item: ActivityWorkItem, run: Awaitable[ActivityResult]
+    ) -> ActivityResult:
+        """Await the activity, renewing its lease (and so its guard) while it runs long."""
+        lease = self.settings.lease
+        task = asyncio.ensure_future(run)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=lease.total_seconds() / 2)
+            if done:
+                return task.result()
+            try:
+                await self.store.renew_activity_lease(item, lease)
+            except Exception:
+                log.warning("could not renew the lease of activity %s", item.invocation.name)
 
     # -- poison -------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class FunctionsSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     public_url: str | None = None
-    lease: timedelta = timedelta(seconds=60)
+    lease: timedelta = timedelta(seconds=30)
 
     @property
     def control_queues(self) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from azure.data.tables import TableTransactionError
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
-from ._hub import Hub, Lease, Op, Pending, Session, bump
+from ._hub import GUARD_SLACK, Hub, Lease, Op, Pending, Session, bump
 from ._queues import MAX_MESSAGE_BYTES, Handle, Received
 from ._transient import retrying, status_of
 
@@ -59,6 +59,8 @@ class _Held:
     since: float = field(default_factory=time.monotonic)
     """When the queue last hid it for us (monotonic seconds)."""
     local_id: str = ""
+    guard: Handle | None = None
+    """Under the host: the delayed wake-up that has the item sent again if the run dies."""
 
     @property
     def key(self) -> str:
@@ -447,6 +449,9 @@ class Activities:
             woken = True
         applied = await self._submit_results(instance_id, ops)
         if applied is None:
+            for held, _ in chunk:
+                if held.guard is not None:
+                    await hub.queues.delete(held.guard)  # the instance is gone
             return
         delivered = [pendings[rk] for rk in applied]
         # A dropped pair may be one our own earlier try wrote (its response lost):
@@ -467,8 +472,13 @@ class Activities:
                 session.pending.setdefault(pending.row_key, pending)
             if delivered:
                 hub.wake()
-        if not trusted and delivered and not woken:
+        guards = [held.guard for held, _ in chunk if held.guard is not None]
+        # A guard (under the host) becomes the wake-up: the result is in now.
+        wake = not trusted and delivered and not woken
+        if wake and (not guards or not await hub.queues.hide(guards.pop(), timedelta(0))):
             await self._wake(instance_id)
+        for guard in guards:
+            await hub.queues.delete(guard)
 
     async def _wake(self, instance_id: str) -> None:
         """Leave a wake-up for whoever owns (or will take) the instance."""
@@ -547,6 +557,8 @@ class Activities:
         if held is None or held.lease is None:
             return
         held.lease.expires_at = self._hub.now() + lease
+        if held.guard is not None:
+            await self._hub.queues.hide(held.guard, lease + GUARD_SLACK)
         if held.handle is None or await self._hub.queues.hide(held.handle, lease):
             held.since = time.monotonic()
 

@@ -174,6 +174,10 @@ async def _plan(orchestrations: Orchestrations, session: Session, commit: Episod
     ready = any(p.visible_at <= now for rk, p in session.pending.items() if rk in still_pending)
     ready = ready or any(p.visible_at <= now for p in self_pending)
     stay = (outstanding and not terminal) or ready
+    if session.hosted:
+        # The invocation ends after this episode unless more is ready: give the instance
+        # up in this same write (its guard, deleted after the sends, covers a crash).
+        stay = ready
     token = hub.token()
     record = dataclasses.replace(commit.instance, version=str(version))
     state: dict[str, Any] = {

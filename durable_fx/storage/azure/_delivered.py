@@ -44,7 +44,7 @@ from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
 from ._codec import json_object, parse_ts, ts
-from ._hub import Hub, Lease, Pending
+from ._hub import GUARD_SLACK, Hub, Lease, Pending
 from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
 from ._queues import Handle, Received
 from ._timers import UNDECODABLE_ALARM, alarm_partition
@@ -134,25 +134,45 @@ class Delivered:
         if owner and owner != hub.owner_id and owned_until > now:
             await self._wake_later(iid, min(owned_until - now, _BUSY_RETRY_MAX))
             return None
-        # Every invocation that ends well clears the owner after its sends: one still
-        # named died or failed on the way, maybe before sending the work it committed.
-        unfinished = bool(owner)
+        # The last invocation may not have sent the work it committed if it died (its
+        # guard fired, or the owner it named is still there) or failed (a handed-on
+        # copy, a redelivery): send that work again. Otherwise it was all sent.
+        unfinished = bool(owner) or _retried(body, message)
         hidden = partition.hidden_tags()
         pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
         work = [r for r in partition.work if _live(r, hidden)]
         outbox = [r for r in partition.outbox if _live(r, hidden)]
-        if not any(p.visible_at <= now for p in pendings) and not work and not outbox:
+        ready = any(p.visible_at <= now for p in pendings)
+        lost = body.get("a")
+        if isinstance(lost, str) and not ready and not unfinished:
+            # A work-item invocation's guard: it died (or its activity ran past the lease
+            # without renewing it). Its item goes again if its result is not in yet.
+            await self._send_again([r for r in work if r["RowKey"] == lost])
+        if not ready and not outbox and not (unfinished and work):
             await self._nothing_ready(iid, pendings, message, body, first_seen)
             return None
+        # If this invocation dies, its guard wakes the instance once the lease is over
+        # (the host would hold its message for 10 minutes). Ending well deletes it
+        # (``_release_guard``).
+        guard = await hub.queues.put(
+            hub.control_queue_of(iid), {"h": iid, "g": 1}, delay=lease + GUARD_SLACK
+        )
         session = await self._orchestrations.wake_ups.take_over(partition, row, pendings, lease)
         if session is None:
+            await hub.queues.delete(guard)
             await self._wake_later(iid, _BUSY_RETRY)  # another process took it first
             return None
-        session.hosted = True  # the host holds the message: release leaves a wake-up instead
+        session.hosted, session.guard = True, guard
         await self._orchestrations.wake_ups.redispatch(
             session, work, outbox, resend=unfinished, delay=_RESEND_AFTER
         )
         return iid
+
+    async def _send_again(self, rows: list[dict[str, Any]]) -> None:
+        """Send the work items of ``rows`` again, at once (they check their row first)."""
+        activities = self._activities
+        invocations = [await activities.invocation_from_row(r) for r in rows]
+        await activities.send(invocations, redelivery=True, delay=timedelta(0))
 
     async def _nothing_ready(
         self,
@@ -175,9 +195,10 @@ class Delivered:
             return
         # Senders write the wake-up before the row, so a fresh wake-up may have
         # overtaken its message: one more look shortly, then it is dropped. A
-        # timer's wake-up comes after the rows: it has nothing to wait for.
+        # timer's wake-up and an activity's (its guard) come after the rows: they have
+        # nothing to wait for.
         fresh = message.dequeue_count <= 1 and now - first_seen < _SECOND_LOOK
-        if fresh and not body.get("s") and not body.get("d"):
+        if fresh and not body.get("s") and not body.get("d") and not body.get("a"):
             await self._wake_later(iid, timedelta(seconds=2), first_seen=first_seen, second=True)
 
     async def _ring(self, message: DeliveredMessage, body: dict[str, Any]) -> None:
@@ -340,13 +361,31 @@ class Delivered:
             return None
         if not await activities._hand_out(held, owner, lease, hub.now(), fresh=True):
             return None
+        # If this invocation dies, its guard has the item sent again once the lease is
+        # over (the host would hold its message for 10 minutes). Renewed while the
+        # activity runs; ending well makes it the instance's wake-up (``_activities``).
+        iid = held.invocation.instance_id
+        guard = {"h": iid, "a": held.row_key}
+        try:
+            held.guard = await hub.queues.put(
+                hub.control_queue_of(iid), guard, delay=lease + GUARD_SLACK
+            )
+        except BaseException:
+            activities._held.pop(held.key, None)
+            raise
         return activities._item(held)
 
     async def forget_work_item(self, item: ActivityWorkItem) -> None:
         """Forget a work item that failed here; the host redelivers its message."""
         held = self._activities._holding(item)
-        if held is not None:
-            self._activities._held.pop(held.key, None)
+        if held is None:
+            return
+        self._activities._held.pop(held.key, None)
+        if held.guard is not None:
+            try:
+                await self._hub.queues.delete(held.guard)  # the redelivery brings a new one
+            except Exception:
+                log.debug("could not delete a failed work item's guard", exc_info=True)
 
 
 def _control_queue(hub: Hub, message: DeliveredMessage) -> str:
@@ -364,6 +403,11 @@ def _first_seen(body: dict[str, Any], message: DeliveredMessage) -> datetime:
         except ValueError:
             pass
     return message.inserted_at
+
+
+def _retried(body: dict[str, Any], message: DeliveredMessage) -> bool:
+    """A guard, a handed-on copy or a redelivery: the invocation before may have died."""
+    return bool(body.get("g") or body.get("r")) or message.dequeue_count > 1
 
 
 def _int(value: Any) -> int:

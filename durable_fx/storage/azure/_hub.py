@@ -64,6 +64,8 @@ MAX_BATCH = 100
 MAX_MESSAGES_PER_EPISODE = 90
 """Inbox messages handed out per episode: their deletions always fit its final transaction."""
 MAX_BATCH_BYTES = 3_500_000
+GUARD_SLACK = timedelta(seconds=2)
+"""A host invocation's guard comes this long after its lease: a dead owner's has run out."""
 
 
 @dataclass(slots=True)

@@ -301,6 +301,13 @@ class Orchestrations:
         hub = self._hub
         hub.sessions.pop(session.instance_id, None)
         guard = session.guard
+        if guard is not None and session.hosted:
+            # A host invocation's guard means "it died": it never serves as a wake-up,
+            # and it goes last, once what replaces it is written.
+            session.guard = None
+            await self._release_guard(session)
+            await hub.queues.delete(guard)
+            return
         now = hub.now()
         log.debug("end session %s (%d pending)", session.instance_id, len(session.pending))
         held = _held_results(session)

@@ -1,0 +1,144 @@
+"""How long an orchestration stands still after the app instance running it dies (host mode).
+
+    python bench/host_recovery.py [--max-wait 700] [--only NAME,...] [--out FILE]
+
+Starts a private Azurite and plays the Functions host over it with
+``tests/host_faults_support.Host``, holding each received message for the
+host's fixed 10 minutes (renewed while its function runs) and retrying a
+failed one after host.json's 10 s. The app runs with its default settings (the
+instance lease). Each scenario runs ``chain`` (three activities in a row) on
+its own task hub and kills the app instance at one point of the second step;
+the host then starts a fresh instance, as the platform would, and keeps the
+dead instance's message hidden until its hold runs out, as the host does.
+
+Printed per scenario: seconds from the death until the instance's history
+grows again (the orchestration moves; polled every 0.5 s, and the host polls
+its queues every 0.5 s when idle, as host.json's 2 s maxPollingInterval allows),
+and whether it completed. The
+scenarios run side by side, so one run takes as long as the slowest
+(``--max-wait`` at most).
+
+- control-after-takeover: the control invocation took the instance over and
+  dies before committing the episode;
+- control-after-commit: it committed the episode and dies before sending the
+  work item it scheduled;
+- work-mid-activity: the work-item invocation dies while the activity runs;
+- work-at-wake-up: it dies at the put of the instance's wake-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from durable_fx import AsyncDurableClient  # noqa: E402
+from durable_fx.queues import open_queues  # noqa: E402
+from durable_fx.storage.azure import open_azure_store  # noqa: E402
+from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.host_faults_support import KILL_POINTS, Host, chain_instance  # noqa: E402
+
+
+async def scenario(azurite: Azurite, name: str, max_wait: float) -> dict[str, Any]:
+    url = azurite.connection_string(new_hub())
+    first = chain_instance(url, KILL_POINTS[name])
+    host = Host(
+        [first],
+        open_queues(first.app.runtime.store),
+        hold=timedelta(minutes=10),
+        retry_after=timedelta(seconds=10),
+        restart=lambda: chain_instance(url),
+        idle_wait=0.5,
+    )
+    monitor = open_azure_store(url)
+    client = AsyncDurableClient(monitor)
+    await client.start("chain", 0, instance_id="chain")
+    length_at_death: int | None = None
+    result: dict[str, Any] = {"died": None, "seconds_to_move": None, "completed": False}
+    started = time.monotonic()
+
+    async def moved() -> bool:
+        nonlocal length_at_death
+        state = await client.get("chain", history=True)
+        length = len(state.history or []) if state is not None else 0
+        killer = first.killer
+        assert killer is not None
+        if killer.dead and length_at_death is None:
+            length_at_death = length
+            result["died"] = killer.where
+        if length_at_death is not None and length > length_at_death:
+            result["seconds_to_move"] = round(time.monotonic() - killer.died_at, 1)
+            return True
+        return time.monotonic() - started > max_wait
+
+    try:
+        await host.run_until(moved, max_wait + 60, check_every=0.5)
+
+        async def finished() -> bool:
+            state = await client.get("chain")
+            return state is not None and state.status.is_terminal
+
+        if result["seconds_to_move"] is not None:
+            await host.run_until(finished, 120, check_every=0.25)
+            result["completed"] = True
+    except AssertionError as error:
+        result["error"] = str(error)
+    finally:
+        await host.close()
+        await monitor.close()
+    return result
+
+
+async def run(azurite: Azurite, names: list[str], max_wait: float) -> dict[str, Any]:
+    outcomes = await asyncio.gather(*(scenario(azurite, n, max_wait) for n in names))
+    return dict(zip(names, outcomes, strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(KILL_POINTS))
+    parser.add_argument("--max-wait", type=float, default=700.0)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    for name in names:
+        if name not in KILL_POINTS:
+            raise SystemExit(f"unknown scenario {name!r}: {', '.join(KILL_POINTS)}")
+    with tempfile.TemporaryDirectory(prefix="durable_fx-azurite-") as workdir:
+        process = AzuriteProcess(Path(workdir))
+        try:
+            results = asyncio.run(run(process.azurite, names, args.max_wait))
+        finally:
+            process.stop()
+    document = {
+        "benchmark": "host mode: recovery after an app instance dies mid-invocation",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "host": {"hold_seconds": 600, "retry_after_seconds": 10},
+        "target": "seconds_to_move < 60",
+        "results": results,
+    }
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
