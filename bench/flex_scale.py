@@ -28,6 +28,11 @@ largest over samples taken every ``--sample-s`` while ``serve`` works.
   escalations.
 - sqlite: the same pipeline on a SQLite file: park N, file size and rows,
   memory, N receipts and the completion throughput.
+
+Waiting for completions ends once no instance changed for ``--stall-s`` (an
+instance a receipt never reaches is counted in ``not_completed``) or after
+``--resume-limit-s``. The document is written to ``--out`` after every phase,
+and SIGTERM stops ``serve`` and Azurite and keeps the figures so far.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,6 +95,8 @@ class Bench:
         self.args = args
         self.rules = ScaleRules.of_repo()
         self.queues = QueueServiceClient.from_connection_string(azurite.connection_string())
+        self.save: Callable[[], object] = lambda: None
+        """Writes the figures so far (set by ``main``): a run cut short keeps what it measured."""
 
     def serve(self, store_url: str, timeout_s: float, name: str) -> AppProcess:
         process = AppProcess(
@@ -174,7 +182,9 @@ def resume(process: AppProcess, observer: Observer, prefix: str, args: Any) -> d
     t0 = time.perf_counter()
     post_receipts(_base(process), process.key, [i.message_id for i in waiting], args.concurrency)
     posted = time.perf_counter()
-    done = wait_while_moving(observer, prefix, _completed, len(waiting), args.stall_s)
+    done = wait_while_moving(
+        observer, prefix, _completed, len(waiting), args.stall_s, limit=args.resume_limit_s
+    )
     return {
         "receipts": len(waiting),
         "post_s": round(posted - t0, 2),
@@ -282,23 +292,29 @@ def sqlite_footprint(path: Path, parked: int) -> dict[str, Any]:
 # -- scenarios ------------------------------------------------------------------------------
 
 
-def receipts(bench: Bench) -> dict[str, Any]:
+def receipts(bench: Bench, out: dict[str, Any]) -> None:
     n, args = bench.args.n, bench.args
     hub = new_hub()
     url = bench.azurite.connection_string(hub)
     observer = AzureObserver(bench.azurite.connection_string(), hub)
-    out: dict[str, Any] = {"hub": hub, "receipt_timeout_s": DAY}
+    out.update(hub=hub, receipt_timeout_s=DAY)
     process = bench.serve(url, DAY, "receipts-1")
     try:
         out["park"] = park(process, observer, "park", n, args)
+        bench.save()
         out["idle_live"] = bench.settle(hub)
+        bench.save()
         out["memory_parked"] = rss(process)
+        bench.save()
     finally:
         process.stop()
     out["idle_at_zero"] = bench.target(hub)
+    bench.save()
     out["footprint_parked"] = azure_footprint(bench.azurite, hub, n)
+    bench.save()
     start_directly(url, "email-new-00000", DAY)
     out["one_new_email_at_zero"] = bench.target(hub)
+    bench.save()
     process = bench.serve(url, DAY, "receipts-2")
     try:
         with bench.live(hub) as live:
@@ -307,26 +323,30 @@ def receipts(bench: Bench) -> dict[str, Any]:
         bench.settle(hub)
         with bench.live(hub) as live:
             out["resume"] = resume(process, observer, "email-", args)
+            bench.save()
         out["resume_live"] = live
         out["idle_live_after"] = bench.settle(hub)
+        bench.save()
         out["memory_after"] = rss(process)
+        bench.save()
     finally:
         process.stop()
     out["idle_at_zero_after"] = bench.target(hub)
+    bench.save()
     observer.close()
-    return out
 
 
-def timeouts(bench: Bench) -> dict[str, Any]:
+def timeouts(bench: Bench, out: dict[str, Any]) -> None:
     n, args = bench.args.n, bench.args
     timeout_s = args.timeout_s or 60 + 0.3 * n
     hub = new_hub()
     url = bench.azurite.connection_string(hub)
     observer = AzureObserver(bench.azurite.connection_string(), hub)
-    out: dict[str, Any] = {"hub": hub, "receipt_timeout_s": timeout_s}
+    out.update(hub=hub, receipt_timeout_s=timeout_s)
     process = bench.serve(url, timeout_s, "timeouts-1")
     try:
         out["park"] = park(process, observer, "late", n, args)
+        bench.save()
     finally:
         process.stop()
     stopped = time.monotonic()
@@ -337,21 +357,26 @@ def timeouts(bench: Bench) -> dict[str, Any]:
     time.sleep(max(0.0, timeout_s + 3 - (time.monotonic() - stopped)))
     due = [i.instance_id for i in observer.instances("email-") if i.awaiting_receipt]
     out["due"] = len(due)
+    bench.save()
     out["target_for_due_work_only"] = _due_only_target(due, bench.rules.concurrency)
+    bench.save()
     out["all_due_at_zero"] = bench.target(hub)
+    bench.save()
     process = bench.serve(url, timeout_s, "timeouts-2")
     try:
         first = datetime.now(UTC)
         with bench.live(hub) as live:
             done = wait_while_moving(observer, "email-", _completed, n, args.stall_s)
         out["escalations"] = _completion(done, first, len(due))
+        bench.save()
         out["escalations_live"] = live
         out["idle_live_after"] = bench.settle(hub)
+        bench.save()
     finally:
         process.stop()
     out["idle_at_zero_after"] = bench.target(hub)
+    bench.save()
     observer.close()
-    return out
 
 
 def _due_only_target(due: list[str], concurrency: int, partitions: int = 4) -> dict[str, Any]:
@@ -363,28 +388,36 @@ def _due_only_target(due: list[str], concurrency: int, partitions: int = 4) -> d
     return {"due_per_partition": per_partition, "flex_instances": sum(targets)}
 
 
-def sqlite(bench: Bench) -> dict[str, Any]:
+def sqlite(bench: Bench, out: dict[str, Any]) -> None:
     n, args = bench.args.n, bench.args
     path = bench.workdir / f"{new_hub()}.db"
     observer = SqliteObserver(path)
-    out: dict[str, Any] = {"receipt_timeout_s": DAY}
+    out.update(receipt_timeout_s=DAY)
     process = bench.serve(f"sqlite:///{path}", DAY, "sqlite")
     try:
         out["park"] = park(process, observer, "park", n, args)
+        bench.save()
         out["memory_parked"] = rss(process)
+        bench.save()
         out["footprint_parked"] = sqlite_footprint(path, n)
+        bench.save()
         out["resume"] = resume(process, observer, "email-", args)
+        bench.save()
         out["memory_after"] = rss(process)
+        bench.save()
     finally:
         process.stop()
-    return out
 
 
-SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+SCENARIOS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "receipts": receipts,
     "timeouts": timeouts,
     "sqlite": sqlite,
 }
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _commit() -> str:
@@ -416,6 +449,12 @@ def main() -> None:
     parser.add_argument(
         "--stall-s", type=float, default=60.0, help="stop waiting after this long without progress"
     )
+    parser.add_argument(
+        "--resume-limit-s",
+        type=float,
+        default=0.0,
+        help="stop waiting for receipts' effect (0: no)",
+    )
     parser.add_argument("--logs", help="keep serve's logs in this directory")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -424,6 +463,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}: {', '.join(SCENARIOS)}")
     load_before = os.getloadavg()[0]
+    # SIGTERM unwinds like Ctrl-C: serve and Azurite are stopped, the figures so far kept.
+    signal.signal(signal.SIGTERM, _interrupted)
     args.commit = _commit()  # now: the tree may change while the run lasts
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="durable_fx-flex-") as workdir:
@@ -433,15 +474,20 @@ def main() -> None:
                 logs = Path(args.logs or workdir)
                 logs.mkdir(parents=True, exist_ok=True)
                 bench = Bench(azurite.azurite, smtp, logs, args)
+                bench.save = lambda: _write(args, bench.rules, results, load_before)
                 for name in wanted:
                     print(f"running {name} with {args.n} emails ...", file=sys.stderr, flush=True)
                     t0 = time.perf_counter()
+                    out = results[name] = {}
                     try:
-                        results[name] = SCENARIOS[name](bench)
-                    except Exception as error:  # a figure missing is reported, not fatal
-                        results[name] = {"error": f"{type(error).__name__}: {error}"}
-                    results[name]["scenario_wall_s"] = round(time.perf_counter() - t0, 1)
-                    _write(args, bench.rules, results, load_before)
+                        SCENARIOS[name](bench, out)
+                    except BaseException as error:  # a figure missing is reported, not fatal
+                        out["error"] = f"{type(error).__name__}: {error}"
+                        if not isinstance(error, Exception):
+                            raise
+                    finally:
+                        out["scenario_wall_s"] = round(time.perf_counter() - t0, 1)
+                        bench.save()
         finally:
             azurite.stop()
     print(_write(args, bench.rules, results, load_before))

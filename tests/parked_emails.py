@@ -265,15 +265,19 @@ def wait_while_moving(
     count: int,
     stall: float,
     poll: float = 1.0,
+    limit: float = 0.0,
 ) -> list[Instance]:
     """Poll until ``count`` instances are ``done`` or none moved for ``stall`` s; the done ones.
 
     For work that may strand some instances: the caller reports how many.
-    An instance moves when its status or custom status changes.
+    An instance moves when its status or custom status changes. With
+    ``limit``, also stop after ``limit`` s.
     """
     last: list[tuple[str, str]] = []
-    since = time.monotonic()
+    since = start = time.monotonic()
     while True:
+        if limit and time.monotonic() - start > limit:
+            return [i for i in observer.instances(prefix) if done(i)]
         seen = observer.instances(prefix)
         found = [i for i in seen if done(i)]
         if len(found) >= count:
