@@ -29,9 +29,18 @@ from azure.core.rest import HttpRequest
 from durable_fx import AsyncDurableClient, DurableApp, OrchestrationContext, OrchestrationStatus
 from durable_fx.queues import open_queues
 from durable_fx.storage.azure import AzureStore, _transient, open_azure_store
+from durable_fx.storage.azure._settings import partition_of
 from tests.apps.harness import assert_history_consistent
 from tests.azurite import Azurite, new_hub
-from tests.host_faults_support import KILL_POINTS, Host, Instance, Outage, chain_instance, soak
+from tests.host_faults_support import (
+    KILL_POINTS,
+    MAX_DEQUEUE_COUNT,
+    Host,
+    Instance,
+    Outage,
+    chain_instance,
+    soak,
+)
 from tests.test_azure_faults import Fail, result_transaction
 
 pytestmark = [pytest.mark.azurite]
@@ -284,6 +293,52 @@ def test_an_instance_that_dies_mid_invocation_moves_again_after_the_lease(
         await host.run_until(finished, timeout=30, check_every=0.1)
         assert first.dead and len(host.deaths) == 1
         state = await client.get("dies", history=True)
+        assert state is not None and state.output == 3
+        assert_history_consistent(state)
+        await host.close()
+        await monitor.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_up_on_its_last_delivery_is_carried_on_not_left_to_be_poisoned(
+    azurite: Azurite,
+) -> None:
+    """Four deliveries of the start's wake-up died with their instances (the host's hold
+    ran out each time). Had the fifth died too, the host would have poisoned the wake-up
+    unread on the sixth; so the fifth hands a fresh copy on first. (A wake-up whose
+    episodes really crash every instance is poisoned by its inbox row's count.)"""
+    url = azurite.connection_string(new_hub())
+    lease = timedelta(seconds=2)
+    first = chain_instance(url, lease=lease)
+    host = Host(
+        [first],
+        open_queues(first.app.runtime.store),
+        hold=timedelta(seconds=2),
+        restart=lambda: chain_instance(url, lease=lease),
+    )
+    monitor = open_azure_store(url)
+    client = AsyncDurableClient(monitor)
+    control = first.app.settings.control_queues[partition_of("last", first.app.settings.partitions)]
+
+    async def scenario() -> None:
+        await client.start("chain", 0, instance_id="last")
+        for _ in range(MAX_DEQUEUE_COUNT - 1):
+            (died,) = await host.queues.receive(control, limit=1, visibility=host.hold)
+            await host.queues.update_visibility(died, timedelta(0))
+        (fifth,) = await host.queues.receive(control, limit=1, visibility=host.hold)
+        assert fifth.dequeue_count == MAX_DEQUEUE_COUNT
+        assert first.killer is not None
+        KILL_POINTS["control-after-takeover"](first.killer)  # the next commit dies
+        await host.process(fifth)
+
+        async def finished() -> bool:
+            state = await client.get("last")
+            return state is not None and state.status.is_terminal
+
+        await host.run_until(finished, timeout=30, check_every=0.1)
+        assert host.poisoned == []
+        state = await client.get("last", history=True)
         assert state is not None and state.output == 3
         assert_history_consistent(state)
         await host.close()

@@ -201,6 +201,12 @@ class AppRuntime:
         and the invocation succeeds: a storage outage never poisons a wake-up.
         """
         store = self._delivered()
+        if message.dequeue_count >= self.host_config.queues.max_dequeue_count:
+            # The host's last delivery: if this invocation died too (a crashed instance),
+            # the host would poison the wake-up unread. A fresh copy carries it on; a
+            # message that really crashes every episode is poisoned by its inbox count.
+            await store.hand_on(message)
+            return 0
         try:
             return await self._run_wake_up(store, message)
         except Exception as error:

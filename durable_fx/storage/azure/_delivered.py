@@ -330,6 +330,7 @@ class Delivered:
             text = json.dumps(copy, separators=(",", ":"))
         delay = timedelta(seconds=min(2**copies, _HAND_ON_MAX_DELAY))
         give_up = time.monotonic() + _HAND_ON_PATIENCE.total_seconds()
+        tries = 0
         while True:
             try:
                 await hub.resources.ensure()  # a cold start may meet the outage first
@@ -338,7 +339,9 @@ class Delivered:
             except Exception as error:
                 if not is_transient(error) or time.monotonic() > give_up:
                     raise
-                log.warning("storage is failing; handing on a message of %s again", queue)
+                tries += 1
+                if tries == 1:
+                    log.warning("storage is down; a message of %s goes on once it is back", queue)
             await asyncio.sleep(2.0)
 
     # -- work items -------------------------------------------------------------------
