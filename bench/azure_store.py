@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from _report import dump, header  # noqa: E402
 from workloads import fan_out, registry, three_steps  # noqa: E402
 
 from durable_fx import (  # noqa: E402
@@ -213,21 +210,12 @@ def main() -> None:
         finally:
             process.stop()
     document = {
-        "benchmark": "durable_fx azure store on Azurite",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "azurite": "node_modules/.bin/azurite (same cores)",
-        },
+        **header(
+            "durable_fx azure store on Azurite", azurite="node_modules/.bin/azurite (same cores)"
+        ),
         "results": results,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print(dump(document, args.out))
 
 
 if __name__ == "__main__":

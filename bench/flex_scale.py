@@ -42,7 +42,6 @@ import base64
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -59,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
+from _report import dump, header  # noqa: E402
 from azure.data.tables import TableServiceClient  # noqa: E402
 from azure.storage.blob import BlobServiceClient  # noqa: E402
 from azure.storage.queue import QueueServiceClient  # noqa: E402
@@ -496,17 +496,12 @@ def main() -> None:
 def _write(args: Any, rules: ScaleRules, results: dict[str, Any], load_before: float) -> str:
     """The JSON document so far; also to ``--out`` (after every scenario)."""
     document = {
-        "benchmark": "durable_fx scale-controller model and parked-email cost",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **header(
+            "durable_fx scale-controller model and parked-email cost",
+            load_average_before_after=[load_before, os.getloadavg()[0]],
+            azurite="node_modules/.bin/azurite (same cores)",
+        ),
         "durable_fx": args.commit,
-        "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before_after": [load_before, os.getloadavg()[0]],
-            "azurite": "node_modules/.bin/azurite (same cores)",
-        },
         "rules": {
             "flex_divisor": rules.concurrency,
             "flex_rule": "per queue-trigger function: ceil(ApproximateMessagesCount / "
@@ -518,10 +513,7 @@ def _write(args: Any, rules: ScaleRules, results: dict[str, Any], load_before: f
         },
         "results": results,
     }
-    text = json.dumps(document, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return text
+    return dump(document, args.out)
 
 
 if __name__ == "__main__":

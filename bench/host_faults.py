@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from _report import dump, header  # noqa: E402
 
 from tests.azurite import AzuriteProcess  # noqa: E402
 from tests.host_faults_support import soak  # noqa: E402
@@ -53,14 +51,7 @@ def main() -> None:
         finally:
             process.stop()
     document = {
-        "benchmark": "host mode under storage faults, killed instances and an outage",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        **header("host mode under storage faults, killed instances and an outage"),
         "figures": figures.summary(),
         "met": not figures.stuck
         and not figures.wrong_outputs
@@ -69,10 +60,7 @@ def main() -> None:
         and not figures.store_poisoned
         and figures.seconds_to_settle is not None,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print(dump(document, args.out))
 
 
 if __name__ == "__main__":

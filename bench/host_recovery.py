@@ -34,19 +34,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Generator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from _report import dump, header  # noqa: E402
 
 from durable_fx import AsyncDurableClient, OrchestrationContext  # noqa: E402
 from durable_fx.queues import open_queues  # noqa: E402
@@ -175,22 +174,12 @@ def main() -> None:
         finally:
             process.stop()
     document = {
-        "benchmark": "host mode: recovery after an app instance dies mid-invocation",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        **header("host mode: recovery after an app instance dies mid-invocation"),
         "host": {"hold_seconds": 600, "retry_after_seconds": 10},
         "target": "seconds_to_move < 60",
         "results": results,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print(dump(document, args.out))
 
 
 if __name__ == "__main__":

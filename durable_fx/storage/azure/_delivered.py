@@ -186,9 +186,7 @@ class Delivered:
         hub = self._hub
         now = hub.now()
         due = min((p.visible_at for p in pendings), default=None)
-        if self._orchestrations.timers.is_far(due):
-            assert due is not None
-            await self._orchestrations.timers.add(iid, due)
+        if await self._orchestrations.timers.add_if_far(iid, due):
             return
         if due is not None:
             await self._wake_later(iid, due - now)

@@ -31,6 +31,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient
 
 from ..._clock import Clock
 from ..._history import HISTORY_EVENT, HistoryEvent
@@ -355,13 +356,20 @@ class Hub:
 
     # -- table ----------------------------------------------------------------------
 
-    async def submit(self, ops: Sequence[Op], *, what: str) -> list[dict[str, Any]]:
-        """One entity-group transaction, retried while transient."""
-        table = self.resources.table
-        return await retrying(lambda: submit_transaction(table, ops), what=what)
+    async def submit(
+        self, ops: Sequence[Op], *, what: str, table: TableClient | None = None
+    ) -> list[dict[str, Any]]:
+        """One entity-group transaction (on the state table by default), retried while transient."""
+        client = table or self.resources.table
+        return await retrying(lambda: submit_transaction(client, ops), what=what)
 
     async def submit_tolerant(
-        self, ops: Sequence[Op], *, tolerate: Callable[[Op, int], bool], what: str
+        self,
+        ops: Sequence[Op],
+        *,
+        tolerate: Callable[[Op, int], bool],
+        what: str,
+        table: TableClient | None = None,
     ) -> tuple[list[Op], list[dict[str, Any]]]:
         """Submit, dropping operations whose failure ``tolerate(op, status)`` accepts.
 
@@ -372,7 +380,7 @@ class Hub:
         remaining = list(ops)
         while remaining:
             try:
-                return remaining, await self.submit(remaining, what=what)
+                return remaining, await self.submit(remaining, what=what, table=table)
             except TableTransactionError as error:
                 index = getattr(error, "index", None)
                 status = status_of(error)
@@ -383,14 +391,16 @@ class Hub:
                 del remaining[index]
         return [], []
 
-    async def submit_batches(self, ops: Sequence[Op], *, what: str) -> None:
+    async def submit_batches(
+        self, ops: Sequence[Op], *, what: str, table: TableClient | None = None
+    ) -> None:
         """Idempotent operations (upserts, deletes) in as many transactions as they need."""
 
         def tolerate(op: Op, status: int) -> bool:
             return op[0] == "delete" and status == 404
 
         for batch in batches(ops):
-            await self.submit_tolerant(batch, tolerate=tolerate, what=what)
+            await self.submit_tolerant(batch, tolerate=tolerate, what=what, table=table)
 
     async def read_instance(self, instance_id: str) -> dict[str, Any] | None:
         """The instance row with its ETag under ``"etag"``, or ``None``."""

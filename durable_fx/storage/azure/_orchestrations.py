@@ -318,9 +318,8 @@ class Orchestrations:
         # Messages may have arrived while the releasing commit was in flight: any
         # pending message, due or not, keeps a wake-up in the queue.
         due = min((p.visible_at for p in session.pending.values()), default=None)
-        if self.timers.is_far(due):
-            assert due is not None
-            await self.timers.add(session.instance_id, due)  # first: the guard covers a crash
+        # A far timer is indexed before the guard goes: the guard covers a crash between.
+        if await self.timers.add_if_far(session.instance_id, due):
             due = None
         if due is None:
             if guard is not None:
@@ -357,9 +356,7 @@ class Orchestrations:
         one when it is due); any other is a control message hidden until then.
         Call ``expect_wake_up`` once the rows it wakes for are written.
         """
-        if self.timers.is_far(due):
-            assert due is not None
-            await self.timers.add(iid, due)
+        if await self.timers.add_if_far(iid, due):
             return None
         hub = self._hub
         return await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=self._until(due))

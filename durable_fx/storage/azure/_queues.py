@@ -9,6 +9,7 @@ chain. Tests shrink the cap so that a manual clock, not the queue, decides.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -187,6 +188,12 @@ class Queues:
                 return False
             raise
         return True
+
+    async def discard(self, handle: Handle | None) -> None:
+        """Take back a message this process sent, if it can; one left behind finds nothing."""
+        if handle is not None:
+            with contextlib.suppress(Exception):  # storage failing: it wakes someone for nothing
+                await self.delete(handle)
 
     async def poison(self, queue: str, text: str, reason: str, poison_id: str) -> Handle:
         """Copy a message to ``<queue>-poison`` with the reason it was taken out.

@@ -11,7 +11,6 @@ owner elsewhere notices) after its wake-up.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,7 +35,6 @@ from .._records import (
 from ._codec import INSTANCE_ROW, USED_KEYS, odata, ts, used_key
 from ._hub import (
     MAX_BATCH,
-    Hub,
     Op,
     Pending,
     Session,
@@ -82,7 +80,7 @@ class Starts:
         try:
             session = await self._create(message, started, replaceable, own=own)
         except BaseException:
-            await _delete_quietly(hub, guard)
+            await hub.queues.discard(guard)
             raise
         if session is None:
             self._orchestrations.expect_wake_up(iid, message.visible_at)
@@ -205,7 +203,7 @@ class Starts:
             added = await self._write_message(message)
         finally:
             if not added:  # a duplicate, or the write failed
-                await _delete_quietly(hub, hint)
+                await hub.queues.discard(hint)
         if not added:
             return False
         session = hub.sessions.get(iid)
@@ -285,7 +283,7 @@ class Starts:
             try:
                 created = await self._create_missing(message, message.event, own=own)
             except BaseException:
-                await _delete_quietly(hub, guard)
+                await hub.queues.discard(guard)
                 raise
             if created is not None:
                 if created is not True:
@@ -295,7 +293,7 @@ class Starts:
                 else:
                     self._orchestrations.expect_wake_up(iid, message.visible_at)
                 return True
-            await _delete_quietly(hub, guard)
+            await hub.queues.discard(guard)
         hint = await self._orchestrations.wake_up_at(iid, message.visible_at)
         entity, _ = await hub.inbox_entity(message)
         try:
@@ -303,7 +301,7 @@ class Starts:
                 [("create", entity), bump(iid)], tolerate=exists_ok, what=f"message {iid}"
             )
         except TableTransactionError as error:
-            await _delete_quietly(hub, hint)
+            await hub.queues.discard(hint)
             if status_of(error) == 404:
                 return False
             raise
@@ -400,13 +398,6 @@ class Starts:
         if not own:
             return {"Owner": "", "Token": token}
         return {"Owner": hub.owner_id, "OwnedUntil": ts(hub.now() + hub.lease), "Token": token}
-
-
-async def _delete_quietly(hub: Hub, message: Handle | None) -> None:
-    """Take back a wake-up whose rows were not written (one that stays finds nothing)."""
-    if message is not None:
-        with contextlib.suppress(Exception):
-            await hub.queues.delete(message)
 
 
 def _check_replaceable(

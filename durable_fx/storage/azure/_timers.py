@@ -38,13 +38,11 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableTransactionError
 
-from ._batch import submit_transaction
 from ._codec import odata, parse_ts, ts
-from ._hub import MAX_BATCH, Hub, Op
+from ._hub import Hub, Op, key_of_row
 from ._queues import Handle
-from ._transient import retrying, status_of
+from ._transient import retrying
 
 __all__ = ["LOST_AFTER", "NEAR", "UNDECODABLE_ALARM", "Timers", "alarm_partition"]
 
@@ -87,6 +85,13 @@ class Timers:
         """Whether a wake-up for ``due`` belongs in the index rather than in the queue."""
         return due is not None and due - self._hub.now() > NEAR
 
+    async def add_if_far(self, instance_id: str, due: datetime | None) -> bool:
+        """Index the timer if it is far (``add``); whether it was (else it needs a message)."""
+        if due is None or not self.is_far(due):
+            return False
+        await self.add(instance_id, due)
+        return True
+
     async def add(self, instance_id: str, due: datetime) -> None:
         """Index a timer of ``instance_id`` and make sure its partition's alarm rings by ``due``.
 
@@ -94,11 +99,7 @@ class Timers:
         """
         hub = self._hub
         index = hub.names.partition_index(instance_id)
-        row = {
-            "PartitionKey": _partition_key(index),
-            "RowKey": f"{ts(due)}|{instance_id}",
-            "Instance": instance_id,
-        }
+        row = {"PartitionKey": _partition_key(index), "RowKey": f"{ts(due)}|{instance_id}"}
         table = hub.resources.timers
         await retrying(lambda: table.upsert_entity(row), what=f"index a timer of {instance_id}")
         self.dues.append(due)
@@ -137,7 +138,7 @@ class Timers:
 
         async def run() -> list[dict[str, Any]]:
             pager = table.query_entities(
-                query, select=["PartitionKey", "RowKey", "Instance"], results_per_page=_SWEEP_PAGE
+                query, select=["PartitionKey", "RowKey"], results_per_page=_SWEEP_PAGE
             )
             rows: list[dict[str, Any]] = []
             async for entity in pager:
@@ -163,29 +164,10 @@ class Timers:
                 await hub.queues.put(hub.control_queue_of(iid), body, delay=timedelta(0))
                 hub.expect_control(iid, timedelta(0))
 
-        instances = {str(r.get("Instance") or str(r["RowKey"]).partition("|")[2]) for r in rows}
-        await asyncio.gather(*(send(iid) for iid in instances if iid))
-        deletes: list[Op] = [
-            ("delete", {"PartitionKey": r["PartitionKey"], "RowKey": r["RowKey"]}) for r in rows
-        ]
-        for start in range(0, len(deletes), MAX_BATCH):
-            await self._delete_rows(deletes[start : start + MAX_BATCH])
-
-    async def _delete_rows(self, ops: list[Op]) -> None:
-        """Delete timer rows of one partition; rows another ring deleted already are fine."""
-        table = self._hub.resources.timers
-        remaining = list(ops)
-        while remaining:
-            try:
-                await retrying(
-                    lambda: submit_transaction(table, remaining), what="delete fired timers"
-                )
-                return
-            except TableTransactionError as error:
-                at = getattr(error, "index", None)
-                if status_of(error) != 404 or not isinstance(at, int):
-                    raise
-                del remaining[at]
+        instances = {_instance_of(r) for r in rows}
+        await asyncio.gather(*(send(iid) for iid in instances))
+        deletes: list[Op] = [("delete", key_of_row(r)) for r in rows]
+        await hub.submit_batches(deletes, what="delete fired timers", table=hub.resources.timers)
 
     # -- the alarm --------------------------------------------------------------------
 
@@ -258,11 +240,11 @@ class Timers:
                 )
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             # Someone else armed it meanwhile; ours is not needed (``_settle`` looks again).
-            await _delete_quietly(hub, message)
+            await hub.queues.discard(message)
             return
         hub.expect_queue(queue, delay)
         if alarm is not None and alarm.message.id != ringing:
-            await _delete_quietly(hub, alarm.message)  # superseded: it would ring for nothing
+            await hub.queues.discard(alarm.message)  # superseded: it would ring for nothing
 
     async def _remove_alarm(self, index: int, alarm: _Alarm) -> None:
         """No timers left: drop the alarm row (if nobody re-armed it meanwhile)."""
@@ -320,9 +302,6 @@ def _partition_key(index: int) -> str:
     return f"{index:02d}"
 
 
-async def _delete_quietly(hub: Hub, message: Handle) -> None:
-    """Delete an alarm message we sent; one that rang or went already is fine."""
-    try:
-        await hub.queues.delete(message)
-    except Exception:  # it rings for nothing: one sweep that finds nothing
-        log.debug("could not delete a superseded alarm %s", message.id, exc_info=True)
+def _instance_of(row: dict[str, Any]) -> str:
+    """The instance a timer row wakes (its key is ``<due>|<instance id>``)."""
+    return str(row["RowKey"]).partition("|")[2]

@@ -165,8 +165,7 @@ class WakeUps:
             due = min((p.visible_at for p in pendings), default=None)
             if due is None:
                 await self._discard(keep)
-            elif self._orchestrations.timers.is_far(due):
-                await self._orchestrations.timers.add(iid, due)
+            elif await self._orchestrations.timers.add_if_far(iid, due):
                 await hub.queues.delete(keep.handle)
             else:
                 self.remote_dues.append(due)
