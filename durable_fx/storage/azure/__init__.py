@@ -4,13 +4,22 @@
 ``UseDevelopmentStorage=true``) and ``azure://<account>`` URLs here; this
 package is imported only then, so a SQLite-only process never loads the Azure
 SDK. Modules: ``_settings`` (connection strings, identity, hub names),
-``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (shared state and
-sessions), ``_orchestrations``, ``_starts``, ``_wakeups`` and ``_commit``
-(episodes), ``_activities``, ``_reads``, ``_poison`` (the poison list),
-``_adoption`` (the Functions host's poisoned messages in that list),
-``_delivered`` (host-delivered work), ``_store`` (the ``AzureStore`` facade),
-``_batch`` (entity-group transactions), ``_resources`` (clients), ``_policies``
-(request counting, fault injection) and ``_transient`` (retries).
+``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (table and queue
+I/O, the session data model, polling), ``_timers`` (the timer index),
+``_sessions`` (the instances this store owns), ``_activities``, ``_starts``,
+``_wakeups`` and ``_commit`` (episodes), ``_orchestrations`` (their facade),
+``_reads``, ``_poison`` (the poison list), ``_adoption`` (the Functions host's
+poisoned messages in that list), ``_delivered`` (host-delivered work),
+``_store`` (the ``AzureStore`` facade), ``_batch`` (entity-group
+transactions), ``_resources`` (clients), ``_policies`` (request counting, fault
+injection) and ``_transient`` (retries).
+
+The modules form layers, each importing only the ones below it: ``_hub``
+(over ``_codec``, ``_queues``, ``_resources``...), then ``_timers``,
+``_sessions``, ``_activities`` and ``_starts``; above them ``_wakeups``,
+``_commit``, ``_reads`` and ``_poison``; then ``_delivered`` and
+``_orchestrations``; ``_store`` on top. Each part is handed the parts below it
+that it uses, never its caller.
 """
 
 from __future__ import annotations

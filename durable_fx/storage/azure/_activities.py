@@ -30,18 +30,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableTransactionError
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
-from ._hub import GUARD_SLACK, Hub, Lease, Op, Pending, Session, bump
+from ._hub import GUARD_SLACK, Hub, Lease, Op, Session, bump
 from ._queues import MAX_MESSAGE_BYTES, Handle, Received
-from ._transient import retrying, status_of
+from ._sessions import PAIRS_PER_BATCH, Sessions, submit_results
+from ._transient import retrying
 
 __all__ = ["Activities"]
 
 _SEND_CONCURRENCY = 32
-_PAIRS_PER_BATCH = 49  # a delete and an insert per result, plus a touch of the instance row
 
 
 @dataclass(slots=True)
@@ -73,8 +72,9 @@ class _Held:
 class Activities:
     """The activity half of the Store protocol, on top of a ``Hub``."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, sessions: Sessions) -> None:
         self._hub = hub
+        self._sessions = sessions
         self._held: dict[str, _Held] = {}
         self._dead: set[tuple[str, str]] = set()
         self._tokens = 0
@@ -296,7 +296,7 @@ class Activities:
     async def _drop_completed(self, message: Received, instance_id: str) -> None:
         """A redelivered item whose result is recorded: delete it, wake its instance."""
         hub = self._hub
-        if instance_id not in hub.sessions:
+        if instance_id not in self._sessions:
             # Its completion may have died before sending the wake-up; one more is harmless.
             await hub.queues.put(
                 hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
@@ -354,7 +354,7 @@ class Activities:
         )
         delete: Op = ("delete", {"PartitionKey": invocation.instance_id, "RowKey": held.row_key})
         await hub.submit_batches([delete], what="drop a poisoned work item")
-        session = hub.sessions.get(invocation.instance_id)
+        session = self._sessions.get(invocation.instance_id)
         if session is not None:
             session.outstanding.pop(held.row_key, None)
         self._held.pop(held.key, None)
@@ -377,11 +377,11 @@ class Activities:
     ) -> None:
         done = [held for held, _ in entries]
         hub = self._hub
-        session = hub.sessions.get(instance_id)
+        session = self._sessions.get(instance_id)
         if session is not None and hub.is_worker and self._trusted(session):
             entries = self._defer(session, entries)
-        for start in range(0, len(entries), _PAIRS_PER_BATCH):
-            chunk = entries[start : start + _PAIRS_PER_BATCH]
+        for start in range(0, len(entries), PAIRS_PER_BATCH):
+            chunk = entries[start : start + PAIRS_PER_BATCH]
             await self._complete_chunk(instance_id, chunk)
         handles = [held.handle for held in done if held.handle is not None]
         await asyncio.gather(*(hub.queues.delete(handle) for handle in handles))
@@ -420,7 +420,7 @@ class Activities:
         self, instance_id: str, chunk: list[tuple[_Held, ActivityResult]]
     ) -> None:
         hub = self._hub
-        session = hub.sessions.get(instance_id)
+        session = self._sessions.get(instance_id)
         # Trust the session only while its lease is comfortably ours; otherwise also
         # tell whoever may have taken the instance over (a touch and a wake-up).
         trusted = session is not None and session.owned_until - hub.now() > hub.lease / 4
@@ -445,9 +445,9 @@ class Activities:
             ops.append(bump(instance_id))
         if not trusted and not hosted:
             # The wake-up goes first: a crash after the rows cannot leave them unseen.
-            await self._wake(instance_id)
+            await self._sessions.wake_now(instance_id)
             woken = True
-        applied = await self._submit_results(instance_id, ops)
+        applied = await submit_results(hub, instance_id, ops)
         if applied is None:
             for held, _ in chunk:
                 if held.guard is not None:
@@ -457,15 +457,15 @@ class Activities:
         # A dropped pair may be one our own earlier try wrote (its response lost):
         # re-read the inbox, or wake whoever owns the instance, rather than guess.
         uncertain = len(applied) < len(pendings)
-        if uncertain and session is not None and hub.sessions.get(instance_id) is session:
+        if uncertain and session is not None and self._sessions.holds(session):
             session.stale = True
             hub.wake()
         elif uncertain:
             trusted = False
             delivered = delivered or list(pendings.values())[:1]
-        if trusted and hub.sessions.get(instance_id) is not session:
+        if trusted and self._sessions.get(instance_id) is not session:
             trusted = False  # the session ended while the results were written
-        if session is not None and hub.sessions.get(instance_id) is session:
+        if session is not None and self._sessions.holds(session):
             for rk in pendings:  # every work row of the chunk is gone now, one way or another
                 session.outstanding.pop(rk, None)
             for pending in delivered:
@@ -476,64 +476,9 @@ class Activities:
         # A guard (under the host) becomes the wake-up: the result is in now.
         wake = not trusted and delivered and not woken
         if wake and (not guards or not await hub.queues.hide(guards.pop(), timedelta(0))):
-            await self._wake(instance_id)
+            await self._sessions.wake_now(instance_id)
         for guard in guards:
             await hub.queues.delete(guard)
-
-    async def _wake(self, instance_id: str) -> None:
-        """Leave a wake-up for whoever owns (or will take) the instance."""
-        hub = self._hub
-        await hub.queues.put(
-            hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
-        )
-        hub.expect_control(instance_id, timedelta(0))
-        if hub.is_worker:
-            hub.wake()
-
-    async def record_held(self, instance_id: str, pendings: Sequence[Pending]) -> None:
-        """Write results a session held in memory (see ``_defer``) as its inbox rows.
-
-        For a session that ends or is given up before consuming them; each replaces
-        its work row, as any result from another process does.
-        """
-        hub = self._hub
-        await self._wake(instance_id)
-        for start in range(0, len(pendings), _PAIRS_PER_BATCH):
-            ops: list[Op] = []
-            for pending in pendings[start : start + _PAIRS_PER_BATCH]:
-                assert pending.work_row is not None
-                ops.append(("delete", {"PartitionKey": instance_id, "RowKey": pending.work_row}))
-                ops.append(("create", await hub.entity_of(instance_id, pending)))
-            await self._submit_results(instance_id, [*ops, bump(instance_id)])
-
-    async def _submit_results(self, instance_id: str, ops: list[Op]) -> list[str] | None:
-        """Submit result pairs; returns the work row keys whose results went in.
-
-        A missing work row (404 on its delete) means the result is recorded
-        already or the instance was purged: that pair is dropped. A pending
-        message with the same key (409) means a copy is delivered already.
-        """
-        hub = self._hub
-        remaining = list(ops)
-        while any(op[0] == "delete" for op in remaining):
-            try:
-                await hub.submit(remaining, what=f"record activity results of {instance_id}")
-                break
-            except TableTransactionError as error:
-                index = getattr(error, "index", None)
-                status = status_of(error)
-                if not isinstance(index, int) or not 0 <= index < len(remaining):
-                    raise
-                failed = remaining[index]
-                if failed[0] == "delete" and status == 404:
-                    del remaining[index : index + 2]  # the pair
-                elif failed[0] == "create" and status == 409:
-                    del remaining[index]
-                elif failed[0] == "update" and status == 404:
-                    return None  # the instance is gone
-                else:
-                    raise
-        return [str(op[1]["RowKey"]) for op in remaining if op[0] == "delete"]
 
     async def abandon(self, item: ActivityWorkItem, reason: str, retry_after: timedelta) -> None:
         """Release a work item for a retry after ``retry_after``, or poison it."""

@@ -3,7 +3,7 @@
 Under the host nobody polls: the host receives each message, hides it while
 the function runs, deletes it on success and poisons it after too many
 failures. The control-queue function hands its wake-up here: the instance is
-taken over as a worker would take it over (``Orchestrations``), its ready
+taken over as a worker would take it over (``_wakeups``), its ready
 episodes run one after another, and ``release`` ends the session in the same
 invocation, leaving a wake-up for anything still pending (a timer: a delayed
 message if it is near, a row of the timer index if it is far, see ``_timers``).
@@ -44,11 +44,12 @@ from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
 from ._codec import json_object, parse_ts, ts
-from ._hub import GUARD_SLACK, Hub, Lease, Pending
-from ._orchestrations import MAX_MESSAGES_PER_EPISODE, Orchestrations
+from ._hub import GUARD_SLACK, MAX_MESSAGES_PER_EPISODE, Hub, Lease, Pending
 from ._queues import Handle, Received
-from ._timers import UNDECODABLE_ALARM, alarm_partition
+from ._sessions import Sessions
+from ._timers import UNDECODABLE_ALARM, Timers, alarm_partition
 from ._transient import is_transient
+from ._wakeups import WakeUps
 
 __all__ = ["Delivered"]
 
@@ -69,10 +70,19 @@ _HAND_ON_MAX_DELAY = 60
 class Delivered:
     """The ``DeliveredWork`` half of the Azure store, on the store's loop."""
 
-    def __init__(self, orchestrations: Orchestrations, activities: Activities) -> None:
-        self._orchestrations = orchestrations
+    def __init__(
+        self,
+        hub: Hub,
+        sessions: Sessions,
+        activities: Activities,
+        timers: Timers,
+        wake_ups: WakeUps,
+    ) -> None:
+        self._hub = hub
+        self._sessions = sessions
         self._activities = activities
-        self._hub = orchestrations.hub
+        self._timers = timers
+        self._wake_ups = wake_ups
         self._accepted: set[str] = set()
         """Instances an invocation here accepted and has not released yet (the busy ones)."""
 
@@ -93,19 +103,19 @@ class Delivered:
             return None
         assert body is not None
         first_seen = _first_seen(body, message)
-        if iid in self._accepted or (hub.is_worker and iid in hub.sessions):
+        if iid in self._accepted or (hub.is_worker and iid in self._sessions):
             # Another invocation in this process runs it now; look again after it.
             await self._wake_later(iid, _BUSY_RETRY)
             return None
-        if iid in hub.sessions:
+        if iid in self._sessions:
             # No invocation holds it: a failed one left it behind. Not busy, just stale.
-            self._orchestrations.drop_session(iid)
+            self._sessions.drop(iid)
         self._accepted.add(iid)
         try:
             accepted = await self._accept(iid, message, body, first_seen, lease)
         except BaseException:
             accepted = None
-            self._orchestrations.drop_session(iid)  # or every later wake-up finds it busy
+            self._sessions.drop(iid)  # or every later wake-up finds it busy
             raise
         finally:
             if accepted is None:
@@ -157,13 +167,13 @@ class Delivered:
         guard = await hub.queues.put(
             hub.control_queue_of(iid), {"h": iid, "g": 1}, delay=lease + GUARD_SLACK
         )
-        session = await self._orchestrations.wake_ups.take_over(partition, row, pendings, lease)
+        session = await self._wake_ups.take_over(partition, row, pendings, lease)
         if session is None:
             await hub.queues.delete(guard)
             await self._wake_later(iid, _BUSY_RETRY)  # another process took it first
             return None
         session.hosted, session.guard = True, guard
-        await self._orchestrations.wake_ups.redispatch(
+        await self._wake_ups.redispatch(
             session, work, outbox, resend=unfinished, delay=_RESEND_AFTER
         )
         return iid
@@ -186,7 +196,7 @@ class Delivered:
         hub = self._hub
         now = hub.now()
         due = min((p.visible_at for p in pendings), default=None)
-        if await self._orchestrations.timers.add_if_far(iid, due):
+        if await self._timers.add_if_far(iid, due):
             return
         if due is not None:
             await self._wake_later(iid, due - now)
@@ -205,7 +215,7 @@ class Delivered:
         if index is None:
             await self._poison(message, UNDECODABLE_ALARM)
             return
-        await self._orchestrations.timers.ring(index, message.id)
+        await self._timers.ring(index, message.id)
 
     async def _poison(self, message: DeliveredMessage, reason: str) -> None:
         """Record a control message that can never be handled; the host then deletes it."""
@@ -240,21 +250,21 @@ class Delivered:
     ) -> OrchestrationWorkItem | None:
         """The next episode of an instance accepted here, or ``None`` if nothing is ready."""
         hub = self._hub
-        session = hub.sessions.get(iid)
+        session = self._sessions.get(iid)
         now = hub.now()
         if session is None or not session.lockable(now):
             return None
         if session.stale:
-            await self._orchestrations.refresh(session, released=False)
-            if hub.sessions.get(iid) is not session:
+            await self._sessions.refresh(session)
+            if not self._sessions.holds(session):
                 return None
         visible = session.visible(now)
         spent = [p for p in visible if p.dequeue_count >= hub.max_dequeue_count]
         for p in spent:
             reason = f"delivered {p.dequeue_count} times without a successful episode"
-            await self._orchestrations._poison(session, p, reason)
+            await self._sessions.poison(session, p, reason)
         deliver = [p for p in visible if p not in spent][:MAX_MESSAGES_PER_EPISODE]
-        if not deliver or hub.sessions.get(iid) is not session:
+        if not deliver or not self._sessions.holds(session):
             return None
         for p in deliver:
             p.dequeue_count += 1
@@ -271,26 +281,25 @@ class Delivered:
         try:
             await self._release(iid)
         except BaseException:
-            self._orchestrations.drop_session(iid)
+            self._sessions.drop(iid)
             raise
         finally:
             self._accepted.discard(iid)
 
     async def _release(self, iid: str) -> None:
-        hub = self._hub
-        session = hub.sessions.get(iid)
+        session = self._sessions.get(iid)
         if session is None:
             return  # its last commit ended it already
         session.lock = None
         if session.stale:
             # Others wrote to it meanwhile: read their messages so the release wakes for them.
-            await self._orchestrations.refresh(session, released=False)
-            if hub.sessions.get(iid) is not session:
+            await self._sessions.refresh(session)
+            if not self._sessions.holds(session):
                 return
-        await self._orchestrations._end_session(session)
-        if hub.sessions.get(iid) is session:
+        await self._sessions.end(session)
+        if self._sessions.holds(session):
             # The row kept changing under the release: forget it here, look again soon.
-            self._orchestrations.drop_session(iid)
+            self._sessions.drop(iid)
             await self._wake_later(iid, _BUSY_RETRY)
 
     # -- storage faults -------------------------------------------------------------------

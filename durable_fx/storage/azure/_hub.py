@@ -298,7 +298,6 @@ class Hub:
         self.max_dequeue_count = max_dequeue_count
         self.names = resources.names
         self.owner_id = uuid.uuid4().hex
-        self.sessions: dict[str, Session] = {}
         self.control_polls = ControlPolls(self.names.control_queues, idle_poll)
         # The work queue mostly waits for our own commits; poll it half as often when idle.
         self.work_poll = Poller((idle_poll[0], idle_poll[1] * 2))
@@ -308,7 +307,6 @@ class Hub:
         self._tokens = itertools.count()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
-        self.has_ready_work: Callable[[], bool] = lambda: False
         queues.on_lost = self._lost
 
     def _lost(self, queue: str, delay: timedelta) -> None:

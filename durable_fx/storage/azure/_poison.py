@@ -43,11 +43,13 @@ from pydantic import ValidationError
 
 from ..._history import HISTORY_EVENT
 from .._records import ActivityInvocation, OrchestrationMessage, PoisonedMessage
+from ._activities import Activities
 from ._adoption import WAKE_UP, Adoption
 from ._codec import odata, parse_ts
 from ._hub import Hub, Op, bump, gone_ok, key_of_row
-from ._orchestrations import Orchestrations
 from ._queues import Handle
+from ._sessions import Sessions
+from ._starts import Starts
 from ._transient import retrying, status_of
 
 __all__ = ["Poison"]
@@ -60,10 +62,14 @@ _PARTITION = ""
 class Poison:
     """The poison list of one hub: listing, requeueing and deleting its messages."""
 
-    def __init__(self, hub: Hub, orchestrations: Orchestrations) -> None:
+    def __init__(
+        self, hub: Hub, sessions: Sessions, activities: Activities, starts: Starts
+    ) -> None:
         self._hub = hub
-        self._orchestrations = orchestrations
-        self._adoption = Adoption(hub, orchestrations.activities)
+        self._sessions = sessions
+        self._activities = activities
+        self._starts = starts
+        self._adoption = Adoption(hub, activities)
 
     async def list(self, instance_id: str | None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given).
@@ -166,7 +172,7 @@ class Poison:
             execution_id=extra.get("execution_id"),
             key=str(extra.get("key") or ""),
         )
-        return await self._orchestrations.route(message, create=False)
+        return await self._starts.route(message, create=False)
 
     async def _resend(self, row: dict[str, Any], text: str) -> bool:
         """A queue message that named no instance goes back to its queue as it was."""
@@ -188,7 +194,7 @@ class Poison:
             invocation = ActivityInvocation(**fields)
         except (ValueError, TypeError):
             return False
-        activities = self._orchestrations.activities
+        activities = self._activities
         row = await activities.work_row(invocation, local=False)
         try:
             # The touch fails (404) if the instance is gone: then nothing is written.
@@ -226,13 +232,10 @@ class Poison:
                 if status_of(error) == 404:
                     return False
                 raise
-        session = hub.sessions.get(instance_id)
+        session = self._sessions.get(instance_id)
         if session is not None:
             session.stale = True  # owned here: re-read the counts before the next episode
-        await hub.queues.put(
-            hub.control_queue_of(instance_id), {"h": instance_id}, delay=timedelta(0)
-        )
-        self._orchestrations.expect(instance_id, timedelta(0))
+        await self._sessions.wake_now(instance_id)
         return True
 
 

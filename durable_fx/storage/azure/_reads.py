@@ -7,9 +7,10 @@ from pydantic import TypeAdapter
 from ..._history import HistoryEvent
 from .._records import InstanceQuery, InstanceRecord, Page
 from ..memory import _decode_continuation, _encode_continuation, _matches, _newest_first
+from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, odata
 from ._hub import Hub, Op
-from ._orchestrations import Orchestrations
+from ._sessions import Sessions
 
 __all__ = ["Reads"]
 
@@ -19,9 +20,10 @@ _HISTORY = TypeAdapter(list[HistoryEvent])
 class Reads:
     """Queries and housekeeping on one hub's table and blobs."""
 
-    def __init__(self, hub: Hub, orchestrations: Orchestrations) -> None:
+    def __init__(self, hub: Hub, sessions: Sessions, activities: Activities) -> None:
         self._hub = hub
-        self._orchestrations = orchestrations
+        self._sessions = sessions
+        self._activities = activities
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance row, or ``None``."""
@@ -31,7 +33,7 @@ class Reads:
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
         """The current generation's history: its first ``Count`` rows, oldest first."""
         hub = self._hub
-        session = hub.sessions.get(instance_id)
+        session = self._sessions.get(instance_id)
         if session is not None:
             generation, count = session.generation, session.count
         else:
@@ -78,8 +80,8 @@ class Reads:
             what=f"list the rows of {instance_id}",
             select=["PartitionKey", "RowKey"],
         )
-        session = hub.sessions.get(instance_id)
-        self._orchestrations.drop_session(instance_id)
+        session = self._sessions.get(instance_id)
+        self._sessions.drop(instance_id)
         if session is not None and session.guard is not None:
             await hub.queues.delete(session.guard)
         keys = [str(r["RowKey"]) for r in rows]
@@ -92,9 +94,7 @@ class Reads:
         if deletes:
             await hub.submit_batches(deletes[:1], what=f"purge {instance_id}")
             await hub.submit_batches(deletes[1:], what=f"purge {instance_id}")
-        self._orchestrations.activities.forget_work(
-            instance_id, [k for k in keys if k.startswith("w")]
-        )
+        self._activities.forget_work(instance_id, [k for k in keys if k.startswith("w")])
         await hub.resources.delete_payloads(instance_id)
         return found
 

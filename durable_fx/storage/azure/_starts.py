@@ -1,4 +1,4 @@
-"""Starting instances and delivering messages to them (``Orchestrations`` delegates here).
+"""Starting instances and delivering messages to them (an episode's outbox too).
 
 The wake-up goes first, the rows after: a crash between the two leaves a
 wake-up that finds nothing (and is dropped after a second look), never a
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from azure.data.tables import TableTransactionError
 
@@ -22,7 +22,7 @@ from ..._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
 )
-from ..._history import ExecutionStarted
+from ..._history import HISTORY_EVENT, ExecutionStarted
 from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
 from .._records import (
@@ -32,9 +32,11 @@ from .._records import (
     new_instance_record,
     started_event,
 )
-from ._codec import INSTANCE_ROW, USED_KEYS, odata, ts, used_key
+from ._activities import Activities
+from ._codec import INSTANCE_ROW, USED_KEYS, odata, parse_ts, ts, used_key
 from ._hub import (
     MAX_BATCH,
+    Hub,
     Op,
     Pending,
     Session,
@@ -45,10 +47,8 @@ from ._hub import (
     key_of_row,
 )
 from ._queues import Handle
+from ._sessions import Sessions
 from ._transient import status_of
-
-if TYPE_CHECKING:
-    from ._orchestrations import Orchestrations
 
 __all__ = ["Starts"]
 
@@ -59,11 +59,12 @@ _ADD_ATTEMPTS = 20
 
 
 class Starts:
-    """Creating instances and routing messages, for ``Orchestrations``."""
+    """Creating instances and routing messages to them."""
 
-    def __init__(self, orchestrations: Orchestrations) -> None:
-        self._orchestrations = orchestrations
-        self._hub = orchestrations.hub
+    def __init__(self, hub: Hub, sessions: Sessions, activities: Activities) -> None:
+        self._hub = hub
+        self._sessions = sessions
+        self._activities = activities
 
     async def create_instance(
         self, message: OrchestrationMessage, *, replaceable: frozenset[OrchestrationStatus]
@@ -83,11 +84,11 @@ class Starts:
             await hub.queues.discard(guard)
             raise
         if session is None:
-            self._orchestrations.expect_wake_up(iid, message.visible_at)
+            self._sessions.expect_wake_up(iid, message.visible_at)
             return
-        self._orchestrations.drop_session(iid)
+        self._sessions.drop(iid)
         session.guard = guard
-        hub.sessions[iid] = session
+        self._sessions.add(session)
         hub.wake()
 
     async def _create(
@@ -104,7 +105,7 @@ class Starts:
         inbox, pending = await hub.inbox_entity(message)
         for _ in range(5):
             token = hub.token()
-            state = self.owner_state(own, token)
+            state = self._owner_state(own, token)
             entity = await hub.codec.instance_entity(record, Version=1, Gen=0, Count=0, **state)
             try:
                 results = await hub.submit(
@@ -127,7 +128,7 @@ class Starts:
             raise ConflictError(iid, "it kept changing while being created; try again")
         if not own:
             return None
-        return self.new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
+        return self._new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
 
     async def _replace(
         self,
@@ -166,7 +167,7 @@ class Starts:
         record = dataclasses.replace(new_instance_record(iid, started), version=str(version))
         token = hub.token()
         entity = await hub.codec.instance_entity(
-            record, Version=version, Gen=generation, Count=0, **self.owner_state(own, token)
+            record, Version=version, Gen=generation, Count=0, **self._owner_state(own, token)
         )
         ops: list[Op] = [instance_update(entity, str(current["etag"])), ("upsert", inbox), *head]
         try:
@@ -180,12 +181,12 @@ class Starts:
                 status = str(again["Status"]) if again is not None else "re-created"
                 raise InstanceExistsError(iid, status) from None
             etag = again["etag"]
-        self._orchestrations.activities.forget_work(iid, [str(r["RowKey"]) for r in partition.work])
-        self._orchestrations.drop_session(iid)
-        self._orchestrations.delete_history_later(iid, generation - 1, int(current.get("Count", 0)))
+        self._activities.forget_work(iid, [str(r["RowKey"]) for r in partition.work])
+        self._sessions.drop(iid)
+        self._sessions.delete_history_later(iid, generation - 1, int(current.get("Count", 0)))
         if not own:
             return None
-        return self.new_session(record, etag, version, generation, 0, {pending.row_key: pending})
+        return self._new_session(record, etag, version, generation, 0, {pending.row_key: pending})
 
     async def deliver(self, message: OrchestrationMessage) -> bool:
         """``Store.enqueue``: add a message and remember its key; False if the key was used.
@@ -194,10 +195,10 @@ class Starts:
         """
         hub = self._hub
         iid = validate_instance_id(message.instance_id)
-        owned = iid in hub.sessions
+        owned = iid in self._sessions
         hint = None
         if not owned:
-            hint = await self._orchestrations.wake_up_at(iid, message.visible_at)
+            hint = await self._sessions.wake_up_at(iid, message.visible_at)
         added = False
         try:
             added = await self._write_message(message)
@@ -206,15 +207,15 @@ class Starts:
                 await hub.queues.discard(hint)
         if not added:
             return False
-        session = hub.sessions.get(iid)
+        session = self._sessions.get(iid)
         if session is not None:
             session.stale = True  # our write changed its row: re-read before the next lock
             hub.wake()
             return True
         if owned:
             # The session ended while the message was being written: wake whoever is next.
-            await self._orchestrations.wake_up_at(iid, message.visible_at)
-        self._orchestrations.expect_wake_up(iid, message.visible_at)
+            await self._sessions.wake_up_at(iid, message.visible_at)
+        self._sessions.expect_wake_up(iid, message.visible_at)
         return True
 
     async def _write_message(self, message: OrchestrationMessage) -> bool:
@@ -273,7 +274,7 @@ class Starts:
         """
         hub = self._hub
         iid = message.instance_id
-        session = hub.sessions.get(iid)
+        session = self._sessions.get(iid)
         log.debug("route %s to %s (owned here: %s)", message.event.kind, iid, session is not None)
         if session is not None:
             return await self._enqueue_owned(session, message)
@@ -288,13 +289,13 @@ class Starts:
             if created is not None:
                 if created is not True:
                     created.guard = guard
-                    hub.sessions[iid] = created
+                    self._sessions.add(created)
                     hub.wake()
                 else:
-                    self._orchestrations.expect_wake_up(iid, message.visible_at)
+                    self._sessions.expect_wake_up(iid, message.visible_at)
                 return True
             await hub.queues.discard(guard)
-        hint = await self._orchestrations.wake_up_at(iid, message.visible_at)
+        hint = await self._sessions.wake_up_at(iid, message.visible_at)
         entity, _ = await hub.inbox_entity(message)
         try:
             await hub.submit_tolerant(
@@ -307,15 +308,38 @@ class Starts:
             raise
         # A 409 means a message with this key is pending, or that our own first try
         # went in and only its response was lost: keep the wake-up either way.
-        self._orchestrations.expect_wake_up(iid, message.visible_at)
+        self._sessions.expect_wake_up(iid, message.visible_at)
         return True
+
+    async def send_outbox(self, iid: str, rows: list[dict[str, Any]]) -> None:
+        """Deliver an instance's committed outbox rows in order, then delete them."""
+        for row in sorted(rows, key=lambda r: str(r["RowKey"])):
+            message = await self._message_from_row(row)
+            try:
+                await self.route(message, create=True)
+            except Exception:
+                log.exception("delivering a message from %s to %s failed", iid, message.instance_id)
+                raise
+        deletes: list[Op] = [("delete", key_of_row(r)) for r in rows]
+        await self._hub.submit_batches(deletes, what=f"clear delivered messages of {iid}")
+
+    async def _message_from_row(self, row: dict[str, Any]) -> OrchestrationMessage:
+        text = await self._hub.codec.get_text(row, "Event") or "{}"
+        visible = row.get("VisibleAt")
+        return OrchestrationMessage(
+            instance_id=str(row["Target"]),
+            event=HISTORY_EVENT.validate_json(text),
+            execution_id=row.get("ExecutionId"),
+            visible_at=parse_ts(str(visible)) if visible else None,
+            key=str(row["Key"]),
+        )
 
     async def _first_wake_up(
         self, iid: str, message: OrchestrationMessage, *, own: bool
     ) -> Handle | None:
         """The wake-up sent before a new instance's rows: its guard if this worker owns it."""
         if not own:
-            return await self._orchestrations.wake_up_at(iid, message.visible_at)
+            return await self._sessions.wake_up_at(iid, message.visible_at)
         hub = self._hub
         return await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=hub.lease)
 
@@ -329,7 +353,7 @@ class Starts:
         inbox, pending = await hub.inbox_entity(message)
         token = hub.token()
         entity = await hub.codec.instance_entity(
-            record, Version=1, Gen=0, Count=0, **self.owner_state(own, token)
+            record, Version=1, Gen=0, Count=0, **self._owner_state(own, token)
         )
         try:
             results = await hub.submit(
@@ -345,7 +369,7 @@ class Starts:
             etag = row["etag"]
         if not own:
             return True
-        return self.new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
+        return self._new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
 
     async def _enqueue_owned(self, session: Session, message: OrchestrationMessage) -> bool:
         hub = self._hub
@@ -357,13 +381,13 @@ class Starts:
             )
         except TableTransactionError as error:
             if status_of(error) == 404:
-                self._orchestrations.drop_session(iid)  # purged by another process
+                self._sessions.drop(iid)  # purged by another process
                 return False
             raise
-        if hub.sessions.get(iid) is not session:
+        if not self._sessions.holds(session):
             # The session ended while the message was being written: wake whoever is next.
-            await self._orchestrations.wake_up_at(iid, message.visible_at)
-            self._orchestrations.expect_wake_up(iid, message.visible_at)
+            await self._sessions.wake_up_at(iid, message.visible_at)
+            self._sessions.expect_wake_up(iid, message.visible_at)
             return True
         session.etag = str(results[-1]["etag"])
         if len(applied) == 2:
@@ -373,7 +397,7 @@ class Starts:
         hub.wake()
         return True
 
-    def new_session(
+    def _new_session(
         self,
         record: InstanceRecord,
         etag: str,
@@ -393,7 +417,7 @@ class Starts:
             pending=pending,
         )
 
-    def owner_state(self, own: bool, token: str) -> dict[str, Any]:
+    def _owner_state(self, own: bool, token: str) -> dict[str, Any]:
         hub = self._hub
         if not own:
             return {"Owner": "", "Token": token}

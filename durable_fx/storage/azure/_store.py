@@ -40,6 +40,7 @@ from .._records import (
     PoisonedMessage,
 )
 from ._activities import Activities
+from ._commit import Commits
 from ._delivered import Delivered
 from ._hub import Hub
 from ._orchestrations import Orchestrations
@@ -48,7 +49,11 @@ from ._policies import RequestCounter
 from ._queues import Queues
 from ._reads import Reads
 from ._resources import Resources
+from ._sessions import Sessions
 from ._settings import AzureSettings
+from ._starts import Starts
+from ._timers import Timers
+from ._wakeups import WakeUps
 
 __all__ = ["AzureStore"]
 
@@ -110,12 +115,18 @@ class AzureStore:
                 idle_poll=idle_poll,
             )
 
-        self._hub = self._run_sync(build)
-        self._activities = Activities(self._hub)
-        self._orchestrations = Orchestrations(self._hub, self._activities)
-        self._reads = Reads(self._hub, self._orchestrations)
-        self._poison = Poison(self._hub, self._orchestrations)
-        self._delivered = Delivered(self._orchestrations, self._activities)
+        hub = self._hub = self._run_sync(build)
+        # Each part is given the parts below it, never one above (see ``__init__``).
+        timers = Timers(hub)
+        sessions = self._sessions = Sessions(hub, timers)
+        activities = self._activities = Activities(hub, sessions)
+        starts = Starts(hub, sessions, activities)
+        wake_ups = WakeUps(hub, sessions, activities, timers, starts)
+        commits = Commits(hub, sessions, activities, starts)
+        self._orchestrations = Orchestrations(hub, sessions, timers, starts, wake_ups, commits)
+        self._reads = Reads(hub, sessions, activities)
+        self._poison = Poison(hub, sessions, activities, starts)
+        self._delivered = Delivered(hub, sessions, activities, timers, wake_ups)
 
     def __repr__(self) -> str:
         return f"AzureStore({self.settings.describe()})"
@@ -305,9 +316,8 @@ class AzureStore:
         now = hub.now()
         if hub.control_polls.kicked or hub.work_poll.kicked or self._activities.has_ready(now):
             return True, None
-        for session in hub.sessions.values():
-            if session.lockable(now) and session.visible(now):
-                return True, None
+        if self._sessions.has_ready(now):
+            return True, None
         dues = [hub.control_polls.next_expected(), hub.work_poll.next_expected()]
         return False, min((d for d in dues if d is not None), default=None)
 
@@ -319,7 +329,7 @@ class AzureStore:
 
         async def shut() -> None:
             await self._settle_in_flight()
-            await self._orchestrations.close()
+            await self._sessions.close()
             await self._hub.resources.close()
 
         try:

@@ -19,17 +19,25 @@ import asyncio
 import json
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.data.tables import TableTransactionError
 
+from ._activities import Activities
 from ._codec import INSTANCE_ROW, json_list, parse_ts, ts, work_key
-from ._hub import MAX_MESSAGES_PER_EPISODE, Op, Partition, Pending, Session, instance_update
+from ._hub import (
+    MAX_MESSAGES_PER_EPISODE,
+    Hub,
+    Op,
+    Partition,
+    Pending,
+    Session,
+    instance_update,
+)
 from ._queues import Received
-from ._timers import UNDECODABLE_ALARM, alarm_partition
-
-if TYPE_CHECKING:
-    from ._orchestrations import Orchestrations
+from ._sessions import Sessions
+from ._starts import Starts
+from ._timers import UNDECODABLE_ALARM, Timers, alarm_partition
 
 __all__ = ["WakeUps"]
 
@@ -42,13 +50,28 @@ _ABORTED_KEPT = 8
 
 
 class WakeUps:
-    """The control-queue side of ``Orchestrations``: polls, wake-ups and takeovers."""
+    """The control queues: polls, wake-ups and takeovers."""
 
-    def __init__(self, orchestrations: Orchestrations) -> None:
-        self._orchestrations = orchestrations
-        self._hub = orchestrations.hub
-        self.remote_dues: list[datetime] = []
+    def __init__(
+        self,
+        hub: Hub,
+        sessions: Sessions,
+        activities: Activities,
+        timers: Timers,
+        starts: Starts,
+    ) -> None:
+        self._hub = hub
+        self._sessions = sessions
+        self._activities = activities
+        self._timers = timers
+        self._starts = starts
+        self._remote_dues: list[datetime] = []
         """When hidden wake-ups of instances owned by nobody fall due (for ``next_due``)."""
+
+    def take_remote_dues(self) -> list[datetime]:
+        """When the wake-ups hidden for instances owned by nobody fall due; emptied by the call."""
+        dues, self._remote_dues = self._remote_dues, []
+        return dues
 
     async def poll(self, limit: int, lease: timedelta) -> None:
         """Poll the control queues that are due (see ``ControlPolls``)."""
@@ -111,7 +134,7 @@ class WakeUps:
             )
             return 0
         try:
-            woken = await self._orchestrations.timers.ring(index, message.handle.id)
+            woken = await self._timers.ring(index, message.handle.id)
         except Exception:
             log.exception("ringing the timer alarm of partition %02d failed; it rings again", index)
             return 0
@@ -128,7 +151,7 @@ class WakeUps:
 
     async def _on_wake_up(self, iid: str, messages: list[Received], lease: timedelta) -> None:
         hub = self._hub
-        session = hub.sessions.get(iid)
+        session = self._sessions.get(iid)
         if session is not None:
             # New messages may have arrived for an instance we own: re-read before
             # handing it out, and keep one wake-up as the guard.
@@ -165,12 +188,12 @@ class WakeUps:
             due = min((p.visible_at for p in pendings), default=None)
             if due is None:
                 await self._discard(keep)
-            elif await self._orchestrations.timers.add_if_far(iid, due):
+            elif await self._timers.add_if_far(iid, due):
                 await hub.queues.delete(keep.handle)
             else:
-                self.remote_dues.append(due)
+                self._remote_dues.append(due)
                 await hub.queues.hide(keep.handle, due - now)
-                self._orchestrations.expect(iid, due - now)
+                self._sessions.expect(iid, due - now)
             return
         session = await self.take_over(partition, row, pendings, lease)
         if session is None:
@@ -244,7 +267,7 @@ class WakeUps:
             aborted=aborted,
             pending={p.row_key: p for p in pendings},
         )
-        hub.sessions[iid] = session
+        self._sessions.add(session)
         return session
 
     async def redispatch(
@@ -261,7 +284,7 @@ class WakeUps:
         ``resend=False``: the queued work items were sent (only those held without
         a message go); ``delay`` holds back the queued ones (default: two leases).
         """
-        activities = self._orchestrations.activities
+        activities = self._activities
         invocations = [await activities.invocation_from_row(r) for r in work]
         for invocation in invocations:
             session.outstanding[work_key(invocation.execution_id, invocation.task_id)] = invocation
@@ -275,7 +298,7 @@ class WakeUps:
         if resend:
             await activities.send(queued, redelivery=True, delay=delay)
         if outbox:
-            await self._orchestrations.deliver(session.instance_id, outbox)
+            await self._starts.send_outbox(session.instance_id, outbox)
 
 
 def _from_timer(message: Received) -> bool:
