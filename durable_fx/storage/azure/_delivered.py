@@ -91,7 +91,7 @@ class Delivered:
     async def accept_wake_up(self, message: DeliveredMessage, lease: timedelta) -> str | None:
         """Own the instance a wake-up names if it has work now; else leave a wake-up for later."""
         hub = self._hub
-        hub.lease = lease
+        hub.serve_host(lease)
         body = json_object(message.text)
         if body is not None and "p" in body:
             await self._ring(message, body)

@@ -301,13 +301,38 @@ class Hub:
         self.control_polls = ControlPolls(self.names.control_queues, idle_poll)
         # The work queue mostly waits for our own commits; poll it half as often when idle.
         self.work_poll = Poller((idle_poll[0], idle_poll[1] * 2))
-        self.lease = timedelta(seconds=60)
-        self.is_worker = False
+        self._lease = timedelta(seconds=60)
+        self._is_worker = False
         self._arrivals = itertools.count()
         self._tokens = itertools.count()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
         queues.on_lost = self._lost
+
+    # -- how the store is used ------------------------------------------------------
+    #
+    # One store object may serve a client, a worker and the Functions host's triggers
+    # at once, and the Store protocol hands the lease to each lock and accept call:
+    # the store learns its use from those calls, not from its constructor.
+
+    @property
+    def is_worker(self) -> bool:
+        """Whether a worker locks work here: then it polls, owns its starts, holds results."""
+        return self._is_worker
+
+    @property
+    def lease(self) -> timedelta:
+        """The lease of the last lock or accept call (60 s until there is one)."""
+        return self._lease
+
+    def serve_worker(self, lease: timedelta) -> None:
+        """A worker locks orchestrations with ``lease`` (``lock_orchestrations``)."""
+        self._is_worker = True
+        self._lease = lease
+
+    def serve_host(self, lease: timedelta) -> None:
+        """The Functions host delivers a wake-up; its invocations hold ``lease``."""
+        self._lease = lease
 
     def _lost(self, queue: str, delay: timedelta) -> None:
         """Messages may be hidden under a receipt we never saw: poll when they return."""

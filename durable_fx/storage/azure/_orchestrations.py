@@ -107,8 +107,7 @@ class Orchestrations:
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` instances with visible messages (owned ones first)."""
         hub = self._hub
-        hub.is_worker = True
-        hub.lease = lease
+        hub.serve_worker(lease)
         await self._sessions.upkeep(lease)
         await self._wake_ups.poll(limit, lease)
         items = await self._hand_out(owner, limit, lease)
