@@ -28,7 +28,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from durable_fx import AsyncDurableClient, DurableApp, DurableClient, OrchestrationStatus, Worker
 from durable_fx.bindings import FunctionsSettings
 from durable_fx.storage.azure import AzureStore, PartitionCountError, open_azure_store
-from durable_fx.storage.azure._hub import ControlPolls
+from durable_fx.storage.azure._poller import ControlPolls
 from durable_fx.storage.azure._settings import HubNames, partition_of, settings_from_url
 from tests.azurite import Azurite, new_hub
 from tests.test_azure_store import registry, three_steps

@@ -4,8 +4,9 @@
 ``UseDevelopmentStorage=true``) and ``azure://<account>`` URLs here; this
 package is imported only then, so a SQLite-only process never loads the Azure
 SDK. Modules: ``_settings`` (connection strings, identity, hub names),
-``_codec`` (row layout, payload blobs), ``_queues``, ``_hub`` (table and queue
-I/O, the session data model, polling), ``_timers`` (the timer index),
+``_codec`` (row layout, payload blobs), ``_queues``, ``_ops`` (transaction
+operations), ``_session`` (the session data model), ``_poller`` (when to poll),
+``_hub`` (the table and queue gateway), ``_timers`` (the timer index),
 ``_sessions`` (the instances this store owns), ``_activities``, ``_starts``,
 ``_wakeups`` and ``_commit`` (episodes), ``_orchestrations`` (their facade),
 ``_reads``, ``_poison`` (the poison list), ``_adoption`` (the Functions host's
@@ -15,9 +16,9 @@ transactions), ``_resources`` (clients), ``_policies`` (request counting, fault
 injection) and ``_transient`` (retries).
 
 The modules form layers, each importing only the ones below it: ``_hub``
-(over ``_codec``, ``_queues``, ``_resources``...), then ``_timers``,
-``_sessions``, ``_activities`` and ``_starts``; above them ``_wakeups``,
-``_commit``, ``_reads`` and ``_poison``; then ``_delivered`` and
+(over ``_ops``, ``_session``, ``_poller``, ``_codec``, ``_queues``...), then
+``_timers``, ``_sessions``, ``_activities`` and ``_starts``; above them
+``_wakeups``, ``_commit``, ``_reads`` and ``_poison``; then ``_delivered`` and
 ``_orchestrations``; ``_store`` on top. Each part is handed the parts below it
 that it uses, never its caller.
 """

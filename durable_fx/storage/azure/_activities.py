@@ -33,8 +33,10 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
-from ._hub import GUARD_SLACK, Hub, Lease, Op, Session, bump
+from ._hub import Hub
+from ._ops import Op, bump
 from ._queues import MAX_MESSAGE_BYTES, Handle, Received
+from ._session import GUARD_SLACK, Lease, Session
 from ._sessions import PAIRS_PER_BATCH, Sessions, submit_results
 from ._transient import retrying
 

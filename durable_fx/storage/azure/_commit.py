@@ -19,17 +19,9 @@ from ..._ids import validate_instance_id
 from .._records import ActivityInvocation, EpisodeCommit, OrchestrationWorkItem, started_event
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, outbox_key, ts, work_key
-from ._hub import (
-    MAX_BATCH,
-    MAX_BATCH_BYTES,
-    Hub,
-    Op,
-    Pending,
-    Session,
-    consumed_rows,
-    entity_size,
-    instance_update,
-)
+from ._hub import Hub
+from ._ops import MAX_BATCH, MAX_BATCH_BYTES, Op, entity_size, instance_update
+from ._session import Pending, Session, consumed_rows
 from ._sessions import Sessions
 from ._starts import Starts
 from ._transient import status_of

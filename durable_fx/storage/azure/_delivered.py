@@ -44,8 +44,9 @@ from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
 from ._codec import json_object, parse_ts, ts
-from ._hub import GUARD_SLACK, MAX_MESSAGES_PER_EPISODE, Hub, Lease, Pending
+from ._hub import Hub
 from ._queues import Handle, Received
+from ._session import GUARD_SLACK, MAX_MESSAGES_PER_EPISODE, Lease, Pending, live
 from ._sessions import Sessions
 from ._timers import UNDECODABLE_ALARM, Timers, alarm_partition
 from ._transient import is_transient
@@ -149,9 +150,9 @@ class Delivered:
         # copy, a redelivery): send that work again. Otherwise it was all sent.
         unfinished = bool(owner) or _retried(body, message)
         hidden = partition.hidden_tags()
-        pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
-        work = [r for r in partition.work if _live(r, hidden)]
-        outbox = [r for r in partition.outbox if _live(r, hidden)]
+        pendings = [await hub.pending_from_row(r) for r in partition.inbox if live(r, hidden)]
+        work = [r for r in partition.work if live(r, hidden)]
+        outbox = [r for r in partition.outbox if live(r, hidden)]
         ready = any(p.visible_at <= now for p in pendings)
         lost = body.get("a")
         if isinstance(lost, str) and not ready and not unfinished:
@@ -423,9 +424,3 @@ def _retried(body: dict[str, Any], message: DeliveredMessage) -> bool:
 def _int(value: Any) -> int:
     """A small count from a message body (anything else counts as 0)."""
     return value if isinstance(value, int) and 0 <= value < 64 else 0
-
-
-def _live(row: dict[str, Any], hidden: set[str]) -> bool:
-    """Whether a row is committed (not staged by an unfinished or aborted episode)."""
-    tag = row.get("Tag")
-    return not tag or tag not in hidden

@@ -1,12 +1,9 @@
-"""Shared state of one Azure store: clients, the local sessions, polling, waking.
+"""The gateway of one Azure store to its tables and queues: I/O, tokens, polls, waking.
 
-A *session* is an instance this store object owns: the instance row names it
-(``Owner``, ``OwnedUntil``) and a hidden control message (the *guard*) will
-wake another worker if this process dies. While it owns an instance the store
-keeps the row, its ETag and the pending inbox messages in memory, so episodes
-and activity results need no reads and no queue round trips; everything is
-still written to the table before it counts. See ``_orchestrations`` for how
-sessions start and end.
+``Hub`` submits transactions (built by ``_ops``), reads rows and partitions,
+turns inbox rows into pending messages (``_session``) and back, records
+poisoned messages, hands out tokens and arrival stamps, and wakes the
+``wait_for_work`` callers. It knows nothing of sessions (``_sessions``).
 
 All of it lives on the store's private event loop (one thread), so none of it
 needs locks; only the waiters of ``wait_for_work`` are touched from other
@@ -17,270 +14,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
 from ..._clock import Clock
-from ..._history import HISTORY_EVENT, HistoryEvent
-from .._records import ActivityInvocation, InboxMessage, InstanceRecord, OrchestrationMessage
+from ..._history import HISTORY_EVENT
+from .._records import OrchestrationMessage
 from ._batch import submit_transaction
-from ._codec import INSTANCE_ROW, Codec, inbox_key, json_list, odata, parse_ts, ts
-from ._queues import Handle, Queues, Received
+from ._codec import INSTANCE_ROW, Codec, inbox_key, odata, parse_ts, ts
+from ._ops import Op, batches
+from ._poller import ControlPolls, Poller
+from ._queues import Queues, Received
 from ._resources import Resources
+from ._session import Partition, Pending
 from ._transient import retrying, status_of
 
-__all__ = [
-    "ControlPolls",
-    "Hub",
-    "Lease",
-    "Partition",
-    "Pending",
-    "PollRound",
-    "Poller",
-    "Session",
-    "consumed_rows",
-    "delay_of",
-    "exists_ok",
-    "gone_ok",
-    "key_of_row",
-]
-
-Op = tuple[Any, ...]
-"""One operation of an entity-group transaction, as ``TableClient.submit_transaction`` takes it."""
-
-MAX_BATCH = 100
-MAX_MESSAGES_PER_EPISODE = 90
-"""Inbox messages handed out per episode: their deletions always fit its final transaction."""
-MAX_BATCH_BYTES = 3_500_000
-GUARD_SLACK = timedelta(seconds=2)
-"""A host invocation's guard comes this long after its lease: a dead owner's has run out."""
-
-
-@dataclass(slots=True)
-class Lease:
-    """A lock this store object handed out: whose, and until when (by the store's clock)."""
-
-    token: str
-    owner: str
-    expires_at: datetime
-
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at <= now
-
-
-@dataclass(slots=True)
-class Pending:
-    """An inbox row of an owned instance."""
-
-    row_key: str
-    event: HistoryEvent
-    event_json: str
-    execution_id: str | None
-    key: str
-    visible_at: datetime
-    arrival: str
-    dequeue_count: int = 0
-    stored: bool = True
-    """Whether it has an inbox row; an activity result held in memory has none yet."""
-    work_row: str | None = None
-    """The work row a result held in memory replaces: consuming it deletes that row."""
-
-    def order(self) -> tuple[datetime, str, str]:
-        return (self.visible_at, self.arrival, self.row_key)
-
-    def message(self) -> InboxMessage:
-        return InboxMessage(self.row_key, self.event, self.execution_id, self.dequeue_count)
-
-
-@dataclass(slots=True)
-class Session:
-    """An instance this store object owns, as last written."""
-
-    record: InstanceRecord
-    etag: str
-    version: int
-    generation: int
-    count: int
-    owned_until: datetime
-    aborted: list[str] = field(default_factory=list)
-    pending: dict[str, Pending] = field(default_factory=dict)
-    outstanding: dict[str, ActivityInvocation] = field(default_factory=dict)
-    lock: Lease | None = None
-    guard: Handle | None = None
-    stale: bool = False
-    """Other processes may have added messages: re-read the inbox before the next lock."""
-    hosted: bool = False
-    """Taken for one host invocation: no guard, the host's message is the only wake-up."""
-
-    @property
-    def instance_id(self) -> str:
-        return self.record.instance_id
-
-    def visible(self, now: datetime) -> list[Pending]:
-        return sorted((p for p in self.pending.values() if p.visible_at <= now), key=Pending.order)
-
-    def next_due(self, now: datetime) -> datetime | None:
-        return min(
-            (p.visible_at for p in self.pending.values() if p.visible_at > now), default=None
-        )
-
-    def lockable(self, now: datetime) -> bool:
-        return self.lock is None or self.lock.expired(now)
-
-
-@dataclass(slots=True)
-class Partition:
-    """The non-history rows of one instance partition, as read."""
-
-    instance: dict[str, Any] | None
-    inbox: list[dict[str, Any]]
-    work: list[dict[str, Any]]
-    outbox: list[dict[str, Any]]
-
-    def hidden_tags(self) -> set[str]:
-        """Tags of rows not (or never to be) committed: the staging and aborted ones."""
-        if self.instance is None:
-            return set()
-        tags = set(json_list(self.instance.get("Aborted")))
-        staging = self.instance.get("Staging")
-        if staging:
-            tags.add(str(staging))
-        return tags
-
-
-class Poller:
-    """When to poll a queue: back off while empty, poll at once when kicked or when due."""
-
-    def __init__(self, interval: tuple[float, float]) -> None:
-        self._min, self._max = interval
-        self._interval = self._min
-        self._next = 0.0
-        self._kicked = False
-        self._expected: list[float] = []
-
-    def due(self) -> bool:
-        """Whether a remote poll should happen now."""
-        now = time.monotonic()
-        while self._expected and self._expected[0] <= now:
-            heapq.heappop(self._expected)
-            self._kicked = True
-        return self._kicked or now >= self._next
-
-    @property
-    def kicked(self) -> bool:
-        return self._kicked
-
-    def polled(self, found: bool) -> None:
-        """Record a poll: reset the back-off if it found something, else double it."""
-        self._kicked = False
-        self._interval = self._min if found else min(max(self._interval * 2, 0.05), self._max)
-        if self._max <= 0:
-            self._interval = 0.0
-        self._next = time.monotonic() + self._interval
-
-    def kick(self) -> None:
-        """Poll at the next chance (this process just sent something to the queue)."""
-        self._kicked = True
-
-    def expect(self, delay: timedelta) -> None:
-        """Poll when a message hidden for ``delay`` becomes visible."""
-        heapq.heappush(self._expected, time.monotonic() + max(0.0, delay.total_seconds()))
-
-    def next_expected(self) -> float | None:
-        """Seconds until the next expected message, if any."""
-        if not self._expected:
-            return None
-        return max(0.0, self._expected[0] - time.monotonic())
-
-
-@dataclass(frozen=True, slots=True)
-class PollRound:
-    """The control queues to poll now, and whether the back-off chose them."""
-
-    queues: tuple[str, ...]
-    timed: bool
-    """True if the shared back-off fell due (else only kicked or expected queues)."""
-
-
-class ControlPolls:
-    """When to poll which control queue: one back-off for all of them.
-
-    While polls find messages (work flows) a timed poll takes every queue; after
-    one that found nothing, a timed poll takes the next queue in turn, so a
-    worker with nothing to do costs what one queue costs, and a message another
-    process sends waits at most ``len(queues)`` times the longest interval (5 x
-    80 s with 4 partitions). A queue this process sent to is polled alone, at
-    once (``kick``) or when its message falls due (``expect``).
-    """
-
-    def __init__(self, queues: Sequence[str], interval: tuple[float, float]) -> None:
-        self.queues = tuple(queues)
-        self._backoff = Poller(interval)
-        self._always_sweep = interval[1] <= 0
-        """No back-off (tests): idle costs are not the point, every poll takes every queue."""
-        self._sweep = True
-        """Poll every queue at the next timed round (at first, and after one found work)."""
-        self._turn = 0
-        self._kicked: set[str] = set()
-        self._expected: list[tuple[float, str]] = []
-
-    def due(self) -> PollRound:
-        """The queues to poll now (none: no poll)."""
-        now = time.monotonic()
-        while self._expected and self._expected[0][0] <= now:
-            self._kicked.add(heapq.heappop(self._expected)[1])
-        timed = self._backoff.due()
-        chosen = set(self._kicked)
-        if timed:
-            chosen.update(self.queues if self._sweep else [self.queues[self._turn]])
-        return PollRound(tuple(q for q in self.queues if q in chosen), timed)
-
-    def polled(self, round_: PollRound, found: bool) -> None:
-        """Record a round: a timed one that found messages has the next one poll everything."""
-        self._kicked.difference_update(round_.queues)
-        if not round_.timed:
-            return
-        if not self._sweep:
-            self._turn = (self._turn + 1) % len(self.queues)
-        self._sweep = found or self._always_sweep
-        self._backoff.polled(found)
-
-    @property
-    def kicked(self) -> bool:
-        """Whether some queue is to be polled at once."""
-        return bool(self._kicked)
-
-    def kick(self, queue: str) -> None:
-        """Poll ``queue`` at the next chance (this process just sent something to it)."""
-        self._kicked.add(queue)
-
-    def expect(self, queue: str, delay: timedelta) -> None:
-        """Poll ``queue`` when a message hidden for ``delay`` becomes visible."""
-        due = time.monotonic() + max(0.0, delay.total_seconds())
-        heapq.heappush(self._expected, (due, queue))
-
-    def next_expected(self) -> float | None:
-        """Seconds until the next expected message, if any."""
-        if not self._expected:
-            return None
-        return max(0.0, self._expected[0][0] - time.monotonic())
+__all__ = ["Hub"]
 
 
 class Hub:
-    """Everything the store's parts share; lives on the store loop."""
+    """The table and queue I/O every part of the store goes through; lives on the store loop."""
 
     def __init__(
         self,
@@ -601,73 +363,3 @@ class Hub:
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(event.set)
-
-
-def instance_update(entity: dict[str, Any], etag: str, *, merge: bool = False) -> Op:
-    """A conditional write of an instance row (If-Match ``etag``)."""
-    mode = UpdateMode.MERGE if merge else UpdateMode.REPLACE
-    options = {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified}
-    return ("update", entity, options)
-
-
-def key_of_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a row read from the table (for a delete)."""
-    return {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}
-
-
-def gone_ok(op: Op, status: int) -> bool:
-    """``submit_tolerant``: a delete or update of a row (not the instance row) already gone."""
-    return op[0] in ("delete", "update") and status == 404 and op[1].get("RowKey") != "i"
-
-
-def exists_ok(op: Op, status: int) -> bool:
-    """``submit_tolerant``: an insert whose row is there already (a duplicate, or our retry)."""
-    return op[0] == "create" and status == 409
-
-
-def delay_of(message: OrchestrationMessage, now: datetime) -> timedelta:
-    """How long until ``message`` is due (zero if it is)."""
-    if message.visible_at is None:
-        return timedelta(0)
-    return max(timedelta(0), message.visible_at - now)
-
-
-def consumed_rows(instance_id: str, pending: Pending) -> list[Op]:
-    """The deletions that consume a pending message: its inbox row, the work row it ends."""
-    rows = [pending.row_key] if pending.stored else []
-    if pending.work_row is not None:
-        rows.append(pending.work_row)
-    return [("delete", {"PartitionKey": instance_id, "RowKey": row}) for row in rows]
-
-
-def bump(instance_id: str) -> Op:
-    """An unconditional touch of an instance row: fails (404) if it does not exist.
-
-    It changes the row's ETag, which is how an owner in another process learns
-    that new messages arrived (its next conditional write fails and it re-reads).
-    """
-    entity = {"PartitionKey": instance_id, "RowKey": INSTANCE_ROW, "Mail": uuid.uuid4().hex}
-    return ("update", entity, {"mode": UpdateMode.MERGE})
-
-
-def entity_size(op: Op) -> int:
-    """Rough wire size of an operation's entity."""
-    entity = op[1]
-    return 200 + sum(len(k) + len(str(v)) for k, v in entity.items())
-
-
-def batches(ops: Sequence[Op]) -> list[list[Op]]:
-    """Split operations into transactions of at most 100 operations and ~3.5 MB."""
-    out: list[list[Op]] = []
-    current: list[Op] = []
-    size = 0
-    for op in ops:
-        op_size = entity_size(op)
-        if current and (len(current) >= MAX_BATCH or size + op_size > MAX_BATCH_BYTES):
-            out.append(current)
-            current, size = [], 0
-        current.append(op)
-        size += op_size
-    if current:
-        out.append(current)
-    return out

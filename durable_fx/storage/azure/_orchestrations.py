@@ -60,7 +60,9 @@ from .._records import (
 )
 from ._codec import ts
 from ._commit import Commits
-from ._hub import MAX_MESSAGES_PER_EPISODE, Hub, Lease, Op, Session, gone_ok
+from ._hub import Hub
+from ._ops import Op, gone_ok
+from ._session import MAX_MESSAGES_PER_EPISODE, Lease, Session
 from ._sessions import Sessions
 from ._starts import Starts
 from ._timers import Timers

@@ -46,7 +46,8 @@ from .._records import ActivityInvocation, OrchestrationMessage, PoisonedMessage
 from ._activities import Activities
 from ._adoption import WAKE_UP, Adoption
 from ._codec import odata, parse_ts
-from ._hub import Hub, Op, bump, gone_ok, key_of_row
+from ._hub import Hub
+from ._ops import Op, bump, gone_ok, key_of_row
 from ._queues import Handle
 from ._sessions import Sessions
 from ._starts import Starts

@@ -9,7 +9,8 @@ from .._records import InstanceQuery, InstanceRecord, Page
 from ..memory import _decode_continuation, _encode_continuation, _matches, _newest_first
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, odata
-from ._hub import Hub, Op
+from ._hub import Hub
+from ._ops import Op
 from ._sessions import Sessions
 
 __all__ = ["Reads"]

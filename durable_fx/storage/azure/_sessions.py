@@ -14,7 +14,7 @@ It also sends the wake-ups that do not belong to a session (``wake_up_at``:
 a delayed control message, or a row of the timer index if the time is far)
 and tells the hub's polls when to look for them (``expect``).
 
-Everything here runs on the store loop; only ``_hub`` and ``_timers`` lie below.
+Everything here runs on the store loop; ``_hub`` and ``_timers`` lie below, nothing above.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any, Literal
 from azure.data.tables import TableTransactionError
 
 from ._codec import INSTANCE_ROW, history_key, ts
-from ._hub import Hub, Op, Pending, Session, bump, consumed_rows, gone_ok, instance_update
+from ._hub import Hub
+from ._ops import Op, bump, gone_ok, instance_update
 from ._queues import Handle
+from ._session import Pending, Session, consumed_rows, live
 from ._timers import Timers
 from ._transient import status_of
 
@@ -103,7 +105,7 @@ class Sessions:
         session.etag = str(row["etag"])
         hidden = partition.hidden_tags()
         for r in partition.inbox:
-            if _live(r, hidden) and r["RowKey"] not in session.pending:
+            if live(r, hidden) and r["RowKey"] not in session.pending:
                 pending = await hub.pending_from_row(r)
                 session.pending[pending.row_key] = pending
 
@@ -375,12 +377,6 @@ async def submit_results(hub: Hub, instance_id: str, ops: list[Op]) -> list[str]
             else:
                 raise
     return [str(op[1]["RowKey"]) for op in remaining if op[0] == "delete"]
-
-
-def _live(row: dict[str, Any], hidden: set[str]) -> bool:
-    """Whether a row is committed (not staged by an unfinished or aborted episode)."""
-    tag = row.get("Tag")
-    return not tag or tag not in hidden
 
 
 def _held_results(session: Session) -> list[Pending]:

@@ -34,19 +34,10 @@ from .._records import (
 )
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, USED_KEYS, odata, parse_ts, ts, used_key
-from ._hub import (
-    MAX_BATCH,
-    Hub,
-    Op,
-    Pending,
-    Session,
-    bump,
-    exists_ok,
-    gone_ok,
-    instance_update,
-    key_of_row,
-)
+from ._hub import Hub
+from ._ops import MAX_BATCH, Op, bump, exists_ok, gone_ok, instance_update, key_of_row
 from ._queues import Handle
+from ._session import Pending, Session
 from ._sessions import Sessions
 from ._transient import status_of
 

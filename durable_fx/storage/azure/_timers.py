@@ -40,7 +40,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from ._codec import odata, parse_ts, ts
-from ._hub import Hub, Op, key_of_row
+from ._hub import Hub
+from ._ops import Op, key_of_row
 from ._queues import Handle
 from ._transient import retrying
 

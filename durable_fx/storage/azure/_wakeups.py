@@ -25,16 +25,10 @@ from azure.data.tables import TableTransactionError
 
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, json_list, parse_ts, ts, work_key
-from ._hub import (
-    MAX_MESSAGES_PER_EPISODE,
-    Hub,
-    Op,
-    Partition,
-    Pending,
-    Session,
-    instance_update,
-)
+from ._hub import Hub
+from ._ops import Op, instance_update
 from ._queues import Received
+from ._session import MAX_MESSAGES_PER_EPISODE, Partition, Pending, Session, live
 from ._sessions import Sessions
 from ._starts import Starts
 from ._timers import UNDECODABLE_ALARM, Timers, alarm_partition
@@ -177,9 +171,9 @@ class WakeUps:
                 await hub.queues.hide(message.handle, max(owned_until - now, timedelta(seconds=1)))
             return
         hidden = partition.hidden_tags()
-        pendings = [await hub.pending_from_row(r) for r in partition.inbox if _live(r, hidden)]
-        work = [r for r in partition.work if _live(r, hidden)]
-        outbox = [r for r in partition.outbox if _live(r, hidden)]
+        pendings = [await hub.pending_from_row(r) for r in partition.inbox if live(r, hidden)]
+        work = [r for r in partition.work if live(r, hidden)]
+        outbox = [r for r in partition.outbox if live(r, hidden)]
         visible = [p for p in pendings if p.visible_at <= now]
         if not visible and not work and not outbox:
             keep, extra = messages[0], messages[1:]
@@ -304,12 +298,6 @@ class WakeUps:
 def _from_timer(message: Received) -> bool:
     """Whether a wake-up was sent for a due timer (its instance row must exist already)."""
     return bool(message.body and message.body.get("d"))
-
-
-def _live(row: dict[str, Any], hidden: set[str]) -> bool:
-    """Whether a row is committed (not staged by an unfinished or aborted episode)."""
-    tag = row.get("Tag")
-    return not tag or tag not in hidden
 
 
 def _key_of(iid: str, row_key: str) -> dict[str, Any]:
