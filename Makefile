@@ -22,6 +22,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check durable_fx email_pipeline function_app.py tests bench examples
 	$(VENV)/bin/ruff format --check durable_fx email_pipeline function_app.py tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(INSTALLED)
 	$(PY) bench/run.py
@@ -42,4 +43,4 @@ $(AZURITE): package.json package-lock.json
 	@touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .durable_fx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .durable_fx .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
