@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.storage.queue import QueueClient
 
 import durable_fx
@@ -267,3 +270,97 @@ def test_a_worker_keeps_parked_timers_out_of_the_queues(
 def _kinds(client: durable_fx.DurableClient, iid: str) -> list[str]:
     state = client.get(iid, history=True)
     return [] if state is None else [type(event).__name__ for event in state.history or []]
+
+
+class PauseAfterWakeUp(AsyncHTTPPolicy[Any, Any]):
+    """Holds a sender between the wake-up it sends and the row it then writes.
+
+    Senders put the wake-up first, so a receiver may look before the message
+    it wakes for is there. Once armed with a queue, the first message sent to
+    it pauses its sender until ``go`` is set: by the test, or when a receiver
+    of this store deletes or hides a message of that queue (it looked and
+    decided). The store runs this on its own loop thread, hence threading events.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = ""
+        self.sent = threading.Event()
+        self.go = threading.Event()
+        self.settled = ""
+        """How a receiver settled a message of the queue during the pause (DELETE or PUT)."""
+
+    def arm(self, queue: str) -> None:
+        self.queue = queue
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        response = await self.next.send(request)
+        http, messages = request.http_request, f"/{self.queue}/messages"
+        if not self.queue:
+            return response
+        settles = http.method in ("DELETE", "PUT") and f"{messages}/" in http.url
+        if self.sent.is_set() and not self.settled and settles:
+            self.settled = http.method
+            self.go.set()
+        if not self.sent.is_set() and http.method == "POST" and messages in http.url:
+            self.sent.set()
+            await asyncio.to_thread(self.go.wait, 30)
+        return response
+
+
+def test_a_receipt_overtaken_by_its_wake_up_still_resumes_a_parked_instance(
+    azurite: Azurite, store: AzureStore
+) -> None:
+    """The host invokes the wake-up before the receipt is written, a day's timer pending."""
+    app = build(store)
+    hook = PauseAfterWakeUp()
+    sender = open_azure_store(azurite.connection_string(store.settings.hub), policies=[hook])
+
+    async def scenario() -> None:
+        host = FakeHost(app, open_queues(store))
+        await host.start("await_receipt", "parked", b"1440")
+        await quiet(host)
+        hook.arm(store.settings.names.control_queue_of("parked"))
+        client = durable_fx.AsyncDurableClient(sender)
+        raised = asyncio.create_task(client.raise_event("parked", "receipt", "delivered"))
+        assert await asyncio.to_thread(hook.sent.wait, 30)
+        assert await host.pump() == 1  # the wake-up alone: its receipt is not written yet
+        hook.go.set()
+        await raised
+        state = await host.run_until_finished("parked")
+        assert state.output == "receipt delivered"
+        await host.queues.close()
+        await sender.close()
+
+    asyncio.run(scenario())
+    asyncio.run(app.runtime.aclose())
+
+
+def test_a_worker_resumes_a_parked_instance_whose_wake_up_overtook_its_receipt(
+    azurite: Azurite,
+) -> None:
+    hook = PauseAfterWakeUp()
+    store = open_azure_store(
+        azurite.connection_string(new_hub()), idle_poll=(0.05, 0.2), policies=[hook]
+    )
+    registry = durable_fx.Registry()
+
+    @registry.orchestrator()
+    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Generator[Any, Any, str]:
+        receipt = yield ctx.wait_for_event("receipt", timeout=timedelta(minutes=minutes))
+        return f"receipt {receipt}"
+
+    client = durable_fx.DurableClient(store)
+    with durable_fx.Worker(registry, store, max_poll_interval=0.05):
+        iid = client.start(await_receipt, 1440, instance_id="parked")
+        deadline = time.monotonic() + 30
+        while "TimerCreated" not in _kinds(client, iid):
+            assert time.monotonic() < deadline, "the instance never parked"
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the worker end its session
+        hook.arm(store.settings.names.control_queue_of(iid))
+        client.raise_event(iid, "receipt", "delivered")
+        assert hook.settled  # the worker looked at the wake-up before the receipt was written
+        state = client.wait(iid, timeout=20)
+    assert state is not None and state.output == "receipt delivered", state
+    asyncio.run(store.close())

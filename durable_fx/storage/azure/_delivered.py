@@ -196,19 +196,21 @@ class Delivered:
         """A wake-up that found no work: keep one for a pending timer, or look once more."""
         hub = self._hub
         now = hub.now()
-        due = min((p.visible_at for p in pendings), default=None)
-        if await self._timers.add_if_far(iid, due):
-            return
-        if due is not None:
-            await self._wake_later(iid, due - now)
-            return
         # Senders write the wake-up before the row, so a fresh wake-up may have
-        # overtaken its message: one more look shortly, then it is dropped. A
+        # overtaken its message: one more look shortly. That holds when a timer is
+        # pending too (an email waiting a day for its receipt gets the receipt), so
+        # the look comes first; the pending timers are seen to on the second look. A
         # timer's wake-up and an activity's (its guard) come after the rows: they have
         # nothing to wait for.
         fresh = message.dequeue_count <= 1 and now - first_seen < _SECOND_LOOK
         if fresh and not body.get("s") and not body.get("d") and not body.get("a"):
             await self._wake_later(iid, timedelta(seconds=2), first_seen=first_seen, second=True)
+            return
+        due = min((p.visible_at for p in pendings), default=None)
+        if await self._timers.add_if_far(iid, due):
+            return
+        if due is not None:
+            await self._wake_later(iid, due - now)
 
     async def _ring(self, message: DeliveredMessage, body: dict[str, Any]) -> None:
         """A partition's timer alarm: wake its due timers (``_timers``); the host deletes it."""

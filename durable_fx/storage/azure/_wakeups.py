@@ -40,6 +40,8 @@ log = logging.getLogger("durable_fx.storage.azure")
 _NOT_CREATED_YET = timedelta(seconds=30)
 """How long a wake-up may precede its instance row (a starter writes the message first)."""
 _SECOND_LOOK = timedelta(seconds=10)
+_LOOK_AGAIN = timedelta(seconds=2)
+"""When a fresh wake-up that found nothing looks again."""
 _ABORTED_KEPT = 8
 
 
@@ -179,6 +181,11 @@ class WakeUps:
             keep, extra = messages[0], messages[1:]
             for message in extra:
                 await self._discard(message)
+            if self._may_precede_its_row(keep):
+                # Its message may land in a moment, whatever timers are pending too
+                # (an email waiting a day for its receipt gets the receipt).
+                await self._look_again(iid, keep)
+                return
             due = min((p.visible_at for p in pendings), default=None)
             if due is None:
                 await self._discard(keep)
@@ -209,12 +216,20 @@ class WakeUps:
         two cannot strand a message); a fresh wake-up therefore gets one more
         look a moment later before it is deleted.
         """
-        hub = self._hub
-        fresh = message.dequeue_count <= 1 and hub.now() - message.inserted_on < _SECOND_LOOK
-        if fresh and not _from_timer(message):
-            await hub.queues.hide(message.handle, timedelta(seconds=2))
+        if self._may_precede_its_row(message):
+            await self._hub.queues.hide(message.handle, _LOOK_AGAIN)
         else:
-            await hub.queues.delete(message.handle)
+            await self._hub.queues.delete(message.handle)
+
+    def _may_precede_its_row(self, message: Received) -> bool:
+        """Whether a wake-up that found nothing may have overtaken its row (sent first)."""
+        fresh = message.dequeue_count <= 1 and self._hub.now() - message.inserted_on < _SECOND_LOOK
+        return fresh and not _from_timer(message)
+
+    async def _look_again(self, iid: str, message: Received) -> None:
+        """Hide ``message`` for the second look, and poll for it then."""
+        await self._hub.queues.hide(message.handle, _LOOK_AGAIN)
+        self._sessions.expect(iid, _LOOK_AGAIN)
 
     async def take_over(
         self, partition: Partition, row: dict[str, Any], pendings: list[Pending], lease: timedelta
