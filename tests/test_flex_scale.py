@@ -22,6 +22,7 @@ from tests.parked_emails import (
     AzureObserver,
     app_settings,
     post_emails,
+    post_receipts,
     start_directly,
     wait_for,
 )
@@ -58,11 +59,21 @@ def test_parked_emails_leave_the_app_at_zero_and_a_new_one_wakes_one_instance_pe
                 timeout=300,
             )  # fmt: skip
             assert sum(i.awaiting_receipt for i in settled) >= PARKED * 0.9
-            observer.close()
             assert app.stop() == 0
-    idle = _targets(azurite, hub)
-    start_directly(app.store_url, "email-new-00000", DAY)
-    one_new = _targets(azurite, hub)
+
+            idle = _targets(azurite, hub)
+            start_directly(app.store_url, "email-new-00000", DAY)
+            one_new = _targets(azurite, hub)
+
+            # Parked is not lost: every receipt resumes its email at once.
+            app.start()
+            wait_for(observer, "email-new-", lambda i: i.awaiting_receipt, 1, timeout=120)
+            waiting = [i for i in observer.instances("email-") if i.awaiting_receipt]
+            post_receipts(
+                f"http://127.0.0.1:{app.port}/api/", app.key, [i.message_id for i in waiting]
+            )
+            wait_for(observer, "email-", lambda i: i.completed, len(settled) + 1, timeout=300)
+            observer.close()
 
     assert {q: t["host_target"] for q, t in idle.items()} == dict.fromkeys(idle, 0)
     assert {q: t["keda_target"] for q, t in idle.items()} == dict.fromkeys(idle, 0)
