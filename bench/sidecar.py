@@ -192,7 +192,7 @@ def backend_process(backend: str, directory: Path) -> Any:
     port = _free_port()
     if backend == "durable_fx":
         store = f"sqlite:///{directory / 'sidecar.db'}"
-        command = [sys.executable, "-m", "durable_fx._cli", "--store", store, "sidecar"]
+        command = [sys.executable, "-m", "durable_fx.cli", "--store", store, "sidecar"]
         command += ["--port", str(port), "--log-level", "WARNING"]
     else:
         code = (

@@ -9,7 +9,6 @@ from contextlib import suppress as _suppress
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from ._client import AsyncDurableClient, QueryResult
 from ._clock import Clock, SystemClock
 from ._errors import (
     ConflictError,
@@ -35,9 +34,9 @@ from ._replayer import Replayer, ReplayResult, history_from_json, history_to_jso
 from ._retry import RetryPolicy
 from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
-from ._sync_client import DurableClient
-from ._worker import Worker
+from .client import AsyncDurableClient, DurableClient, QueryResult
 from .storage import PoisonedMessage, Store, open_store
+from .worker import Worker
 
 __all__ = [
     "ActivityContext",

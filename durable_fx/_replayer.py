@@ -19,7 +19,7 @@ from ._registry import Registry
 from ._replay.executor import OrchestrationExecutor
 from ._serialization import decode
 from ._state import OrchestrationStatus
-from ._worker import HasRegistry, registry_of
+from .worker._worker import HasRegistry, registry_of
 
 __all__ = ["ReplayResult", "Replayer", "history_from_json", "history_to_json"]
 

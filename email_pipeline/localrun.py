@@ -50,7 +50,7 @@ class AppProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DURABLE_FX_", "AzureWeb"))}
         path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         env.update(PYTHONPATH=path, DURABLE_FX_FUNCTION_KEYS=self.key, **self.settings)
-        command = [sys.executable, "-m", "durable_fx._cli", "serve", "function_app:app"]
+        command = [sys.executable, "-m", "durable_fx.cli", "serve", "function_app:app"]
         command += ["--store", self.store_url, "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

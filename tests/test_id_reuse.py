@@ -28,7 +28,7 @@ from durable_fx import (
     Store,
     Worker,
 )
-from durable_fx._cli import app as cli_app
+from durable_fx.cli import app as cli_app
 from tests.sidecar_support import WAIT as SIDECAR_WAIT
 from tests.sidecar_support import running_sidecar, start_worker
 

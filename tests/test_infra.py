@@ -33,8 +33,8 @@ from pycep import BicepParser
 from typer.testing import CliRunner
 
 from durable_fx import storage as durable_storage
-from durable_fx._cli import app as cli_app
 from durable_fx.bindings._settings import DEFAULT_CONNECTION, DEFAULT_HUB, FunctionsSettings
+from durable_fx.cli import app as cli_app
 from durable_fx.storage.azure._settings import settings_from_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -578,7 +578,7 @@ def test_the_container_command_serves_the_app(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "durable_fx._cli", *cmd[1:]]
+    argv = [sys.executable, "-m", "durable_fx.cli", *cmd[1:]]
     argv[argv.index("--port") + 1] = str(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DURABLE_FX_", "AzureWeb"))}
     env.update(

@@ -168,7 +168,7 @@ def test_b22_serve_refuses_an_app_that_takes_the_instance_from_an_unsigned_param
 ) -> None:
     (tmp_path / "hook_app.py").write_text(_UNSIGNED_TARGET_APP)
     result = subprocess.run(
-        [sys.executable, "-m", "durable_fx._cli", "serve", "hook_app:app", "--port", "0"],
+        [sys.executable, "-m", "durable_fx.cli", "serve", "hook_app:app", "--port", "0"],
         cwd=tmp_path,
         env=server_env(),
         capture_output=True,

@@ -450,7 +450,7 @@ def test_a_malformed_public_url_stops_serve_naming_the_setting(tmp_path: Path) -
     """A URL without a scheme would make every generated link relative to nothing."""
     shutil.copy(REPO / "host.json", tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "durable_fx._cli", "serve", "function_app:app"],
+        [sys.executable, "-m", "durable_fx.cli", "serve", "function_app:app"],
         cwd=tmp_path,
         env=server_env(DURABLE_FX_PUBLIC_URL="mail.example.com"),
         capture_output=True,

@@ -200,7 +200,7 @@ def test_over_tls_the_sdk_runs_with_a_private_ca_and_plaintext_is_refused(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "durable_fx._cli", *args]
+    command = [sys.executable, "-m", "durable_fx.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=False)
 
 
@@ -234,7 +234,7 @@ def sidecar_command(
 
     The log is complete once the block has ended (the process is stopped then).
     """
-    command = [sys.executable, "-m", "durable_fx._cli", "--store", store_url, "sidecar"]
+    command = [sys.executable, "-m", "durable_fx.cli", "--store", store_url, "sidecar"]
     process = subprocess.Popen(
         [*command, "--port", "0", *flags],
         stderr=subprocess.PIPE,

@@ -98,7 +98,7 @@ def start_server(
     """Start ``durable-fx serve target`` in ``workdir``; returns once it answers HTTP."""
     port = free_port()
     log = workdir / f"serve-{port}.log"
-    command = [sys.executable, "-m", "durable_fx._cli", "serve", target, "--port", str(port)]
+    command = [sys.executable, "-m", "durable_fx.cli", "serve", target, "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command + (args or []), cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -459,7 +459,7 @@ def awaiting_receipt(client: httpx.Client, instance_id: str) -> str | None:
 
 def test_serve_refuses_a_bad_target(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "durable_fx._cli", "serve", "no_such_module:app"],
+        [sys.executable, "-m", "durable_fx.cli", "serve", "no_such_module:app"],
         cwd=tmp_path,
         env=server_env(),
         capture_output=True,

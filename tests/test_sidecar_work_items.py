@@ -336,7 +336,7 @@ def sidecar_process(store_url: str) -> Iterator[Callable[[int], subprocess.Popen
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(port: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "durable_fx._cli", "--store", store_url, "sidecar"]
+        command = [sys.executable, "-m", "durable_fx.cli", "--store", store_url, "sidecar"]
         command += ["--port", str(port), "--lease", "2", "--log-level", "WARNING"]
         process = subprocess.Popen(command)
         processes.append(process)
@@ -396,7 +396,7 @@ def test_a_worker_reconnects_after_the_sidecar_restarts(
 def test_the_sidecar_command_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from durable_fx._cli import app
+    from durable_fx.cli import app
 
     runner = CliRunner()
     bad_store = runner.invoke(app, ["--store", "bogus://nowhere", "sidecar", "--port", "0"])

@@ -276,7 +276,7 @@ def test_serve_on_a_file_that_is_not_a_store_fails_at_startup(tmp_path: Path) ->
     """``serve`` opens its store off the loop, so a bad file is still a startup error."""
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
-    command = [sys.executable, "-m", "durable_fx._cli", "serve", "serve_app:app"]
+    command = [sys.executable, "-m", "durable_fx.cli", "serve", "serve_app:app"]
     done = subprocess.run(
         [*command, "--store", url_of(junk), "--port", str(free_port())],
         cwd=tmp_path,

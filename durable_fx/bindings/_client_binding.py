@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .._client import AsyncDurableClient
-from .._sync_client import DurableClient
+from ..client._async import AsyncDurableClient
+from ..client._sync import DurableClient
 from ._runtime import AppRuntime
 
 __all__ = ["with_durable_client"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import StoreBusyError
-from ..storage._sqlite_schema import is_busy
+from ..storage.sqlite._schema import is_busy
 
 if TYPE_CHECKING:
     from ..storage import Store

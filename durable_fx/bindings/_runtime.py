@@ -20,16 +20,16 @@ from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from .._activity_runner import ActivityRunner
-from .._client import AsyncDurableClient
 from .._clock import Clock, SystemClock
-from .._orchestration_runner import ExecutorCache, OrchestrationRunner
 from .._registry import Registry
-from .._sync_client import DurableClient
+from ..client._async import AsyncDurableClient
+from ..client._sync import DurableClient
 from ..queues import QueueBackend, encode_body, open_queues, poison_queue_of
 from ..storage import Store, open_store
 from ..storage._delivered import DeliveredMessage, DeliveredWork
 from ..storage._records import ActivityResult, ActivityWorkItem
+from ..worker._activity_runner import ActivityRunner
+from ..worker._orchestration_runner import ExecutorCache, OrchestrationRunner
 from ._host_json import HostConfig
 from ._ledger import EventLedger, open_ledger
 from ._settings import FunctionsSettings

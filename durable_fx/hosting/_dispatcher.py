@@ -26,10 +26,10 @@ import random
 import uuid
 from datetime import timedelta
 
-from .._backoff import Backoff
 from .._clock import SystemClock
 from ..bindings import QueueOptions
 from ..queues import QueueBackend, QueuedMessage, decode_body, poison_queue_of
+from ..worker._backoff import Backoff
 from ._index import IndexedFunction
 from ._invoke import Invoker, queue_message
 from ._logging import invocation

@@ -36,12 +36,12 @@ from pathlib import Path
 import azure.functions as func
 import uvicorn
 
-from .._worker import Worker
 from ..bindings import DurableApp, FunctionsSettings, HostConfig
 from ..bindings._settings import SERVE_URL_SETTING
 from ..queues import QueueBackend, open_queues
 from ..storage import Store, default_store_url, open_store
 from ..storage._delivered import DeliveredWork
+from ..worker._worker import Worker
 from ._asgi import FunctionsAsgi
 from ._dispatcher import Dispatcher
 from ._index import IndexedFunction, index_app

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._clock import Clock, SystemClock
-from ..storage._sqlite_schema import busy_error, is_busy
+from ..storage.sqlite._schema import busy_error, is_busy
 from ._messages import QueuedMessage, poison_queue_of, validate_queue_name
 
 __all__ = ["SqliteQueues"]

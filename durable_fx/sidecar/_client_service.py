@@ -12,12 +12,12 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from .._client import AsyncDurableClient
 from .._clock import Clock
 from .._errors import InstanceExistsError, InvalidOperationError
 from .._history import ExecutionRewound, ExecutionStarted, SubOrchestrationInstanceCreated
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
+from ..client._async import AsyncDurableClient
 from ..storage._protocol import Store
 from ..storage._records import InstanceQuery, InstanceRecord, OrchestrationMessage
 from ._history_pb import event_to_pb, failure_to_pb, status_from_pb, status_to_pb

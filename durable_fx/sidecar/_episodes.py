@@ -25,18 +25,6 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from .._clock import Clock
-from .._episode import (
-    AWAITING_START,
-    EpisodeIds,
-    events_for,
-    pending_start,
-    plan_before_start,
-    plan_consume_only,
-    plan_episode,
-    plan_failure,
-    refusals,
-    starting_instance,
-)
 from .._history import (
     ExecutionRewound,
     ExecutionStarted,
@@ -51,6 +39,18 @@ from .._replay.executor import EpisodeOutput, failure_from_exception
 from .._state import OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationWorkItem
+from ..worker._episode import (
+    AWAITING_START,
+    EpisodeIds,
+    events_for,
+    pending_start,
+    plan_before_start,
+    plan_consume_only,
+    plan_episode,
+    plan_failure,
+    refusals,
+    starting_instance,
+)
 from ._actions_pb import ResponseActions, actions_from_pb
 from ._history_pb import event_to_pb
 from ._proto import optional_text, pb, text_value

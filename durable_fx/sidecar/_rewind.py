@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from .._episode import plan_consume_only
 from .._history import (
     ExecutionRewound,
     ExecutionStarted,
@@ -29,6 +28,7 @@ from .._replay.admission import HistoryState
 from .._state import OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationMessage
+from ..worker._episode import plan_consume_only
 
 __all__ = ["plan_rewind"]
 

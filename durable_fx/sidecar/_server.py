@@ -19,10 +19,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
-from .._background import BackgroundThread, StartStopContext, StopSignal
 from .._clock import Clock, SystemClock
 from ..storage import open_store
 from ..storage._protocol import Store
+from ..worker._background import BackgroundThread, StartStopContext, StopSignal
 from ._client_service import ClientService
 from ._episodes import EpisodeBridge
 from ._message_limit import (

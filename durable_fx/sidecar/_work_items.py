@@ -32,10 +32,8 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from .._backoff import Backoff
 from .._clock import Clock
 from .._errors import ConflictError
-from .._result_batches import ResultBatcher
 from ..storage._protocol import Store
 from ..storage._records import (
     ActivityResult,
@@ -44,6 +42,8 @@ from ..storage._records import (
     LockBatch,
     OrchestrationWorkItem,
 )
+from ..worker._backoff import Backoff
+from ..worker._result_batches import ResultBatcher
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
 from ._message_limit import TOO_LARGE_ERROR, MessageLimit
 from ._proto import pb

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from .storage._protocol import Store
-from .storage._records import ActivityResult
+from ..storage._protocol import Store
+from ..storage._records import ActivityResult
 
 __all__ = ["ResultBatcher"]
 

@@ -15,9 +15,9 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ._clock import Clock, SystemClock
-from ._errors import InstanceNotFoundError, InvalidOperationError
-from ._history import (
+from .._clock import Clock, SystemClock
+from .._errors import InstanceNotFoundError, InvalidOperationError
+from .._history import (
     EventRaised,
     ExecutionResumed,
     ExecutionStarted,
@@ -25,14 +25,14 @@ from ._history import (
     ExecutionTerminated,
     HistoryEvent,
 )
-from ._ids import validate_instance_id
-from ._registry import name_of, validate_event_name
-from ._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
-from ._serialization import decode, encode
-from ._state import OrchestrationState, OrchestrationStatus
-from .storage import open_store
-from .storage._protocol import Store
-from .storage._records import (
+from .._ids import validate_instance_id
+from .._registry import name_of, validate_event_name
+from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
+from .._serialization import decode, encode
+from .._state import OrchestrationState, OrchestrationStatus
+from ..storage import open_store
+from ..storage._protocol import Store
+from ..storage._records import (
     InstanceQuery,
     InstanceRecord,
     OrchestrationMessage,

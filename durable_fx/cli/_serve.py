@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ._cli_output import USAGE_ERROR, CliError
+from ._output import USAGE_ERROR, CliError
 
 __all__ = ["serve_command"]
 
@@ -30,7 +30,7 @@ def serve_command(
             f"--log-format must be text or json, not {log_format!r}", exit_code=USAGE_ERROR
         )
     try:
-        from .hosting import ServeError, ServeOptions, serve
+        from ..hosting import ServeError, ServeOptions, serve
     except ImportError as error:
         raise CliError(
             "durable-fx serve needs the functions extra: pip install 'durable-fx[functions]' "

@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from ._history import (
+from .._history import (
     ContinueAsNew,
     EventRaised,
     EventSent,
@@ -39,7 +39,7 @@ from ._history import (
     TimerCreated,
     TimerFired,
 )
-from ._state import OrchestrationState
+from .._state import OrchestrationState
 
 __all__ = ["TimelineRow", "format_offset", "preview", "render_timeline", "timeline_rows"]
 

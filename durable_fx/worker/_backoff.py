@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ._clock import Clock
+from .._clock import Clock
 
 __all__ = ["MIN_POLL", "Backoff"]
 

@@ -12,13 +12,13 @@ import logging
 from concurrent.futures import Executor
 from typing import Any
 
-from ._clock import Clock
-from ._errors import SerializationError, UnknownNameError
-from ._history import FailureDetails, TaskCompleted, TaskFailed
-from ._registry import ActivityContext, ActivityDefinition, Registry
-from ._replay.executor import failure_from_exception
-from ._serialization import encode
-from .storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
+from .._clock import Clock
+from .._errors import SerializationError, UnknownNameError
+from .._history import FailureDetails, TaskCompleted, TaskFailed
+from .._registry import ActivityContext, ActivityDefinition, Registry
+from .._replay.executor import failure_from_exception
+from .._serialization import encode
+from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
 
 __all__ = ["ActivityRunner"]
 

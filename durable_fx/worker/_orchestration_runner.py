@@ -18,7 +18,24 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from ._clock import Clock
+from .._clock import Clock
+from .._errors import ConflictError, NonDeterminismError, UnknownNameError
+from .._history import (
+    ExecutionStarted,
+    ExecutionTerminated,
+    HistoryEvent,
+    OrchestratorStarted,
+)
+from .._registry import Registry
+from .._replay.actions import CreateSubOrchestration
+from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
+from .._state import OrchestrationStatus
+from ..storage._protocol import Store
+from ..storage._records import (
+    EpisodeCommit,
+    InstanceRecord,
+    OrchestrationWorkItem,
+)
 from ._episode import (
     AWAITING_START,
     EpisodeIds,
@@ -30,23 +47,6 @@ from ._episode import (
     plan_failure,
     refusals,
     starting_instance,
-)
-from ._errors import ConflictError, NonDeterminismError, UnknownNameError
-from ._history import (
-    ExecutionStarted,
-    ExecutionTerminated,
-    HistoryEvent,
-    OrchestratorStarted,
-)
-from ._registry import Registry
-from ._replay.actions import CreateSubOrchestration
-from ._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
-from ._state import OrchestrationStatus
-from .storage._protocol import Store
-from .storage._records import (
-    EpisodeCommit,
-    InstanceRecord,
-    OrchestrationWorkItem,
 )
 
 __all__ = ["ExecutorCache", "OrchestrationRunner"]

@@ -15,10 +15,10 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ._cli_input import CliSettings, JsonOption, StoreOption, command_settings, open_client
-from ._cli_output import USAGE_ERROR, CliError, emit_json, format_time, stdout_console
-from ._sync_client import DurableClient
-from .storage import PoisonedMessage
+from ..client._sync import DurableClient
+from ..storage import PoisonedMessage
+from ._input import CliSettings, JsonOption, StoreOption, command_settings, open_client
+from ._output import USAGE_ERROR, CliError, emit_json, format_time, stdout_console
 
 __all__ = ["poison_app", "poisoned_json", "poisoned_table"]
 

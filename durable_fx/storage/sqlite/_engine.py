@@ -23,18 +23,17 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from .._clock import Clock
-from .._errors import (
+from ..._clock import Clock
+from ..._errors import (
     ConflictError,
     DurableFxError,
     InstanceExistsError,
     InstanceNotFoundError,
 )
-from .._history import HISTORY_EVENT, ExecutionStarted
-from .._ids import validate_instance_id
-from .._state import OrchestrationStatus
-from . import _sqlite_schema as sql
-from ._records import (
+from ..._history import HISTORY_EVENT, ExecutionStarted
+from ..._ids import validate_instance_id
+from ..._state import OrchestrationStatus
+from .._records import (
     ActivityInvocation,
     ActivityWorkItem,
     EpisodeCommit,
@@ -48,7 +47,8 @@ from ._records import (
     finished_refusal,
     started_event,
 )
-from ._sqlite_thread import GroupBroken
+from . import _schema as sql
+from ._thread import GroupBroken
 
 __all__ = ["CommitPlan", "Engine", "dumps", "started_event"]
 

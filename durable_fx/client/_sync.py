@@ -13,12 +13,12 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from ._client import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
-from ._clock import Clock
-from ._reuse import IdReuse, IdReusePolicy
-from ._state import OrchestrationState
-from .storage._protocol import Store
-from .storage._records import PoisonedMessage
+from .._clock import Clock
+from .._reuse import IdReuse, IdReusePolicy
+from .._state import OrchestrationState
+from ..storage._protocol import Store
+from ..storage._records import PoisonedMessage
+from ._async import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
 
 __all__ = ["DurableClient"]
 

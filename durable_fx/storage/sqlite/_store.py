@@ -40,12 +40,11 @@ from typing import TypeVar
 
 from pydantic import TypeAdapter
 
-from .._clock import Clock, SystemClock
-from .._history import HistoryEvent
-from .._ids import validate_instance_id
-from .._state import OrchestrationStatus
-from . import _sqlite_schema as sql
-from ._records import (
+from ..._clock import Clock, SystemClock
+from ..._history import HistoryEvent
+from ..._ids import validate_instance_id
+from ..._state import OrchestrationStatus
+from .._records import (
     ActivityResult,
     ActivityWorkItem,
     EpisodeCommit,
@@ -58,8 +57,9 @@ from ._records import (
     PoisonedMessage,
     started_event,
 )
-from ._sqlite_engine import CommitPlan, Engine, dumps
-from ._sqlite_thread import Call, StoreThread, Waiters
+from . import _schema as sql
+from ._engine import CommitPlan, Engine, dumps
+from ._thread import Call, StoreThread, Waiters
 
 __all__ = ["SqliteStore", "parse_sqlite_url"]
 

@@ -17,14 +17,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ._cli_output import USAGE_ERROR, CliError, redact_store_url
-from ._errors import DurableFxError, InstanceNotFoundError, InvalidInstanceIdError
-from ._ids import validate_instance_id
-from ._registry import Registry
-from ._state import OrchestrationState
-from ._sync_client import DurableClient
-from ._worker import Worker
-from .storage import default_store_url
+from .._errors import DurableFxError, InstanceNotFoundError, InvalidInstanceIdError
+from .._ids import validate_instance_id
+from .._registry import Registry
+from .._state import OrchestrationState
+from ..client._sync import DurableClient
+from ..storage import default_store_url
+from ..worker._worker import Worker
+from ._output import USAGE_ERROR, CliError, redact_store_url
 
 __all__ = [
     "CliSettings",

@@ -33,11 +33,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .._errors import StoreBusyError
-from .._history import ExecutionStarted, FailureDetails
-from .._state import OrchestrationStatus
-from ._keyset import decode_keyset, encode_keyset
-from ._records import (
+from ..._errors import StoreBusyError
+from ..._history import ExecutionStarted, FailureDetails
+from ..._state import OrchestrationStatus
+from .._keyset import decode_keyset, encode_keyset
+from .._records import (
     ActivityInvocation,
     ActivityResult,
     ActivityWorkItem,

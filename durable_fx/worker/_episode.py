@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
-from ._history import (
+from .._history import (
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -33,7 +33,7 @@ from ._history import (
     TimerCreated,
     TimerFired,
 )
-from ._replay.actions import (
+from .._replay.actions import (
     Action,
     CompleteOrchestration,
     CreateSubOrchestration,
@@ -41,9 +41,9 @@ from ._replay.actions import (
     ScheduleTask,
     SendEvent,
 )
-from ._replay.executor import EpisodeOutput
-from ._state import OrchestrationStatus
-from .storage._records import (
+from .._replay.executor import EpisodeOutput
+from .._state import OrchestrationStatus
+from ..storage._records import (
     ActivityInvocation,
     EpisodeCommit,
     InboxMessage,

@@ -17,7 +17,10 @@ from typing import Annotated
 
 import typer
 
-from ._cli_input import (
+from .._reuse import IdReusePolicy
+from .._state import OrchestrationState, OrchestrationStatus
+from ..storage import default_store_url
+from ._input import (
     CliSettings,
     JsonOption,
     StoreOption,
@@ -29,7 +32,7 @@ from ._cli_input import (
     parse_time,
     require_state,
 )
-from ._cli_output import (
+from ._output import (
     USAGE_ERROR,
     CliError,
     OneLineErrorsGroup,
@@ -40,12 +43,9 @@ from ._cli_output import (
     state_table,
     stdout_console,
 )
-from ._cli_poison import poison_app
-from ._cli_worker import load_registry, run_until_signalled
-from ._reuse import IdReusePolicy
-from ._state import OrchestrationState, OrchestrationStatus
+from ._poison import poison_app
+from ._run import load_registry, run_until_signalled
 from ._timeline import render_timeline, timeline_rows
-from .storage import default_store_url
 
 __all__ = ["app", "main"]
 
@@ -81,7 +81,7 @@ ReasonOption = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"durable-fx {__version__}")
         raise typer.Exit()
@@ -660,7 +660,7 @@ def sidecar(
     Beyond loopback, set DURABLE_FX_SIDECAR_TOKEN and --tls-cert/--tls-key.
     """
     try:
-        from .sidecar._command import SidecarOptions, run_sidecar
+        from ._sidecar import SidecarOptions, run_sidecar
     except ImportError as missing:
         raise CliError(str(missing), exit_code=USAGE_ERROR) from None
     settings = command_settings(ctx, store, json_output)
@@ -710,7 +710,7 @@ def serve(
     routes need a key from DURABLE_FX_FUNCTION_KEYS. Without settings the store
     is the embedded SQLite file. SIGTERM or Ctrl-C stops it gracefully.
     """
-    from ._cli_serve import serve_command
+    from ._serve import serve_command
 
     settings = command_settings(ctx, store, False)
     serve_command(

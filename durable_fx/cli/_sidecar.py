@@ -8,12 +8,12 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .._cli_output import USAGE_ERROR, CliError, emit_json, redact_store_url
-from .._cli_worker import run_until_signalled
+from ..sidecar._message_limit import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
+from ..sidecar._security import TlsFiles
+from ..sidecar._server import SidecarServer
 from ..storage import default_store_url
-from ._message_limit import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes
-from ._security import TlsFiles
-from ._server import SidecarServer
+from ._output import USAGE_ERROR, CliError, emit_json, redact_store_url
+from ._run import run_until_signalled
 
 __all__ = ["SidecarOptions", "run_sidecar"]
 

@@ -20,16 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol, Self, TypeVar
 
+from .._clock import Clock, SystemClock
+from .._registry import Registry
+from ..storage import open_store
+from ..storage._protocol import Store
+from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
 from ._activity_runner import ActivityRunner
 from ._background import BackgroundThread, StartStopContext, StopSignal
 from ._backoff import Backoff
-from ._clock import Clock, SystemClock
 from ._orchestration_runner import ExecutorCache, OrchestrationRunner
-from ._registry import Registry
 from ._result_batches import ResultBatcher
-from .storage import open_store
-from .storage._protocol import Store
-from .storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
 
 __all__ = ["Worker"]
 

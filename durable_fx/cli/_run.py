@@ -10,8 +10,8 @@ import signal
 import sys
 from typing import Protocol
 
-from ._cli_output import USAGE_ERROR, CliError
-from ._registry import Registry
+from .._registry import Registry
+from ._output import USAGE_ERROR, CliError
 
 __all__ = ["load_registry", "run_until_signalled"]
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from ._state import OrchestrationState, OrchestrationStatus
+from .._state import OrchestrationState, OrchestrationStatus
 
 __all__ = [
     "OPERATION_ERROR",

@@ -1,0 +1,10 @@
+"""Clients: start, query and steer orchestration instances.
+
+``AsyncDurableClient`` is the client; ``DurableClient`` is its blocking facade
+for code without an event loop.
+"""
+
+from ._async import AsyncDurableClient, QueryResult
+from ._sync import DurableClient
+
+__all__ = ["AsyncDurableClient", "DurableClient", "QueryResult"]
