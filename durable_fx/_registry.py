@@ -11,7 +11,7 @@ import inspect
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
@@ -22,10 +22,12 @@ __all__ = [
     "ActivityContext",
     "ActivityDefinition",
     "EventDeclaration",
+    "HasRegistry",
     "OrchestratorDefinition",
     "Registry",
     "definition_of",
     "name_of",
+    "registry_of",
     "validate_event_name",
 ]
 
@@ -290,3 +292,15 @@ def _activity_definition(name: str, fn: Callable[..., Any]) -> ActivityDefinitio
         parameters=tuple("context" if p is context else "input" for p in params),
         is_async=inspect.iscoroutinefunction(fn),
     )
+
+
+class HasRegistry(Protocol):
+    """Anything that carries a registry (``DurableApp`` does)."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+
+def registry_of(app: Registry | HasRegistry) -> Registry:
+    """The registry of an app, or the registry itself."""
+    return app if isinstance(app, Registry) else app.registry

@@ -15,11 +15,10 @@ from pydantic import TypeAdapter
 
 from ._errors import InvalidOperationError
 from ._history import ExecutionStarted, FailureDetails, HistoryEvent
-from ._registry import Registry
+from ._registry import HasRegistry, Registry, registry_of
 from ._replay.executor import OrchestrationExecutor
 from ._serialization import decode
 from ._state import OrchestrationStatus
-from .worker._worker import HasRegistry, registry_of
 
 __all__ = ["ReplayResult", "Replayer", "history_from_json", "history_to_json"]
 

@@ -228,7 +228,7 @@ class AzureRecords:
     def __init__(self, settings: AzureSettings, hub: str) -> None:
         from azure.data.tables import TableClient
 
-        from durable_fx.queues._azure import sync_credential
+        from durable_fx.storage.azure import sync_credential
 
         def table(name: str) -> TableClient:
             return TableClient(

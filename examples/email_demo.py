@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from durable_fx import DurableClient, open_store
-from durable_fx.cli._timeline import render_timeline
+from durable_fx.cli import render_timeline
 from email_pipeline.localrun import AppProcess, signed, wait_until
 from email_pipeline.localsmtp import LocalSmtp
 

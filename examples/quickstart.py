@@ -32,7 +32,7 @@ from durable_fx import (
     open_store,
     when_all,
 )
-from durable_fx.cli._timeline import render_timeline
+from durable_fx.cli import render_timeline
 
 registry = Registry()
 

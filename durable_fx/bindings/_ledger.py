@@ -150,7 +150,7 @@ class AzureLedger:
     def __init__(self, settings: AzureSettings, hub: str) -> None:
         from azure.data.tables import TableClient
 
-        from ..queues._azure import sync_credential
+        from ..storage.azure import sync_credential
 
         self._table = TableClient(
             settings.endpoint("table"),

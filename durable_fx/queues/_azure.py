@@ -13,36 +13,17 @@ import contextlib
 import math
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
+from ..storage.azure import AzureSettings, sync_credential
 from ._messages import QueuedMessage, poison_queue_of, validate_queue_name
 
-if TYPE_CHECKING:
-    from ..storage.azure import AzureSettings
-
-__all__ = ["AzureQueues", "sync_credential"]
+__all__ = ["AzureQueues"]
 
 _MAX_DELAY = timedelta(days=7) - timedelta(seconds=1)
-
-
-def sync_credential(settings: AzureSettings) -> Any:
-    """A credential for the synchronous SDK clients (the store's are asynchronous)."""
-    if settings.account_key is not None:
-        from azure.core.credentials import AzureNamedKeyCredential
-
-        return AzureNamedKeyCredential(settings.account, settings.account_key)
-    if settings.sas_token is not None:
-        from azure.core.credentials import AzureSasCredential
-
-        return AzureSasCredential(settings.sas_token)
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if settings.managed_identity:
-        return ManagedIdentityCredential(client_id=settings.client_id)
-    return DefaultAzureCredential(managed_identity_client_id=settings.client_id)
 
 
 def _seconds(delay: timedelta, *, minimum: int = 0) -> int:

@@ -9,12 +9,11 @@ queue or the poison name would be too long.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+
+from ..storage._base64 import MessageEncoding, decode_body, encode_body
 
 __all__ = [
     "MessageEncoding",
@@ -24,8 +23,6 @@ __all__ = [
     "poison_queue_of",
     "validate_queue_name",
 ]
-
-MessageEncoding = Literal["base64", "none"]
 
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$")
 _POISON_SUFFIX = "-poison"
@@ -66,21 +63,3 @@ def poison_queue_of(queue: str) -> str | None:
     if queue.endswith(_POISON_SUFFIX) or len(queue) + len(_POISON_SUFFIX) > 63:
         return None
     return queue + _POISON_SUFFIX
-
-
-def encode_body(body: str | bytes, encoding: MessageEncoding = "base64") -> str:
-    """The stored text of a message body, as an output binding would write it."""
-    raw = body.encode() if isinstance(body, str) else body
-    if encoding == "none":
-        return raw.decode()
-    return base64.b64encode(raw).decode("ascii")
-
-
-def decode_body(text: str, encoding: MessageEncoding = "base64") -> bytes:
-    """The body the host hands to a function; ``ValueError`` if Base64 text is malformed."""
-    if encoding == "none":
-        return text.encode()
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as error:
-        raise ValueError(f"the message is not valid Base64 ({error})") from None

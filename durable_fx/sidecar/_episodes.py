@@ -1,11 +1,11 @@
 """Episodes whose orchestrator code runs in an SDK worker: request out, commit back.
 
-The built-in runner (``durable_fx._orchestration_runner``) locks an instance,
+The built-in runner (``durable_fx.worker._orchestration_runner``) locks an instance,
 applies its new messages to live code and commits. Here the same locked work
 item becomes an ``OrchestratorRequest`` (the stored history as past events,
 an ``OrchestratorStarted`` and the admitted inbox events as new ones), and
 the actions the SDK answers with become the commit, planned by the same pure
-functions (``durable_fx._episode``) so both paths write the same history,
+functions (``durable_fx.worker._episode``) so both paths write the same history,
 messages and instance rows. Work that needs no code (a message for a
 finished instance, events before a scheduled start) is planned directly.
 

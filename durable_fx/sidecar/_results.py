@@ -1,6 +1,6 @@
 """Activity work in protobuf: the requests workers run, and the results they send back.
 
-The results are written in batches (``durable_fx._result_batches``), as the
+The results are written in batches (``durable_fx.worker._result_batches``), as the
 built-in worker writes its own.
 """
 

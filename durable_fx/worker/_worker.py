@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from .._clock import Clock, SystemClock
-from .._registry import Registry
+from .._registry import HasRegistry, Registry, registry_of
 from ..storage import open_store
 from ..storage._protocol import Store
 from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
@@ -38,18 +38,6 @@ log = logging.getLogger("durable_fx.worker")
 T = TypeVar("T")
 
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
-
-
-class HasRegistry(Protocol):
-    """Anything that carries a registry (``DurableApp`` does)."""
-
-    @property
-    def registry(self) -> Registry: ...
-
-
-def registry_of(app: Registry | HasRegistry) -> Registry:
-    """The registry of an app, or the registry itself."""
-    return app if isinstance(app, Registry) else app.registry
 
 
 class Worker(StartStopContext):

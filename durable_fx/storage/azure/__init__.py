@@ -38,6 +38,7 @@ from ._settings import (
     AzureSettings,
     HubNames,
     settings_from_url,
+    sync_credential,
 )
 from ._store import AzureStore
 
@@ -54,6 +55,7 @@ __all__ = [
     "RequestCounter",
     "open_azure_store",
     "settings_from_url",
+    "sync_credential",
 ]
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 
-from ...queues._messages import decode_body
+from .._base64 import decode_body
 from ._activities import Activities
 from ._codec import json_object, ts
 from ._hub import Hub

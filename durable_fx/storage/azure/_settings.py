@@ -50,6 +50,7 @@ __all__ = [
     "is_azure_url",
     "partition_of",
     "settings_from_url",
+    "sync_credential",
 ]
 
 DEFAULT_HUB = "durablefx"
@@ -215,6 +216,23 @@ class AzureSettings:
             f"account {self.account!r} ({auth} auth), task hub {self.hub!r}, "
             f"{self.partitions} partitions"
         )
+
+
+def sync_credential(settings: AzureSettings) -> Any:
+    """A credential for the synchronous SDK clients (the store's are asynchronous)."""
+    if settings.account_key is not None:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return AzureNamedKeyCredential(settings.account, settings.account_key)
+    if settings.sas_token is not None:
+        from azure.core.credentials import AzureSasCredential
+
+        return AzureSasCredential(settings.sas_token)
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if settings.managed_identity:
+        return ManagedIdentityCredential(client_id=settings.client_id)
+    return DefaultAzureCredential(managed_identity_client_id=settings.client_id)
 
 
 def settings_from_url(

@@ -1,7 +1,7 @@
 """The SQLite store's thread-side half: transactions and the calls they run.
 
 ``Engine`` owns the connection and runs on the store thread only (see
-``_sqlite_thread``). Its write calls run inside a transaction the thread opens,
+``_thread``). Its write calls run inside a transaction the thread opens,
 possibly together with other calls (group commit), so each one raises its
 expected errors (``ConflictError``, ``InstanceExistsError``...) before it
 writes anything. ``CommitPlan`` is built on the caller's thread, so the store

@@ -7,7 +7,7 @@ the file's lock instead of failing halfway; work is claimed with lease columns
 lease runs out.
 
 Within a process all SQL runs on one thread that owns the only connection
-(``_sqlite_thread``); the async methods below turn their arguments into
+(``_thread``); the async methods below turn their arguments into
 statement parameters on the caller's thread and queue the call, so the store
 may be used from any number of event loops and threads. Writes that queue up
 while the thread is busy share one transaction (group commit), each call
@@ -19,8 +19,8 @@ call); ``synchronous="normal"`` (``?synchronous=normal`` in the URL) syncs the
 WAL only at checkpoints. A write waits up to ``busy_timeout`` seconds for
 another connection's lock, then fails with ``StoreBusyError``.
 
-The layout of the file is in ``_sqlite_schema``, the calls themselves in
-``_sqlite_engine``. Rules the protocol leaves open are those ``MemoryStore``
+The layout of the file is in ``_schema``, the calls themselves in
+``_engine``. Rules the protocol leaves open are those ``MemoryStore``
 lists; as fairness choices, the instance due longest and the work item visible
 longest go first.
 """
@@ -175,7 +175,7 @@ class SqliteStore:
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` unlocked instances with visible messages, each with all of them."""
         lock = partial(self._engine.lock_orchestrations, owner, limit, lease)
-        return await self._call(lock, synced=False)  # a lease: see _sqlite_thread
+        return await self._call(lock, synced=False)  # a lease: see _thread
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
         """The current execution's history, oldest first (empty if none)."""
