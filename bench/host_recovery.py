@@ -37,7 +37,6 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from _report import dump, header  # noqa: E402
 
-from durable_fx import AsyncDurableClient, OrchestrationContext  # noqa: E402
+from durable_fx import AsyncDurableClient, OrchestrationContext, Orchestrator  # noqa: E402
 from durable_fx.queues import open_queues  # noqa: E402
 from durable_fx.storage.azure import AzureStore, open_azure_store  # noqa: E402
 from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
@@ -116,7 +115,7 @@ async def cost(azurite: Azurite, steps: int = 20) -> dict[str, Any]:
     app = instance.app
 
     @app.orchestrator()
-    def long_chain(ctx: OrchestrationContext, n: int) -> Generator[Any, Any, int]:
+    def long_chain(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
         for _ in range(steps):
             n = yield ctx.call_activity("step", n)
         return n

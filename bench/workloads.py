@@ -26,6 +26,7 @@ from durable_fx import (
     AsyncDurableClient,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     Store,
     Worker,
@@ -43,20 +44,20 @@ def step(x: int) -> int:
 
 
 @registry.orchestrator()
-def three_steps(ctx: OrchestrationContext, x: int) -> Any:
+def three_steps(ctx: OrchestrationContext, x: int) -> Orchestrator[int]:
     for _ in range(3):
         x = yield ctx.call_activity(step, x)
     return x
 
 
 @registry.orchestrator()
-def fan_out(ctx: OrchestrationContext, n: int) -> Any:
+def fan_out(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
     results = yield when_all([ctx.call_activity(step, i) for i in range(n)])
     return len(results)
 
 
 @registry.orchestrator()
-def sequence(ctx: OrchestrationContext, n: int) -> Any:
+def sequence(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
     x = 0
     for _ in range(n):
         x = yield ctx.call_activity(step, x)

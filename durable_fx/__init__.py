@@ -28,7 +28,7 @@ from ._errors import (
 from ._history import FailureDetails, HistoryEvent
 from ._ids import validate_instance_id
 from ._registry import ActivityContext, Registry
-from ._replay.context import OrchestrationContext
+from ._replay.context import OrchestrationContext, Orchestrator
 from ._replay.tasks import Task, when_all, when_any
 from ._replayer import Replayer, ReplayResult, history_from_json, history_to_json
 from ._retry import RetryPolicy
@@ -58,6 +58,7 @@ __all__ = [
     "OrchestrationContext",
     "OrchestrationState",
     "OrchestrationStatus",
+    "Orchestrator",
     "PoisonedMessage",
     "QueryResult",
     "Registry",

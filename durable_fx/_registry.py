@@ -11,7 +11,7 @@ import inspect
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
@@ -31,9 +31,8 @@ __all__ = [
     "validate_event_name",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+"""A decorated function: the decorators return it as it is, so its own signature stays."""
 
 _ATTRIBUTE = "__durable_fx_definition__"
 MAX_EVENT_NAME = 256
@@ -164,12 +163,12 @@ class Registry:
 
     def orchestrator(
         self,
-        fn: Callable[..., Any] | None = None,
+        fn: F | None = None,
         /,
         *,
         name: str | None = None,
         events: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Register a generator function ``f(ctx, input)`` as an orchestrator.
 
         ``events`` declares the events it waits for and their data's type

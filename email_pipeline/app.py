@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator
 from datetime import timedelta
-from typing import Any
 
 from durable_fx import (
     ActivityContext,
@@ -17,6 +15,7 @@ from durable_fx import (
     EventTimeoutError,
     InstanceNotFoundError,
     OrchestrationContext,
+    Orchestrator,
     RetryPolicy,
     TaskFailedError,
 )
@@ -160,9 +159,7 @@ def _transient(error: TaskFailedError) -> bool:
 
 
 @app.orchestrator(events={"DeliveryReceipt": DeliveryReceipt})
-def email_delivery(
-    ctx: OrchestrationContext, job: EmailJob
-) -> Generator[Any, Any, DeliveryOutcome]:
+def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[DeliveryOutcome]:
     """Send, wait for the receipt, resend soft bounces, escalate silence, record the outcome."""
     policy = job.policy
     retry = RetryPolicy(
@@ -218,7 +215,7 @@ def email_delivery(
 
 def _receipt_for(
     ctx: OrchestrationContext, sent: SendResult, attempt: int, timeout_seconds: float
-) -> Generator[Any, Any, DeliveryReceipt | None]:
+) -> Orchestrator[DeliveryReceipt | None]:
     """The receipt for ``sent``; None on timeout.
 
     Late receipts of earlier sends are skipped; malformed ones are counted in

@@ -12,7 +12,6 @@ shipped and times out, to show the timeout path.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from durable_fx import (
     EventTimeoutError,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     RetryPolicy,
     Worker,
@@ -75,7 +75,7 @@ def reserve(item: str) -> str:
 
 
 @registry.orchestrator()
-def process_order(ctx: OrchestrationContext, order: Order) -> Generator[Any, Any, OrderOutcome]:
+def process_order(ctx: OrchestrationContext, order: Order) -> Orchestrator[OrderOutcome]:
     retry = RetryPolicy(first_interval=timedelta(milliseconds=200), backoff=2.0, max_attempts=4)
     ctx.set_custom_status("validating")
     order = yield ctx.call_activity(validate, order)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ from durable_fx import (
     NonDeterminismError,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     Replayer,
     RetryPolicy,
@@ -29,6 +30,8 @@ from durable_fx._history import (
     FailureDetails,
     HistoryEvent,
     OrchestratorStarted,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
     TaskCompleted,
     TaskFailed,
     TaskScheduled,
@@ -109,7 +112,7 @@ def registry() -> Registry:
 
 def test_a_complete_history_replays_to_its_output(registry: Registry) -> None:
     @registry.orchestrator()
-    def hello(ctx: OrchestrationContext, names: list[str]) -> Iterator[Any]:
+    def hello(ctx: OrchestrationContext, names: list[str]) -> Orchestrator[Any]:
         greetings = []
         for name in names:
             greetings.append((yield ctx.call_activity("greet", name)))
@@ -132,7 +135,7 @@ def test_a_complete_history_replays_to_its_output(registry: Registry) -> None:
 
 def test_a_history_cut_at_a_wait_leaves_the_code_running(registry: Registry) -> None:
     @registry.orchestrator()
-    def waits(ctx: OrchestrationContext) -> Iterator[Any]:
+    def waits(ctx: OrchestrationContext) -> Orchestrator[Any]:
         first = yield ctx.call_activity("greet", "x")
         second = yield ctx.wait_for_event("go")
         return [first, second]
@@ -145,7 +148,7 @@ def test_a_history_cut_at_a_wait_leaves_the_code_running(registry: Registry) -> 
 
 def test_another_activity_at_a_recorded_step_is_non_determinism(registry: Registry) -> None:
     @registry.orchestrator()
-    def changed(ctx: OrchestrationContext) -> Iterator[Any]:
+    def changed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity("shout", "x")
 
     history = History("changed").scheduled(0, "greet")
@@ -160,7 +163,7 @@ def test_another_activity_at_a_recorded_step_is_non_determinism(registry: Regist
 
 def test_another_action_kind_at_a_recorded_step_is_non_determinism(registry: Registry) -> None:
     @registry.orchestrator()
-    def changed(ctx: OrchestrationContext) -> Iterator[Any]:
+    def changed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.create_timer(timedelta(seconds=5))
 
     history = History("changed").scheduled(0, "greet")
@@ -170,7 +173,7 @@ def test_another_action_kind_at_a_recorded_step_is_non_determinism(registry: Reg
 
 def test_a_recorded_step_the_code_no_longer_takes_is_non_determinism(registry: Registry) -> None:
     @registry.orchestrator()
-    def shorter(ctx: OrchestrationContext) -> Iterator[Any]:
+    def shorter(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity("greet", "x")
         return "done"
 
@@ -187,7 +190,7 @@ def test_a_recorded_step_the_code_no_longer_takes_is_non_determinism(registry: R
 
 def test_new_steps_beyond_the_history_are_pending_not_errors(registry: Registry) -> None:
     @registry.orchestrator()
-    def longer(ctx: OrchestrationContext) -> Iterator[Any]:
+    def longer(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([ctx.call_activity("greet", "a"), ctx.call_activity("shout", "b")])
 
     history = History("longer").scheduled(0, "greet")
@@ -198,7 +201,7 @@ def test_new_steps_beyond_the_history_are_pending_not_errors(registry: Registry)
 
 def test_a_failed_activity_raises_at_the_yield_and_can_be_caught(registry: Registry) -> None:
     @registry.orchestrator()
-    def careful(ctx: OrchestrationContext) -> Iterator[Any]:
+    def careful(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_activity("greet", "x")
         except TaskFailedError as error:
@@ -213,7 +216,7 @@ def test_retry_waits_are_timers_in_the_history(registry: Registry) -> None:
     policy = RetryPolicy(first_interval=timedelta(seconds=5), backoff=2.0, max_attempts=3)
 
     @registry.orchestrator()
-    def retried(ctx: OrchestrationContext) -> Iterator[Any]:
+    def retried(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x", retry=policy))
 
     history = History("retried").scheduled(0, "greet").episode().failed(0, "blip")
@@ -233,7 +236,7 @@ def test_exhausted_retries_fail_with_the_last_error(registry: Registry) -> None:
     policy = RetryPolicy(first_interval=timedelta(seconds=1), max_attempts=2)
 
     @registry.orchestrator()
-    def retried(ctx: OrchestrationContext) -> Iterator[Any]:
+    def retried(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x", retry=policy))
 
     history = History("retried").scheduled(0, "greet").episode().failed(0, "first")
@@ -249,7 +252,7 @@ def test_exhausted_retries_fail_with_the_last_error(registry: Registry) -> None:
 
 def test_events_raised_before_the_wait_are_delivered_in_order(registry: Registry) -> None:
     @registry.orchestrator()
-    def collects(ctx: OrchestrationContext) -> Iterator[Any]:
+    def collects(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity("greet", "x")
         first = yield ctx.wait_for_event("Item")
         second = yield ctx.wait_for_event("item")  # names are case-insensitive
@@ -268,7 +271,7 @@ def test_events_raised_before_the_wait_are_delivered_in_order(registry: Registry
 
 def test_an_event_timeout_raises_at_the_yield(registry: Registry) -> None:
     @registry.orchestrator()
-    def patient(ctx: OrchestrationContext) -> Iterator[Any]:
+    def patient(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             return (yield ctx.wait_for_event("receipt", timeout=timedelta(hours=24)))
         except EventTimeoutError as error:
@@ -282,7 +285,7 @@ def test_an_event_timeout_raises_at_the_yield(registry: Registry) -> None:
 
 def test_events_during_suspension_apply_after_resume(registry: Registry) -> None:
     @registry.orchestrator()
-    def suspended(ctx: OrchestrationContext) -> Iterator[Any]:
+    def suspended(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.wait_for_event("go"))
 
     history = History("suspended").episode().then(ExecutionSuspended(timestamp=T0))
@@ -294,7 +297,7 @@ def test_events_during_suspension_apply_after_resume(registry: Registry) -> None
 
 def test_current_time_and_uuids_are_the_same_on_every_replay(registry: Registry) -> None:
     @registry.orchestrator()
-    def stamps(ctx: OrchestrationContext) -> Iterator[Any]:
+    def stamps(ctx: OrchestrationContext) -> Orchestrator[Any]:
         first = (ctx.current_utc_datetime.isoformat(), str(ctx.new_uuid()))
         yield ctx.call_activity("greet", "x")
         second = (ctx.current_utc_datetime.isoformat(), str(ctx.new_uuid()))
@@ -309,9 +312,42 @@ def test_current_time_and_uuids_are_the_same_on_every_replay(registry: Registry)
     assert once[0][1] != once[1][1]
 
 
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+def test_results_called_by_name_are_rebuilt_into_the_given_result_type(
+    registry: Registry,
+) -> None:
+    @registry.orchestrator()
+    def by_name(ctx: OrchestrationContext) -> Orchestrator[list[str]]:
+        point = yield ctx.call_activity("locate", "x", result_type=Point)
+        child = yield ctx.call_sub_orchestrator("plot", point, result_type=Point)
+        return [type(point).__name__, type(child).__name__, str(child.x)]
+
+    history = (
+        History("by_name")
+        .scheduled(0, "locate")
+        .episode()
+        .completed(0, '{"x": 1, "y": 2}')
+        .then(
+            SubOrchestrationInstanceCreated(event_id=1, timestamp=T0, name="plot", instance_id="c")
+        )
+        .episode()
+        .then(
+            SubOrchestrationInstanceCompleted(
+                timestamp=T0, task_scheduled_id=1, result='{"x": 3, "y": 4}'
+            )
+        )
+    )
+    assert Replayer(registry).replay(history.events).output == ["Point", "Point", "3"]
+
+
 def test_histories_round_trip_through_json(registry: Registry) -> None:
     @registry.orchestrator()
-    def hello(ctx: OrchestrationContext) -> Iterator[Any]:
+    def hello(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x"))
 
     history = History("hello").scheduled(0, "greet").episode().completed(0, '"hi x"')

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, Generator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar, overload
 
 from .._errors import EventTimeoutError, SerializationError, TaskFailedError
 from .._history import (
@@ -27,7 +27,7 @@ from .._history import (
     TaskFailed,
 )
 from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
-from .._registry import Registry, definition_of, name_of
+from .._registry import ActivityContext, Registry, definition_of, name_of
 from .._retry import RetryPolicy
 from .._serialization import PayloadCodec, encode
 from .actions import (
@@ -40,9 +40,21 @@ from .actions import (
 )
 from .tasks import CompletableTask, Task
 
-__all__ = ["OrchestrationContext"]
+__all__ = ["OrchestrationContext", "Orchestrator"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+In = TypeVar("In")
+
+Orchestrator: TypeAlias = Generator[Task[Any], Any, R]
+"""What an orchestrator function returns: ``def f(ctx, x: int) -> Orchestrator[str]``.
+
+A generator that yields tasks and returns ``R``. The value of a ``yield``
+is the task's result; the type checker sees it as ``Any`` (a generator has
+one send type), so annotate it where it matters: ``sent: SendResult = yield ...``.
+"""
+
+_Async: TypeAlias = Coroutine[Any, Any, R]
 ResultHandler = Callable[[HistoryEvent], None]
 
 _PLAIN: PayloadCodec[Any] = PayloadCodec(Any)
@@ -147,26 +159,176 @@ class OrchestrationContext:
 
     # -- scheduling work ---------------------------------------------------------
 
+    # An activity takes one payload and, optionally, an ActivityContext before or
+    # after it; each shape is an overload so that both the input's and the
+    # result's types are checked. Coroutine functions come first: a plain
+    # ``Callable[[In], R]`` would match them with R = the coroutine.
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[In], _Async[R]],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self, activity: Callable[[In], R], input: In, *, retry: RetryPolicy | None = None
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[In, ActivityContext], _Async[R]],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[In, ActivityContext], R],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[ActivityContext, In], _Async[R]],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[ActivityContext, In], R],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[], _Async[R]],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self, activity: Callable[[], R], input: None = None, *, retry: RetryPolicy | None = None
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[ActivityContext], _Async[R]],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[[ActivityContext], R],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: str,
+        input: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+        result_type: type[R],
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self, activity: str, input: Any = None, *, retry: RetryPolicy | None = None
+    ) -> Task[Any]: ...
+
     def call_activity(
         self,
         activity: Callable[..., Any] | str,
         input: Any = None,
         *,
         retry: RetryPolicy | None = None,
+        result_type: Any = None,
     ) -> Task[Any]:
         """Schedule an activity; yielding the task returns its result.
 
         The result is rebuilt into the activity's declared return type when
-        the activity is known (passed as a function, or registered here).
+        the activity is known (passed as a function, or registered here), or
+        into ``result_type`` when given with a name.
         """
         name = name_of(activity)
-        codec = self._result_codec(activity, name, "activity")
+        codec = self._result_codec(activity, name, "activity", result_type)
         payload = encode(input)
 
         def start(attempt: int, on_result: ResultHandler) -> None:
             self._record(ScheduleTask(self._next_id(), name, payload, attempt), on_result)
 
         return self._run_with_retry(name, codec, start, retry)
+
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[[OrchestrationContext, In], Generator[Any, Any, R]],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[[OrchestrationContext], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    # An orchestrator that is a plain function (no yield) returns its value as
+    # is, undeclared to the codecs: its result is plain JSON.
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[[OrchestrationContext, In], object],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[Any]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[[OrchestrationContext], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[Any]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+        result_type: type[R],
+    ) -> Task[R]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[Any]: ...
 
     def call_sub_orchestrator(
         self,
@@ -175,10 +337,15 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        result_type: Any = None,
     ) -> Task[Any]:
-        """Start a child orchestration; yielding the task returns its output."""
+        """Start a child orchestration; yielding the task returns its output.
+
+        The output is rebuilt into the orchestrator's declared type (the ``R``
+        of its ``Orchestrator[R]``), or into ``result_type`` when given with a name.
+        """
         name = name_of(orchestrator)
-        codec = self._result_codec(orchestrator, name, "orchestrator")
+        codec = self._result_codec(orchestrator, name, "orchestrator", result_type)
         payload = encode(input)
         if instance_id is not None:
             validate_instance_id(instance_id)
@@ -200,12 +367,21 @@ class OrchestrationContext:
         self._create_timer(when, "timer", lambda _event: task.complete(None))
         return task
 
+    @overload
+    def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, result_type: type[T]
+    ) -> Task[T]: ...
+    @overload
+    def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, result_type: None = None
+    ) -> Task[Any]: ...
+
     def wait_for_event(
         self,
         name: str,
         *,
         timeout: timedelta | None = None,
-        result_type: type[T] | None = None,
+        result_type: type[Any] | None = None,
     ) -> Task[Any]:
         """A task that completes with the next event raised under ``name``.
 
@@ -308,7 +484,7 @@ class OrchestrationContext:
         return task
 
     def _result_codec(
-        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str
+        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str, result_type: Any
     ) -> PayloadCodec[Any]:
         definition = definition_of(fn_or_name)
         if definition is None and self._registry is not None:
@@ -319,6 +495,8 @@ class OrchestrationContext:
             )
         if definition is not None and definition.kind != kind:
             raise TypeError(f"{name!r} is registered as an {definition.kind}, not an {kind}")
+        if result_type is not None:
+            return self._codec_for(result_type)
         return definition.output_codec if definition is not None else _PLAIN
 
     def _codec_for(self, result_type: Any) -> PayloadCodec[Any]:

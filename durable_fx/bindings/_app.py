@@ -51,7 +51,6 @@ __all__ = ["DurableApp"]
 log = logging.getLogger("durable_fx.functions")
 
 F = TypeVar("F", bound=Callable[..., Any])
-R = TypeVar("R")
 
 HttpHandler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 QueueHandler = Callable[[func.QueueMessage], Awaitable[None]]
@@ -147,7 +146,7 @@ class DurableApp(func.FunctionApp):
         *,
         name: str | None = None,
         events: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Register a generator function ``f(ctx, input)`` as an orchestrator.
 
         ``events`` declares the events it waits for and their data's type; the
@@ -162,7 +161,7 @@ class DurableApp(func.FunctionApp):
     @overload
     def activity(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
 
-    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
         """Register a function (sync or ``async def``) as an activity."""
         register: Callable[[F], F] = self._registry.activity(name=name)
         return register(fn) if fn is not None else register
