@@ -35,7 +35,7 @@ def _on_store_loop(store: AzureStore, make: Callable[[], Awaitable[T]]) -> T:
         await store._hub.resources.ensure()
         return await make()
 
-    return asyncio.run_coroutine_threadsafe(run(), store._loop).result()
+    return asyncio.run_coroutine_threadsafe(run(), store._portal.loop).result()
 
 
 @pytest.mark.azurite

@@ -236,7 +236,7 @@ async def _blob_names(store: AzureStore, prefix: str) -> list[str]:
     async def names() -> list[str]:
         return [b.name async for b in hub.resources.container.list_blobs(name_starts_with=prefix)]
 
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(names(), store._loop))
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(names(), store._portal.loop))
 
 
 @pytest.mark.azurite

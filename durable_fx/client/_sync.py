@@ -1,19 +1,19 @@
 """The synchronous client: ``AsyncDurableClient``'s operations, blocking.
 
-Each call runs the async client's coroutine on a private event-loop thread, so
+Each call runs the async client's coroutine on a private event-loop thread (a
+``Portal``), so
 the two clients share one implementation (no hand-written sync twin).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .._clock import Clock
+from .._portal import Portal
 from .._reuse import IdReuse, IdReusePolicy
 from .._state import OrchestrationState
 from ..storage._protocol import Store
@@ -25,31 +25,12 @@ __all__ = ["DurableClient"]
 T = TypeVar("T")
 
 
-class _LoopThread:
-    """A private event loop on a daemon thread that runs coroutines for sync callers."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="durable-fx-client", daemon=True
-        )
-        self._thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-
 class DurableClient:
     """The synchronous client: the same operations as ``AsyncDurableClient``, blocking."""
 
     def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
         self._client = AsyncDurableClient(store, clock=clock)
-        self._portal = _LoopThread()
+        self._portal = Portal("durable-fx-client")
 
     @property
     def store(self) -> Store:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
 from ..._history import HistoryEvent
+from ..._portal import Portal
 from ..._state import OrchestrationStatus
 from .._delivered import DeliveredMessage
 from .._records import (
@@ -98,11 +98,7 @@ class AzureStore:
         self._closed = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         """Calls running on the store loop (only touched there)."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="durable_fx-azure", daemon=True
-        )
-        self._thread.start()
+        self._portal = Portal("durable_fx-azure")
 
         def build() -> Hub:
             resources = Resources(settings, list(policies), self.requests)
@@ -135,7 +131,7 @@ class AzureStore:
         async def call() -> T:
             return build()
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+        return self._portal.call(call())
 
     async def _call(self, make: Callable[[], Awaitable[T]], *, ensure: bool = True) -> T:
         if self._closed:
@@ -154,7 +150,7 @@ class AzureStore:
             finally:
                 self._in_flight.discard(task)
 
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(run), self._loop)
+        future = self._portal.submit(_as_coroutine(run))
         # shield: a cancelled caller must not cut a commit in half on the store loop.
         return await asyncio.shield(asyncio.wrap_future(future))
 
@@ -300,7 +296,7 @@ class AzureStore:
         try:
             # Registered before looking, so work made ready meanwhile wakes the waiter.
             ready, due_in = await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(_as_coroutine(self._ready), self._loop)
+                self._portal.submit(_as_coroutine(self._ready))
             )
             if ready:
                 return
@@ -333,13 +329,9 @@ class AzureStore:
             await self._hub.resources.close()
 
         try:
-            await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(_as_coroutine(shut), self._loop)
-            )
+            await asyncio.wrap_future(self._portal.submit(_as_coroutine(shut)))
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            await asyncio.to_thread(self._thread.join)
-            self._loop.close()
+            await self._portal.aclose()
             self._hub.wake()
 
     async def _settle_in_flight(self) -> None:
