@@ -47,7 +47,24 @@ from .._records import (
     finished_refusal,
     started_event,
 )
-from . import _schema as sql
+from . import _schema as schema
+from . import _sql as sql
+from ._query import continuation, query_filter
+from ._rows import (
+    commit_values,
+    delay_of,
+    from_micros,
+    instance_from_row,
+    invocation_item,
+    message_extra,
+    message_item,
+    micros,
+    optional_time,
+    requeued_items,
+    start_row,
+    to_micros,
+    work_item_poison,
+)
 from ._thread import GroupBroken
 
 __all__ = ["CommitPlan", "Engine", "dumps", "started_event"]
@@ -93,13 +110,13 @@ class CommitPlan:
         for message in commit.messages:
             validate_instance_id(message.instance_id)
         starts = [
-            sql.start_row(m, started_event(m))
+            start_row(m, started_event(m))
             for m in commit.messages
             if isinstance(m.event, ExecutionStarted)
         ]
         history = [event.model_dump_json() for event in commit.new_history]
         version = int(item.instance.version or 0)
-        update = (*sql.commit_values(commit.instance), commit.reset_history, len(history),
+        update = (*commit_values(commit.instance), commit.reset_history, len(history),
                   iid, version, item.lock_token)  # fmt: skip
         targets = {m.instance_id for m in commit.messages} - {iid}
         return cls(
@@ -109,11 +126,11 @@ class CommitPlan:
             history=dumps(history),
             history_count=len(history),
             consumed=dumps([int(i) for i in commit.consumed]) if commit.consumed else None,
-            activities=_batch(sql.invocation_item(a) for a in commit.activities),
+            activities=_batch(invocation_item(a) for a in commit.activities),
             starts=starts,
-            messages=_batch(sql.message_item(m) for m in commit.messages),
+            messages=_batch(message_item(m) for m in commit.messages),
             targets=dumps(sorted(targets)) if targets else None,
-            delays=[sql.delay_of(m) for m in commit.messages],
+            delays=[delay_of(m) for m in commit.messages],
         )
 
 
@@ -131,7 +148,7 @@ class Engine:
         path: Path,
         clock: Clock,
         max_dequeue_count: int,
-        connect: Callable[[Path], sqlite3.Connection] = sql.connect,
+        connect: Callable[[Path], sqlite3.Connection] = schema.connect,
     ) -> None:
         # Opened on first use, on the store thread (opening may wait for a lock).
         self._path = path
@@ -182,7 +199,7 @@ class Engine:
                 raise
 
     def _now(self) -> int:
-        return sql.to_micros(self._clock.now())
+        return to_micros(self._clock.now())
 
     def _token(self, owner: str) -> str:
         return f"{owner}#{self._token_prefix}.{next(self._token_counter)}"
@@ -309,19 +326,19 @@ class Engine:
             token = self._token(owner)
             taken = self._deliver_inbox(dumps(list(candidates)), now)
             if taken:
-                until = now + sql.micros(lease)
+                until = now + micros(lease)
                 db.execute(sql.LOCK_INSTANCES, (dumps(list(taken)), token, until))
             if len(taken) < len(candidates):
                 # Every visible message of these was poisoned: they stay unlocked.
                 idle = [iid for iid in candidates if iid not in taken]
                 db.execute(sql.RECOMPUTE_DUE, (dumps(idle),))
             items = [
-                OrchestrationWorkItem(sql.instance_from_row(row), taken[iid], token)
+                OrchestrationWorkItem(instance_from_row(row), taken[iid], token)
                 for iid, row in candidates.items()
                 if iid in taken
             ]
         (next_due,) = db.execute(sql.NEXT_MESSAGE_DUE, (now,)).fetchone()
-        return LockBatch(items, sql.optional_time(next_due))
+        return LockBatch(items, optional_time(next_due))
 
     def _deliver_inbox(self, instance_ids: str, now: int) -> dict[str, list[InboxMessage]]:
         """Count one delivery of each visible message; poison the undeliverable ones."""
@@ -399,14 +416,14 @@ class Engine:
         self._poison_messages(spent, now)
         retry = [row[0] for row in rows if row[3] < self._max_dequeue]
         if retry:
-            db.execute(sql.DELAY_MESSAGES, (now + sql.micros(retry_after), dumps(retry)))
+            db.execute(sql.DELAY_MESSAGES, (now + micros(retry_after), dumps(retry)))
         (due,) = db.execute(sql.RECOMPUTE_OWN_DUE, (iid,)).fetchone()
         if _visible(due, now, empty=False):
             self._notify()
 
     def renew_orchestration_lease(self, iid: str, token: str, lease: timedelta) -> None:
         # A lost lock has another holder's token (or none): the WHERE leaves it alone.
-        self._db.execute(sql.RENEW_INSTANCE, (iid, token, self._now() + sql.micros(lease)))
+        self._db.execute(sql.RENEW_INSTANCE, (iid, token, self._now() + micros(lease)))
 
     def _poison_messages(self, rows: list[tuple[Any, ...]], now: int) -> None:
         """Move inbox rows ``(id, instance, body, reason, count, key, execution_id)`` to poison."""
@@ -414,7 +431,7 @@ class Engine:
             return
         self._db.executemany(
             sql.INSERT_POISON,
-            [(_ORCHESTRATIONS, iid, body, reason, now, count, sql.message_extra(mid, key, eid))
+            [(_ORCHESTRATIONS, iid, body, reason, now, count, message_extra(mid, key, eid))
              for mid, iid, body, reason, count, key, eid in rows],
         )  # fmt: skip
         self._db.execute(sql.DELETE_MESSAGES, (dumps([row[0] for row in rows]),))
@@ -432,7 +449,7 @@ class Engine:
         token = self._token(owner)
         if take:
             ids = dumps([row[0] for row in take])
-            db.execute(sql.LOCK_WORK_ITEMS, (token, now + sql.micros(lease), ids))
+            db.execute(sql.LOCK_WORK_ITEMS, (token, now + micros(lease), ids))
         if len(take) < len(rows):
             spent = [row for row in rows if row[7] >= self._max_dequeue]
             self._poison_work_items(spent, None, now)
@@ -443,7 +460,7 @@ class Engine:
             )
             for _, iid, eid, task, name, input_, attempt, n in take
         ]
-        return LockBatch(items, sql.optional_time(next_due))
+        return LockBatch(items, optional_time(next_due))
 
     def complete_activities(self, results: str, delays: list[int | None], targets: str) -> None:
         db = self._db
@@ -466,19 +483,19 @@ class Engine:
         if row[7] >= self._max_dequeue:
             self._poison_work_items([row], reason, now)
             return
-        retry_at = now + sql.micros(retry_after)
+        retry_at = now + micros(retry_after)
         db.execute(sql.RELEASE_WORK_ITEM, (retry_at, row[0]))
         if retry_at <= now:
             self._notify()
 
     def renew_activity_lease(self, key: tuple[str, str, int, str], lease: timedelta) -> None:
-        self._db.execute(sql.RENEW_WORK_ITEM, (self._now() + sql.micros(lease), *key))
+        self._db.execute(sql.RENEW_WORK_ITEM, (self._now() + micros(lease), *key))
 
     def _poison_work_items(self, rows: list[Any], reason: str | None, now: int) -> None:
         """Move work item rows (``WORK_ITEM_COLUMNS``, count = deliveries so far) to poison."""
         poison = []
         for row in rows:
-            body, extra = sql.work_item_poison(row)
+            body, extra = work_item_poison(row)
             why = reason or f"delivered {row[7]} times without completing"
             poison.append((_ACTIVITIES, row[1], body, why, now, row[7], extra))
         self._db.executemany(sql.INSERT_POISON, poison)
@@ -488,18 +505,18 @@ class Engine:
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         row = self._db.execute(sql.SELECT_INSTANCE, (instance_id,)).fetchone()
-        return sql.instance_from_row(row) if row else None
+        return instance_from_row(row) if row else None
 
     def query_instances(self, query: InstanceQuery) -> Page[InstanceRecord]:
-        where, params = sql.query_filter(query)
+        where, params = query_filter(query)
         rows = self._db.execute(
             f"SELECT {sql.INSTANCE_COLUMNS} FROM instances WHERE {where}"
             " ORDER BY created_at DESC, instance_id LIMIT ?",
             (*params, query.page_size + 1),
         ).fetchall()
-        records = [sql.instance_from_row(row) for row in rows[: query.page_size]]
+        records = [instance_from_row(row) for row in rows[: query.page_size]]
         more = len(rows) > query.page_size
-        return Page(records, sql.continuation(records[-1]) if more else None)
+        return Page(records, continuation(records[-1]) if more else None)
 
     def purge_instance(self, instance_id: str) -> bool:
         _delete_instance_data(self._db, instance_id)
@@ -512,7 +529,7 @@ class Engine:
         else:
             rows = self._db.execute(sql.SELECT_INSTANCE_POISON, (instance_id,)).fetchall()
         return [
-            PoisonedMessage(str(pid), queue, iid, body, reason, sql.from_micros(at), count,
+            PoisonedMessage(str(pid), queue, iid, body, reason, from_micros(at), count,
                             json.loads(extra))
             for pid, queue, iid, body, reason, at, count, extra in rows
         ]  # fmt: skip
@@ -522,7 +539,7 @@ class Engine:
         db = self._db
         now = self._now()
         rows = db.execute(sql.SELECT_POISON_BY_ID, (poison_ids,)).fetchall()
-        ids, inbox, work = sql.requeued_items(rows)
+        ids, inbox, work = requeued_items(rows)
         if inbox:
             # A message whose key is pending again meanwhile is ignored, not doubled.
             db.execute(sql.INSERT_MESSAGES, (dumps(inbox), now))

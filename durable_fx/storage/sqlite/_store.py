@@ -57,8 +57,9 @@ from .._records import (
     PoisonedMessage,
     started_event,
 )
-from . import _schema as sql
+from . import _schema as schema
 from ._engine import CommitPlan, Engine, dumps
+from ._rows import delay_of, held_key, message_item, result_item, start_row
 from ._thread import Call, StoreThread, Waiters
 
 __all__ = ["SqliteStore", "parse_sqlite_url"]
@@ -108,7 +109,9 @@ class SqliteStore:
         """Seconds a call waits for another connection's lock before ``StoreBusyError``."""
         self._closed = False
         self._waiters = Waiters()
-        connect = partial(sql.connect, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        connect = partial(
+            schema.connect, synchronous=self.synchronous, busy_timeout=self.busy_timeout
+        )
         self._engine = Engine(self.path, clock or SystemClock(), max_dequeue_count, connect)
         self._thread = StoreThread(self._engine, self._waiters.wake)
         # Stops the thread if the store is dropped without close().
@@ -121,8 +124,8 @@ class SqliteStore:
             self._thread.opened.result()
         except BaseException as error:
             self._finalizer()
-            if isinstance(error, sqlite3.OperationalError) and sql.is_busy(error):
-                raise sql.busy_error(self.path, self.busy_timeout, error) from error
+            if isinstance(error, sqlite3.OperationalError) and schema.is_busy(error):
+                raise schema.busy_error(self.path, self.busy_timeout, error) from error
             raise
 
     def __repr__(self) -> str:
@@ -134,9 +137,9 @@ class SqliteStore:
         try:
             return await self._queue(run, write=write, synced=synced)
         except sqlite3.OperationalError as error:
-            if not sql.is_busy(error):
+            if not schema.is_busy(error):
                 raise
-            raise sql.busy_error(self.path, self.busy_timeout, error) from error
+            raise schema.busy_error(self.path, self.busy_timeout, error) from error
 
     def _queue(self, run: Callable[[], T], *, write: bool, synced: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -155,18 +158,18 @@ class SqliteStore:
         """Create an instance, replacing one whose status is in ``replaceable``."""
         started = started_event(message)
         iid = validate_instance_id(message.instance_id)
-        row = sql.start_row(message, started)
-        batch = dumps([sql.message_item(message)])
+        row = start_row(message, started)
+        batch = dumps([message_item(message)])
         statuses = frozenset(status.value for status in replaceable)
         await self._call(partial(self._engine.create_instance, iid, row, batch, statuses))
 
     async def enqueue(self, message: OrchestrationMessage) -> bool:
         """Add a message to a live instance's inbox; False if its key was used already."""
         iid = validate_instance_id(message.instance_id)
-        batch = dumps([sql.message_item(message)])
+        batch = dumps([message_item(message)])
         kind = message.event.kind
         enqueue = partial(self._engine.enqueue, iid, message.key, kind, batch)
-        return await self._call(partial(enqueue, sql.delay_of(message)))
+        return await self._call(partial(enqueue, delay_of(message)))
 
     # -- orchestration work -----------------------------------------------------
 
@@ -222,8 +225,8 @@ class SqliteStore:
         """Deliver each result whose work item this worker still holds; drop the rest."""
         if not results:
             return
-        batch = dumps([sql.result_item(result) for result in results])
-        delays = [sql.delay_of(result.message) for result in results]
+        batch = dumps([result_item(result) for result in results])
+        delays = [delay_of(result.message) for result in results]
         targets = dumps(sorted({result.message.instance_id for result in results}))
         complete = partial(self._engine.complete_activities, batch, delays, targets)
         await self._call(complete, synced=False)  # lost, the activities run again
@@ -232,12 +235,12 @@ class SqliteStore:
         self, item: ActivityWorkItem, *, reason: str, retry_after: timedelta
     ) -> None:
         """Release a work item for a retry after ``retry_after``, or poison it."""
-        key = sql.held_key(item)
+        key = held_key(item)
         await self._call(partial(self._engine.abandon_activity, key, reason, retry_after))
 
     async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
         """Extend the lease if this worker still holds the item; otherwise do nothing."""
-        renew = partial(self._engine.renew_activity_lease, sql.held_key(item), lease)
+        renew = partial(self._engine.renew_activity_lease, held_key(item), lease)
         await self._call(renew, synced=False)
 
     # -- reading and housekeeping -----------------------------------------------
@@ -327,7 +330,7 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 def _synchronous(value: str, what: str) -> str:
-    if not isinstance(value, str) or value.lower() not in sql.SYNCHRONOUS_LEVELS:
+    if not isinstance(value, str) or value.lower() not in schema.SYNCHRONOUS_LEVELS:
         raise ValueError(f"{what} must be full or normal, got {value!r}")
     return value.lower()
 

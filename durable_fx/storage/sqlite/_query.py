@@ -1,0 +1,42 @@
+"""Instance queries on the SQLite store: the WHERE clause and the keyset continuation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._keyset import decode_keyset, encode_keyset
+from .._records import InstanceQuery, InstanceRecord
+from ._rows import to_micros
+
+__all__ = ["continuation", "query_filter"]
+
+
+def query_filter(query: InstanceQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of an instance query, continuation included."""
+    clauses = ["1"]
+    params: list[Any] = []
+    if query.statuses:
+        clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+        params.extend(sorted(status.value for status in query.statuses))
+    if query.name is not None:
+        clauses.append("name = ?")
+        params.append(query.name)
+    if query.created_from is not None:
+        clauses.append("created_at >= ?")
+        params.append(to_micros(query.created_from))
+    if query.created_to is not None:
+        clauses.append("created_at <= ?")
+        params.append(to_micros(query.created_to))
+    if query.instance_id_prefix:
+        clauses.append("substr(instance_id, 1, ?) = ?")
+        params.extend((len(query.instance_id_prefix), query.instance_id_prefix))
+    if query.continuation is not None:
+        created, after = decode_keyset(query.continuation)
+        clauses.append("(created_at < ? OR (created_at = ? AND instance_id > ?))")
+        params.extend((created, created, after))
+    return " AND ".join(clauses), params
+
+
+def continuation(last: InstanceRecord) -> str:
+    """An opaque keyset token: where the next page starts in (created_at DESC, id) order."""
+    return encode_keyset(to_micros(last.created_at), last.instance_id)

@@ -1,0 +1,192 @@
+"""The SQLite store's row codecs: records to statement parameters and rows back.
+
+Times are INTEGER microseconds since the Unix epoch (``to_micros``): they
+compare as fast as REAL seconds and give back exactly the datetime stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..._history import ExecutionStarted, FailureDetails
+from ..._state import OrchestrationStatus
+from .._records import (
+    ActivityInvocation,
+    ActivityResult,
+    ActivityWorkItem,
+    InstanceRecord,
+    OrchestrationMessage,
+)
+
+__all__ = [
+    "commit_values",
+    "delay_of",
+    "from_micros",
+    "held_key",
+    "instance_from_row",
+    "invocation_item",
+    "message_extra",
+    "message_item",
+    "micros",
+    "optional_time",
+    "requeued_items",
+    "result_item",
+    "start_row",
+    "to_micros",
+    "work_item_poison",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PENDING = OrchestrationStatus.PENDING.value
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken to be UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    """The tz-aware UTC datetime ``to_micros`` encoded."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def optional_time(micros: int | None) -> datetime | None:
+    """``from_micros`` that passes ``None`` (SQL NULL) through."""
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def micros(duration: timedelta) -> int:
+    """A duration in whole microseconds (negative durations count as zero)."""
+    return max(0, duration // _MICROSECOND)
+
+
+def instance_from_row(row: Sequence[Any]) -> InstanceRecord:
+    """Build an ``InstanceRecord`` from a row selected with ``INSTANCE_COLUMNS``."""
+    (iid, name, execution_id, status, input_, output, custom, failure, created, updated, parent,
+     version) = row  # fmt: skip
+    return InstanceRecord(
+        instance_id=iid,
+        name=name,
+        execution_id=execution_id,
+        status=OrchestrationStatus(status),
+        created_at=from_micros(created),
+        updated_at=from_micros(updated),
+        input=input_,
+        output=output,
+        custom_status=custom,
+        failure=FailureDetails.model_validate_json(failure) if failure else None,
+        parent_instance_id=parent,
+        version=str(version),
+    )
+
+
+def commit_values(record: InstanceRecord) -> tuple[Any, ...]:
+    """The new-values part of a ``COMMIT_INSTANCE`` row."""
+    return (
+        record.name,
+        record.execution_id,
+        record.status.value,
+        record.input,
+        record.output,
+        record.custom_status,
+        record.failure.model_dump_json() if record.failure else None,
+        to_micros(record.created_at),
+        to_micros(record.updated_at),
+        record.parent_instance_id,
+    )
+
+
+def start_row(message: OrchestrationMessage, started: ExecutionStarted) -> tuple[Any, ...]:
+    """An ``INSERT_INSTANCE`` row for the instance an ``ExecutionStarted`` message creates.
+
+    Its ``due_at`` is NULL when the message is not delayed: bind "now" after it.
+    """
+    created = to_micros(started.timestamp)
+    parent = started.parent.instance_id if started.parent else None
+    return (message.instance_id, started.name, started.execution_id, _PENDING, started.input,
+            created, created, parent, delay_of(message))  # fmt: skip
+
+
+def delay_of(message: OrchestrationMessage) -> int | None:
+    """``visible_at`` in microseconds, ``None`` for "now"."""
+    return None if message.visible_at is None else to_micros(message.visible_at)
+
+
+def message_item(message: OrchestrationMessage) -> list[Any]:
+    """One ``INSERT_MESSAGES`` array item (its visibility ``None`` means "now")."""
+    return [
+        message.instance_id,
+        message.execution_id,
+        message.key,
+        message.event.model_dump_json(),
+        delay_of(message),
+    ]
+
+
+def result_item(result: ActivityResult) -> list[Any]:
+    """One ``DELIVER_RESULTS`` / ``DELETE_COMPLETED`` array item."""
+    return message_item(result.message) + list(held_key(result.item))
+
+
+def held_key(item: ActivityWorkItem) -> tuple[str, str, int, str]:
+    """Parameters of ``HELD_WORK_ITEM``: the item, as long as ``item`` still holds it."""
+    invocation = item.invocation
+    return (invocation.instance_id, invocation.execution_id, invocation.task_id, item.lock_token)
+
+
+def invocation_item(invocation: ActivityInvocation) -> list[Any]:
+    """One ``INSERT_WORK_ITEMS`` array item."""
+    i = invocation
+    return [i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt]
+
+
+def work_item_poison(row: Sequence[Any]) -> tuple[str, str]:
+    """Poison ``(body, extra)`` of a row selected with ``WORK_ITEM_COLUMNS``."""
+    _, iid, eid, task, name, input_, attempt, _ = row
+    body = json.dumps(
+        {"instance_id": iid, "execution_id": eid, "task_id": task, "name": name,
+         "input": input_, "attempt": attempt}
+    )  # fmt: skip
+    return body, json.dumps({"execution_id": eid, "task_id": str(task), "name": name})
+
+
+def requeued_items(rows: Sequence[Sequence[Any]]) -> tuple[list[int], list[Any], list[Any]]:
+    """Put ``SELECT_POISON_BY_ID`` rows back: (their ids, inbox items, work items).
+
+    The poison row kept everything the original row held: an inbox message's
+    event, key and execution in ``body`` and ``extra``; a work item's
+    invocation in ``body`` (``work_item_poison``). A row that does not say
+    enough (written by hand, say) is left where it is.
+    """
+    ids: list[int] = []
+    inbox: list[Any] = []
+    work: list[Any] = []
+    for poison_id, queue, iid, body, extra_json in rows:
+        extra = json.loads(extra_json or "{}")
+        if queue == "activities":
+            try:
+                invocation = json.loads(body)
+                fields = ("execution_id", "task_id", "name", "input", "attempt")
+                work.append([iid, *(invocation[name] for name in fields)])
+            except (ValueError, KeyError, TypeError):
+                continue
+        elif extra.get("key"):
+            inbox.append([iid, extra.get("execution_id"), extra["key"], body, None])
+        else:
+            continue
+        ids.append(poison_id)
+    return ids, inbox, work
+
+
+def message_extra(message_id: int, key: str, execution_id: str | None) -> str:
+    """The poison ``extra`` of an inbox message, as JSON."""
+    extra = {"message_id": str(message_id), "key": key}
+    if execution_id is not None:
+        extra["execution_id"] = execution_id
+    return json.dumps(extra)
