@@ -443,7 +443,7 @@ def test_unexpected_errors_are_one_line_too(
     def broken() -> None:
         raise RuntimeError("the terminal caught fire")
 
-    monkeypatch.setattr("durable_fx.cli._app.stdout_console", broken)
+    monkeypatch.setattr("durable_fx.cli._instances.stdout_console", broken)
     ok(cli("start", "greeter", "--id", "x", "--json"))  # JSON output does not need a console
     assert_one_line_error(cli("status", "x"), 1, "RuntimeError", "DURABLE_FX_DEBUG")
 
