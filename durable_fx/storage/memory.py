@@ -431,6 +431,23 @@ class MemoryStore:
             with self._lock:
                 self._waiters.remove(waiter)
 
+    def next_due(self) -> datetime | None:
+        """When a message or work item can next be locked; ``None`` if nothing waits.
+
+        A time at or before the clock's ``now()`` means something can be locked
+        now; a later one is where a test clock must move for anything to happen
+        (``durable_fx.testing.TestEnvironment`` skips time to it). A held lock
+        defers its work to the lock's expiry.
+        """
+        with self._lock:
+            due: list[datetime] = []
+            for instance in self._instances.values():
+                if instance.inbox:
+                    first = min(p.visible_at for p in instance.inbox.values())
+                    due.append(_after_lease(first, instance.lease))
+            due.extend(_after_lease(w.visible_at, w.lease) for w in self._work.values())
+            return min(due, default=None)
+
     async def close(self) -> None:
         """Wake every waiter; the data stays readable until the store is dropped."""
         with self._lock:
@@ -593,6 +610,11 @@ class MemoryStore:
             # A waiter's loop may have closed since it registered; nothing to wake then.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
+
+
+def _after_lease(visible_at: datetime, lease: _Lease | None) -> datetime:
+    """When work visible at ``visible_at`` can be locked, given its lock."""
+    return visible_at if lease is None else max(visible_at, lease.expires_at)
 
 
 def _holds(lease: _Lease | None, token: str) -> bool:

@@ -1,5 +1,22 @@
 """Test kit for durable_fx apps and stores.
 
+``TestEnvironment`` runs an app on a memory store and a worker whose clock
+skips ahead to the next timer whenever nothing can run, so a test of a
+24-hour timeout takes milliseconds; ``override`` swaps an activity for a
+fake::
+
+    from durable_fx.testing import TestEnvironment
+
+    with TestEnvironment(app) as env:
+        env.override(send_email, lambda command: SendResult(...))
+        instance_id = env.sync_client.start(email_delivery, job)
+        assert env.sync_client.wait(instance_id).output.status == "escalated"
+
+``HistoryBuilder`` writes histories by hand for golden replay tests of the
+``Replayer``. The pytest plugin (``durable_fx.testing.pytest_plugin``,
+registered as a ``pytest11`` entry point) gives tests a ``durable_env``
+fixture.
+
 ``ManualClock`` moves time only when told to, so leases, timers and retries
 expire exactly when a test says. ``check_store(factory)`` runs the store
 conformance suite, the guarantees of the storage contract, against any Store
@@ -18,12 +35,20 @@ implementation::
 from __future__ import annotations
 
 from ._clock import ManualClock
+from ._environment import TestEnvironment
 from ._store_conformance import STORE_CHECKS, check_store
 from ._store_harness import StoreCheck, StoreFactory
 
-__all__ = ["STORE_CHECKS", "ManualClock", "StoreCheck", "StoreFactory", "check_store"]
+__all__ = [
+    "STORE_CHECKS",
+    "ManualClock",
+    "StoreCheck",
+    "StoreFactory",
+    "TestEnvironment",
+    "check_store",
+]
 
 # Show the public path in reprs, docs and tracebacks, not the private module.
-for _exported in (ManualClock, check_store):
+for _exported in (ManualClock, TestEnvironment, check_store):
     _exported.__module__ = __name__
 del _exported

@@ -50,6 +50,8 @@ class Worker(StartStopContext):
     Args:
         app: A ``Registry`` (or an app that has one) defining the code to run.
         store: A ``Store`` or a store URL (default: ``default_store_url()``).
+        clock: What time it is and how idle waits sleep (tests pass a
+            ``durable_fx.testing.ManualClock``); the system clock by default.
         max_concurrent_episodes: Orchestration episodes in flight at once.
         max_concurrent_activities: Activities in flight at once.
         activity_threads: Threads for synchronous activities.
@@ -194,16 +196,21 @@ class Worker(StartStopContext):
                 backoff.idled()
 
     async def _sleep(self, timeout: float, *, use_store: bool) -> None:
-        """Sleep until ``timeout``, a local wake-up, or stop."""
+        """Sleep ``timeout`` seconds of the clock's time, until a local wake-up, or stop.
+
+        The clock does the sleeping, so a test clock that skips time wakes the
+        worker when a timer falls due, not after the real seconds.
+        """
         assert self._stopping is not None and self._wake is not None
         waits: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._stopping.wait()),
             asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._clock.sleep(timeout)),
         ]
         if use_store:
             waits.append(asyncio.ensure_future(self._store.wait_for_work(timeout)))
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
                 waiter.cancel()
