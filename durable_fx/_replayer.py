@@ -7,6 +7,7 @@ whether a code change breaks instances that are still running.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,12 @@ class Replayer:
         self._registry = registry_of(app)
 
     def replay(self, history: Sequence[HistoryEvent] | str) -> ReplayResult:
-        """Replay one execution's history (events, or their JSON) and report the outcome."""
+        """Replay one execution's history and report the outcome.
+
+        ``history`` is the events, or their JSON as ``history_from_json`` reads
+        it (``history_to_json`` output, or what ``durable-fx history ID --json``
+        prints).
+        """
         events = history_from_json(history) if isinstance(history, str) else list(history)
         started = next((e for e in events if isinstance(e, ExecutionStarted)), None)
         if started is None:
@@ -78,5 +84,21 @@ def history_to_json(history: Sequence[HistoryEvent]) -> str:
 
 
 def history_from_json(text: str) -> list[HistoryEvent]:
-    """A history read back from ``history_to_json`` output."""
-    return _HISTORY.validate_json(text)
+    """A history read back from JSON: ``history_to_json`` output, or ``durable-fx history --json``.
+
+    The CLI's document carries the whole history under ``"history"`` (its
+    ``"events"`` rows leave out the episode markers unless ``--episodes`` was
+    given, and replay needs them for ``ctx.current_utc_datetime``).
+    """
+    document = json.loads(text)
+    if isinstance(document, list):
+        return _HISTORY.validate_python(document)
+    if isinstance(document, dict) and isinstance(document.get("history"), list):
+        return _HISTORY.validate_python(document["history"])
+    rows = document.get("events") if isinstance(document, dict) else None
+    if isinstance(rows, list) and all(isinstance(row, dict) and "event" in row for row in rows):
+        return _HISTORY.validate_python([row["event"] for row in rows])
+    raise ValueError(
+        "not a history: expected a JSON list of events (history_to_json) or the document "
+        "`durable-fx history ID --json` prints"
+    )

@@ -29,7 +29,9 @@ from durable_fx import (
     OrchestrationContext,
     OrchestrationStatus,
     Registry,
+    Replayer,
     Worker,
+    history_from_json,
     open_store,
 )
 from durable_fx.cli import app
@@ -207,6 +209,25 @@ def test_json_output_of_every_instance_command(cli: Callable[..., Result], worke
 
     assert ok_json(cli("purge", "--all", "--json")) == {"purged": 1}
     assert ok_json(cli("list", "--json")) == {"items": [], "continuation": None}
+
+
+def test_the_replayer_replays_what_history_json_prints(
+    cli: Callable[..., Result], worker: Worker, store_url: str
+) -> None:
+    ok(cli("start", "greeter", "--input", '"Ada"', "--id", "golden"))
+    wait_for_status(cli, "golden", "RUNNING")
+    ok(cli("raise", "golden", "Approve", "--data", "true"))
+    wait_for_status(cli, "golden", "COMPLETED")
+    printed = ok(cli("history", "golden", "--json")).stdout
+
+    with DurableClient(store_url) as client:
+        state = client.get("golden", history=True)
+    assert state is not None and state.history is not None
+    # The whole history, episode markers included (the timeline rows leave them out).
+    assert history_from_json(printed) == state.history
+    replayed = Replayer(workflows).replay(printed)
+    assert replayed.status is OrchestrationStatus.COMPLETED
+    assert replayed.output == {"greeting": "hello Ada", "approval": True}
 
 
 def test_suspend_and_resume(cli: Callable[..., Result], worker: Worker) -> None:

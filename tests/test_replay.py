@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,77 +22,9 @@ from durable_fx import (
     history_to_json,
     when_all,
 )
-from durable_fx._history import (
-    EventRaised,
-    ExecutionResumed,
-    ExecutionStarted,
-    ExecutionSuspended,
-    FailureDetails,
-    HistoryEvent,
-    OrchestratorStarted,
-    SubOrchestrationInstanceCompleted,
-    SubOrchestrationInstanceCreated,
-    TaskCompleted,
-    TaskFailed,
-    TaskScheduled,
-    TimerCreated,
-    TimerFired,
-)
+from durable_fx.testing import HistoryBuilder
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class History:
-    """Builds a history the way the runtime would record it."""
-
-    def __init__(self, name: str, input: str | None = None) -> None:
-        self.events: list[HistoryEvent] = [
-            OrchestratorStarted(timestamp=T0),
-            ExecutionStarted(
-                timestamp=T0, name=name, instance_id="i1", execution_id="e1", input=input
-            ),
-        ]
-        self.now = T0
-
-    def episode(self, seconds: float = 1.0) -> History:
-        self.now += timedelta(seconds=seconds)
-        self.events.append(OrchestratorStarted(timestamp=self.now))
-        return self
-
-    def scheduled(self, task_id: int, name: str) -> History:
-        self.events.append(TaskScheduled(event_id=task_id, timestamp=self.now, name=name))
-        return self
-
-    def completed(self, task_id: int, result: str) -> History:
-        self.events.append(
-            TaskCompleted(timestamp=self.now, task_scheduled_id=task_id, result=result)
-        )
-        return self
-
-    def failed(self, task_id: int, message: str) -> History:
-        failure = FailureDetails(error_type="ValueError", message=message)
-        self.events.append(
-            TaskFailed(timestamp=self.now, task_scheduled_id=task_id, failure=failure)
-        )
-        return self
-
-    def timer(self, timer_id: int, fire_at: datetime, purpose: Any = "timer") -> History:
-        self.events.append(
-            TimerCreated(event_id=timer_id, timestamp=self.now, fire_at=fire_at, purpose=purpose)
-        )
-        return self
-
-    def fired(self, timer_id: int, fire_at: datetime) -> History:
-        self.events.append(TimerFired(timestamp=self.now, timer_id=timer_id, fire_at=fire_at))
-        return self
-
-    def event(self, name: str, data: str) -> History:
-        self.events.append(EventRaised(timestamp=self.now, name=name, input=data))
-        return self
-
-    def then(self, event: HistoryEvent) -> History:
-        self.events.append(event)
-        return self
+T0 = HistoryBuilder.DEFAULT_START
 
 
 @pytest.fixture
@@ -119,13 +51,13 @@ def test_a_complete_history_replays_to_its_output(registry: Registry) -> None:
         return greetings
 
     history = (
-        History("hello", '["a","b"]')
+        HistoryBuilder("hello", ["a", "b"])
         .scheduled(0, "greet")
         .episode()
-        .completed(0, '"hi a"')
+        .completed(0, "hi a")
         .scheduled(1, "greet")
         .episode()
-        .completed(1, '"hi b"')
+        .completed(1, "hi b")
     )
     result = Replayer(registry).replay(history.events)
     assert result.status is OrchestrationStatus.COMPLETED
@@ -140,7 +72,7 @@ def test_a_history_cut_at_a_wait_leaves_the_code_running(registry: Registry) -> 
         second = yield ctx.wait_for_event("go")
         return [first, second]
 
-    history = History("waits").scheduled(0, "greet").episode().completed(0, '"hi x"')
+    history = HistoryBuilder("waits").scheduled(0, "greet").episode().completed(0, "hi x")
     result = Replayer(registry).replay(history.events)
     assert result.status is OrchestrationStatus.RUNNING
     assert result.pending == []
@@ -151,7 +83,7 @@ def test_another_activity_at_a_recorded_step_is_non_determinism(registry: Regist
     def changed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity("shout", "x")
 
-    history = History("changed").scheduled(0, "greet")
+    history = HistoryBuilder("changed").scheduled(0, "greet")
     with pytest.raises(NonDeterminismError) as caught:
         Replayer(registry).replay(history.events)
     error = caught.value
@@ -166,7 +98,7 @@ def test_another_action_kind_at_a_recorded_step_is_non_determinism(registry: Reg
     def changed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.create_timer(timedelta(seconds=5))
 
-    history = History("changed").scheduled(0, "greet")
+    history = HistoryBuilder("changed").scheduled(0, "greet")
     with pytest.raises(NonDeterminismError, match="create_timer"):
         Replayer(registry).replay(history.events)
 
@@ -178,10 +110,10 @@ def test_a_recorded_step_the_code_no_longer_takes_is_non_determinism(registry: R
         return "done"
 
     history = (
-        History("shorter")
+        HistoryBuilder("shorter")
         .scheduled(0, "greet")
         .episode()
-        .completed(0, '"hi x"')
+        .completed(0, "hi x")
         .scheduled(1, "greet")
     )
     with pytest.raises(NonDeterminismError, match="no action at that step"):
@@ -193,7 +125,7 @@ def test_new_steps_beyond_the_history_are_pending_not_errors(registry: Registry)
     def longer(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([ctx.call_activity("greet", "a"), ctx.call_activity("shout", "b")])
 
-    history = History("longer").scheduled(0, "greet")
+    history = HistoryBuilder("longer").scheduled(0, "greet")
     result = Replayer(registry).replay(history.events)
     assert result.status is OrchestrationStatus.RUNNING
     assert result.pending == ["call_activity('shout')"]
@@ -207,7 +139,9 @@ def test_a_failed_activity_raises_at_the_yield_and_can_be_caught(registry: Regis
         except TaskFailedError as error:
             return f"{error.error_type}: {error.message}"
 
-    history = History("careful").scheduled(0, "greet").episode().failed(0, "smtp down")
+    history = (
+        HistoryBuilder("careful").scheduled(0, "greet").episode().failed(0, ValueError("smtp down"))
+    )
     result = Replayer(registry).replay(history.events)
     assert result.output == "ValueError: smtp down"
 
@@ -219,14 +153,16 @@ def test_retry_waits_are_timers_in_the_history(registry: Registry) -> None:
     def retried(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x", retry=policy))
 
-    history = History("retried").scheduled(0, "greet").episode().failed(0, "blip")
+    history = (
+        HistoryBuilder("retried").scheduled(0, "greet").episode().failed(0, ValueError("blip"))
+    )
     # The first failure asks for a 5 s retry timer at the next sequence number.
     assert Replayer(registry).replay(history.events).pending == [
         f"create_timer({(history.now + timedelta(seconds=5)).isoformat()})"
     ]
     fire_at = history.now + timedelta(seconds=5)
-    history.timer(1, fire_at, "retry").episode(5).fired(1, fire_at).scheduled(2, "greet")
-    history.episode().completed(2, '"hi x"')
+    history.timer(1, fire_at, "retry").episode(5).fired(1).scheduled(2, "greet")
+    history.episode().completed(2, "hi x")
     result = Replayer(registry).replay(history.events)
     assert result.status is OrchestrationStatus.COMPLETED
     assert result.output == "hi x"
@@ -239,10 +175,12 @@ def test_exhausted_retries_fail_with_the_last_error(registry: Registry) -> None:
     def retried(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x", retry=policy))
 
-    history = History("retried").scheduled(0, "greet").episode().failed(0, "first")
+    history = (
+        HistoryBuilder("retried").scheduled(0, "greet").episode().failed(0, ValueError("first"))
+    )
     fire_at = history.now + timedelta(seconds=1)
-    history.timer(1, fire_at, "retry").episode(1).fired(1, fire_at).scheduled(2, "greet")
-    history.episode().failed(2, "second")
+    history.timer(1, fire_at, "retry").episode(1).fired(1).scheduled(2, "greet")
+    history.episode().failed(2, ValueError("second"))
     result = Replayer(registry).replay(history.events)
     assert result.status is OrchestrationStatus.FAILED
     assert result.failure is not None
@@ -259,12 +197,12 @@ def test_events_raised_before_the_wait_are_delivered_in_order(registry: Registry
         return [first, second]
 
     history = (
-        History("collects")
+        HistoryBuilder("collects")
         .scheduled(0, "greet")
         .episode()
-        .event("Item", "1")
-        .event("ITEM", "2")
-        .completed(0, '"hi x"')
+        .event("Item", 1)
+        .event("ITEM", 2)
+        .completed(0, "hi x")
     )
     assert Replayer(registry).replay(history.events).output == [1, 2]
 
@@ -278,8 +216,8 @@ def test_an_event_timeout_raises_at_the_yield(registry: Registry) -> None:
             return f"gave up on {error.event_name}"
 
     fire_at = T0 + timedelta(hours=24)
-    history = History("patient").timer(0, fire_at, "event-timeout").episode(86400)
-    history.fired(0, fire_at)
+    history = HistoryBuilder("patient").timer(0, fire_at, "event-timeout").episode(86400)
+    history.fired(0)
     assert Replayer(registry).replay(history.events).output == "gave up on receipt"
 
 
@@ -288,10 +226,10 @@ def test_events_during_suspension_apply_after_resume(registry: Registry) -> None
     def suspended(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.wait_for_event("go"))
 
-    history = History("suspended").episode().then(ExecutionSuspended(timestamp=T0))
-    history.event("go", '"now"')
+    history = HistoryBuilder("suspended").episode().suspended()
+    history.event("go", "now")
     assert Replayer(registry).replay(history.events).status is OrchestrationStatus.RUNNING
-    history.episode().then(ExecutionResumed(timestamp=T0))
+    history.episode().resumed()
     assert Replayer(registry).replay(history.events).output == "now"
 
 
@@ -303,7 +241,7 @@ def test_current_time_and_uuids_are_the_same_on_every_replay(registry: Registry)
         second = (ctx.current_utc_datetime.isoformat(), str(ctx.new_uuid()))
         return [first, second]
 
-    history = History("stamps").scheduled(0, "greet").episode(7).completed(0, '"hi x"')
+    history = HistoryBuilder("stamps").scheduled(0, "greet").episode(7).completed(0, "hi x")
     once = Replayer(registry).replay(history.events).output
     again = Replayer(registry).replay(history.events).output
     assert once == again
@@ -328,19 +266,13 @@ def test_results_called_by_name_are_rebuilt_into_the_given_result_type(
         return [type(point).__name__, type(child).__name__, str(child.x)]
 
     history = (
-        History("by_name")
+        HistoryBuilder("by_name")
         .scheduled(0, "locate")
         .episode()
-        .completed(0, '{"x": 1, "y": 2}')
-        .then(
-            SubOrchestrationInstanceCreated(event_id=1, timestamp=T0, name="plot", instance_id="c")
-        )
+        .completed(0, {"x": 1, "y": 2})
+        .sub_orchestration(1, "plot", "c")
         .episode()
-        .then(
-            SubOrchestrationInstanceCompleted(
-                timestamp=T0, task_scheduled_id=1, result='{"x": 3, "y": 4}'
-            )
-        )
+        .sub_completed(1, {"x": 3, "y": 4})
     )
     assert Replayer(registry).replay(history.events).output == ["Point", "Point", "3"]
 
@@ -350,7 +282,7 @@ def test_histories_round_trip_through_json(registry: Registry) -> None:
     def hello(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity("greet", "x"))
 
-    history = History("hello").scheduled(0, "greet").episode().completed(0, '"hi x"')
+    history = HistoryBuilder("hello").scheduled(0, "greet").episode().completed(0, "hi x")
     text = history_to_json(history.events)
     assert history_from_json(text) == history.events
     assert Replayer(registry).replay(text).output == "hi x"

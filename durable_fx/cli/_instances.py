@@ -253,6 +253,8 @@ def history(
                 "name": state.name,
                 "status": state.status.value,
                 "events": [row.as_dict() for row in rows],
+                # Every event, episode markers included: what the Replayer replays.
+                "history": [event.model_dump(mode="json") for event in state.history or []],
             }
         )
     else:

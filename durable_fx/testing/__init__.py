@@ -36,11 +36,13 @@ from __future__ import annotations
 
 from ._clock import ManualClock
 from ._environment import TestEnvironment
+from ._history_builder import HistoryBuilder
 from ._store_conformance import STORE_CHECKS, check_store
 from ._store_harness import StoreCheck, StoreFactory
 
 __all__ = [
     "STORE_CHECKS",
+    "HistoryBuilder",
     "ManualClock",
     "StoreCheck",
     "StoreFactory",
@@ -49,6 +51,6 @@ __all__ = [
 ]
 
 # Show the public path in reprs, docs and tracebacks, not the private module.
-for _exported in (ManualClock, TestEnvironment, check_store):
+for _exported in (HistoryBuilder, ManualClock, TestEnvironment, check_store):
     _exported.__module__ = __name__
 del _exported

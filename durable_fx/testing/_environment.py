@@ -29,7 +29,14 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from .._registry import ActivityDefinition, OrchestratorDefinition, Registry, _activity_definition
+from .._registry import (
+    ActivityDefinition,
+    HasRegistry,
+    OrchestratorDefinition,
+    Registry,
+    _activity_definition,
+    registry_of,
+)
 from .._registry import name_of as _name_of
 from .._state import OrchestrationState
 from ..client import AsyncDurableClient, DurableClient
@@ -43,7 +50,6 @@ from ..storage._records import (
 from ..storage.memory import MemoryStore
 from ..worker import Worker
 from ..worker._background import BackgroundThread, StopSignal
-from ..worker._worker import HasRegistry, registry_of
 from ._clock import ManualClock
 
 __all__ = ["TestEnvironment"]
@@ -204,7 +210,11 @@ class _TimeSkipper:
 
     async def settle(self) -> None:
         """Return once the environment is idle at the current time."""
-        while not self.idle():
+        # Polled: idleness is a fact about the store and the worker's tasks
+        # together, which no single event reports.
+        while True:
+            if self.idle():
+                return
             await asyncio.sleep(_IDLE_CHECK)
 
     async def pass_time(self, duration: timedelta) -> None:
@@ -319,9 +329,7 @@ class TestEnvironment:
         self._registry = _OverridingRegistry(registry_of(app))
         self._skipper = _TimeSkipper(self._clock, self._store)
         self._time_skipping = time_skipping
-        self._worker = Worker(
-            self._registry, self._store, clock=self._clock, shutdown_grace=2.0
-        )
+        self._worker = Worker(self._registry, self._store, clock=self._clock, shutdown_grace=2.0)
         self._client = _SkippingClient(self._store, self._clock, self._skipper)
         self._sync_client: _SkippingSyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
