@@ -38,7 +38,7 @@ from .._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
 )
-from .._history import ExecutionStarted, HistoryEvent
+from .._history import ExecutionStarted, HistoryEvent, TimerFired
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset, encode_keyset
@@ -437,14 +437,20 @@ class MemoryStore:
         A time at or before the clock's ``now()`` means something can be locked
         now; a later one is where a test clock must move for anything to happen
         (``durable_fx.testing.TestEnvironment`` skips time to it). A held lock
-        defers its work to the lock's expiry.
+        defers its work to the lock's expiry. The timers of a finished instance
+        do not count: when they fire, nothing happens.
         """
         with self._lock:
             due: list[datetime] = []
             for instance in self._instances.values():
-                if instance.inbox:
-                    first = min(p.visible_at for p in instance.inbox.values())
-                    due.append(_after_lease(first, instance.lease))
+                finished = instance.record.status.is_terminal
+                pending = [
+                    p.visible_at
+                    for p in instance.inbox.values()
+                    if not (finished and isinstance(p.message.event, TimerFired))
+                ]
+                if pending:
+                    due.append(_after_lease(min(pending), instance.lease))
             due.extend(_after_lease(w.visible_at, w.lease) for w in self._work.values())
             return min(due, default=None)
 

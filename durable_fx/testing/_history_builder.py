@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Self
 
 from .._history import (
     EventRaised,
     EventSent,
+    ExecutionCompleted,
     ExecutionResumed,
     ExecutionStarted,
     ExecutionSuspended,
@@ -27,6 +28,7 @@ from .._history import (
 from .._replay.executor import failure_from_exception
 from .._replayer import history_to_json
 from .._serialization import encode
+from ._clock import ManualClock
 
 __all__ = ["HistoryBuilder"]
 
@@ -56,10 +58,11 @@ class HistoryBuilder:
         input: The orchestration's input.
         instance_id: The instance id ``ExecutionStarted`` records.
         execution_id: The execution id it records.
-        start: When the first episode runs (timezone-aware); 2026-01-01 UTC by default.
+        start: When the first episode runs (timezone-aware); ``DEFAULT_START`` by default.
     """
 
-    DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
+    DEFAULT_START = ManualClock.DEFAULT_START
+    """The ``TestEnvironment``'s first time too, so their histories line up."""
 
     def __init__(
         self,
@@ -205,6 +208,20 @@ class HistoryBuilder:
     def terminated(self, reason: Any = None) -> Self:
         """The instance was terminated."""
         return self.then(ExecutionTerminated(timestamp=self.now, input=encode(reason)))
+
+    def finished(
+        self, result: Any = None, *, failure: BaseException | FailureDetails | None = None
+    ) -> Self:
+        """The orchestration returned ``result``, or failed with ``failure``."""
+        if failure is not None:
+            ended = ExecutionCompleted(
+                timestamp=self.now, status="FAILED", failure=_failure(failure)
+            )
+        else:
+            ended = ExecutionCompleted(
+                timestamp=self.now, status="COMPLETED", result=encode(result)
+            )
+        return self.then(ended)
 
     def then(self, *events: HistoryEvent) -> Self:
         """Append events as they are (see ``durable_fx.history`` for their types)."""
