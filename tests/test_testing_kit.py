@@ -48,7 +48,8 @@ def greet(greeting: Greeting) -> str:
 @app.orchestrator()
 def after_a_day(ctx: OrchestrationContext, name: str) -> Orchestrator[str]:
     yield ctx.create_timer(DAY)
-    return (yield ctx.call_activity(greet, Greeting(name=name)))
+    greeting: str = yield ctx.call_activity(greet, Greeting(name=name))
+    return greeting
 
 
 @app.orchestrator()
@@ -85,7 +86,8 @@ def flaky(failures: int) -> int:
 @app.orchestrator()
 def patient(ctx: OrchestrationContext, failures: int) -> Orchestrator[int]:
     policy = RetryPolicy(first_interval=timedelta(minutes=1), backoff=2.0, max_attempts=5)
-    return (yield ctx.call_activity(flaky, failures, retry=policy))
+    calls: int = yield ctx.call_activity(flaky, failures, retry=policy)
+    return calls
 
 
 # -- time skipping -----------------------------------------------------------------------------

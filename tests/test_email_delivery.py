@@ -1,0 +1,175 @@
+"""The ``email_delivery`` orchestration on the test kit, with its real timings.
+
+A day-long receipt timeout, resends after soft bounces and retries of a
+refusing SMTP server run on ``durable_fx.testing.TestEnvironment``: time skips
+to each timer while the test waits, so each scenario takes milliseconds and
+the history still shows the hours it covers. The activities that talk to the
+outside (SMTP, the records) are replaced by fakes that note when they ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from durable_fx import ActivityContext, OrchestrationState, OrchestrationStatus
+from durable_fx.history import TimerCreated
+from durable_fx.testing import TestEnvironment
+from email_pipeline.app import Escalation, app, email_delivery, escalate, record_outcome, send_email
+from email_pipeline.models import (
+    DeliveryOutcome,
+    DeliveryPolicy,
+    DeliveryReceipt,
+    EmailJob,
+    EmailRequest,
+    ReceiptStatus,
+    SendCommand,
+    SendResult,
+)
+from email_pipeline.providers import TransientProviderError
+
+DAY = timedelta(hours=24)
+
+
+class FakeMail:
+    """Stands in for the provider and the records: notes every call and when it came.
+
+    ``refusals`` sends fail with a ``TransientProviderError`` first (a busy
+    SMTP server); ``receipts`` are the statuses the provider reports for the
+    accepted sends, in order, each raised as soon as its send is accepted
+    (none left: the provider stays silent).
+    """
+
+    def __init__(
+        self, env: TestEnvironment, *, refusals: int = 0, receipts: tuple[ReceiptStatus, ...] = ()
+    ) -> None:
+        self._env = env
+        self._refusals = refusals
+        self._receipts = iter(receipts)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.tries: list[tuple[datetime, int]] = []  # (when, the send's attempt)
+        self.sent: list[tuple[datetime, SendResult]] = []
+        self.escalations: list[tuple[datetime, Escalation]] = []
+        self.outcomes: list[DeliveryOutcome] = []
+        env.override(send_email, self.send)
+        env.override(escalate, self.escalate)
+        env.override(record_outcome, self.record)
+
+    def send(self, command: SendCommand, context: ActivityContext) -> SendResult:
+        with self._lock:
+            self.tries.append((self._env.now(), context.attempt))
+            if self._refusals > 0:
+                self._refusals -= 1
+                raise TransientProviderError("451 4.3.0 try again later")
+            result = SendResult(
+                message_id=f"<{next(self._ids)}@fake.example>",
+                provider="fake",
+                idempotency_key=command.idempotency_key,
+            )
+            self.sent.append((self._env.now(), result))
+            status = next(self._receipts, None)
+        if status is not None:
+            receipt = DeliveryReceipt(
+                message_id=result.message_id, status=status, event_id=f"receipt-{result.message_id}"
+            )
+            self._env.sync_client.raise_event(command.instance_id, "DeliveryReceipt", receipt)
+        return result
+
+    def escalate(self, escalation: Escalation) -> None:
+        self.escalations.append((self._env.now(), escalation))
+
+    def record(self, outcome: DeliveryOutcome) -> DeliveryOutcome:
+        self.outcomes.append(outcome)
+        return outcome
+
+
+@pytest.fixture
+def env() -> Iterator[TestEnvironment]:
+    with TestEnvironment(app) as running:
+        yield running
+
+
+def job(**policy: Any) -> EmailJob:
+    request = EmailRequest.model_validate(
+        {
+            "from": "shop@example.com",
+            "to": ["ada@example.com"],
+            "subject": "Your order",
+            "text": ".",
+        }
+    )
+    return EmailJob(request=request, policy=DeliveryPolicy(**policy))
+
+
+def deliver(env: TestEnvironment, email: EmailJob) -> tuple[OrchestrationState, DeliveryOutcome]:
+    began = env.now()
+    instance_id = env.sync_client.start(email_delivery, email)
+    state = env.sync_client.wait(instance_id, timeout=30)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    recorded = env.sync_client.get(instance_id, history=True)
+    assert recorded is not None
+    assert recorded.created_at == began
+    return recorded, DeliveryOutcome.model_validate(state.output)
+
+
+def offsets(times: list[datetime], start: datetime) -> list[float]:
+    return [(moment - start).total_seconds() for moment in times]
+
+
+def test_no_receipt_in_24_hours_escalates(env: TestEnvironment) -> None:
+    mail = FakeMail(env)  # the provider accepts the email and never reports back
+    state, outcome = deliver(env, job())
+
+    assert outcome.status == "escalated"
+    assert outcome.sends == 1
+    assert outcome.detail == "no delivery receipt within 86400 s"
+    [(escalated_at, escalation)] = mail.escalations
+    assert escalated_at - state.created_at == DAY
+    assert escalation.operations_address == "ops@example.com"
+    assert (escalation.recipients, escalation.subject) == (["ada@example.com"], "Your order")
+    assert mail.outcomes == [outcome]
+    assert state.history is not None
+    [timeout] = [e for e in state.history if isinstance(e, TimerCreated)]
+    assert (timeout.purpose, timeout.fire_at - timeout.timestamp) == ("event-timeout", DAY)
+    assert state.updated_at - state.created_at == DAY
+
+
+def test_three_soft_bounces_are_resent_after_5_10_and_20_minutes(env: TestEnvironment) -> None:
+    mail = FakeMail(env, receipts=("bounced_soft", "bounced_soft", "bounced_soft", "delivered"))
+    state, outcome = deliver(env, job(max_sends=4, resend_backoff_seconds=300))
+
+    assert outcome.status == "delivered"
+    assert (outcome.sends, outcome.message_id) == (4, "<4@fake.example>")
+    sent_at = [moment for moment, _ in mail.sent]
+    # Each resend waits twice as long as the one before: 300 s, 600 s, 1200 s.
+    assert offsets(sent_at, state.created_at) == [0, 300, 900, 2100]
+    assert mail.escalations == []
+    assert mail.outcomes == [outcome]
+
+
+def test_a_refusing_smtp_server_is_retried_with_back_off(env: TestEnvironment) -> None:
+    mail = FakeMail(env, refusals=3, receipts=("delivered",))
+    state, outcome = deliver(env, job(send_retry_first_seconds=5))
+
+    assert outcome.status == "delivered"
+    assert outcome.sends == 1  # one email: its send took four tries
+    # The retry policy's waits: 5 s, then doubled each time.
+    assert offsets([moment for moment, _ in mail.tries], state.created_at) == [0, 5, 15, 35]
+    assert [attempt for _, attempt in mail.tries] == [1, 2, 3, 4]
+    assert state.history is not None
+    waits = [e.fire_at - e.timestamp for e in state.history if isinstance(e, TimerCreated)]
+    assert waits[:3] == [timedelta(seconds=s) for s in (5, 10, 20)]
+
+
+def test_a_hard_bounce_fails_without_resending(env: TestEnvironment) -> None:
+    mail = FakeMail(env, receipts=("bounced_hard",))
+    _, outcome = deliver(env, job())
+    assert (outcome.status, outcome.sends, outcome.receipt_status) == ("failed", 1, "bounced_hard")
+    assert len(mail.sent) == 1
+    assert mail.escalations == []
