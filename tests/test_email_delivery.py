@@ -173,3 +173,31 @@ def test_a_hard_bounce_fails_without_resending(env: TestEnvironment) -> None:
     assert (outcome.status, outcome.sends, outcome.receipt_status) == ("failed", 1, "bounced_hard")
     assert len(mail.sent) == 1
     assert mail.escalations == []
+
+
+def test_the_first_resend_waits_five_minutes_to_the_second() -> None:
+    soft_bounce = {"status": "bounced_soft", "event_id": "receipt-1"}
+    with TestEnvironment(app, time_skipping=False) as env:
+        mail = FakeMail(env)  # receipts come from the test, step by step
+        instance_id = env.sync_client.start(email_delivery, job())
+        env.sleep_sync(timedelta(0))  # sent; waiting for its receipt
+        [(_, first)] = mail.sent
+        receipt = {**soft_bounce, "message_id": first.message_id}
+        env.sync_client.raise_event(instance_id, "DeliveryReceipt", receipt)
+        env.sleep_sync(timedelta(minutes=4, seconds=59))
+        assert len(mail.sent) == 1
+        env.sleep_sync(timedelta(seconds=1))
+        assert len(mail.sent) == 2
+        state = env.sync_client.get(instance_id)
+    assert state is not None and state.custom_status["stage"] == "awaiting receipt"
+
+
+def test_a_bound_method_or_a_lambda_can_stand_in() -> None:
+    escalations: list[Any] = []
+    with TestEnvironment(app) as env:
+        FakeMail(env)
+        env.override(escalate, escalations.append)
+        env.override(record_outcome, lambda outcome: outcome)
+        state = env.sync_client.wait(env.sync_client.start(email_delivery, job()))
+    assert state.output["status"] == "escalated"
+    assert [e.subject for e in escalations] == ["Your order"]
