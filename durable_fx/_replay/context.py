@@ -4,6 +4,9 @@ Every call that schedules work (an activity, a timer, a sub-orchestration, an
 event sent) takes the next sequence number and records an action under it.
 The executor pairs each action with the history event of the same number and
 later completes the task when the matching result event is applied.
+
+Over 500 lines because the typed overloads of each scheduling call (one per
+call shape, so that its task carries the callee's result type) sit with it.
 """
 
 from __future__ import annotations
