@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 demo: $(INSTALLED)
 	$(PY) examples/email_demo.py
@@ -15,8 +15,13 @@ demo: $(INSTALLED)
 # pinned by package-lock.json; node_modules is installed when missing or stale.
 AZURITE := node_modules/.stamp-npm
 
-test: $(INSTALLED) $(AZURITE)
+test: docs $(AZURITE)
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml, docs/): --strict makes a broken link,
+# anchor or API reference fail the build, and so the test command.
+docs: $(INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check durable_fx email_pipeline function_app.py tests bench examples
@@ -43,4 +48,4 @@ $(AZURITE): package.json package-lock.json
 	@touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .durable_fx .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) node_modules site .durable_fx .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

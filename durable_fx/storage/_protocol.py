@@ -3,7 +3,8 @@
 A store holds four things per task hub: instance rows, each instance's history,
 each instance's inbox (messages not yet applied), and activity work items. The
 runtime never touches them directly; it locks work, runs it, and hands back a
-commit. Every implementation keeps the storage contract of DESIGN.md:
+commit. Every implementation keeps the storage contract
+(docs/design/storage-contract.md):
 
 1. ``commit_episode`` is atomic: history, consumed inbox messages, the instance
    row, new activity work items and outgoing messages persist together or not

@@ -1,13 +1,13 @@
 """The store conformance suite: instances, inboxes and orchestration episodes.
 
 Each check builds a fresh store from a factory, drives it through the Store
-protocol only, and asserts one guarantee of the storage contract (DESIGN.md).
+protocol only, and asserts one guarantee of the storage contract
+(docs/design/storage-contract.md).
 Activity and poisoning checks live in ``_store_conformance_work``, those of
 id reuse and remembered message keys in ``_store_conformance_keys``, those of
 requeueing and deleting poisoned messages in ``_store_conformance_poison``, query,
 housekeeping and concurrency checks in ``_store_conformance_reads``;
-``STORE_CHECKS`` lists them all. Over 500 lines because it is a flat list of
-independent checks, each a few lines, grouped by the guarantee they test.
+``STORE_CHECKS`` lists them all.
 """
 
 from __future__ import annotations
