@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -46,6 +46,7 @@ from durable_fx import (
     DurableApp,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     when_all,
 )
 from durable_fx.hosting import queue_message
@@ -211,7 +212,9 @@ class Instance:
     handlers: dict[str, Callable[..., Any]] = field(init=False)
 
     def __post_init__(self) -> None:
-        functions = {f.get_function_name(): f for f in self.app.get_functions()}
+        functions: dict[str, Any] = {
+            str(f.get_function_name()): f for f in self.app.get_functions()
+        }
         durable = [n for n in functions if n.startswith("dfx_control") or n == "dfx_work_items"]
         self.handlers = {
             functions[name].get_trigger().queue_name: functions[name].get_user_function()
@@ -445,7 +448,7 @@ def chain_instance(
         return n + 1
 
     @app.orchestrator()
-    def chain(ctx: OrchestrationContext, n: int) -> Generator[Any, Any, int]:
+    def chain(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
         for _ in range(3):
             n = yield ctx.call_activity(step, n)
         return n
@@ -480,7 +483,7 @@ def build_job_app(store: AzureStore, ledger: _Ledger, lease: timedelta) -> Durab
         return int(x) + int(y)
 
     @app.orchestrator()
-    def job(ctx: OrchestrationContext, n: int) -> Generator[Any, Any, int]:
+    def job(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
         a = yield ctx.call_activity(add, [n, "a", n, 1])
         b = yield ctx.call_activity(add, [n, "b", a, 2])
         parts = yield when_all([ctx.call_activity(add, [n, f"c{i}", b, i]) for i in range(3)])
@@ -670,7 +673,7 @@ async def _describe_unfinished(
         if state is not None and state.status.is_terminal:
             continue
         query = f"PartitionKey eq '{iid}'"
-        rows = await asyncio.to_thread(lambda q=query: list(table.query_entities(q)))
+        rows = await asyncio.to_thread(list, table.query_entities(query))  # pages lazily
         described.append(
             {
                 "id": iid,

@@ -93,7 +93,7 @@ def test_a_failed_operation_raises_the_sdks_error_with_its_index_and_status(
         await submit_transaction(table, [("create", row)])
         stale = {"mode": UpdateMode.REPLACE, "etag": 'W/"datetime\'2000-01-01T00%3A00%3A00Z\'"',
                  "match_condition": MatchConditions.IfNotModified}  # fmt: skip
-        attempts = [
+        attempts: list[list[tuple[Any, ...]]] = [
             [("upsert", {**row, "RowKey": "a"}), ("create", row)],
             [("update", row, stale)],
             [("upsert", {**row, "RowKey": "b"}), ("delete", {**row, "RowKey": "nope"})],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +25,13 @@ from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.storage.queue import QueueClient
 
 import durable_fx
-from durable_fx import AsyncDurableClient, DurableApp, OrchestrationContext, OrchestrationStatus
+from durable_fx import (
+    AsyncDurableClient,
+    DurableApp,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+)
 from durable_fx.hosting import queue_message
 from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_body, open_queues
 from durable_fx.storage._delivered import DeliveredMessage
@@ -44,7 +50,7 @@ class Host:
     """Receives the hub's messages, invokes the app's queue functions, poisons as the host does."""
 
     def __init__(self, app: DurableApp, queues: QueueBackend) -> None:
-        functions = {f.get_function_name(): f for f in app.get_functions()}
+        functions: dict[str, Any] = {str(f.get_function_name()): f for f in app.get_functions()}
         self.app = app
         self.queues = queues
         settings = app.settings
@@ -133,12 +139,12 @@ class Scenario:
             return f"charged {order}"
 
         @app.orchestrator()
-        def pay(ctx: OrchestrationContext, order: str) -> Generator[Any, Any, str]:
+        def pay(ctx: OrchestrationContext, order: str) -> Orchestrator[str]:
             receipt: str = yield ctx.call_activity(charge, order)
             return receipt
 
         @app.orchestrator()
-        def approve(ctx: OrchestrationContext, order: str) -> Generator[Any, Any, str]:
+        def approve(ctx: OrchestrationContext, order: str) -> Orchestrator[str]:
             who: str = yield ctx.wait_for_event("approved")
             return f"{order} approved by {who}"
 

@@ -83,7 +83,7 @@ def test_an_app_binds_to_its_stores_partitions_and_refuses_a_store_with_others()
     four = open_azure_store(f"{DEV};TaskHub=shop", partitions=4)
     try:
         app = DurableApp(store=two)
-        functions = {f.get_function_name() for f in app.get_functions()}
+        functions = {str(f.get_function_name()) for f in app.get_functions()}
         assert {f for f in functions if f.startswith("dfx_control")} == {
             "dfx_control_00",
             "dfx_control_01",

@@ -14,7 +14,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.storage.queue import QueueClient
 
 import durable_fx
-from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext
+from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext, Orchestrator
 from durable_fx.queues import encode_body, open_queues
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from durable_fx.testing import ManualClock
@@ -49,7 +49,7 @@ def build(store: AzureStore) -> DurableApp:
     app = DurableApp(store=store)
 
     @app.orchestrator()
-    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Generator[Any, Any, str]:
+    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Orchestrator[str]:
         try:
             receipt = yield ctx.wait_for_event("receipt", timeout=timedelta(minutes=minutes))
         except EventTimeoutError:
@@ -62,11 +62,13 @@ def build(store: AzureStore) -> DurableApp:
 def queue_lengths(azurite: Azurite, store: AzureStore) -> dict[str, int]:
     """ApproximateMessagesCount of every queue the app triggers on (what the scaler reads)."""
     names = store.settings.names
-    lengths = {}
+    lengths: dict[str, int] = {}
     for queue in (*names.control_queues, names.work_queue):
         client = QueueClient.from_connection_string(azurite.connection_string(), queue)
         with client:
-            lengths[queue] = client.get_queue_properties().approximate_message_count
+            count = client.get_queue_properties().approximate_message_count
+            assert count is not None
+            lengths[queue] = count
     return lengths
 
 
@@ -245,7 +247,7 @@ def test_a_worker_keeps_parked_timers_out_of_the_queues(
     registry = durable_fx.Registry()
 
     @registry.orchestrator()
-    def nap(ctx: OrchestrationContext, minutes: int) -> Generator[Any, Any, str]:
+    def nap(ctx: OrchestrationContext, minutes: int) -> Orchestrator[str]:
         yield ctx.create_timer(timedelta(minutes=minutes))
         return "rested"
 
@@ -346,7 +348,7 @@ def test_a_worker_resumes_a_parked_instance_whose_wake_up_overtook_its_receipt(
     registry = durable_fx.Registry()
 
     @registry.orchestrator()
-    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Generator[Any, Any, str]:
+    def await_receipt(ctx: OrchestrationContext, minutes: float) -> Orchestrator[str]:
         receipt = yield ctx.wait_for_event("receipt", timeout=timedelta(minutes=minutes))
         return f"receipt {receipt}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from durable_fx import (
     InvalidInstanceIdError,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     RetryPolicy,
     TaskFailedError,
@@ -115,7 +116,7 @@ def test_invalid_sub_orchestrator_id_fails_the_orchestrator(
         return None
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             ctx.call_sub_orchestrator(child, instance_id="bad/child")
         except InvalidInstanceIdError as error:
@@ -163,7 +164,7 @@ def test_unknown_activity_fails_the_task(
         return None
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_activity("no_such_activity", 1)
         except TaskFailedError as error:
@@ -182,7 +183,7 @@ def test_unknown_sub_orchestrator_fails_the_task(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_sub_orchestrator("no_such_child")
         except TaskFailedError as error:
@@ -226,7 +227,7 @@ def test_async_orchestrator_is_refused_at_registration(registry: Registry) -> No
     async def async_orchestrator(ctx: OrchestrationContext) -> int:
         return 1
 
-    async def async_generator_orchestrator(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    async def async_generator_orchestrator(ctx: OrchestrationContext) -> AsyncIterator[Any]:
         yield ctx.create_timer(ctx.current_utc_datetime)
 
     for fn in (async_orchestrator, async_generator_orchestrator):
@@ -244,8 +245,8 @@ def test_calling_an_orchestrator_as_an_activity_fails_clearly(
         return None
 
     @registry.orchestrator()
-    def confused(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
-        yield ctx.call_activity(helper)
+    def confused(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        yield ctx.call_activity(helper)  # type: ignore[arg-type]  # the mistake under test
 
     state = client.wait(client.start(confused), timeout=WAIT)
     assert state.status is OrchestrationStatus.FAILED
@@ -260,8 +261,8 @@ def test_yielding_a_non_task_fails_clearly(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def sloppy(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
-        yield 42
+    def sloppy(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        yield 42  # type: ignore[misc]  # the mistake under test
 
     state = client.wait(client.start(sloppy), timeout=WAIT)
     assert state.status is OrchestrationStatus.FAILED
@@ -277,10 +278,10 @@ def test_yielding_a_coroutine_fails_clearly(
         return None
 
     @registry.orchestrator()
-    def confused(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def confused(ctx: OrchestrationContext) -> Orchestrator[Any]:
         coroutine = not_a_task()
         try:
-            yield coroutine
+            yield coroutine  # type: ignore[misc]  # the mistake under test
         finally:
             coroutine.close()
 
@@ -316,13 +317,13 @@ def test_changed_code_fails_with_non_determinism(
         return "fetched"
 
     @registry.orchestrator(name="pipeline")
-    def original(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def original(ctx: OrchestrationContext) -> Orchestrator[Any]:
         data = yield ctx.call_activity("fetch")
         ctx.set_custom_status("waiting")
         yield ctx.wait_for_event("go")
         return data
 
-    def edited(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def edited(ctx: OrchestrationContext) -> Orchestrator[Any]:
         data = yield ctx.call_activity("validate")  # was "fetch"
         yield ctx.wait_for_event("go")
         return data
@@ -364,12 +365,12 @@ def test_other_code_changes_fail_with_non_determinism(
         return "fetched"
 
     @registry.orchestrator(name="pipeline")
-    def original(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def original(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity("fetch")
         ctx.set_custom_status("waiting")
         yield ctx.wait_for_event("go")
 
-    def edited(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def edited(ctx: OrchestrationContext) -> Orchestrator[Any]:
         if edited_step == "timer":
             yield ctx.create_timer(timedelta(0))
         yield ctx.wait_for_event("go")
@@ -395,7 +396,7 @@ def test_orchestrator_removed_while_an_instance_runs(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def retired(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def retired(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("waiting")
         yield ctx.wait_for_event("go")
 
@@ -432,7 +433,7 @@ def test_unchanged_code_replays_on_a_new_worker(
         return i
 
     @registry.orchestrator()
-    def steps(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def steps(ctx: OrchestrationContext) -> Orchestrator[Any]:
         done = []
         for i in range(3):
             done.append((yield ctx.call_activity(step, i)))
@@ -474,7 +475,7 @@ def test_sync_and_async_activities(
         raise LookupError("async failure")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         sync_result = yield ctx.call_activity(sync_double, 5)
         async_result = yield ctx.call_activity(async_triple, 5)
         try:
@@ -508,7 +509,7 @@ def test_activity_context_fields(registry: Registry, worker: Worker, client: Dur
         return ctx.task_id
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         from datetime import timedelta
 
         policy = RetryPolicy(first_interval=timedelta(milliseconds=10), max_attempts=2)
@@ -566,7 +567,7 @@ def test_activities_failing_in_unusual_ways_fail_their_task_only(
         return "still working"
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         outcomes = {}
         for name in ("calls_sys_exit", "async_sys_exit", "raises_cancelled", "unprintable"):
             try:
@@ -596,7 +597,7 @@ def test_orchestrator_calling_sys_exit_fails_its_instance_only(
     import sys
 
     @registry.orchestrator()
-    def exits_after_a_step(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def exits_after_a_step(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([])
         sys.exit("orchestrator gave up")
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ import azure.functions as func
 import pytest
 
 import durable_fx
-from durable_fx import DurableApp, OrchestrationContext
+from durable_fx import DurableApp, OrchestrationContext, Orchestrator
 from durable_fx.bindings import MessageRejected
 from durable_fx.hosting import http_request, queue_message
 from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_body, open_queues
@@ -37,7 +37,7 @@ class FakeHost:
 
     def __init__(self, app: DurableApp, queues: QueueBackend) -> None:
         self.app = app
-        functions = {f.get_function_name(): f for f in app.get_functions()}
+        functions: dict[str, Any] = {str(f.get_function_name()): f for f in app.get_functions()}
         durable = [n for n in functions if n.startswith("dfx_control") or n == "dfx_work_items"]
         self.handlers: dict[str, Callable[..., Any]] = {
             functions[name].get_trigger().queue_name: functions[name].get_user_function()
@@ -118,7 +118,7 @@ def build(store: AzureStore, calls: list[str]) -> DurableApp:
         return word.upper()
 
     @app.orchestrator()
-    def flow(ctx: OrchestrationContext, word: str) -> Generator[Any, Any, str]:
+    def flow(ctx: OrchestrationContext, word: str) -> Orchestrator[str]:
         first = yield ctx.call_activity(record, word)
         if word == "sleepy":
             yield ctx.create_timer(timedelta(seconds=2))
@@ -292,7 +292,7 @@ def test_the_work_item_function_leaves_its_message_to_the_host(store: AzureStore
         return word.upper()
 
     @app.orchestrator()
-    def once(ctx: OrchestrationContext, word: str) -> Generator[Any, Any, str]:
+    def once(ctx: OrchestrationContext, word: str) -> Orchestrator[str]:
         result: str = yield ctx.call_activity(slow, word)
         return result
 

@@ -14,7 +14,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ import pytest
 from pydantic import BaseModel
 
 import durable_fx
-from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext
+from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext, Orchestrator
 from durable_fx.bindings import (
     HostConfig,
     MessageRejected,
@@ -58,7 +58,7 @@ def build_app(store: durable_fx.Store, monkeypatch: pytest.MonkeyPatch) -> Durab
         return f"reserved {order.quantity}"
 
     @app.orchestrator()
-    def fulfil(ctx: OrchestrationContext, order: Order) -> Generator[Any, Any, dict[str, Any]]:
+    def fulfil(ctx: OrchestrationContext, order: Order) -> Orchestrator[dict[str, Any]]:
         reserved = yield ctx.call_activity(reserve, order)
         carriers: list[str] = []
         while True:
@@ -74,7 +74,7 @@ def build_app(store: durable_fx.Store, monkeypatch: pytest.MonkeyPatch) -> Durab
         return {"reserved": reserved, "carriers": carriers}
 
     @app.orchestrator()
-    def no_input(ctx: OrchestrationContext) -> Generator[Any, Any, str]:
+    def no_input(ctx: OrchestrationContext) -> Orchestrator[str]:
         yield ctx.create_timer(timedelta(0))
         return "done"
 
@@ -128,7 +128,7 @@ class Harness:
         method: str,
         path: str,
         *,
-        body: bytes | str | dict[str, Any] | None = None,
+        body: bytes | str | dict[str, Any] | list[Any] | None = None,
         params: dict[str, str] | None = None,
         route: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
@@ -179,7 +179,7 @@ def harness(
     app = build_app(store, monkeypatch)
     queues = MemoryQueues()
     app.runtime.use_queues(queues)
-    functions = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+    functions = {str(f.get_function_name()): f.get_user_function() for f in app.get_functions()}
     worker = durable_fx.Worker(app, store, max_poll_interval=0.05)
     with worker, durable_fx.DurableClient(store) as client:
         yield Harness(app, store, client, functions, queues)
@@ -369,7 +369,8 @@ def test_suspend_resume_terminate_and_purge(harness: Harness) -> None:
     suspended = harness.http("dfx_suspend", "POST", "instances/steer/suspend", route=route)
     assert suspended.status_code == 202
     deadline = time.monotonic() + 20
-    while harness.client.get("steer").status is not durable_fx.OrchestrationStatus.SUSPENDED:
+    suspended_status = durable_fx.OrchestrationStatus.SUSPENDED
+    while (state := harness.client.get("steer")) is None or state.status is not suspended_status:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert (
@@ -471,7 +472,7 @@ def test_event_grid_handshakes_and_batches(harness: Harness) -> None:
         "shipped_grid",
         "POST",
         "hooks/grid",
-        body=validation,  # type: ignore[arg-type]
+        body=validation,
         headers={"aeg-event-type": "SubscriptionValidation"},
     )
     assert body_of(answer) == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
@@ -498,7 +499,7 @@ def test_event_grid_handshakes_and_batches(harness: Harness) -> None:
         "POST",
         "hooks/grid",
         body=batch,
-        headers={"aeg-event-type": "Notification"},  # type: ignore[arg-type]
+        headers={"aeg-event-type": "Notification"},
     )
     assert body_of(delivered) == {
         "raised": 2,

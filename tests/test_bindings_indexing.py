@@ -12,7 +12,6 @@ import inspect
 import json
 import subprocess
 import sys
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import azure.functions as func
 import pytest
 
 import durable_fx
-from durable_fx import AsyncDurableClient, DurableApp, DurableClient, Registry, Worker
+from durable_fx import AsyncDurableClient, DurableApp, DurableClient, Orchestrator, Registry, Worker
 from durable_fx.bindings import hmac_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ CHECKER = REPO.parent / "shared" / "tools" / "check_function_app.py"
 def bindings_of(app: func.FunctionApp) -> dict[str, list[dict[str, Any]]]:
     """Each function's raw bindings, as the worker sends them to the host."""
     return {
-        f.get_function_name(): [json.loads(raw) for raw in f.get_raw_bindings()]
+        str(f.get_function_name()): [json.loads(raw) for raw in f.get_raw_bindings()]
         for f in app.get_functions()
     }
 
@@ -148,8 +147,9 @@ def test_decorators_return_the_users_functions_and_fill_the_registry() -> None:
     def double(n: int) -> int:
         return 2 * n
 
-    def flow(ctx: durable_fx.OrchestrationContext, n: int) -> Generator[Any, Any, int]:
-        return (yield ctx.call_activity(double, n))
+    def flow(ctx: durable_fx.OrchestrationContext, n: int) -> Orchestrator[int]:
+        doubled: int = yield ctx.call_activity(double, n)
+        return doubled
 
     assert app.activity()(double) is double
     assert app.orchestrator(name="flow")(flow) is flow
@@ -167,8 +167,9 @@ def test_a_worker_runs_a_durable_apps_orchestrations() -> None:
         return word.upper()
 
     @app.orchestrator()
-    def loud(ctx: durable_fx.OrchestrationContext, word: str) -> Generator[Any, Any, str]:
-        return (yield ctx.call_activity(shout, word))
+    def loud(ctx: durable_fx.OrchestrationContext, word: str) -> Orchestrator[str]:
+        shouted: str = yield ctx.call_activity(shout, word)
+        return shouted
 
     store = durable_fx.open_store("memory://")
     with Worker(app, store, max_poll_interval=0.05), DurableClient(store) as client:

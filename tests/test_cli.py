@@ -28,6 +28,7 @@ from durable_fx import (
     DurableClient,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     Replayer,
     Worker,
@@ -54,7 +55,7 @@ def explode(reason: str) -> None:
 
 
 @workflows.orchestrator()
-def greeter(ctx: OrchestrationContext, name: str):  # type: ignore[no-untyped-def]
+def greeter(ctx: OrchestrationContext, name: str) -> Orchestrator[Any]:
     greeting = yield ctx.call_activity(greet, name)
     yield ctx.create_timer(timedelta(milliseconds=10))
     approval = yield ctx.wait_for_event("Approve")
@@ -62,7 +63,7 @@ def greeter(ctx: OrchestrationContext, name: str):  # type: ignore[no-untyped-de
 
 
 @workflows.orchestrator()
-def doomed(ctx: OrchestrationContext, reason: str):  # type: ignore[no-untyped-def]
+def doomed(ctx: OrchestrationContext, reason: str) -> Orchestrator[Any]:
     yield ctx.call_activity(explode, reason)
 
 

@@ -17,6 +17,7 @@ from durable_fx import (
     OrchestrationContext,
     OrchestrationState,
     OrchestrationStatus,
+    Orchestrator,
     QueryResult,
     Registry,
     Store,
@@ -33,7 +34,7 @@ def _register(registry: Registry) -> None:
         return 2 * x
 
     @registry.orchestrator()
-    def doubler(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def doubler(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         ctx.set_custom_status("waiting")
         factor = yield ctx.wait_for_event("factor")
         doubled = yield ctx.call_activity(double, x)
@@ -139,7 +140,7 @@ def test_async_worker_and_client_on_one_loop(registry: Registry, store: Store) -
         return x + 1
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         return (yield ctx.call_activity(fetch, x))
 
     async def main() -> OrchestrationState:
@@ -157,7 +158,7 @@ def test_async_worker_and_client_on_one_loop(registry: Registry, store: Store) -
 
 def test_wait_times_out(registry: Registry, worker: Worker, client: DurableClient) -> None:
     @registry.orchestrator()
-    def forever(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def forever(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("never")
 
     iid = client.start(forever)

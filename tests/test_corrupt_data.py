@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 import durable_fx
-from durable_fx import DurableClient, OrchestrationContext, OrchestrationStatus, Registry, Worker
+from durable_fx import (
+    DurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+    Worker,
+)
 
 WAIT = 20.0
 
@@ -47,11 +54,11 @@ def app() -> Registry:
         return value
 
     @registry.orchestrator()
-    def echo_once(ctx: OrchestrationContext, value: str) -> Iterator[Any]:
+    def echo_once(ctx: OrchestrationContext, value: str) -> Orchestrator[Any]:
         return (yield ctx.call_activity(echo, value))
 
     @registry.orchestrator()
-    def echo_then_wait(ctx: OrchestrationContext, value: str) -> Iterator[Any]:
+    def echo_then_wait(ctx: OrchestrationContext, value: str) -> Orchestrator[Any]:
         first = yield ctx.call_activity(echo, value)
         second = yield ctx.wait_for_event("go")
         return [first, second]

@@ -89,10 +89,13 @@ def deliver_all(client: httpx.Client, message_ids: dict[str, str]) -> list[dict[
         assert answer.status_code == 202, answer.text
     outputs = []
     for instance_id in message_ids:
+
+        def finished(i: str = instance_id) -> Any:
+            r = client.get(f"instances/{i}")
+            return (r.status_code == 200 and r.json()) or None
+
         state = wait_until(
-            lambda i=instance_id: (
-                ((r := client.get(f"instances/{i}")).status_code == 200 and r.json()) or None
-            ),
+            finished,
             60,
             f"{instance_id} to finish",
         )

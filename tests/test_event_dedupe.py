@@ -22,6 +22,7 @@ from durable_fx import (
     InstanceNotFoundError,
     InvalidOperationError,
     OrchestrationContext,
+    Orchestrator,
     Registry,
     Store,
     Worker,
@@ -32,7 +33,7 @@ WAIT = 20.0
 
 def _register(registry: Registry) -> None:
     @registry.orchestrator()
-    def collector(ctx: OrchestrationContext, count: int):  # type: ignore[no-untyped-def]
+    def collector(ctx: OrchestrationContext, count: int) -> Orchestrator[Any]:
         """Collect ``count`` events named "item", then wait for "stop"."""
         items = []
         for _ in range(count):

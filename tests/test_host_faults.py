@@ -17,7 +17,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +26,13 @@ from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.core.rest import HttpRequest
 
-from durable_fx import AsyncDurableClient, DurableApp, OrchestrationContext, OrchestrationStatus
+from durable_fx import (
+    AsyncDurableClient,
+    DurableApp,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+)
 from durable_fx.queues import open_queues
 from durable_fx.storage.azure import AzureStore, _transient, open_azure_store
 from durable_fx.storage.azure._settings import partition_of
@@ -81,7 +87,7 @@ class Chain:
             return n + 1
 
         @app.orchestrator()
-        def chain(ctx: OrchestrationContext, n: int) -> Generator[Any, Any, int]:
+        def chain(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
             for _ in range(3):
                 n = yield ctx.call_activity(step, n)
             return n

@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import pytest
 import typer.main
-from bicep_support import BicepFile, Node, object_keys, properties, walk
 from pycep import BicepParser
 from typer.testing import CliRunner
 
@@ -36,6 +35,7 @@ from durable_fx import storage as durable_storage
 from durable_fx.bindings._settings import DEFAULT_CONNECTION, DEFAULT_HUB, FunctionsSettings
 from durable_fx.cli import app as cli_app
 from durable_fx.storage.azure._settings import settings_from_url
+from tests.bicep_support import BicepFile, Node, object_keys, properties, walk
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -286,7 +286,9 @@ def test_storage_is_identity_only_with_blob_queue_and_table_roles() -> None:
     ]
     assert st.value(account.body)["properties"]["allowSharedKeyAccess"] is False
     (assignments,) = [r for r in st.resources() if "roleAssignments" in r.target]
-    loop = text(walk(assignments.body)[0].parent)  # [for role in items(roles): {...}]
+    parent = walk(assignments.body)[0].parent
+    assert parent is not None
+    loop = text(parent)  # [for role in items(roles): {...}]
     assert "items(roles)" in loop
     assert "principalId: principalId" in text(assignments.body)
     assert set(st.scope()["roles"].values()) == set(STORAGE_ROLES)

@@ -20,6 +20,7 @@ from durable_fx import (
     InvalidOperationError,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     Worker,
 )
@@ -46,7 +47,7 @@ def _kinds(client: DurableClient, iid: str) -> list[str]:
 
 def _register_waiter(registry: Registry) -> Callable[..., Any]:
     @registry.orchestrator()
-    def waiter(ctx: OrchestrationContext, label: Any = None):  # type: ignore[no-untyped-def]
+    def waiter(ctx: OrchestrationContext, label: Any = None) -> Orchestrator[Any]:
         ctx.set_custom_status("waiting")
         data = yield ctx.wait_for_event("go")
         return {"label": label, "data": data}
@@ -124,7 +125,7 @@ def test_suspended_timer_fires_after_resume(
     registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
 ) -> None:
     @registry.orchestrator()
-    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def sleeper(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("sleeping")
         yield ctx.create_timer(SHORT)
         return "woke"
@@ -380,7 +381,7 @@ def test_continue_as_new_counter(registry: Registry, worker: Worker, client: Dur
         return n + 1
 
     @registry.orchestrator()
-    def counter(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def counter(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
         n = yield ctx.call_activity(bump, n)
         if n < 5:
             ctx.continue_as_new(n)
@@ -407,7 +408,7 @@ def test_continue_as_new_carries_pending_events(
     keep_events: bool,
 ) -> None:
     @registry.orchestrator()
-    def carrier(ctx: OrchestrationContext, generation: int):  # type: ignore[no-untyped-def]
+    def carrier(ctx: OrchestrationContext, generation: int) -> Orchestrator[Any]:
         if generation == 0:
             ctx.set_custom_status("gen0")
             yield ctx.wait_for_event("go")
@@ -434,7 +435,7 @@ def test_continue_as_new_many_times(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def loop(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def loop(ctx: OrchestrationContext, n: int) -> Any:
         if n < 30:
             ctx.continue_as_new(n + 1)
         return n
@@ -499,7 +500,7 @@ def test_starting_a_finished_id_replaces_it_when_asked(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def echo(ctx: OrchestrationContext, x: Any):  # type: ignore[no-untyped-def]
+    def echo(ctx: OrchestrationContext, x: Any) -> Orchestrator[Any]:
         ctx.set_custom_status(f"status {x}")
         yield ctx.create_timer(timedelta(0))
         return x
@@ -525,7 +526,7 @@ def test_custom_status_while_running(
     registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
 ) -> None:
     @registry.orchestrator()
-    def progress(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def progress(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status({"step": 1, "of": 2})
         yield ctx.wait_for_event("next")
         ctx.set_custom_status({"step": 2, "of": 2})
@@ -564,7 +565,7 @@ def test_new_uuid_is_deterministic_across_replays(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def ids(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def ids(ctx: OrchestrationContext) -> Orchestrator[Any]:
         first = ctx.new_uuid()
         second = ctx.new_uuid()
         ctx.set_custom_status([str(first), str(second)])
@@ -599,7 +600,7 @@ def test_is_replaying_and_replay_safe_logging(
         return x
 
     @registry.orchestrator()
-    def chatty(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def chatty(ctx: OrchestrationContext) -> Orchestrator[Any]:
         seen.append(("start", ctx.is_replaying))
         ctx.logger.info("starting %s", ctx.instance_id)
         yield ctx.call_activity(step, 1)
@@ -645,7 +646,7 @@ def test_terminate_does_not_run_cleanup_code_that_schedules_work(
         cleaned.append("ran")
 
     @registry.orchestrator()
-    def tidy(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def tidy(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             ctx.set_custom_status("waiting")
             yield ctx.wait_for_event("never")
@@ -693,13 +694,13 @@ def test_every_feature_gives_the_same_result_under_replay(
         raise ValueError("always")
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         y = yield ctx.call_activity(inc, x)
         yield ctx.create_timer(timedelta(milliseconds=10))
         return y * 10
 
     @registry.orchestrator()
-    def sink(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def sink(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
         out: dict[str, Any] = {"uuid": str(ctx.new_uuid())}
         out["seq"] = yield ctx.call_activity(inc, n)
         out["fan"] = yield when_all([ctx.call_activity(inc, i) for i in range(5)])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +16,7 @@ from durable_fx import (
     DurableClient,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     SerializationError,
     TaskFailedError,
@@ -119,7 +119,7 @@ def test_models_dataclasses_datetimes_and_enums_round_trip(
         )
 
     @registry.orchestrator()
-    def fulfil(ctx: OrchestrationContext, order: Order) -> Generator[Any, Any, Receipt]:
+    def fulfil(ctx: OrchestrationContext, order: Order) -> Orchestrator[Receipt]:
         assert isinstance(order, Order), type(order)
         shipment = yield ctx.call_activity(plan_shipment, order)
         assert isinstance(shipment, Shipment), type(shipment)
@@ -159,7 +159,7 @@ def test_builtin_collections_round_trip(
         return [when, when + timedelta(hours=1)]
 
     @registry.orchestrator()
-    def collections(ctx: OrchestrationContext, values: dict[str, list[int]]):  # type: ignore[no-untyped-def]
+    def collections(ctx: OrchestrationContext, values: dict[str, list[int]]) -> Orchestrator[Any]:
         summary = yield ctx.call_activity(summarize, values)
         assert summary["a"] == (6, 2.0), summary
         stamps = yield ctx.call_activity(stamp, ctx.current_utc_datetime)
@@ -189,11 +189,11 @@ def test_untyped_activity_gets_plain_json(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.activity()
-    def untyped(value):  # type: ignore[no-untyped-def]
+    def untyped(value) -> Any:  # type: ignore[no-untyped-def]  # untyped on purpose
         return {"type": type(value).__name__, "value": value}
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity(untyped, Address("x", "y")))
 
     state = client.wait(client.start(orchestrate), timeout=WAIT)
@@ -209,7 +209,7 @@ def test_parameter_defaults_apply_when_no_input_is_given(
         return f"hello {name}"
 
     @registry.orchestrator()
-    def greeter(ctx: OrchestrationContext, times: int = 2) -> Generator[Any, Any, list[str]]:
+    def greeter(ctx: OrchestrationContext, times: int = 2) -> Orchestrator[list[str]]:
         defaulted = yield ctx.call_activity(greet)
         given = yield ctx.call_activity(greet, "ada")
         return [defaulted, given] * times
@@ -225,12 +225,12 @@ def test_sub_orchestrator_output_is_rebuilt(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext, order: Order) -> Generator[Any, Any, Shipment]:
+    def child(ctx: OrchestrationContext, order: Order) -> Orchestrator[Shipment]:
         yield ctx.create_timer(timedelta(0))
         return Shipment(order.order_id, Address("s", "c"), date(2024, 1, 2), order.priority)
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext, order: Order):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext, order: Order) -> Orchestrator[Any]:
         shipment = yield ctx.call_sub_orchestrator(child, order)
         assert isinstance(shipment, Shipment), type(shipment)
         return shipment.ship_on.isoformat()
@@ -248,7 +248,7 @@ def test_activity_returning_an_unserializable_value_fails_the_task(
         return Opaque()
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_activity(leaky)
         except TaskFailedError as error:
@@ -280,7 +280,7 @@ def test_raise_event_with_unserializable_data_raises(
     client: DurableClient,
 ) -> None:
     @registry.orchestrator()
-    def waits(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def waits(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.wait_for_event("e"))
 
     iid = client.start(waits)
@@ -316,9 +316,9 @@ def test_activity_input_not_matching_its_annotation_fails_the_task(
         calls.append(order)
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
-            yield ctx.call_activity(needs_order, {"items": "nope"})
+            yield ctx.call_activity(needs_order, {"items": "nope"})  # type: ignore[arg-type]
         except TaskFailedError as error:
             return {"type": error.error_type, "message": error.message}
         return "no error"
@@ -352,7 +352,7 @@ def test_scheduling_with_an_unserializable_input_raises_in_the_orchestrator(
         return value
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             ctx.call_activity(anything, Opaque())
         except SerializationError as error:

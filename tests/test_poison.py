@@ -24,6 +24,7 @@ from durable_fx import (
     HistoryEvent,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     PoisonedMessage,
     Registry,
     Store,
@@ -74,7 +75,7 @@ def test_a_poisoned_activity_runs_again_once_requeued(
         return f"charged {order}"
 
     @registry.orchestrator()
-    def checkout(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
+    def checkout(ctx: OrchestrationContext, order: str) -> Orchestrator[Any]:
         receipt = yield ctx.call_activity(charge, order)
         return receipt
 
@@ -117,11 +118,16 @@ class _FailingCommits:
 
     # -- the rest of the Store protocol, passed through ---------------------------------------
 
-    async def create_instance(self, message: OrchestrationMessage) -> None:
-        await self.inner.create_instance(message)
+    async def create_instance(
+        self,
+        message: OrchestrationMessage,
+        *,
+        replaceable: frozenset[OrchestrationStatus] = frozenset(),
+    ) -> None:
+        await self.inner.create_instance(message, replaceable=replaceable)
 
-    async def enqueue(self, message: OrchestrationMessage) -> None:
-        await self.inner.enqueue(message)
+    async def enqueue(self, message: OrchestrationMessage) -> bool:
+        return await self.inner.enqueue(message)
 
     async def lock_orchestrations(
         self, *, owner: str, limit: int, lease: timedelta
@@ -268,7 +274,7 @@ def _poison_an_approval(
     """
 
     @registry.orchestrator()
-    def approval(ctx: OrchestrationContext, order: str) -> Iterator[Any]:
+    def approval(ctx: OrchestrationContext, order: str) -> Orchestrator[Any]:
         decision = yield ctx.wait_for_event("Approve")
         return f"{order}: {decision}"
 
@@ -339,7 +345,7 @@ def test_an_undecodable_message_goes_back_as_it_was(
     registry = Registry()
 
     @registry.orchestrator()
-    def idle(ctx: OrchestrationContext, _: None) -> Iterator[Any]:
+    def idle(ctx: OrchestrationContext, _: None) -> Orchestrator[Any]:
         yield ctx.wait_for_event("never")
 
     instance_id = sqlite_client.start(idle, None, instance_id="damaged")

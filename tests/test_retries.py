@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from durable_fx import (
     HistoryEvent,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     RetryPolicy,
     TaskFailedError,
@@ -57,7 +59,7 @@ def test_retries_until_success(registry: Registry, worker: Worker, client: Durab
         return f"succeeded on attempt {ctx.attempt}"
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=50 * MS, max_attempts=5)
         return (yield ctx.call_activity(flaky, retry=policy))
 
@@ -80,7 +82,7 @@ def test_exhausted_attempts_fail_the_instance_with_the_last_error(
         raise ConnectionError(f"failure #{ctx.attempt}")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=20 * MS, max_attempts=3)
         yield ctx.call_activity(always_fails, retry=policy)
 
@@ -103,7 +105,7 @@ def test_exhausted_attempts_can_be_caught(
         raise ValueError("permanent")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=10 * MS, max_attempts=2)
         try:
             yield ctx.call_activity(always_fails, retry=policy)
@@ -126,7 +128,7 @@ def test_backoff_and_max_interval(
         raise ConnectionError("down")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(
             first_interval=10 * MS, backoff=2.0, max_attempts=5, max_interval=30 * MS
         )
@@ -156,7 +158,7 @@ def test_handle_returning_false_stops_retrying(
         return error.error_type == "ConnectionError"
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=10 * MS, max_attempts=10, handle=transient_only)
         yield ctx.call_activity(fails, retry=policy)
 
@@ -177,7 +179,7 @@ def test_timeout_stops_retrying(registry: Registry, worker: Worker, client: Dura
         raise ConnectionError("down")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         # Waits of 0.2 s then 2 s: the second would end past the 1.5 s timeout. The
         # margins are wide so a loaded machine's slow attempts cannot blur them.
         policy = RetryPolicy(
@@ -196,7 +198,7 @@ def test_unknown_activity_is_not_retried(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=10 * MS, max_attempts=5)
         try:
             yield ctx.call_activity("no_such_activity", retry=policy)
@@ -226,7 +228,7 @@ def test_retries_of_fanned_out_tasks_are_independent(
         return item
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         from durable_fx import when_all
 
         policy = RetryPolicy(first_interval=10 * MS, max_attempts=2)
@@ -253,7 +255,7 @@ def test_handle_that_raises_fails_the_instance(
         raise AttributeError("the handle predicate is buggy")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         policy = RetryPolicy(first_interval=10 * MS, max_attempts=3, handle=buggy_handle)
         yield ctx.call_activity(fails, retry=policy)
 

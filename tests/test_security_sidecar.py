@@ -116,7 +116,7 @@ def raw_stub(
 ) -> Iterator[pb_grpc.TaskHubSidecarServiceStub]:
     options = [] if limit is None else [("grpc.max_receive_message_length", limit)]
     with grpc.insecure_channel(address, options=options) as channel:
-        yield pb_grpc.TaskHubSidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield pb_grpc.TaskHubSidecarServiceStub(channel)
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

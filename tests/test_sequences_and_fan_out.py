@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from durable_fx import (
     DurableClient,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     TaskFailedError,
     Worker,
@@ -28,7 +30,7 @@ def test_sequence_of_activities(registry: Registry, worker: Worker, client: Dura
         return f"Hello {name}"
 
     @registry.orchestrator()
-    def sequence(ctx: OrchestrationContext, names: list[str]):  # type: ignore[no-untyped-def]
+    def sequence(ctx: OrchestrationContext, names: list[str]) -> Orchestrator[Any]:
         out = []
         for name in names:
             out.append((yield ctx.call_activity(greet, name)))
@@ -48,7 +50,7 @@ def test_activity_called_by_name(registry: Registry, worker: Worker, client: Dur
         return 2 * x
 
     @registry.orchestrator(name="ByName")
-    def by_name(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def by_name(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         return (yield ctx.call_activity("Double", x))
 
     iid = client.start("ByName", 21)
@@ -66,7 +68,7 @@ def test_fan_out_fan_in(
         return x * x
 
     @registry.orchestrator()
-    def fan_out(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def fan_out(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
         results = yield when_all([ctx.call_activity(square, i) for i in range(n)])
         return results
 
@@ -78,7 +80,7 @@ def test_fan_out_fan_in(
 
 def test_when_all_of_nothing(registry: Registry, worker: Worker, client: DurableClient) -> None:
     @registry.orchestrator()
-    def nothing(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def nothing(ctx: OrchestrationContext) -> Orchestrator[Any]:
         results = yield when_all([])
         return results
 
@@ -95,7 +97,7 @@ def test_when_any_returns_the_first_task(
         return "fast"
 
     @registry.orchestrator()
-    def race(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def race(ctx: OrchestrationContext) -> Orchestrator[Any]:
         from datetime import timedelta
 
         slow = ctx.create_timer(timedelta(seconds=30))
@@ -116,7 +118,7 @@ def test_when_any_with_a_failed_task_returns_it(
         raise ValueError("nope")
 
     @registry.orchestrator()
-    def race(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def race(ctx: OrchestrationContext) -> Orchestrator[Any]:
         from datetime import timedelta
 
         failing = ctx.call_activity(broken)
@@ -143,7 +145,7 @@ def test_failed_task_in_when_all_raises_at_the_yield(
         return x
 
     @registry.orchestrator()
-    def fan_out(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def fan_out(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield when_all([ctx.call_activity(maybe_fail, i) for i in range(6)])
         except TaskFailedError as error:
@@ -173,7 +175,7 @@ def test_uncaught_task_failure_fails_the_instance(
         raise RuntimeError("kaboom")
 
     @registry.orchestrator()
-    def careless(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def careless(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity(explode)
 
     state = client.wait(client.start(careless), timeout=WAIT)
@@ -188,7 +190,7 @@ def test_orchestrator_exception_fails_the_instance(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def raises(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def raises(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([])
         raise KeyError("missing thing")
 
@@ -220,7 +222,7 @@ def test_orchestrator_without_input_parameter(
         return 42
 
     @registry.orchestrator()
-    def no_input(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def no_input(ctx: OrchestrationContext) -> Orchestrator[Any]:
         value = yield ctx.call_activity(answer)
         return {"value": value, "input": ctx.input}
 
@@ -239,7 +241,7 @@ def test_activity_without_input_or_output(
         calls.append("ran")
 
     @registry.orchestrator()
-    def orchestrate(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def orchestrate(ctx: OrchestrationContext) -> Orchestrator[Any]:
         result = yield ctx.call_activity(side_effect)
         return result is None
 
@@ -255,7 +257,7 @@ def test_many_instances_at_once(registry: Registry, worker: Worker, client: Dura
         return x + 1
 
     @registry.orchestrator()
-    def chain(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def chain(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         for _ in range(3):
             x = yield ctx.call_activity(inc, x)
         return x
@@ -279,7 +281,7 @@ def test_two_workers_share_the_work(
         return x * 2
 
     @registry.orchestrator()
-    def fan(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def fan(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
         first = yield when_all([ctx.call_activity(work, i) for i in range(n)])
         second = yield ctx.call_activity(work, sum(first))
         return second

@@ -321,7 +321,7 @@ def test_continue_as_new_starts_over_with_new_input(sdk: dt_client.TaskHubGrpcCl
     instance_id = sdk.schedule_new_orchestration(counter, input={"n": 0})
     assert output(finished(sdk, instance_id)) == 3
     history = sdk.get_orchestration_history(instance_id)
-    started_event = next(e for e in history if type(e).__name__ == "ExecutionStartedEvent")
+    started_event: Any = next(e for e in history if type(e).__name__ == "ExecutionStartedEvent")
     assert json.loads(started_event.input) == {"n": 3}
 
 

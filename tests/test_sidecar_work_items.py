@@ -117,7 +117,7 @@ def sdk_for() -> Iterator[Callable[[str], dt_client.TaskHubGrpcClient]]:
 def raw_stub(address: str) -> Iterator[Stub]:
     """The protocol's generated stub, to act as a worker the SDK would never be; closed after."""
     with grpc.insecure_channel(address) as channel:
-        yield pb_grpc.TaskHubSidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield pb_grpc.TaskHubSidecarServiceStub(channel)
 
 
 @contextlib.contextmanager

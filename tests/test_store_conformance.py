@@ -25,7 +25,10 @@ from tests.azurite import Azurite, new_hub
 
 @pytest.mark.parametrize("check", STORE_CHECKS, ids=lambda check: check.__name__)
 def test_store_conformance(store_factory: StoreFactory, check: StoreCheck) -> None:
-    asyncio.run(check(store_factory))
+    async def run() -> None:
+        await check(store_factory)
+
+    asyncio.run(run())
 
 
 def test_check_store_runs_every_check_on_fresh_stores() -> None:

@@ -11,6 +11,7 @@ from durable_fx import (
     DurableClient,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     RetryPolicy,
     TaskFailedError,
@@ -28,11 +29,11 @@ def test_sub_orchestrator_result(registry: Registry, worker: Worker, client: Dur
         return pair[0] + pair[1]
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext, pair: list[int]):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext, pair: list[int]) -> Orchestrator[Any]:
         return (yield ctx.call_activity(add, pair))
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         first = yield ctx.call_sub_orchestrator(child, [1, 2])
         second = yield ctx.call_sub_orchestrator("child", [first, 10])
         return second
@@ -51,11 +52,11 @@ def test_sub_orchestrator_with_chosen_instance_id(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext, x: int) -> Any:
         return {"me": ctx.instance_id, "x": x}
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_sub_orchestrator(child, 7, instance_id="my-child"))
 
     state = client.wait(client.start(parent), timeout=WAIT)
@@ -76,7 +77,7 @@ def test_fan_out_to_sub_orchestrators(
         return x * 10
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield when_all([ctx.call_sub_orchestrator(child, i) for i in range(10)]))
 
     state = client.wait(client.start(parent), timeout=WAIT)
@@ -88,7 +89,7 @@ def test_nested_sub_orchestrators(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def nested(ctx: OrchestrationContext, depth: int):  # type: ignore[no-untyped-def]
+    def nested(ctx: OrchestrationContext, depth: int) -> Orchestrator[Any]:
         if depth == 0:
             return ["leaf"]
         below = yield ctx.call_sub_orchestrator(nested, depth - 1)
@@ -103,12 +104,12 @@ def test_sub_orchestrator_failure_raises_task_failed(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([])
         raise ValueError("child is broken")
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_sub_orchestrator(child, instance_id="broken-child")
         except TaskFailedError as error:
@@ -130,11 +131,11 @@ def test_uncaught_sub_orchestrator_failure_fails_the_parent(
         raise RuntimeError("deep failure")
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_activity(explode)
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_sub_orchestrator(child)
 
     state = client.wait(client.start(parent), timeout=WAIT)
@@ -159,11 +160,11 @@ def test_retry_of_a_failing_sub_orchestrator(
         return f"ok after {count}"
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity(flaky, ctx.instance_id))
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_sub_orchestrator(child, retry=RETRY))
 
     iid = client.start(parent)
@@ -196,11 +197,11 @@ def test_retry_of_a_sub_orchestrator_with_a_fixed_instance_id(
         return "ok"
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_activity(flaky, ctx.instance_id))
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_sub_orchestrator(child, instance_id="fixed-child", retry=RETRY))
 
     state = client.wait(client.start(parent), timeout=WAIT)
@@ -218,11 +219,11 @@ def test_sub_orchestrator_id_already_running_fails_the_task(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def blocker(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def blocker(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("never")
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_sub_orchestrator(blocker, instance_id="busy")
         except TaskFailedError as error:
@@ -244,15 +245,15 @@ def test_recursive_terminate_stops_running_children(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def grandchild(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def grandchild(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("never")
 
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_sub_orchestrator(grandchild, instance_id="grandchild")
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_sub_orchestrator(child, instance_id="child")
 
     iid = client.start(parent)
@@ -273,11 +274,11 @@ def test_non_recursive_terminate_leaves_children_running(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.wait_for_event("finish"))
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.call_sub_orchestrator(child, instance_id="survivor")
 
     iid = client.start(parent)
@@ -301,7 +302,7 @@ def test_sub_orchestrator_that_continues_as_new(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def countdown(ctx: OrchestrationContext, n: int):  # type: ignore[no-untyped-def]
+    def countdown(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
         yield ctx.create_timer(timedelta(0))
         if n > 0:
             ctx.continue_as_new(n - 1)
@@ -309,7 +310,7 @@ def test_sub_orchestrator_that_continues_as_new(
         return "liftoff"
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         return (yield ctx.call_sub_orchestrator(countdown, 3, instance_id="countdown"))
 
     state = client.wait(client.start(parent), timeout=WAIT)
@@ -327,7 +328,7 @@ def test_parent_that_continues_as_new_reuses_child_ids(
         return n * n
 
     @registry.orchestrator()
-    def looping(ctx: OrchestrationContext, state: list[int]):  # type: ignore[no-untyped-def]
+    def looping(ctx: OrchestrationContext, state: list[int]) -> Orchestrator[Any]:
         square = yield ctx.call_sub_orchestrator(child, len(state))
         state = [*state, square]
         if len(state) < 4:
@@ -347,11 +348,11 @@ def test_terminating_a_child_fails_the_parents_task(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("never")
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.call_sub_orchestrator(child, instance_id="doomed-child")
         except TaskFailedError as error:
@@ -372,12 +373,12 @@ def test_two_children_started_together_under_one_id(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def child(ctx: OrchestrationContext, x: int):  # type: ignore[no-untyped-def]
+    def child(ctx: OrchestrationContext, x: int) -> Orchestrator[Any]:
         yield ctx.create_timer(timedelta(milliseconds=50))
         return x
 
     @registry.orchestrator()
-    def parent(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
         tasks = [ctx.call_sub_orchestrator(child, i, instance_id="shared") for i in range(2)]
         outcomes = []
         for task in tasks:

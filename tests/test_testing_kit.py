@@ -4,6 +4,8 @@ the history builder and the pytest plugin."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import tomllib
 from datetime import timedelta
@@ -317,7 +319,7 @@ def test_a_timer_must_exist_before_it_fires() -> None:
 
 # -- pytest plugin ---------------------------------------------------------------------------
 
-PLUGIN = "durable_fx.testing.pytest_plugin"
+PLUGIN = "durable_fx.pytest_plugin"
 
 USER_TESTS = """
 from datetime import timedelta
@@ -373,3 +375,13 @@ def test_the_plugin_asks_for_the_app(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_the_plugin_is_a_pytest11_entry_point_named_after_its_module() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["entry-points"]["pytest11"] == {PLUGIN: PLUGIN}
+
+
+def test_loading_the_plugin_leaves_durable_fx_testing_unimported() -> None:
+    # pytest loads plugins before conftests, and a conftest may register
+    # durable_fx.testing for assertion rewriting (ours does): too late once imported.
+    code = f"import sys, {PLUGIN}; print('durable_fx.testing' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "False"

@@ -14,6 +14,7 @@ from durable_fx import (
     EventTimeoutError,
     OrchestrationContext,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
     Worker,
     when_all,
@@ -25,7 +26,7 @@ SHORT = timedelta(seconds=0.2)
 
 def test_timer_with_timedelta(registry: Registry, worker: Worker, client: DurableClient) -> None:
     @registry.orchestrator()
-    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def sleeper(ctx: OrchestrationContext) -> Orchestrator[Any]:
         before = ctx.current_utc_datetime
         yield ctx.create_timer(SHORT)
         return [before.isoformat(), ctx.current_utc_datetime.isoformat()]
@@ -40,7 +41,7 @@ def test_timer_with_timedelta(registry: Registry, worker: Worker, client: Durabl
 
 def test_timer_with_datetime(registry: Registry, worker: Worker, client: DurableClient) -> None:
     @registry.orchestrator()
-    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def sleeper(ctx: OrchestrationContext) -> Orchestrator[Any]:
         fire_at = ctx.current_utc_datetime + SHORT
         yield ctx.create_timer(fire_at)
         return [fire_at.isoformat(), ctx.current_utc_datetime.isoformat()]
@@ -60,7 +61,7 @@ def test_timer_in_the_past_fires_at_once(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def past(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def past(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.create_timer(ctx.current_utc_datetime - timedelta(hours=1))
         return "done"
 
@@ -73,7 +74,7 @@ def test_naive_datetime_timer_fails_clearly(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def naive(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def naive(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.create_timer(datetime(2030, 1, 1))
 
     state = client.wait(client.start(naive), timeout=WAIT)
@@ -84,7 +85,7 @@ def test_naive_datetime_timer_fails_clearly(
 
 def test_concurrent_timers(registry: Registry, worker: Worker, client: DurableClient) -> None:
     @registry.orchestrator()
-    def many(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def many(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield when_all([ctx.create_timer(timedelta(milliseconds=50 * i)) for i in range(1, 6)])
         return "all fired"
 
@@ -100,7 +101,7 @@ def test_wait_for_event_returns_data(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def waiter(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def waiter(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("waiting")
         data = yield ctx.wait_for_event("Approval")
         return data
@@ -120,7 +121,7 @@ def test_events_raised_before_the_wait_are_buffered_in_order(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def buffered(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def buffered(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("gated")
         yield ctx.wait_for_event("go")
         first = yield ctx.wait_for_event("A")
@@ -144,7 +145,7 @@ def test_events_raised_before_the_instance_runs_are_kept(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def early(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def early(ctx: OrchestrationContext) -> Orchestrator[Any]:
         got = []
         for _ in range(3):
             got.append((yield ctx.wait_for_event("item")))
@@ -165,7 +166,7 @@ def test_two_waiters_for_one_name_get_events_in_order(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def two(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def two(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("waiting")
         results = yield when_all([ctx.wait_for_event("x"), ctx.wait_for_event("x")])
         return results
@@ -183,7 +184,7 @@ def test_event_timeout_raises_at_the_yield(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def impatient(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def impatient(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.wait_for_event("Never", timeout=SHORT)
         except EventTimeoutError as error:
@@ -203,7 +204,7 @@ def test_uncaught_event_timeout_fails_the_instance(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def impatient(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def impatient(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("Never", timeout=SHORT)
 
     state = client.wait(client.start(impatient), timeout=WAIT)
@@ -217,7 +218,7 @@ def test_event_before_the_timeout_wins(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def racer(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def racer(ctx: OrchestrationContext) -> Orchestrator[Any]:
         got = yield ctx.wait_for_event("reply", timeout=SHORT)
         # Outlive the timeout: its timer still fires, and must change nothing.
         yield ctx.create_timer(SHORT * 2)
@@ -237,7 +238,7 @@ def test_waiting_again_after_a_timeout(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def retrying(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def retrying(ctx: OrchestrationContext) -> Orchestrator[Any]:
         try:
             yield ctx.wait_for_event("ping", timeout=timedelta(milliseconds=50))
         except EventTimeoutError:
@@ -257,7 +258,7 @@ def test_event_names_are_case_insensitive(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def approvals(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def approvals(ctx: OrchestrationContext) -> Orchestrator[Any]:
         first = yield ctx.wait_for_event("Approval")
         second = yield ctx.wait_for_event("APPROVAL")
         return [first, second]
@@ -280,7 +281,7 @@ def test_result_type_rebuilds_a_model(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def typed(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def typed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         receipt = yield ctx.wait_for_event("receipt", result_type=Receipt)
         assert isinstance(receipt, Receipt)
         return {"id": receipt.message_id, "delivered": receipt.delivered, "n": receipt.attempts}
@@ -296,7 +297,7 @@ def test_event_not_matching_result_type_fails_the_wait(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def typed(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def typed(ctx: OrchestrationContext) -> Orchestrator[Any]:
         yield ctx.wait_for_event("receipt", result_type=Receipt)
 
     iid = client.start(typed)
@@ -313,12 +314,12 @@ def test_send_event_between_orchestrations(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def receiver(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def receiver(ctx: OrchestrationContext) -> Orchestrator[Any]:
         got = yield ctx.wait_for_event("ping")
         return got
 
     @registry.orchestrator()
-    def sender(ctx: OrchestrationContext, target: str):  # type: ignore[no-untyped-def]
+    def sender(ctx: OrchestrationContext, target: str) -> Orchestrator[Any]:
         ctx.send_event(target, "ping", {"from": ctx.instance_id})
         yield when_all([])
         return "sent"
@@ -338,7 +339,7 @@ def test_raise_event_with_event_id_is_idempotent_while_pending(
     registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def collect(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def collect(ctx: OrchestrationContext) -> Orchestrator[Any]:
         items = []
         while True:
             try:
@@ -376,7 +377,7 @@ def test_timer_survives_a_worker_restart(
     wait_until: Callable[..., Any],
 ) -> None:
     @registry.orchestrator()
-    def sleeper(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def sleeper(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.set_custom_status("sleeping")
         yield ctx.create_timer(SHORT)
         try:
@@ -398,7 +399,7 @@ def test_send_event_to_an_unknown_instance_does_not_fail_the_sender(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     @registry.orchestrator()
-    def sender(ctx: OrchestrationContext):  # type: ignore[no-untyped-def]
+    def sender(ctx: OrchestrationContext) -> Orchestrator[Any]:
         ctx.send_event("nobody-home", "ping", 1)
         yield ctx.create_timer(timedelta(0))
         return "sent"

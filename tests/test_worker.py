@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import durable_fx
-from durable_fx import OrchestrationContext, OrchestrationStatus, Registry, Worker
+from durable_fx import OrchestrationContext, OrchestrationStatus, Orchestrator, Registry, Worker
 
 
 def test_a_stop_requested_before_the_worker_runs_is_honoured(
@@ -36,7 +36,7 @@ def test_async_with_runs_work_on_the_current_loop(
         return value * 2
 
     @registry.orchestrator()
-    def doubled(ctx: OrchestrationContext, value: int) -> Iterator[Any]:
+    def doubled(ctx: OrchestrationContext, value: int) -> Orchestrator[Any]:
         return (yield ctx.call_activity(double, value))
 
     async def scenario() -> Any:
@@ -69,8 +69,8 @@ def test_stop_releases_a_running_activity_for_another_worker(
         return "finished"
 
     @registry.orchestrator()
-    def waits_on_slow(ctx: OrchestrationContext) -> Iterator[Any]:
-        return (yield ctx.call_activity(slow))
+    def waits_on_slow(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(slow, None))
 
     first = make_worker(shutdown_grace=0.1)
     instance_id = client.start(waits_on_slow)

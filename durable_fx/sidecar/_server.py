@@ -210,7 +210,7 @@ class SidecarServer(StartStopContext):
             interceptors=[*filter(None, [self._auth]), RequestLimitInterceptor(self._max_message)],
         )
         threaded = ThreadedServicer(servicer, asyncio.get_running_loop())
-        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(threaded, server)
         self._port = self._bind(server)
         server.start()
         self._server = server

@@ -23,10 +23,11 @@ from .._errors import (
     InvalidOperationError,
 )
 from ._client_service import ClientService
+from ._held import UnknownTokenError
 from ._history_pb import UnsupportedEventError
 from ._proto import empty_pb2, grpc, pb
 from ._threaded import CallContext
-from ._work_items import UnknownTokenError, WorkItemDispatcher
+from ._work_items import WorkItemDispatcher
 
 __all__ = ["SidecarServicer"]
 

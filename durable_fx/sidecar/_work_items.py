@@ -14,8 +14,12 @@ A work item larger than the worker can receive is never sent: it would end
 the worker's whole stream, and every reconnect would meet it again (and
 count a delivery of everything the worker held). Its instance fails instead,
 or its activity fails as a ``TaskFailed`` the orchestrator can handle; so
-does an answer over the limit (``_message_limit``). Long because streams,
-completions, releases and renewals share one table of held items (``_take``).
+does an answer over the limit (``_message_limit``).
+
+What is held (streams, tokens, lease renewal) is in ``_held``, the hand-off
+from gRPC threads in ``_handoff``. The dispatcher stays one class, a little
+over 500 lines with this essay, because streams, completions and releases
+share one table of held items (``_take``) and its busy/nudged bookkeeping.
 """
 
 from __future__ import annotations
@@ -24,10 +28,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -45,6 +47,18 @@ from ..storage._records import (
 from ..worker._backoff import Backoff
 from ..worker._result_batches import ResultBatcher
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
+from ._handoff import Handoff
+from ._held import (
+    Connection,
+    HeldActivity,
+    HeldEpisode,
+    Send,
+    StreamClosed,
+    UnknownTokenError,
+    free,
+    renew_held,
+    unless_lost,
+)
 from ._message_limit import TOO_LARGE_ERROR, MessageLimit
 from ._proto import pb
 from ._results import activity_request, activity_result
@@ -55,57 +69,10 @@ __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
 log = logging.getLogger("durable_fx.sidecar")
 
 T = TypeVar("T")
-H = TypeVar("H", "_HeldEpisode", "_HeldActivity")
-Send = Callable[[pb.WorkItem], Awaitable[None]]
+H = TypeVar("H", "HeldEpisode", "HeldActivity")
 
 _LOCK_BATCH = 500
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
-
-
-class _StreamClosed(Exception):
-    """Sending on a worker's stream failed: the worker is gone."""
-
-
-class UnknownTokenError(LookupError):
-    """A completion token no held work item has (completed, released, or from before a restart)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__(
-            f"no work item is held under completion token {token!r}: it was completed or "
-            "abandoned already, or released when its worker's stream ended or the sidecar "
-            "restarted; it is (or was) delivered again"
-        )
-
-
-@dataclass(eq=False, slots=True)
-class _Connection:
-    """One ``GetWorkItems`` stream: what one SDK worker holds and may take."""
-
-    max_episodes: int
-    max_activities: int
-    send: Send
-    episodes: set[str] = field(default_factory=set)
-    activities: set[str] = field(default_factory=set)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    last_sent: float = 0.0
-    locking: set[asyncio.Task[Any]] = field(default_factory=set)
-    """Lock calls in progress: they finish (and their items are held) even if the stream ends."""
-
-
-@dataclass(slots=True)
-class _HeldEpisode:
-    connection: _Connection
-    prepared: PreparedEpisode
-    renewed_at: float
-    partial: list[pb.OrchestratorAction] = field(default_factory=list)
-    """Actions of chunks already received (a worker may split a large response)."""
-
-
-@dataclass(slots=True)
-class _HeldActivity:
-    connection: _Connection
-    item: ActivityWorkItem
-    renewed_at: float
 
 
 class WorkItemDispatcher:
@@ -146,7 +113,7 @@ class WorkItemDispatcher:
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
         self._limit = MessageLimit(max_message_bytes)
-        self._held: dict[str, _HeldEpisode | _HeldActivity] = {}
+        self._held: dict[str, HeldEpisode | HeldActivity] = {}
         self._committing: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(store, self._results_settled, log)
         self._closing = asyncio.Event()
@@ -160,17 +127,18 @@ class WorkItemDispatcher:
         # uuid4 per item costs a syscall and a GIL round trip on the hot path.
         self._token_prefix = uuid.uuid4().hex[:12]
         self._token_counter = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
         # Completions arrive on gRPC threads; a burst of them wakes the loop once.
-        self._handoffs: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self._handoffs_lock = threading.Lock()
+        self._handoff = Handoff(log, "handling a completion failed; it runs again after its lease")
 
     def start(self) -> None:
         """Start the result writer and the lease renewer (on the running loop)."""
-        self._loop = asyncio.get_running_loop()
+        self._handoff.start()
         self._tasks = [
             asyncio.create_task(self._results.run(), name="durable-fx-sidecar-results"),
-            asyncio.create_task(self._renew_loop(), name="durable-fx-sidecar-renewals"),
+            asyncio.create_task(
+                renew_held(self._held, self._store, self._lease),
+                name="durable-fx-sidecar-renewals",
+            ),
         ]
 
     def begin_close(self) -> None:
@@ -210,10 +178,10 @@ class WorkItemDispatcher:
                 try:
                     await send(item)
                 except Exception as error:
-                    raise _StreamClosed(str(error)) from error
+                    raise StreamClosed(str(error)) from error
             connection.last_sent = asyncio.get_running_loop().time()
 
-        connection = _Connection(
+        connection = Connection(
             max_episodes=request.maxConcurrentOrchestrationWorkItems or 100,
             max_activities=request.maxConcurrentActivityWorkItems or 100,
             send=send_one,
@@ -244,8 +212,8 @@ class WorkItemDispatcher:
 
     async def _fetch_loop(
         self,
-        connection: _Connection,
-        fetch: Callable[[_Connection], Awaitable[LockBatch[Any] | None]],
+        connection: Connection,
+        fetch: Callable[[Connection], Awaitable[LockBatch[Any] | None]],
         kind: str,
     ) -> None:
         """Fetch until the stream ends; back off while there is nothing to do.
@@ -263,7 +231,7 @@ class WorkItemDispatcher:
                 arrived.clear()
                 try:
                     batch = await fetch(connection)
-                except _StreamClosed:
+                except StreamClosed:
                     raise
                 except Exception:
                     log.exception("fetching work failed; retrying")
@@ -279,7 +247,7 @@ class WorkItemDispatcher:
         finally:
             self._arrivals[kind].discard(arrived)
 
-    async def _ping_loop(self, connection: _Connection) -> None:
+    async def _ping_loop(self, connection: Connection) -> None:
         """Keep an idle stream alive: the SDKs reconnect after a long silence."""
         loop = asyncio.get_running_loop()
         while True:
@@ -290,15 +258,15 @@ class WorkItemDispatcher:
             await asyncio.sleep(self._ping_interval - quiet_for)
 
     async def _fetch_episodes(
-        self, connection: _Connection
+        self, connection: Connection
     ) -> LockBatch[OrchestrationWorkItem] | None:
         free = connection.max_episodes - len(connection.episodes)
         if free <= 0:
             return None
-        return await _unless_lost(connection, self._lock_episodes(connection, free))
+        return await unless_lost(connection, self._lock_episodes(connection, free))
 
     async def _lock_episodes(
-        self, connection: _Connection, free: int
+        self, connection: Connection, free: int
     ) -> LockBatch[OrchestrationWorkItem]:
         batch = await self._store.lock_orchestrations(
             owner=self._owner, limit=min(free, _LOCK_BATCH), lease=self._lease
@@ -313,7 +281,7 @@ class WorkItemDispatcher:
         return batch
 
     async def _hold_episode(
-        self, connection: _Connection, item: OrchestrationWorkItem
+        self, connection: Connection, item: OrchestrationWorkItem
     ) -> pb.WorkItem | None:
         """Hold ``item`` under a new token and return its work item (``None``: no code to run)."""
         try:
@@ -332,7 +300,7 @@ class WorkItemDispatcher:
             await self._fail_episode(prepared, size)
             return None
         now = asyncio.get_running_loop().time()
-        self._held[token] = _HeldEpisode(connection, prepared, now)
+        self._held[token] = HeldEpisode(connection, prepared, now)
         self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
         return work_item
@@ -349,16 +317,14 @@ class WorkItemDispatcher:
             return
         await self._commit_direct(item, failed)
 
-    async def _fetch_activities(
-        self, connection: _Connection
-    ) -> LockBatch[ActivityWorkItem] | None:
+    async def _fetch_activities(self, connection: Connection) -> LockBatch[ActivityWorkItem] | None:
         free = connection.max_activities - len(connection.activities)
         if free <= 0:
             return None
-        return await _unless_lost(connection, self._lock_activities(connection, free))
+        return await unless_lost(connection, self._lock_activities(connection, free))
 
     async def _lock_activities(
-        self, connection: _Connection, free: int
+        self, connection: Connection, free: int
     ) -> LockBatch[ActivityWorkItem]:
         batch = await self._store.lock_activities(
             owner=self._owner, limit=min(free, _LOCK_BATCH), lease=self._lease
@@ -372,7 +338,7 @@ class WorkItemDispatcher:
                 failure = self._limit.unsendable_activity(item, size)
                 self._results.add(activity_result(item, failure, self._clock.now()))
                 continue
-            self._held[token] = _HeldActivity(connection, item, now)
+            self._held[token] = HeldActivity(connection, item, now)
             connection.activities.add(token)
             requests.append(request)
         for request in requests:
@@ -396,11 +362,11 @@ class WorkItemDispatcher:
         size = response.ByteSize()
         if response.isPartial and size <= self._limit.limit:
             chunk = self._held.get(token)
-            if not isinstance(chunk, _HeldEpisode):
+            if not isinstance(chunk, HeldEpisode):
                 raise UnknownTokenError(token)
             chunk.partial.extend(response.actions)
             return
-        held = self._take(token, _HeldEpisode)
+        held = self._take(token, HeldEpisode)
         if held.partial:
             whole = pb.OrchestratorResponse()
             whole.CopyFrom(response)
@@ -411,18 +377,18 @@ class WorkItemDispatcher:
             plan = self._limit.failing(self._bridge, size)
         elif response.requiresHistory:
             # The worker lost the history it expected to have: send it all again.
-            self._call_soon(self._spawn_release, token, held)
+            self._handoff.call_soon(self._spawn_release, token, held)
             return
         else:
             plan = partial(self._bridge.finish, response=response)
-        self._call_soon(self._spawn_commit, token, held, plan)
+        self._handoff.call_soon(self._spawn_commit, token, held, plan)
 
-    def _spawn_release(self, token: str, held: _HeldEpisode) -> None:
+    def _spawn_release(self, token: str, held: HeldEpisode) -> None:
         self._held[token] = held
         self._spawn(self._release(token, "the worker asked for the history again"))
 
-    def _spawn_commit(self, token: str, held: _HeldEpisode, plan: EpisodePlan) -> None:
-        _free(held.connection, token)
+    def _spawn_commit(self, token: str, held: HeldEpisode, plan: EpisodePlan) -> None:
+        free(held.connection, token)
         self._spawn(self._commit_episode(held, plan))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -431,7 +397,7 @@ class WorkItemDispatcher:
         self._committing.add(task)
         task.add_done_callback(self._committing.discard)
 
-    async def _commit_episode(self, held: _HeldEpisode, plan: EpisodePlan) -> None:
+    async def _commit_episode(self, held: HeldEpisode, plan: EpisodePlan) -> None:
         prepared = held.prepared
         instance_id = prepared.instance.instance_id
         commit: EpisodeCommit | None = None
@@ -471,13 +437,13 @@ class WorkItemDispatcher:
         it is lost.
         """
         token = response.completionToken
-        held = self._take(token, _HeldActivity)
+        held = self._take(token, HeldActivity)
         response = self._limit.activity_answer(held.item, response)  # a failure if too large
         # Only the hand-over happens here: the worker's thread waits for this call.
-        self._call_soon(self._queue_result, token, held, response)
+        self._handoff.call_soon(self._queue_result, token, held, response)
 
-    def _queue_result(self, token: str, held: _HeldActivity, response: pb.ActivityResponse) -> None:
-        _free(held.connection, token)
+    def _queue_result(self, token: str, held: HeldActivity, response: pb.ActivityResponse) -> None:
+        free(held.connection, token)
         self._results.add(activity_result(held.item, response, self._clock.now()))
 
     def _take(self, token: str, kind: type[H]) -> H:
@@ -489,24 +455,6 @@ class WorkItemDispatcher:
 
     def _new_token(self) -> str:
         return f"{self._token_prefix}-{next(self._token_counter):x}"
-
-    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
-        """Run ``callback(*args)`` on the loop soon (from any thread)."""
-        assert self._loop is not None, "start() the dispatcher first"
-        with self._handoffs_lock:
-            self._handoffs.append((callback, args))
-            if len(self._handoffs) > 1:
-                return  # a wake-up is on its way already
-        self._loop.call_soon_threadsafe(self._run_handoffs)
-
-    def _run_handoffs(self) -> None:
-        with self._handoffs_lock:
-            handoffs, self._handoffs = self._handoffs, []
-        for callback, args in handoffs:
-            try:
-                callback(*args)
-            except Exception:  # one bad response must not strand the others handed over with it
-                log.exception("handling a completion failed; it runs again after its lease")
 
     async def abandon(self, token: str) -> None:
         """Release a work item the worker gave back; it is delivered again shortly."""
@@ -525,7 +473,7 @@ class WorkItemDispatcher:
             return
         held.connection.episodes.discard(token)
         held.connection.activities.discard(token)
-        if isinstance(held, _HeldEpisode):
+        if isinstance(held, HeldEpisode):
             await self._abandon_episode(held.prepared.item, reason, retry_after)
             self._after_episode(held.prepared.instance.instance_id, None)
         else:
@@ -571,62 +519,6 @@ class WorkItemDispatcher:
         self._nudged |= targets & self._busy
         if targets - self._busy:
             self._wake("episodes")
-
-    async def _renew_loop(self) -> None:
-        """Renew the leases of what workers hold for long: activities and episodes alike.
-
-        An episode is usually back in milliseconds, but an SDK worker may take
-        longer than a lease (a long history to replay, a saturated thread
-        pool); unrenewed, its instance would go to another sidecar on the
-        store, and the work would be done twice with one commit lost.
-        """
-        loop = asyncio.get_running_loop()
-        # Every item is renewed at most two intervals after the last time: half the lease.
-        interval = self._lease.total_seconds() / 4
-        while True:
-            await asyncio.sleep(interval)
-            due = loop.time() - interval
-            for token, held in list(self._held.items()):
-                # Skip what was completed or released since the snapshot: nothing to renew.
-                if held.renewed_at <= due and self._held.get(token) is held:
-                    await self._renew(held)
-
-    async def _renew(self, held: _HeldEpisode | _HeldActivity) -> None:
-        """Renew one held item's lease; a failure is retried on the next round."""
-        try:
-            if isinstance(held, _HeldEpisode):
-                await self._store.renew_orchestration_lease(held.prepared.item, self._lease)
-            else:
-                await self._store.renew_activity_lease(held.item, self._lease)
-            held.renewed_at = asyncio.get_running_loop().time()
-        except Exception:
-            log.warning("could not renew the lease of %s", _describe(held))
-
-
-def _free(connection: _Connection, token: str) -> None:
-    """The work under ``token`` is done: its worker has room for more."""
-    connection.episodes.discard(token)
-    connection.activities.discard(token)
-    connection.wake.set()
-
-
-def _describe(held: _HeldEpisode | _HeldActivity) -> str:
-    if isinstance(held, _HeldEpisode):
-        return f"the episode of {held.prepared.instance.instance_id}"
-    return f"activity {held.item.invocation.name} of {held.item.invocation.instance_id}"
-
-
-async def _unless_lost(connection: _Connection, locking: Awaitable[T]) -> T:
-    """Run a lock call that a stream ending cannot cut short.
-
-    Cancelled halfway, a lock call would leave its items locked but held by
-    no token until their lease expired; shielded, it finishes, holds them,
-    and the ending stream waits for it and then releases them.
-    """
-    task = asyncio.ensure_future(locking)
-    connection.locking.add(task)
-    task.add_done_callback(connection.locking.discard)
-    return await asyncio.shield(task)
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> bool:

@@ -17,6 +17,9 @@ Rules the protocol leaves open, which the SQLite store follows too:
 Which ready instance or work item goes first is a fairness choice that no
 check pins down: here, the instance whose oldest visible message is oldest,
 and work items in the order they were created.
+
+Longer than 500 lines on purpose: the whole protocol in one file that reads
+top to bottom, as the reference the other stores are checked against.
 """
 
 from __future__ import annotations

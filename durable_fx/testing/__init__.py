@@ -10,10 +10,10 @@ fake::
     with TestEnvironment(app) as env:
         env.override(send_email, lambda command: SendResult(...))
         instance_id = env.sync_client.start(email_delivery, job)
-        assert env.sync_client.wait(instance_id).output.status == "escalated"
+        assert env.sync_client.wait(instance_id).output["status"] == "escalated"
 
 ``HistoryBuilder`` writes histories by hand for golden replay tests of the
-``Replayer``. The pytest plugin (``durable_fx.testing.pytest_plugin``,
+``Replayer``. The pytest plugin (``durable_fx.pytest_plugin``,
 registered as a ``pytest11`` entry point) gives tests a ``durable_env``
 fixture.
 

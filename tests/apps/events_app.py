@@ -6,13 +6,12 @@ set. ``collect`` declares the one event it waits for, ``Ping``, and counts them.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
-from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext
+from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext, Orchestrator
 from durable_fx.bindings import event_grid_handshake, github_signature, hmac_sha256
 
 app = DurableApp()
@@ -26,7 +25,7 @@ class Ping(BaseModel):
 
 
 @app.orchestrator(events={"Ping": Ping})
-def collect(ctx: OrchestrationContext) -> Generator[Any, Any, list[int]]:
+def collect(ctx: OrchestrationContext) -> Orchestrator[list[int]]:
     """Receive Ping events until one has ``n < 0`` or a quiet minute passes."""
     received: list[int] = []
     while True:

@@ -6,14 +6,19 @@ PYTHONPATH); settings come from the environment the test gives the process.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
 from pydantic import BaseModel
 
-from durable_fx import AsyncDurableClient, DurableApp, EventTimeoutError, OrchestrationContext
+from durable_fx import (
+    AsyncDurableClient,
+    DurableApp,
+    EventTimeoutError,
+    OrchestrationContext,
+    Orchestrator,
+)
 from durable_fx.bindings import event_grid_handshake, hmac_sha256
 
 app = DurableApp()
@@ -41,7 +46,7 @@ def reserve(order: Order) -> str:
 
 
 @app.orchestrator()
-def fulfil(ctx: OrchestrationContext, order: Order) -> Generator[Any, Any, dict[str, Any]]:
+def fulfil(ctx: OrchestrationContext, order: Order) -> Orchestrator[dict[str, Any]]:
     """Reserve, then wait for every Shipped event (counting them) until a quiet minute."""
     reserved = yield ctx.call_activity(reserve, order)
     carriers: list[str] = []

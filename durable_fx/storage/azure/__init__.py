@@ -7,7 +7,8 @@ SDK. Modules: ``_settings`` (connection strings, identity, hub names),
 ``_codec`` (row layout, payload blobs), ``_queues``, ``_ops`` (transaction
 operations), ``_session`` (the session data model), ``_poller`` (when to poll),
 ``_hub`` (the table and queue gateway), ``_timers`` (the timer index),
-``_sessions`` (the instances this store owns), ``_activities``, ``_starts``,
+``_sessions`` (the instances this store owns), ``_activities`` (over
+``_results``, activity results into inboxes), ``_starts``,
 ``_wakeups`` and ``_commit`` (episodes), ``_orchestrations`` (their facade),
 ``_reads``, ``_poison`` (the poison list), ``_adoption`` (the Functions host's
 poisoned messages in that list), ``_delivered`` (host-delivered work),

@@ -11,7 +11,7 @@ invisibility is the lease and its dequeue count the delivery count.
 
 A result for an instance this process owns joins its session's inbox in
 memory; the episode that consumes it deletes the work row in its own
-transaction (``_defer``). Any other result is one transaction per instance:
+transaction (``_results.defer``). Any other result is one transaction per instance:
 delete the work row and insert the result into the inbox. The row is the
 proof that the result is not recorded yet: a redelivered message whose row is
 gone is dropped without running (contract 4), and a late completion finds no
@@ -25,7 +25,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,41 +33,16 @@ from azure.core.exceptions import ResourceNotFoundError
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
 from ._hub import Hub
-from ._ops import Op, bump
-from ._queues import MAX_MESSAGE_BYTES, Handle, Received
-from ._session import GUARD_SLACK, Lease, Session
-from ._sessions import PAIRS_PER_BATCH, Sessions, submit_results
+from ._ops import Op
+from ._queues import MAX_MESSAGE_BYTES, Received
+from ._results import complete_chunk, defer, trusted
+from ._session import GUARD_SLACK, HeldWork, Lease
+from ._sessions import PAIRS_PER_BATCH, Sessions
 from ._transient import retrying
 
 __all__ = ["Activities"]
 
 _SEND_CONCURRENCY = 32
-
-
-@dataclass(slots=True)
-class _Held:
-    """A work-item message this process received and has not finished with."""
-
-    handle: Handle | None
-    """Its queue message; ``None`` for an item held here only (its work row is the copy)."""
-    invocation: ActivityInvocation
-    row_key: str
-    text: str
-    dequeue_count: int
-    lease: Lease | None = None
-    visible_at: datetime | None = None
-    since: float = field(default_factory=time.monotonic)
-    """When the queue last hid it for us (monotonic seconds)."""
-    local_id: str = ""
-    guard: Handle | None = None
-    """Under the host: the delayed wake-up that has the item sent again if the run dies."""
-
-    @property
-    def key(self) -> str:
-        return self.handle.id if self.handle is not None else self.local_id
-
-    def age(self) -> timedelta:
-        return timedelta(seconds=time.monotonic() - self.since)
 
 
 class Activities:
@@ -77,7 +51,7 @@ class Activities:
     def __init__(self, hub: Hub, sessions: Sessions) -> None:
         self._hub = hub
         self._sessions = sessions
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, HeldWork] = {}
         self._dead: set[tuple[str, str]] = set()
         self._tokens = 0
         self._capacity = 0
@@ -136,7 +110,7 @@ class Activities:
         for invocation in invocations:  # in scheduling order: handed out oldest first
             self._tokens += 1
             row_key = work_key(invocation.execution_id, invocation.task_id)
-            held = _Held(None, invocation, row_key, "", 0, local_id=f"local:{self._tokens}")
+            held = HeldWork(None, invocation, row_key, "", 0, local_id=f"local:{self._tokens}")
             self._held[held.key] = held
         if invocations:
             self._hub.wake()
@@ -243,7 +217,7 @@ class Activities:
         dues = [h.visible_at for h in self._held.values() if h.visible_at and h.visible_at > now]
         return LockBatch(items, min(dues, default=None))
 
-    async def _admit(self, message: Received) -> _Held | None:
+    async def _admit(self, message: Received) -> HeldWork | None:
         """Turn a received message into a held work item, or drop/poison it."""
         hub = self._hub
         held = self._held.get(message.handle.id)
@@ -280,7 +254,9 @@ class Activities:
         if redelivered and not await self._still_scheduled(invocation.instance_id, row_key):
             await self._drop_completed(message, invocation.instance_id)
             return None
-        held = _Held(message.handle, invocation, row_key, message.text, message.dequeue_count - 1)
+        held = HeldWork(
+            message.handle, invocation, row_key, message.text, message.dequeue_count - 1
+        )
         self._held[message.handle.id] = held
         return held
 
@@ -306,7 +282,7 @@ class Activities:
         await hub.queues.delete(message.handle)
 
     async def _hand_out(
-        self, held: _Held, owner: str, lease: timedelta, now: datetime, *, fresh: bool = False
+        self, held: HeldWork, owner: str, lease: timedelta, now: datetime, *, fresh: bool = False
     ) -> bool:
         hub = self._hub
         if held.dequeue_count >= hub.max_dequeue_count:
@@ -327,18 +303,18 @@ class Activities:
         return True
 
     @staticmethod
-    def _item(held: _Held) -> ActivityWorkItem:
+    def _item(held: HeldWork) -> ActivityWorkItem:
         assert held.lease is not None
         return ActivityWorkItem(held.invocation, held.lease.token, held.dequeue_count)
 
-    def _holding(self, item: ActivityWorkItem) -> _Held | None:
+    def _holding(self, item: ActivityWorkItem) -> HeldWork | None:
         """The held message, if ``item``'s lease is still the current one."""
         held = self._held.get(item.lock_token.split("|", 1)[0])
         if held is None or held.lease is None or held.lease.token != item.lock_token:
             return None
         return held
 
-    async def _poison(self, held: _Held, reason: str) -> None:
+    async def _poison(self, held: HeldWork, reason: str) -> None:
         hub = self._hub
         invocation = held.invocation
         await hub.record_poison(
@@ -367,7 +343,7 @@ class Activities:
 
     async def complete(self, results: Sequence[ActivityResult]) -> None:
         """Deliver each current result to its inbox, delete its work item; drop stale ones."""
-        by_instance: dict[str, list[tuple[_Held, ActivityResult]]] = {}
+        by_instance: dict[str, list[tuple[HeldWork, ActivityResult]]] = {}
         for result in results:
             held = self._holding(result.item)
             if held is not None:
@@ -375,112 +351,20 @@ class Activities:
         await asyncio.gather(*(self._complete_instance(i, e) for i, e in by_instance.items()))
 
     async def _complete_instance(
-        self, instance_id: str, entries: list[tuple[_Held, ActivityResult]]
+        self, instance_id: str, entries: list[tuple[HeldWork, ActivityResult]]
     ) -> None:
         done = [held for held, _ in entries]
         hub = self._hub
         session = self._sessions.get(instance_id)
-        if session is not None and hub.is_worker and self._trusted(session):
-            entries = self._defer(session, entries)
+        if session is not None and hub.is_worker and trusted(hub, session):
+            entries = defer(hub, session, entries)
         for start in range(0, len(entries), PAIRS_PER_BATCH):
             chunk = entries[start : start + PAIRS_PER_BATCH]
-            await self._complete_chunk(instance_id, chunk)
+            await complete_chunk(hub, self._sessions, instance_id, chunk)
         handles = [held.handle for held in done if held.handle is not None]
         await asyncio.gather(*(hub.queues.delete(handle) for handle in handles))
         for held in done:
             self._held.pop(held.key, None)
-
-    def _trusted(self, session: Session) -> bool:
-        """Whether the session's lease is comfortably ours (no one else may take it now)."""
-        hub = self._hub
-        return session.owned_until - hub.now() > hub.lease / 4
-
-    def _defer(
-        self, session: Session, entries: list[tuple[_Held, ActivityResult]]
-    ) -> list[tuple[_Held, ActivityResult]]:
-        """Hand results to an instance owned here in memory; return the rest.
-
-        The episode that consumes them deletes their work rows in its own
-        transaction, so a result costs no request of its own. A crash before that
-        episode loses nothing: the work rows are still there, and the instance's
-        taker re-runs them (results are recorded once they are in the history).
-        """
-        rest = []
-        for held, result in entries:
-            if held.row_key not in session.outstanding:
-                rest.append((held, result))  # not expected (a copy, a finished instance)
-                continue
-            del session.outstanding[held.row_key]
-            pending = self._hub.pending_of(result.message)
-            pending.stored, pending.work_row = False, held.row_key
-            session.pending.setdefault(pending.row_key, pending)
-        if len(rest) < len(entries):
-            self._hub.wake()
-        return rest
-
-    async def _complete_chunk(
-        self, instance_id: str, chunk: list[tuple[_Held, ActivityResult]]
-    ) -> None:
-        hub = self._hub
-        session = self._sessions.get(instance_id)
-        # Trust the session only while its lease is comfortably ours; otherwise also
-        # tell whoever may have taken the instance over (a touch and a wake-up).
-        trusted = session is not None and session.owned_until - hub.now() > hub.lease / 4
-        ops: list[Op] = []
-        pendings = {}
-        seen: set[str] = set()
-        for held, result in chunk:
-            if held.row_key in seen:
-                continue  # two copies of one task finished together: the first counts
-            seen.add(held.row_key)
-            entity, pending = await hub.inbox_entity(result.message)
-            ops.append(("delete", {"PartitionKey": instance_id, "RowKey": held.row_key}))
-            ops.append(("create", entity))
-            pendings[held.row_key] = pending
-        woken = False
-        # Under the host, the wake-up goes after the rows: sent first, it could be taken
-        # (the work row still there, the result not yet) and used up before they land.
-        # A crash in between leaves the host's message, whose redelivery finds the
-        # result recorded and wakes the instance (``_drop_completed``).
-        hosted = any(held.handle is not None and held.handle.hosted for held, _ in chunk)
-        if not trusted:
-            ops.append(bump(instance_id))
-        if not trusted and not hosted:
-            # The wake-up goes first: a crash after the rows cannot leave them unseen.
-            await self._sessions.wake_now(instance_id)
-            woken = True
-        applied = await submit_results(hub, instance_id, ops)
-        if applied is None:
-            for held, _ in chunk:
-                if held.guard is not None:
-                    await hub.queues.delete(held.guard)  # the instance is gone
-            return
-        delivered = [pendings[rk] for rk in applied]
-        # A dropped pair may be one our own earlier try wrote (its response lost):
-        # re-read the inbox, or wake whoever owns the instance, rather than guess.
-        uncertain = len(applied) < len(pendings)
-        if uncertain and session is not None and self._sessions.holds(session):
-            session.stale = True
-            hub.wake()
-        elif uncertain:
-            trusted = False
-            delivered = delivered or list(pendings.values())[:1]
-        if trusted and self._sessions.get(instance_id) is not session:
-            trusted = False  # the session ended while the results were written
-        if session is not None and self._sessions.holds(session):
-            for rk in pendings:  # every work row of the chunk is gone now, one way or another
-                session.outstanding.pop(rk, None)
-            for pending in delivered:
-                session.pending.setdefault(pending.row_key, pending)
-            if delivered:
-                hub.wake()
-        guards = [held.guard for held, _ in chunk if held.guard is not None]
-        # A guard (under the host) becomes the wake-up: the result is in now.
-        wake = not trusted and delivered and not woken
-        if wake and (not guards or not await hub.queues.hide(guards.pop(), timedelta(0))):
-            await self._sessions.wake_now(instance_id)
-        for guard in guards:
-            await hub.queues.delete(guard)
 
     async def abandon(self, item: ActivityWorkItem, reason: str, retry_after: timedelta) -> None:
         """Release a work item for a retry after ``retry_after``, or poison it."""
@@ -514,7 +398,7 @@ class Activities:
         return any(_available(held, now) for held in self._held.values())
 
 
-def _available(held: _Held, now: datetime) -> bool:
+def _available(held: HeldWork, now: datetime) -> bool:
     """Not leased (or the lease expired) and not waiting for a retry."""
     if held.lease is not None and not held.lease.expired(now):
         return False

@@ -6,11 +6,13 @@ wake another worker if this process dies. While it owns an instance the store
 keeps the row, its ETag and the pending inbox messages in memory, so episodes
 and activity results need no reads and no queue round trips; everything is
 still written to the table before it counts. ``_sessions`` keeps the sessions
-and runs their lifecycle; this module only holds their data.
+and runs their lifecycle; this module only holds their data, and that of the
+activity work items this process holds (``HeldWork``, used by ``_activities``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +26,7 @@ from ._queues import Handle
 __all__ = [
     "GUARD_SLACK",
     "MAX_MESSAGES_PER_EPISODE",
+    "HeldWork",
     "Lease",
     "Partition",
     "Pending",
@@ -142,3 +145,29 @@ def live(row: dict[str, Any], hidden: set[str]) -> bool:
     """Whether a row is committed (not staged by an unfinished or aborted episode)."""
     tag = row.get("Tag")
     return not tag or tag not in hidden
+
+
+@dataclass(slots=True)
+class HeldWork:
+    """A work-item message this process received and has not finished with."""
+
+    handle: Handle | None
+    """Its queue message; ``None`` for an item held here only (its work row is the copy)."""
+    invocation: ActivityInvocation
+    row_key: str
+    text: str
+    dequeue_count: int
+    lease: Lease | None = None
+    visible_at: datetime | None = None
+    since: float = field(default_factory=time.monotonic)
+    """When the queue last hid it for us (monotonic seconds)."""
+    local_id: str = ""
+    guard: Handle | None = None
+    """Under the host: the delayed wake-up that has the item sent again if the run dies."""
+
+    @property
+    def key(self) -> str:
+        return self.handle.id if self.handle is not None else self.local_id
+
+    def age(self) -> timedelta:
+        return timedelta(seconds=time.monotonic() - self.since)

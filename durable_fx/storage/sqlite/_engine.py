@@ -4,8 +4,12 @@
 ``_thread``). Its write calls run inside a transaction the thread opens,
 possibly together with other calls (group commit), so each one raises its
 expected errors (``ConflictError``, ``InstanceExistsError``...) before it
-writes anything. ``CommitPlan`` is built on the caller's thread, so the store
-thread spends its time in SQLite rather than in serialization.
+writes anything. Its arguments are built on the caller's thread (``_rows``:
+``CommitPlan`` and the batch codecs), so the store thread spends its time in
+SQLite rather than in serialization.
+
+About 500 lines, one class: the SQL side of every Store method, which share
+the one connection and the thread's transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -30,13 +33,11 @@ from ..._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
 )
-from ..._history import HISTORY_EVENT, ExecutionStarted
-from ..._ids import validate_instance_id
+from ..._history import HISTORY_EVENT
 from ..._state import OrchestrationStatus
 from .._records import (
     ActivityInvocation,
     ActivityWorkItem,
-    EpisodeCommit,
     InboxMessage,
     InstanceQuery,
     InstanceRecord,
@@ -45,29 +46,25 @@ from .._records import (
     Page,
     PoisonedMessage,
     finished_refusal,
-    started_event,
 )
 from . import _schema as schema
 from . import _sql as sql
 from ._query import continuation, query_filter
 from ._rows import (
-    commit_values,
-    delay_of,
+    CommitPlan,
+    dumps,
     from_micros,
     instance_from_row,
-    invocation_item,
     message_extra,
-    message_item,
     micros,
     optional_time,
     requeued_items,
-    start_row,
     to_micros,
     work_item_poison,
 )
 from ._thread import GroupBroken
 
-__all__ = ["CommitPlan", "Engine", "dumps", "started_event"]
+__all__ = ["Engine"]
 
 T = TypeVar("T")
 
@@ -76,68 +73,6 @@ _ACTIVITIES = "activities"
 _FULL = 2  # PRAGMA synchronous
 _EXPECTED = (DurableFxError, ValueError)
 """Errors a call raises before writing, which leave the rest of its group intact."""
-
-
-def dumps(value: object) -> str:
-    """Compact JSON, the form batches travel in to ``json_each``."""
-    return json.dumps(value, separators=(",", ":"))
-
-
-@dataclass(frozen=True, slots=True)
-class CommitPlan:
-    """An episode commit turned into statement parameters (on the caller's thread)."""
-
-    instance_id: str
-    update: tuple[Any, ...]
-    reset: bool
-    history: str
-    history_count: int
-    consumed: str | None
-    activities: str | None
-    starts: list[tuple[Any, ...]]
-    messages: str | None
-    targets: str | None
-    delays: list[int | None]
-
-    @classmethod
-    def build(cls, item: OrchestrationWorkItem, commit: EpisodeCommit) -> CommitPlan:
-        iid = item.instance.instance_id
-        if commit.instance.instance_id != iid:
-            raise ValueError(
-                f"commit for instance {commit.instance.instance_id!r} "
-                f"does not match the locked instance {iid!r}"
-            )
-        for message in commit.messages:
-            validate_instance_id(message.instance_id)
-        starts = [
-            start_row(m, started_event(m))
-            for m in commit.messages
-            if isinstance(m.event, ExecutionStarted)
-        ]
-        history = [event.model_dump_json() for event in commit.new_history]
-        version = int(item.instance.version or 0)
-        update = (*commit_values(commit.instance), commit.reset_history, len(history),
-                  iid, version, item.lock_token)  # fmt: skip
-        targets = {m.instance_id for m in commit.messages} - {iid}
-        return cls(
-            instance_id=iid,
-            update=update,
-            reset=commit.reset_history,
-            history=dumps(history),
-            history_count=len(history),
-            consumed=dumps([int(i) for i in commit.consumed]) if commit.consumed else None,
-            activities=_batch(invocation_item(a) for a in commit.activities),
-            starts=starts,
-            messages=_batch(message_item(m) for m in commit.messages),
-            targets=dumps(sorted(targets)) if targets else None,
-            delays=[delay_of(m) for m in commit.messages],
-        )
-
-
-def _batch(items: Iterator[list[Any]]) -> str | None:
-    """A JSON array parameter for ``json_each``, or ``None`` when there is nothing."""
-    rows = list(items)
-    return dumps(rows) if rows else None
 
 
 class Engine:

@@ -1,5 +1,9 @@
 """The SQLite store's row codecs: records to statement parameters and rows back.
 
+They run on the caller's thread: an episode commit becomes a ``CommitPlan``
+there, and batches become one JSON array (``dumps``), so the store thread
+spends its time in SQLite.
+
 Times are INTEGER microseconds since the Unix epoch (``to_micros``): they
 compare as fast as REAL seconds and give back exactly the datetime stored.
 """
@@ -7,23 +11,30 @@ compare as fast as REAL seconds and give back exactly the datetime stored.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..._history import ExecutionStarted, FailureDetails
+from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
 from .._records import (
     ActivityInvocation,
     ActivityResult,
     ActivityWorkItem,
+    EpisodeCommit,
     InstanceRecord,
     OrchestrationMessage,
+    OrchestrationWorkItem,
+    started_event,
 )
 
 __all__ = [
+    "CommitPlan",
     "commit_values",
     "delay_of",
+    "dumps",
     "from_micros",
     "held_key",
     "instance_from_row",
@@ -190,3 +201,65 @@ def message_extra(message_id: int, key: str, execution_id: str | None) -> str:
     if execution_id is not None:
         extra["execution_id"] = execution_id
     return json.dumps(extra)
+
+
+def dumps(value: object) -> str:
+    """Compact JSON, the form batches travel in to ``json_each``."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    """An episode commit turned into statement parameters (on the caller's thread)."""
+
+    instance_id: str
+    update: tuple[Any, ...]
+    reset: bool
+    history: str
+    history_count: int
+    consumed: str | None
+    activities: str | None
+    starts: list[tuple[Any, ...]]
+    messages: str | None
+    targets: str | None
+    delays: list[int | None]
+
+    @classmethod
+    def build(cls, item: OrchestrationWorkItem, commit: EpisodeCommit) -> CommitPlan:
+        iid = item.instance.instance_id
+        if commit.instance.instance_id != iid:
+            raise ValueError(
+                f"commit for instance {commit.instance.instance_id!r} "
+                f"does not match the locked instance {iid!r}"
+            )
+        for message in commit.messages:
+            validate_instance_id(message.instance_id)
+        starts = [
+            start_row(m, started_event(m))
+            for m in commit.messages
+            if isinstance(m.event, ExecutionStarted)
+        ]
+        history = [event.model_dump_json() for event in commit.new_history]
+        version = int(item.instance.version or 0)
+        update = (*commit_values(commit.instance), commit.reset_history, len(history),
+                  iid, version, item.lock_token)  # fmt: skip
+        targets = {m.instance_id for m in commit.messages} - {iid}
+        return cls(
+            instance_id=iid,
+            update=update,
+            reset=commit.reset_history,
+            history=dumps(history),
+            history_count=len(history),
+            consumed=dumps([int(i) for i in commit.consumed]) if commit.consumed else None,
+            activities=_batch(invocation_item(a) for a in commit.activities),
+            starts=starts,
+            messages=_batch(message_item(m) for m in commit.messages),
+            targets=dumps(sorted(targets)) if targets else None,
+            delays=[delay_of(m) for m in commit.messages],
+        )
+
+
+def _batch(items: Iterator[list[Any]]) -> str | None:
+    """A JSON array parameter for ``json_each``, or ``None`` when there is nothing."""
+    rows = list(items)
+    return dumps(rows) if rows else None

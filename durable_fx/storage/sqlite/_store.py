@@ -58,8 +58,8 @@ from .._records import (
     started_event,
 )
 from . import _schema as schema
-from ._engine import CommitPlan, Engine, dumps
-from ._rows import delay_of, held_key, message_item, result_item, start_row
+from ._engine import Engine
+from ._rows import CommitPlan, delay_of, dumps, held_key, message_item, result_item, start_row
 from ._thread import Call, StoreThread, Waiters
 
 __all__ = ["SqliteStore", "parse_sqlite_url"]

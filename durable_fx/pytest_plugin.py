@@ -16,7 +16,7 @@ configure but the app: define a ``durable_app`` fixture that returns it::
 
 ``@pytest.mark.durable_env(time_skipping=False, start=...)`` passes options
 to the environment. Without the entry point (a source checkout), load the
-plugin with ``-p durable_fx.testing.pytest_plugin``.
+plugin with ``-p durable_fx.pytest_plugin``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ._environment import TestEnvironment
+    from .testing import TestEnvironment
 
 __all__ = ["durable_app", "durable_env", "pytest_configure"]
 
@@ -54,9 +54,9 @@ def durable_app() -> Any:
 @pytest.fixture
 def durable_env(request: pytest.FixtureRequest, durable_app: Any) -> Iterator[TestEnvironment]:
     """A started ``TestEnvironment`` for ``durable_app`` (time skipping on unless marked)."""
-    # Imported here: pytest loads the plugin in every session of every project
-    # that installs durable-fx, most of which never ask for the fixture.
-    from ._environment import TestEnvironment
+    # Imported here, not with the plugin (which pytest loads before any conftest):
+    # a conftest may still register durable_fx.testing for assertion rewriting.
+    from .testing import TestEnvironment
 
     marker = request.node.get_closest_marker("durable_env")
     options = dict(marker.kwargs) if marker is not None else {}

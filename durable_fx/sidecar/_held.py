@@ -1,0 +1,145 @@
+"""What the sidecar holds for SDK workers: their streams and the work items under tokens.
+
+A ``Connection`` is one ``GetWorkItems`` stream; a ``HeldEpisode`` or
+``HeldActivity`` is a locked work item sent on it under a completion token,
+until the worker completes or abandons it or its stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from ..storage._protocol import Store
+from ..storage._records import ActivityWorkItem
+from ._episodes import PreparedEpisode
+from ._proto import pb
+
+__all__ = [
+    "Connection",
+    "HeldActivity",
+    "HeldEpisode",
+    "Send",
+    "StreamClosed",
+    "UnknownTokenError",
+    "describe",
+    "free",
+    "renew_held",
+    "unless_lost",
+]
+
+log = logging.getLogger("durable_fx.sidecar")
+
+T = TypeVar("T")
+Send = Callable[[pb.WorkItem], Awaitable[None]]
+
+
+class StreamClosed(Exception):
+    """Sending on a worker's stream failed: the worker is gone."""
+
+
+class UnknownTokenError(LookupError):
+    """A completion token no held work item has (completed, released, or from before a restart)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(
+            f"no work item is held under completion token {token!r}: it was completed or "
+            "abandoned already, or released when its worker's stream ended or the sidecar "
+            "restarted; it is (or was) delivered again"
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One ``GetWorkItems`` stream: what one SDK worker holds and may take."""
+
+    max_episodes: int
+    max_activities: int
+    send: Send
+    episodes: set[str] = field(default_factory=set)
+    activities: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_sent: float = 0.0
+    locking: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Lock calls in progress: they finish (and their items are held) even if the stream ends."""
+
+
+@dataclass(slots=True)
+class HeldEpisode:
+    connection: Connection
+    prepared: PreparedEpisode
+    renewed_at: float
+    partial: list[pb.OrchestratorAction] = field(default_factory=list)
+    """Actions of chunks already received (a worker may split a large response)."""
+
+
+@dataclass(slots=True)
+class HeldActivity:
+    connection: Connection
+    item: ActivityWorkItem
+    renewed_at: float
+
+
+def free(connection: Connection, token: str) -> None:
+    """The work under ``token`` is done: its worker has room for more."""
+    connection.episodes.discard(token)
+    connection.activities.discard(token)
+    connection.wake.set()
+
+
+def describe(held: HeldEpisode | HeldActivity) -> str:
+    """A held item as log messages name it."""
+    if isinstance(held, HeldEpisode):
+        return f"the episode of {held.prepared.instance.instance_id}"
+    return f"activity {held.item.invocation.name} of {held.item.invocation.instance_id}"
+
+
+async def unless_lost(connection: Connection, locking: Awaitable[T]) -> T:
+    """Run a lock call that a stream ending cannot cut short.
+
+    Cancelled halfway, a lock call would leave its items locked but held by
+    no token until their lease expired; shielded, it finishes, holds them,
+    and the ending stream waits for it and then releases them.
+    """
+    task = asyncio.ensure_future(locking)
+    connection.locking.add(task)
+    task.add_done_callback(connection.locking.discard)
+    return await asyncio.shield(task)
+
+
+async def renew_held(
+    held_items: dict[str, HeldEpisode | HeldActivity], store: Store, lease: timedelta
+) -> None:
+    """Renew the leases of what workers hold for long: activities and episodes alike.
+
+    An episode is usually back in milliseconds, but an SDK worker may take
+    longer than a lease (a long history to replay, a saturated thread
+    pool); unrenewed, its instance would go to another sidecar on the
+    store, and the work would be done twice with one commit lost.
+    """
+    loop = asyncio.get_running_loop()
+    # Every item is renewed at most two intervals after the last time: half the lease.
+    interval = lease.total_seconds() / 4
+    while True:
+        await asyncio.sleep(interval)
+        due = loop.time() - interval
+        for token, held in list(held_items.items()):
+            # Skip what was completed or released since the snapshot: nothing to renew.
+            if held.renewed_at <= due and held_items.get(token) is held:
+                await _renew(held, store, lease)
+
+
+async def _renew(held: HeldEpisode | HeldActivity, store: Store, lease: timedelta) -> None:
+    """Renew one held item's lease; a failure is retried on the next round."""
+    try:
+        if isinstance(held, HeldEpisode):
+            await store.renew_orchestration_lease(held.prepared.item, lease)
+        else:
+            await store.renew_activity_lease(held.item, lease)
+        held.renewed_at = asyncio.get_running_loop().time()
+    except Exception:
+        log.warning("could not renew the lease of %s", describe(held))
