@@ -1,21 +1,9 @@
 """Activity work on Azure: work rows in the instance partition, messages, results.
 
-Each scheduled activity is a row ``w<execution>:<task>`` in its instance's
-partition, written with the episode that scheduled it. What this process's
-worker has room for it simply holds (``hold``): no queue message, no request;
-the row (marked ``Local``) and the instance's guard are the copy that survives
-a crash, since whoever takes the instance over re-sends its rows. The rest goes
-to ``<hub>-workitems`` as messages carrying the invocation (its input in a
-payload blob when too large), where any worker may receive it: the message's
-invisibility is the lease and its dequeue count the delivery count.
-
-A result for an instance this process owns joins its session's inbox in
-memory; the episode that consumes it deletes the work row in its own
-transaction (``_results.defer``). Any other result is one transaction per instance:
-delete the work row and insert the result into the inbox. The row is the
-proof that the result is not recorded yet: a redelivered message whose row is
-gone is dropped without running (contract 4), and a late completion finds no
-row and is dropped.
+Each scheduled activity is a work row in its instance's partition, written
+with the episode that scheduled it; this process holds what it has room for,
+the rest goes to ``<hub>-workitems``. The row is the proof that a result is
+not recorded yet (contract 4). The design: docs/design/azure-store.md, "Activities".
 """
 
 from __future__ import annotations

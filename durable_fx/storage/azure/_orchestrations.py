@@ -1,45 +1,10 @@
 """Orchestration work on Azure: starting, messaging, locking and committing episodes.
 
-**Ownership.** A worker that locks an instance takes it over: one
-conditional write of the instance row names this store object its owner
-until ``OwnedUntil`` (renewed by every commit) and counts one delivery of its
-pending messages. While it owns the instance it keeps the row, the ETag and
-the pending messages in memory (a *session*), so the next episodes need no
-reads, no lock writes and no queue messages: an activity result of this
-process joins the session in memory, and the episode consuming it deletes its
-work row (see ``_activities``). The session ends, in the same write
-as a commit, once nothing is left to wait for here (no activity outstanding,
-no message ready); a pending timer then travels as a delayed control message
-if it is near, or as a row of the timer index if it is far (``_timers``: the
-queues the Functions host scales on must not count parked timers).
-
-**The guard.** Each session holds one hidden control message. If the process
-dies, the message becomes visible when the lease runs out and whoever
-receives it takes the instance over: it re-reads the partition, re-sends the
-activity work items and messages that were committed but not known to be
-delivered (the outbox rows), and carries on. Duplicates that this can cause
-are harmless: inbox rows are keyed by the message's dedupe key, activity work
-items by task, and the replay engine drops results it already has.
-
-**Commit.** An episode is one entity-group transaction on the instance
-partition: history rows, deletion of the consumed inbox rows, new outbox rows
-(work items, messages for other instances, timers for itself), and the
-instance row with If-Match on its ETag. The ETag changes when other writers
-touch the row (a message arriving from another process merges a ``Mail``
-property), so a failed If-Match is resolved by reading the row: our own
-write (``Token``) means it applied, an unchanged ``Version`` with us as the
-owner means retry with the new ETag, anything else is a ``ConflictError``.
-
-**Big episodes.** History rows beyond what fits in one transaction (100
-operations, 4 MB) are written first: readers only read the first
-``Count`` rows of the current generation, so they stay invisible until the
-instance row says otherwise. Outbox rows that do not fit are written first
-too, tagged with a token that the instance row names as ``Staging``; readers
-skip rows so tagged, and the final transaction clears ``Staging``, making them
-live in the same write that commits the episode. A crash leaves the token in
-``Staging``; whoever takes over moves it to ``Aborted`` so those rows stay
-dead. At most 90 inbox messages are handed out per episode, so their
-deletions always fit the final transaction.
+A worker that locks an instance owns it: a *session* keeps its row, ETag and
+pending messages in memory, and a hidden *guard* message has it taken over if
+the process dies; an episode commits as one entity-group transaction with
+If-Match on the instance row. Why and how (ownership, the guard, the commit,
+big episodes): docs/design/azure-store.md, "Orchestrations".
 
 ``Orchestrations`` is the facade the store calls; the work is done below it:
 sessions in ``_sessions``, starting instances and routing messages in
@@ -189,15 +154,9 @@ class Orchestrations:
     async def renew(self, item: OrchestrationWorkItem, lease: timedelta) -> None:
         """Extend a lock that ``item`` still holds, with the ownership that backs it.
 
-        The lock lives in this process, which is enough for its other callers;
-        other processes go by the row's ``OwnedUntil`` (a takeover needs it
-        past), so that is pushed out as well: one conditional merge, which
-        fails if the instance was taken over, and then the lock stays lost.
-        The guard message is left as it is, as for any session renewed in
-        ``Sessions.upkeep``: a process that receives it early reads the row and hides
-        it until ``OwnedUntil``. That costs the other process a read and a hide
-        once per lease, and only while an episode outlives its lease; hiding
-        the guard here would cost a request on every renewal.
+        The row's ``OwnedUntil`` is pushed out too (one conditional merge, which fails
+        if the instance was taken over); the guard is left as it is. Why:
+        docs/design/azure-store.md, "Renewing a lock".
         """
         hub = self._hub
         iid = item.instance.instance_id

@@ -1,17 +1,9 @@
 """``AzureStore``: the Store protocol on Azure Tables, Queues and Blobs.
 
-All storage I/O runs on one private event loop in a thread of its own, like
-the SQLite store's thread: the SDK's async clients (and their aiohttp
-sessions) belong to one loop, while the store is called from several (a
-worker's, a sync client's). The public coroutines hand each call to that
-loop and wait for it; a caller that is cancelled does not cancel the call
-halfway through a write.
-
-Nothing runs in the background: without calls the store makes no requests
-(what the Functions host needs to scale to zero). A worker's polls cost
-nothing while it owns work locally; the queues are polled with back-off
-(``idle_poll``), at once after this process sends something, and when a
-delayed message it sent falls due.
+All storage I/O runs on one private event loop in a thread of its own, and
+nothing runs in the background: without calls the store makes no requests,
+as the Functions host needs to scale to zero. Why: docs/design/azure-store.md,
+"One loop, no background work".
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
 """The SQLite store's file: its layout (DDL), migrations and connection settings.
 
-Times are INTEGER microseconds since the Unix epoch: they compare as fast as
-REAL seconds and, unlike floats, give back exactly the datetime stored.
-
-Two columns do double duty so that every "what is ready?" query is one index
-range scan that stops after ``limit`` rows, however much locked or delayed
-work the file holds:
-
-* ``instances.due_at`` is when the instance may next be locked: the earliest
-  ``visible_at`` of its inbox while unlocked, its lease expiry while locked,
-  NULL when its inbox is empty.
-* ``work_items.visible_at`` is the lease expiry while an item is locked, so a
-  crashed worker's items become visible again with no second condition.
-
-Batches travel as one JSON array parameter (``json_each``) and come back as
-one JSON array (``json_group_array``): each statement is then a single SQLite
-step, and the store thread gives up and retakes the GIL once per statement
-rather than once per row. Statements are module constants because sqlite3
-caches prepared statements per connection by their text.
-
-The statements that rely on this layout are in ``_sql``, the row codecs in
-``_rows`` and instance queries in ``_query``.
+Times are INTEGER microseconds; ``instances.due_at`` and
+``work_items.visible_at`` do double duty so that every "what is ready?" query
+is one index range scan; batches travel as one JSON array. Why:
+docs/design/sqlite-store.md. The statements that rely on this layout are in
+``_sql``, the row codecs in ``_rows`` and instance queries in ``_query``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The SQLite store's statements, one module constant each.
 
 Constants because sqlite3 caches prepared statements per connection by their
-text. The layout they rely on (and why ``due_at`` and ``visible_at`` do double
-duty) is in ``_schema``. Batches travel as one JSON array parameter
-(``json_each``), so each statement is a single SQLite step.
+text. The layout they rely on is in ``_schema`` (why ``due_at`` and
+``visible_at`` do double duty: docs/design/sqlite-store.md). Batches travel
+as one JSON array parameter (``json_each``), so each statement is a single
+SQLite step.
 """
 
 from __future__ import annotations
