@@ -19,6 +19,7 @@ from ._errors import (
     InvalidInstanceIdError,
     InvalidOperationError,
     NonDeterminismError,
+    OrchestrationFailedError,
     SerializationError,
     StoreBusyError,
     TaskError,
@@ -34,13 +35,20 @@ from ._replayer import Replayer, ReplayResult, history_from_json, history_to_jso
 from ._retry import RetryPolicy
 from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
-from .client import AsyncDurableClient, DurableClient, QueryResult
+from .client import (
+    AsyncDurableClient,
+    AsyncInstanceHandle,
+    DurableClient,
+    InstanceHandle,
+    QueryResult,
+)
 from .storage import PoisonedMessage, Store, open_store
 from .worker import Worker
 
 __all__ = [
     "ActivityContext",
     "AsyncDurableClient",
+    "AsyncInstanceHandle",
     "Clock",
     "ConflictError",
     "DurableApp",
@@ -51,11 +59,13 @@ __all__ = [
     "HistoryEvent",
     "IdReusePolicy",
     "InstanceExistsError",
+    "InstanceHandle",
     "InstanceNotFoundError",
     "InvalidInstanceIdError",
     "InvalidOperationError",
     "NonDeterminismError",
     "OrchestrationContext",
+    "OrchestrationFailedError",
     "OrchestrationState",
     "OrchestrationStatus",
     "Orchestrator",

@@ -9,6 +9,7 @@
     ├── UnknownNameError            no orchestrator/activity is registered under a name
     ├── ConflictError               another worker committed first (the worker drops its try)
     ├── StoreBusyError              the store stayed locked or throttled past its retry budget
+    ├── OrchestrationFailedError    a handle's result(): the instance FAILED or was TERMINATED
     └── TaskError                   raised *inside* an orchestrator at a yield
         ├── TaskFailedError         an activity or sub-orchestration failed
         └── EventTimeoutError       wait_for_event(timeout=...) elapsed first
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidInstanceIdError",
     "InvalidOperationError",
     "NonDeterminismError",
+    "OrchestrationFailedError",
     "SerializationError",
     "StoreBusyError",
     "TaskError",
@@ -133,6 +135,36 @@ class StoreBusyError(DurableFxError):
         super().__init__(f"the store is busy ({detail}); retry in {retry_after:g} s")
         self.detail = detail
         self.retry_after = retry_after
+
+
+class OrchestrationFailedError(DurableFxError):
+    """An instance whose result was asked for ended FAILED or TERMINATED instead.
+
+    ``status`` is ``"FAILED"`` or ``"TERMINATED"``; for a failure,
+    ``error_type``, ``message`` and ``stack_trace`` describe the orchestration's
+    exception as text (it was raised in a worker); for a termination,
+    ``message`` is the reason given, as JSON text (``None`` if none).
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        status: str,
+        error_type: str | None = None,
+        message: str | None = None,
+        stack_trace: str | None = None,
+    ) -> None:
+        if status == "TERMINATED":
+            why = f": {message}" if message is not None else ""
+            text = f"orchestration {instance_id!r} was terminated{why}"
+        else:
+            text = f"orchestration {instance_id!r} failed: {error_type}: {message}"
+        super().__init__(text)
+        self.instance_id = instance_id
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.stack_trace = stack_trace
 
 
 class TaskError(DurableFxError):

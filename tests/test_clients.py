@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -15,6 +17,7 @@ from durable_fx import (
     InstanceNotFoundError,
     InvalidOperationError,
     OrchestrationContext,
+    OrchestrationFailedError,
     OrchestrationState,
     OrchestrationStatus,
     Orchestrator,
@@ -262,3 +265,157 @@ def test_clients_opened_by_url_share_the_store(
         assert found is not None and found.output == 9
     finally:
         asyncio.run(reopened.close())
+
+
+# -- typed results: handle() and run() ------------------------------------------------------------
+
+
+@dataclass
+class Bill:
+    amount: int
+    currency: str
+
+
+def _register_billing(
+    registry: Registry,
+) -> Callable[[OrchestrationContext, int], Orchestrator[Bill]]:
+    @registry.activity()
+    def price(items: int) -> int:
+        return 5 * items
+
+    @registry.orchestrator()
+    def bill(ctx: OrchestrationContext, items: int) -> Orchestrator[Bill]:
+        ctx.set_custom_status("pricing")
+        if items < 0:
+            yield ctx.wait_for_event("go")  # a bill to steer by hand
+        amount: int = yield ctx.call_activity(price, abs(items))
+        if amount > 100:
+            raise ValueError(f"{amount} is too much")
+        return Bill(amount, "EUR")
+
+    return bill
+
+
+def test_run_returns_the_orchestrators_declared_type(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    bill = _register_billing(registry)
+    assert client.run(bill, 3, timeout=WAIT) == Bill(15, "EUR")
+    assert client.run("bill", 2, timeout=WAIT, result_type=Bill) == Bill(10, "EUR")
+    assert client.run("bill", 1, timeout=WAIT) == {"amount": 5, "currency": "EUR"}
+
+    async def run_async() -> Bill:
+        async with AsyncDurableClient(client.store) as async_client:
+            return await async_client.run(bill, 4, instance_id="async-bill", timeout=WAIT)
+
+    assert asyncio.run(run_async()) == Bill(20, "EUR")
+
+
+def test_a_failed_or_terminated_result_raises(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    bill = _register_billing(registry)
+    with pytest.raises(OrchestrationFailedError, match="150 is too much") as failed:
+        client.run(bill, 30, instance_id="too-much", timeout=WAIT)
+    assert (failed.value.instance_id, failed.value.status) == ("too-much", "FAILED")
+    assert (failed.value.error_type, failed.value.message) == ("ValueError", "150 is too much")
+    assert failed.value.stack_trace is not None
+
+    handle = client.handle(bill, client.start(bill, -1))
+    wait_until(lambda: handle.state().custom_status == "pricing")
+    handle.terminate("cancelled by the customer")
+    with pytest.raises(OrchestrationFailedError, match="terminated: cancelled") as terminated:
+        handle.result(timeout=WAIT)
+    assert terminated.value.status == "TERMINATED"
+
+
+def test_a_handle_steers_its_instance_and_returns_its_typed_result(
+    registry: Registry, worker: Worker, client: DurableClient, wait_until: Callable[..., Any]
+) -> None:
+    bill = _register_billing(registry)
+    handle = client.handle(bill, client.start(bill, -2, instance_id="steered"))
+    assert handle.id == "steered"
+    wait_until(lambda: handle.state().custom_status == "pricing")
+    handle.suspend("pause")
+    wait_until(lambda: handle.state().status is OrchestrationStatus.SUSPENDED)
+    assert handle.raise_event("go", event_id="once")
+    assert not handle.raise_event("go", event_id="once")
+    handle.resume()
+    result = handle.result(timeout=WAIT)
+    assert isinstance(result, Bill) and result == Bill(10, "EUR")
+    assert handle.wait().status is OrchestrationStatus.COMPLETED
+    history = handle.state(history=True).history
+    assert history is not None and "ExecutionSuspended" in [e.kind for e in history]
+    with pytest.raises(InstanceNotFoundError):
+        client.handle(bill, "nobody").state()
+
+    async def by_name() -> Bill:
+        async with AsyncDurableClient(client.store) as async_client:
+            typed = async_client.handle("bill", "steered", result_type=Bill)
+            assert (await typed.state()).status is OrchestrationStatus.COMPLETED
+            return await typed.result()
+
+    assert asyncio.run(by_name()) == Bill(10, "EUR")
+
+
+# -- waiting is push within a process -------------------------------------------------------------
+
+
+class _StaleReads:
+    """A store whose reads of an instance stay at the row they saw once it is frozen.
+
+    A client waiting on a frozen instance can then learn that it ended only from
+    the worker in this process, which shares the store object (no read tells it).
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self._frozen: dict[str, Any] = {}
+        self.stale_reads: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get_instance(self, instance_id: str) -> Any:
+        if instance_id in self._frozen:
+            self.stale_reads[instance_id] = self.stale_reads.get(instance_id, 0) + 1
+            return self._frozen[instance_id]
+        return await self._inner.get_instance(instance_id)
+
+    def freeze(self, instance_id: str) -> None:
+        self._frozen[instance_id] = asyncio.run(self._inner.get_instance(instance_id))
+
+
+def test_a_wait_learns_the_end_from_the_worker_in_this_process(
+    registry: Registry, store: Store, wait_until: Callable[..., Any]
+) -> None:
+    @registry.orchestrator()
+    def greets(ctx: OrchestrationContext) -> Orchestrator[str]:
+        ctx.set_custom_status("waiting")
+        name: str = yield ctx.wait_for_event("name", result_type=str)
+        return f"hello {name}"
+
+    async def wait_async(instance_id: str) -> OrchestrationState:
+        async with AsyncDurableClient(shared) as async_client:
+            return await async_client.wait(instance_id, timeout=WAIT)
+
+    stale = _StaleReads(store)
+    shared = cast(Store, stale)
+    with (
+        Worker(registry, shared, max_poll_interval=0.05, shutdown_grace=2.0),
+        DurableClient(shared) as client,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        sync_handle, async_handle = (client.handle(greets, client.start(greets)) for _ in "ab")
+        for handle in (sync_handle, async_handle):
+            wait_until(lambda h=handle: h.state().custom_status == "waiting")
+            stale.freeze(handle.id)
+        by_sync = pool.submit(sync_handle.result, timeout=WAIT)
+        by_async = pool.submit(asyncio.run, wait_async(async_handle.id))
+        for handle in (sync_handle, async_handle):
+            # Waiting (it read the frozen row) before the instance can end:
+            wait_until(lambda h=handle: stale.stale_reads.get(h.id, 0) > 0)
+            handle.raise_event("name", "ada")
+        assert by_sync.result() == "hello ada"
+        state = by_async.result()
+        assert (state.status, state.output) == (OrchestrationStatus.COMPLETED, "hello ada")

@@ -297,7 +297,8 @@ def test_orchestrator_input_not_matching_its_annotation_fails_the_instance(
     def typed(ctx: OrchestrationContext, order: Order) -> str:
         return str(order.order_id)
 
-    state = client.wait(client.start(typed, {"order_id": "not-a-uuid"}), timeout=WAIT)
+    bad = {"order_id": "not-a-uuid"}
+    state = client.wait(client.start(typed, bad), timeout=WAIT)  # type: ignore[arg-type]
     assert state.status is OrchestrationStatus.FAILED
     assert state.failure is not None
     assert state.failure.error_type == "SerializationError"

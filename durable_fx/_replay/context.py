@@ -213,6 +213,18 @@ class OrchestrationContext:
     @overload
     def call_activity(
         self,
+        activity: Callable[[None], _Async[R]],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self, activity: Callable[[None], R], input: None = None, *, retry: RetryPolicy | None = None
+    ) -> Task[R]: ...
+    @overload
+    def call_activity(
+        self,
         activity: Callable[[], _Async[R]],
         input: None = None,
         *,
@@ -287,6 +299,15 @@ class OrchestrationContext:
     @overload
     def call_sub_orchestrator(
         self,
+        orchestrator: Callable[[OrchestrationContext, None], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[R]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
         orchestrator: Callable[[OrchestrationContext], Generator[Any, Any, R]],
         input: None = None,
         *,
@@ -294,7 +315,8 @@ class OrchestrationContext:
         retry: RetryPolicy | None = None,
     ) -> Task[R]: ...
     # An orchestrator that is a plain function (no yield) returns its value as
-    # is, undeclared to the codecs: its result is plain JSON.
+    # is, undeclared to the codecs: its result is plain JSON, typed ``object``
+    # (not ``Any``, which would let a generator's mismatched result through).
     @overload
     def call_sub_orchestrator(
         self,
@@ -303,7 +325,16 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
-    ) -> Task[Any]: ...
+    ) -> Task[object]: ...
+    @overload
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Callable[[OrchestrationContext, None], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Task[object]: ...
     @overload
     def call_sub_orchestrator(
         self,
@@ -312,7 +343,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
-    ) -> Task[Any]: ...
+    ) -> Task[object]: ...
     @overload
     def call_sub_orchestrator(
         self,

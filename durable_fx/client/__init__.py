@@ -5,6 +5,13 @@ for code without an event loop.
 """
 
 from ._async import AsyncDurableClient, QueryResult
+from ._handle import AsyncInstanceHandle, InstanceHandle
 from ._sync import DurableClient
 
-__all__ = ["AsyncDurableClient", "DurableClient", "QueryResult"]
+__all__ = [
+    "AsyncDurableClient",
+    "AsyncInstanceHandle",
+    "DurableClient",
+    "InstanceHandle",
+    "QueryResult",
+]

@@ -1,17 +1,19 @@
 """The async client: start, inspect and steer orchestration instances.
 
-``AsyncDurableClient`` does the work; ``DurableClient`` (``_sync_client``) is a
+``AsyncDurableClient`` does the work; ``DurableClient`` (``_sync``) is a
 thin synchronous facade that runs it on a private event-loop thread, so both
-share one implementation.
+share one implementation. Over 500 lines for a reason: a fifth of it is the
+typed overloads of ``start``, ``run`` and ``handle`` (one per orchestrator
+shape), which must sit on the class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,10 +29,12 @@ from .._history import (
 )
 from .._ids import validate_instance_id
 from .._registry import name_of, validate_event_name
+from .._replay.context import OrchestrationContext
 from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
 from .._serialization import decode, encode
 from .._state import OrchestrationState, OrchestrationStatus
 from ..storage import open_store
+from ..storage._finished import finished_on
 from ..storage._protocol import Store
 from ..storage._records import (
     InstanceQuery,
@@ -38,10 +42,14 @@ from ..storage._records import (
     OrchestrationMessage,
     PoisonedMessage,
 )
+from ._handle import AsyncInstanceHandle, result_codec
 
 __all__ = ["AsyncDurableClient", "PoisonIds", "QueryResult", "StatusFilter"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+In = TypeVar("In")
+_Ctx = OrchestrationContext
 StatusFilter = OrchestrationStatus | str | Iterable[OrchestrationStatus | str] | None
 PoisonIds = str | Iterable[str]
 """One poison id, or several."""
@@ -74,6 +82,48 @@ class AsyncDurableClient:
         """The store this client talks to."""
         return self._store
 
+    # The overloads check the input against the orchestrator's parameter.
+    @overload
+    async def start(
+        self,
+        orchestrator: Callable[[_Ctx, In], object],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    async def start(
+        self,
+        orchestrator: Callable[[_Ctx, None], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    async def start(
+        self,
+        orchestrator: Callable[[_Ctx], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    async def start(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+
     async def start(
         self,
         orchestrator: Callable[..., Any] | str,
@@ -92,6 +142,16 @@ class AsyncDurableClient:
         dropped. The check and the start are one atomic step in the store.
         With ``start_at`` the instance stays PENDING until then.
         """
+        return await self._start(orchestrator, input, instance_id, start_at, reuse)
+
+    async def _start(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any,
+        instance_id: str | None,
+        start_at: datetime | None,
+        reuse: IdReuse,
+    ) -> str:
         replaceable = replaceable_statuses(reuse)
         if instance_id is None:
             instance_id = uuid.uuid4().hex
@@ -110,6 +170,148 @@ class AsyncDurableClient:
         await self._store.create_instance(message, replaceable=replaceable)
         return instance_id
 
+    @overload
+    def handle(
+        self, orchestrator: Callable[..., Generator[Any, Any, R]], instance_id: str
+    ) -> AsyncInstanceHandle[R]: ...
+    @overload
+    def handle(
+        self, orchestrator: str, instance_id: str, *, result_type: type[R]
+    ) -> AsyncInstanceHandle[R]: ...
+    @overload
+    def handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str
+    ) -> AsyncInstanceHandle[Any]: ...
+
+    def handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str, *, result_type: Any = None
+    ) -> AsyncInstanceHandle[Any]:
+        """A handle on instance ``instance_id`` of ``orchestrator``, typed by its result.
+
+        ``handle.result()`` is the orchestrator's ``R`` (``def f(ctx, x) ->
+        Orchestrator[R]``), rebuilt from JSON as its declared type; with a name,
+        give ``result_type`` for that. Makes no request.
+        """
+        return self._handle(orchestrator, instance_id, result_type)
+
+    def _handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str, result_type: Any
+    ) -> AsyncInstanceHandle[Any]:
+        validate_instance_id(instance_id)
+        return AsyncInstanceHandle(self, instance_id, result_codec(orchestrator, result_type))
+
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx, In], Generator[Any, Any, R]],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx, None], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx, In], object],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx, None], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: Callable[[_Ctx], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+        result_type: type[R],
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+    async def run(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+        result_type: Any = None,
+    ) -> Any:
+        """Start an orchestration, wait for it and return its result (as ``handle().result()``).
+
+        Raises ``OrchestrationFailedError`` if it fails or is terminated, and
+        ``TimeoutError`` after ``timeout`` seconds (``None``: no limit; the
+        instance keeps running).
+        """
+        return await self._run(orchestrator, input, instance_id, reuse, timeout, result_type)
+
+    async def _run(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any,
+        instance_id: str | None,
+        reuse: IdReuse,
+        timeout: float | None,
+        result_type: Any,
+    ) -> Any:
+        started = await self._start(orchestrator, input, instance_id, None, reuse)
+        return await self._handle(orchestrator, started, result_type).result(timeout=timeout)
+
     async def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
         """The instance's current state (with its history if asked), or ``None``."""
         record = await self._store.get_instance(instance_id)
@@ -123,24 +325,32 @@ class AsyncDurableClient:
     ) -> OrchestrationState:
         """Wait until the instance is COMPLETED, FAILED or TERMINATED and return its state.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        A worker in this process on the same store object tells the wait when it
+        ends the instance; otherwise (another process) the wait polls, from 5 ms
+        doubling up to ``poll_interval``. Raises ``TimeoutError`` after
+        ``timeout`` seconds (``None``: no limit).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.005
-        while True:
-            state = await self.get(instance_id)
-            if state is None:
-                raise InstanceNotFoundError(instance_id)
-            if state.status.is_terminal:
-                return state
-            if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(
-                    f"instance {instance_id!r} is still {state.status.value} after {timeout:g} s"
-                )
-            remaining = poll_interval if deadline is None else max(0.0, deadline - loop.time())
-            await asyncio.sleep(min(delay, poll_interval, remaining))
-            delay *= 2
+        # Watch before the first read: a notice between the read and the pause is kept.
+        with finished_on(self._store).watch(instance_id) as notice:
+            while True:
+                state = await self.get(instance_id)
+                if state is None:
+                    raise InstanceNotFoundError(instance_id)
+                if state.status.is_terminal:
+                    return state
+                if deadline is not None and loop.time() >= deadline:
+                    raise TimeoutError(
+                        f"instance {instance_id!r} is still {state.status.value} "
+                        f"after {timeout:g} s"
+                    )
+                remaining = poll_interval if deadline is None else max(0.0, deadline - loop.time())
+                ended = await notice.wait(min(delay, poll_interval, remaining))
+                if ended is not None:
+                    return _state_of(ended, None)
+                delay *= 2
 
     async def raise_event(
         self, instance_id: str, name: str, data: Any = None, *, event_id: str | None = None

@@ -7,22 +7,27 @@ the two clients share one implementation (no hand-written sync twin).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from .._clock import Clock
 from .._portal import Portal
+from .._replay.context import OrchestrationContext
 from .._reuse import IdReuse, IdReusePolicy
 from .._state import OrchestrationState
 from ..storage._protocol import Store
 from ..storage._records import PoisonedMessage
 from ._async import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
+from ._handle import InstanceHandle
 
 __all__ = ["DurableClient"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+In = TypeVar("In")
+_Ctx = OrchestrationContext
 
 
 class DurableClient:
@@ -37,6 +42,47 @@ class DurableClient:
         """The store this client talks to."""
         return self._client.store
 
+    @overload
+    def start(
+        self,
+        orchestrator: Callable[[_Ctx, In], object],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    def start(
+        self,
+        orchestrator: Callable[[_Ctx, None], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    def start(
+        self,
+        orchestrator: Callable[[_Ctx], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+    @overload
+    def start(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+    ) -> str: ...
+
     def start(
         self,
         orchestrator: Callable[..., Any] | str,
@@ -48,9 +94,124 @@ class DurableClient:
     ) -> str:
         """See ``AsyncDurableClient.start``."""
         return self._portal.call(
-            self._client.start(
-                orchestrator, input, instance_id=instance_id, start_at=start_at, reuse=reuse
-            )
+            self._client._start(orchestrator, input, instance_id, start_at, reuse)
+        )
+
+    @overload
+    def handle(
+        self, orchestrator: Callable[..., Generator[Any, Any, R]], instance_id: str
+    ) -> InstanceHandle[R]: ...
+    @overload
+    def handle(
+        self, orchestrator: str, instance_id: str, *, result_type: type[R]
+    ) -> InstanceHandle[R]: ...
+    @overload
+    def handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str
+    ) -> InstanceHandle[Any]: ...
+
+    def handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str, *, result_type: Any = None
+    ) -> InstanceHandle[Any]:
+        """See ``AsyncDurableClient.handle``; the handle's calls block."""
+        inner = self._client._handle(orchestrator, instance_id, result_type)
+        return InstanceHandle(inner, self._portal)
+
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx, In], Generator[Any, Any, R]],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx, None], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx], Generator[Any, Any, R]],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> R: ...
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx, In], object],
+        input: In,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx, None], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    def run(
+        self,
+        orchestrator: Callable[[_Ctx], object],
+        input: None = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+    @overload
+    def run(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+        result_type: type[R],
+    ) -> R: ...
+    @overload
+    def run(
+        self,
+        orchestrator: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+    def run(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        reuse: IdReuse = IdReusePolicy.REFUSE,
+        timeout: float | None = None,
+        result_type: Any = None,
+    ) -> Any:
+        """See ``AsyncDurableClient.run``."""
+        return self._portal.call(
+            self._client._run(orchestrator, input, instance_id, reuse, timeout, result_type)
         )
 
     def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:

@@ -30,6 +30,7 @@ from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
+from ..storage._finished import finished_on
 from ..storage._protocol import Store
 from ..storage._records import (
     EpisodeCommit,
@@ -121,6 +122,7 @@ class OrchestrationRunner:
         self._store = store
         self._clock = clock
         self._cache = cache
+        self._finished = finished_on(store)
 
     async def run(self, item: OrchestrationWorkItem) -> None:
         """Run and commit one episode; on a conflict, drop it (the lock's new owner redoes it)."""
@@ -140,6 +142,8 @@ class OrchestrationRunner:
             self._cache.put(instance_id, entry)
         else:
             self._cache.evict(instance_id)
+        if commit.instance.status.is_terminal:
+            self._finished.finished(commit.instance)  # clients waiting in this process
 
     async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
         instance = episode.instance
