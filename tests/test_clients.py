@@ -27,6 +27,7 @@ from durable_fx import (
     Worker,
     open_store,
 )
+from durable_fx.testing import TestEnvironment
 
 WAIT = 20.0
 
@@ -419,3 +420,21 @@ def test_a_wait_learns_the_end_from_the_worker_in_this_process(
         assert by_sync.result() == "hello ada"
         state = by_async.result()
         assert (state.status, state.output) == (OrchestrationStatus.COMPLETED, "hello ada")
+
+
+def test_handles_and_run_wait_as_their_client_does(registry: Registry) -> None:
+    # The test environment's clients skip time while they wait; so do their handles and run.
+    @registry.orchestrator()
+    def next_day(ctx: OrchestrationContext, hours: int) -> Orchestrator[str]:
+        yield ctx.create_timer(timedelta(hours=hours))
+        return ctx.current_utc_datetime.isoformat()
+
+    with TestEnvironment(registry) as env:
+        first = env.sync_client.run(next_day, 24, timeout=WAIT)
+        handle = env.sync_client.handle(next_day, env.sync_client.start(next_day, 48))
+        assert handle.result(timeout=WAIT) > first
+
+        async def run_async() -> str:
+            return await env.client.run(next_day, 24, timeout=WAIT)
+
+        assert asyncio.run(run_async()) > first

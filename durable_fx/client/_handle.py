@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import InstanceNotFoundError, OrchestrationFailedError
-from .._portal import Portal
 from .._registry import definition_of
 from .._serialization import PayloadCodec, return_annotation
 from .._state import OrchestrationState, OrchestrationStatus
 
 if TYPE_CHECKING:
     from ._async import AsyncDurableClient
+    from ._sync import DurableClient
 
 __all__ = ["AsyncInstanceHandle", "InstanceHandle", "result_codec"]
 
@@ -118,49 +118,52 @@ class AsyncInstanceHandle(Generic[R]):
 class InstanceHandle(Generic[R]):
     """One instance, through a ``DurableClient`` (blocking); ``result()`` is an ``R``.
 
-    Get one from ``client.handle(orchestrator, instance_id)``.
+    Get one from ``client.handle(orchestrator, instance_id)``. Its calls go
+    through that client's own methods (``wait``...), so a client that changes
+    how it waits (the test environment's skips time) changes its handles too.
     """
 
-    __slots__ = ("_handle", "_portal")
+    __slots__ = ("_client", "_codec", "id")
 
-    def __init__(self, handle: AsyncInstanceHandle[R], portal: Portal) -> None:
-        self._handle = handle
-        self._portal = portal
+    def __init__(self, client: DurableClient, instance_id: str, codec: PayloadCodec[R]) -> None:
+        self._client = client
+        self._codec = codec
+        self.id = instance_id
+        """The instance id."""
 
     def __repr__(self) -> str:
         return f"InstanceHandle({self.id!r})"
 
-    @property
-    def id(self) -> str:
-        """The instance id."""
-        return self._handle.id
-
     def result(self, *, timeout: float | None = None) -> R:
         """See ``AsyncInstanceHandle.result``."""
-        return self._portal.call(self._handle.result(timeout=timeout))
+        result: R = result_of(self._client.wait(self.id, timeout=timeout), self._codec)
+        return result
 
     def state(self, *, history: bool = False) -> OrchestrationState:
         """See ``AsyncInstanceHandle.state``."""
-        return self._portal.call(self._handle.state(history=history))
+        state = self._client.get(self.id, history=history)
+        if state is None:
+            raise InstanceNotFoundError(self.id)
+        return state
 
     def wait(
         self, *, timeout: float | None = 60.0, poll_interval: float = 0.25
     ) -> OrchestrationState:
         """See ``AsyncDurableClient.wait``."""
-        return self._portal.call(self._handle.wait(timeout=timeout, poll_interval=poll_interval))
+        return self._client.wait(self.id, timeout=timeout, poll_interval=poll_interval)
 
     def raise_event(self, name: str, data: Any = None, *, event_id: str | None = None) -> bool:
         """See ``AsyncDurableClient.raise_event``."""
-        return self._portal.call(self._handle.raise_event(name, data, event_id=event_id))
+        return self._client.raise_event(self.id, name, data, event_id=event_id)
 
     def terminate(self, reason: Any = None, *, recursive: bool = True) -> None:
         """See ``AsyncDurableClient.terminate``."""
-        self._portal.call(self._handle.terminate(reason, recursive=recursive))
+        self._client.terminate(self.id, reason, recursive=recursive)
 
     def suspend(self, reason: Any = None) -> None:
         """See ``AsyncDurableClient.suspend``."""
-        self._portal.call(self._handle.suspend(reason))
+        self._client.suspend(self.id, reason)
 
     def resume(self, reason: Any = None) -> None:
         """See ``AsyncDurableClient.resume``."""
-        self._portal.call(self._handle.resume(reason))
+        self._client.resume(self.id, reason)

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from .._clock import Clock
+from .._ids import validate_instance_id
 from .._portal import Portal
 from .._replay.context import OrchestrationContext
 from .._reuse import IdReuse, IdReusePolicy
@@ -20,7 +21,7 @@ from .._state import OrchestrationState
 from ..storage._protocol import Store
 from ..storage._records import PoisonedMessage
 from ._async import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
-from ._handle import InstanceHandle
+from ._handle import InstanceHandle, result_codec
 
 __all__ = ["DurableClient"]
 
@@ -114,8 +115,13 @@ class DurableClient:
         self, orchestrator: Callable[..., Any] | str, instance_id: str, *, result_type: Any = None
     ) -> InstanceHandle[Any]:
         """See ``AsyncDurableClient.handle``; the handle's calls block."""
-        inner = self._client._handle(orchestrator, instance_id, result_type)
-        return InstanceHandle(inner, self._portal)
+        return self._handle(orchestrator, instance_id, result_type)
+
+    def _handle(
+        self, orchestrator: Callable[..., Any] | str, instance_id: str, result_type: Any
+    ) -> InstanceHandle[Any]:
+        validate_instance_id(instance_id)
+        return InstanceHandle(self, instance_id, result_codec(orchestrator, result_type))
 
     @overload
     def run(
@@ -210,9 +216,10 @@ class DurableClient:
         result_type: Any = None,
     ) -> Any:
         """See ``AsyncDurableClient.run``."""
-        return self._portal.call(
-            self._client._run(orchestrator, input, instance_id, reuse, timeout, result_type)
+        started = self._portal.call(
+            self._client._start(orchestrator, input, instance_id, None, reuse)
         )
+        return self._handle(orchestrator, started, result_type).result(timeout=timeout)
 
     def get(self, instance_id: str, *, history: bool = False) -> OrchestrationState | None:
         """See ``AsyncDurableClient.get``."""
