@@ -108,17 +108,17 @@ def _next_timed(polls: ControlPolls) -> tuple[str, ...]:
     return round_.queues
 
 
-def test_every_timed_poll_takes_every_control_queue() -> None:
-    # A message another process sent to any partition is found within one back-off
-    # interval, however many partitions there are (it used to be one queue per step:
-    # up to (partitions + 1) intervals, 400 s with 4 partitions).
+def test_an_idle_worker_polls_one_control_queue_at_a_time_and_all_once_work_flows() -> None:
     queues = ("q0", "q1", "q2")
     polls = ControlPolls(queues, (0.001, 0.001))
-    assert [_next_timed(polls) for _ in range(4)] == [queues] * 4
+    assert _next_timed(polls) == queues, "a starting worker looks at every queue"
+    assert [_next_timed(polls) for _ in range(4)] == [("q0",), ("q1",), ("q2",), ("q0",)]
     while not (round_ := polls.due()).timed:
         pass
+    assert round_.queues == ("q1",)
     polls.polled(round_, found=True)
-    assert _next_timed(polls) == queues
+    assert _next_timed(polls) == queues, "after a find, every queue again"
+    assert _next_timed(polls) == ("q2",), "and then on where the turn was"
 
 
 def test_a_queue_this_process_sent_to_is_polled_alone() -> None:
