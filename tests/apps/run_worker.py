@@ -49,9 +49,9 @@ def _open(store_url: str) -> Store:
     """The store; an Azure one polls its control queues at least every 2 s while idle.
 
     The tests' workers race for work that another process starts. With the
-    default idle back-off (one control queue per step, up to 80 s apart) a
-    worker that idled while the other started up could find its first
-    message only after the other had done all the work.
+    default idle back-off (up to 80 s between polls) a worker that idled
+    while the other started up could find its first message only after the
+    other had done all the work.
     """
     if "TaskHub=" in store_url:
         return open_azure_store(store_url, idle_poll=(0.05, 2.0))

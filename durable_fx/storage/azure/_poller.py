@@ -71,22 +71,16 @@ class PollRound:
 class ControlPolls:
     """When to poll which control queue: one back-off for all of them.
 
-    While polls find messages (work flows) a timed poll takes every queue; after
-    one that found nothing, a timed poll takes the next queue in turn, so a
-    worker with nothing to do costs what one queue costs, and a message another
-    process sends waits at most ``len(queues)`` times the longest interval (5 x
-    80 s with 4 partitions). A queue this process sent to is polled alone, at
-    once (``kick``) or when its message falls due (``expect``).
+    A timed poll (the back-off fell due) takes every queue, so a message another
+    process sends waits at most the longest interval, whatever the partition
+    count; an idle worker pays one request per queue per interval (5 per 80 s with
+    4 partitions and a legacy queue). A queue this process sent to is polled
+    alone, at once (``kick``) or when its message falls due (``expect``).
     """
 
     def __init__(self, queues: Sequence[str], interval: tuple[float, float]) -> None:
         self.queues = tuple(queues)
         self._backoff = Poller(interval)
-        self._always_sweep = interval[1] <= 0
-        """No back-off (tests): idle costs are not the point, every poll takes every queue."""
-        self._sweep = True
-        """Poll every queue at the next timed round (at first, and after one found work)."""
-        self._turn = 0
         self._kicked: set[str] = set()
         self._expected: list[tuple[float, str]] = []
 
@@ -95,21 +89,15 @@ class ControlPolls:
         now = time.monotonic()
         while self._expected and self._expected[0][0] <= now:
             self._kicked.add(heapq.heappop(self._expected)[1])
-        timed = self._backoff.due()
-        chosen = set(self._kicked)
-        if timed:
-            chosen.update(self.queues if self._sweep else [self.queues[self._turn]])
-        return PollRound(tuple(q for q in self.queues if q in chosen), timed)
+        if self._backoff.due():
+            return PollRound(self.queues, timed=True)
+        return PollRound(tuple(q for q in self.queues if q in self._kicked), timed=False)
 
     def polled(self, round_: PollRound, found: bool) -> None:
-        """Record a round: a timed one that found messages has the next one poll everything."""
+        """Record a round: a timed one resets the back-off if it found messages, else doubles it."""
         self._kicked.difference_update(round_.queues)
-        if not round_.timed:
-            return
-        if not self._sweep:
-            self._turn = (self._turn + 1) % len(self.queues)
-        self._sweep = found or self._always_sweep
-        self._backoff.polled(found)
+        if round_.timed:
+            self._backoff.polled(found)
 
     @property
     def kicked(self) -> bool:
