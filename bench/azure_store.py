@@ -44,7 +44,7 @@ from durable_fx import (  # noqa: E402
     open_store,
 )
 from durable_fx.storage.azure import AzureStore  # noqa: E402
-from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.support.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
 
 TARGETS = {
     "W1": [("throughput_orch_per_s", ">=", 60), ("requests_per_activity", "<=", 6)],

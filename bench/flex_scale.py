@@ -6,7 +6,7 @@
 Runs the email pipeline (``function_app:app``) under ``durable-fx serve`` on
 an Azure store on a private Azurite, with a local SMTP server playing the
 provider, parks ``--n`` emails (each sent and waiting for its delivery
-receipt) and applies the scale controllers' model (``tests/scale_model.py``:
+receipt) and applies the scale controllers' model (``tests/support/scale_model.py``:
 the Flex per-function target and KEDA's visible-only rule) to every queue a
 trigger of the app listens on (``<hub>-*`` but poison queues, and the event
 source queue ``email-delivery-events``). Prints one JSON document.
@@ -66,8 +66,8 @@ from azure.storage.queue import QueueServiceClient  # noqa: E402
 from durable_fx.storage.azure._settings import partition_of  # noqa: E402
 from email_pipeline.localrun import AppProcess  # noqa: E402
 from email_pipeline.localsmtp import LocalSmtp  # noqa: E402
-from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
-from tests.parked_emails import (  # noqa: E402
+from tests.support.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.support.parked_emails import (  # noqa: E402
     EVENT_QUEUES,
     AzureObserver,
     Instance,
@@ -80,7 +80,7 @@ from tests.parked_emails import (  # noqa: E402
     wait_for,
     wait_while_moving,
 )
-from tests.scale_model import ScaleRules, model, sample_queues, trigger_queues  # noqa: E402
+from tests.support.scale_model import ScaleRules, model, sample_queues, trigger_queues  # noqa: E402
 
 DAY = 86400.0
 

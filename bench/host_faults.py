@@ -2,7 +2,7 @@
 
     python bench/host_faults.py [--outage 120] [--orchestrations 100] [--out FILE]
 
-Runs ``tests/host_faults_support.soak`` on a private Azurite (the scenario of
+Runs ``tests/support/host_faults.soak`` on a private Azurite (the scenario of
 ``tests/test_host_faults.py``, whose outage is 10 s): two app instances under a
 host that follows the Functions host's queue rules, 7 % of the app's storage
 requests failing (half after they applied), one request in 250 killing its
@@ -26,8 +26,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from _report import dump, header  # noqa: E402
 
-from tests.azurite import AzuriteProcess  # noqa: E402
-from tests.host_faults_support import soak  # noqa: E402
+from tests.support.azurite import AzuriteProcess  # noqa: E402
+from tests.support.host_faults import soak  # noqa: E402
 
 
 def main() -> None:

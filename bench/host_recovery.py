@@ -3,7 +3,7 @@
     python bench/host_recovery.py [--max-wait 700] [--only NAME,...] [--out FILE]
 
 Starts a private Azurite and plays the Functions host over it with
-``tests/host_faults_support.Host``, holding each received message for the
+``tests/support/host_faults.Host``, holding each received message for the
 host's fixed 10 minutes (renewed while its function runs) and retrying a
 failed one after host.json's 10 s. The app runs with its default settings (the
 instance lease). Each scenario runs ``chain`` (three activities in a row) on
@@ -49,8 +49,8 @@ from _report import dump, header  # noqa: E402
 from durable_fx import AsyncDurableClient, OrchestrationContext, Orchestrator  # noqa: E402
 from durable_fx.queues import open_queues  # noqa: E402
 from durable_fx.storage.azure import AzureStore, open_azure_store  # noqa: E402
-from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
-from tests.host_faults_support import KILL_POINTS, Host, chain_instance  # noqa: E402
+from tests.support.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.support.host_faults import KILL_POINTS, Host, chain_instance  # noqa: E402
 
 
 async def scenario(azurite: Azurite, name: str, max_wait: float) -> dict[str, Any]:

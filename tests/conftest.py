@@ -12,7 +12,6 @@ import asyncio
 import importlib.util
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from durable_fx._clock import Clock  # noqa: E402
 from durable_fx.storage import Store  # noqa: E402
 from durable_fx.storage.memory import MemoryStore  # noqa: E402
 from durable_fx.testing import StoreFactory  # noqa: E402
-from tests.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.support import instances  # noqa: E402
+from tests.support.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
 
 _HAS_SQLITE = importlib.util.find_spec("durable_fx.storage.sqlite") is not None
 
@@ -140,19 +140,9 @@ def client(store: durable_fx.Store) -> Iterator[durable_fx.DurableClient]:
 
 
 @pytest.fixture
-def wait_until() -> Callable[..., None]:
-    """Polls ``condition()`` until it is truthy; fails the test after ``timeout`` seconds."""
-
-    def wait(condition: Callable[[], object], timeout: float = WAIT_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while not condition():
-            if time.monotonic() >= deadline:
-                pytest.fail(f"condition not met within {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    return wait
+def wait_until() -> Callable[..., Any]:
+    """``tests.support.instances.wait_until``, for tests that take it as a fixture."""
+    return instances.wait_until
 
 
 # -- Azurite: the Azure store's tests run against a real one ----------------------------------

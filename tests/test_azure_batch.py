@@ -16,7 +16,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from durable_fx.storage.azure._batch import _results, encode_entity, submit_transaction
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 T = TypeVar("T")
 

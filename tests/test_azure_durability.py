@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 from tests.test_crash_recovery import (  # noqa: F401 (fixtures and tests, collected here)
     client,
     ledger,

@@ -23,8 +23,8 @@ from azure.core.rest import HttpRequest
 
 from durable_fx import AsyncDurableClient, DurableClient, OrchestrationStatus, Worker
 from durable_fx.storage.azure import AzureStore, open_azure_store
-from tests.apps.harness import assert_history_consistent
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
+from tests.support.workers import assert_history_consistent
 from tests.test_azure_store import fan_out, registry, three_steps
 
 pytestmark = [pytest.mark.azurite]

@@ -37,7 +37,7 @@ from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_b
 from durable_fx.storage._delivered import DeliveredMessage
 from durable_fx.storage.azure import AzureStore, HubNames, open_azure_store
 from durable_fx.storage.azure._settings import partition_of
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 pytestmark = [pytest.mark.azurite]
 

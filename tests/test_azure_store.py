@@ -27,8 +27,8 @@ from durable_fx import (
 )
 from durable_fx.storage.azure import AzureStore, FaultInjector, open_azure_store
 from durable_fx.storage.azure._settings import HubNames, settings_from_url
-from tests.apps.harness import assert_history_consistent
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
+from tests.support.workers import assert_history_consistent
 
 WAIT = 60.0
 

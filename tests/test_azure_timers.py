@@ -28,7 +28,8 @@ from durable_fx import DurableApp, EventTimeoutError, OrchestrationContext, Orch
 from durable_fx.queues import encode_body, open_queues
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from durable_fx.testing import ManualClock
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
+from tests.support.instances import history_kinds
 from tests.test_bindings_azure import FakeHost
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
@@ -257,7 +258,7 @@ def test_a_worker_keeps_parked_timers_out_of_the_queues(
         ids = [client.start(nap, 120 - i) for i in range(30)]
 
         def parked() -> bool:
-            return all("TimerCreated" in _kinds(client, iid) for iid in ids)
+            return all("TimerCreated" in history_kinds(client, iid) for iid in ids)
 
         deadline = time.monotonic() + 30
         while not parked():
@@ -267,11 +268,6 @@ def test_a_worker_keeps_parked_timers_out_of_the_queues(
         lengths = queue_lengths(azurite, store)
     assert sum(lengths.values()) <= names.partitions, lengths
     assert all(lengths[q] <= 1 for q in names.control_partitions), lengths
-
-
-def _kinds(client: durable_fx.DurableClient, iid: str) -> list[str]:
-    state = client.get(iid, history=True)
-    return [] if state is None else [type(event).__name__ for event in state.history or []]
 
 
 class PauseAfterWakeUp(AsyncHTTPPolicy[Any, Any]):
@@ -356,7 +352,7 @@ def test_a_worker_resumes_a_parked_instance_whose_wake_up_overtook_its_receipt(
     with durable_fx.Worker(registry, store, max_poll_interval=0.05):
         iid = client.start(await_receipt, 1440, instance_id="parked")
         deadline = time.monotonic() + 30
-        while "TimerCreated" not in _kinds(client, iid):
+        while "TimerCreated" not in history_kinds(client, iid):
             assert time.monotonic() < deadline, "the instance never parked"
             time.sleep(0.1)
         time.sleep(1.0)  # let the worker end its session

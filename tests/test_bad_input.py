@@ -40,11 +40,6 @@ BAD_IDS = [
 ]
 
 
-def _status(client: DurableClient, iid: str) -> OrchestrationStatus | None:
-    state = client.get(iid)
-    return None if state is None else state.status
-
-
 # -- instance ids ---------------------------------------------------------------------------
 
 

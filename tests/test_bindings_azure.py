@@ -27,7 +27,7 @@ from durable_fx.bindings import MessageRejected
 from durable_fx.hosting import http_request, queue_message
 from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, encode_body, open_queues
 from durable_fx.storage.azure import AzureStore
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from durable_fx import (
     Registry,
     Worker,
 )
+from tests.support.instances import history_kinds, wait_until
 
 WAIT = 20.0
 
@@ -77,13 +77,6 @@ def _worker(app: Registry, store: durable_fx.Store, **options: Any) -> Worker:
     return Worker(app, store, **options)
 
 
-def _eventually(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)
-
-
 def test_an_undecodable_message_is_poisoned_and_other_work_goes_on(
     app: Registry, store: durable_fx.Store, client: DurableClient, database: Path
 ) -> None:
@@ -93,7 +86,7 @@ def test_an_undecodable_message_is_poisoned_and_other_work_goes_on(
     with _worker(app, store):
         healthy = client.start("echo_once", "b")
         assert client.wait(healthy, timeout=WAIT).output == "b"
-        _eventually(lambda: bool(asyncio.run(store.poisoned_messages())))
+        wait_until(lambda: bool(asyncio.run(store.poisoned_messages())))
 
     [poisoned] = asyncio.run(store.poisoned_messages())
     assert poisoned.instance_id == damaged
@@ -106,7 +99,7 @@ def test_a_corrupt_history_row_fails_its_instance_with_the_reason(
 ) -> None:
     with _worker(app, store):
         waiting = client.start("echo_then_wait", "a")
-        _eventually(lambda: "TaskCompleted" in _kinds(client, waiting))
+        wait_until(lambda: "TaskCompleted" in history_kinds(client, waiting))
 
     _damage(
         database,
@@ -129,7 +122,7 @@ def test_a_work_item_with_broken_input_fails_its_task_not_the_worker(
 ) -> None:
     with _worker(app, store, max_concurrent_activities=0):  # schedules, never runs activities
         instance_id = client.start("echo_once", "a")
-        _eventually(lambda: "TaskScheduled" in _kinds(client, instance_id))
+        wait_until(lambda: "TaskScheduled" in history_kinds(client, instance_id))
     _damage(
         database, "UPDATE work_items SET input = '{\"broken' WHERE instance_id = ?", instance_id
     )
@@ -142,9 +135,3 @@ def test_a_work_item_with_broken_input_fails_its_task_not_the_worker(
         assert "invalid json" in state.failure.message.lower()
         healthy = client.start("echo_once", "b")
         assert client.wait(healthy, timeout=WAIT).output == "b"
-
-
-def _kinds(client: DurableClient, instance_id: str) -> list[str]:
-    state = client.get(instance_id, history=True)
-    assert state is not None and state.history is not None
-    return [event.kind for event in state.history]

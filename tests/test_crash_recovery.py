@@ -19,7 +19,8 @@ import pytest
 
 from durable_fx import DurableClient, HistoryEvent, OrchestrationState, OrchestrationStatus
 from tests.apps import durability_app as app
-from tests.apps.harness import (
+from tests.support.instances import wait_until
+from tests.support.workers import (
     WorkerPool,
     assert_history_consistent,
     completed_tasks,
@@ -28,7 +29,6 @@ from tests.apps.harness import (
     poisoned_count,
     read_ledger,
     runs_per_task,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

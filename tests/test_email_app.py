@@ -23,7 +23,7 @@ from email_pipeline.localrun import AppProcess, signed, wait_until
 from email_pipeline.localsmtp import LocalSmtp
 from email_pipeline.models import DeliveryOutcome
 from email_pipeline.records import open_records
-from tests.email_app_support import served_email_app
+from tests.support.email_app import served_email_app
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from email_pipeline.providers.acs import AcsProvider, operation_id_for
 from email_pipeline.providers.smtp import SmtpProvider
 from email_pipeline.records import MemoryRecords, SqliteRecords
 from email_pipeline.settings import policy_from_environment
-from tests.azurite import Azurite, new_hub
-from tests.tls_support import self_signed
+from tests.support.azurite import Azurite, new_hub
+from tests.support.tls import self_signed
 
 
 def request(**changes: Any) -> EmailRequest:

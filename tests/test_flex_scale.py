@@ -3,7 +3,7 @@
 The email app runs under ``durable-fx serve`` on Azurite with a few hundred
 emails parked (sent, waiting up to 24 h for their receipt). Then ``serve``
 stops, so the queues are what a scale controller sees of an app at zero, and
-``tests/scale_model.py`` applies the Flex and KEDA rules to every queue the
+``tests/support/scale_model.py`` applies the Flex and KEDA rules to every queue the
 app's triggers listen on. Figures for larger counts: ``bench/flex_scale.py``.
 """
 
@@ -15,9 +15,9 @@ import pytest
 from azure.storage.queue import QueueServiceClient
 
 from email_pipeline.localsmtp import LocalSmtp
-from tests.azurite import Azurite
-from tests.email_app_support import served_email_app
-from tests.parked_emails import (
+from tests.support.azurite import Azurite
+from tests.support.email_app import served_email_app
+from tests.support.parked_emails import (
     EVENT_QUEUES,
     AzureObserver,
     app_settings,
@@ -26,7 +26,7 @@ from tests.parked_emails import (
     start_directly,
     wait_for,
 )
-from tests.scale_model import ScaleRules, model, sample_queues, trigger_queues
+from tests.support.scale_model import ScaleRules, model, sample_queues, trigger_queues
 
 pytestmark = [pytest.mark.slow, pytest.mark.azurite]
 

@@ -1,6 +1,6 @@
 """Host mode under storage faults and crashes: no instance is stranded, nothing poisoned.
 
-``Host`` (``tests/host_faults_support.py``) plays the Functions host as its
+``Host`` (``tests/support/host_faults.py``) plays the Functions host as its
 ``QueueProcessor`` does; its own requests do not fail, the app's store gets
 the faults.
 
@@ -36,9 +36,8 @@ from durable_fx import (
 from durable_fx.queues import open_queues
 from durable_fx.storage.azure import AzureStore, _transient, open_azure_store
 from durable_fx.storage.azure._settings import partition_of
-from tests.apps.harness import assert_history_consistent
-from tests.azurite import Azurite, new_hub
-from tests.host_faults_support import (
+from tests.support.azurite import Azurite, new_hub
+from tests.support.host_faults import (
     KILL_POINTS,
     MAX_DEQUEUE_COUNT,
     Host,
@@ -47,6 +46,7 @@ from tests.host_faults_support import (
     chain_instance,
     soak,
 )
+from tests.support.workers import assert_history_consistent
 from tests.test_azure_faults import Fail, result_transaction
 
 pytestmark = [pytest.mark.azurite]

@@ -29,8 +29,8 @@ from durable_fx import (
     Worker,
 )
 from durable_fx.cli import app as cli_app
-from tests.sidecar_support import WAIT as SIDECAR_WAIT
-from tests.sidecar_support import running_sidecar, start_worker
+from tests.support.sidecar import WAIT as SIDECAR_WAIT
+from tests.support.sidecar import running_sidecar, start_worker
 
 WAIT = 20.0
 

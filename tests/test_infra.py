@@ -35,7 +35,7 @@ from durable_fx import storage as durable_storage
 from durable_fx.bindings._settings import DEFAULT_CONNECTION, DEFAULT_HUB, FunctionsSettings
 from durable_fx.cli import app as cli_app
 from durable_fx.storage.azure._settings import settings_from_url
-from tests.bicep_support import BicepFile, Node, object_keys, properties, walk
+from tests.support.bicep import BicepFile, Node, object_keys, properties, walk
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"

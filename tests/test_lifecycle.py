@@ -24,25 +24,10 @@ from durable_fx import (
     Registry,
     Worker,
 )
+from tests.support.instances import custom_status_of, history_kinds, status_of
 
 WAIT = 20.0
 SHORT = timedelta(seconds=0.2)
-
-
-def _status(client: DurableClient, iid: str) -> OrchestrationStatus | None:
-    state = client.get(iid)
-    return None if state is None else state.status
-
-
-def _custom_status(client: DurableClient, iid: str) -> Any:
-    state = client.get(iid)
-    return None if state is None else state.custom_status
-
-
-def _kinds(client: DurableClient, iid: str) -> list[str]:
-    state = client.get(iid, history=True)
-    assert state is not None and state.history is not None
-    return [e.kind for e in state.history]
 
 
 def _register_waiter(registry: Registry) -> Callable[..., Any]:
@@ -63,12 +48,12 @@ def test_terminate(
 ) -> None:
     waiter = _register_waiter(registry)
     iid = client.start(waiter)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.terminate(iid, {"reason": "operator said so"})
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.TERMINATED
     assert state.output == {"reason": "operator said so"}
-    assert _kinds(client, iid)[-1] == "ExecutionCompleted"
+    assert history_kinds(client, iid)[-1] == "ExecutionCompleted"
     # Terminating a finished instance does nothing; events to it are refused.
     client.terminate(iid, "again")
     assert client.wait(iid, timeout=WAIT).output == {"reason": "operator said so"}
@@ -106,18 +91,18 @@ def test_suspend_defers_events_until_resume(
 ) -> None:
     waiter = _register_waiter(registry)
     iid = client.start(waiter, "s")
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.suspend(iid, "maintenance")
-    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
+    wait_until(lambda: status_of(client, iid) is OrchestrationStatus.SUSPENDED)
     client.raise_event(iid, "go", "while suspended")
-    wait_until(lambda: "EventRaised" in _kinds(client, iid))
+    wait_until(lambda: "EventRaised" in history_kinds(client, iid))
     time.sleep(0.2)  # give a (wrong) worker the chance to run the code
-    assert _status(client, iid) is OrchestrationStatus.SUSPENDED
+    assert status_of(client, iid) is OrchestrationStatus.SUSPENDED
     client.resume(iid, "back")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert state.output == {"label": "s", "data": "while suspended"}
-    kinds = _kinds(client, iid)
+    kinds = history_kinds(client, iid)
     assert kinds.index("ExecutionSuspended") < kinds.index("ExecutionResumed")
 
 
@@ -131,11 +116,11 @@ def test_suspended_timer_fires_after_resume(
         return "woke"
 
     iid = client.start(sleeper)
-    wait_until(lambda: _custom_status(client, iid) == "sleeping")
+    wait_until(lambda: custom_status_of(client, iid) == "sleeping")
     client.suspend(iid)
-    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
-    wait_until(lambda: "TimerFired" in _kinds(client, iid))
-    assert _status(client, iid) is OrchestrationStatus.SUSPENDED
+    wait_until(lambda: status_of(client, iid) is OrchestrationStatus.SUSPENDED)
+    wait_until(lambda: "TimerFired" in history_kinds(client, iid))
+    assert status_of(client, iid) is OrchestrationStatus.SUSPENDED
     client.resume(iid)
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
@@ -147,9 +132,9 @@ def test_terminate_a_suspended_instance(
 ) -> None:
     waiter = _register_waiter(registry)
     iid = client.start(waiter)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.suspend(iid)
-    wait_until(lambda: _status(client, iid) is OrchestrationStatus.SUSPENDED)
+    wait_until(lambda: status_of(client, iid) is OrchestrationStatus.SUSPENDED)
     client.terminate(iid, "stop")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.TERMINATED
@@ -187,17 +172,17 @@ def test_restart_under_a_new_id(
 ) -> None:
     waiter = _register_waiter(registry)
     iid = client.start(waiter, "original")
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     # A running instance can be copied under a new id, not restarted in place.
     with pytest.raises(InvalidOperationError, match="RUNNING"):
         client.restart(iid)
     copy = client.restart(iid, new_instance_id=True)
     assert copy != iid
-    wait_until(lambda: _custom_status(client, copy) == "waiting")
+    wait_until(lambda: custom_status_of(client, copy) == "waiting")
     client.raise_event(copy, "go", "copy")
     state = client.wait(copy, timeout=WAIT)
     assert state.output == {"label": "original", "data": "copy"}
-    assert _status(client, iid) is OrchestrationStatus.RUNNING
+    assert status_of(client, iid) is OrchestrationStatus.RUNNING
 
 
 # -- purge --------------------------------------------------------------------------------
@@ -208,10 +193,10 @@ def test_purge_one(
 ) -> None:
     waiter = _register_waiter(registry)
     iid = client.start(waiter)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     with pytest.raises(InvalidOperationError, match="terminate it"):
         client.purge(iid)
-    assert _status(client, iid) is OrchestrationStatus.RUNNING
+    assert status_of(client, iid) is OrchestrationStatus.RUNNING
     client.raise_event(iid, "go")
     client.wait(iid, timeout=WAIT)
     assert client.purge(iid) == 1
@@ -219,7 +204,7 @@ def test_purge_one(
     assert client.get(iid, history=True) is None
     # A purged id can be used again.
     client.start(waiter, instance_id=iid)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
 
 
 def test_purge_by_filter(
@@ -233,22 +218,22 @@ def test_purge_by_filter(
 
     done = [client.start(waiter, i) for i in range(3)]
     for iid in done:
-        wait_until(lambda iid=iid: _custom_status(client, iid) == "waiting")
+        wait_until(lambda iid=iid: custom_status_of(client, iid) == "waiting")
         client.raise_event(iid, "go")
         client.wait(iid, timeout=WAIT)
     failed = client.start(fails)
     client.wait(failed, timeout=WAIT)
     running = client.start(waiter, "running")
-    wait_until(lambda: _custom_status(client, running) == "waiting")
+    wait_until(lambda: custom_status_of(client, running) == "waiting")
 
     assert client.purge(status=OrchestrationStatus.COMPLETED) == 3
     assert all(client.get(iid) is None for iid in done)
-    assert _status(client, failed) is OrchestrationStatus.FAILED
+    assert status_of(client, failed) is OrchestrationStatus.FAILED
     # Running instances are never purged, whatever the filter says.
     assert client.purge(status="RUNNING") == 0
     assert client.purge() == 1
     assert client.get(failed) is None
-    assert _status(client, running) is OrchestrationStatus.RUNNING
+    assert status_of(client, running) is OrchestrationStatus.RUNNING
 
 
 def test_purge_by_creation_time(registry: Registry, worker: Worker, client: DurableClient) -> None:
@@ -290,7 +275,7 @@ def test_query_filters(
     for iid in quick_ids:
         client.wait(iid, timeout=WAIT)
     waiting = client.start(waiter)
-    wait_until(lambda: _custom_status(client, waiting) == "waiting")
+    wait_until(lambda: custom_status_of(client, waiting) == "waiting")
 
     by_name = client.query(name="quick")
     assert {s.instance_id for s in by_name.items} == set(quick_ids)
@@ -394,7 +379,7 @@ def test_continue_as_new_counter(registry: Registry, worker: Worker, client: Dur
     assert state.output == "stopped at 5"
     assert state.input == 4
     # Only the last execution's history is kept.
-    kinds = _kinds(client, iid)
+    kinds = history_kinds(client, iid)
     assert kinds.count("ExecutionStarted") == 1
     assert kinds.count("TaskScheduled") == 1
 
@@ -422,7 +407,7 @@ def test_continue_as_new_carries_pending_events(
             return got
 
     iid = client.start(carrier, 0)
-    wait_until(lambda: _custom_status(client, iid) == "gen0")
+    wait_until(lambda: custom_status_of(client, iid) == "gen0")
     client.raise_event(iid, "extra", "one")
     client.raise_event(iid, "extra", "two")
     client.raise_event(iid, "go")
@@ -457,9 +442,9 @@ def test_start_at_stays_pending_until_then(
 
     start_at = datetime.now(UTC) + timedelta(seconds=0.3)
     iid = client.start(scheduled, start_at=start_at)
-    assert _status(client, iid) is OrchestrationStatus.PENDING
+    assert status_of(client, iid) is OrchestrationStatus.PENDING
     time.sleep(0.1)
-    assert _status(client, iid) is OrchestrationStatus.PENDING
+    assert status_of(client, iid) is OrchestrationStatus.PENDING
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert datetime.fromisoformat(state.output) >= start_at
@@ -489,7 +474,7 @@ def test_duplicate_start_of_a_running_instance(
     iid = client.start(waiter, "first", instance_id="only-one")
     with pytest.raises(InstanceExistsError, match="only-one"):
         client.start(waiter, "second", instance_id="only-one")
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     with pytest.raises(InstanceExistsError, match="RUNNING"):
         client.start(waiter, "second", instance_id="only-one")
     client.raise_event(iid, "go")
@@ -516,7 +501,7 @@ def test_starting_a_finished_id_replaces_it_when_asked(
     assert second.output == 2
     assert second.custom_status == "status 2"
     assert second.execution_id != first.execution_id
-    assert _kinds(client, "reuse").count("ExecutionStarted") == 1
+    assert history_kinds(client, "reuse").count("ExecutionStarted") == 1
     client.start(other, instance_id="reuse", reuse=IdReusePolicy.REPLACE_FINISHED)
     third = client.wait("reuse", timeout=WAIT)
     assert (third.name, third.output, third.input) == ("other", "other", None)
@@ -534,10 +519,10 @@ def test_custom_status_while_running(
         return ctx.custom_status
 
     iid = client.start(progress)
-    wait_until(lambda: _custom_status(client, iid) == {"step": 1, "of": 2})
-    assert _status(client, iid) is OrchestrationStatus.RUNNING
+    wait_until(lambda: custom_status_of(client, iid) == {"step": 1, "of": 2})
+    assert status_of(client, iid) is OrchestrationStatus.RUNNING
     client.raise_event(iid, "next")
-    wait_until(lambda: _custom_status(client, iid) == {"step": 2, "of": 2})
+    wait_until(lambda: custom_status_of(client, iid) == {"step": 2, "of": 2})
     client.raise_event(iid, "next")
     state = client.wait(iid, timeout=WAIT)
     assert state.output == {"step": 2, "of": 2}
@@ -574,8 +559,8 @@ def test_new_uuid_is_deterministic_across_replays(
 
     worker = make_worker()
     iid = client.start(ids)
-    wait_until(lambda: _custom_status(client, iid) is not None)
-    before_replay = _custom_status(client, iid)
+    wait_until(lambda: custom_status_of(client, iid) is not None)
+    before_replay = custom_status_of(client, iid)
     worker.stop()
     make_worker()  # a new worker has nothing cached: it replays the history
     client.raise_event(iid, "go")
@@ -615,7 +600,7 @@ def test_is_replaying_and_replay_safe_logging(
     caplog.set_level(logging.INFO, logger="durable_fx.orchestration")
     worker = make_worker()
     iid = client.start(chatty)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     worker.stop()
     make_worker()
     client.raise_event(iid, "go")
@@ -656,12 +641,12 @@ def test_terminate_does_not_run_cleanup_code_that_schedules_work(
             yield ctx.call_activity(cleanup)
 
     iid = client.start(tidy)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.terminate(iid, "bye")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.TERMINATED
     assert state.output == "bye"
-    assert "TaskScheduled" not in _kinds(client, iid)
+    assert "TaskScheduled" not in history_kinds(client, iid)
     time.sleep(0.1)
     assert cleaned == []
 
@@ -729,9 +714,9 @@ def test_every_feature_gives_the_same_result_under_replay(
     make_worker(cache_size=cache_size)
     iid = client.start(sink, 0)
     for generation in range(2):
-        wait_until(lambda: _custom_status(client, iid) == "wait e1")
+        wait_until(lambda: custom_status_of(client, iid) == "wait e1")
         client.raise_event(iid, "e1", f"first {generation}")
-        wait_until(lambda: _custom_status(client, iid) == "wait e3")
+        wait_until(lambda: custom_status_of(client, iid) == "wait e3")
         client.raise_event(iid, "e3", f"third {generation}")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure

@@ -16,7 +16,7 @@ import pytest
 
 from durable_fx import DurableClient, OrchestrationStatus
 from tests.apps import durability_app as app
-from tests.apps.harness import (
+from tests.support.workers import (
     WorkerPool,
     assert_history_consistent,
     events_of,

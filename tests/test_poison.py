@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -41,6 +40,8 @@ from durable_fx.storage import (
     OrchestrationWorkItem,
     Page,
 )
+from tests.support.instances import status_of
+from tests.support.instances import wait_until as eventually
 
 WAIT = 20.0
 DELIVERIES = 5
@@ -280,16 +281,11 @@ def _poison_an_approval(
 
     instance_id = client.start(approval, order)
     failing_worker()
-    wait_until(lambda: _status(client, instance_id) is OrchestrationStatus.RUNNING)
+    wait_until(lambda: status_of(client, instance_id) is OrchestrationStatus.RUNNING)
     failing.broken.set()
     client.raise_event(instance_id, "Approve", decision)
     wait_until(lambda: client.poisoned() != [])
     return instance_id
-
-
-def _status(client: DurableClient, instance_id: str) -> OrchestrationStatus | None:
-    state = client.get(instance_id)
-    return state.status if state else None
 
 
 # -- the SQLite file ----------------------------------------------------------------------------
@@ -356,18 +352,11 @@ def test_an_undecodable_message_goes_back_as_it_was(
     db.close()
     store = sqlite_client.store
     with Worker(registry, store, max_poll_interval=0.05):
-        _eventually(lambda: sqlite_client.poisoned() != [])
+        eventually(lambda: sqlite_client.poisoned() != [])
         [first] = sqlite_client.poisoned()
         assert sqlite_client.requeue_poisoned(first.poison_id) == 1
-        _eventually(lambda: sqlite_client.poisoned() != [])
+        eventually(lambda: sqlite_client.poisoned() != [])
     [second] = sqlite_client.poisoned()
     assert second.poison_id != first.poison_id
     assert (second.body, second.extra["key"]) == (first.body, first.extra["key"])
     assert "undecodable" in second.reason
-
-
-def _eventually(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)

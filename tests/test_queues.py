@@ -18,7 +18,7 @@ from durable_fx.queues import (
     poison_queue_of,
     validate_queue_name,
 )
-from tests.azurite import Azurite
+from tests.support.azurite import Azurite
 
 SECOND = timedelta(seconds=1)
 

@@ -19,7 +19,8 @@ import pytest
 from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localrun import wait_until as wait_for
 from email_pipeline.localsmtp import LocalSmtp
-from tests.test_serve_http import (
+from tests.support.instances import wait_until
+from tests.support.serve import (
     HOST_JSON,
     Server,
     finished,
@@ -27,7 +28,6 @@ from tests.test_serve_http import (
     server_env,
     start_order,
     start_server,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

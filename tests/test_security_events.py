@@ -34,9 +34,10 @@ from durable_fx.bindings import hmac_sha256
 from durable_fx.queues import decode_body, open_queues
 from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localsmtp import LocalSmtp
-from tests.email_app_support import served_email_app
+from tests.support.email_app import served_email_app
+from tests.support.instances import wait_until
+from tests.support.serve import HOST_JSON, Server, server_env, start_server
 from tests.test_email_app import acs_report, awaiting, email, output
-from tests.test_serve_http import HOST_JSON, Server, server_env, start_server, wait_until
 from tests.test_sqlite_durability import write_locked
 
 pytestmark = pytest.mark.slow
@@ -303,7 +304,11 @@ def test_d41_d43_d44_raise_event_checks_names_and_declared_data(events: Server) 
         ping = {"instance": instance_id, "n": -1}
         assert client.post(f"{base}/ping", json=ping).status_code == 202
         done = wait_until(
-            lambda: (r := client.get(f"instances/{instance_id}")).status_code == 200 and r.json()
+            lambda: (
+                r.json()
+                if (r := client.get(f"instances/{instance_id}")).status_code == 200
+                else None
+            )
         )
         assert (done["runtimeStatus"], done["output"]) == ("Completed", [-1])
         assert len(pings(client, instance_id)) == 1

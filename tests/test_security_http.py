@@ -27,7 +27,8 @@ import pytest
 from durable_fx import DurableApp, open_store
 from durable_fx.storage.azure import AzureStore
 from email_pipeline.localsmtp import LocalSmtp
-from tests.test_serve_http import (
+from tests.support.instances import wait_until
+from tests.support.serve import (
     HOST_JSON,
     REPO,
     Server,
@@ -36,7 +37,6 @@ from tests.test_serve_http import (
     server_env,
     signed,
     start_server,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

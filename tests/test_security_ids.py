@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_serve_http import KEY, Server, new_id, start_order
-from tests.test_serve_http import server as server  # the module's sqlite + azure servers
+from tests.support.serve import KEY, Server, new_id, start_order
+from tests.support.serve import server as server  # the module's sqlite + azure servers
 
 pytestmark = pytest.mark.slow
 

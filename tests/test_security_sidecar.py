@@ -31,7 +31,7 @@ from durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2, wrappers_pb2
 
 from durable_fx.sidecar import SidecarServer
-from tests.sidecar_support import (
+from tests.support.sidecar import (
     SDK_LOG,
     WAIT,
     Status,
@@ -40,7 +40,7 @@ from tests.sidecar_support import (
     start_worker,
     wait_for,
 )
-from tests.tls_support import self_signed
+from tests.support.tls import self_signed
 
 TOKEN = "s3cret-token"
 MiB = 1024 * 1024

@@ -18,7 +18,7 @@ from durabletask import task
 
 import durable_fx
 from durable_fx.sidecar import SidecarServer
-from tests.sidecar_support import (
+from tests.support.sidecar import (
     SIDECAR_STORES,
     WAIT,
     RunCounter,

@@ -27,7 +27,7 @@ from durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
 from durable_fx.sidecar import SidecarServer
-from tests.sidecar_support import (
+from tests.support.sidecar import (
     SDK_LOG,
     SIDECAR_STORES,
     WAIT,

@@ -38,7 +38,7 @@ from durable_fx import (
     Worker,
 )
 from durable_fx.storage.sqlite import SqliteStore
-from tests.test_serve_http import free_port, server_env
+from tests.support.serve import free_port, server_env
 
 WAIT = 20.0
 SCRIPT = Path(sys.executable).parent / "durable-fx"

@@ -20,7 +20,7 @@ from durable_fx.storage import (
 )
 from durable_fx.storage.memory import MemoryStore
 from durable_fx.testing import STORE_CHECKS, ManualClock, StoreCheck, StoreFactory, check_store
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 
 @pytest.mark.parametrize("check", STORE_CHECKS, ids=lambda check: check.__name__)

@@ -18,6 +18,7 @@ from durable_fx import (
     Worker,
     when_all,
 )
+from tests.support.instances import status_of
 
 WAIT = 20.0
 RETRY = RetryPolicy(first_interval=timedelta(milliseconds=50), max_attempts=3)
@@ -231,11 +232,11 @@ def test_sub_orchestrator_id_already_running_fails_the_task(
         return "started"
 
     client.start(blocker, instance_id="busy")
-    wait_until(lambda: _status(client, "busy") is OrchestrationStatus.RUNNING)
+    wait_until(lambda: status_of(client, "busy") is OrchestrationStatus.RUNNING)
     state = client.wait(client.start(parent), timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert state.output == "InstanceExistsError"
-    assert _status(client, "busy") is OrchestrationStatus.RUNNING
+    assert status_of(client, "busy") is OrchestrationStatus.RUNNING
 
 
 def test_recursive_terminate_stops_running_children(
@@ -257,7 +258,7 @@ def test_recursive_terminate_stops_running_children(
         yield ctx.call_sub_orchestrator(child, instance_id="child")
 
     iid = client.start(parent)
-    wait_until(lambda: _status(client, "grandchild") is OrchestrationStatus.RUNNING)
+    wait_until(lambda: status_of(client, "grandchild") is OrchestrationStatus.RUNNING)
     client.terminate(iid, "enough")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.TERMINATED
@@ -282,20 +283,15 @@ def test_non_recursive_terminate_leaves_children_running(
         yield ctx.call_sub_orchestrator(child, instance_id="survivor")
 
     iid = client.start(parent)
-    wait_until(lambda: _status(client, "survivor") is OrchestrationStatus.RUNNING)
+    wait_until(lambda: status_of(client, "survivor") is OrchestrationStatus.RUNNING)
     client.terminate(iid, "parent only", recursive=False)
     assert client.wait(iid, timeout=WAIT).status is OrchestrationStatus.TERMINATED
-    assert _status(client, "survivor") is OrchestrationStatus.RUNNING
+    assert status_of(client, "survivor") is OrchestrationStatus.RUNNING
     # The orphan still works, and finishing it does not disturb the terminated parent.
     client.raise_event("survivor", "finish", "done")
     assert client.wait("survivor", timeout=WAIT).output == "done"
     parent_state = client.get(iid)
     assert parent_state is not None and parent_state.status is OrchestrationStatus.TERMINATED
-
-
-def _status(client: DurableClient, iid: str) -> OrchestrationStatus | None:
-    state = client.get(iid)
-    return None if state is None else state.status
 
 
 def test_sub_orchestrator_that_continues_as_new(
@@ -360,7 +356,7 @@ def test_terminating_a_child_fails_the_parents_task(
         return "no error"
 
     iid = client.start(parent)
-    wait_until(lambda: _status(client, "doomed-child") is OrchestrationStatus.RUNNING)
+    wait_until(lambda: status_of(client, "doomed-child") is OrchestrationStatus.RUNNING)
     client.terminate("doomed-child", "cancelled by operator")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure

@@ -19,6 +19,7 @@ from durable_fx import (
     Worker,
     when_all,
 )
+from tests.support.instances import custom_status_of, history_kinds
 
 WAIT = 20.0
 SHORT = timedelta(seconds=0.2)
@@ -107,7 +108,7 @@ def test_wait_for_event_returns_data(
         return data
 
     iid = client.start(waiter)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.raise_event(iid, "Approval", {"approved": True, "by": "ana"})
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
@@ -129,12 +130,12 @@ def test_events_raised_before_the_wait_are_buffered_in_order(
         return [first, second]
 
     iid = client.start(buffered)
-    wait_until(lambda: _custom_status(client, iid) == "gated")
+    wait_until(lambda: custom_status_of(client, iid) == "gated")
     client.raise_event(iid, "A", 1)
     # A second episode for the second A, so buffering works across episodes too.
-    wait_until(lambda: _history_count(client, iid, "EventRaised") == 1)
+    wait_until(lambda: history_kinds(client, iid).count("EventRaised") == 1)
     client.raise_event(iid, "A", 2)
-    wait_until(lambda: _history_count(client, iid, "EventRaised") == 2)
+    wait_until(lambda: history_kinds(client, iid).count("EventRaised") == 2)
     client.raise_event(iid, "go")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
@@ -172,7 +173,7 @@ def test_two_waiters_for_one_name_get_events_in_order(
         return results
 
     iid = client.start(two)
-    wait_until(lambda: _custom_status(client, iid) == "waiting")
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
     client.raise_event(iid, "x", "first")
     client.raise_event(iid, "x", "second")
     state = client.wait(iid, timeout=WAIT)
@@ -247,7 +248,7 @@ def test_waiting_again_after_a_timeout(
         return got
 
     iid = client.start(retrying)
-    wait_until(lambda: _custom_status(client, iid) == "timed out")
+    wait_until(lambda: custom_status_of(client, iid) == "timed out")
     client.raise_event(iid, "ping", "late")
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
@@ -358,18 +359,6 @@ def test_raise_event_with_event_id_is_idempotent_while_pending(
     assert state.output == ["a", "b"]
 
 
-def _custom_status(client: DurableClient, iid: str) -> Any:
-    state = client.get(iid)
-    return None if state is None else state.custom_status
-
-
-def _history_count(client: DurableClient, iid: str, kind: str) -> int:
-    state = client.get(iid, history=True)
-    if state is None or state.history is None:
-        return 0
-    return sum(1 for e in state.history if e.kind == kind)
-
-
 def test_timer_survives_a_worker_restart(
     registry: Registry,
     make_worker: Callable[..., Worker],
@@ -387,7 +376,7 @@ def test_timer_survives_a_worker_restart(
 
     worker = make_worker()
     iid = client.start(sleeper)
-    wait_until(lambda: _custom_status(client, iid) == "sleeping")
+    wait_until(lambda: custom_status_of(client, iid) == "sleeping")
     worker.stop()
     make_worker()
     state = client.wait(iid, timeout=WAIT)

@@ -1,1 +1,1 @@
-"""Apps the durability tests run in worker subprocesses, and the harness that drives them."""
+"""Apps the tests run in subprocesses or servers (driven by ``tests/support/``)."""

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from email_pipeline.localrun import AppProcess
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 
 @contextmanager

@@ -42,7 +42,7 @@ __all__ = [
 KEDA_PEEK = 32
 """KEDA peeks at most this many messages; at this many it uses the approximate count."""
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class ScaleRules:
 
 
 def _bicep_default(path: Path, parameter: str) -> int:
-    from tests.bicep_support import BicepFile
+    from tests.support.bicep import BicepFile
 
     value = BicepFile(path).scope()[parameter]
     if not isinstance(value, int):

@@ -52,7 +52,7 @@ from durable_fx import (
 from durable_fx.hosting import queue_message
 from durable_fx.queues import QueueBackend, QueuedMessage, decode_body, open_queues
 from durable_fx.storage.azure import AzureStore, FaultInjector, open_azure_store
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 log = logging.getLogger("tests.soak")
 

@@ -21,7 +21,7 @@ from durabletask import task
 from durabletask import worker as dt_worker
 
 from durable_fx.sidecar import SidecarServer
-from tests.azurite import Azurite, new_hub
+from tests.support.azurite import Azurite, new_hub
 
 SIDECAR_STORES = [
     pytest.param("sqlite", id="sqlite"),

@@ -8,29 +8,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from durable_fx import DurableClient, HistoryEvent, OrchestrationState, open_store
-
-from .durability_app import LEDGER_ENV, STEP_DELAY_ENV
+from tests.apps.durability_app import LEDGER_ENV, STEP_DELAY_ENV
+from tests.support.instances import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(
-    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02
-) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class WorkerProcess:
