@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test docs lint bench clean
+.PHONY: demo test test-fast docs lint bench clean
 
 demo: $(INSTALLED)
 	$(PY) examples/email_demo.py
@@ -17,6 +17,11 @@ AZURITE := node_modules/.stamp-npm
 
 test: docs $(AZURITE)
 	$(PY) -m pytest
+
+# The fast tier: what a change is checked with first. No subprocess, no Azurite,
+# no test over a second (the markers in pyproject.toml); make test runs all.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m "not slow and not azurite" -q
 
 # The documentation site (mkdocs.yml, docs/): --strict makes a broken link,
 # anchor or API reference fail the build, and so the test command.

@@ -1,9 +1,9 @@
-"""Instance id rules, the same on every store.
+r"""Instance id rules, the same on every store.
 
 They are Azure Table and Blob key rules (the strictest store) so an app can
 move from SQLite to Azure without renaming anything, plus what keeps an id
 honest when a person reads it: no character that reorders or hides text
-(a right-to-left override makes ``abc\\u202efdp.exe`` display as ``abcexe.pdf``).
+(a right-to-left override makes ``abc\u202efdp.exe`` display as ``abcexe.pdf``).
 """
 
 from __future__ import annotations

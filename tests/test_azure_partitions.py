@@ -30,8 +30,8 @@ from durable_fx.bindings import FunctionsSettings
 from durable_fx.storage.azure import AzureStore, PartitionCountError, open_azure_store
 from durable_fx.storage.azure._poller import ControlPolls
 from durable_fx.storage.azure._settings import HubNames, partition_of, settings_from_url
+from tests.apps.steps_app import registry, three_steps
 from tests.support.azurite import Azurite, new_hub
-from tests.test_azure_store import registry, three_steps
 
 WAIT = 60.0
 DEV = "UseDevelopmentStorage=true"

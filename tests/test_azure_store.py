@@ -18,15 +18,13 @@ import pytest
 
 from durable_fx import (
     DurableClient,
-    OrchestrationContext,
     OrchestrationStatus,
-    Registry,
     Worker,
     open_store,
-    when_all,
 )
 from durable_fx.storage.azure import AzureStore, FaultInjector, open_azure_store
 from durable_fx.storage.azure._settings import HubNames, settings_from_url
+from tests.apps.steps_app import big_payload, fan_out, large_output, registry, three_steps
 from tests.support.azurite import Azurite, new_hub
 from tests.support.workers import assert_history_consistent
 
@@ -190,44 +188,6 @@ def azure_store(azure_url: str) -> Iterator[AzureStore]:
     assert isinstance(store, AzureStore)
     yield store
     asyncio.run(store.close())
-
-
-registry = Registry()
-
-
-@registry.activity()
-def echo_size(text: str) -> str:
-    return text + "!" * 3
-
-
-@registry.orchestrator()
-def big_payload(ctx: OrchestrationContext, text: str) -> Any:
-    out = yield ctx.call_activity(echo_size, text)
-    return out + "?"
-
-
-@registry.activity()
-def one(n: int) -> int:
-    return n + 1
-
-
-@registry.orchestrator()
-def fan_out(ctx: OrchestrationContext, n: int) -> Any:
-    results = yield when_all([ctx.call_activity(one, i) for i in range(n)])
-    return sum(results)
-
-
-@registry.orchestrator()
-def three_steps(ctx: OrchestrationContext, x: int) -> Any:
-    for _ in range(3):
-        x = yield ctx.call_activity(one, x)
-    return x
-
-
-@registry.orchestrator()
-def large_output(ctx: OrchestrationContext, size: int) -> Any:
-    yield ctx.call_activity(one, 0)
-    return "x" * size
 
 
 async def _blob_names(store: AzureStore, prefix: str) -> list[str]:

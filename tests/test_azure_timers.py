@@ -29,8 +29,8 @@ from durable_fx.queues import encode_body, open_queues
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from durable_fx.testing import ManualClock
 from tests.support.azurite import Azurite, new_hub
+from tests.support.fake_host import FakeHost
 from tests.support.instances import history_kinds
-from tests.test_bindings_azure import FakeHost
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 

@@ -18,12 +18,11 @@ import pytest
 from durable_fx import open_store
 from durable_fx.bindings import FunctionsSettings
 from durable_fx.queues import encode_body, open_queues
-from email_pipeline.eventgrid import EMAIL_DELIVERY_REPORT
-from email_pipeline.localrun import AppProcess, signed, wait_until
+from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localsmtp import LocalSmtp
 from email_pipeline.models import DeliveryOutcome
 from email_pipeline.records import open_records
-from tests.support.email_app import served_email_app
+from tests.support.email_app import acs_report, awaiting, email, output, served_email_app
 
 pytestmark = pytest.mark.slow
 
@@ -69,10 +68,6 @@ def client(app: AppProcess) -> Iterator[httpx.Client]:
         yield http
 
 
-def email(to: str, **changes: Any) -> dict[str, Any]:
-    return {"from": "shop@example.com", "to": [to], "subject": "s", "text": "t", **changes}
-
-
 def start(client: httpx.Client, to: str, **changes: Any) -> str:
     answer = client.post("emails", json=email(to, **changes))
     assert answer.status_code == 202, answer.text
@@ -80,32 +75,10 @@ def start(client: httpx.Client, to: str, **changes: Any) -> str:
     return instance_id
 
 
-def awaiting(client: httpx.Client, instance_id: str, attempt: int = 1) -> str:
-    def check() -> str | None:
-        status = client.get(f"instances/{instance_id}").json().get("customStatus") or {}
-        if status.get("stage") == "awaiting receipt" and status.get("attempt") == attempt:
-            return str(status["message_id"])
-        return None
-
-    return wait_until(check, 30, f"{instance_id} to await receipt {attempt}")
-
-
 def receipt(client: httpx.Client, message_id: str, status: str) -> httpx.Response:
     body = {"message_id": message_id, "status": status, "event_id": uuid.uuid4().hex}
     raw, headers = signed(body, SECRET)
     return client.post("webhooks/delivery", content=raw, headers=headers)
-
-
-def output(client: httpx.Client, instance_id: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        answer = client.get(f"instances/{instance_id}")
-        return answer.json() if answer.status_code == 200 else None
-
-    state = wait_until(check, 30, f"{instance_id} to finish")
-    assert state["runtimeStatus"] == "Completed", state
-    assert state["customStatus"]["stage"] == "done"
-    found: dict[str, Any] = state["output"]
-    return found
 
 
 def to_addresses(smtp: LocalSmtp, address: str) -> list[str]:
@@ -244,17 +217,6 @@ def test_a_replayed_receipt_is_a_duplicate(client: httpx.Client) -> None:
     assert client.post("webhooks/delivery", content=raw, headers=headers).status_code == 202
     assert client.post("webhooks/delivery", content=raw, headers=headers).status_code == 200
     assert output(client, instance_id)["status"] == "delivered"
-
-
-def acs_report(message_id: str, status: str) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "eventType": EMAIL_DELIVERY_REPORT,
-        "subject": f"sender/shop@example.com/message/{message_id}",
-        "eventTime": "2026-01-01T00:00:00Z",
-        "dataVersion": "1.0",
-        "data": {"messageId": message_id, "status": status, "recipient": "x@example.com"},
-    }
 
 
 def test_event_grid_handshake_and_delivery_reports(client: httpx.Client) -> None:

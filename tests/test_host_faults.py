@@ -36,6 +36,7 @@ from durable_fx import (
 from durable_fx.queues import open_queues
 from durable_fx.storage.azure import AzureStore, _transient, open_azure_store
 from durable_fx.storage.azure._settings import partition_of
+from tests.support.azure_faults import Fail, result_transaction
 from tests.support.azurite import Azurite, new_hub
 from tests.support.host_faults import (
     KILL_POINTS,
@@ -47,7 +48,6 @@ from tests.support.host_faults import (
     soak,
 )
 from tests.support.workers import assert_history_consistent
-from tests.test_azure_faults import Fail, result_transaction
 
 pytestmark = [pytest.mark.azurite]
 

@@ -4,36 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from durable_fx.queues import (
+    MemoryQueues,
     QueueBackend,
+    SqliteQueues,
     decode_body,
     encode_body,
     open_queues,
     poison_queue_of,
     validate_queue_name,
 )
+from durable_fx.testing import ManualClock
 from tests.support.azurite import Azurite
 
 SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
-def queues(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueBackend]:
+def queues_and_clock(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[QueueBackend, ManualClock | None]]:
+    """A backend, and the manual clock it reads (none: Azurite keeps real time)."""
+    clock = ManualClock()
+    backend: QueueBackend
     if request.param == "memory":
-        backend = open_queues("memory://")
+        backend = MemoryQueues(clock=clock)
     elif request.param == "sqlite":
-        backend = open_queues(f"sqlite:///{tmp_path / 'q.db'}")
+        backend = SqliteQueues(tmp_path / "q.db", clock=clock)
     else:
         azurite: Azurite = request.getfixturevalue("azurite")
-        backend = open_queues(azurite.connection_string())
-    yield backend
+        backend, clock = open_queues(azurite.connection_string()), None
+    yield backend, clock
     asyncio.run(backend.close())
+
+
+@pytest.fixture
+def queues(queues_and_clock: tuple[QueueBackend, ManualClock | None]) -> QueueBackend:
+    return queues_and_clock[0]
+
+
+@pytest.fixture
+def let_time_pass(
+    queues_and_clock: tuple[QueueBackend, ManualClock | None],
+) -> Callable[[timedelta], Awaitable[None]]:
+    """Move the backend's clock on (Azurite's: sleep)."""
+    clock = queues_and_clock[1]
+
+    async def let_pass(delta: timedelta) -> None:
+        if clock is None:
+            await asyncio.sleep(delta.total_seconds())
+        else:
+            clock.advance(delta)
+
+    return let_pass
 
 
 @pytest.fixture
@@ -62,11 +91,13 @@ def test_messages_come_back_in_order_counted_and_hidden(queues: QueueBackend, na
     asyncio.run(scenario())
 
 
-def test_a_delayed_message_waits(queues: QueueBackend, name: str) -> None:
+def test_a_delayed_message_waits(
+    queues: QueueBackend, name: str, let_time_pass: Callable[[timedelta], Awaitable[None]]
+) -> None:
     async def scenario() -> None:
         await queues.send(name, "later", delay=timedelta(seconds=1))
         assert await queues.receive(name, limit=1, visibility=SECOND) == []
-        await asyncio.sleep(1.3)
+        await let_time_pass(timedelta(seconds=1.3))
         assert [m.text for m in await queues.receive(name, limit=1, visibility=SECOND)] == ["later"]
 
     asyncio.run(scenario())

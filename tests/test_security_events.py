@@ -34,11 +34,10 @@ from durable_fx.bindings import hmac_sha256
 from durable_fx.queues import decode_body, open_queues
 from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localsmtp import LocalSmtp
-from tests.support.email_app import served_email_app
+from tests.support.email_app import acs_report, awaiting, email, output, served_email_app
 from tests.support.instances import wait_until
 from tests.support.serve import HOST_JSON, Server, server_env, start_server
-from tests.test_email_app import acs_report, awaiting, email, output
-from tests.test_sqlite_durability import write_locked
+from tests.support.sqlite_lock import write_locked
 
 pytestmark = pytest.mark.slow
 

@@ -231,6 +231,7 @@ def test_an_idle_stream_gets_health_pings(make_sidecar: Callable[..., SidecarSer
         stream.cancel()
 
 
+@pytest.mark.slow  # waits out real leases (1.5 s) in the sidecar and the SDK
 def test_a_long_activity_keeps_its_lease(
     make_sidecar: Callable[..., SidecarServer],
     sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
@@ -247,6 +248,7 @@ def test_a_long_activity_keeps_its_lease(
     assert _runs[instance_id] == 1  # renewed: never handed to anyone else meanwhile
 
 
+@pytest.mark.slow  # waits out real leases (1.5 s) in the sidecar and the SDK
 def test_an_episode_held_past_its_lease_stays_with_its_worker(
     schedule_steps: Callable[..., Scheduled], make_sidecar: Callable[..., SidecarServer]
 ) -> None:

@@ -18,8 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from durable_fx import (
 )
 from durable_fx.storage.sqlite import SqliteStore
 from tests.support.serve import free_port, server_env
+from tests.support.sqlite_lock import write_locked
 
 WAIT = 20.0
 SCRIPT = Path(sys.executable).parent / "durable-fx"
@@ -46,19 +45,6 @@ SCRIPT = Path(sys.executable).parent / "durable-fx"
 
 def url_of(path: Path, query: str = "") -> str:
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
-
-
-@contextmanager
-def write_locked(path: Path) -> Iterator[sqlite3.Connection]:
-    """Another connection (as another process would) holds the file's write lock."""
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        yield holder
-    finally:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
-        holder.close()
 
 
 def release_later(holder: sqlite3.Connection, seconds: float) -> threading.Timer:

@@ -1,10 +1,10 @@
-"""HTTP plumbing for the management API and webhooks: JSON bodies, problems, base URLs.
+r"""HTTP plumbing for the management API and webhooks: JSON bodies, problems, base URLs.
 
 Every error a caller can fix is a 4xx with a JSON body
 ``{"error": "<what happened and what to do>", "fields": [...]}``, where
 ``fields`` names each offending field (``{"field": "input.to", "message": ...}``).
 
-JSON bodies must also be storable: a lone surrogate (``"\\ud800"``) parses
+JSON bodies must also be storable: a lone surrogate (``"\ud800"``) parses
 in Python but cannot be written as UTF-8, and ``NaN``, ``Infinity`` or
 ``1e999`` are not JSON numbers once written back; all are refused here
 (naming the field) rather than failing or changing meaning later.
@@ -128,9 +128,9 @@ def _finite(text: str) -> float:
 
 
 def _may_hold_surrogates(body: bytes) -> bool:
-    """Whether ``json.loads(body)`` can have made a surrogate: else the walk is skipped.
+    r"""Whether ``json.loads(body)`` can have made a surrogate: else the walk is skipped.
 
-    From UTF-8, ``json.loads`` makes them only out of ``\\u`` escapes or (it decodes
+    From UTF-8, ``json.loads`` makes them only out of ``\u`` escapes or (it decodes
     with ``surrogatepass``) raw ED A0-BF bytes; UTF-16 and UTF-32 bodies are walked.
     """
     if not json.detect_encoding(body).startswith("utf-8"):

@@ -71,7 +71,7 @@ def check_max_message_bytes(limit: int) -> int:
 
 
 def receive_cap(limit: int) -> int:
-    """gRPC's receive limit for a sidecar whose message limit is ``limit``.
+    """The gRPC receive limit for a sidecar whose message limit is ``limit``.
 
     ``max(4 * limit, limit + 16 MiB)``, 20 MiB for the default 4 MiB: enough
     that an answer a few times too large (a result that grew, a file

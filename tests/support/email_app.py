@@ -1,13 +1,17 @@
-"""The email app served by ``durable-fx serve function_app:app`` for the tests that use it."""
+"""The email app under ``durable-fx serve function_app:app``, and talking to it over HTTP."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import httpx
 import pytest
 
-from email_pipeline.localrun import AppProcess
+from email_pipeline.eventgrid import EMAIL_DELIVERY_REPORT
+from email_pipeline.localrun import AppProcess, wait_until
 from tests.support.azurite import Azurite, new_hub
 
 
@@ -37,3 +41,40 @@ def served_email_app(
         process.stop()
         raise
     assert process.stop() == 0
+
+
+def email(to: str, **changes: Any) -> dict[str, Any]:
+    return {"from": "shop@example.com", "to": [to], "subject": "s", "text": "t", **changes}
+
+
+def awaiting(client: httpx.Client, instance_id: str, attempt: int = 1) -> str:
+    def check() -> str | None:
+        status = client.get(f"instances/{instance_id}").json().get("customStatus") or {}
+        if status.get("stage") == "awaiting receipt" and status.get("attempt") == attempt:
+            return str(status["message_id"])
+        return None
+
+    return wait_until(check, 30, f"{instance_id} to await receipt {attempt}")
+
+
+def output(client: httpx.Client, instance_id: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        answer = client.get(f"instances/{instance_id}")
+        return answer.json() if answer.status_code == 200 else None
+
+    state = wait_until(check, 30, f"{instance_id} to finish")
+    assert state["runtimeStatus"] == "Completed", state
+    assert state["customStatus"]["stage"] == "done"
+    found: dict[str, Any] = state["output"]
+    return found
+
+
+def acs_report(message_id: str, status: str) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4().hex,
+        "eventType": EMAIL_DELIVERY_REPORT,
+        "subject": f"sender/shop@example.com/message/{message_id}",
+        "eventTime": "2026-01-01T00:00:00Z",
+        "dataVersion": "1.0",
+        "data": {"messageId": message_id, "status": status, "recipient": "x@example.com"},
+    }

@@ -162,7 +162,7 @@ class Sessions:
         return False
 
     async def resolve(self, session: Session, token: str) -> Literal["applied", "retry", "lost"]:
-        """After a failed conditional write: did it apply, may it be retried, or is it lost?"""
+        """After a failed conditional write: whether it applied, may be retried, or is lost."""
         hub = self._hub
         row = await hub.read_instance(session.instance_id)
         if row is not None and row.get("Token") == token:
