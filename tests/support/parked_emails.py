@@ -74,14 +74,21 @@ def _email(key: str) -> dict[str, Any]:
     }
 
 
+# A request is built just before it is sent (and again for a retry): a signed
+# receipt carries its signing time, which the webhook refuses after 300 s, and
+# ten thousand of them take longer than that to send.
+RequestFactory = Callable[[], tuple[str, bytes, dict[str, str]]]
+
+
 async def _post_all(
-    client: httpx.AsyncClient, requests: Sequence[tuple[str, bytes, dict[str, str]]], limit: int
+    client: httpx.AsyncClient, requests: Sequence[RequestFactory], limit: int
 ) -> None:
     gate = asyncio.Semaphore(limit)
 
-    async def one(path: str, body: bytes, headers: dict[str, str]) -> None:
+    async def one(build: RequestFactory) -> None:
         async with gate:
             for _ in range(20):
+                path, body, headers = build()
                 answer = await client.post(path, content=body, headers=headers)
                 if answer.status_code in (200, 202):
                     return
@@ -90,15 +97,12 @@ async def _post_all(
                 await asyncio.sleep(0.5)  # 404: the receipt beat the send's bookkeeping
             raise RuntimeError(f"{path} kept answering {answer.status_code}: {answer.text}")
 
-    await asyncio.gather(*(one(*r) for r in requests))
+    await asyncio.gather(*(one(build) for build in requests))
 
 
 def post_emails(base_url: str, key: str, tag: str, count: int, concurrency: int = 16) -> None:
     """Start ``count`` emails through ``POST /api/emails``, ``concurrency`` at a time."""
-    requests = [
-        ("emails", json.dumps(_email(iid.removeprefix("email-"))).encode(), _json_headers())
-        for iid in instance_ids(tag, count)
-    ]
+    requests = [_email_request(iid.removeprefix("email-")) for iid in instance_ids(tag, count)]
     asyncio.run(_post(base_url, key, requests, concurrency))
 
 
@@ -106,21 +110,27 @@ def post_receipts(
     base_url: str, key: str, message_ids: Sequence[str], concurrency: int = 16
 ) -> None:
     """A signed ``delivered`` receipt for each message, through ``POST /api/webhooks/delivery``."""
-    requests = []
-    for message_id in message_ids:
-        body = {"message_id": message_id, "status": "delivered", "event_id": uuid.uuid4().hex}
-        raw, headers = signed(body, SECRET)
-        requests.append(("webhooks/delivery", raw, headers))
+    requests = [_receipt_request(message_id) for message_id in message_ids]
     asyncio.run(_post(base_url, key, requests, concurrency))
 
 
-def _json_headers() -> dict[str, str]:
-    return {"Content-Type": "application/json"}
+def _email_request(key: str) -> RequestFactory:
+    body = json.dumps(_email(key)).encode()
+    return lambda: ("emails", body, {"Content-Type": "application/json"})
 
 
-async def _post(
-    base_url: str, key: str, requests: Sequence[tuple[str, bytes, dict[str, str]]], limit: int
-) -> None:
+def _receipt_request(message_id: str) -> RequestFactory:
+    # One event id for every attempt: a retried receipt is the same receipt.
+    body = {"message_id": message_id, "status": "delivered", "event_id": uuid.uuid4().hex}
+
+    def build() -> tuple[str, bytes, dict[str, str]]:
+        raw, headers = signed(body, SECRET)
+        return "webhooks/delivery", raw, headers
+
+    return build
+
+
+async def _post(base_url: str, key: str, requests: Sequence[RequestFactory], limit: int) -> None:
     async with httpx.AsyncClient(
         base_url=base_url, headers={"x-functions-key": key}, timeout=60
     ) as client:
