@@ -107,16 +107,22 @@ def registry() -> durable_fx.Registry:
 def make_worker(
     store: durable_fx.Store, registry: durable_fx.Registry
 ) -> Iterator[Callable[..., durable_fx.Worker]]:
-    """Starts a Worker on ``store`` (``registry`` unless given another); stops it after the test.
+    """Starts a Worker on ``store`` (or ``on=``) for ``registry`` (or ``app``); stops it after.
 
     Stop one early with ``worker.stop()`` and make another to force a cold replay.
     """
     started: list[durable_fx.Worker] = []
 
-    def make(app: durable_fx.Registry | None = None, **options: Any) -> durable_fx.Worker:
+    def make(
+        app: durable_fx.Registry | None = None,
+        *,
+        on: durable_fx.Store | None = None,
+        **options: Any,
+    ) -> durable_fx.Worker:
         options.setdefault("max_poll_interval", 0.05)
         options.setdefault("shutdown_grace", 2.0)
-        worker = durable_fx.Worker(app if app is not None else registry, store, **options)
+        app = app if app is not None else registry
+        worker = durable_fx.Worker(app, on if on is not None else store, **options)
         worker.start()
         started.append(worker)
         return worker

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from durable_fx import (
+    AsyncDurableClient,
     DurableClient,
     EventTimeoutError,
     IdReusePolicy,
@@ -22,8 +23,10 @@ from durable_fx import (
     OrchestrationStatus,
     Orchestrator,
     Registry,
+    Store,
     Worker,
 )
+from durable_fx.storage import LockBatch, OrchestrationWorkItem
 from tests.support.instances import custom_status_of, history_kinds, status_of
 
 WAIT = 20.0
@@ -414,6 +417,54 @@ def test_continue_as_new_carries_pending_events(
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert state.output == (["one", "two"] if keep_events else [])
+
+
+class _EventDuringEpisode:
+    """A store on which ``extra: "late"`` arrives while the episode that got ``go`` runs."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def lock_orchestrations(
+        self, *, owner: str, limit: int, lease: timedelta
+    ) -> LockBatch[OrchestrationWorkItem]:
+        batch = await self._inner.lock_orchestrations(owner=owner, limit=limit, lease=lease)
+        for item in batch.items:
+            if any(getattr(m.event, "name", None) == "go" for m in item.messages):
+                raiser = AsyncDurableClient(self._inner)
+                await raiser.raise_event(item.instance.instance_id, "extra", "late")
+        return batch
+
+
+def test_carried_over_events_come_before_events_raised_during_the_episode(
+    store: Store, registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    """The official SDK's test_continue_as_new failed 2 runs in 3 through the sidecar this way."""
+
+    @registry.orchestrator()
+    def carrier(ctx: OrchestrationContext, generation: int) -> Orchestrator[Any]:
+        if generation == 0:
+            ctx.set_custom_status("gen0")
+            yield ctx.wait_for_event("go")
+            ctx.continue_as_new(1, keep_events=True)
+            return None
+        got = []
+        try:
+            while True:
+                got.append((yield ctx.wait_for_event("extra", timeout=SHORT)))
+        except EventTimeoutError:
+            return got
+
+    iid = client.start(carrier, 0)
+    client.raise_event(iid, "extra", "early")
+    client.raise_event(iid, "go")
+    make_worker(on=_EventDuringEpisode(store))
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["early", "late"]
 
 
 def test_continue_as_new_many_times(

@@ -119,12 +119,26 @@ def starting_instance(instance: InstanceRecord, started: ExecutionStarted) -> In
 
 
 def events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[HistoryEvent]:
-    """Events addressed to this execution (or to whichever is current), in arrival order."""
-    return [
-        m.event
+    """Events addressed to this execution (or to whichever is current), in arrival order.
+
+    Except that events carried over by ``continue_as_new(save_events=True)``
+    come first: they reached the instance before anything else this execution
+    sees, but were put in the inbox by the commit that started it, after
+    events raised while the previous episode ran.
+    """
+    events = [
+        m
         for m in messages
         if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
     ]
+    carried = [m.event for m in events if _carried_over(m)]
+    return carried + [m.event for m in events if not _carried_over(m)]
+
+
+def _carried_over(message: InboxMessage) -> bool:
+    # A raised event is addressed to whichever execution is current, unless
+    # continue-as-new pinned it to the execution it carried it to.
+    return isinstance(message.event, EventRaised) and message.execution_id is not None
 
 
 def refusals(
