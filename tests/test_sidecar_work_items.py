@@ -223,6 +223,35 @@ def test_completions_with_unknown_tokens_are_not_found(
     assert "completion token 'nope'" in (raised.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("complete", "named"),
+    [
+        (
+            lambda stub: stub.CompleteActivityTask(
+                pb.ActivityResponse(instanceId="nobody", taskId=3)
+            ),
+            "task 3 of instance 'nobody'",
+        ),
+        (
+            lambda stub: stub.CompleteOrchestratorTask(
+                pb.OrchestratorResponse(instanceId="nobody")
+            ),
+            "instance 'nobody'",
+        ),
+    ],
+    ids=["activity", "orchestration"],
+)
+def test_completions_without_a_token_for_nothing_held_are_not_found(
+    make_sidecar: Callable[..., SidecarServer], complete: Callable[[Stub], object], named: str
+) -> None:
+    """SDKs without completion tokens are matched by instance (and task): nothing held, 404."""
+    server = make_sidecar()
+    with raw_stub(server.address) as stub, pytest.raises(grpc.RpcError) as raised:
+        complete(stub)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert f"without a completion token names {named}" in (raised.value.details() or "")
+
+
 def test_an_idle_stream_gets_health_pings(make_sidecar: Callable[..., SidecarServer]) -> None:
     server = make_sidecar(ping_interval=0.1)
     with raw_stub(server.address) as stub:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -26,7 +26,10 @@ __all__ = [
     "Send",
     "StreamClosed",
     "UnknownTokenError",
+    "UnmatchedCompletionError",
+    "activity_token",
     "describe",
+    "episode_token",
     "free",
     "renew_held",
     "unless_lost",
@@ -50,6 +53,18 @@ class UnknownTokenError(LookupError):
             f"no work item is held under completion token {token!r}: it was completed or "
             "abandoned already, or released when its worker's stream ended or the sidecar "
             "restarted; it is (or was) delivered again"
+        )
+
+
+class UnmatchedCompletionError(UnknownTokenError):
+    """A completion without a token that matches no held work item."""
+
+    def __init__(self, what: str) -> None:
+        LookupError.__init__(
+            self,
+            f"a completion without a completion token names {what}, and no work item of it "
+            "is held: it was completed or abandoned already, or released when its worker's "
+            "stream ended; it is (or was) delivered again",
         )
 
 
@@ -82,6 +97,31 @@ class HeldActivity:
     connection: Connection
     item: ActivityWorkItem
     renewed_at: float
+
+
+def episode_token(held: Mapping[str, object], instance_id: str) -> str:
+    """The token of the episode held for ``instance_id``.
+
+    SDKs that predate completion tokens (Dapr's, e.g. durabletask-js 1.0)
+    send none; an instance has at most one episode out at a time, so its id
+    names it, as in durabletask-go.
+    """
+    for token, item in tuple(held.items()):  # a snapshot: the loop thread changes the dict
+        if isinstance(item, HeldEpisode) and item.prepared.instance.instance_id == instance_id:
+            return token
+    raise UnmatchedCompletionError(f"instance {instance_id!r}")
+
+
+def activity_token(held: Mapping[str, object], instance_id: str, task_id: int) -> str:
+    """The token of the activity held for task ``task_id`` of ``instance_id`` (no token sent)."""
+    for token, item in tuple(held.items()):
+        if (
+            isinstance(item, HeldActivity)
+            and item.item.invocation.instance_id == instance_id
+            and item.item.invocation.task_id == task_id
+        ):
+            return token
+    raise UnmatchedCompletionError(f"task {task_id} of instance {instance_id!r}")
 
 
 def free(connection: Connection, token: str) -> None:

@@ -55,6 +55,8 @@ from ._held import (
     Send,
     StreamClosed,
     UnknownTokenError,
+    activity_token,
+    episode_token,
     free,
     renew_held,
     unless_lost,
@@ -358,7 +360,7 @@ class WorkItemDispatcher:
         room for more at once: the instance itself stays locked until the
         commit, so its next episode waits for this one.
         """
-        token = response.completionToken
+        token = response.completionToken or episode_token(self._held, response.instanceId)
         size = response.ByteSize()
         if response.isPartial and size <= self._limit.limit:
             chunk = self._held.get(token)
@@ -436,7 +438,9 @@ class WorkItemDispatcher:
         written, so a lost result means the activity runs again, never that
         it is lost.
         """
-        token = response.completionToken
+        token = response.completionToken or activity_token(
+            self._held, response.instanceId, response.taskId
+        )
         held = self._take(token, HeldActivity)
         response = self._limit.activity_answer(held.item, response)  # a failure if too large
         # Only the hand-over happens here: the worker's thread waits for this call.
