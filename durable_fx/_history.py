@@ -116,8 +116,9 @@ class ContinueAsNew(_Event):
 class ExecutionRewound(_Event):
     """A failed execution is rewound: its failed results are dropped and it runs on.
 
-    Only the gRPC sidecar produces it (the Durable Task SDKs implement rewind);
-    ``parent_execution_id`` is the rewound parent's new execution, which a
+    ``client.rewind`` sends it; the worker (``durable_fx.worker._rewind``) or,
+    through the gRPC sidecar, the Durable Task SDK rewrites the history.
+    ``parent_execution_id`` is the rewound parent's execution, which a
     rewound sub-orchestration reports back to.
     """
 

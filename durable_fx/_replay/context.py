@@ -101,6 +101,7 @@ class OrchestrationContext:
         self._pending_actions: dict[int, Action] = {}
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
+        self._failures_raised: set[int] = set()
         self._buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
         self._waiters: dict[str, deque[_EventWaiter]] = {}
         self._codecs: dict[Any, PayloadCodec[Any]] = {}
@@ -581,6 +582,7 @@ class _Attempts:
         failed = _task_failed(self._name, event.failure)
         delay = self._next_delay(failed, event.failure)
         if delay is None:
+            self._ctx._failures_raised.add(event.task_scheduled_id)
             self._task.fail(failed)
             return
         fire_at = self._ctx.current_utc_datetime + delay

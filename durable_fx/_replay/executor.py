@@ -26,6 +26,7 @@ from .._errors import NonDeterminismError, SerializationError
 from .._history import (
     EventRaised,
     EventSent,
+    ExecutionCompleted,
     ExecutionResumed,
     ExecutionStarted,
     ExecutionSuspended,
@@ -115,6 +116,15 @@ class OrchestrationExecutor:
         return self._ctx
 
     @property
+    def failures_raised(self) -> frozenset[int]:
+        """Ids of the tasks whose failure reached the code (no retry was left).
+
+        A rewind drops exactly these results: the attempts a retry policy
+        already followed with a timer stay in history, so ids stay aligned.
+        """
+        return frozenset(self._ctx._failures_raised)
+
+    @property
     def running_children(self) -> list[str]:
         """Instance ids of sub-orchestrations started and not yet finished."""
         return list(self._ctx._children.values())
@@ -134,7 +144,11 @@ class OrchestrationExecutor:
             # code the old run did not reach, which apply() reports as new.
         finally:
             self._ctx._is_replaying = False
-        self._reported_completion = self._ctx._completion is not None
+        # A history without its ExecutionCompleted (a rewound one) whose code
+        # now completes has not reported that completion yet: apply() does.
+        self._reported_completion = self._ctx._completion is not None and any(
+            isinstance(e, ExecutionCompleted) for e in past
+        )
 
     def apply(self, new_events: Iterable[HistoryEvent]) -> EpisodeOutput:
         """Apply new events, run the code as far as it goes, and return what it did."""

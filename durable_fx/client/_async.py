@@ -22,6 +22,7 @@ from .._errors import InstanceNotFoundError, InvalidOperationError
 from .._history import (
     EventRaised,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -421,6 +422,27 @@ class AsyncDurableClient:
         """``resume`` with the reason already text."""
         await self._require(instance_id, "resume", terminal_ok=False)
         event = ExecutionResumed(timestamp=self._clock.now(), input=reason)
+        await self._store.enqueue(OrchestrationMessage(instance_id, event))
+
+    async def rewind(self, instance_id: str, reason: str | None = None) -> None:
+        """Run a failed instance on from where it failed, keeping its successful results.
+
+        The failed activities and sub-orchestrations it was waiting on run
+        again (a failed sub-orchestration is rewound in turn) and the code
+        continues from there: after fixing the cause, a rewind finishes the
+        job instead of starting it over. Results that arrived after the
+        instance failed were dropped with it, so those activities run again
+        too. Returns once the request is queued (the instance stays FAILED
+        until a worker has rewound it). ``InvalidOperationError`` unless the
+        instance is FAILED.
+        """
+        record = await self._require(instance_id, "rewind", terminal_ok=True)
+        if record.status is not OrchestrationStatus.FAILED:
+            raise InvalidOperationError(
+                f"instance {instance_id!r} is {record.status.value}; only a FAILED instance "
+                "can be rewound"
+            )
+        event = ExecutionRewound(timestamp=self._clock.now(), reason=reason)
         await self._store.enqueue(OrchestrationMessage(instance_id, event))
 
     async def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:

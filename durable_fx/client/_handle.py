@@ -114,6 +114,10 @@ class AsyncInstanceHandle(Generic[R]):
         """See ``AsyncDurableClient.resume``."""
         await self._client.resume(self.id, reason)
 
+    async def rewind(self, reason: str | None = None) -> None:
+        """See ``AsyncDurableClient.rewind``."""
+        await self._client.rewind(self.id, reason)
+
 
 class InstanceHandle(Generic[R]):
     """One instance, through a ``DurableClient`` (blocking); ``result()`` is an ``R``.
@@ -167,3 +171,7 @@ class InstanceHandle(Generic[R]):
     def resume(self, reason: Any = None) -> None:
         """See ``AsyncDurableClient.resume``."""
         self._client.resume(self.id, reason)
+
+    def rewind(self, reason: str | None = None) -> None:
+        """See ``AsyncDurableClient.rewind``."""
+        self._client.rewind(self.id, reason)

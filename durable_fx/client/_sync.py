@@ -253,6 +253,10 @@ class DurableClient:
         """See ``AsyncDurableClient.resume``."""
         self._portal.call(self._client.resume(instance_id, reason))
 
+    def rewind(self, instance_id: str, reason: str | None = None) -> None:
+        """See ``AsyncDurableClient.rewind``."""
+        self._portal.call(self._client.rewind(instance_id, reason))
+
     def restart(self, instance_id: str, *, new_instance_id: bool = False) -> str:
         """See ``AsyncDurableClient.restart``."""
         return self._portal.call(self._client.restart(instance_id, new_instance_id=new_instance_id))

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from .._clock import Clock
 from .._errors import InstanceExistsError, InvalidOperationError
-from .._history import ExecutionRewound, ExecutionStarted, SubOrchestrationInstanceCreated
+from .._history import ExecutionStarted, SubOrchestrationInstanceCreated
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
 from ..client._async import AsyncDurableClient
@@ -228,16 +228,7 @@ class ClientService:
 
     async def rewind(self, request: pb.RewindInstanceRequest) -> pb.RewindInstanceResponse:
         """Rewind a failed instance: the SDK worker drops its failed results and it runs on."""
-        record = await self._client._require(request.instanceId, "rewind", terminal_ok=True)
-        if record.status is not OrchestrationStatus.FAILED:
-            raise InvalidOperationError(
-                f"instance {request.instanceId!r} is {record.status.value}; only a FAILED "
-                "instance can be rewound"
-            )
-        event = ExecutionRewound(
-            timestamp=self._clock.now(), reason=optional_text(request, "reason")
-        )
-        await self._store.enqueue(OrchestrationMessage(request.instanceId, event))
+        await self._client.rewind(request.instanceId, optional_text(request, "reason"))
         self._work_arrived()
         return pb.RewindInstanceResponse()
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from .._clock import Clock
 from .._errors import ConflictError, NonDeterminismError, UnknownNameError
 from .._history import (
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
     HistoryEvent,
@@ -34,6 +35,7 @@ from ..storage._finished import finished_on
 from ..storage._protocol import Store
 from ..storage._records import (
     EpisodeCommit,
+    InboxMessage,
     InstanceRecord,
     OrchestrationWorkItem,
 )
@@ -49,6 +51,7 @@ from ._episode import (
     refusals,
     starting_instance,
 )
+from ._rewind import plan_rewind
 
 __all__ = ["ExecutorCache", "OrchestrationRunner"]
 
@@ -171,6 +174,18 @@ class OrchestrationRunner:
                 now=episode.now,
                 messages=refused,
             ), None
+        rewind = _rewind_request(instance, episode.item.messages)
+        if rewind is not None:
+            rewound = await plan_rewind(
+                self._store,
+                self._registry,
+                instance=instance,
+                rewound=rewind,
+                consumed=episode.consumed,
+                now=episode.now,
+            )
+            if rewound is not None:
+                return rewound, None
         if instance.status.is_terminal or instance.status in AWAITING_START:
             return plan_consume_only(
                 instance=instance, consumed=episode.consumed, messages=refused
@@ -296,6 +311,15 @@ def _continues_as_new(output: EpisodeOutput) -> bool:
     return (
         output.completed_now and completion is not None and completion.status == "CONTINUED_AS_NEW"
     )
+
+
+def _rewind_request(
+    instance: InstanceRecord, messages: Sequence[InboxMessage]
+) -> ExecutionRewound | None:
+    """The rewind asked of a failed instance (a rewind of anything else is dropped)."""
+    if instance.status is not OrchestrationStatus.FAILED:
+        return None
+    return next((m.event for m in messages if isinstance(m.event, ExecutionRewound)), None)
 
 
 def _with(item: OrchestrationWorkItem, instance: InstanceRecord) -> OrchestrationWorkItem:

@@ -1,0 +1,167 @@
+"""Rewind a failed instance: it runs on from its last good state, in the same execution.
+
+The history keeps every successful result and loses its failure (see
+``durable_fx._replay.rewind``); the work history leaves open is sent again:
+activities as work items, timers as delayed messages, and each awaited
+sub-orchestration according to where it stands (a failed one is rewound in
+turn, a finished one's result is delivered again, a purged one starts
+again). A wake-up lets the code run on even when nothing is open, e.g. after
+a deploy fixed the exception that failed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from .._errors import NonDeterminismError, UnknownNameError
+from .._history import (
+    ExecutionRewound,
+    ExecutionStarted,
+    FailureDetails,
+    HistoryEvent,
+    OrchestratorStarted,
+    ParentInstance,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
+    TimerFired,
+)
+from .._registry import Registry
+from .._replay.executor import OrchestrationExecutor
+from .._replay.rewind import open_work, rewound_history
+from .._state import OrchestrationStatus
+from ..storage._protocol import Store
+from ..storage._records import (
+    ActivityInvocation,
+    EpisodeCommit,
+    InstanceRecord,
+    OrchestrationMessage,
+)
+
+__all__ = ["plan_rewind"]
+
+log = logging.getLogger("durable_fx.worker")
+
+
+async def plan_rewind(
+    store: Store,
+    registry: Registry,
+    *,
+    instance: InstanceRecord,
+    rewound: ExecutionRewound,
+    consumed: Sequence[str],
+    now: datetime,
+) -> EpisodeCommit | None:
+    """The commit that rewinds ``instance``; ``None`` if its history has no start."""
+    history = await store.load_history(instance.instance_id)
+    started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
+    if started is None:
+        return None
+    clean = rewound_history(history, _failures_raised(registry, started, history), rewound, now)
+    started = next(e for e in clean if isinstance(e, ExecutionStarted))
+    work = open_work(clean)
+    iid, execution_id = instance.instance_id, instance.execution_id
+    activities = [
+        ActivityInvocation(iid, execution_id, e.event_id, e.name, e.input, e.attempt)
+        for e in work.activities
+    ]
+    messages = [
+        OrchestrationMessage(
+            iid,
+            TimerFired(timestamp=e.fire_at, timer_id=e.event_id, fire_at=e.fire_at),
+            execution_id,
+            visible_at=e.fire_at,
+        )
+        for e in work.timers
+    ]
+    for child in work.children:
+        message = await _child_message(store, child, started, rewound.reason, now)
+        if message is not None:
+            messages.append(message)
+    messages.append(OrchestrationMessage(iid, OrchestratorStarted(timestamp=now), execution_id))
+    record = dataclasses.replace(
+        instance, status=OrchestrationStatus.RUNNING, output=None, failure=None, updated_at=now
+    )
+    return EpisodeCommit(
+        instance=record,
+        new_history=clean,
+        consumed=list(consumed),
+        activities=activities,
+        messages=messages,
+        reset_history=True,
+    )
+
+
+def _failures_raised(
+    registry: Registry, started: ExecutionStarted, history: Sequence[HistoryEvent]
+) -> frozenset[int] | None:
+    """The failed results the code saw, by replaying it; ``None`` if it cannot replay."""
+    definition = registry.find_orchestrator(started.name)
+    if definition is None:
+        return None
+    executor = OrchestrationExecutor(definition, started, registry=registry)
+    try:
+        executor.replay(history)
+    except (NonDeterminismError, UnknownNameError) as error:
+        log.warning("rewinding %s without replaying it: %s", started.instance_id, error)
+        return None
+    return executor.failures_raised
+
+
+async def _child_message(
+    store: Store,
+    child: SubOrchestrationInstanceCreated,
+    parent: ExecutionStarted,
+    reason: str | None,
+    now: datetime,
+) -> OrchestrationMessage | None:
+    """What brings an awaited sub-orchestration's result back; ``None`` if it will come."""
+    record = await store.get_instance(child.instance_id)
+    task_id = child.event_id
+    if record is None:  # purged: run it again
+        return OrchestrationMessage(child.instance_id, _start_again(child, parent, now))
+    match record.status:
+        case OrchestrationStatus.FAILED:
+            rewind = ExecutionRewound(
+                timestamp=now, reason=reason, parent_execution_id=parent.execution_id
+            )
+            return OrchestrationMessage(child.instance_id, rewind)
+        case OrchestrationStatus.COMPLETED:
+            # Its result reached the parent while the parent was failed, and was dropped.
+            done = SubOrchestrationInstanceCompleted(
+                timestamp=now, task_scheduled_id=task_id, result=record.output
+            )
+            return OrchestrationMessage(parent.instance_id, done, parent.execution_id)
+        case OrchestrationStatus.TERMINATED:
+            failure = FailureDetails(
+                error_type="OrchestrationTerminated",
+                message=f"sub-orchestration {child.instance_id!r} was terminated",
+            )
+            failed = SubOrchestrationInstanceFailed(
+                timestamp=now, task_scheduled_id=task_id, failure=failure
+            )
+            return OrchestrationMessage(parent.instance_id, failed, parent.execution_id)
+        case _:
+            return None  # still running: it reports to the parent's execution when it ends
+
+
+def _start_again(
+    child: SubOrchestrationInstanceCreated, parent: ExecutionStarted, now: datetime
+) -> ExecutionStarted:
+    return ExecutionStarted(
+        timestamp=now,
+        name=child.name,
+        instance_id=child.instance_id,
+        execution_id=uuid.uuid4().hex,
+        input=child.input,
+        parent=ParentInstance(
+            instance_id=parent.instance_id,
+            execution_id=parent.execution_id,
+            name=parent.name,
+            task_scheduled_id=child.event_id,
+        ),
+    )

@@ -1,0 +1,305 @@
+"""Rewind: a failed instance runs on from where it failed, keeping its successful results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from durable_fx import (
+    DurableClient,
+    InstanceNotFoundError,
+    InvalidOperationError,
+    OrchestrationContext,
+    OrchestrationState,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+    RetryPolicy,
+    Worker,
+    when_all,
+)
+from tests.support.instances import history_kinds, wait_until
+
+WAIT = 20.0
+
+
+class Outage:
+    """Activities fail while it lasts; counts every call by key."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def call(self, key: str) -> None:
+        with self._lock:
+            self.calls[key] = self.calls.get(key, 0) + 1
+        if self.down:
+            raise ConnectionError(f"{key}: the provider is down")
+
+
+def _failed(client: DurableClient, iid: str) -> None:
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED, state
+
+
+def _rewind(client: DurableClient, iid: str, reason: str | None = None) -> OrchestrationState:
+    """Rewind ``iid``; its state once a worker has rewound it and it has finished again."""
+    rewinds = history_kinds(client, iid).count("ExecutionRewound")
+    client.rewind(iid, reason)
+    wait_until(lambda: history_kinds(client, iid).count("ExecutionRewound") > rewinds)
+    return client.wait(iid, timeout=WAIT)
+
+
+def test_a_failed_activity_runs_again_and_successful_ones_do_not(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    outage = Outage()
+
+    @registry.activity()
+    def prepare(order: str) -> str:
+        outage.calls[f"prepare {order}"] = outage.calls.get(f"prepare {order}", 0) + 1
+        return f"{order} prepared"
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call("send")
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def order(ctx: OrchestrationContext, name: str) -> Orchestrator[Any]:
+        prepared = yield ctx.call_activity(prepare, name)
+        return (yield ctx.call_activity(send, prepared))
+
+    iid = client.start(order, "o-1")
+    _failed(client, iid)
+    assert "the provider is down" in str(client.get(iid).failure)  # type: ignore[union-attr]
+    outage.down = False
+    state = _rewind(client, iid, "provider is back")
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent: o-1 prepared"
+    assert outage.calls == {"prepare o-1": 1, "send": 2}
+    assert "ExecutionRewound" in history_kinds(client, iid)
+
+
+def test_rewind_gives_a_retried_activity_one_more_attempt(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    outage = Outage()
+    retry = RetryPolicy(first_interval=timedelta(milliseconds=20), max_attempts=2)
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call("send")
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def retried(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        first = yield ctx.call_activity(send, "a", retry=retry)
+        second = yield ctx.call_activity(send, "b")
+        return f"{first}; {second}"
+
+    iid = client.start(retried)
+    _failed(client, iid)
+    assert outage.calls == {"send": 2}
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent: a; sent: b"
+    assert outage.calls == {"send": 4}  # 2 failed, the rewound attempt, then "b"
+    # The first attempt and its retry timer stay: the ids after them stay aligned.
+    kinds = history_kinds(client, iid)
+    assert kinds.count("TaskFailed") == 1
+    assert kinds.count("TimerFired") == 1
+
+
+def test_a_fan_out_completes_with_every_branch_run_at_most_twice(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    calls: dict[int, int] = {}
+    lock = threading.Lock()
+    broken = {2, 5}
+
+    @registry.activity()
+    def square(n: int) -> int:
+        with lock:
+            calls[n] = calls.get(n, 0) + 1
+        if n in broken:
+            raise ValueError(f"cannot square {n} today")
+        return n * n
+
+    @registry.orchestrator()
+    def squares(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield when_all([ctx.call_activity(square, n) for n in range(8)]))
+
+    iid = client.start(squares)
+    _failed(client, iid)
+    broken.clear()
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == [n * n for n in range(8)]
+    # when_all fails on the first failure; results that came after the instance
+    # failed were dropped with it, so those branches run again too, once.
+    assert calls[2] == calls[5] == 2
+    assert max(calls.values()) == 2
+
+
+def test_a_failed_sub_orchestration_is_rewound_with_its_parent(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    outage = Outage()
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call(text)
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, text: str) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(send, text))
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_sub_orchestrator(child, "hello", instance_id="rewind-child"))
+
+    iid = client.start(parent)
+    _failed(client, iid)
+    assert client.get("rewind-child").status is OrchestrationStatus.FAILED  # type: ignore[union-attr]
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent: hello"
+    assert client.get("rewind-child").status is OrchestrationStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_a_purged_sub_orchestration_starts_again(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    outage = Outage()
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call(text)
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, text: str) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(send, text))
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_sub_orchestrator(child, "hi", instance_id="purged-child"))
+
+    iid = client.start(parent)
+    _failed(client, iid)
+    assert client.purge("purged-child") == 1
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent: hi"
+
+
+def test_after_a_fix_is_deployed_the_code_runs_on(
+    registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    @registry.activity()
+    def price(item: str) -> int:
+        return len(item)
+
+    @registry.orchestrator(name="checkout")
+    def buggy(ctx: OrchestrationContext, item: str) -> Orchestrator[Any]:
+        cents = yield ctx.call_activity(price, item)
+        raise ZeroDivisionError(f"{cents} / 0")
+
+    old = make_worker()
+    iid = client.start("checkout", "book")
+    _failed(client, iid)
+    old.stop()
+
+    fixed = Registry()
+    fixed.activity(name="price")(lambda item: 1000)  # must not run again: the result is kept
+
+    @fixed.orchestrator(name="checkout")
+    def checkout(ctx: OrchestrationContext, item: str) -> Orchestrator[Any]:
+        cents = yield ctx.call_activity("price", item)
+        return f"{item}: {cents}"
+
+    make_worker(fixed)
+    state = _rewind(client, iid, "deployed the fix")
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "book: 4"
+
+
+def test_an_instance_can_be_rewound_twice(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    outage = Outage()
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call(text)
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def once(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(send, "x"))
+
+    iid = client.start(once)
+    _failed(client, iid)
+    assert _rewind(client, iid).status is OrchestrationStatus.FAILED
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert outage.calls == {"x": 3}
+    assert history_kinds(client, iid).count("ExecutionRewound") == 2
+
+
+def test_rewind_sent_twice_at_once_rewinds_once(
+    registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    outage = Outage()
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call(text)
+        return f"sent: {text}"
+
+    @registry.orchestrator()
+    def once(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(send, "x"))
+
+    worker = make_worker()
+    iid = client.start(once)
+    _failed(client, iid)
+    worker.stop()
+    outage.down = False
+    client.rewind(iid)
+    client.rewind(iid)  # both pass the status check: the worker is stopped
+    make_worker()
+    wait_until(lambda: client.get(iid).status is OrchestrationStatus.COMPLETED)  # type: ignore[union-attr]
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert outage.calls == {"x": 2}
+    assert history_kinds(client, iid).count("ExecutionRewound") == 1
+
+
+def test_only_a_failed_instance_can_be_rewound(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def waits(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.wait_for_event("go"))
+
+    iid = client.start(waits)
+    with pytest.raises(InvalidOperationError, match="only a FAILED instance can be rewound"):
+        client.rewind(iid)
+    client.raise_event(iid, "go", 1)
+    client.wait(iid, timeout=WAIT)
+    with pytest.raises(InvalidOperationError, match="is COMPLETED"):
+        client.rewind(iid)
+    with pytest.raises(InstanceNotFoundError):
+        client.rewind("no-such-instance")
