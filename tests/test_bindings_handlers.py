@@ -35,6 +35,7 @@ from durable_fx.bindings import (
 )
 from durable_fx.hosting import http_request, queue_message
 from durable_fx.queues import MemoryQueues, QueuedMessage, decode_body, encode_body
+from tests.support.instances import history_kinds
 
 SECRET = "webhook-secret"
 
@@ -55,6 +56,8 @@ def build_app(store: durable_fx.Store, monkeypatch: pytest.MonkeyPatch) -> Durab
 
     @app.activity()
     def reserve(order: Order) -> str:
+        if order.quantity == 0:
+            raise ValueError("nothing to reserve")
         return f"reserved {order.quantity}"
 
     @app.orchestrator()
@@ -227,6 +230,8 @@ def test_start_returns_the_check_status_payload(harness: Harness) -> None:
         "terminatePostUri": f"{base}/terminate?reason={{text}}",
         "suspendPostUri": f"{base}/suspend?reason={{text}}",
         "resumePostUri": f"{base}/resume?reason={{text}}",
+        "rewindPostUri": f"{base}/rewind?reason={{text}}",
+        "restartPostUri": f"{base}/restart?restartWithNewInstanceId={{restartWithNewInstanceId}}",
         "purgeHistoryDeleteUri": base,
     }
     assert response.headers["Location"] == payload["statusQueryGetUri"]
@@ -385,6 +390,63 @@ def test_suspend_resume_terminate_and_purge(harness: Harness) -> None:
     purged = harness.http("dfx_purge", "DELETE", "instances/steer", route=route)
     assert (purged.status_code, body_of(purged)) == (200, {"instancesDeleted": 1})
     assert harness.http("dfx_purge", "DELETE", "instances/steer", route=route).status_code == 404
+
+
+def test_rewind_a_failed_instance(harness: Harness) -> None:
+    start(harness, "rewound", quantity=0)
+    assert harness.wait("rewound").status is durable_fx.OrchestrationStatus.FAILED
+    route = {"instanceId": "rewound"}
+    rewound = harness.http(
+        "dfx_rewind", "POST", "instances/rewound/rewind", route=route, params={"reason": "why"}
+    )
+    assert rewound.status_code == 202
+    deadline = time.monotonic() + 20
+    while "ExecutionRewound" not in history_kinds(harness.client, "rewound"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # Nothing changed: the activity fails again, and so does the instance.
+    assert harness.wait("rewound").status is durable_fx.OrchestrationStatus.FAILED
+    for instance_id, status in [("nobody", 404), ("running", 410)]:
+        if status == 410:
+            start(harness, instance_id)
+        refused = harness.http(
+            "dfx_rewind",
+            "POST",
+            f"instances/{instance_id}/rewind",
+            route={"instanceId": instance_id},
+        )
+        assert refused.status_code == status, refused.get_body()
+
+
+def test_restart_under_the_same_or_a_new_id(harness: Harness) -> None:
+    start(harness, "again")
+    harness.waiting_for_events("again")
+    route = {"instanceId": "again"}
+    running = harness.http("dfx_restart", "POST", "instances/again/restart", route=route)
+    assert running.status_code == 409
+    assert "only a finished instance" in body_of(running)["error"]
+    bad = harness.http(
+        "dfx_restart",
+        "POST",
+        "instances/again/restart",
+        route=route,
+        params={"restartWithNewInstanceId": "maybe"},
+    )
+    assert bad.status_code == 400
+    assert body_of(bad)["fields"][0]["field"] == "restartWithNewInstanceId"
+    copy = harness.http(
+        "dfx_restart",
+        "POST",
+        "instances/again/restart",
+        route=route,
+        params={"restartWithNewInstanceId": "true"},
+    )
+    assert copy.status_code == 202
+    new_id = body_of(copy)["id"]
+    assert new_id != "again"
+    assert copy.headers["Location"].endswith(f"/instances/{new_id}")
+    harness.waiting_for_events(new_id)
+    assert harness.client.get(new_id).input == {"order_id": "again", "quantity": 1}  # type: ignore[union-attr]
 
 
 # -- webhooks -----------------------------------------------------------------------------

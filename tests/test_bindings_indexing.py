@@ -66,6 +66,8 @@ def test_durable_app_is_a_function_app_with_the_durable_functions() -> None:
         "dfx_terminate": ("instances/{instanceId}/terminate", ["POST"], "FUNCTION"),
         "dfx_suspend": ("instances/{instanceId}/suspend", ["POST"], "FUNCTION"),
         "dfx_resume": ("instances/{instanceId}/resume", ["POST"], "FUNCTION"),
+        "dfx_rewind": ("instances/{instanceId}/rewind", ["POST"], "FUNCTION"),
+        "dfx_restart": ("instances/{instanceId}/restart", ["POST"], "FUNCTION"),
         "dfx_purge": ("instances/{instanceId}", ["DELETE"], "FUNCTION"),
     }
 

@@ -246,6 +246,42 @@ def test_suspend_and_resume(cli: Callable[..., Result], worker: Worker) -> None:
     assert "ExecutionResumed" in timeline
 
 
+def test_rewind_runs_a_failed_instance_on(cli: Callable[..., Result], worker: Worker) -> None:
+    ok(cli("start", "doomed", "--input", '"disk full"', "--id", "rewound"))
+    wait_for_status(cli, "rewound", "FAILED")
+    answer = ok_json(cli("rewind", "rewound", "--reason", "freed space", "--json"))
+    assert answer == {"instance_id": "rewound", "action": "rewind", "reason": "freed space"}
+    # The disk is still full: the activity runs again and the instance fails again.
+    deadline = time.monotonic() + WAIT
+    while "freed space" not in (timeline := ok(cli("history", "rewound")).stdout):
+        assert time.monotonic() < deadline, timeline
+        time.sleep(0.05)
+    wait_for_status(cli, "rewound", "FAILED")
+    assert ok(cli("history", "rewound")).stdout.count(" TaskFailed ") == 1
+
+
+def test_rewind_refuses_an_instance_that_has_not_failed(
+    cli: Callable[..., Result], worker: Worker
+) -> None:
+    ok(cli("start", "greeter", "--input", '"Ada"', "--id", "fine"))
+    wait_for_status(cli, "fine", "RUNNING")
+    assert_one_line_error(cli("rewind", "fine"), 1, "only a FAILED instance can be rewound")
+    assert_one_line_error(cli("rewind", "nobody"), 1, "nobody")
+
+
+def test_restart_under_the_same_or_a_new_id(cli: Callable[..., Result], worker: Worker) -> None:
+    ok(cli("start", "greeter", "--input", '"Ada"', "--id", "again"))
+    wait_for_status(cli, "again", "RUNNING")
+    assert_one_line_error(cli("restart", "again"), 1, "only a finished instance")
+    copy = ok_json(cli("restart", "again", "--new-id", "--json"))
+    assert copy["restarted"] == "again" and copy["instance_id"] != "again"
+    assert wait_for_status(cli, copy["instance_id"], "RUNNING")["input"] == "Ada"
+    ok(cli("raise", "again", "Approve", "--data", "true"))
+    wait_for_status(cli, "again", "COMPLETED")
+    assert ok(cli("restart", "again")).stdout.strip() == "restarted again as again"
+    wait_for_status(cli, "again", "RUNNING")
+
+
 def test_failure_shows_in_status_and_history(cli: Callable[..., Result], worker: Worker) -> None:
     instance_id = ok_json(cli("start", "doomed", "--input", '"disk full"', "--json"))["instance_id"]
     state = wait_for_status(cli, instance_id, "FAILED")

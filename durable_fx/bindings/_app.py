@@ -365,6 +365,8 @@ class DurableApp(func.FunctionApp):
             ("dfx_terminate", "instances/{instanceId}/terminate", "POST", api.terminate),
             ("dfx_suspend", "instances/{instanceId}/suspend", "POST", api.suspend),
             ("dfx_resume", "instances/{instanceId}/resume", "POST", api.resume),
+            ("dfx_rewind", "instances/{instanceId}/rewind", "POST", api.rewind),
+            ("dfx_restart", "instances/{instanceId}/restart", "POST", api.restart),
             ("dfx_purge", "instances/{instanceId}", "DELETE", api.purge),
         ]  # fmt: skip
         for name, route, method, handler in routes:

@@ -9,6 +9,8 @@ GET      ``instances``                                200, JSON array; paging he
 POST     ``instances/{instanceId}/raiseEvent/{event}``  202; 404; 410 if finished
 POST     ``instances/{instanceId}/terminate``         202; 404; 410 if finished
 POST     ``instances/{instanceId}/suspend``, resume   202; 404; 410 if finished
+POST     ``instances/{instanceId}/rewind``            202; 404; 410 unless failed
+POST     ``instances/{instanceId}/restart``           202, check-status body; 404; 409 running
 DELETE   ``instances/{instanceId}``                   200 ``{"instancesDeleted": 1}``; 409 running
 =======  ===========================================  ===================================
 
@@ -68,6 +70,7 @@ _RUNTIME_STATUS = {
     OrchestrationStatus.SUSPENDED: "Suspended",
     OrchestrationStatus.CONTINUED_AS_NEW: "ContinuedAsNew",
 }
+_RESTART_QUERY = {"restartWithNewInstanceId": "{restartWithNewInstanceId}"}
 _BY_LOOSE_NAME = {s.value.replace("_", ""): s for s in OrchestrationStatus}
 
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
@@ -149,6 +152,8 @@ def check_status_payload(base: str, instance_id: str) -> dict[str, str]:
         "terminatePostUri": url("/terminate", reason=True),
         "suspendPostUri": url("/suspend", reason=True),
         "resumePostUri": url("/resume", reason=True),
+        "rewindPostUri": url("/rewind", reason=True),
+        "restartPostUri": instance_url(base, instance_id, "/restart", _RESTART_QUERY),
         "purgeHistoryDeleteUri": url(),
     }
 
@@ -338,6 +343,35 @@ class ManagementApi:
         instance_id = await self._running(req, "resume")
         await self._runtime.client.resume(instance_id, req.params.get("reason"))
         return func.HttpResponse(status_code=202)
+
+    async def rewind(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/rewind?reason=: run a failed instance on (410 otherwise)."""
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
+        state = await self._runtime.client.get(instance_id)
+        if state is None:
+            raise InstanceNotFoundError(instance_id)
+        if state.status is not OrchestrationStatus.FAILED:
+            raise HttpProblem(
+                410,
+                f"cannot rewind instance {instance_id!r}: it is {state.status.value}; "
+                "only a FAILED instance can be rewound",
+            )
+        await self._runtime.client.rewind(instance_id, req.params.get("reason"))
+        return func.HttpResponse(status_code=202)
+
+    async def restart(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST instances/{instanceId}/restart?restartWithNewInstanceId=: start it again.
+
+        202 with the check-status body of the instance that starts (the same
+        id, or a new one); 409 for an unfinished instance under its own id.
+        """
+        instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
+        new_id = _flag(req, "restartWithNewInstanceId", default=False)
+        try:
+            started = await self._runtime.client.restart(instance_id, new_instance_id=new_id)
+        except InvalidOperationError as error:
+            raise HttpProblem(409, str(error)) from None
+        return self.check_status_response(req, started)
 
     async def purge(self, req: func.HttpRequest) -> func.HttpResponse:
         """DELETE instances/{instanceId}: delete a finished instance and its history."""

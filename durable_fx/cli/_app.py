@@ -21,16 +21,14 @@ from ._instances import (
     list_instances,
     purge,
     raise_event,
-    resume,
     start,
     status,
-    suspend,
-    terminate,
     wait,
 )
 from ._output import OneLineErrorsGroup
 from ._poison import poison_app
 from ._processes import serve, sidecar, worker
+from ._steering import restart, resume, rewind, suspend, terminate
 
 __all__ = ["app", "main"]
 
@@ -84,6 +82,8 @@ app.command("raise")(raise_event)
 app.command()(terminate)
 app.command()(suspend)
 app.command()(resume)
+app.command()(rewind)
+app.command()(restart)
 app.command()(purge)
 app.command()(wait)
 app.command()(worker)

@@ -28,7 +28,9 @@ from ._output import USAGE_ERROR, CliError, redact_store_url
 
 __all__ = [
     "CliSettings",
+    "IdArgument",
     "JsonOption",
+    "ReasonOption",
     "StoreOption",
     "check_instance_id",
     "command_settings",
@@ -79,6 +81,17 @@ def check_instance_id(value: str | None) -> str | None:
         return validate_instance_id(value)
     except InvalidInstanceIdError as error:
         raise typer.BadParameter(str(error)) from None
+
+
+IdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID", callback=check_instance_id, help="The instance id.", show_default=False
+    ),
+]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", metavar="TEXT", help="Why; kept in the history.")
+]
 
 
 def parse_json(text: str | None, option: str) -> Any:

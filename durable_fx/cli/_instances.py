@@ -1,4 +1,4 @@
-"""The commands on instances: start, status, list, history, raise, terminate and the rest.
+"""The commands on instances: start, status, list, history, raise, purge and wait.
 
 ``_app`` registers them. Each opens the store (``--store``, else ``default_store_url()``), does one
 thing through ``DurableClient`` and prints a table, or one JSON document with
@@ -16,7 +16,7 @@ import typer
 from .._reuse import IdReusePolicy
 from .._state import OrchestrationState, OrchestrationStatus
 from ._input import (
-    CliSettings,
+    IdArgument,
     JsonOption,
     StoreOption,
     check_instance_id,
@@ -42,25 +42,12 @@ __all__ = [
     "list_instances",
     "purge",
     "raise_event",
-    "resume",
     "start",
     "status",
-    "suspend",
-    "terminate",
     "wait",
 ]
 
 _TERMINAL = [s for s in OrchestrationStatus if s.is_terminal]
-
-IdArgument = Annotated[
-    str,
-    typer.Argument(
-        metavar="ID", callback=check_instance_id, help="The instance id.", show_default=False
-    ),
-]
-ReasonOption = Annotated[
-    str | None, typer.Option("--reason", metavar="TEXT", help="Why; kept in the history.")
-]
 
 
 class ReuseChoice(StrEnum):
@@ -294,78 +281,6 @@ def raise_event(
         emit_json({"instance_id": instance_id, "event": event, "data": payload})
     else:
         stdout_console().print(f"raised {event} on instance {instance_id}", markup=False)
-
-
-def terminate(
-    ctx: typer.Context,
-    instance_id: IdArgument,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Stop an instance and the sub-orchestrations it waits on.
-
-    The instance ends TERMINATED at its next episode; work already running
-    finishes but its results are ignored. A finished instance is left as it is.
-    """
-    settings = command_settings(ctx, store, json_output)
-    with open_client(settings.store) as client:
-        state = require_state(client.get(instance_id), instance_id)
-        requested = not state.status.is_terminal
-        if requested:
-            client.terminate(instance_id, reason)
-    if settings.json:
-        emit_json(
-            {
-                "instance_id": instance_id,
-                "action": "terminate",
-                "requested": requested,
-                "status": state.status.value,
-                "reason": reason,
-            }
-        )
-    elif requested:
-        stdout_console().print(f"terminating instance {instance_id}", markup=False)
-    else:
-        stdout_console().print(
-            f"instance {instance_id} is already {state.status.value}; nothing to terminate",
-            markup=False,
-        )
-
-
-def _steer(action: str, instance_id: str, reason: str | None, settings: CliSettings) -> None:
-    with open_client(settings.store) as client:
-        if action == "suspend":
-            client.suspend(instance_id, reason)
-        else:
-            client.resume(instance_id, reason)
-    if settings.json:
-        emit_json({"instance_id": instance_id, "action": action, "reason": reason})
-    else:
-        verb = "suspending" if action == "suspend" else "resuming"
-        stdout_console().print(f"{verb} instance {instance_id}", markup=False)
-
-
-def suspend(
-    ctx: typer.Context,
-    instance_id: IdArgument,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Pause an instance: it keeps its events but runs no code until resumed."""
-    _steer("suspend", instance_id, reason, command_settings(ctx, store, json_output))
-
-
-def resume(
-    ctx: typer.Context,
-    instance_id: IdArgument,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Resume a suspended instance."""
-    _steer("resume", instance_id, reason, command_settings(ctx, store, json_output))
 
 
 def purge(

@@ -23,6 +23,7 @@ from .._history import (
     EventSent,
     ExecutionCompleted,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -259,6 +260,8 @@ def _detail(event: HistoryEvent, start: datetime, names: dict[int, str]) -> str:
             return f"{event.status} → {preview(event.result)}"
         case ExecutionTerminated() | ExecutionSuspended() | ExecutionResumed():
             return _reason(event.input)
+        case ExecutionRewound():
+            return event.reason or ""
         case ContinueAsNew():
             return f"new input {preview(event.input)}"
         case TaskScheduled():
