@@ -49,6 +49,7 @@ from ..worker._episode import (
     plan_episode,
     plan_failure,
     refusals,
+    rewind_requested,
     starting_instance,
 )
 from ._actions_pb import ResponseActions, actions_from_pb
@@ -143,9 +144,11 @@ class EpisodeBridge:
             return plan_before_start(
                 instance=instance, events=events, consumed=consumed, now=now, messages=refused
             )
-        rewind = next((e for e in events if isinstance(e, ExecutionRewound)), None)
-        if rewind is not None and instance.status is OrchestrationStatus.FAILED:
-            return await self._prepare_rewind(item, now, rewind)
+        rewind = rewind_requested(instance, item.messages)
+        if rewind is not None:
+            rewinding = await self._prepare_rewind(item, now, rewind)
+            if rewinding is not None:
+                return rewinding
         if instance.status.is_terminal or instance.status in AWAITING_START:
             return plan_consume_only(instance=instance, consumed=consumed, messages=refused)
         cached = await self._history(item, now)
@@ -308,12 +311,14 @@ class EpisodeBridge:
 
     async def _prepare_rewind(
         self, item: OrchestrationWorkItem, now: datetime, rewind: ExecutionRewound
-    ) -> PreparedEpisode | EpisodeCommit:
-        """Ask the SDK to rewrite a failed history (it knows which results to drop)."""
+    ) -> PreparedEpisode | EpisodeCommit | None:
+        """Ask the SDK to rewrite a failed history; ``None`` if it did not end failed."""
         self.forget(item.instance.instance_id)
         cached = await self._history(item, now)
         if isinstance(cached, EpisodeCommit):
             return cached
+        if not _ended_failed(cached.past):
+            return None  # rewound already (a rewound parent asked again): run it as it is
         accepted: list[HistoryEvent] = [OrchestratorStarted(timestamp=now), rewind]
         new = [event_to_pb(event) for event in accepted]
         return PreparedEpisode(
@@ -370,4 +375,11 @@ def _fresh_ids(converted: ResponseActions) -> EpisodeIds:
             for action in converted.actions
             if isinstance(action, CreateSubOrchestration)
         },
+    )
+
+
+def _ended_failed(past: Sequence[pb.HistoryEvent]) -> bool:
+    ended = next((e for e in reversed(past) if e.HasField("executionCompleted")), None)
+    return ended is not None and ended.executionCompleted.orchestrationStatus == (
+        pb.ORCHESTRATION_STATUS_FAILED
     )

@@ -88,12 +88,13 @@ class Store(Protocol):
         message: a message whose ``key`` was enqueued before for that instance,
         pending or consumed, is ignored and the call returns False, even if the
         instance has finished since. Otherwise an ``EventRaised`` to an instance
-        that is COMPLETED, FAILED or TERMINATED raises ``InvalidOperationError``
-        (other kinds, such as a rewind of a failed instance, are the caller's
-        to judge), and a message to an instance that does not exist raises
-        ``InstanceNotFoundError``; neither writes anything. The status check is
-        atomic with the write, so an event is never accepted by an instance
-        that has already finished.
+        that is COMPLETED, FAILED or TERMINATED raises ``InvalidOperationError``,
+        so does an ``ExecutionRewound`` to an instance that is not FAILED (a
+        FAILED one is set RUNNING in the same step: of two rewinds at once, one
+        is accepted); other kinds are the caller's to judge. A message to an
+        instance that does not exist raises ``InstanceNotFoundError``; neither
+        writes anything. The status check is atomic with the write, so an
+        event is never accepted by an instance that has already finished.
         """
         ...
 

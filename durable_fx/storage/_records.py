@@ -40,6 +40,7 @@ __all__ = [
     "OrchestrationWorkItem",
     "Page",
     "PoisonedMessage",
+    "accepts_rewind",
     "dedupe_key",
     "finished_refusal",
     "new_instance_record",
@@ -241,16 +242,26 @@ def started_event(message: OrchestrationMessage) -> ExecutionStarted:
 def finished_refusal(
     instance_id: str, kind: str, status: OrchestrationStatus
 ) -> InvalidOperationError | None:
-    """The error ``Store.enqueue`` refuses a new event to a finished instance with, else ``None``.
+    """The error ``Store.enqueue`` refuses a message with, else ``None``.
 
-    Only ``EventRaised`` is refused: other kinds (a rewind of a failed
-    instance) are the caller's to judge.
+    An ``EventRaised`` is refused by a finished instance, an
+    ``ExecutionRewound`` by any but a FAILED one (which the store then sets
+    RUNNING in the same step); other kinds are the caller's to judge.
     """
+    if kind == "ExecutionRewound" and status is not OrchestrationStatus.FAILED:
+        return InvalidOperationError(
+            f"instance {instance_id!r} is {status.value}; only a FAILED instance can be rewound"
+        )
     if kind != "EventRaised" or not status.is_terminal:
         return None
     return InvalidOperationError(
         f"cannot deliver {kind} to instance {instance_id!r}: it is {status.value}"
     )
+
+
+def accepts_rewind(kind: str) -> bool:
+    """True if ``Store.enqueue`` of this kind sets its (FAILED) instance RUNNING."""
+    return kind == "ExecutionRewound"
 
 
 def new_instance_record(instance_id: str, started: ExecutionStarted) -> InstanceRecord:

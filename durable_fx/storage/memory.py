@@ -58,6 +58,7 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    accepts_rewind,
     finished_refusal,
     new_instance_record,
     started_event,
@@ -213,6 +214,15 @@ class MemoryStore:
             instance.used_keys.add(message.key)
             if any(p.message.key == message.key for p in instance.inbox.values()):
                 return False
+            if accepts_rewind(kind):
+                instance.record = dataclasses.replace(
+                    instance.record,
+                    status=OrchestrationStatus.RUNNING,
+                    output=None,
+                    failure=None,
+                    updated_at=self._clock.now(),
+                    version=_next_version(instance.record),
+                )
             if self._add_message(message):
                 self._wake()
             return True

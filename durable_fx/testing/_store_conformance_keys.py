@@ -2,7 +2,8 @@
 
 A start refuses an existing instance unless its status is named replaceable;
 ``enqueue`` remembers every key it accepted until the instance is purged or
-replaced, and refuses new events to a finished instance. Each rule holds
+replaced, refuses new events to a finished instance and a rewind to any but
+a failed one (which it sets RUNNING). Each rule holds
 under concurrency: the check and the write are one step in the store.
 """
 
@@ -133,9 +134,36 @@ async def check_enqueue_to_finished_instance(factory: StoreFactory) -> None:
             # Refused keys were not remembered: they are refused again, not "duplicates".
             refused = h.store.enqueue(h.event(instance_id, "go", key="event:new"))
             await expect_raises(InvalidOperationError, refused, "the refused key again")
-            # Only events are refused: a rewind of a finished instance is the caller's call.
-            rewind = ExecutionRewound(timestamp=h.clock.now(), reason="again")
-            assert await h.store.enqueue(OrchestrationMessage(instance_id, rewind)) is True
+
+
+async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFactory) -> None:
+    """A rewind sets a FAILED instance RUNNING in its step; of two at once, one is accepted."""
+
+    def rewind(instance_id: str) -> OrchestrationMessage:
+        return OrchestrationMessage(instance_id, ExecutionRewound(timestamp=h.clock.now()))
+
+    async with fresh_store(factory) as h:
+        for status in (OrchestrationStatus.COMPLETED, OrchestrationStatus.TERMINATED):
+            await _finish(h, f"over-{status.value}", status)
+            refused = h.store.enqueue(rewind(f"over-{status.value}"))
+            await expect_raises(InvalidOperationError, refused, f"a rewind of {status.value}")
+        await h.start("running")
+        await expect_raises(
+            InvalidOperationError, h.store.enqueue(rewind("running")), "a rewind of a RUNNING one"
+        )
+        await _finish(h, "failed", OrchestrationStatus.FAILED)
+        answers = await asyncio.gather(
+            h.store.enqueue(rewind("failed")),
+            h.store.enqueue(rewind("failed")),
+            return_exceptions=True,
+        )
+        accepted = [a for a in answers if a is True]
+        refused = [a for a in answers if isinstance(a, InvalidOperationError)]
+        assert len(accepted) == len(refused) == 1, f"two rewinds at once: {answers}"
+        record = await h.store.get_instance("failed")
+        assert record is not None and record.status is OrchestrationStatus.RUNNING, record
+        rewinds = [m for m in await h.inbox("failed") if isinstance(m.event, ExecutionRewound)]
+        assert len(rewinds) == 1, rewinds
 
 
 async def check_purge_and_replace_forget_keys(factory: StoreFactory) -> None:
@@ -176,6 +204,7 @@ KEY_CHECKS: list[StoreCheck] = [
     check_concurrent_creates_of_one_id_start_it_once,
     check_enqueue_remembers_keys_after_consumption,
     check_enqueue_to_finished_instance,
+    check_a_rewind_is_accepted_only_by_a_failed_instance,
     check_purge_and_replace_forget_keys,
     check_concurrent_enqueues_of_one_key_add_one_message,
 ]

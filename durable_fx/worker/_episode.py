@@ -19,6 +19,7 @@ from .._history import (
     EventSent,
     ExecutionCompleted,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -61,6 +62,7 @@ __all__ = [
     "plan_episode",
     "plan_failure",
     "refusals",
+    "rewind_requested",
     "starting_instance",
 ]
 
@@ -129,10 +131,25 @@ def events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[Hist
     events = [
         m
         for m in messages
-        if not isinstance(m.event, ExecutionStarted) and m.execution_id in (None, execution_id)
+        if not isinstance(m.event, ExecutionStarted | ExecutionRewound)
+        and m.execution_id in (None, execution_id)
     ]
     carried = [m.event for m in events if _carried_over(m)]
     return carried + [m.event for m in events if not _carried_over(m)]
+
+
+def rewind_requested(
+    instance: InstanceRecord, messages: Sequence[InboxMessage]
+) -> ExecutionRewound | None:
+    """The rewind among ``messages`` if ``instance`` may be rewinding (it is not code's event).
+
+    A FAILED instance gets one from a rewound parent; a client's rewind sets
+    the instance RUNNING as the store accepts it. Whoever plans the episode
+    checks that the history did fail.
+    """
+    if instance.status not in (OrchestrationStatus.FAILED, OrchestrationStatus.RUNNING):
+        return None
+    return next((m.event for m in messages if isinstance(m.event, ExecutionRewound)), None)
 
 
 def _carried_over(message: InboxMessage) -> bool:

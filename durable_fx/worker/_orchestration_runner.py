@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from .._clock import Clock
 from .._errors import ConflictError, NonDeterminismError, UnknownNameError
 from .._history import (
-    ExecutionRewound,
     ExecutionStarted,
     ExecutionTerminated,
     HistoryEvent,
@@ -35,7 +34,6 @@ from ..storage._finished import finished_on
 from ..storage._protocol import Store
 from ..storage._records import (
     EpisodeCommit,
-    InboxMessage,
     InstanceRecord,
     OrchestrationWorkItem,
 )
@@ -49,6 +47,7 @@ from ._episode import (
     plan_episode,
     plan_failure,
     refusals,
+    rewind_requested,
     starting_instance,
 )
 from ._rewind import plan_rewind
@@ -174,7 +173,7 @@ class OrchestrationRunner:
                 now=episode.now,
                 messages=refused,
             ), None
-        rewind = _rewind_request(instance, episode.item.messages)
+        rewind = rewind_requested(instance, episode.item.messages)
         if rewind is not None:
             rewound = await plan_rewind(
                 self._store,
@@ -311,15 +310,6 @@ def _continues_as_new(output: EpisodeOutput) -> bool:
     return (
         output.completed_now and completion is not None and completion.status == "CONTINUED_AS_NEW"
     )
-
-
-def _rewind_request(
-    instance: InstanceRecord, messages: Sequence[InboxMessage]
-) -> ExecutionRewound | None:
-    """The rewind asked of a failed instance (a rewind of anything else is dropped)."""
-    if instance.status is not OrchestrationStatus.FAILED:
-        return None
-    return next((m.event for m in messages if isinstance(m.event, ExecutionRewound)), None)
 
 
 def _with(item: OrchestrationWorkItem, instance: InstanceRecord) -> OrchestrationWorkItem:

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from .._errors import NonDeterminismError, UnknownNameError
 from .._history import (
+    ExecutionCompleted,
     ExecutionRewound,
     ExecutionStarted,
     FailureDetails,
@@ -56,10 +57,14 @@ async def plan_rewind(
     consumed: Sequence[str],
     now: datetime,
 ) -> EpisodeCommit | None:
-    """The commit that rewinds ``instance``; ``None`` if its history has no start."""
+    """The commit that rewinds ``instance``; ``None`` unless its history ended failed.
+
+    (A rewound parent may ask a child that was rewound already: nothing to do.)
+    """
     history = await store.load_history(instance.instance_id)
     started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
-    if started is None:
+    ended = next((e for e in reversed(history) if isinstance(e, ExecutionCompleted)), None)
+    if started is None or ended is None or ended.status != "FAILED":
         return None
     clean = rewound_history(history, _failures_raised(registry, started, history), rewound, now)
     started = next(e for e in clean if isinstance(e, ExecutionStarted))

@@ -28,6 +28,7 @@ from ..._state import OrchestrationStatus
 from .._records import (
     InstanceRecord,
     OrchestrationMessage,
+    accepts_rewind,
     finished_refusal,
     new_instance_record,
     started_event,
@@ -231,7 +232,11 @@ class Starts:
                 if await self._used_by(used) is not None:
                     return False
                 raise refusal
-            touch = {"PartitionKey": iid, "RowKey": INSTANCE_ROW, "Mail": token}
+            touch: dict[str, Any] = {"PartitionKey": iid, "RowKey": INSTANCE_ROW, "Mail": token}
+            if accepts_rewind(message.event.kind):
+                # Accepted in this step (the If-Match holds it to the FAILED row read):
+                # clients see it RUNNING at once. The failure stays until the rewind runs.
+                touch["Status"] = OrchestrationStatus.RUNNING.value
             ops: list[Op] = [
                 ("create", used),
                 ("create", entity),

@@ -45,6 +45,7 @@ from .._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    accepts_rewind,
     finished_refusal,
 )
 from . import _schema as schema
@@ -242,6 +243,8 @@ class Engine:
         now = self._now()
         if not db.execute(sql.INSERT_MESSAGES, (message, now)).rowcount:
             return False  # a message with this key is pending (put there by a worker)
+        if accepts_rewind(kind):
+            db.execute(sql.ACCEPT_REWIND, (iid, now))
         db.execute(sql.LOWER_DUE, (iid, now if delay is None else delay))
         if _visible(delay, now):
             self._notify()

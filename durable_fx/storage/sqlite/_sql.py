@@ -112,6 +112,12 @@ RECOMPUTE_DUE = (
     " WHERE inbox.instance_id = instances.instance_id)"
     " WHERE instance_id IN (SELECT value FROM json_each(?)) AND locked_by IS NULL"
 )
+# A rewind is accepted in the step that queues it: clients see it RUNNING at once, and
+# the version moves so an episode that read the FAILED row cannot write it back.
+ACCEPT_REWIND = (
+    "UPDATE instances SET status = 'RUNNING', output = NULL, failure = NULL, updated_at = ?2,"
+    " version = version + 1 WHERE instance_id = ?1"
+)
 LOWER_DUE = (
     "UPDATE instances SET due_at = MIN(COALESCE(due_at, ?2), ?2)"
     " WHERE instance_id = ?1 AND locked_by IS NULL"
