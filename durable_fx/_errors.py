@@ -210,7 +210,8 @@ class NonDeterminismError(DurableFxError):
             f"records {recorded} but the code now produces {produced}. The orchestrator's code "
             "changed while this instance was running, or it depends on something that differs "
             "between replays (time, randomness, I/O). Use ctx.current_utc_datetime, "
-            "ctx.new_uuid() and activities for those, and version long-running orchestrators."
+            "ctx.new_uuid() and activities for those; put a change to running code behind "
+            "ctx.is_patched(...), and check a deploy with `durable-fx replay` first."
         )
         self.instance_id = instance_id
         self.sequence = sequence

@@ -194,6 +194,13 @@ class EventSent(_Event):
     input: str | None = None
 
 
+class PatchApplied(_Event):
+    """The code took the new path of patch ``name`` here (``ctx.is_patched``)."""
+
+    kind: Literal["PatchApplied"] = "PatchApplied"
+    name: str
+
+
 class EventRaised(_Event):
     kind: Literal["EventRaised"] = "EventRaised"
     name: str
@@ -219,6 +226,7 @@ HistoryEvent = Annotated[
     | TimerCreated
     | TimerFired
     | EventSent
+    | PatchApplied
     | EventRaised,
     Field(discriminator="kind"),
 ]

@@ -28,6 +28,7 @@ from durable_fx._history import (
     OrchestratorCompleted,
     OrchestratorStarted,
     ParentInstance,
+    PatchApplied,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
@@ -89,6 +90,7 @@ EVERY_KIND: list[HistoryEvent] = [
     TimerFired(timestamp=LATER, timer_id=3, fire_at=LATER),
     EventSent(event_id=5, timestamp=NOW, instance_id="other", name="ping", input='{"a": 1}'),
     EventRaised(timestamp=NOW, name="approve", input=None),
+    PatchApplied(event_id=6, timestamp=NOW, name="send-via-acs"),
 ]
 
 

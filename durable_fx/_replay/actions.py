@@ -19,6 +19,7 @@ __all__ = [
     "CompleteOrchestration",
     "CreateSubOrchestration",
     "CreateTimer",
+    "RecordPatch",
     "ScheduleTask",
     "SendEvent",
 ]
@@ -68,6 +69,17 @@ class SendEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordPatch:
+    """A marker: the code takes patch ``name``'s new path (nothing is sent)."""
+
+    id: int
+    name: str
+
+    def describe(self) -> str:
+        return f"is_patched({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteOrchestration:
     """The orchestration finished (or continues as new)."""
 
@@ -77,5 +89,5 @@ class CompleteOrchestration:
     carryover_events: list[HistoryEvent] = field(default_factory=list)
 
 
-Action = ScheduleTask | CreateTimer | CreateSubOrchestration | SendEvent
+Action = ScheduleTask | CreateTimer | CreateSubOrchestration | SendEvent | RecordPatch
 """An action that schedules work and appears in history under its ``id``."""

@@ -38,6 +38,7 @@ from .actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    RecordPatch,
     ScheduleTask,
     SendEvent,
 )
@@ -102,6 +103,8 @@ class OrchestrationContext:
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
         self._failures_raised: set[int] = set()
+        self._patches_in_history: frozenset[str] = frozenset()
+        self._patches: dict[str, bool] = {}
         self._buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
         self._waiters: dict[str, deque[_EventWaiter]] = {}
         self._codecs: dict[Any, PayloadCodec[Any]] = {}
@@ -448,6 +451,41 @@ class OrchestrationContext:
         """Raise event ``name`` on another instance (fire and forget)."""
         validate_instance_id(instance_id)
         self._record(SendEvent(self._next_id(), instance_id, name, encode(data)), None)
+
+    def is_patched(self, patch_id: str) -> bool:
+        """True where the code may take the new path of a change made while instances ran.
+
+        Write ``if ctx.is_patched("send-via-acs"): <new code> else: <old code>``
+        around a change to an orchestrator. An instance that recorded its
+        history past this point under the old code replays with False, so its
+        replay still matches; every other run (new instances, and old ones
+        that reach this point after the deploy) takes the new path and
+        records a ``PatchApplied`` marker, so it stays on it when replayed.
+        The same id answers the same all through an execution. Once no
+        instance from before the patch can still be running, keep only the
+        new path and call ``deprecate_patch`` in place of ``is_patched``.
+        """
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        patched = patch_id in self._patches_in_history or not self._is_replaying
+        if patched:
+            self._record(RecordPatch(self._next_id(), patch_id), None)
+        self._patches[patch_id] = patched
+        return patched
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Patch ``patch_id``'s new path is the only one left; its marker may or may not be there.
+
+        Call it where ``is_patched(patch_id)`` was, after removing the old
+        path. It records nothing; once no history holds the marker, remove
+        the call as well.
+        """
+        if patch_id in self._patches:
+            return
+        self._patches[patch_id] = True
+        if patch_id in self._patches_in_history:
+            self._record(RecordPatch(self._next_id(), patch_id), None)  # matches the marker
 
     def set_custom_status(self, value: Any) -> None:
         """Publish a JSON value that clients see as the instance's custom status."""

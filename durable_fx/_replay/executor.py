@@ -34,6 +34,7 @@ from .._history import (
     FailureDetails,
     HistoryEvent,
     OrchestratorStarted,
+    PatchApplied,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
@@ -50,6 +51,7 @@ from .actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    RecordPatch,
     ScheduleTask,
     SendEvent,
 )
@@ -64,6 +66,7 @@ _SCHEDULING_EVENTS: dict[type[Any], type[Any]] = {
     TimerCreated: CreateTimer,
     SubOrchestrationInstanceCreated: CreateSubOrchestration,
     EventSent: SendEvent,
+    PatchApplied: RecordPatch,
 }
 _USER_CODE_ERRORS = (Exception, SystemExit)
 """What orchestrator code may raise to fail its instance (sys.exit() must not stop a worker)."""
@@ -137,6 +140,9 @@ class OrchestrationExecutor:
     def replay(self, past: Sequence[HistoryEvent]) -> None:
         """Rebuild state from history that is already stored."""
         self._ctx._is_replaying = True
+        self._ctx._patches_in_history = frozenset(
+            e.name for e in past if isinstance(e, PatchApplied)
+        )
         try:
             for event in past:
                 self._apply_event(event)
@@ -196,7 +202,13 @@ class OrchestrationExecutor:
                 self._ctx._now = event.timestamp
             case ExecutionStarted():
                 self._start(event)
-            case TaskScheduled() | TimerCreated() | SubOrchestrationInstanceCreated() | EventSent():
+            case (
+                TaskScheduled()
+                | TimerCreated()
+                | SubOrchestrationInstanceCreated()
+                | EventSent()
+                | PatchApplied()
+            ):
                 self._match_scheduled(event)
             case (
                 TaskCompleted()
@@ -248,7 +260,12 @@ class OrchestrationExecutor:
 
     def _match_scheduled(self, event: HistoryEvent) -> None:
         assert isinstance(
-            event, TaskScheduled | TimerCreated | SubOrchestrationInstanceCreated | EventSent
+            event,
+            TaskScheduled
+            | TimerCreated
+            | SubOrchestrationInstanceCreated
+            | EventSent
+            | PatchApplied,
         )
         action = self._ctx._pending_actions.pop(event.event_id, None)
         expected_type = _SCHEDULING_EVENTS[type(event)]
@@ -257,7 +274,7 @@ class OrchestrationExecutor:
             raise NonDeterminismError(
                 self._ctx.instance_id, event.event_id, recorded, "no action at that step"
             )
-        same_name = not isinstance(action, ScheduleTask | CreateSubOrchestration) or (
+        same_name = not isinstance(action, ScheduleTask | CreateSubOrchestration | RecordPatch) or (
             action.name == getattr(event, "name", None)
         )
         if not isinstance(action, expected_type) or not same_name:
@@ -376,5 +393,7 @@ def _describe_event(event: HistoryEvent) -> str:
             return f"TimerCreated({event.fire_at.isoformat()})"
         case EventSent():
             return f"EventSent({event.instance_id!r}, {event.name!r})"
+        case PatchApplied():
+            return f"PatchApplied({event.name!r})"
         case _:
             return event.kind

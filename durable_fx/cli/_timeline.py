@@ -31,6 +31,7 @@ from .._history import (
     HistoryEvent,
     OrchestratorCompleted,
     OrchestratorStarted,
+    PatchApplied,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
@@ -69,6 +70,7 @@ _KIND_STYLES = {
     "TimerCreated": "cyan",
     "TimerFired": "cyan",
     "EventSent": "magenta",
+    "PatchApplied": "blue",
     "EventRaised": "magenta",
 }
 
@@ -287,5 +289,7 @@ def _detail(event: HistoryEvent, start: datetime, names: dict[int, str]) -> str:
             return f"#{event.event_id} {event.name}({preview(event.input)}) → {event.instance_id}"
         case EventRaised():
             return f"{event.name} {preview(event.input)}"
+        case PatchApplied():
+            return f"#{event.event_id} {event.name}"
         case _:
             return ""

@@ -27,6 +27,7 @@ from .._history import (
     OrchestratorCompleted,
     OrchestratorStarted,
     ParentInstance,
+    PatchApplied,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
@@ -223,6 +224,11 @@ _TO_PB: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     EventRaised: lambda e: {
         "eventRaised": pb.EventRaisedEvent(name=e.name, input=text_value(e.input))
     },
+    # The protocol has no patch marker; a reader (the durable_fx Python API wrote it) sees it
+    # as a generic event.
+    PatchApplied: lambda e: {
+        "genericEvent": pb.GenericEvent(data=text_value(_PATCH_PREFIX + e.name))
+    },
 }
 
 
@@ -333,4 +339,15 @@ _FROM_PB: dict[str, Callable[[Any, dict[str, Any]], HistoryEvent]] = {
         **c, instance_id=e.instanceId, name=e.name, input=optional_text(e, "input")
     ),
     "eventRaised": lambda e, c: EventRaised(**c, name=e.name, input=optional_text(e, "input")),
+    "genericEvent": lambda e, c: _generic_from_pb(e, c),
 }
+
+_PATCH_PREFIX = "patch:"
+
+
+def _generic_from_pb(e: pb.GenericEvent, common: dict[str, Any]) -> HistoryEvent:
+    """A patch marker durable_fx wrote; any other generic event is not one of ours."""
+    data = optional_text(e, "data") or ""
+    if not data.startswith(_PATCH_PREFIX):
+        raise UnsupportedEventError(f"durable_fx has no history event for generic event {data!r}")
+    return PatchApplied(**common, name=data.removeprefix(_PATCH_PREFIX))

@@ -158,8 +158,8 @@ async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFac
             return_exceptions=True,
         )
         accepted = [a for a in answers if a is True]
-        refused = [a for a in answers if isinstance(a, InvalidOperationError)]
-        assert len(accepted) == len(refused) == 1, f"two rewinds at once: {answers}"
+        refusals = [a for a in answers if isinstance(a, InvalidOperationError)]
+        assert len(accepted) == len(refusals) == 1, f"two rewinds at once: {answers}"
         record = await h.store.get_instance("failed")
         assert record is not None and record.status is OrchestrationStatus.RUNNING, record
         rewinds = [m for m in await h.inbox("failed") if isinstance(m.event, ExecutionRewound)]

@@ -27,6 +27,7 @@ from .._history import (
     HistoryEvent,
     OrchestratorStarted,
     ParentInstance,
+    PatchApplied,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
@@ -39,6 +40,7 @@ from .._replay.actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    RecordPatch,
     ScheduleTask,
     SendEvent,
 )
@@ -353,6 +355,8 @@ def _recorded(action: Action, now: datetime) -> HistoryEvent:
                 name=action.name,
                 input=action.input,
             )
+        case RecordPatch():
+            return PatchApplied(event_id=action.id, timestamp=now, name=action.name)
 
 
 def _dispatch(
@@ -403,6 +407,8 @@ def _dispatch(
         case SendEvent():
             raised = EventRaised(timestamp=now, name=action.name, input=action.input)
             messages.append(OrchestrationMessage(action.instance_id, raised))
+        case RecordPatch():
+            pass  # only a marker in history
 
 
 def _completed_event(completion: CompleteOrchestration, now: datetime) -> ExecutionCompleted:
