@@ -589,6 +589,80 @@ def test_worker_errors_for_bad_targets(
     assert_one_line_error(cli("worker", target), exit_code, *fragments)
 
 
+_DEPLOY = """
+from durable_fx import Registry
+
+registry = Registry()
+
+
+@registry.activity(name="step")
+def step(n):
+    return n
+
+
+@registry.activity(name="extra")
+def extra(n):
+    return n
+
+
+@registry.orchestrator(name="flow")
+def flow(ctx, n):
+    yield ctx.call_activity("step", n)
+    if {change}:
+        yield ctx.call_activity("extra", n)
+    yield ctx.call_activity("step", n + 1)
+    return (yield ctx.wait_for_event("go"))
+"""
+
+
+def test_replay_checks_a_deploy_against_running_instances(
+    cli: Callable[..., Result], store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions = {"v1": "False", "v2": "True", "v2_patched": 'ctx.is_patched("extra-step")'}
+    for version, change in versions.items():
+        (tmp_path / f"deploy_{version}.py").write_text(_DEPLOY.format(change=change))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    v1 = __import__("deploy_v1").registry
+    with Worker(v1, store_url, max_poll_interval=0.05, shutdown_grace=2.0):
+        for iid in ("a", "b"):
+            ok(cli("start", "flow", "--id", iid, "--input", "1"))
+        with DurableClient(store_url) as client:
+            wait_for_history(client, "a", "b")
+    ok(cli("start", "flow", "--id", "not-started-yet", "--input", "1"))  # no history to check
+
+    broken = cli("replay", "deploy_v2:registry", "--json")
+    assert broken.exit_code == 1, broken.stderr
+    report = json.loads(broken.stdout)
+    assert report["checked"] == 2
+    assert sorted(f["source"] for f in report["failed"]) == ["a", "b"]
+    problem = report["failed"][0]["problem"]
+    assert problem == "at step 1: history has TaskScheduled('step'), code call_activity('extra')"
+    assert "2 of 2 histories replay" in ok(cli("replay", "deploy_v2_patched:registry")).stdout
+
+    saved = tmp_path / "a.json"
+    saved.write_text(ok(cli("history", "a", "--json")).stdout)
+    from_file = cli("replay", "deploy_v2:registry", str(saved))
+    assert from_file.exit_code == 1 and "would fail after the deploy" in from_file.stdout
+    ok(cli("replay", "deploy_v2_patched:registry", str(saved)))
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    assert_one_line_error(cli("replay", "deploy_v1:registry", str(junk)), 2, "junk.json")
+
+
+def wait_for_history(client: DurableClient, *instance_ids: str) -> None:
+    """Until each instance has run its first steps and waits for "go"."""
+    deadline = time.monotonic() + WAIT
+    for iid in instance_ids:
+        while True:
+            state = client.get(iid, history=True)
+            kinds = [e.kind for e in (state.history or [])] if state else []
+            if kinds.count("TaskCompleted") == 2:
+                break
+            assert time.monotonic() < deadline, kinds
+            time.sleep(0.02)
+
+
 # -- the timeline renderer (also used by the demo) ---------------------------------------------
 
 

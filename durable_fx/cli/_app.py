@@ -28,6 +28,7 @@ from ._instances import (
 from ._output import OneLineErrorsGroup
 from ._poison import poison_app
 from ._processes import serve, sidecar, worker
+from ._replay import replay
 from ._steering import restart, resume, rewind, suspend, terminate
 
 __all__ = ["app", "main"]
@@ -86,6 +87,7 @@ app.command()(rewind)
 app.command()(restart)
 app.command()(purge)
 app.command()(wait)
+app.command()(replay)
 app.command()(worker)
 app.command()(sidecar)
 app.command()(serve)
