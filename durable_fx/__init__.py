@@ -35,6 +35,7 @@ from ._replayer import Replayer, ReplayResult, history_from_json, history_to_jso
 from ._retry import RetryPolicy
 from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
+from ._versioning import VersionMatch, VersionMismatchError, VersionPolicy
 from .client import (
     AsyncDurableClient,
     AsyncInstanceHandle,
@@ -83,6 +84,9 @@ __all__ = [
     "TaskError",
     "TaskFailedError",
     "UnknownNameError",
+    "VersionMatch",
+    "VersionMismatchError",
+    "VersionPolicy",
     "Worker",
     "history_from_json",
     "history_to_json",

@@ -52,6 +52,8 @@ class OrchestrationState(BaseModel):
     failure: FailureDetails | None = None
     created_at: datetime
     updated_at: datetime
+    version: str | None = None
+    """The orchestration version it started with (``start(version=)``), if any."""
     history: list[HistoryEvent] | None = None
 
     def output_as(self, type_: type[T]) -> T:

@@ -118,7 +118,10 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
         client.start("collector", 1, instance_id="old")
     # Make it a file of the layout before remembered keys (schema version 2).
     with sqlite3.connect(tmp_path / "v2.db") as db:
-        db.executescript("DROP TABLE used_keys; PRAGMA user_version=2;")
+        db.executescript(
+            "DROP TABLE used_keys; ALTER TABLE instances DROP COLUMN orch_version;"
+            " PRAGMA user_version=2;"
+        )
     db.close()
     with DurableClient(url) as client:
         assert client.raise_event("old", "item", 1, event_id="e") is True
@@ -126,4 +129,4 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "v2.db") as db:
         (version,) = db.execute("PRAGMA user_version").fetchone()
     db.close()
-    assert version == 3
+    assert version == 4

@@ -305,6 +305,7 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
                 body TEXT NOT NULL, reason TEXT NOT NULL, poisoned_at INTEGER NOT NULL,
                 dequeue_count INTEGER NOT NULL, extra TEXT NOT NULL DEFAULT '{}');
             INSERT INTO poison VALUES (7, 'activities', 'old', '{}', 'it broke', 0, 5, '{}');
+            ALTER TABLE instances DROP COLUMN orch_version;
             PRAGMA user_version=1;
             """
         )
@@ -323,7 +324,7 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         (last,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'poison'").fetchone()
     db.close()
-    assert version == 3 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert version == 4 and "AUTOINCREMENT" in table and "poison_instance" in indexes
     assert "used_keys" in indexes, "version 3 remembers event ids (test_event_dedupe.py)"
     assert last == 7, "the next poisoned message could reuse a deleted id"
 

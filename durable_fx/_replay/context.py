@@ -88,8 +88,10 @@ class OrchestrationContext:
         name: str,
         registry: Registry | None,
         started_at: datetime,
+        version: str | None = None,
     ) -> None:
         self._instance_id = instance_id
+        self._version = version
         self._execution_id = execution_id
         self._name = name
         self._registry = registry
@@ -140,6 +142,15 @@ class OrchestrationContext:
     def current_utc_datetime(self) -> datetime:
         """The time this episode started; the same value on every replay."""
         return self._now
+
+    @property
+    def version(self) -> str | None:
+        """The orchestration version this instance started with (``start(version=)``).
+
+        Sub-orchestrations and continue-as-new keep it. Branch on it to run
+        instances started on old code their old way (or use ``is_patched``).
+        """
+        return self._version
 
     @property
     def is_replaying(self) -> bool:

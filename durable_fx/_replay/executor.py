@@ -105,6 +105,7 @@ class OrchestrationExecutor:
             name=definition.name,
             registry=registry,
             started_at=started.timestamp,
+            version=started.version,
         )
         self._generator: Generator[Any, Any, Any] | None = None
         self._blocked_on: Task[Any] | None = None

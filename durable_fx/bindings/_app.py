@@ -69,6 +69,8 @@ class DurableApp(func.FunctionApp):
         management_auth_level: Their auth level; else ``DURABLE_FX_MANAGEMENT_AUTH``,
             else FUNCTION.
         registry: Share an existing ``Registry`` instead of a new one.
+        default_version: The orchestration version the app's starts record when
+            they name none; else ``DURABLE_FX_DEFAULT_VERSION``.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class DurableApp(func.FunctionApp):
         management_api: bool = True,
         management_auth_level: func.AuthLevel | str | None = None,
         registry: Registry | None = None,
+        default_version: str | None = None,
     ) -> None:
         super().__init__(http_auth_level=http_auth_level)
         level = management_auth_level
@@ -90,6 +93,7 @@ class DurableApp(func.FunctionApp):
             connection=connection,
             store_url=store if isinstance(store, str) else None,
             management_auth_level=level.name if isinstance(level, func.AuthLevel) else level,
+            default_version=default_version,
         )
         self._registry = registry if registry is not None else Registry()
         self._runtime = AppRuntime(self._registry, self._settings, store)

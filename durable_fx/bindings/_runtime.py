@@ -128,14 +128,18 @@ class AppRuntime:
         """An ``AsyncDurableClient`` on the app's store."""
         with self._lock:
             if self._client is None:
-                self._client = AsyncDurableClient(self.store, clock=self._clock)
+                self._client = AsyncDurableClient(
+                    self.store, clock=self._clock, default_version=self.settings.default_version
+                )
             return self._client
 
     def sync_client(self) -> DurableClient:
         """A ``DurableClient`` on the app's store (for synchronous functions)."""
         with self._lock:
             if self._sync_client is None:
-                self._sync_client = DurableClient(self.store, clock=self._clock)
+                self._sync_client = DurableClient(
+                    self.store, clock=self._clock, default_version=self.settings.default_version
+                )
             return self._sync_client
 
     @property

@@ -19,6 +19,8 @@ setting                            default                what it decides
 ``DURABLE_FX_MAX_REQUEST_BYTES``   ``1048576``            largest request body, every route (413)
 ``DURABLE_FX_BODY_TIMEOUT_SECONDS`` ``30``                 ``serve``: time to send a body (408)
 ``DURABLE_FX_PUBLIC_URL``          see below              ``https://host`` of generated URLs
+``DURABLE_FX_DEFAULT_VERSION``     none                   the version orchestrations the app starts
+                                                          get when the start names none
 =================================  =====================  =======================================
 
 The URLs the management API writes (check-status bodies, ``Location``) start
@@ -77,6 +79,8 @@ class FunctionsSettings:
         body_timeout_seconds: How long ``serve`` waits for a whole request body.
         public_url: ``DURABLE_FX_PUBLIC_URL``: the origin of the URLs the app writes.
         lease: How long an invocation owns an instance or a work item.
+        default_version: The orchestration version the app's starts record
+            when they name none (``ctx.version``, the instance's state).
     """
 
     hub: str = DEFAULT_HUB
@@ -88,6 +92,7 @@ class FunctionsSettings:
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     public_url: str | None = None
     lease: timedelta = timedelta(seconds=30)
+    default_version: str | None = None
 
     @property
     def control_queues(self) -> tuple[str, ...]:
@@ -148,6 +153,7 @@ class FunctionsSettings:
         store_url: str | None = None,
         management_auth_level: str | None = None,
         max_request_bytes: int | None = None,
+        default_version: str | None = None,
     ) -> FunctionsSettings:
         """Settings from arguments, else app settings (environment), else defaults.
 
@@ -175,6 +181,9 @@ class FunctionsSettings:
             max_request_bytes=limit,
             body_timeout_seconds=body_timeout,
             public_url=_public_url(environ.get("DURABLE_FX_PUBLIC_URL", "")),
+            default_version=default_version
+            or environ.get("DURABLE_FX_DEFAULT_VERSION", "").strip()
+            or None,
         )
 
 

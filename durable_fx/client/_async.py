@@ -71,10 +71,19 @@ class AsyncDurableClient:
     Args:
         store: A ``Store`` or a store URL (default: ``default_store_url()``).
         clock: Source of timestamps (tests inject a manual one).
+        default_version: The version ``start`` gives an orchestration when
+            the call names none (a ``DurableApp`` passes its own).
     """
 
-    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        clock: Clock | None = None,
+        default_version: str | None = None,
+    ) -> None:
         self._clock = clock or SystemClock()
+        self._default_version = default_version
         self._owns_store = not isinstance(store, Store)
         self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
 
@@ -93,6 +102,7 @@ class AsyncDurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     async def start(
@@ -103,6 +113,7 @@ class AsyncDurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     async def start(
@@ -113,6 +124,7 @@ class AsyncDurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     async def start(
@@ -123,6 +135,7 @@ class AsyncDurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
 
     async def start(
@@ -133,6 +146,7 @@ class AsyncDurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str:
         """Start an orchestration and return its instance id.
 
@@ -141,9 +155,13 @@ class AsyncDurableClient:
         instance in its status (``IdReusePolicy.REPLACE_FINISHED``, or the
         finished statuses to replace): the replaced instance's history is
         dropped. The check and the start are one atomic step in the store.
-        With ``start_at`` the instance stays PENDING until then.
+        With ``start_at`` the instance stays PENDING until then. ``version``
+        is the orchestration's version (the client's ``default_version`` if
+        not given): it shows in the instance's state and in ``ctx.version``,
+        and a ``Worker`` with a ``VersionPolicy`` runs only the versions it
+        matches.
         """
-        return await self._start(orchestrator, input, instance_id, start_at, reuse)
+        return await self._start(orchestrator, input, instance_id, start_at, reuse, version)
 
     async def _start(
         self,
@@ -152,6 +170,7 @@ class AsyncDurableClient:
         instance_id: str | None,
         start_at: datetime | None,
         reuse: IdReuse,
+        version: str | None = None,
     ) -> str:
         replaceable = replaceable_statuses(reuse)
         if instance_id is None:
@@ -166,6 +185,7 @@ class AsyncDurableClient:
             execution_id=uuid.uuid4().hex,
             input=encode(input),
             scheduled_start=start_at,
+            version=version if version is not None else self._default_version,
         )
         message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
         await self._store.create_instance(message, replaceable=replaceable)
@@ -454,7 +474,13 @@ class AsyncDurableClient:
                 "be restarted under its own id (terminate it first, or pass new_instance_id=True)"
             )
         target = uuid.uuid4().hex if new_instance_id else instance_id
-        return await self._start_raw(record.name, record.input, target, replaceable=FINISHED)
+        return await self._start_raw(
+            record.name,
+            record.input,
+            target,
+            replaceable=FINISHED,
+            version=record.orchestration_version,
+        )
 
     async def purge(
         self,
@@ -585,6 +611,7 @@ class AsyncDurableClient:
         instance_id: str,
         *,
         replaceable: frozenset[OrchestrationStatus] = frozenset(),
+        version: str | None = None,
     ) -> str:
         started = ExecutionStarted(
             timestamp=self._clock.now(),
@@ -592,6 +619,7 @@ class AsyncDurableClient:
             instance_id=instance_id,
             execution_id=uuid.uuid4().hex,
             input=payload,
+            version=version if version is not None else self._default_version,
         )
         await self._store.create_instance(
             OrchestrationMessage(instance_id, started, started.execution_id),
@@ -635,5 +663,6 @@ def _state_of(record: InstanceRecord, history: list[HistoryEvent] | None) -> Orc
         failure=record.failure,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        version=record.orchestration_version,
         history=history,
     )

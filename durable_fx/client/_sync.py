@@ -34,8 +34,14 @@ _Ctx = OrchestrationContext
 class DurableClient:
     """The synchronous client: the same operations as ``AsyncDurableClient``, blocking."""
 
-    def __init__(self, store: Store | str | None = None, *, clock: Clock | None = None) -> None:
-        self._client = AsyncDurableClient(store, clock=clock)
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        clock: Clock | None = None,
+        default_version: str | None = None,
+    ) -> None:
+        self._client = AsyncDurableClient(store, clock=clock, default_version=default_version)
         self._portal = Portal("durable-fx-client")
 
     @property
@@ -52,6 +58,7 @@ class DurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     def start(
@@ -62,6 +69,7 @@ class DurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     def start(
@@ -72,6 +80,7 @@ class DurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
     @overload
     def start(
@@ -82,6 +91,7 @@ class DurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str: ...
 
     def start(
@@ -92,10 +102,11 @@ class DurableClient:
         instance_id: str | None = None,
         start_at: datetime | None = None,
         reuse: IdReuse = IdReusePolicy.REFUSE,
+        version: str | None = None,
     ) -> str:
         """See ``AsyncDurableClient.start``."""
         return self._portal.call(
-            self._client._start(orchestrator, input, instance_id, start_at, reuse)
+            self._client._start(orchestrator, input, instance_id, start_at, reuse, version)
         )
 
     @overload

@@ -308,6 +308,7 @@ def _state(record: InstanceRecord, payloads: bool) -> pb.OrchestrationState:
         executionId=text_value(record.execution_id),
         parentInstanceId=text_value(record.parent_instance_id),
         failureDetails=failure_to_pb(record.failure) if record.failure is not None else None,
+        version=text_value(record.orchestration_version),
     )
     if record.status.is_terminal:
         state.completedTimestamp.CopyFrom(timestamp(record.updated_at))

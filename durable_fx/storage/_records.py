@@ -66,6 +66,8 @@ class InstanceRecord:
     failure: FailureDetails | None = None
     parent_instance_id: str | None = None
     version: str = ""
+    orchestration_version: str | None = None
+    """The version of the orchestration's code it started on (``start(version=)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,5 +277,6 @@ def new_instance_record(instance_id: str, started: ExecutionStarted) -> Instance
         updated_at=started.timestamp,
         input=started.input,
         parent_instance_id=started.parent.instance_id if started.parent else None,
+        orchestration_version=started.version,
         version="1",
     )

@@ -116,6 +116,7 @@ def starting_instance(instance: InstanceRecord, started: ExecutionStarted) -> In
         output=None,
         failure=None,
         custom_status=None,
+        orchestration_version=started.version,
     )
     if instance.status.is_terminal:
         record = dataclasses.replace(record, created_at=started.timestamp)
@@ -396,6 +397,7 @@ def _dispatch(
                 instance_id=action.instance_id,
                 execution_id=ids.child_execution_ids[action.id],
                 input=action.input,
+                version=started.version,
                 parent=ParentInstance(
                     instance_id=instance.instance_id,
                     execution_id=execution_id,

@@ -30,6 +30,7 @@ from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
+from .._versioning import VersionMismatchError, VersionPolicy
 from ..storage._finished import finished_on
 from ..storage._protocol import Store
 from ..storage._records import (
@@ -118,8 +119,14 @@ class OrchestrationRunner:
     """Executes episodes for the orchestrators of one registry against one store."""
 
     def __init__(
-        self, registry: Registry, store: Store, clock: Clock, cache: ExecutorCache
+        self,
+        registry: Registry,
+        store: Store,
+        clock: Clock,
+        cache: ExecutorCache,
+        versioning: VersionPolicy | None = None,
     ) -> None:
+        self._versioning = versioning
         self._registry = registry
         self._store = store
         self._clock = clock
@@ -151,6 +158,8 @@ class OrchestrationRunner:
         instance = episode.instance
         start = pending_start(instance, episode.item.messages)
         if start is not None:
+            if not self._runs(start.version):
+                return self._refuse_version(episode, start, starting=True), None
             early = await self._events_before_start(instance)
             commit, entry = self._begin(episode, start, early)
             # Other parents' starts in the same batch lose the race for this id.
@@ -189,6 +198,10 @@ class OrchestrationRunner:
             return plan_consume_only(
                 instance=instance, consumed=episode.consumed, messages=refused
             ), None
+        if not self._runs(instance.orchestration_version):
+            history = await self._store.load_history(instance.instance_id)
+            started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
+            return self._refuse_version(episode, started), None
         entry = self._cache.get(instance)
         if entry is None:
             rebuilt = await self._rebuild(episode)
@@ -284,6 +297,22 @@ class OrchestrationRunner:
         except (UnknownNameError, NonDeterminismError) as error:
             return self._fail(episode, started, error)
         return CachedExecution(executor, started, instance.version)
+
+    def _runs(self, version: str | None) -> bool:
+        return self._versioning is None or self._versioning.accepts(version)
+
+    def _refuse_version(
+        self, episode: _Episode, started: ExecutionStarted | None, *, starting: bool = False
+    ) -> EpisodeCommit:
+        """Fail an instance this worker's ``VersionPolicy`` does not run, saying why."""
+        assert self._versioning is not None
+        instance = episode.instance
+        version = started.version if started is not None else instance.orchestration_version
+        error = VersionMismatchError(instance.instance_id, version, self._versioning)
+        if starting and started is not None:  # fail the execution this start begins
+            renewed = _with(episode.item, starting_instance(instance, started))
+            episode = dataclasses.replace(episode, item=renewed)
+        return self._fail(episode, started, error, reset_history=starting)
 
     def _fail(
         self,

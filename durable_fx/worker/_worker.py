@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 from .._clock import Clock, SystemClock
 from .._registry import HasRegistry, Registry, registry_of
+from .._versioning import VersionPolicy
 from ..storage import open_store
 from ..storage._protocol import Store
 from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
@@ -59,6 +60,8 @@ class Worker(StartStopContext):
         max_poll_interval: Longest sleep between polls when idle, in seconds.
         cache_size: Live orchestrations kept in memory between episodes.
         shutdown_grace: Seconds ``stop()`` waits for in-flight work before releasing it.
+        versioning: The orchestration versions this worker runs; it fails the
+            others with ``VersionMismatchError`` (all versions run without one).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Worker(StartStopContext):
         max_poll_interval: float = 1.0,
         cache_size: int = 10_000,
         shutdown_grace: float = 10.0,
+        versioning: VersionPolicy | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
         self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
@@ -90,7 +94,7 @@ class Worker(StartStopContext):
         )
         self._cache = ExecutorCache(cache_size)
         self._orchestrations = OrchestrationRunner(
-            self._registry, self._store, self._clock, self._cache
+            self._registry, self._store, self._clock, self._cache, versioning
         )
         self._activities = ActivityRunner(self._registry, self._clock, self._threads)
         self._episodes: set[asyncio.Task[None]] = set()

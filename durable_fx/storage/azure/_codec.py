@@ -159,6 +159,8 @@ class Codec:
         }
         if record.parent_instance_id is not None:
             entity["ParentId"] = record.parent_instance_id
+        if record.orchestration_version is not None:
+            entity["OrchVersion"] = record.orchestration_version
         await self.put_text(entity, "Input", record.input, iid)
         await self.put_text(entity, "Output", record.output, iid)
         await self.put_text(entity, "CustomStatus", record.custom_status, iid)
@@ -183,6 +185,7 @@ class Codec:
             failure=FailureDetails.model_validate_json(failure) if failure else None,
             parent_instance_id=entity.get("ParentId"),
             version=str(entity.get("Version", 1)),
+            orchestration_version=entity.get("OrchVersion"),
         )
 
 

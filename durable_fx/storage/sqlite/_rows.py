@@ -80,7 +80,7 @@ def micros(duration: timedelta) -> int:
 def instance_from_row(row: Sequence[Any]) -> InstanceRecord:
     """Build an ``InstanceRecord`` from a row selected with ``INSTANCE_COLUMNS``."""
     (iid, name, execution_id, status, input_, output, custom, failure, created, updated, parent,
-     version) = row  # fmt: skip
+     version, orchestration_version) = row  # fmt: skip
     return InstanceRecord(
         instance_id=iid,
         name=name,
@@ -94,6 +94,7 @@ def instance_from_row(row: Sequence[Any]) -> InstanceRecord:
         failure=FailureDetails.model_validate_json(failure) if failure else None,
         parent_instance_id=parent,
         version=str(version),
+        orchestration_version=orchestration_version,
     )
 
 
@@ -110,6 +111,7 @@ def commit_values(record: InstanceRecord) -> tuple[Any, ...]:
         to_micros(record.created_at),
         to_micros(record.updated_at),
         record.parent_instance_id,
+        record.orchestration_version,
     )
 
 
@@ -121,7 +123,7 @@ def start_row(message: OrchestrationMessage, started: ExecutionStarted) -> tuple
     created = to_micros(started.timestamp)
     parent = started.parent.instance_id if started.parent else None
     return (message.instance_id, started.name, started.execution_id, _PENDING, started.input,
-            created, created, parent, delay_of(message))  # fmt: skip
+            created, created, parent, started.version, delay_of(message))  # fmt: skip
 
 
 def delay_of(message: OrchestrationMessage) -> int | None:

@@ -23,10 +23,11 @@ __all__ = [
     "is_busy",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first layout. 2: poison ids are never reused (they name messages to requeue or
 delete, so an old id must not hit a newer message), and ``poison_instance``. 3: ``used_keys``,
-the keys of enqueued messages, remembered until the instance is purged or replaced."""
+the keys of enqueued messages, remembered until the instance is purged or replaced.
+4: ``instances.orch_version``, the orchestration version an instance started with."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 SYNCHRONOUS_LEVELS = {"full": 2, "normal": 1}
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS instances (
     history_len        INTEGER NOT NULL DEFAULT 0,
     locked_by          TEXT,
     locked_until       INTEGER,
-    due_at             INTEGER
+    due_at             INTEGER,
+    orch_version       TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_due ON instances (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS instances_created ON instances (created_at DESC, instance_id);
@@ -125,6 +127,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TABLE poison",
         "ALTER TABLE poison_v2 RENAME TO poison",
     ),
+    4: ("ALTER TABLE instances ADD COLUMN orch_version TEXT",),
 }
 """Statements that bring a file of the version before the key up to the key's version."""
 

@@ -67,7 +67,7 @@ def _fields(*names: str) -> str:
 
 INSTANCE_COLUMNS = (
     "instance_id, name, execution_id, status, input, output, custom_status, failure,"
-    " created_at, updated_at, parent_instance_id, version"
+    " created_at, updated_at, parent_instance_id, version, orch_version"
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
 SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
@@ -78,20 +78,22 @@ SELECT_STATUS_AND_KEY = (
 INSERT_USED_KEY = "INSERT OR IGNORE INTO used_keys (instance_id, msg_key) VALUES (?, ?)"
 INSERT_INSTANCE = (
     "INSERT OR IGNORE INTO instances (instance_id, name, execution_id, status, input,"
-    " created_at, updated_at, parent_instance_id, due_at)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, COALESCE(?9, ?10))"
+    " created_at, updated_at, parent_instance_id, orch_version, due_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, ?11))"
 )
 # The version keeps counting across incarnations, so a version cached for the
 # old instance can never be mistaken for one of the new.
 RESTART_INSTANCE = (
     "UPDATE instances SET name = ?2, execution_id = ?3, status = ?4, input = ?5, output = NULL,"
     " custom_status = NULL, failure = NULL, created_at = ?6, updated_at = ?7,"
-    " parent_instance_id = ?8, due_at = COALESCE(?9, ?10), version = version + 1, history_len = 0,"
+    " parent_instance_id = ?8, orch_version = ?9, due_at = COALESCE(?10, ?11),"
+    " version = version + 1, history_len = 0,"
     " locked_by = NULL, locked_until = NULL WHERE instance_id = ?1"
 )
 COMMIT_INSTANCE = (
     "UPDATE instances SET name = ?, execution_id = ?, status = ?, input = ?, output = ?,"
     " custom_status = ?, failure = ?, created_at = ?, updated_at = ?, parent_instance_id = ?,"
+    " orch_version = ?,"
     " history_len = CASE WHEN ? THEN 0 ELSE history_len END + ?, version = version + 1,"
     " locked_by = NULL, locked_until = NULL"
     " WHERE instance_id = ? AND version = ? AND locked_by = ? RETURNING version, history_len"
