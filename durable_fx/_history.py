@@ -178,7 +178,7 @@ class SubOrchestrationInstanceFailed(_Event):
 class TimerCreated(_Event):
     kind: Literal["TimerCreated"] = "TimerCreated"
     fire_at: datetime
-    purpose: Literal["timer", "retry", "event-timeout"] = "timer"
+    purpose: Literal["timer", "retry", "event-timeout", "activity-timeout"] = "timer"
 
 
 class TimerFired(_Event):

@@ -40,7 +40,7 @@ class ScheduleTask:
 class CreateTimer:
     id: int
     fire_at: datetime
-    purpose: Literal["timer", "retry", "event-timeout"] = "timer"
+    purpose: Literal["timer", "retry", "event-timeout", "activity-timeout"] = "timer"
 
     def describe(self) -> str:
         return f"create_timer({self.fire_at.isoformat()})"

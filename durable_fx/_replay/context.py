@@ -188,10 +188,16 @@ class OrchestrationContext:
         input: In,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
-        self, activity: Callable[[In], R], input: In, *, retry: RetryPolicy | None = None
+        self,
+        activity: Callable[[In], R],
+        input: In,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -200,6 +206,7 @@ class OrchestrationContext:
         input: In,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -208,6 +215,7 @@ class OrchestrationContext:
         input: In,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -216,6 +224,7 @@ class OrchestrationContext:
         input: In,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -224,6 +233,7 @@ class OrchestrationContext:
         input: In,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -232,10 +242,16 @@ class OrchestrationContext:
         input: None = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
-        self, activity: Callable[[None], R], input: None = None, *, retry: RetryPolicy | None = None
+        self,
+        activity: Callable[[None], R],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -244,10 +260,16 @@ class OrchestrationContext:
         input: None = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
-        self, activity: Callable[[], R], input: None = None, *, retry: RetryPolicy | None = None
+        self,
+        activity: Callable[[], R],
+        input: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -256,6 +278,7 @@ class OrchestrationContext:
         input: None = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -264,6 +287,7 @@ class OrchestrationContext:
         input: None = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -272,11 +296,17 @@ class OrchestrationContext:
         input: Any = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
         result_type: type[R],
     ) -> Task[R]: ...
     @overload
     def call_activity(
-        self, activity: str, input: Any = None, *, retry: RetryPolicy | None = None
+        self,
+        activity: str,
+        input: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
     ) -> Task[Any]: ...
 
     def call_activity(
@@ -285,20 +315,30 @@ class OrchestrationContext:
         input: Any = None,
         *,
         retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
         result_type: Any = None,
     ) -> Task[Any]:
         """Schedule an activity; yielding the task returns its result.
 
         The result is rebuilt into the activity's declared return type when
         the activity is known (passed as a function, or registered here), or
-        into ``result_type`` when given with a name.
+        into ``result_type`` when given with a name. With ``timeout``, an
+        attempt that has not finished that long after it was scheduled fails
+        with ``ActivityTimeoutError`` (a retry policy may try again) and the
+        orchestration moves on; a result that comes later is dropped. The
+        activity itself is not stopped: it runs at least once, as always.
         """
         name = name_of(activity)
         codec = self._result_codec(activity, name, "activity", result_type)
         payload = encode(input)
+        if timeout is not None and timeout <= timedelta(0):
+            raise ValueError(f"timeout must be positive, not {timeout}")
 
         def start(attempt: int, on_result: ResultHandler) -> None:
-            self._record(ScheduleTask(self._next_id(), name, payload, attempt), on_result)
+            task_id = self._next_id()
+            self._record(ScheduleTask(task_id, name, payload, attempt), on_result)
+            if timeout is not None:
+                self._time_out(task_id, name, timeout)
 
         return self._run_with_retry(name, codec, start, retry)
 
@@ -531,6 +571,21 @@ class OrchestrationContext:
         self._pending_actions[action.id] = action
         if on_result is not None:
             self._result_handlers[action.id] = on_result
+
+    def _time_out(self, task_id: int, name: str, timeout: timedelta) -> None:
+        """Race task ``task_id`` against a durable timer: whichever ends first decides."""
+
+        def on_fired(_event: HistoryEvent) -> None:
+            handler = self._result_handlers.pop(task_id, None)
+            if handler is None:
+                return  # the task finished first
+            failure = FailureDetails(
+                error_type="ActivityTimeoutError",
+                message=f"{name} did not finish within {timeout} of being scheduled",
+            )
+            handler(TaskFailed(timestamp=self._now, task_scheduled_id=task_id, failure=failure))
+
+        self._create_timer(self._now + timeout, "activity-timeout", on_fired)
 
     def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> None:
         self._record(CreateTimer(self._next_id(), fire_at, purpose), on_fired)

@@ -75,7 +75,12 @@ _KIND_STYLES = {
 }
 
 
-_TIMER_PURPOSES = {"timer": "timer", "retry": "retry back-off", "event-timeout": "event timeout"}
+_TIMER_PURPOSES = {
+    "timer": "timer",
+    "retry": "retry back-off",
+    "event-timeout": "event timeout",
+    "activity-timeout": "activity timeout",
+}
 
 
 @dataclass(frozen=True, slots=True)

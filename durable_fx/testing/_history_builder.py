@@ -32,7 +32,7 @@ from ._clock import ManualClock
 
 __all__ = ["HistoryBuilder"]
 
-TimerPurpose = Literal["timer", "retry", "event-timeout"]
+TimerPurpose = Literal["timer", "retry", "event-timeout", "activity-timeout"]
 
 
 class HistoryBuilder:
@@ -134,8 +134,9 @@ class HistoryBuilder:
     ) -> Self:
         """The orchestrator created timer ``timer_id`` (``fire_at``: a time, or a delay from now).
 
-        ``purpose`` is ``"retry"`` for a retry policy's wait and
-        ``"event-timeout"`` for ``wait_for_event(..., timeout=...)``.
+        ``purpose`` is ``"retry"`` for a retry policy's wait,
+        ``"event-timeout"`` for ``wait_for_event(..., timeout=...)`` and
+        ``"activity-timeout"`` for ``call_activity(..., timeout=...)``.
         """
         at = self.now + fire_at if isinstance(fire_at, timedelta) else fire_at
         self._timers[timer_id] = at
