@@ -320,6 +320,8 @@ def test_a_timer_must_exist_before_it_fires() -> None:
 # -- pytest plugin ---------------------------------------------------------------------------
 
 PLUGIN = "durable_fx.pytest_plugin"
+# pytest-asyncio (installed for the SDK's tests) warns in a run without our ini.
+INNER_OPTIONS = ["-p", "no:cacheprovider", "-p", "no:asyncio"]
 
 USER_TESTS = """
 from datetime import timedelta
@@ -358,7 +360,7 @@ def test_time_is_manual_when_marked(durable_env):
 def test_the_plugin_gives_tests_a_durable_env(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     code = pytest.main(
-        [str(tmp_path), "-q", "-p", PLUGIN, "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+        [str(tmp_path), "-q", "-p", PLUGIN, *INNER_OPTIONS, "--rootdir", str(tmp_path)]
     )
     assert code == pytest.ExitCode.OK
 
@@ -366,7 +368,7 @@ def test_the_plugin_gives_tests_a_durable_env(tmp_path: Path) -> None:
 def test_the_plugin_asks_for_the_app(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "test_no_app.py").write_text("def test_x(durable_env):\n    pass\n")
     code = pytest.main(
-        [str(tmp_path), "-q", "-p", PLUGIN, "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+        [str(tmp_path), "-q", "-p", PLUGIN, *INNER_OPTIONS, "--rootdir", str(tmp_path)]
     )
     assert code == pytest.ExitCode.TESTS_FAILED
     assert "define a durable_app fixture" in capsys.readouterr().out
