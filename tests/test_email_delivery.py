@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from durable_fx import ActivityContext, OrchestrationState, OrchestrationStatus
+from durable_fx import (
+    ActivityContext,
+    OrchestrationContext,
+    OrchestrationState,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+)
 from durable_fx.history import TimerCreated
 from durable_fx.testing import TestEnvironment
 from email_pipeline.app import Escalation, app, email_delivery, escalate, record_outcome, send_email
@@ -201,3 +209,87 @@ def test_a_bound_method_or_a_lambda_can_stand_in() -> None:
         state = env.sync_client.wait(env.sync_client.start(email_delivery, job()))
     assert state.output["status"] == "escalated"
     assert [e.subject for e in escalations] == ["Your order"]
+
+
+# -- a deploy while emails wait for their receipts -----------------------------------------------
+
+
+def _deployed(*, patched: bool, checked: list[str], notified: list[str]) -> Registry:
+    """The pipeline after a deploy: a recipient check before the send, a notice after the outcome.
+
+    The check runs where parked emails have history already, so it must be
+    behind ``is_patched``; the notice runs after the receipt, where no parked
+    email has history yet, so it needs no patch.
+    """
+    v2 = Registry()
+    for activity in (send_email, escalate, record_outcome):
+        v2.activity()(activity)
+
+    @v2.activity()
+    def check_recipients(job: EmailJob) -> None:
+        checked.append(job.request.subject)
+
+    @v2.activity()
+    def notify_sender(outcome: DeliveryOutcome) -> None:
+        notified.append(outcome.instance_id)
+
+    @v2.orchestrator(name="email_delivery", events={"DeliveryReceipt": DeliveryReceipt})
+    def email_delivery_v2(ctx: OrchestrationContext, email: EmailJob) -> Orchestrator[Any]:
+        if not patched or ctx.is_patched("check-recipients"):
+            yield ctx.call_activity(check_recipients, email)
+        outcome = yield from email_delivery(ctx, email)  # the pipeline's own flow
+        yield ctx.call_activity(notify_sender, outcome)
+        return outcome
+
+    return v2
+
+
+def _parked(env: TestEnvironment, instance_id: str) -> str:
+    """The message id ``instance_id`` waits for a receipt of."""
+    deadline = time.monotonic() + 30
+    while True:
+        state = env.sync_client.get(instance_id)
+        status = (state.custom_status if state else None) or {}
+        if status.get("stage") == "awaiting receipt":
+            return str(status["message_id"])
+        assert time.monotonic() < deadline, state
+        time.sleep(0.01)
+
+
+def _deliver_receipt(env: TestEnvironment, instance_id: str) -> None:
+    receipt = {"message_id": _parked(env, instance_id), "status": "delivered", "event_id": "r"}
+    env.sync_client.raise_event(instance_id, "DeliveryReceipt", receipt)
+
+
+def test_emails_waiting_through_a_deploy_finish_on_the_new_code(env: TestEnvironment) -> None:
+    mail = FakeMail(env)  # no receipts: every email parks until the test delivers one
+    old = [env.sync_client.start(email_delivery, job(), instance_id=f"old-{n}") for n in (1, 2)]
+    for instance_id in old:
+        _parked(env, instance_id)
+    checked: list[str] = []
+    notified: list[str] = []
+    env.deploy(_deployed(patched=True, checked=checked, notified=notified))
+    new = env.sync_client.start("email_delivery", job(), instance_id="new-1")
+    for instance_id in [*old, new]:
+        _deliver_receipt(env, instance_id)
+    for instance_id in [*old, new]:
+        state = env.sync_client.wait(instance_id, timeout=30)
+        assert state.status is OrchestrationStatus.COMPLETED, (instance_id, state.failure)
+        assert state.output["status"] == "delivered"
+    assert checked == ["Your order"]  # only the new email: the old ones had sent already
+    assert sorted(notified) == ["new-1", "old-1", "old-2"]  # after the receipt: all of them
+    assert len(mail.sent) == 3 and len(mail.outcomes) == 3
+    kinds = [e.kind for e in env.sync_client.get("old-1", history=True).history or []]  # type: ignore[union-attr]
+    assert "PatchApplied" not in kinds
+
+
+def test_without_the_patch_the_waiting_emails_fail_and_say_why(env: TestEnvironment) -> None:
+    FakeMail(env)
+    instance_id = env.sync_client.start(email_delivery, job(), instance_id="old")
+    _parked(env, instance_id)
+    env.deploy(_deployed(patched=False, checked=[], notified=[]))
+    _deliver_receipt(env, instance_id)
+    state = env.sync_client.wait(instance_id, timeout=30)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None and state.failure.error_type == "NonDeterminismError"
+    assert "call_activity('check_recipients')" in state.failure.message

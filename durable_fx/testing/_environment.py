@@ -144,6 +144,10 @@ class _OverridingRegistry(Registry):
     def restore(self, name: str) -> None:
         self._fakes.pop(name, None)
 
+    def rebase(self, base: Registry) -> None:
+        """The code of another deploy; the fakes stay."""
+        self._base = base
+
     def get_orchestrator(self, name: str) -> OrchestratorDefinition:
         return self._base.get_orchestrator(name)
 
@@ -329,12 +333,18 @@ class TestEnvironment:
         self._registry = _OverridingRegistry(registry_of(app))
         self._skipper = _TimeSkipper(self._clock, self._store)
         self._time_skipping = time_skipping
-        self._worker = Worker(self._registry, self._store, clock=self._clock, shutdown_grace=2.0)
+        self._worker = self._new_worker()
         self._client = _SkippingClient(self._store, self._clock, self._skipper)
         self._sync_client: _SkippingSyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = StopSignal("test environment")
-        self._thread = BackgroundThread(
+        self._thread = self._new_thread()
+
+    def _new_worker(self) -> Worker:
+        return Worker(self._registry, self._store, clock=self._clock, shutdown_grace=2.0)
+
+    def _new_thread(self) -> BackgroundThread:
+        return BackgroundThread(
             self._stop, name="durable-fx-test-environment", what="test environment", log=log
         )
 
@@ -383,6 +393,23 @@ class TestEnvironment:
     def restore(self, activity: Callable[..., Any] | str) -> None:
         """Run the real ``activity`` again."""
         self._registry.restore(_name_of(activity))
+
+    def deploy(self, app: Registry | HasRegistry) -> None:
+        """Run ``app``'s code from now on, as a deploy does, on the same store and clock.
+
+        The worker restarts: the orchestrations it kept in memory are gone, so
+        every instance replays its history on the new code at its next step
+        (a change that breaks that replay fails the instance, as it would in
+        production). Activity overrides stay.
+        """
+        running = self._loop is not None
+        self._thread.stop()
+        self._registry.rebase(registry_of(app))
+        self._worker = self._new_worker()
+        self._stop = StopSignal("test environment")
+        self._thread = self._new_thread()
+        if running:
+            self._thread.start(self._serve)
 
     async def sleep(self, duration: timedelta) -> None:
         """Move time on by ``duration``, running what falls due on the way, then settle.
