@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 import durable_fx
@@ -268,6 +269,43 @@ def test_a_worker_keeps_parked_timers_out_of_the_queues(
         lengths = queue_lengths(azurite, store)
     assert sum(lengths.values()) <= names.partitions, lengths
     assert all(lengths[q] <= 1 for q in names.control_partitions), lengths
+
+
+def timer_rows(azurite: Azurite, store: AzureStore) -> list[str]:
+    """Row keys of the timer index (``due|instance``), the alarms' rows left out."""
+    table = TableClient.from_connection_string(
+        azurite.connection_string(), store.settings.names.timers_table
+    )
+    with table:
+        rows = [str(row["RowKey"]) for row in table.list_entities()]
+    return [key for key in rows if "|" in key]
+
+
+def test_an_answered_wait_leaves_no_timer_to_wake_the_instance(
+    azurite: Azurite, store: AzureStore
+) -> None:
+    registry = durable_fx.Registry()
+
+    @registry.orchestrator()
+    def await_receipt(ctx: OrchestrationContext) -> Orchestrator[str]:
+        receipt = yield ctx.wait_for_event("receipt", timeout=timedelta(hours=24))
+        return f"receipt {receipt}"
+
+    client = durable_fx.DurableClient(store)
+    with durable_fx.Worker(registry, store, max_poll_interval=0.05):
+        ids = [client.start(await_receipt) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while len(timer_rows(azurite, store)) < len(ids):  # parked: indexed when idle
+            assert time.monotonic() < deadline, timer_rows(azurite, store)
+            time.sleep(0.1)
+        for iid in ids:
+            client.raise_event(iid, "receipt", "delivered")
+        for iid in ids:
+            assert client.wait(iid, timeout=30).output == "receipt delivered"
+        deadline = time.monotonic() + 10
+        while timer_rows(azurite, store):  # removed right after the commit that cancels
+            assert time.monotonic() < deadline, timer_rows(azurite, store)
+            time.sleep(0.1)
 
 
 class PauseAfterWakeUp(AsyncHTTPPolicy[Any, Any]):

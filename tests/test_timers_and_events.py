@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from durable_fx import (
@@ -16,8 +18,10 @@ from durable_fx import (
     OrchestrationStatus,
     Orchestrator,
     Registry,
+    Store,
     Worker,
     when_all,
+    when_any,
 )
 from tests.support.instances import custom_status_of, history_kinds
 
@@ -397,3 +401,41 @@ def test_send_event_to_an_unknown_instance_does_not_fail_the_sender(
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert state.output == "sent"
     assert client.get("nobody-home") is None
+
+
+# -- cancelled timers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"], indirect=True)
+def test_timers_that_can_no_longer_matter_never_wake_the_instance(
+    store: Store, registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    """An answered wait's timeout, a finished activity's, a pending timer at the end: all gone.
+
+    (The Azure store's timer index is checked in test_azure_timers.py.)
+    """
+    day = timedelta(days=1)
+
+    @registry.activity()
+    def quick(n: int) -> int:
+        return n
+
+    @registry.orchestrator()
+    def tidy(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        answer = yield ctx.wait_for_event("go", timeout=day)
+        doubled = yield ctx.call_activity(quick, answer * 2, timeout=day)
+        nap = ctx.create_timer(day)
+        go = ctx.wait_for_event("stop")
+        yield when_any([nap, go])  # the event wins; the timer is pending when it returns
+        return doubled
+
+    worker = make_worker()
+    iid = client.start(tidy)
+    client.raise_event(iid, "go", 21)
+    client.raise_event(iid, "stop")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.output == 42
+    assert history_kinds(client, iid).count("TimerCreated") == 3
+    worker.stop()
+    batch = asyncio.run(store.lock_orchestrations(owner="probe", limit=10, lease=day))
+    assert batch.items == [] and batch.next_due is None, batch

@@ -70,6 +70,7 @@ class _EventWaiter:
     task: CompletableTask[Any]
     codec: PayloadCodec[Any]
     name: str
+    timeout_timer: int | None = None
 
 
 class OrchestrationContext:
@@ -105,6 +106,8 @@ class OrchestrationContext:
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
         self._failures_raised: set[int] = set()
+        self._timers: set[int] = set()
+        self._cancelled_timers: list[int] = []
         self._patches_in_history: frozenset[str] = frozenset()
         self._patches: dict[str, bool] = {}
         self._buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
@@ -336,9 +339,17 @@ class OrchestrationContext:
 
         def start(attempt: int, on_result: ResultHandler) -> None:
             task_id = self._next_id()
-            self._record(ScheduleTask(task_id, name, payload, attempt), on_result)
-            if timeout is not None:
-                self._time_out(task_id, name, timeout)
+            if timeout is None:
+                self._record(ScheduleTask(task_id, name, payload, attempt), on_result)
+                return
+            timer: list[int] = []
+
+            def finished(event: HistoryEvent) -> None:
+                self._cancel_timer(timer[0])  # the task ended first: its timer is moot
+                on_result(event)
+
+            self._record(ScheduleTask(task_id, name, payload, attempt), finished)
+            timer.append(self._time_out(task_id, name, timeout))
 
         return self._run_with_retry(name, codec, start, retry)
 
@@ -495,7 +506,9 @@ class OrchestrationContext:
                 self._waiters[key].remove(waiter)
                 waiter.task.fail(EventTimeoutError(name, seconds))
 
-            self._create_timer(self._now + timeout, "event-timeout", on_timeout)
+            waiter.timeout_timer = self._create_timer(
+                self._now + timeout, "event-timeout", on_timeout
+            )
         return waiter.task
 
     def send_event(self, instance_id: str, name: str, data: Any = None) -> None:
@@ -572,8 +585,8 @@ class OrchestrationContext:
         if on_result is not None:
             self._result_handlers[action.id] = on_result
 
-    def _time_out(self, task_id: int, name: str, timeout: timedelta) -> None:
-        """Race task ``task_id`` against a durable timer: whichever ends first decides."""
+    def _time_out(self, task_id: int, name: str, timeout: timedelta) -> int:
+        """Race task ``task_id`` against a durable timer (its id): whichever ends first decides."""
 
         def on_fired(_event: HistoryEvent) -> None:
             handler = self._result_handlers.pop(task_id, None)
@@ -585,14 +598,31 @@ class OrchestrationContext:
             )
             handler(TaskFailed(timestamp=self._now, task_scheduled_id=task_id, failure=failure))
 
-        self._create_timer(self._now + timeout, "activity-timeout", on_fired)
+        return self._create_timer(self._now + timeout, "activity-timeout", on_fired)
 
-    def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> None:
-        self._record(CreateTimer(self._next_id(), fire_at, purpose), on_fired)
+    def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> int:
+        timer_id = self._next_id()
+
+        def fired(event: HistoryEvent) -> None:
+            self._timers.discard(timer_id)
+            on_fired(event)
+
+        self._record(CreateTimer(timer_id, fire_at, purpose), fired)
+        self._timers.add(timer_id)
+        return timer_id
+
+    def _cancel_timer(self, timer_id: int) -> None:
+        """Timer ``timer_id`` can no longer matter: it must not wake the instance."""
+        if timer_id in self._timers:
+            self._timers.discard(timer_id)
+            self._result_handlers.pop(timer_id, None)
+            self._cancelled_timers.append(timer_id)
 
     def _complete(self, completion: CompleteOrchestration) -> None:
         if self._completion is None:
             self._completion = completion
+            for timer_id in sorted(self._timers):  # an ended execution has no use for them
+                self._cancel_timer(timer_id)
 
     def _receive_event(self, name: str, payload: str | None) -> None:
         key = name.casefold()
@@ -604,6 +634,8 @@ class OrchestrationContext:
         self._buffered_events.setdefault(key, deque()).append((self._arrivals, name, payload))
 
     def _deliver(self, waiter: _EventWaiter, payload: str | None) -> None:
+        if waiter.timeout_timer is not None:
+            self._cancel_timer(waiter.timeout_timer)
         try:
             waiter.task.complete(waiter.codec.decode(payload))
         except SerializationError as error:

@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import traceback
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import NonDeterminismError, SerializationError
@@ -86,6 +86,8 @@ class EpisodeOutput:
     suspended: bool
     completed_now: bool = False
     """True if the completion happened in this episode."""
+    cancelled_timers: list[int] = field(default_factory=list)
+    """Timers (created in this or an earlier episode) that can no longer matter."""
 
 
 class OrchestrationExecutor:
@@ -151,6 +153,7 @@ class OrchestrationExecutor:
             # code the old run did not reach, which apply() reports as new.
         finally:
             self._ctx._is_replaying = False
+        self._ctx._cancelled_timers = []  # the episodes that recorded it cancelled those
         # A history without its ExecutionCompleted (a rewound one) whose code
         # now completes has not reported that completion yet: apply() does.
         self._reported_completion = self._ctx._completion is not None and any(
@@ -167,6 +170,8 @@ class OrchestrationExecutor:
                 self._apply_event(event)
         actions = list(self._ctx._pending_actions.values())
         self._ctx._pending_actions.clear()
+        cancelled = self._ctx._cancelled_timers
+        self._ctx._cancelled_timers = []
         completion = self._ctx._completion
         completed_now = completion is not None and not self._reported_completion
         self._reported_completion = completion is not None
@@ -177,6 +182,7 @@ class OrchestrationExecutor:
             custom_status=self._ctx._custom_status,
             suspended=self._suspended,
             completed_now=completed_now,
+            cancelled_timers=cancelled,
         )
 
     # -- admission: what goes into history ------------------------------------------

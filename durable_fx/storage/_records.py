@@ -45,6 +45,7 @@ __all__ = [
     "finished_refusal",
     "new_instance_record",
     "started_event",
+    "timer_key",
 ]
 
 T = TypeVar("T")
@@ -106,11 +107,16 @@ def dedupe_key(event: HistoryEvent, execution_id: str | None) -> str:
         case SubOrchestrationInstanceCompleted() | SubOrchestrationInstanceFailed():
             return f"suborch:{execution_id}:{event.task_scheduled_id}"
         case TimerFired():
-            return f"timer:{execution_id}:{event.timer_id}"
+            return timer_key(execution_id, event.timer_id)
         case ExecutionStarted():
             return f"start:{event.execution_id}"
         case _:
             return f"{event.kind}:{uuid.uuid4().hex}"
+
+
+def timer_key(execution_id: str | None, timer_id: int) -> str:
+    """The dedupe key of timer ``timer_id``'s message (to cancel it by)."""
+    return f"timer:{execution_id}:{timer_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,8 @@ class EpisodeCommit:
     store checks the version it handed out with the work item). With
     ``reset_history`` the new events replace the stored history instead of
     extending it (a new execution: continue-as-new or a restart).
+    ``cancelled`` names (by key) pending messages of the instance to delete
+    with the commit: timers that can no longer matter, which must not wake it.
     """
 
     instance: InstanceRecord
@@ -177,6 +185,7 @@ class EpisodeCommit:
     activities: Sequence[ActivityInvocation] = ()
     messages: Sequence[OrchestrationMessage] = ()
     reset_history: bool = False
+    cancelled: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,13 @@ under concurrency: the check and the write are one step in the store.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from .._errors import InstanceExistsError, InvalidOperationError
-from .._history import EventRaised, ExecutionRewound
+from .._history import EventRaised, ExecutionRewound, TimerFired
 from .._state import OrchestrationStatus
 from ..storage import OrchestrationMessage
+from ..storage._records import timer_key
 from ._store_harness import StoreCheck, StoreFactory, StoreHarness, expect_raises, fresh_store
 
 __all__ = ["KEY_CHECKS"]
@@ -166,6 +168,29 @@ async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFac
         assert len(rewinds) == 1, rewinds
 
 
+async def check_a_commit_cancels_pending_timers_by_key(factory: StoreFactory) -> None:
+    """``EpisodeCommit.cancelled`` deletes those pending messages: they never wake the instance."""
+    async with fresh_store(factory) as h:
+        await h.start("a")
+        later = h.clock.now() + timedelta(hours=1)
+        timers = [
+            OrchestrationMessage(
+                "a",
+                TimerFired(timestamp=later, timer_id=n, fire_at=later),
+                execution_id="exec-1",
+                visible_at=later,
+            )
+            for n in (1, 2)
+        ]
+        await h.run_episode("a", messages=timers)
+        await h.store.enqueue(h.event("a", "go"))
+        await h.run_episode("a", cancelled=[timer_key("exec-1", 1)])
+        h.clock.advance(timedelta(hours=2))
+        [item] = (await h.lock(owner="after")).values()
+        fired = [m.event for m in item.messages if isinstance(m.event, TimerFired)]
+        assert [e.timer_id for e in fired] == [2], f"after cancelling timer 1: {fired}"
+
+
 async def check_purge_and_replace_forget_keys(factory: StoreFactory) -> None:
     """A purged or replaced instance starts with no remembered keys."""
     async with fresh_store(factory) as h:
@@ -205,6 +230,7 @@ KEY_CHECKS: list[StoreCheck] = [
     check_enqueue_remembers_keys_after_consumption,
     check_enqueue_to_finished_instance,
     check_a_rewind_is_accepted_only_by_a_failed_instance,
+    check_a_commit_cancels_pending_timers_by_key,
     check_purge_and_replace_forget_keys,
     check_concurrent_enqueues_of_one_key_add_one_message,
 ]

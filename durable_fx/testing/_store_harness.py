@@ -184,6 +184,7 @@ class StoreHarness:
         activities: Sequence[ActivityInvocation] = (),
         messages: Sequence[OrchestrationMessage] = (),
         reset_history: bool = False,
+        cancelled: Sequence[str] = (),
         **fields: Any,
     ) -> str:
         """Commit an episode; by default it consumes and records every message it got."""
@@ -197,6 +198,7 @@ class StoreHarness:
             activities=activities,
             messages=messages,
             reset_history=reset_history,
+            cancelled=cancelled,
         )
         return await self.store.commit_episode(item, commit)
 

@@ -52,6 +52,7 @@ from ..storage._records import (
     InboxMessage,
     InstanceRecord,
     OrchestrationMessage,
+    timer_key,
 )
 
 __all__ = [
@@ -231,13 +232,17 @@ def plan_episode(
             messages.extend(_notify_parent(started, completion, now))
             if completion.status == "TERMINATED":
                 messages.extend(_terminate_children(running_children, completion, now))
+    moot = {timer_key(instance.execution_id, t) for t in output.cancelled_timers}
+    sent = [m for m in messages if not (m.instance_id == instance.instance_id and m.key in moot)]
     return EpisodeCommit(
         instance=record,
         new_history=history,
         consumed=list(consumed),
         activities=activities,
-        messages=_without_stale_self_messages(messages, record),
+        messages=_without_stale_self_messages(sent, record),
         reset_history=reset_history,
+        # Timers this episode created and cancelled are never sent; the rest are deleted.
+        cancelled=sorted(moot - {m.key for m in messages}),
     )
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from azure.data.tables import TableTransactionError
@@ -18,7 +19,7 @@ from ..._errors import ConflictError
 from ..._ids import validate_instance_id
 from .._records import ActivityInvocation, EpisodeCommit, OrchestrationWorkItem, started_event
 from ._activities import Activities
-from ._codec import INSTANCE_ROW, history_key, outbox_key, ts, work_key
+from ._codec import INSTANCE_ROW, history_key, inbox_key, outbox_key, ts, work_key
 from ._hub import Hub
 from ._ops import MAX_BATCH, MAX_BATCH_BYTES, Op, entity_size, instance_update
 from ._session import Pending, Session, consumed_rows
@@ -47,6 +48,8 @@ class _Plan:
     first: list[Op] = field(default_factory=list)
     staging: str | None = None
     consumed: list[str] = field(default_factory=list)
+    cancelled_dues: list[datetime] = field(default_factory=list)
+    """When the timers the episode cancelled were due (their index rows go)."""
     self_pending: list[Pending] = field(default_factory=list)
     work: list[ActivityInvocation] = field(default_factory=list)
     local: int = 0
@@ -128,7 +131,11 @@ class Commits:
             await codec.put_text(row, "Event", event.model_dump_json(), iid)
             history.append(("upsert", row))
 
-        consumed = [rk for rk in dict.fromkeys(commit.consumed) if rk in session.pending]
+        cancelled = [inbox_key(key) for key in commit.cancelled]
+        consumed = [
+            rk for rk in dict.fromkeys([*commit.consumed, *cancelled]) if rk in session.pending
+        ]
+        cancelled_dues = [session.pending[rk].visible_at for rk in cancelled if rk in consumed]
         tagged: list[Op] = []
         work: list[ActivityInvocation] = []
         seen_work: set[str] = set()
@@ -201,6 +208,7 @@ class Commits:
             stay=stay,
             instance=instance,
             consumed=consumed,
+            cancelled_dues=cancelled_dues,
             self_pending=self_pending,
             work=work,
             local=local,
@@ -303,6 +311,8 @@ class Commits:
     async def _after(self, session: Session, plan: _Plan) -> None:
         """Send the work items and messages the commit made; end the session if it is done."""
         hub = self._hub
+        if plan.cancelled_dues:
+            await self._sessions.forget_timers(session, plan.cancelled_dues)
         if plan.work:
             self._activities.hold(plan.work[: plan.local])
             await self._activities.send(plan.work[plan.local :], redelivery=False)

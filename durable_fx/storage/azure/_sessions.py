@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -302,6 +302,17 @@ class Sessions:
             return None
         hub = self._hub
         return await hub.queues.put(hub.control_queue_of(iid), {"h": iid}, delay=self._until(due))
+
+    async def forget_timers(self, session: Session, dues: Iterable[datetime]) -> None:
+        """The instance cancelled its timers at ``dues``: their index rows must not wake it.
+
+        A row stays while another pending message of the instance is due then
+        (one row serves every timer of an instance at one time).
+        """
+        kept = {p.visible_at for p in session.pending.values()}
+        for due in set(dues) - kept:
+            if self._timers.is_far(due):
+                await self._timers.remove(session.instance_id, due)
 
     def expect_wake_up(self, iid: str, due: datetime | None) -> None:
         """This worker left ``iid`` a wake-up (``wake_up_at``): poll for it when it is due."""

@@ -109,6 +109,21 @@ class Timers:
             return
         await self._settle(index, ringing=None)
 
+    async def remove(self, instance_id: str, due: datetime) -> None:
+        """Drop the index row of ``instance_id``'s timer at ``due`` (gone already: fine).
+
+        For a timer its instance cancelled: the alarm, if it rings for it, finds
+        nothing and re-arms for the next row.
+        """
+        index = self._hub.names.partition_index(instance_id)
+        table = self._hub.resources.timers
+
+        async def delete() -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                await table.delete_entity(_partition_key(index), f"{ts(due)}|{instance_id}")
+
+        await retrying(delete, what=f"remove a timer of {instance_id}")
+
     async def ring(self, index: int, message_id: str) -> int:
         """The alarm of partition ``index`` rang: wake every due timer, arm the next; how many woke.
 

@@ -324,6 +324,8 @@ class Engine:
             db.execute(sql.INSERT_HISTORY, (iid, first_seq, plan.history))
         if plan.consumed:
             db.execute(sql.CONSUME_MESSAGES, (iid, plan.consumed))
+        if plan.cancelled:
+            db.execute(sql.CANCEL_MESSAGES, (iid, plan.cancelled))
         if plan.activities:
             db.execute(sql.INSERT_WORK_ITEMS, (plan.activities, now))
             self._notify()

@@ -220,6 +220,7 @@ class CommitPlan:
     history: str
     history_count: int
     consumed: str | None
+    cancelled: str | None
     activities: str | None
     starts: list[tuple[Any, ...]]
     messages: str | None
@@ -253,6 +254,7 @@ class CommitPlan:
             history=dumps(history),
             history_count=len(history),
             consumed=dumps([int(i) for i in commit.consumed]) if commit.consumed else None,
+            cancelled=dumps(list(commit.cancelled)) if commit.cancelled else None,
             activities=_batch(invocation_item(a) for a in commit.activities),
             starts=starts,
             messages=_batch(message_item(m) for m in commit.messages),

@@ -10,6 +10,7 @@ SQLite step.
 from __future__ import annotations
 
 __all__ = [
+    "CANCEL_MESSAGES",
     "COMMIT_INSTANCE",
     "CONSUME_MESSAGES",
     "COUNT_DELIVERIES",
@@ -174,6 +175,10 @@ COUNT_DELIVERIES = (
 # inbox_instance (thousands of rows during a fan-out): look up the ids instead.
 CONSUME_MESSAGES = (
     "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?2)) AND +instance_id = ?1"
+)
+# Pending messages deleted by key: timers an episode cancelled (UNIQUE (instance_id, msg_key)).
+CANCEL_MESSAGES = (
+    "DELETE FROM inbox WHERE instance_id = ?1 AND msg_key IN (SELECT value FROM json_each(?2))"
 )
 SELECT_HELD_MESSAGES = (
     "SELECT id, msg_key, event_json, dequeue_count, execution_id FROM inbox"
