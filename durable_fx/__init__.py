@@ -35,7 +35,7 @@ from ._replayer import Replayer, ReplayResult, history_from_json, history_to_jso
 from ._retry import RetryPolicy
 from ._reuse import IdReusePolicy
 from ._state import OrchestrationState, OrchestrationStatus
-from ._versioning import VersionMatch, VersionMismatchError, VersionPolicy
+from ._versioning import OnVersionMismatch, VersionMatch, VersionMismatchError, VersionPolicy
 from .client import (
     AsyncDurableClient,
     AsyncInstanceHandle,
@@ -65,6 +65,7 @@ __all__ = [
     "InvalidInstanceIdError",
     "InvalidOperationError",
     "NonDeterminismError",
+    "OnVersionMismatch",
     "OrchestrationContext",
     "OrchestrationFailedError",
     "OrchestrationState",

@@ -3,8 +3,9 @@
 The model of the Durable Task SDKs' worker versioning: an instance carries
 the version it started with (``start(version=)``); a worker with a
 ``VersionPolicy`` runs only the versions its ``match`` accepts and fails the
-others with the reason, so an instance is never replayed against code that
-was not written for it.
+others with the reason, or leaves them pending for a worker that runs them
+(the store does not hand them out), so an instance is never replayed against
+code that was not written for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from enum import StrEnum
 
 from ._errors import DurableFxError
 
-__all__ = ["VersionMatch", "VersionMismatchError", "VersionPolicy", "compare_versions"]
+__all__ = [
+    "OnVersionMismatch",
+    "VersionMatch",
+    "VersionMismatchError",
+    "VersionPolicy",
+    "compare_versions",
+]
 
 
 class VersionMatch(StrEnum):
@@ -27,6 +34,15 @@ class VersionMatch(StrEnum):
     """Only the worker's own version; an instance without a version does not match."""
     CURRENT_OR_OLDER = "current_or_older"
     """The worker's version and older ones (an instance without a version counts as older)."""
+
+
+class OnVersionMismatch(StrEnum):
+    """What a worker does with an instance of a version it does not run."""
+
+    FAIL = "fail"
+    """Fail it with ``VersionMismatchError`` (it will not run anywhere)."""
+    LEAVE = "leave"
+    """Leave it pending for a worker that runs its version (it is not handed out here)."""
 
 
 class VersionMismatchError(DurableFxError):
@@ -52,6 +68,7 @@ class VersionPolicy:
 
     version: str
     match: VersionMatch = VersionMatch.CURRENT_OR_OLDER
+    on_mismatch: OnVersionMismatch = OnVersionMismatch.FAIL
 
     def accepts(self, version: str | None) -> bool:
         """Whether an instance of ``version`` may run on this worker."""

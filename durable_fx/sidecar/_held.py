@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ..storage._protocol import Store
+from ..storage._protocol import Accept, Store
 from ..storage._records import ActivityWorkItem
 from ._episodes import PreparedEpisode
 from ._proto import pb
@@ -81,6 +81,8 @@ class Connection:
     last_sent: float = 0.0
     locking: set[asyncio.Task[Any]] = field(default_factory=set)
     """Lock calls in progress: they finish (and their items are held) even if the stream ends."""
+    accept: Accept | None = None
+    """The instances the worker's filters ask for (``None``: all)."""
 
 
 @dataclass(slots=True)

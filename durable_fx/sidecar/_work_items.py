@@ -47,6 +47,7 @@ from ..storage._records import (
 from ..worker._backoff import Backoff
 from ..worker._result_batches import ResultBatcher
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
+from ._filters import orchestration_accept
 from ._handoff import Handoff
 from ._held import (
     Connection,
@@ -188,6 +189,7 @@ class WorkItemDispatcher:
             max_activities=request.maxConcurrentActivityWorkItems or 100,
             send=send_one,
             last_sent=asyncio.get_running_loop().time(),
+            accept=orchestration_accept(request),
         )
         loops = [
             asyncio.create_task(self._fetch_loop(connection, self._fetch_episodes, "episodes")),
@@ -270,9 +272,15 @@ class WorkItemDispatcher:
     async def _lock_episodes(
         self, connection: Connection, free: int
     ) -> LockBatch[OrchestrationWorkItem]:
-        batch = await self._store.lock_orchestrations(
-            owner=self._owner, limit=min(free, _LOCK_BATCH), lease=self._lease
-        )
+        limit = min(free, _LOCK_BATCH)
+        if connection.accept is None:
+            batch = await self._store.lock_orchestrations(
+                owner=self._owner, limit=limit, lease=self._lease
+            )
+        else:
+            batch = await self._store.lock_orchestrations(
+                owner=self._owner, limit=limit, lease=self._lease, accept=connection.accept
+            )
         requests = []
         for item in batch.items:
             request = await self._hold_episode(connection, item)

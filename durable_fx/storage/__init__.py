@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .._clock import Clock
-from ._protocol import Store
+from ._protocol import Accept, Store
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -28,6 +28,7 @@ from ._records import (
 
 __all__ = [
     "DEFAULT_SQLITE_PATH",
+    "Accept",
     "ActivityInvocation",
     "ActivityResult",
     "ActivityWorkItem",

@@ -34,7 +34,7 @@ The conformance suite in ``durable_fx.testing`` proves these for any store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
@@ -53,7 +53,11 @@ from ._records import (
     PoisonedMessage,
 )
 
-__all__ = ["Store"]
+__all__ = ["Accept", "Store"]
+
+
+Accept = Callable[[str, str | None], bool]
+"""Which instances a caller runs, by orchestration name and version (``lock_orchestrations``)."""
 
 
 @runtime_checkable
@@ -101,9 +105,13 @@ class Store(Protocol):
     # -- orchestration work -----------------------------------------------------
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` instances that have visible inbox messages.
+
+        With ``accept``, only instances for which ``accept(name,
+        orchestration_version)`` is true: the others stay as they are, pending
+        for a caller that runs them (a worker of another version).
 
         Each work item carries the instance row (with its version) and every
         visible message of its inbox, oldest first. Each lock counts as a

@@ -45,6 +45,7 @@ from .._history import ExecutionStarted, HistoryEvent, TimerFired
 from .._ids import validate_instance_id
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset, encode_keyset
+from ._protocol import Accept
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -230,13 +231,16 @@ class MemoryStore:
     # -- orchestration work -----------------------------------------------------
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
-        """Lock up to ``limit`` unlocked instances with visible messages."""
+        """Lock up to ``limit`` unlocked instances with visible messages (that ``accept`` runs)."""
         with self._lock:
             now = self._clock.now()
             items: list[OrchestrationWorkItem] = []
             for instance in self._lockable_instances(now):
+                record = instance.record
+                if accept is not None and not accept(record.name, record.orchestration_version):
+                    continue
                 if len(items) >= limit:
                     break
                 messages = self._deliver_inbox(instance, now)

@@ -40,6 +40,7 @@ from .._registry import (
 from .._registry import name_of as _name_of
 from .._state import OrchestrationState
 from ..client import AsyncDurableClient, DurableClient
+from ..storage import Accept
 from ..storage._records import (
     ActivityResult,
     ActivityWorkItem,
@@ -83,9 +84,11 @@ class _CountingStore(MemoryStore):
             self._wake()
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
-        batch = await super().lock_orchestrations(owner=owner, limit=limit, lease=lease)
+        batch = await super().lock_orchestrations(
+            owner=owner, limit=limit, lease=lease, accept=accept
+        )
         self._out.update(item.lock_token for item in batch.items)
         return batch
 

@@ -22,9 +22,9 @@ from typing import Any, Self, TypeVar
 
 from .._clock import Clock, SystemClock
 from .._registry import HasRegistry, Registry, registry_of
-from .._versioning import VersionPolicy
+from .._versioning import OnVersionMismatch, VersionPolicy
 from ..storage import open_store
-from ..storage._protocol import Store
+from ..storage._protocol import Accept, Store
 from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
 from ._activity_runner import ActivityRunner
 from ._background import BackgroundThread, StartStopContext, StopSignal
@@ -61,7 +61,8 @@ class Worker(StartStopContext):
         cache_size: Live orchestrations kept in memory between episodes.
         shutdown_grace: Seconds ``stop()`` waits for in-flight work before releasing it.
         versioning: The orchestration versions this worker runs; it fails the
-            others with ``VersionMismatchError`` (all versions run without one).
+            others with ``VersionMismatchError``, or leaves them pending for a
+            worker that runs them (``on_mismatch``); all run without one.
     """
 
     def __init__(
@@ -96,6 +97,10 @@ class Worker(StartStopContext):
         self._orchestrations = OrchestrationRunner(
             self._registry, self._store, self._clock, self._cache, versioning
         )
+        # Leaving other versions pending is the store's job: it does not hand them out.
+        self._accept: Accept | None = None
+        if versioning is not None and versioning.on_mismatch is OnVersionMismatch.LEAVE:
+            self._accept = lambda _name, version: versioning.accepts(version)
         self._activities = ActivityRunner(self._registry, self._clock, self._threads)
         self._episodes: set[asyncio.Task[None]] = set()
         self._activity_tasks: set[asyncio.Task[None]] = set()
@@ -228,9 +233,14 @@ class Worker(StartStopContext):
         free = self._max_episodes - len(self._episodes)
         if free <= 0:
             return None
-        batch = await self._store.lock_orchestrations(
-            owner=self._owner, limit=free, lease=self._lease
-        )
+        if self._accept is None:
+            batch = await self._store.lock_orchestrations(
+                owner=self._owner, limit=free, lease=self._lease
+            )
+        else:
+            batch = await self._store.lock_orchestrations(
+                owner=self._owner, limit=free, lease=self._lease, accept=self._accept
+            )
         for item in batch.items:
             self._spawn(self._episodes, self._run_episode(item))
         return batch

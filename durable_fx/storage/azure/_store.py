@@ -15,10 +15,12 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
+from ..._errors import InvalidOperationError
 from ..._history import HistoryEvent
 from ..._portal import Portal
 from ..._state import OrchestrationStatus
 from .._delivered import DeliveredMessage
+from .._protocol import Accept
 from .._records import (
     ActivityResult,
     ActivityWorkItem,
@@ -165,9 +167,19 @@ class AzureStore:
     # -- orchestration work -----------------------------------------------------
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
-        """Lock up to ``limit`` instances with visible messages, each with all of them."""
+        """Lock up to ``limit`` instances with visible messages, each with all of them.
+
+        ``accept`` is not supported yet: the wake-ups are queue messages, and
+        leaving one to a worker of another version needs a hand-over this
+        store does not have (``InvalidOperationError``).
+        """
+        if accept is not None:
+            raise InvalidOperationError(
+                "the Azure store cannot leave instances pending for a worker of another "
+                "version yet; use VersionPolicy(on_mismatch=OnVersionMismatch.FAIL) or SQLite"
+            )
         return await self._call(lambda: self._orchestrations.lock(owner, limit, lease))
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:

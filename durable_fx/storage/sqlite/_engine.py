@@ -35,6 +35,7 @@ from ..._errors import (
 )
 from ..._history import HISTORY_EVENT
 from ..._state import OrchestrationStatus
+from .._protocol import Accept
 from .._records import (
     ActivityInvocation,
     ActivityWorkItem,
@@ -253,11 +254,17 @@ class Engine:
     # -- orchestration work -----------------------------------------------------
 
     def lock_orchestrations(
-        self, owner: str, limit: int, lease: timedelta
+        self, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
         db = self._db
         now = self._now()
-        (found,) = db.execute(sql.SELECT_DUE_INSTANCES, (now, max(0, limit))).fetchone()
+        if accept is None:
+            (found,) = db.execute(sql.SELECT_DUE_INSTANCES, (now, max(0, limit))).fetchone()
+        else:
+            # The caller's filter, in the query: a page of instances it does not run
+            # must not hide the ones it does.
+            db.create_function("dfx_accept", 2, lambda name, version: accept(name, version))
+            (found,) = db.execute(sql.SELECT_DUE_ACCEPTED, (now, max(0, limit))).fetchone()
         candidates = {row[0]: row for row in json.loads(found)}
         items: list[OrchestrationWorkItem] = []
         if candidates:

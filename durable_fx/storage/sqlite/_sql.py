@@ -42,6 +42,7 @@ __all__ = [
     "RENEW_INSTANCE",
     "RENEW_WORK_ITEM",
     "RESTART_INSTANCE",
+    "SELECT_DUE_ACCEPTED",
     "SELECT_DUE_INSTANCES",
     "SELECT_HELD_MESSAGES",
     "SELECT_HELD_WORK_ITEM",
@@ -133,6 +134,10 @@ SELECT_DUE_INSTANCES = (
     "SELECT json_group_array(json_array("
     f"{INSTANCE_COLUMNS})) FROM (SELECT {INSTANCE_COLUMNS} FROM instances WHERE due_at <= ?1"
     " AND (locked_by IS NULL OR locked_until <= ?1) ORDER BY due_at LIMIT ?2)"
+)
+# The same, for a caller that runs only some (dfx_accept: its filter, registered per call).
+SELECT_DUE_ACCEPTED = SELECT_DUE_INSTANCES.replace(
+    " ORDER BY due_at", " AND dfx_accept(name, orch_version) ORDER BY due_at"
 )
 LOCK_INSTANCES = (
     "UPDATE instances SET locked_by = ?2, locked_until = ?3, due_at = ?3"

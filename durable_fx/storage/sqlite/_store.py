@@ -44,6 +44,7 @@ from ..._clock import Clock, SystemClock
 from ..._history import HistoryEvent
 from ..._ids import validate_instance_id
 from ..._state import OrchestrationStatus
+from .._protocol import Accept
 from .._records import (
     ActivityResult,
     ActivityWorkItem,
@@ -174,10 +175,10 @@ class SqliteStore:
     # -- orchestration work -----------------------------------------------------
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` unlocked instances with visible messages, each with all of them."""
-        lock = partial(self._engine.lock_orchestrations, owner, limit, lease)
+        lock = partial(self._engine.lock_orchestrations, owner, limit, lease, accept)
         return await self._call(lock, synced=False)  # a lease: see _thread
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
