@@ -387,14 +387,9 @@ def test_continue_as_new_counter(registry: Registry, worker: Worker, client: Dur
     assert kinds.count("TaskScheduled") == 1
 
 
-@pytest.mark.parametrize("keep_events", [True, False])
-def test_continue_as_new_carries_pending_events(
-    registry: Registry,
-    worker: Worker,
-    client: DurableClient,
-    wait_until: Callable[..., Any],
-    keep_events: bool,
-) -> None:
+def _register_carrier(registry: Registry, *, keep_events: bool) -> Callable[..., Any]:
+    """``carrier``: generation 0 waits for ``go`` and continues as new; 1 collects ``extra``."""
+
     @registry.orchestrator()
     def carrier(ctx: OrchestrationContext, generation: int) -> Orchestrator[Any]:
         if generation == 0:
@@ -409,6 +404,18 @@ def test_continue_as_new_carries_pending_events(
         except EventTimeoutError:
             return got
 
+    return carrier
+
+
+@pytest.mark.parametrize("keep_events", [True, False])
+def test_continue_as_new_carries_pending_events(
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    wait_until: Callable[..., Any],
+    keep_events: bool,
+) -> None:
+    carrier = _register_carrier(registry, keep_events=keep_events)
     iid = client.start(carrier, 0)
     wait_until(lambda: custom_status_of(client, iid) == "gen0")
     client.raise_event(iid, "extra", "one")
@@ -443,21 +450,7 @@ def test_carried_over_events_come_before_events_raised_during_the_episode(
     store: Store, registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
 ) -> None:
     """The official SDK's test_continue_as_new failed 2 runs in 3 through the sidecar this way."""
-
-    @registry.orchestrator()
-    def carrier(ctx: OrchestrationContext, generation: int) -> Orchestrator[Any]:
-        if generation == 0:
-            ctx.set_custom_status("gen0")
-            yield ctx.wait_for_event("go")
-            ctx.continue_as_new(1, keep_events=True)
-            return None
-        got = []
-        try:
-            while True:
-                got.append((yield ctx.wait_for_event("extra", timeout=SHORT)))
-        except EventTimeoutError:
-            return got
-
+    carrier = _register_carrier(registry, keep_events=True)
     iid = client.start(carrier, 0)
     client.raise_event(iid, "extra", "early")
     client.raise_event(iid, "go")

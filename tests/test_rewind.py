@@ -23,7 +23,7 @@ from durable_fx import (
     Worker,
     when_all,
 )
-from tests.support.instances import history_kinds
+from tests.support.instances import history_kinds, status_of
 
 WAIT = 20.0
 
@@ -53,6 +53,26 @@ def _rewind(client: DurableClient, iid: str, reason: str | None = None) -> Orche
     client.rewind(iid, reason)
     # The store set it RUNNING as it took the rewind: this wait sees the new outcome.
     return client.wait(iid, timeout=WAIT)
+
+
+def _register_send(registry: Registry, outage: Outage) -> Callable[[str], str]:
+    """The ``send`` activity: fails while ``outage`` lasts."""
+
+    @registry.activity()
+    def send(text: str) -> str:
+        outage.call(text)
+        return f"sent: {text}"
+
+    return send
+
+
+def _register_send_once(registry: Registry, outage: Outage) -> None:
+    """``once``: an orchestration of one ``send("x")``."""
+    send = _register_send(registry, outage)
+
+    @registry.orchestrator()
+    def once(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.call_activity(send, "x"))
 
 
 def test_a_failed_activity_runs_again_and_successful_ones_do_not(
@@ -148,15 +168,12 @@ def test_a_fan_out_completes_with_every_branch_run_at_most_twice(
     assert max(calls.values()) == 2
 
 
-def test_a_failed_sub_orchestration_is_rewound_with_its_parent(
-    registry: Registry, worker: Worker, client: DurableClient
+@pytest.mark.parametrize("purged", [False, True], ids=["failed-child", "purged-child"])
+def test_an_awaited_sub_orchestration_is_rewound_or_started_again(
+    registry: Registry, worker: Worker, client: DurableClient, purged: bool
 ) -> None:
     outage = Outage()
-
-    @registry.activity()
-    def send(text: str) -> str:
-        outage.call(text)
-        return f"sent: {text}"
+    send = _register_send(registry, outage)
 
     @registry.orchestrator()
     def child(ctx: OrchestrationContext, text: str) -> Orchestrator[Any]:
@@ -164,43 +181,18 @@ def test_a_failed_sub_orchestration_is_rewound_with_its_parent(
 
     @registry.orchestrator()
     def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
-        return (yield ctx.call_sub_orchestrator(child, "hello", instance_id="rewind-child"))
+        return (yield ctx.call_sub_orchestrator(child, "hello", instance_id="the-child"))
 
     iid = client.start(parent)
     _failed(client, iid)
-    assert client.get("rewind-child").status is OrchestrationStatus.FAILED  # type: ignore[union-attr]
+    assert status_of(client, "the-child") is OrchestrationStatus.FAILED
+    if purged:
+        assert client.purge("the-child") == 1
     outage.down = False
     state = _rewind(client, iid)
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert state.output == "sent: hello"
-    assert client.get("rewind-child").status is OrchestrationStatus.COMPLETED  # type: ignore[union-attr]
-
-
-def test_a_purged_sub_orchestration_starts_again(
-    registry: Registry, worker: Worker, client: DurableClient
-) -> None:
-    outage = Outage()
-
-    @registry.activity()
-    def send(text: str) -> str:
-        outage.call(text)
-        return f"sent: {text}"
-
-    @registry.orchestrator()
-    def child(ctx: OrchestrationContext, text: str) -> Orchestrator[Any]:
-        return (yield ctx.call_activity(send, text))
-
-    @registry.orchestrator()
-    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
-        return (yield ctx.call_sub_orchestrator(child, "hi", instance_id="purged-child"))
-
-    iid = client.start(parent)
-    _failed(client, iid)
-    assert client.purge("purged-child") == 1
-    outage.down = False
-    state = _rewind(client, iid)
-    assert state.status is OrchestrationStatus.COMPLETED, state.failure
-    assert state.output == "sent: hi"
+    assert status_of(client, "the-child") is OrchestrationStatus.COMPLETED
 
 
 def test_after_a_fix_is_deployed_the_code_runs_on(
@@ -238,17 +230,9 @@ def test_an_instance_can_be_rewound_twice(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     outage = Outage()
+    _register_send_once(registry, outage)
 
-    @registry.activity()
-    def send(text: str) -> str:
-        outage.call(text)
-        return f"sent: {text}"
-
-    @registry.orchestrator()
-    def once(ctx: OrchestrationContext) -> Orchestrator[Any]:
-        return (yield ctx.call_activity(send, "x"))
-
-    iid = client.start(once)
+    iid = client.start("once")
     _failed(client, iid)
     assert _rewind(client, iid).status is OrchestrationStatus.FAILED
     outage.down = False
@@ -262,17 +246,9 @@ def test_rewind_sent_twice_at_once_rewinds_once(
     registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
     outage = Outage()
+    _register_send_once(registry, outage)
 
-    @registry.activity()
-    def send(text: str) -> str:
-        outage.call(text)
-        return f"sent: {text}"
-
-    @registry.orchestrator()
-    def once(ctx: OrchestrationContext) -> Orchestrator[Any]:
-        return (yield ctx.call_activity(send, "x"))
-
-    iid = client.start(once)
+    iid = client.start("once")
     _failed(client, iid)
     outage.down = False
     with ThreadPoolExecutor(2) as pool:

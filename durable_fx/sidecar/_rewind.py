@@ -12,7 +12,6 @@ starts a purged one again), pointing them at the parent's new execution.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -21,7 +20,6 @@ from .._history import (
     ExecutionStarted,
     HistoryEvent,
     OrchestratorStarted,
-    ParentInstance,
     SubOrchestrationInstanceCreated,
 )
 from .._replay.admission import HistoryState
@@ -29,6 +27,7 @@ from .._state import OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationMessage
 from ..worker._episode import plan_consume_only
+from ..worker._rewind import start_again
 
 __all__ = ["plan_rewind"]
 
@@ -90,32 +89,15 @@ async def _rewind_children(
         if isinstance(e, SubOrchestrationInstanceCreated) and e.event_id in awaited
     }
     messages = []
-    for task_id, event in created.items():
+    for event in created.values():
         child = await store.get_instance(event.instance_id)
         if child is None:
-            messages.append(_start_again(event, started, task_id, now))
+            messages.append(
+                OrchestrationMessage(event.instance_id, start_again(event, started, now))
+            )
         elif child.status is OrchestrationStatus.FAILED:
             rewound = ExecutionRewound(
                 timestamp=now, reason=reason, parent_execution_id=started.execution_id
             )
             messages.append(OrchestrationMessage(event.instance_id, rewound))
     return messages
-
-
-def _start_again(
-    event: SubOrchestrationInstanceCreated, parent: ExecutionStarted, task_id: int, now: datetime
-) -> OrchestrationMessage:
-    start = ExecutionStarted(
-        timestamp=now,
-        name=event.name,
-        instance_id=event.instance_id,
-        execution_id=uuid.uuid4().hex,
-        input=event.input,
-        parent=ParentInstance(
-            instance_id=parent.instance_id,
-            execution_id=parent.execution_id,
-            name=parent.name,
-            task_scheduled_id=task_id,
-        ),
-    )
-    return OrchestrationMessage(event.instance_id, start)

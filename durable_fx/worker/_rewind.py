@@ -43,7 +43,7 @@ from ..storage._records import (
     OrchestrationMessage,
 )
 
-__all__ = ["plan_rewind"]
+__all__ = ["plan_rewind", "start_again"]
 
 log = logging.getLogger("durable_fx.worker")
 
@@ -128,7 +128,7 @@ async def _child_message(
     record = await store.get_instance(child.instance_id)
     task_id = child.event_id
     if record is None:  # purged: run it again
-        return OrchestrationMessage(child.instance_id, _start_again(child, parent, now))
+        return OrchestrationMessage(child.instance_id, start_again(child, parent, now))
     match record.status:
         case OrchestrationStatus.FAILED:
             rewind = ExecutionRewound(
@@ -154,9 +154,10 @@ async def _child_message(
             return None  # still running: it reports to the parent's execution when it ends
 
 
-def _start_again(
+def start_again(
     child: SubOrchestrationInstanceCreated, parent: ExecutionStarted, now: datetime
 ) -> ExecutionStarted:
+    """The start of a purged sub-orchestration, anew, reporting to ``parent``."""
     return ExecutionStarted(
         timestamp=now,
         name=child.name,
