@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,6 @@ import pytest
 
 from durable_fx import (
     DurableClient,
-    InvalidOperationError,
     OnVersionMismatch,
     OrchestrationContext,
     OrchestrationStatus,
@@ -23,10 +20,8 @@ from durable_fx import (
     VersionMatch,
     VersionPolicy,
     Worker,
-    open_store,
 )
 from durable_fx.bindings import DurableApp
-from tests.support.azurite import Azurite, new_hub
 from tests.support.instances import status_of, wait_until
 
 WAIT = 20.0
@@ -157,7 +152,6 @@ def test_a_version_3_sqlite_file_learns_to_keep_versions(tmp_path: Path) -> None
         assert after is not None and after.version == "5"
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "sqlite"], indirect=True)
 def test_workers_of_two_versions_each_run_their_own_and_leave_the_others_pending(
     store: Store, make_worker: Callable[..., Worker], client: DurableClient
 ) -> None:
@@ -183,16 +177,3 @@ def test_workers_of_two_versions_each_run_their_own_and_leave_the_others_pending
     # No worker runs version 3: it is neither run nor failed.
     state = client.get(orphan)
     assert state is not None and state.status is OrchestrationStatus.PENDING
-
-
-@pytest.mark.azurite
-def test_the_azure_store_says_it_cannot_leave_other_versions_pending(azurite: Azurite) -> None:
-    store = open_store(azurite.connection_string(new_hub()))
-    lock = store.lock_orchestrations(
-        owner="w", limit=1, lease=timedelta(seconds=5), accept=lambda _n, _v: True
-    )
-    try:
-        with pytest.raises(InvalidOperationError, match=r"OnVersionMismatch\.FAIL"):
-            asyncio.run(lock)
-    finally:
-        asyncio.run(store.close())

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ..._state import OrchestrationStatus
+from .._protocol import Accept
 from .._records import (
     EpisodeCommit,
     LockBatch,
@@ -33,7 +34,10 @@ from ._starts import Starts
 from ._timers import Timers
 from ._wakeups import WakeUps
 
-__all__ = ["Orchestrations"]
+__all__ = ["PASS_ON_AFTER", "Orchestrations"]
+
+PASS_ON_AFTER = timedelta(seconds=2)
+"""How long an instance a worker passed on (another version's) waits before its next wake-up."""
 
 
 class Orchestrations:
@@ -70,13 +74,15 @@ class Orchestrations:
     # -- locking ----------------------------------------------------------------
 
     async def lock(
-        self, owner: str, limit: int, lease: timedelta
+        self, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` instances with visible messages (owned ones first)."""
         hub = self._hub
         hub.serve_worker(lease)
         await self._sessions.upkeep(lease)
         await self._wake_ups.poll(limit, lease)
+        if accept is not None:
+            await self._pass_on(accept)
         items = await self._hand_out(owner, limit, lease)
         now = hub.now()
         dues = self._sessions.next_dues(now)
@@ -87,6 +93,19 @@ class Orchestrations:
         dues.extend(self._timers.dues)
         self._timers.dues.clear()
         return LockBatch(items, min((d for d in dues if d > now), default=None))
+
+    async def _pass_on(self, accept: Accept) -> None:
+        """Give up the instances this caller does not run, for a worker that does.
+
+        Their wake-up comes back after ``PASS_ON_AFTER``: any worker polling
+        the partition may take it then, this one included (which passes it on
+        again), so an instance reaches a worker of its version within a few rounds.
+        """
+        sessions = self._sessions
+        for session in list(sessions.all()):
+            record = session.record
+            if session.lock is None and not accept(record.name, record.orchestration_version):
+                await sessions.end(session, not_before=PASS_ON_AFTER)
 
     async def _hand_out(
         self, owner: str, limit: int, lease: timedelta

@@ -135,10 +135,14 @@ class Sessions:
         session.owned_until = until
         return True
 
-    async def end(self, session: Session) -> None:
-        """Give up ownership; leave the guard as the wake-up for the next pending message."""
+    async def end(self, session: Session, *, not_before: timedelta = timedelta(0)) -> None:
+        """Give up ownership; leave the guard as the wake-up for the next pending message.
+
+        ``not_before`` delays that wake-up at least so long (an instance passed
+        on to a worker of another version: not straight back to this one).
+        """
         if await self._merge_owned(session, {"Owner": ""}):
-            await self.release_guard(session)
+            await self.release_guard(session, not_before=not_before)
 
     async def _merge_owned(self, session: Session, values: dict[str, Any]) -> bool:
         """A conditional merge on an owned instance row; False (and the session dropped) if lost."""
@@ -214,7 +218,9 @@ class Sessions:
 
     # -- ending sessions ----------------------------------------------------------------
 
-    async def release_guard(self, session: Session) -> None:
+    async def release_guard(
+        self, session: Session, *, not_before: timedelta = timedelta(0)
+    ) -> None:
         """Forget an ended session and leave one wake-up for what is still pending."""
         hub = self._hub
         self._table.pop(session.instance_id, None)
@@ -223,7 +229,7 @@ class Sessions:
             # A host invocation's guard means "it died": it never serves as a wake-up,
             # and it goes last, once what replaces it is written.
             session.guard = None
-            await self.release_guard(session)
+            await self.release_guard(session, not_before=not_before)
             await hub.queues.delete(guard)
             return
         now = hub.now()
@@ -243,7 +249,7 @@ class Sessions:
             if guard is not None:
                 await hub.queues.delete(guard)
             return
-        delay = max(due - now, timedelta(0))
+        delay = max(due - now, not_before, timedelta(0))
         if guard is None or not await hub.queues.hide(guard, delay):
             await hub.queues.put(
                 hub.control_queue_of(session.instance_id), {"h": session.instance_id}, delay=delay

@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
-from ..._errors import InvalidOperationError
 from ..._history import HistoryEvent
 from ..._portal import Portal
 from ..._state import OrchestrationStatus
@@ -171,16 +170,10 @@ class AzureStore:
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` instances with visible messages, each with all of them.
 
-        ``accept`` is not supported yet: the wake-ups are queue messages, and
-        leaving one to a worker of another version needs a hand-over this
-        store does not have (``InvalidOperationError``).
+        An instance ``accept`` refuses is given up for a worker that runs it:
+        its wake-up comes back a moment later, to whichever worker takes it.
         """
-        if accept is not None:
-            raise InvalidOperationError(
-                "the Azure store cannot leave instances pending for a worker of another "
-                "version yet; use VersionPolicy(on_mismatch=OnVersionMismatch.FAIL) or SQLite"
-            )
-        return await self._call(lambda: self._orchestrations.lock(owner, limit, lease))
+        return await self._call(lambda: self._orchestrations.lock(owner, limit, lease, accept))
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
         """The current execution's history, oldest first (empty if none)."""
