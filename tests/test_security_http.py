@@ -210,7 +210,7 @@ def test_status_urls_carry_no_key(email_app: Server) -> None:
     with keyed(email_app) as client, keyed(email_app, key=None) as anonymous:
         a1 = start_email(client)
         assert_no_key_and_our_origin(a1, email_app.base)
-        assert len([k for k in a1.json() if k.endswith("Uri")]) == 6
+        assert len([k for k in a1.json() if k.endswith("Uri")]) == 8
         a2 = start_email(anonymous, params={"code": MASTER_KEY})
         assert_no_key_and_our_origin(a2, email_app.base)
         # The URLs work with the caller's own key, sent as a header.
