@@ -125,10 +125,11 @@ class ConflictError(DurableFxError):
 
 
 class StoreBusyError(DurableFxError):
-    """The store stayed busy (locked by another writer, throttled) past its retry budget.
+    """The store stayed busy (locked by another writer, throttled, unavailable) past its retries.
 
-    Nothing was written; the same call may succeed later. HTTP entry points
-    answer 503 with ``Retry-After: retry_after`` seconds.
+    The same call may succeed later: nothing was written, or (a request to
+    Azure Storage whose answer was lost) what was written is safe to ask for
+    again. HTTP entry points answer 503 with ``Retry-After: retry_after`` seconds.
     """
 
     def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:

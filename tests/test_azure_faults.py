@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from azure.core.rest import HttpRequest
 
-from durable_fx import AsyncDurableClient, DurableClient, OrchestrationStatus, Worker
+from durable_fx import (
+    AsyncDurableClient,
+    DurableClient,
+    OrchestrationStatus,
+    StoreBusyError,
+    Worker,
+)
 from durable_fx.storage.azure import AzureStore, open_azure_store
 from tests.apps.steps_app import fan_out, registry, three_steps
 from tests.support.azure_faults import Fail, Match, result_transaction
@@ -153,5 +159,26 @@ def test_work_items_that_could_not_be_sent_after_a_commit_are_sent_again(
             assert full is not None
             assert_history_consistent(full)
         assert fail.hits == 16
+    finally:
+        asyncio.run(store.close())
+
+
+def test_storage_failing_past_the_retries_is_busy_and_a_retry_goes_through(
+    azurite: Azurite,
+) -> None:
+    """Every try of one event's write fails: the caller gets StoreBusyError (HTTP 503 with
+    Retry-After at the entry points), not the SDK's error (a 500); sent again, it lands once."""
+    armed = [False]
+    fail = Fail(lambda _request, _body: armed[0], after=False, times=8)
+    store = _store(azurite, new_hub(), fail)
+    try:
+        with DurableClient(store) as client:
+            iid = client.start(three_steps, 1, instance_id="busy")
+            armed[0] = True
+            with pytest.raises(StoreBusyError, match="Azure Storage kept failing"):
+                client.raise_event(iid, "nudge", 1, event_id="e-1")
+            assert fail.hits == 8
+            assert client.raise_event(iid, "nudge", 1, event_id="e-1") is True
+            assert client.raise_event(iid, "nudge", 1, event_id="e-1") is False
     finally:
         asyncio.run(store.close())

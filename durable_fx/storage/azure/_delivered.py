@@ -40,6 +40,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..._errors import StoreBusyError
 from .._delivered import DeliveredMessage
 from .._records import ActivityWorkItem, OrchestrationWorkItem
 from ._activities import Activities
@@ -309,8 +310,12 @@ class Delivered:
 
     @staticmethod
     def storage_fault(error: BaseException) -> bool:
-        """Whether ``error`` is storage failing for now (throttled, down, unreachable)."""
-        return is_transient(error)
+        """Whether ``error`` is storage failing for now (throttled, down, unreachable).
+
+        Through the store's calls that arrives as ``StoreBusyError`` (the SDK's
+        error is its cause); inside the store as the SDK's error itself.
+        """
+        return isinstance(error, StoreBusyError) or is_transient(error)
 
     async def hand_on(self, message: DeliveredMessage) -> None:
         """Send a delayed copy of a message whose invocation storage failed.

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from azure.data.tables import TableTransactionError
 
 from ..._errors import (
-    ConflictError,
     InstanceExistsError,
     InstanceNotFoundError,
+    StoreBusyError,
 )
 from ..._history import HISTORY_EVENT, ExecutionStarted
 from ..._ids import validate_instance_id
@@ -117,7 +117,7 @@ class Starts:
             _check_replaceable(iid, row, replaceable)
             return await self._replace(message, started, row, inbox, pending, replaceable, own=own)
         else:
-            raise ConflictError(iid, "it kept changing while being created; try again")
+            raise StoreBusyError(f"instance {iid!r} kept changing while it was being created")
         if not own:
             return None
         return self._new_session(record, etag, 1, 0, 0, {pending.row_key: pending})
@@ -255,7 +255,8 @@ class Starts:
                 if index == 2 and code in (404, 412):
                     continue  # the instance changed (or was purged): look again
                 raise
-        raise ConflictError(iid, "it kept changing while a message was added; try again")
+        # Busy, not lost: nothing was added, and the caller may send it again (503 over HTTP).
+        raise StoreBusyError(f"instance {iid!r} kept changing while a message was added")
 
     async def _used_by(self, used: dict[str, Any]) -> str | None:
         """The token of the stored used-key row ``used`` names, or ``None`` if there is none."""

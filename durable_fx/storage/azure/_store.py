@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from ..._clock import Clock, SystemClock
+from ..._errors import StoreBusyError
 from ..._history import HistoryEvent
 from ..._portal import Portal
 from ..._state import OrchestrationStatus
@@ -46,6 +47,7 @@ from ._sessions import Sessions
 from ._settings import AzureSettings
 from ._starts import Starts
 from ._timers import Timers
+from ._transient import is_transient
 from ._wakeups import WakeUps
 
 __all__ = ["AzureStore"]
@@ -140,6 +142,13 @@ class AzureStore:
                 if ensure:
                     await self._hub.resources.ensure()
                 return await make()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                # Storage kept failing past the retries (throttled, unavailable, a
+                # timeout): busy, which HTTP entry points answer with 503 Retry-After.
+                detail = f"Azure Storage kept failing: {type(error).__name__}: {error}"
+                raise StoreBusyError(detail[:500]) from error
             finally:
                 self._in_flight.discard(task)
 
