@@ -483,6 +483,8 @@ def main() -> None:
                         SCENARIOS[name](bench, out)
                     except BaseException as error:  # a figure missing is reported, not fatal
                         out["error"] = f"{type(error).__name__}: {error}"
+                        # The workdir goes at the end: keep why serve failed in the figures.
+                        out["serve_log_tail"] = _log_tails(logs)
                         if not isinstance(error, Exception):
                             raise
                     finally:
@@ -491,6 +493,15 @@ def main() -> None:
         finally:
             azurite.stop()
     print(_write(args, bench.rules, results, load_before))
+
+
+def _log_tails(logs: Path, lines: int = 40) -> dict[str, list[str]]:
+    """The last ``lines`` lines of each serve log (errors and tracebacks land there)."""
+    tails = {}
+    for log_file in sorted(logs.glob("*.log")):
+        text = log_file.read_text(encoding="utf-8", errors="replace")
+        tails[log_file.name] = text.splitlines()[-lines:]
+    return tails
 
 
 def _write(args: Any, rules: ScaleRules, results: dict[str, Any], load_before: float) -> str:
