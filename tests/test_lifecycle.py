@@ -26,7 +26,7 @@ from durable_fx import (
     Store,
     Worker,
 )
-from durable_fx.storage import LockBatch, OrchestrationWorkItem
+from durable_fx.storage import Accept, LockBatch, OrchestrationWorkItem
 from tests.support.instances import custom_status_of, history_kinds, status_of
 
 WAIT = 20.0
@@ -436,9 +436,11 @@ class _EventDuringEpisode:
         return getattr(self._inner, name)
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
-        batch = await self._inner.lock_orchestrations(owner=owner, limit=limit, lease=lease)
+        batch = await self._inner.lock_orchestrations(
+            owner=owner, limit=limit, lease=lease, accept=accept
+        )
         for item in batch.items:
             if any(getattr(m.event, "name", None) == "go" for m in item.messages):
                 raiser = AsyncDurableClient(self._inner)

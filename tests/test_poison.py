@@ -30,6 +30,7 @@ from durable_fx import (
     Worker,
 )
 from durable_fx.storage import (
+    Accept,
     ActivityResult,
     ActivityWorkItem,
     EpisodeCommit,
@@ -131,9 +132,11 @@ class _FailingCommits:
         return await self.inner.enqueue(message)
 
     async def lock_orchestrations(
-        self, *, owner: str, limit: int, lease: timedelta
+        self, *, owner: str, limit: int, lease: timedelta, accept: Accept | None = None
     ) -> LockBatch[OrchestrationWorkItem]:
-        return await self.inner.lock_orchestrations(owner=owner, limit=limit, lease=lease)
+        return await self.inner.lock_orchestrations(
+            owner=owner, limit=limit, lease=lease, accept=accept
+        )
 
     async def load_history(self, instance_id: str) -> list[HistoryEvent]:
         return await self.inner.load_history(instance_id)

@@ -342,14 +342,13 @@ class OrchestrationContext:
             if timeout is None:
                 self._record(ScheduleTask(task_id, name, payload, attempt), on_result)
                 return
-            timer: list[int] = []
 
             def finished(event: HistoryEvent) -> None:
-                self._cancel_timer(timer[0])  # the task ended first: its timer is moot
+                self._cancel_timer(timer_id)  # the task ended first: its timer is moot
                 on_result(event)
 
             self._record(ScheduleTask(task_id, name, payload, attempt), finished)
-            timer.append(self._time_out(task_id, name, timeout))
+            timer_id = self._time_out(task_id, name, timeout)
 
         return self._run_with_retry(name, codec, start, retry)
 

@@ -143,11 +143,14 @@ class OrchestrationExecutor:
     def replay(self, past: Sequence[HistoryEvent]) -> None:
         """Rebuild state from history that is already stored."""
         self._ctx._is_replaying = True
+        # is_patched() asks before the code reaches its marker: know them all up front.
         self._ctx._patches_in_history = frozenset(
             e.name for e in past if isinstance(e, PatchApplied)
         )
+        ended = False
         try:
             for event in past:
+                ended = ended or isinstance(event, ExecutionCompleted)
                 self._apply_event(event)
             # Actions the old episodes recorded were matched above; any left are
             # code the old run did not reach, which apply() reports as new.
@@ -156,9 +159,7 @@ class OrchestrationExecutor:
         self._ctx._cancelled_timers = []  # the episodes that recorded it cancelled those
         # A history without its ExecutionCompleted (a rewound one) whose code
         # now completes has not reported that completion yet: apply() does.
-        self._reported_completion = self._ctx._completion is not None and any(
-            isinstance(e, ExecutionCompleted) for e in past
-        )
+        self._reported_completion = self._ctx._completion is not None and ended
 
     def apply(self, new_events: Iterable[HistoryEvent]) -> EpisodeOutput:
         """Apply new events, run the code as far as it goes, and return what it did."""

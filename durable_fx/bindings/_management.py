@@ -347,16 +347,10 @@ class ManagementApi:
     async def rewind(self, req: func.HttpRequest) -> func.HttpResponse:
         """POST instances/{instanceId}/rewind?reason=: run a failed instance on (410 otherwise)."""
         instance_id = validate_instance_id(req.route_params.get("instanceId", ""))
-        state = await self._runtime.client.get(instance_id)
-        if state is None:
-            raise InstanceNotFoundError(instance_id)
-        if state.status is not OrchestrationStatus.FAILED:
-            raise HttpProblem(
-                410,
-                f"cannot rewind instance {instance_id!r}: it is {state.status.value}; "
-                "only a FAILED instance can be rewound",
-            )
-        await self._runtime.client.rewind(instance_id, req.params.get("reason"))
+        try:
+            await self._runtime.client.rewind(instance_id, req.params.get("reason"))
+        except InvalidOperationError as error:  # not FAILED (checked by the store)
+            raise HttpProblem(410, str(error)) from None
         return func.HttpResponse(status_code=202)
 
     async def restart(self, req: func.HttpRequest) -> func.HttpResponse:

@@ -452,16 +452,13 @@ class AsyncDurableClient:
         continues from there: after fixing the cause, a rewind finishes the
         job instead of starting it over. Results that arrived after the
         instance failed were dropped with it, so those activities run again
-        too. Returns once the request is queued (the instance stays FAILED
-        until a worker has rewound it). ``InvalidOperationError`` unless the
-        instance is FAILED.
+        too. The store sets the instance RUNNING as it takes the request, so a
+        ``wait`` right after sees the rewound run's outcome. ``InvalidOperationError``
+        unless the instance is FAILED (the store checks, atomically with the
+        write: of two rewinds at once, one wins), ``InstanceNotFoundError`` if
+        there is none.
         """
-        record = await self._require(instance_id, "rewind", terminal_ok=True)
-        if record.status is not OrchestrationStatus.FAILED:
-            raise InvalidOperationError(
-                f"instance {instance_id!r} is {record.status.value}; only a FAILED instance "
-                "can be rewound"
-            )
+        validate_instance_id(instance_id)
         event = ExecutionRewound(timestamp=self._clock.now(), reason=reason)
         await self._store.enqueue(OrchestrationMessage(instance_id, event))
 

@@ -272,15 +272,12 @@ class WorkItemDispatcher:
     async def _lock_episodes(
         self, connection: Connection, free: int
     ) -> LockBatch[OrchestrationWorkItem]:
-        limit = min(free, _LOCK_BATCH)
-        if connection.accept is None:
-            batch = await self._store.lock_orchestrations(
-                owner=self._owner, limit=limit, lease=self._lease
-            )
-        else:
-            batch = await self._store.lock_orchestrations(
-                owner=self._owner, limit=limit, lease=self._lease, accept=connection.accept
-            )
+        batch = await self._store.lock_orchestrations(
+            owner=self._owner,
+            limit=min(free, _LOCK_BATCH),
+            lease=self._lease,
+            accept=connection.accept,
+        )
         requests = []
         for item in batch.items:
             request = await self._hold_episode(connection, item)

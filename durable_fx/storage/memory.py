@@ -553,9 +553,10 @@ class MemoryStore:
         instance.history.extend(commit.new_history)
         for message_id in commit.consumed:
             instance.inbox.pop(message_id, None)
-        cancelled = set(commit.cancelled)
-        for message_id in [i for i, p in instance.inbox.items() if p.message.key in cancelled]:
-            del instance.inbox[message_id]
+        if commit.cancelled:
+            cancelled = set(commit.cancelled)
+            for message_id in [i for i, p in instance.inbox.items() if p.message.key in cancelled]:
+                del instance.inbox[message_id]
         instance.record = dataclasses.replace(
             commit.instance, version=_next_version(instance.record)
         )

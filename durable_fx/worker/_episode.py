@@ -67,6 +67,8 @@ __all__ = [
     "refusals",
     "rewind_requested",
     "starting_instance",
+    "terminated_failure",
+    "timer_message",
 ]
 
 
@@ -389,11 +391,8 @@ def _dispatch(
                 )
             )
         case CreateTimer():
-            fired = TimerFired(timestamp=action.fire_at, timer_id=action.id, fire_at=action.fire_at)
             messages.append(
-                OrchestrationMessage(
-                    instance.instance_id, fired, execution_id, visible_at=action.fire_at
-                )
+                timer_message(instance.instance_id, execution_id, action.id, action.fire_at)
             )
         case CreateSubOrchestration():
             child_start = ExecutionStarted(
@@ -466,6 +465,23 @@ def _continue_as_new(
     return next_record, [], messages
 
 
+def timer_message(
+    instance_id: str, execution_id: str, timer_id: int, fire_at: datetime
+) -> OrchestrationMessage:
+    """The delayed message that fires timer ``timer_id`` of an execution at ``fire_at``."""
+    fired = TimerFired(timestamp=fire_at, timer_id=timer_id, fire_at=fire_at)
+    return OrchestrationMessage(instance_id, fired, execution_id, visible_at=fire_at)
+
+
+def terminated_failure(instance_id: str, reason: str | None = None) -> FailureDetails:
+    """What a parent learns of a terminated sub-orchestration."""
+    message = f"sub-orchestration {instance_id!r} was terminated"
+    return FailureDetails(
+        error_type="OrchestrationTerminated",
+        message=message + (f": {reason}" if reason else ""),
+    )
+
+
 def _notify_parent(
     started: ExecutionStarted, completion: CompleteOrchestration, now: datetime
 ) -> list[OrchestrationMessage]:
@@ -478,11 +494,7 @@ def _notify_parent(
             timestamp=now, task_scheduled_id=parent.task_scheduled_id, result=completion.result
         )
     else:
-        failure = completion.failure or FailureDetails(
-            error_type="OrchestrationTerminated",
-            message=f"sub-orchestration {started.instance_id!r} was terminated"
-            + (f": {completion.result}" if completion.result else ""),
-        )
+        failure = completion.failure or terminated_failure(started.instance_id, completion.result)
         event = SubOrchestrationInstanceFailed(
             timestamp=now, task_scheduled_id=parent.task_scheduled_id, failure=failure
         )

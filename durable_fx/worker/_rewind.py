@@ -22,14 +22,12 @@ from .._history import (
     ExecutionCompleted,
     ExecutionRewound,
     ExecutionStarted,
-    FailureDetails,
     HistoryEvent,
     OrchestratorStarted,
     ParentInstance,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
     SubOrchestrationInstanceFailed,
-    TimerFired,
 )
 from .._registry import Registry
 from .._replay.executor import OrchestrationExecutor
@@ -42,6 +40,7 @@ from ..storage._records import (
     InstanceRecord,
     OrchestrationMessage,
 )
+from ._episode import terminated_failure, timer_message
 
 __all__ = ["plan_rewind", "start_again"]
 
@@ -74,15 +73,7 @@ async def plan_rewind(
         ActivityInvocation(iid, execution_id, e.event_id, e.name, e.input, e.attempt)
         for e in work.activities
     ]
-    messages = [
-        OrchestrationMessage(
-            iid,
-            TimerFired(timestamp=e.fire_at, timer_id=e.event_id, fire_at=e.fire_at),
-            execution_id,
-            visible_at=e.fire_at,
-        )
-        for e in work.timers
-    ]
+    messages = [timer_message(iid, execution_id, e.event_id, e.fire_at) for e in work.timers]
     for child in work.children:
         message = await _child_message(store, child, started, rewound.reason, now)
         if message is not None:
@@ -142,10 +133,7 @@ async def _child_message(
             )
             return OrchestrationMessage(parent.instance_id, done, parent.execution_id)
         case OrchestrationStatus.TERMINATED:
-            failure = FailureDetails(
-                error_type="OrchestrationTerminated",
-                message=f"sub-orchestration {child.instance_id!r} was terminated",
-            )
+            failure = terminated_failure(child.instance_id)
             failed = SubOrchestrationInstanceFailed(
                 timestamp=now, task_scheduled_id=task_id, failure=failure
             )

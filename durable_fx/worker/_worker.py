@@ -233,14 +233,9 @@ class Worker(StartStopContext):
         free = self._max_episodes - len(self._episodes)
         if free <= 0:
             return None
-        if self._accept is None:
-            batch = await self._store.lock_orchestrations(
-                owner=self._owner, limit=free, lease=self._lease
-            )
-        else:
-            batch = await self._store.lock_orchestrations(
-                owner=self._owner, limit=free, lease=self._lease, accept=self._accept
-            )
+        batch = await self._store.lock_orchestrations(
+            owner=self._owner, limit=free, lease=self._lease, accept=self._accept
+        )
         for item in batch.items:
             self._spawn(self._episodes, self._run_episode(item))
         return batch

@@ -135,7 +135,9 @@ class Commits:
         consumed = [
             rk for rk in dict.fromkeys([*commit.consumed, *cancelled]) if rk in session.pending
         ]
-        cancelled_dues = [session.pending[rk].visible_at for rk in cancelled if rk in consumed]
+        cancelled_dues = [
+            session.pending[rk].visible_at for rk in cancelled if rk in session.pending
+        ]
         tagged: list[Op] = []
         work: list[ActivityInvocation] = []
         seen_work: set[str] = set()

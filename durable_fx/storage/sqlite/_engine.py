@@ -263,7 +263,7 @@ class Engine:
         else:
             # The caller's filter, in the query: a page of instances it does not run
             # must not hide the ones it does.
-            db.create_function("dfx_accept", 2, lambda name, version: accept(name, version))
+            db.create_function("dfx_accept", 2, accept)
             (found,) = db.execute(sql.SELECT_DUE_ACCEPTED, (now, max(0, limit))).fetchone()
         candidates = {row[0]: row for row in json.loads(found)}
         items: list[OrchestrationWorkItem] = []
