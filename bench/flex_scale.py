@@ -2,6 +2,7 @@
 
     python bench/flex_scale.py [--n 100] [--only receipts,timeouts,sqlite]
                                [--timeout-s 0] [--concurrency 16] [--out FILE]
+                               [--park-dir DIR | --from-park DIR]
 
 Runs the email pipeline (``function_app:app``) under ``durable-fx serve`` on
 an Azure store on a private Azurite, with a local SMTP server playing the
@@ -26,6 +27,11 @@ largest over samples taken every ``--sample-s`` while ``serve`` works.
   park N, stop ``serve`` at once, wait until every receipt timeout is due,
   take the target with all N due, then start ``serve`` and time the N
   escalations.
+- park (with ``--park-dir DIR --timeout-s T``): park N as receipts does, take
+  its parked figures, stop, and keep Azurite's data in DIR. ``--from-park DIR``
+  then runs receipts or timeouts on a copy of it, without parking again: at
+  10,000 emails Azurite parks about 2 a second, so one park serves both (T
+  longer than the park and the receipts run, so nothing is due before them).
 - sqlite: the same pipeline on a SQLite file: park N, file size and rows,
   memory, N receipts and the completion throughput.
 
@@ -42,6 +48,7 @@ import base64
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,14 +300,55 @@ def sqlite_footprint(path: Path, parked: int) -> dict[str, Any]:
 
 
 def receipts(bench: Bench, out: dict[str, Any]) -> None:
-    n, args = bench.args.n, bench.args
+    if bench.args.from_park:
+        hub = _from_park(bench, out)
+    else:
+        hub = new_hub()
+        out.update(hub=hub, receipt_timeout_s=DAY)
+        _park_and_measure(bench, out, hub, DAY, "receipts-1")
+    _new_email_and_resume(bench, out, hub)
+
+
+def parked(bench: Bench, out: dict[str, Any]) -> None:
+    """Park N once, for ``receipts`` and ``timeouts`` to resume from copies (``--from-park``)."""
+    if not bench.args.park_dir or not bench.args.timeout_s:
+        raise SystemExit("the park scenario needs --park-dir and --timeout-s")
     hub = new_hub()
+    out.update(hub=hub, receipt_timeout_s=bench.args.timeout_s)
+    started = time.time()
+    _park_and_measure(bench, out, hub, bench.args.timeout_s, "park")
+    observer = AzureObserver(bench.azurite.connection_string(), hub)
+    out["fired_before_stop"] = sum(
+        1 for i in observer.instances("email-") if not i.awaiting_receipt
+    )
+    observer.close()
+    # The last deadline: every email was parked before the stop, each due timeout_s after.
+    record = {"hub": hub, "n": bench.args.n, "receipt_timeout_s": bench.args.timeout_s}
+    record.update(parked_from=started, all_due_at=time.time() + bench.args.timeout_s)
+    (Path(bench.args.park_dir) / PARK_RECORD).write_text(json.dumps(record, indent=1))
+
+
+PARK_RECORD = "park.json"
+
+
+def _from_park(bench: Bench, out: dict[str, Any]) -> str:
+    """The hub parked by the ``park`` scenario (its Azurite data copied in by ``main``)."""
+    record = json.loads((Path(bench.args.from_park) / PARK_RECORD).read_text())
+    if record["n"] != bench.args.n:
+        raise SystemExit(f"--from-park holds {record['n']} emails: pass --n {record['n']}")
+    out.update(from_park=record)
+    return str(record["hub"])
+
+
+def _park_and_measure(
+    bench: Bench, out: dict[str, Any], hub: str, timeout_s: float, log_name: str
+) -> None:
+    """Park N under ``serve``; the target live and at zero, the memory and the footprint."""
     url = bench.azurite.connection_string(hub)
     observer = AzureObserver(bench.azurite.connection_string(), hub)
-    out.update(hub=hub, receipt_timeout_s=DAY)
-    process = bench.serve(url, DAY, "receipts-1")
+    process = bench.serve(url, timeout_s, log_name)
     try:
-        out["park"] = park(process, observer, "park", n, args)
+        out["park"] = park(process, observer, "park", bench.args.n, bench.args)
         bench.save()
         out["idle_live"] = bench.settle(hub)
         bench.save()
@@ -308,10 +356,18 @@ def receipts(bench: Bench, out: dict[str, Any]) -> None:
         bench.save()
     finally:
         process.stop()
+        observer.close()
     out["idle_at_zero"] = bench.target(hub)
     bench.save()
-    out["footprint_parked"] = azure_footprint(bench.azurite, hub, n)
+    out["footprint_parked"] = azure_footprint(bench.azurite, hub, bench.args.n)
     bench.save()
+
+
+def _new_email_and_resume(bench: Bench, out: dict[str, Any], hub: str) -> None:
+    """One new email at zero, then a receipt for every parked email: target and throughput."""
+    args = bench.args
+    url = bench.azurite.connection_string(hub)
+    observer = AzureObserver(bench.azurite.connection_string(), hub)
     start_directly(url, "email-new-00000", DAY)
     out["one_new_email_at_zero"] = bench.target(hub)
     bench.save()
@@ -338,23 +394,36 @@ def receipts(bench: Bench, out: dict[str, Any]) -> None:
 
 def timeouts(bench: Bench, out: dict[str, Any]) -> None:
     n, args = bench.args.n, bench.args
-    timeout_s = args.timeout_s or 60 + 0.3 * n
-    hub = new_hub()
-    url = bench.azurite.connection_string(hub)
-    observer = AzureObserver(bench.azurite.connection_string(), hub)
-    out.update(hub=hub, receipt_timeout_s=timeout_s)
-    process = bench.serve(url, timeout_s, "timeouts-1")
-    try:
-        out["park"] = park(process, observer, "late", n, args)
-        bench.save()
-    finally:
-        process.stop()
-    stopped = time.monotonic()
-    out["fired_before_stop"] = sum(
-        1 for i in observer.instances("email-") if not i.awaiting_receipt
-    )
-    # Every deadline is at most timeout_s after its email was parked, so after the stop.
-    time.sleep(max(0.0, timeout_s + 3 - (time.monotonic() - stopped)))
+    if args.from_park:
+        hub = _from_park(bench, out)
+        timeout_s = float(out["from_park"]["receipt_timeout_s"])
+        # serve is stopped: wait until the last deadline has passed.
+        time.sleep(max(0.0, float(out["from_park"]["all_due_at"]) + 3 - time.time()))
+        observer = AzureObserver(bench.azurite.connection_string(), hub)
+    else:
+        timeout_s = args.timeout_s or 60 + 0.3 * n
+        hub = new_hub()
+        observer = AzureObserver(bench.azurite.connection_string(), hub)
+        out.update(hub=hub, receipt_timeout_s=timeout_s)
+        process = bench.serve(bench.azurite.connection_string(hub), timeout_s, "timeouts-1")
+        try:
+            out["park"] = park(process, observer, "late", n, args)
+            bench.save()
+        finally:
+            process.stop()
+        stopped = time.monotonic()
+        out["fired_before_stop"] = sum(
+            1 for i in observer.instances("email-") if not i.awaiting_receipt
+        )
+        # Every deadline is at most timeout_s after its email was parked, so after the stop.
+        time.sleep(max(0.0, timeout_s + 3 - (time.monotonic() - stopped)))
+    _fire_due(bench, out, hub, observer, timeout_s)
+
+
+def _fire_due(
+    bench: Bench, out: dict[str, Any], hub: str, observer: AzureObserver, timeout_s: float
+) -> None:
+    """With every receipt timeout due: the target at zero, then serve escalating them all."""
     due = [i.instance_id for i in observer.instances("email-") if i.awaiting_receipt]
     out["due"] = len(due)
     bench.save()
@@ -362,11 +431,11 @@ def timeouts(bench: Bench, out: dict[str, Any]) -> None:
     bench.save()
     out["all_due_at_zero"] = bench.target(hub)
     bench.save()
-    process = bench.serve(url, timeout_s, "timeouts-2")
+    process = bench.serve(bench.azurite.connection_string(hub), timeout_s, "timeouts-2")
     try:
         first = datetime.now(UTC)
         with bench.live(hub) as live:
-            done = wait_while_moving(observer, "email-", _completed, n, args.stall_s)
+            done = wait_while_moving(observer, "email-", _completed, len(due), bench.args.stall_s)
         out["escalations"] = _completion(done, first, len(due))
         bench.save()
         out["escalations_live"] = live
@@ -412,6 +481,7 @@ def sqlite(bench: Bench, out: dict[str, Any]) -> None:
 SCENARIOS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "receipts": receipts,
     "timeouts": timeouts,
+    "park": parked,
     "sqlite": sqlite,
 }
 
@@ -455,6 +525,14 @@ def main() -> None:
         default=0.0,
         help="stop waiting for receipts' effect (0: no)",
     )
+    parser.add_argument(
+        "--park-dir",
+        help="park: park N there (Azurite's data kept) for later runs to resume from",
+    )
+    parser.add_argument(
+        "--from-park",
+        help="receipts, timeouts: start from a copy of what `--only park` left in this directory",
+    )
     parser.add_argument("--logs", help="keep serve's logs in this directory")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -468,7 +546,7 @@ def main() -> None:
     args.commit = _commit()  # now: the tree may change while the run lasts
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="durable_fx-flex-") as workdir:
-        azurite = AzuriteProcess(Path(workdir))
+        azurite = _start_azurite(args, Path(workdir))
         try:
             with LocalSmtp() as smtp:
                 logs = Path(args.logs or workdir)
@@ -493,6 +571,20 @@ def main() -> None:
         finally:
             azurite.stop()
     print(_write(args, bench.rules, results, load_before))
+
+
+def _start_azurite(args: Any, workdir: Path) -> AzuriteProcess:
+    """Azurite on a fresh data directory, the park directory, or a copy of a park."""
+    if args.park_dir:
+        if args.only != "park":
+            raise SystemExit("--park-dir goes with --only park")
+        Path(args.park_dir).mkdir(parents=True, exist_ok=True)
+        return AzuriteProcess(Path(args.park_dir), keep_data=True)
+    if args.from_park:
+        if "park" in args.only.split(","):
+            raise SystemExit("--from-park goes with receipts or timeouts, not park")
+        shutil.copytree(Path(args.from_park) / "azurite-data", workdir / "azurite-data")
+    return AzuriteProcess(workdir)
 
 
 def _log_tails(logs: Path, lines: int = 40) -> dict[str, list[str]]:

@@ -77,9 +77,13 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
 
 
 class AzuriteProcess:
-    """Starts Azurite with a temporary data directory; ``stop()`` ends it."""
+    """Starts Azurite with its data in ``workdir/azurite-data``; ``stop()`` ends it.
 
-    def __init__(self, workdir: Path) -> None:
+    The data is removed at the stop unless ``keep_data`` (a benchmark that parks
+    work in one run and resumes it from a copy in another).
+    """
+
+    def __init__(self, workdir: Path, *, keep_data: bool = False) -> None:
         if not AZURITE_BIN.exists():
             raise FileNotFoundError(
                 f"{AZURITE_BIN} is missing: run `npm ci` (make test does) to install Azurite"
@@ -87,6 +91,7 @@ class AzuriteProcess:
         blob, queue, table = _free_ports(3)
         self.azurite = Azurite(blob, queue, table)
         self._data = workdir / "azurite-data"
+        self._keep_data = keep_data
         self._data.mkdir(parents=True, exist_ok=True)
         self._log = (workdir / "azurite.log").open("wb")
         command = [
@@ -110,13 +115,15 @@ class AzuriteProcess:
             raise
 
     def stop(self) -> None:
-        """Terminate Azurite (kill it if it lingers) and remove its data."""
+        """Terminate Azurite (kill it if it lingers) and remove its data unless kept."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                # On SIGTERM Azurite saves its metadata databases: give a big one time.
+                self.process.wait(timeout=120 if self._keep_data else 10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
-        shutil.rmtree(self._data, ignore_errors=True)
+        if not self._keep_data:
+            shutil.rmtree(self._data, ignore_errors=True)
