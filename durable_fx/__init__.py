@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._history import FailureDetails, HistoryEvent
 from ._ids import validate_instance_id
+from ._parent_close import ParentClosePolicy
 from ._registry import ActivityContext, Registry
 from ._replay.context import OrchestrationContext, Orchestrator
 from ._replay.tasks import Task, when_all, when_any
@@ -71,6 +72,7 @@ __all__ = [
     "OrchestrationState",
     "OrchestrationStatus",
     "Orchestrator",
+    "ParentClosePolicy",
     "PoisonedMessage",
     "QueryResult",
     "Registry",

@@ -12,11 +12,13 @@ from durable_fx import (
     OrchestrationContext,
     OrchestrationStatus,
     Orchestrator,
+    ParentClosePolicy,
     Registry,
     RetryPolicy,
     TaskFailedError,
     Worker,
     when_all,
+    when_any,
 )
 from tests.support.instances import status_of
 
@@ -393,3 +395,58 @@ def test_two_children_started_together_under_one_id(
     shared = client.get("shared")
     assert shared is not None and shared.status is OrchestrationStatus.COMPLETED
     assert shared.output == ran[0]
+
+
+def test_parent_close_policy_terminates_a_child_that_lost_a_race(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    """The parent gave up waiting and completed: its TERMINATE child ends, its ABANDON one runs."""
+
+    @registry.orchestrator()
+    def slow(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.wait_for_event("finish"))
+
+    @registry.orchestrator()
+    def impatient(ctx: OrchestrationContext) -> Orchestrator[str]:
+        doomed = ctx.call_sub_orchestrator(
+            slow, instance_id="doomed", parent_close_policy=ParentClosePolicy.TERMINATE
+        )
+        kept = ctx.call_sub_orchestrator(slow, instance_id="kept")
+        winner = yield when_any([doomed, kept, ctx.create_timer(timedelta(milliseconds=300))])
+        return "answered" if winner in (doomed, kept) else "gave up"
+
+    iid = client.start(impatient)
+    state = client.wait(iid, timeout=WAIT)
+    assert state.output == "gave up"
+    doomed = client.wait("doomed", timeout=WAIT)
+    assert doomed.status is OrchestrationStatus.TERMINATED
+    assert iid in str(doomed.output) and "completed" in str(doomed.output)
+    assert status_of(client, "kept") is OrchestrationStatus.RUNNING
+    client.raise_event("kept", "finish", "late")
+    assert client.wait("kept", timeout=WAIT).output == "late"
+
+
+def test_parent_close_policy_applies_when_the_parent_fails_or_continues_as_new(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    @registry.orchestrator()
+    def slow(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.wait_for_event("finish"))
+
+    @registry.orchestrator()
+    def generations(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
+        ctx.call_sub_orchestrator(
+            slow, instance_id=f"gen-{n}", parent_close_policy=ParentClosePolicy.TERMINATE
+        )
+        yield ctx.create_timer(timedelta(milliseconds=50))
+        if n == 0:
+            ctx.continue_as_new(1)
+            return None
+        raise RuntimeError("the second generation fails")
+
+    iid = client.start(generations, 0)
+    assert client.wait(iid, timeout=WAIT).status is OrchestrationStatus.FAILED
+    for child, verb in (("gen-0", "continued as new"), ("gen-1", "failed")):
+        state = client.wait(child, timeout=WAIT)
+        assert state.status is OrchestrationStatus.TERMINATED, child
+        assert verb in str(state.output), state.output

@@ -439,3 +439,55 @@ def test_timers_that_can_no_longer_matter_never_wake_the_instance(
     worker.stop()
     batch = asyncio.run(store.lock_orchestrations(owner="probe", limit=10, lease=day))
     assert batch.items == [] and batch.next_due is None, batch
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"], indirect=True)
+def test_a_timer_that_lost_a_when_any_is_cancelled_while_the_instance_runs_on(
+    store: Store, registry: Registry, make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    """The event won: the day-long timer it raced is deleted, not left to wake the instance."""
+    day = timedelta(days=1)
+
+    @registry.orchestrator()
+    def raced(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        yield when_any([ctx.wait_for_event("go"), ctx.create_timer(day)])
+        ctx.set_custom_status("raced")
+        yield ctx.wait_for_event("finish")  # still running, with nothing due
+        return "done"
+
+    worker = make_worker()
+    iid = client.start(raced)
+    client.raise_event(iid, "go")
+    deadline = time.monotonic() + WAIT
+    while custom_status_of(client, iid) != "raced" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert custom_status_of(client, iid) == "raced"
+    worker.stop()
+    batch = asyncio.run(store.lock_orchestrations(owner="probe", limit=10, lease=day))
+    assert batch.items == [] and batch.next_due is None, batch
+    make_worker()
+    client.raise_event(iid, "finish")
+    assert client.wait(iid, timeout=WAIT).output == "done"
+
+
+def test_a_timer_the_code_still_holds_fires_after_losing_a_when_any(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    """A deadline raced in a loop loses every round but the last, and still fires."""
+
+    @registry.orchestrator()
+    def until_deadline(ctx: OrchestrationContext) -> Orchestrator[int]:
+        deadline = ctx.create_timer(SHORT * 3)
+        ticks = 0
+        while True:
+            winner = yield when_any([ctx.wait_for_event("tick"), deadline])
+            if winner is deadline:
+                return ticks
+            ticks += 1
+
+    iid = client.start(until_deadline)
+    client.raise_event(iid, "tick")
+    client.raise_event(iid, "tick")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == 2

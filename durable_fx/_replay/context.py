@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, MutableMapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .._history import (
     TaskFailed,
 )
 from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
+from .._parent_close import ParentClosePolicy
 from .._registry import ActivityContext, Registry, definition_of, name_of
 from .._retry import RetryPolicy
 from .._serialization import PayloadCodec, encode
@@ -42,7 +44,7 @@ from .actions import (
     ScheduleTask,
     SendEvent,
 )
-from .tasks import CompletableTask, Task
+from .tasks import CompletableTask, DroppableTask, Task
 
 __all__ = ["OrchestrationContext", "Orchestrator"]
 
@@ -105,6 +107,7 @@ class OrchestrationContext:
         self._pending_actions: dict[int, Action] = {}
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
+        self._terminate_on_close: set[int] = set()
         self._failures_raised: set[int] = set()
         self._timers: set[int] = set()
         self._cancelled_timers: list[int] = []
@@ -360,6 +363,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[R]: ...
     @overload
     def call_sub_orchestrator(
@@ -369,6 +373,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[R]: ...
     @overload
     def call_sub_orchestrator(
@@ -378,6 +383,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[R]: ...
     # An orchestrator that is a plain function (no yield) returns its value as
     # is, undeclared to the codecs: its result is plain JSON, typed ``object``
@@ -390,6 +396,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[object]: ...
     @overload
     def call_sub_orchestrator(
@@ -399,6 +406,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[object]: ...
     @overload
     def call_sub_orchestrator(
@@ -408,6 +416,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[object]: ...
     @overload
     def call_sub_orchestrator(
@@ -417,6 +426,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
         result_type: type[R],
     ) -> Task[R]: ...
     @overload
@@ -427,6 +437,7 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
     ) -> Task[Any]: ...
 
     def call_sub_orchestrator(
@@ -436,12 +447,15 @@ class OrchestrationContext:
         *,
         instance_id: str | None = None,
         retry: RetryPolicy | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.ABANDON,
         result_type: Any = None,
     ) -> Task[Any]:
         """Start a child orchestration; yielding the task returns its output.
 
         The output is rebuilt into the orchestrator's declared type (the ``R``
         of its ``Orchestrator[R]``), or into ``result_type`` when given with a name.
+        With ``ParentClosePolicy.TERMINATE``, a child still running when this
+        execution ends (completes, fails, continues as new) is terminated.
         """
         name = name_of(orchestrator)
         codec = self._result_codec(orchestrator, name, "orchestrator", result_type)
@@ -453,17 +467,35 @@ class OrchestrationContext:
             action_id = self._next_id()
             child_id = instance_id or self._child_instance_id(action_id)
             self._children[action_id] = child_id
+            if parent_close_policy is ParentClosePolicy.TERMINATE:
+                self._terminate_on_close.add(action_id)
             self._record(CreateSubOrchestration(action_id, name, child_id, payload), on_result)
 
         return self._run_with_retry(name, codec, start, retry)
 
     def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
-        """A task that completes at ``fire_at`` (or after a delay), surviving restarts."""
+        """A task that completes at ``fire_at`` (or after a delay), surviving restarts.
+
+        A timer the code can no longer yield (it lost a ``when_any`` and no
+        variable holds it) is cancelled: it will not wake the instance.
+        """
         when = self._now + fire_at if isinstance(fire_at, timedelta) else fire_at
         if when.tzinfo is None:
             raise ValueError("create_timer needs a timezone-aware datetime (use UTC)")
-        task: CompletableTask[None] = CompletableTask()
-        self._create_timer(when, "timer", lambda _event: task.complete(None))
+        task = DroppableTask[None]()
+        # The context holds the task weakly: only the code (and the composites
+        # it waits on) keep it alive, so dropping it means nobody can wait on it.
+        held = weakref.ref(task)
+
+        def fired(_event: HistoryEvent) -> None:
+            if (alive := held()) is not None:
+                alive.complete(None)
+
+        timer_id = self._create_timer(when, "timer", fired)
+        # Deleting the timer message changes nothing in history, so it does not
+        # matter for replay when the drop is noticed.
+        context = weakref.ref(self)
+        task.on_drop(lambda: (ctx := context()) is not None and ctx._cancel_timer(timer_id))
         return task
 
     @overload

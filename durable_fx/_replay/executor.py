@@ -88,6 +88,8 @@ class EpisodeOutput:
     """True if the completion happened in this episode."""
     cancelled_timers: list[int] = field(default_factory=list)
     """Timers (created in this or an earlier episode) that can no longer matter."""
+    terminate_on_close: list[str] = field(default_factory=list)
+    """Running children to terminate because the execution ended (``ParentClosePolicy``)."""
 
 
 class OrchestrationExecutor:
@@ -184,7 +186,12 @@ class OrchestrationExecutor:
             suspended=self._suspended,
             completed_now=completed_now,
             cancelled_timers=cancelled,
+            terminate_on_close=self._terminate_on_close() if completed_now else [],
         )
+
+    def _terminate_on_close(self) -> list[str]:
+        ctx = self._ctx
+        return [child for task, child in ctx._children.items() if task in ctx._terminate_on_close]
 
     # -- admission: what goes into history ------------------------------------------
 

@@ -12,7 +12,15 @@ from typing import Any, Generic, TypeVar
 
 from .._errors import TaskError
 
-__all__ = ["CompletableTask", "Task", "WhenAllTask", "WhenAnyTask", "when_all", "when_any"]
+__all__ = [
+    "CompletableTask",
+    "DroppableTask",
+    "Task",
+    "WhenAllTask",
+    "WhenAnyTask",
+    "when_all",
+    "when_any",
+]
 
 T = TypeVar("T")
 
@@ -84,8 +92,31 @@ class CompletableTask(Task[T]):
         self._settle(None, error)  # type: ignore[arg-type]
 
 
+class DroppableTask(CompletableTask[T]):
+    """A task that tells its owner when nothing refers to it any more.
+
+    A durable timer is one: once the code can no longer yield it (a lost
+    ``when_any`` let it go and no variable holds it), the timer is cancelled.
+    """
+
+    __slots__ = ("__weakref__", "_dropped")
+
+    def on_drop(self, dropped: Callable[[], object]) -> None:
+        """Call ``dropped`` when this task is garbage (if it has not completed)."""
+        self._dropped = dropped
+
+    def __del__(self) -> None:
+        dropped = getattr(self, "_dropped", None)
+        if dropped is not None and not self.is_complete:
+            dropped()
+
+
 class WhenAllTask(Task[list[T]]):
-    """Completes with every child's result, in order; fails at the first failed child."""
+    """Completes with every child's result, in order; fails at the first failed child.
+
+    Once settled it lets go of its children: after a failure, the pending ones
+    are only alive if the code still holds them.
+    """
 
     __slots__ = ("_children", "_remaining")
 
@@ -99,28 +130,39 @@ class WhenAllTask(Task[list[T]]):
             child._add_listener(self._on_child)
 
     def _on_child(self, child: Task[Any]) -> None:
+        if self.is_complete:
+            return
         if child.is_failed:
+            self._children = []
             self._settle(None, child.error)  # type: ignore[arg-type]
             return
         self._remaining -= 1
         if self._remaining == 0:
-            self._settle([c.get_result() for c in self._children], None)
+            children, self._children = self._children, []
+            self._settle([c.get_result() for c in children], None)
 
 
 class WhenAnyTask(Task[Task[T]]):
-    """Completes with the first child that completes (succeeded or failed)."""
+    """Completes with the first child that completes (succeeded or failed).
 
-    __slots__ = ()
+    It holds its children only until then, so a losing timer the code does
+    not hold itself is dropped, and cancelled.
+    """
+
+    __slots__ = ("_children",)
 
     def __init__(self, children: Sequence[Task[T]]) -> None:
         super().__init__()
         if not children:
             raise ValueError("when_any needs at least one task")
-        for child in children:
+        self._children = list(children)
+        for child in self._children:
             child._add_listener(self._on_child)
 
     def _on_child(self, child: Task[Any]) -> None:
-        self._settle(child, None)
+        if not self.is_complete:
+            self._children = []
+            self._settle(child, None)
 
 
 def when_all(tasks: Iterable[Task[T]]) -> Task[list[T]]:

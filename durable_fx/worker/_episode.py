@@ -45,6 +45,7 @@ from .._replay.actions import (
     SendEvent,
 )
 from .._replay.executor import EpisodeOutput
+from .._serialization import encode
 from .._state import OrchestrationStatus
 from ..storage._records import (
     ActivityInvocation,
@@ -232,8 +233,7 @@ def plan_episode(
             history.append(_completed_event(completion, now))
             record = _finished(record, completion, now)
             messages.extend(_notify_parent(started, completion, now))
-            if completion.status == "TERMINATED":
-                messages.extend(_terminate_children(running_children, completion, now))
+        messages.extend(_close_children(started, completion, output, running_children, now))
     moot = {timer_key(instance.execution_id, t) for t in output.cancelled_timers}
     sent = [m for m in messages if not (m.instance_id == instance.instance_id and m.key in moot)]
     return EpisodeCommit(
@@ -501,10 +501,29 @@ def _notify_parent(
     return [OrchestrationMessage(parent.instance_id, event, parent.execution_id)]
 
 
-def _terminate_children(
-    children: Sequence[str], completion: CompleteOrchestration, now: datetime
+def _close_children(
+    started: ExecutionStarted,
+    completion: CompleteOrchestration,
+    output: EpisodeOutput,
+    running_children: Sequence[str],
+    now: datetime,
 ) -> list[OrchestrationMessage]:
+    """Terminates for the children the ended execution takes with it.
+
+    A terminated parent takes every running child (``running_children``, empty
+    when the terminate did not recurse), with its own reason; any other end
+    takes those started with ``ParentClosePolicy.TERMINATE``.
+    """
+    if completion.status == "TERMINATED":
+        children, reason = list(running_children), completion.result
+    else:
+        verb = {"COMPLETED": "completed", "FAILED": "failed"}.get(
+            completion.status, "continued as new"
+        )
+        children = []
+        reason = encode(f"parent {started.instance_id} {verb} (ParentClosePolicy.TERMINATE)")
+    children += [c for c in output.terminate_on_close if c not in children]
     return [
-        OrchestrationMessage(child, ExecutionTerminated(timestamp=now, input=completion.result))
+        OrchestrationMessage(child, ExecutionTerminated(timestamp=now, input=reason))
         for child in children
     ]
