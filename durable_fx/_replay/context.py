@@ -495,7 +495,12 @@ class OrchestrationContext:
         # Deleting the timer message changes nothing in history, so it does not
         # matter for replay when the drop is noticed.
         context = weakref.ref(self)
-        task.on_drop(lambda: (ctx := context()) is not None and ctx._cancel_timer(timer_id))
+
+        def dropped() -> None:
+            if (ctx := context()) is not None:
+                ctx._cancel_timer(timer_id)
+
+        task.on_drop(dropped)
         return task
 
     @overload
