@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +21,11 @@ from durable_fx import (
     Orchestrator,
     Registry,
     RetryPolicy,
+    Store,
     Worker,
     when_all,
 )
+from durable_fx.storage import EpisodeCommit, OrchestrationWorkItem
 from tests.support.instances import history_kinds, status_of
 
 WAIT = 20.0
@@ -278,3 +281,62 @@ def test_only_a_failed_instance_can_be_rewound(
         client.rewind(iid)
     with pytest.raises(InstanceNotFoundError):
         client.rewind("no-such-instance")
+
+
+class _CommitsHeldWhileFailed:
+    """A store whose commits for a FAILED instance wait until ``go`` (the rest delegated)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.waiting = threading.Event()
+        self.go = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def commit_episode(self, item: OrchestrationWorkItem, commit: EpisodeCommit) -> str:
+        if item.instance.status is OrchestrationStatus.FAILED and not self.go.is_set():
+            self.waiting.set()
+            await asyncio.to_thread(self.go.wait, WAIT)
+        return await self.inner.commit_episode(item, commit)
+
+
+def test_a_rewind_accepted_under_a_workers_lock_runs_at_once(
+    store: Store,
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+) -> None:
+    """The worker was writing off a late result of the FAILED instance when the rewind came.
+
+    Its commit conflicts (the rewind moved the row on): it must let go of the
+    lock so the rewind runs now, not when its lease runs out a minute later.
+    """
+    outage, late = Outage(), threading.Event()
+
+    @registry.activity()
+    def send(key: str) -> str:
+        outage.call(key)
+        return f"sent: {key}"
+
+    @registry.activity()
+    def slow(_: None) -> str:
+        late.wait(WAIT)
+        return "late"
+
+    @registry.orchestrator()
+    def pair(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield when_all([ctx.call_activity(send, "a"), ctx.call_activity(slow, None)]))
+
+    held = _CommitsHeldWhileFailed(store)
+    make_worker(on=held)
+    iid = client.start(pair)
+    _failed(client, iid)
+    late.set()  # slow's result reaches the FAILED instance: its episode waits to commit
+    assert held.waiting.wait(WAIT)
+    outage.down = False
+    client.rewind(iid, "the provider is back")
+    held.go.set()
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["sent: a", "late"]

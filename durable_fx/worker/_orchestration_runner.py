@@ -8,13 +8,14 @@ committed, a restart, an eviction) rebuilds the executor from history once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -134,14 +135,24 @@ class OrchestrationRunner:
         self._finished = finished_on(store)
 
     async def run(self, item: OrchestrationWorkItem) -> None:
-        """Run and commit one episode; on a conflict, drop it (the lock's new owner redoes it)."""
+        """Run and commit one episode; on a conflict, drop it and let go of the lock.
+
+        The episode was planned from a row that changed meanwhile: another worker
+        took the lock over (releasing does nothing then), or a client changed the
+        instance under our lock (a rewind sets a FAILED instance RUNNING), and
+        the messages must be done again now, not after the lease runs out.
+        """
         instance_id = item.instance.instance_id
         try:
             commit, entry = await self._plan(_Episode(item, self._clock.now()))
             version = await self._store.commit_episode(item, commit)
-        except ConflictError:
+        except ConflictError as conflict:
             self._cache.evict(instance_id)
-            log.info("episode for %s lost to another worker", instance_id)
+            log.info("episode for %s not committed: %s", instance_id, conflict)
+            with contextlib.suppress(Exception):
+                await self._store.abandon_orchestration(
+                    item, reason=str(conflict), retry_after=timedelta(0)
+                )
             return
         except BaseException:
             self._cache.evict(instance_id)

@@ -29,6 +29,8 @@ from ._transient import status_of
 
 __all__ = ["Commits"]
 
+_CHANGED = "a client changed the instance's status meanwhile (a rewind); the episode is done again"
+
 _ATTEMPTS = 6
 
 log = logging.getLogger("durable_fx.storage.azure")
@@ -264,6 +266,8 @@ class Commits:
                     return
                 if outcome == "lost":
                     raise ConflictError(iid, "another worker took the instance over") from None
+                if outcome == "changed":
+                    raise ConflictError(iid, _CHANGED) from None
         raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
 
     async def _set_staging(self, session: Session, staging: str) -> None:
@@ -289,6 +293,8 @@ class Commits:
                     return
                 if outcome == "lost":
                     raise ConflictError(iid, "another worker took the instance over") from None
+                if outcome == "changed":
+                    raise ConflictError(iid, _CHANGED) from None
         raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
 
     def _apply(self, session: Session, commit: EpisodeCommit, plan: _Plan) -> None:

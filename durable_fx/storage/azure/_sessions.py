@@ -20,6 +20,7 @@ Everything here runs on the store loop; ``_hub`` and ``_timers`` lie below, noth
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from azure.data.tables import TableTransactionError
 
+from ..._state import OrchestrationStatus
 from ._codec import INSTANCE_ROW, history_key, ts
 from ._hub import Hub
 from ._ops import Op, bump, gone_ok, instance_update
@@ -163,10 +165,18 @@ class Sessions:
                     return True
                 if outcome == "lost":
                     return False
+                # "retry", "changed": the merge does not touch the status; try again.
         return False
 
-    async def resolve(self, session: Session, token: str) -> Literal["applied", "retry", "lost"]:
-        """After a failed conditional write: whether it applied, may be retried, or is lost."""
+    async def resolve(
+        self, session: Session, token: str
+    ) -> Literal["applied", "retry", "changed", "lost"]:
+        """After a failed conditional write: whether it applied, may be retried, or is lost.
+
+        ``changed``: still ours, but a client changed the status under us (a
+        rewind accepted for the FAILED instance): a write planned from the old
+        status must not be retried over it.
+        """
         hub = self._hub
         row = await hub.read_instance(session.instance_id)
         if row is not None and row.get("Token") == token:
@@ -179,6 +189,10 @@ class Sessions:
         ):
             session.etag = str(row["etag"])
             session.stale = True  # someone added messages: re-read them before the next lock
+            status = OrchestrationStatus(row.get("Status", session.record.status.value))
+            if status is not session.record.status:
+                session.record = dataclasses.replace(session.record, status=status)
+                return "changed"
             return "retry"
         if self.holds(session):
             # Only this session is lost: a newer one (this process took the instance
