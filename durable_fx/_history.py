@@ -142,6 +142,10 @@ class TaskScheduled(_Event):
     name: str
     input: str | None = None
     attempt: int = 1
+    heartbeat_timeout: float | None = None
+    """Seconds the attempt may go without a heartbeat before it times out."""
+    heartbeat_details: str | None = None
+    """The last heartbeat details of the attempts before (JSON), for this one to read."""
 
 
 class TaskCompleted(_Event):
@@ -154,6 +158,8 @@ class TaskFailed(_Event):
     kind: Literal["TaskFailed"] = "TaskFailed"
     task_scheduled_id: int
     failure: FailureDetails
+    heartbeat_details: str | None = None
+    """The failed attempt's last heartbeat details (JSON): the retry receives them."""
 
 
 class SubOrchestrationInstanceCreated(_Event):

@@ -7,15 +7,18 @@ and ``client.start(fn)`` resolve names and payload types from the function.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
 from ._errors import UnknownNameError
+from ._heartbeat import Heartbeats
 from ._serialization import PayloadCodec, input_parameter, return_annotation
 
 __all__ = [
@@ -83,6 +86,8 @@ class ActivityContext:
     Declare a parameter annotated ``ActivityContext`` to receive it.
     ``attempt`` counts retries of the task (from its RetryPolicy);
     ``delivery_count`` counts deliveries of this attempt (above 1 after a crash).
+    ``heartbeat_details`` are the last details given to ``heartbeat`` by an
+    earlier attempt or delivery (decoded JSON; ``None`` if there were none).
     """
 
     instance_id: str
@@ -91,6 +96,20 @@ class ActivityContext:
     name: str
     attempt: int
     delivery_count: int
+    heartbeat_details: Any = None
+    _beats: Heartbeats | None = field(default=None, repr=False, compare=False)
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Tell the worker the activity is alive, optionally with progress to resume from.
+
+        With a ``heartbeat_timeout`` on the call, an attempt that goes that
+        long without a beat times out. ``details`` (any JSON-able value) reach
+        the next attempt and a redelivery after a crash as
+        ``heartbeat_details``. Cheap: the worker saves the latest with its
+        lease renewals, not on every call. Safe from any thread.
+        """
+        if self._beats is not None:
+            self._beats.beat(details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +141,12 @@ class ActivityDefinition:
     """What to pass, positionally, in the order the function declares them."""
     is_async: bool
     kind: Literal["activity"] = "activity"
+    timeout: timedelta | None = None
+    """Default per-attempt limit of ``call_activity(timeout=)``."""
+    heartbeat_timeout: timedelta | None = None
+    """Default of ``call_activity(heartbeat_timeout=)``."""
+    total_timeout: timedelta | None = None
+    """Default of ``call_activity(total_timeout=)``."""
 
 
 Definition = OrchestratorDefinition | ActivityDefinition
@@ -202,13 +227,43 @@ class Registry:
     @overload
     def activity(self, fn: F, /) -> F: ...
     @overload
-    def activity(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+    def activity(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
+    ) -> Callable[[F], F]: ...
 
-    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
-        """Register a function (sync or ``async def``) as an activity."""
+    def activity(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register a function (sync or ``async def``) as an activity.
+
+        The timeouts are the defaults of ``ctx.call_activity``'s (a call that
+        names the activity by a string the orchestrator's registry does not
+        know gets none).
+        """
+        check_timeouts(
+            timeout=timeout, heartbeat_timeout=heartbeat_timeout, total_timeout=total_timeout
+        )
 
         def register(fn: F) -> F:
-            definition = _activity_definition(name or fn.__name__, fn)
+            definition = dataclasses.replace(
+                _activity_definition(name or fn.__name__, fn),
+                timeout=timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                total_timeout=total_timeout,
+            )
             self._add(self._activities, definition)
             setattr(fn, _ATTRIBUTE, definition)
             return fn
@@ -291,6 +346,14 @@ def _activity_definition(name: str, fn: Callable[..., Any]) -> ActivityDefinitio
         parameters=tuple("context" if p is context else "input" for p in params),
         is_async=inspect.iscoroutinefunction(fn),
     )
+
+
+def check_timeouts(**limits: timedelta | None) -> dict[str, timedelta | None]:
+    """``limits`` as given; ``ValueError`` naming the first that is not positive."""
+    for key, value in limits.items():
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"{key} must be positive, not {value}")
+    return limits
 
 
 class HasRegistry(Protocol):

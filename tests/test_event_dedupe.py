@@ -120,6 +120,8 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "v2.db") as db:
         db.executescript(
             "DROP TABLE used_keys; ALTER TABLE instances DROP COLUMN orch_version;"
+            " ALTER TABLE work_items DROP COLUMN heartbeat_timeout;"
+            " ALTER TABLE work_items DROP COLUMN heartbeat_details;"
             " PRAGMA user_version=2;"
         )
     db.close()
@@ -129,4 +131,4 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "v2.db") as db:
         (version,) = db.execute("PRAGMA user_version").fetchone()
     db.close()
-    assert version == 4
+    assert version == 5

@@ -165,8 +165,10 @@ class _FailingCommits:
     ) -> None:
         await self.inner.abandon_activity(item, reason=reason, retry_after=retry_after)
 
-    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
-        await self.inner.renew_activity_lease(item, lease)
+    async def renew_activity_lease(
+        self, item: ActivityWorkItem, lease: timedelta, *, heartbeat: str | None = None
+    ) -> None:
+        await self.inner.renew_activity_lease(item, lease, heartbeat=heartbeat)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self.inner.get_instance(instance_id)
@@ -309,6 +311,8 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
                 dequeue_count INTEGER NOT NULL, extra TEXT NOT NULL DEFAULT '{}');
             INSERT INTO poison VALUES (7, 'activities', 'old', '{}', 'it broke', 0, 5, '{}');
             ALTER TABLE instances DROP COLUMN orch_version;
+            ALTER TABLE work_items DROP COLUMN heartbeat_timeout;
+            ALTER TABLE work_items DROP COLUMN heartbeat_details;
             PRAGMA user_version=1;
             """
         )
@@ -327,7 +331,7 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         (last,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'poison'").fetchone()
     db.close()
-    assert version == 4 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert version == 5 and "AUTOINCREMENT" in table and "poison_instance" in indexes
     assert "used_keys" in indexes, "version 3 remembers event ids (test_event_dedupe.py)"
     assert last == 7, "the next poisoned message could reuse a deleted id"
 

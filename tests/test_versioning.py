@@ -142,7 +142,12 @@ def test_a_version_3_sqlite_file_learns_to_keep_versions(tmp_path: Path) -> None
     with DurableClient(url) as client:
         client.start("child", instance_id="before")
     with sqlite3.connect(tmp_path / "v3.db") as db:  # the layout before versions
-        db.executescript("ALTER TABLE instances DROP COLUMN orch_version; PRAGMA user_version=3;")
+        db.executescript(
+            "ALTER TABLE instances DROP COLUMN orch_version;"
+            " ALTER TABLE work_items DROP COLUMN heartbeat_timeout;"
+            " ALTER TABLE work_items DROP COLUMN heartbeat_details;"
+            " PRAGMA user_version=3;"
+        )
     db.close()
     with DurableClient(url) as client:
         before = client.get("before")

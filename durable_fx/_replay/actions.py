@@ -31,6 +31,8 @@ class ScheduleTask:
     name: str
     input: str | None
     attempt: int = 1
+    heartbeat_timeout: float | None = None
+    heartbeat_details: str | None = None
 
     def describe(self) -> str:
         return f"call_activity({self.name!r})"

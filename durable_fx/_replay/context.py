@@ -32,7 +32,15 @@ from .._history import (
 )
 from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
 from .._parent_close import ParentClosePolicy
-from .._registry import ActivityContext, Registry, definition_of, name_of
+from .._registry import (
+    ActivityContext,
+    ActivityDefinition,
+    Definition,
+    Registry,
+    check_timeouts,
+    definition_of,
+    name_of,
+)
 from .._retry import RetryPolicy
 from .._serialization import PayloadCodec, encode
 from .actions import (
@@ -195,6 +203,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -204,6 +214,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -213,6 +225,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -222,6 +236,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -231,6 +247,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -240,6 +258,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -249,6 +269,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -258,6 +280,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -267,6 +291,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -276,6 +302,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -285,6 +313,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -294,6 +324,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[R]: ...
     @overload
     def call_activity(
@@ -303,6 +335,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
         result_type: type[R],
     ) -> Task[R]: ...
     @overload
@@ -313,6 +347,8 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
     ) -> Task[Any]: ...
 
     def call_activity(
@@ -322,38 +358,54 @@ class OrchestrationContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
         result_type: Any = None,
     ) -> Task[Any]:
         """Schedule an activity; yielding the task returns its result.
 
         The result is rebuilt into the activity's declared return type when
         the activity is known (passed as a function, or registered here), or
-        into ``result_type`` when given with a name. With ``timeout``, an
-        attempt that has not finished that long after it was scheduled fails
-        with ``ActivityTimeoutError`` (a retry policy may try again) and the
-        orchestration moves on; a result that comes later is dropped. The
+        into ``result_type`` when given with a name.
+
+        Limits (each defaults to the one the activity was registered with):
+        ``timeout`` fails an attempt that has not finished that long after it
+        was scheduled; ``heartbeat_timeout`` fails one whose code has not
+        called ``ActivityContext.heartbeat`` for that long; ``total_timeout``
+        fails the task once that long has passed since the first attempt was
+        scheduled, retries included (Temporal's start-to-close, heartbeat and
+        schedule-to-close timeouts). A timed-out attempt fails with
+        ``ActivityTimeoutError``, which a retry policy may try again (not
+        after ``total_timeout``); a result that comes later is dropped. The
         activity itself is not stopped: it runs at least once, as always.
         """
         name = name_of(activity)
         codec = self._result_codec(activity, name, "activity", result_type)
         payload = encode(input)
-        if timeout is not None and timeout <= timedelta(0):
-            raise ValueError(f"timeout must be positive, not {timeout}")
+        limits = _ActivityLimits.of(
+            self._definition(activity, name, "activity"),
+            timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            total_timeout=total_timeout,
+        )
 
-        def start(attempt: int, on_result: ResultHandler) -> None:
+        def start(attempt: int, on_result: ResultHandler, carried: str | None) -> _Started:
             task_id = self._next_id()
-            if timeout is None:
-                self._record(ScheduleTask(task_id, name, payload, attempt), on_result)
-                return
+            heartbeat_s = limits.heartbeat_seconds
+            action = ScheduleTask(task_id, name, payload, attempt, heartbeat_s, carried)
+            if limits.timeout is None:
+                self._record(action, on_result)
+                return _Started(task_id)
 
             def finished(event: HistoryEvent) -> None:
                 self._cancel_timer(timer_id)  # the task ended first: its timer is moot
                 on_result(event)
 
-            self._record(ScheduleTask(task_id, name, payload, attempt), finished)
-            timer_id = self._time_out(task_id, name, timeout)
+            self._record(action, finished)
+            timer_id = self._time_out(task_id, name, limits.timeout)
+            return _Started(task_id, timer_id)
 
-        return self._run_with_retry(name, codec, start, retry)
+        return self._run_with_retry(name, codec, start, retry, limits.total_timeout)
 
     @overload
     def call_sub_orchestrator(
@@ -463,13 +515,14 @@ class OrchestrationContext:
         if instance_id is not None:
             validate_instance_id(instance_id)
 
-        def start(attempt: int, on_result: ResultHandler) -> None:
+        def start(attempt: int, on_result: ResultHandler, _carried: str | None) -> _Started:
             action_id = self._next_id()
             child_id = instance_id or self._child_instance_id(action_id)
             self._children[action_id] = child_id
             if parent_close_policy is ParentClosePolicy.TERMINATE:
                 self._terminate_on_close.add(action_id)
             self._record(CreateSubOrchestration(action_id, name, child_id, payload), on_result)
+            return _Started(action_id)
 
         return self._run_with_retry(name, codec, start, retry)
 
@@ -625,16 +678,20 @@ class OrchestrationContext:
         """Race task ``task_id`` against a durable timer (its id): whichever ends first decides."""
 
         def on_fired(_event: HistoryEvent) -> None:
-            handler = self._result_handlers.pop(task_id, None)
-            if handler is None:
-                return  # the task finished first
-            failure = FailureDetails(
-                error_type="ActivityTimeoutError",
-                message=f"{name} did not finish within {timeout} of being scheduled",
-            )
-            handler(TaskFailed(timestamp=self._now, task_scheduled_id=task_id, failure=failure))
+            message = f"{name} did not finish within {timeout} of being scheduled"
+            self._fail_by_timeout(task_id, message)
 
         return self._create_timer(self._now + timeout, "activity-timeout", on_fired)
+
+    def _fail_by_timeout(self, task_id: int, message: str, *, final: bool = False) -> None:
+        """Fail task ``task_id`` (if still open) with ``ActivityTimeoutError``."""
+        handler = self._result_handlers.pop(task_id, None)
+        if handler is None:
+            return  # the task finished first
+        failure = FailureDetails(
+            error_type="ActivityTimeoutError", message=message, non_retriable=final
+        )
+        handler(TaskFailed(timestamp=self._now, task_scheduled_id=task_id, failure=failure))
 
     def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> int:
         timer_id = self._next_id()
@@ -683,16 +740,18 @@ class OrchestrationContext:
         self,
         name: str,
         codec: PayloadCodec[Any],
-        start: Callable[[int, ResultHandler], None],
+        start: _Start,
         retry: RetryPolicy | None,
+        total_timeout: timedelta | None = None,
     ) -> Task[Any]:
         task: CompletableTask[Any] = CompletableTask()
-        _Attempts(self, task, name, codec, start, retry).begin()
+        _Attempts(self, task, name, codec, start, retry).begin(total_timeout)
         return task
 
-    def _result_codec(
-        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str, result_type: Any
-    ) -> PayloadCodec[Any]:
+    def _definition(
+        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str
+    ) -> Definition | None:
+        """What the code or this context's registry knows of ``name`` (``None``: nothing)."""
         definition = definition_of(fn_or_name)
         if definition is None and self._registry is not None:
             definition = (
@@ -702,6 +761,12 @@ class OrchestrationContext:
             )
         if definition is not None and definition.kind != kind:
             raise TypeError(f"{name!r} is registered as an {definition.kind}, not an {kind}")
+        return definition
+
+    def _result_codec(
+        self, fn_or_name: Callable[..., Any] | str, name: str, kind: str, result_type: Any
+    ) -> PayloadCodec[Any]:
+        definition = self._definition(fn_or_name, name, kind)
         if result_type is not None:
             return self._codec_for(result_type)
         return definition.output_codec if definition is not None else _PLAIN
@@ -719,8 +784,47 @@ class OrchestrationContext:
         return child if len(child) <= MAX_INSTANCE_ID_LENGTH else self.new_uuid().hex
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """What starting one attempt recorded: its task, and the timer racing it."""
+
+    task_id: int
+    timer_id: int | None = None
+
+
+_Start = Callable[[int, ResultHandler, "str | None"], _Started]
+"""Starts attempt ``n``, reporting to the handler, with the heartbeat details carried."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ActivityLimits:
+    """The time limits of one activity call: the call's, else the registration's."""
+
+    timeout: timedelta | None
+    heartbeat_timeout: timedelta | None
+    total_timeout: timedelta | None
+
+    @classmethod
+    def of(cls, definition: Definition | None, **given: timedelta | None) -> _ActivityLimits:
+        defaults = definition if isinstance(definition, ActivityDefinition) else None
+        chosen = {
+            key: value if value is not None else getattr(defaults, key, None)
+            for key, value in given.items()
+        }
+        return cls(**check_timeouts(**chosen))
+
+    @property
+    def heartbeat_seconds(self) -> float | None:
+        return None if self.heartbeat_timeout is None else self.heartbeat_timeout.total_seconds()
+
+
 class _Attempts:
-    """Runs one task's attempts: on failure, waits a durable timer and tries again."""
+    """Runs one task's attempts: on failure, waits a durable timer and tries again.
+
+    The last heartbeat details a failed attempt reported go to the next one.
+    With a total timeout, one timer bounds them all: when it fires, the open
+    attempt (or the wait before the next) ends the task with a timeout.
+    """
 
     def __init__(
         self,
@@ -728,7 +832,7 @@ class _Attempts:
         task: CompletableTask[Any],
         name: str,
         codec: PayloadCodec[Any],
-        start: Callable[[int, ResultHandler], None],
+        start: _Start,
         retry: RetryPolicy | None,
     ) -> None:
         self._ctx = ctx
@@ -739,26 +843,39 @@ class _Attempts:
         self._retry = retry
         self._attempt = 1
         self._first_started = ctx.current_utc_datetime
+        self._carried: str | None = None
+        self._current = _Started(-1)
+        self._retry_timer: int | None = None
+        self._deadline: int | None = None
 
-    def begin(self) -> None:
-        self._start(self._attempt, self._on_result)
+    def begin(self, total_timeout: timedelta | None = None) -> None:
+        if total_timeout is not None:
+            fire_at = self._first_started + total_timeout
+            self._deadline = self._ctx._create_timer(
+                fire_at, "activity-timeout", lambda _event: self._on_deadline(total_timeout)
+            )
+        self._current = self._start(self._attempt, self._on_result, self._carried)
 
     def _on_result(self, event: HistoryEvent) -> None:
         if isinstance(event, TaskCompleted | SubOrchestrationInstanceCompleted):
+            self._settled()
             try:
                 self._task.complete(self._codec.decode(event.result))
             except SerializationError as error:
                 self._task.fail(TaskFailedError(self._name, "SerializationError", str(error)))
             return
         assert isinstance(event, TaskFailed | SubOrchestrationInstanceFailed)
+        if isinstance(event, TaskFailed) and event.heartbeat_details is not None:
+            self._carried = event.heartbeat_details
         failed = _task_failed(self._name, event.failure)
         delay = self._next_delay(failed, event.failure)
         if delay is None:
+            self._settled()
             self._ctx._failures_raised.add(event.task_scheduled_id)
             self._task.fail(failed)
             return
         fire_at = self._ctx.current_utc_datetime + delay
-        self._ctx._create_timer(fire_at, "retry", self._on_retry_timer)
+        self._retry_timer = self._ctx._create_timer(fire_at, "retry", self._on_retry_timer)
 
     def _next_delay(self, error: TaskFailedError, failure: FailureDetails) -> timedelta | None:
         if self._retry is None or failure.non_retriable:
@@ -767,8 +884,29 @@ class _Attempts:
         return self._retry.next_delay(self._attempt, error, elapsed)
 
     def _on_retry_timer(self, _event: HistoryEvent) -> None:
+        self._retry_timer = None
         self._attempt += 1
-        self._start(self._attempt, self._on_result)
+        self._current = self._start(self._attempt, self._on_result, self._carried)
+
+    def _on_deadline(self, total_timeout: timedelta) -> None:
+        self._deadline = None
+        if self._task.is_complete:
+            return
+        message = f"{self._name} did not finish within {total_timeout} of its first scheduling"
+        if self._retry_timer is not None:  # between attempts: the last one's failure stands
+            self._ctx._cancel_timer(self._retry_timer)
+            self._retry_timer = None
+            self._ctx._failures_raised.add(self._current.task_id)
+            self._task.fail(TaskFailedError(self._name, "ActivityTimeoutError", message))
+            return
+        self._ctx._fail_by_timeout(self._current.task_id, message, final=True)
+
+    def _settled(self) -> None:
+        """The task is decided: timers still racing it can no longer matter."""
+        for timer_id in (self._deadline, self._current.timer_id):
+            if timer_id is not None:
+                self._ctx._cancel_timer(timer_id)
+        self._deadline = None
 
 
 def _task_failed(name: str, failure: FailureDetails) -> TaskFailedError:

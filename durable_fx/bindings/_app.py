@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import azure.functions as func
@@ -163,11 +163,33 @@ class DurableApp(func.FunctionApp):
     @overload
     def activity(self, fn: F, /) -> F: ...
     @overload
-    def activity(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
+    def activity(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
+    ) -> Callable[[F], F]: ...
 
-    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
-        """Register a function (sync or ``async def``) as an activity."""
-        register: Callable[[F], F] = self._registry.activity(name=name)
+    def activity(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        total_timeout: timedelta | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register a function (sync or ``async def``) as an activity (``Registry.activity``)."""
+        register: Callable[[F], F] = self._registry.activity(
+            name=name,
+            timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            total_timeout=total_timeout,
+        )
         return register(fn) if fn is not None else register
 
     # -- event sources ----------------------------------------------------------------------

@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -27,7 +26,6 @@ from ..client._sync import DurableClient
 from ..queues import QueueBackend, encode_body, open_queues, poison_queue_of
 from ..storage import Store, open_store
 from ..storage._delivered import DeliveredMessage, DeliveredWork
-from ..storage._records import ActivityResult, ActivityWorkItem
 from ..worker._activity_runner import ActivityRunner
 from ..worker._orchestration_runner import ExecutorCache, OrchestrationRunner
 from ._host_json import HostConfig
@@ -269,27 +267,17 @@ class AppRuntime:
         if item is None:
             return False
         try:
-            result = await self._renewing(item, self.activities.run(item))
+            lease = self.settings.lease
+            result = await self.activities.run(
+                item,
+                lambda heartbeat: self.store.renew_activity_lease(item, lease, heartbeat=heartbeat),
+                every=lease.total_seconds() / 2,
+            )
             await self.store.complete_activities([result])
         except BaseException:
             await store.forget_work_item(item)
             raise
         return True
-
-    async def _renewing(
-        self, item: ActivityWorkItem, run: Awaitable[ActivityResult]
-    ) -> ActivityResult:
-        """Await the activity, renewing its lease (and so its guard) while it runs long."""
-        lease = self.settings.lease
-        task = asyncio.ensure_future(run)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=lease.total_seconds() / 2)
-            if done:
-                return task.result()
-            try:
-                await self.store.renew_activity_lease(item, lease)
-            except Exception:
-                log.warning("could not renew the lease of activity %s", item.invocation.name)
 
     # -- poison -------------------------------------------------------------------------
 

@@ -187,8 +187,15 @@ class Store(Protocol):
         """Release an activity lease; poison the item after ``max_dequeue_count`` deliveries."""
         ...
 
-    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
-        """Extend the lease of a long-running activity; a no-op if the item was taken over."""
+    async def renew_activity_lease(
+        self, item: ActivityWorkItem, lease: timedelta, *, heartbeat: str | None = None
+    ) -> None:
+        """Extend the lease of a long-running activity; a no-op if the item was taken over.
+
+        With ``heartbeat`` (the activity's latest heartbeat details, JSON),
+        also keep them with the item: a later delivery of it (after this
+        lease expires) carries them in ``invocation.heartbeat_details``.
+        """
         ...
 
     # -- reading and housekeeping -----------------------------------------------

@@ -148,6 +148,11 @@ class ActivityInvocation:
     name: str
     input: str | None = None
     attempt: int = 1
+    heartbeat_timeout: float | None = None
+    """Seconds the run may go without a heartbeat before the worker times it out."""
+    heartbeat_details: str | None = None
+    """The latest heartbeat details (JSON): of earlier attempts, or of this one's
+    earlier deliveries once a worker saved them (``renew_activity_lease``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -366,12 +366,18 @@ class MemoryStore:
             if retry_after <= timedelta(0):
                 self._wake()
 
-    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
+    async def renew_activity_lease(
+        self, item: ActivityWorkItem, lease: timedelta, *, heartbeat: str | None = None
+    ) -> None:
         """Extend the lease if this worker still holds the item; otherwise do nothing."""
         with self._lock:
             work = self._work.get(_work_key(item.invocation))
             if work is not None and work.lease is not None and _holds(work.lease, item.lock_token):
                 work.lease.expires_at = self._clock.now() + lease
+                if heartbeat is not None:
+                    work.invocation = dataclasses.replace(
+                        work.invocation, heartbeat_details=heartbeat
+                    )
 
     # -- reading and housekeeping -----------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from .._history import TaskCompleted
@@ -142,6 +143,24 @@ async def check_renewed_activity_lease_holds(factory: StoreFactory) -> None:
         assert len(await h.lock_activities(owner="w2")) == 1, "a renewed lease never expired"
 
 
+async def check_heartbeat_details_reach_the_next_delivery(factory: StoreFactory) -> None:
+    """Details saved with a renewal come with the item when its lease expires (a crash)."""
+    async with fresh_store(factory) as h:
+        await h.start("a")
+        scheduled = dataclasses.replace(
+            h.invocation("a", 1), heartbeat_timeout=30.0, heartbeat_details='{"rows": 10}'
+        )
+        await h.run_episode("a", activities=[scheduled])
+        (item,) = await h.lock_activities(owner="w1")
+        assert item.invocation == scheduled, f"scheduled {scheduled}, locked {item.invocation}"
+        await h.store.renew_activity_lease(item, LEASE, heartbeat='{"rows": 500}')
+        await h.store.renew_activity_lease(item, LEASE)  # nothing new: the details stay
+        h.clock.advance(PAST_LEASE)
+        (again,) = await h.lock_activities(owner="w2")
+        assert again.invocation.heartbeat_details == '{"rows": 500}', again.invocation
+        assert again.invocation.heartbeat_timeout == 30.0, again.invocation
+
+
 # -- poison -------------------------------------------------------------------
 
 
@@ -244,6 +263,7 @@ WORK_CHECKS: list[StoreCheck] = [
     check_duplicate_activities_scheduled_once,
     check_abandoned_activity_retries_after_delay,
     check_renewed_activity_lease_holds,
+    check_heartbeat_details_reach_the_next_delivery,
     check_orchestration_messages_poisoned_after_max_deliveries,
     check_abandoned_orchestration_poisoned_with_reason,
     check_activities_poisoned_after_max_deliveries,

@@ -1,19 +1,26 @@
 """Runs one activity invocation and turns its outcome into a result message.
 
 Whatever the activity does (returns, raises, returns something that is not
-JSON, is not registered at all) the outcome is a ``TaskCompleted`` or
-``TaskFailed`` for the orchestration: an activity never takes the worker down.
+JSON, is not registered at all, stops heartbeating) the outcome is a
+``TaskCompleted`` or ``TaskFailed`` for the orchestration: an activity never
+takes the worker down. While it runs, the caller's ``renew`` keeps its lease
+and saves its latest heartbeat details.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from datetime import timedelta
 from typing import Any
 
 from .._clock import Clock
 from .._errors import SerializationError, UnknownNameError
+from .._heartbeat import Heartbeats
 from .._history import FailureDetails, TaskCompleted, TaskFailed
 from .._registry import ActivityContext, ActivityDefinition, Registry
 from .._replay.executor import failure_from_exception
@@ -33,19 +40,32 @@ class ActivityRunner:
         self._clock = clock
         self._threads = threads
 
-    async def run(self, item: ActivityWorkItem) -> ActivityResult:
-        """Run the activity and build the message that reports its outcome."""
+    async def run(
+        self, item: ActivityWorkItem, renew: Renew | None = None, every: float = 20.0
+    ) -> ActivityResult:
+        """Run the activity and build the message that reports its outcome.
+
+        Every ``every`` seconds while it runs, ``renew`` is awaited with the
+        heartbeat details not saved yet (``None`` if none); a failed renewal
+        is logged, not fatal.
+        """
         invocation = item.invocation
+        beats = Heartbeats(invocation.heartbeat_details, invocation.heartbeat_timeout)
         definition = self._registry.find_activity(invocation.name)
         if definition is None:
             error = UnknownNameError("activity", invocation.name, self._registry.activity_names)
             return self._failed(item, _non_retriable(error))
         try:
-            args = self._arguments(definition, item)
+            args = self._arguments(definition, item, beats)
         except SerializationError as error:
             return self._failed(item, _non_retriable(error))
+        call = asyncio.ensure_future(self._call(definition, args))
+        if not await _watch(call, beats, renew, every, invocation.name):
+            call.cancel()  # an async activity stops; a thread cannot be stopped, its result is lost
+            call.add_done_callback(_consume)
+            return self._failed(item, _missed_heartbeat(invocation.name, beats), beats)
         try:
-            value = await self._call(definition, args)
+            value = call.result()
         except asyncio.CancelledError as error:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -62,7 +82,7 @@ class ActivityRunner:
                 type(error).__name__,
                 error,
             )
-            return self._failed(item, failure_from_exception(error))
+            return self._failed(item, failure_from_exception(error), beats)
         try:
             payload = encode(value)
         except SerializationError as error:
@@ -72,11 +92,14 @@ class ActivityRunner:
         )
         return self._result(item, event)
 
-    def _arguments(self, definition: ActivityDefinition, item: ActivityWorkItem) -> list[Any]:
+    def _arguments(
+        self, definition: ActivityDefinition, item: ActivityWorkItem, beats: Heartbeats
+    ) -> list[Any]:
         invocation = item.invocation
         args: list[Any] = []
         for role in definition.parameters:
             if role == "context":
+                details = invocation.heartbeat_details
                 args.append(
                     ActivityContext(
                         instance_id=invocation.instance_id,
@@ -85,6 +108,8 @@ class ActivityRunner:
                         name=invocation.name,
                         attempt=invocation.attempt,
                         delivery_count=item.dequeue_count,
+                        heartbeat_details=None if details is None else json.loads(details),
+                        _beats=beats,
                     )
                 )
             else:
@@ -97,11 +122,15 @@ class ActivityRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, lambda: definition.fn(*args))
 
-    def _failed(self, item: ActivityWorkItem, failure: FailureDetails) -> ActivityResult:
+    def _failed(
+        self, item: ActivityWorkItem, failure: FailureDetails, beats: Heartbeats | None = None
+    ) -> ActivityResult:
         event = TaskFailed(
             timestamp=self._clock.now(),
             task_scheduled_id=item.invocation.task_id,
             failure=failure,
+            # The retry resumes from the progress this attempt reported.
+            heartbeat_details=None if beats is None else beats.details,
         )
         return self._result(item, event)
 
@@ -110,6 +139,47 @@ class ActivityRunner:
         invocation = item.invocation
         message = OrchestrationMessage(invocation.instance_id, event, invocation.execution_id)
         return ActivityResult(item, message)
+
+
+_NEVER = float("inf")
+
+Renew = Callable[[str | None], Awaitable[object]]
+"""Keeps the item's lease, saving the heartbeat details given (``None``: no new ones)."""
+
+
+async def _watch(
+    call: asyncio.Future[Any], beats: Heartbeats, renew: Renew | None, every: float, name: str
+) -> bool:
+    """Wait for ``call``, renewing meanwhile; False once it misses its heartbeat."""
+    next_renewal = time.monotonic() + every
+    while True:
+        wait = beats.overdue()
+        if renew is not None:
+            wait = min(wait, next_renewal - time.monotonic())
+        done, _ = await asyncio.wait({call}, timeout=None if wait == _NEVER else max(0.0, wait))
+        if done:
+            return True
+        if beats.overdue() <= 0:
+            return False
+        if renew is not None and time.monotonic() >= next_renewal:
+            next_renewal = time.monotonic() + every
+            try:
+                await renew(beats.unsaved())
+            except Exception:
+                log.warning("could not renew the lease of activity %s", name)
+
+
+def _missed_heartbeat(name: str, beats: Heartbeats) -> FailureDetails:
+    return FailureDetails(
+        error_type="ActivityTimeoutError",
+        message=f"{name} sent no heartbeat for {timedelta(seconds=beats.timeout or 0)}",
+    )
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of an abandoned call, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _non_retriable(error: Exception) -> FailureDetails:

@@ -342,6 +342,8 @@ def _recorded(action: Action, now: datetime) -> HistoryEvent:
                 name=action.name,
                 input=action.input,
                 attempt=action.attempt,
+                heartbeat_timeout=action.heartbeat_timeout,
+                heartbeat_details=action.heartbeat_details,
             )
         case CreateTimer():
             return TimerCreated(
@@ -388,6 +390,8 @@ def _dispatch(
                     action.name,
                     action.input,
                     action.attempt,
+                    action.heartbeat_timeout,
+                    action.heartbeat_details,
                 )
             )
         case CreateTimer():

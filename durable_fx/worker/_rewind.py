@@ -70,7 +70,16 @@ async def plan_rewind(
     work = open_work(clean)
     iid, execution_id = instance.instance_id, instance.execution_id
     activities = [
-        ActivityInvocation(iid, execution_id, e.event_id, e.name, e.input, e.attempt)
+        ActivityInvocation(
+            iid,
+            execution_id,
+            e.event_id,
+            e.name,
+            e.input,
+            e.attempt,
+            e.heartbeat_timeout,
+            e.heartbeat_details,
+        )
         for e in work.activities
     ]
     messages = [timer_message(iid, execution_id, e.event_id, e.fire_at) for e in work.timers]

@@ -282,7 +282,13 @@ class Worker(StartStopContext):
 
     async def _run_activity(self, item: ActivityWorkItem) -> None:
         try:
-            result = await self._with_lease_renewal(item, self._activities.run(item))
+            result = await self._activities.run(
+                item,
+                lambda heartbeat: self._store.renew_activity_lease(
+                    item, self._lease, heartbeat=heartbeat
+                ),
+                every=self._lease.total_seconds() / 3,
+            )
         except asyncio.CancelledError:
             self._activities_held -= 1
             with contextlib.suppress(Exception):
@@ -299,19 +305,6 @@ class Worker(StartStopContext):
                 )
             return
         self._results.add(result)
-
-    async def _with_lease_renewal(self, item: ActivityWorkItem, work: Awaitable[T]) -> T:
-        """Await ``work``, renewing the item's lease while it runs long."""
-        task = asyncio.ensure_future(work)
-        interval = self._lease.total_seconds() / 3
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                return task.result()
-            try:
-                await self._store.renew_activity_lease(item, self._lease)
-            except Exception:
-                log.warning("could not renew the lease of activity %s", item.invocation.name)
 
     # -- writing results ----------------------------------------------------------------------
 

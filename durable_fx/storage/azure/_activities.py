@@ -9,6 +9,7 @@ not recorded yet (contract 4). The design: docs/design/azure-store.md, "Activiti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
 from ._codec import work_key
@@ -69,6 +71,10 @@ class Activities:
         }
         if local:
             row["Local"] = 1
+        if invocation.heartbeat_timeout is not None:
+            row["HeartbeatTimeout"] = invocation.heartbeat_timeout
+        if invocation.heartbeat_details is not None:
+            row["Heartbeat"] = invocation.heartbeat_details
         await self._hub.codec.put_text(row, "Input", invocation.input, iid)
         return row
 
@@ -81,6 +87,8 @@ class Activities:
             name=str(row["Name"]),
             input=await self._hub.codec.get_text(row, "Input"),
             attempt=int(row.get("Attempt", 1)),
+            heartbeat_timeout=_seconds(row.get("HeartbeatTimeout")),
+            heartbeat_details=row.get("Heartbeat"),
         )
 
     def room(self, count: int) -> int:
@@ -147,6 +155,10 @@ class Activities:
             # Puts run concurrently; this restores scheduling order within a received batch.
             "o": self._order.get(id(invocation), ""),
         }
+        if invocation.heartbeat_timeout is not None:
+            body["ht"] = invocation.heartbeat_timeout
+        if invocation.heartbeat_details is not None:
+            body["hd"] = invocation.heartbeat_details
         if redelivery:
             body["re"] = 1  # maybe a duplicate: check the row before running it
         if len(json.dumps(body)) > MAX_MESSAGE_BYTES - 1024:
@@ -167,6 +179,8 @@ class Activities:
             name=str(body["n"]),
             input=text,
             attempt=int(body.get("a", 1)),
+            heartbeat_timeout=_seconds(body.get("ht")),
+            heartbeat_details=body.get("hd"),
         )
 
     def forget_work(self, instance_id: str, row_keys: Sequence[str]) -> None:
@@ -239,25 +253,31 @@ class Activities:
         # A message that waited long may be a copy whose task is done; check its row.
         waited = hub.now() - message.inserted_on > hub.lease / 2
         redelivered = message.dequeue_count > 1 or bool(body and body.get("re")) or waited
-        if redelivered and not await self._still_scheduled(invocation.instance_id, row_key):
-            await self._drop_completed(message, invocation.instance_id)
-            return None
+        if redelivered:
+            row = await self._scheduled_row(invocation.instance_id, row_key)
+            if row is None:
+                await self._drop_completed(message, invocation.instance_id)
+                return None
+            if row.get("Heartbeat") is not None:  # saved by the delivery that died
+                invocation = dataclasses.replace(invocation, heartbeat_details=row["Heartbeat"])
         held = HeldWork(
             message.handle, invocation, row_key, message.text, message.dequeue_count - 1
         )
         self._held[message.handle.id] = held
         return held
 
-    async def _still_scheduled(self, instance_id: str, row_key: str) -> bool:
+    async def _scheduled_row(self, instance_id: str, row_key: str) -> dict[str, Any] | None:
+        """The work row (its heartbeat details) if the task is still scheduled, else ``None``."""
         table = self._hub.resources.table
         try:
-            await retrying(
-                lambda: table.get_entity(instance_id, row_key, select=["RowKey"]),
-                what="check a work item",
+            return dict(
+                await retrying(
+                    lambda: table.get_entity(instance_id, row_key, select=["RowKey", "Heartbeat"]),
+                    what="check a work item",
+                )
             )
         except ResourceNotFoundError:
-            return False
-        return True
+            return None
 
     async def _drop_completed(self, message: Received, instance_id: str) -> None:
         """A redelivered item whose result is recorded: delete it, wake its instance."""
@@ -370,20 +390,44 @@ class Activities:
         if retry_after <= timedelta(0):
             hub.wake()
 
-    async def renew(self, item: ActivityWorkItem, lease: timedelta) -> None:
-        """Extend the lease if this worker still holds the item."""
+    async def renew(
+        self, item: ActivityWorkItem, lease: timedelta, heartbeat: str | None = None
+    ) -> None:
+        """Extend the lease if this worker still holds the item; save heartbeat details."""
         held = self._holding(item)
         if held is None or held.lease is None:
             return
         held.lease.expires_at = self._hub.now() + lease
+        if heartbeat is not None:
+            held.invocation = dataclasses.replace(held.invocation, heartbeat_details=heartbeat)
+            await self._save_heartbeat(held, heartbeat)
         if held.guard is not None:
             await self._hub.queues.hide(held.guard, lease + GUARD_SLACK)
         if held.handle is None or await self._hub.queues.hide(held.handle, lease):
             held.since = time.monotonic()
 
+    async def _save_heartbeat(self, held: HeldWork, heartbeat: str) -> None:
+        """Keep the details on the work row: whoever runs the item next reads them there."""
+        entity = {
+            "PartitionKey": held.invocation.instance_id,
+            "RowKey": held.row_key,
+            "Heartbeat": heartbeat,
+        }
+        table = self._hub.resources.table
+        # Not found: the task's result is recorded, nobody will run it again.
+        with contextlib.suppress(ResourceNotFoundError):
+            await retrying(
+                lambda: table.update_entity(entity, mode=UpdateMode.MERGE),
+                what="save heartbeat details",
+            )
+
     def has_ready(self, now: datetime) -> bool:
         """Whether a held item could be handed out now (an expired lease, a due retry)."""
         return any(_available(held, now) for held in self._held.values())
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _available(held: HeldWork, now: datetime) -> bool:

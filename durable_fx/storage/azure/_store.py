@@ -226,9 +226,11 @@ class AzureStore:
         """Release a work item for a retry after ``retry_after``, or poison it."""
         await self._call(lambda: self._activities.abandon(item, reason, retry_after))
 
-    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
+    async def renew_activity_lease(
+        self, item: ActivityWorkItem, lease: timedelta, *, heartbeat: str | None = None
+    ) -> None:
         """Extend the lease if this worker still holds the item; otherwise do nothing."""
-        await self._call(lambda: self._activities.renew(item, lease))
+        await self._call(lambda: self._activities.renew(item, lease, heartbeat))
 
     # -- work a Functions host delivers (DeliveredWork, see _delivered) -----------
 

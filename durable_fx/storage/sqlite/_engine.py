@@ -403,9 +403,11 @@ class Engine:
         (next_due,) = db.execute(sql.NEXT_WORK_ITEM_DUE, (now,)).fetchone()
         items = [
             ActivityWorkItem(
-                ActivityInvocation(iid, eid, task, name, input_, attempt), token, n + 1
+                ActivityInvocation(iid, eid, task, name, input_, attempt, hb_timeout, hb_details),
+                token,
+                n + 1,
             )
-            for _, iid, eid, task, name, input_, attempt, n in take
+            for _, iid, eid, task, name, input_, attempt, n, hb_timeout, hb_details in take
         ]
         return LockBatch(items, optional_time(next_due))
 
@@ -435,8 +437,10 @@ class Engine:
         if retry_at <= now:
             self._notify()
 
-    def renew_activity_lease(self, key: tuple[str, str, int, str], lease: timedelta) -> None:
-        self._db.execute(sql.RENEW_WORK_ITEM, (self._now() + micros(lease), *key))
+    def renew_activity_lease(
+        self, key: tuple[str, str, int, str], lease: timedelta, heartbeat: str | None
+    ) -> None:
+        self._db.execute(sql.RENEW_WORK_ITEM, (self._now() + micros(lease), heartbeat, *key))
 
     def _poison_work_items(self, rows: list[Any], reason: str | None, now: int) -> None:
         """Move work item rows (``WORK_ITEM_COLUMNS``, count = deliveries so far) to poison."""

@@ -156,15 +156,19 @@ def held_key(item: ActivityWorkItem) -> tuple[str, str, int, str]:
 def invocation_item(invocation: ActivityInvocation) -> list[Any]:
     """One ``INSERT_WORK_ITEMS`` array item."""
     i = invocation
-    return [i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt]
+    return [
+        *(i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt),
+        *(i.heartbeat_timeout, i.heartbeat_details),
+    ]
 
 
 def work_item_poison(row: Sequence[Any]) -> tuple[str, str]:
     """Poison ``(body, extra)`` of a row selected with ``WORK_ITEM_COLUMNS``."""
-    _, iid, eid, task, name, input_, attempt, _ = row
+    _, iid, eid, task, name, input_, attempt, _, hb_timeout, hb_details = row
     body = json.dumps(
         {"instance_id": iid, "execution_id": eid, "task_id": task, "name": name,
-         "input": input_, "attempt": attempt}
+         "input": input_, "attempt": attempt, "heartbeat_timeout": hb_timeout,
+         "heartbeat_details": hb_details}
     )  # fmt: skip
     return body, json.dumps({"execution_id": eid, "task_id": str(task), "name": name})
 
@@ -186,7 +190,11 @@ def requeued_items(rows: Sequence[Sequence[Any]]) -> tuple[list[int], list[Any],
             try:
                 invocation = json.loads(body)
                 fields = ("execution_id", "task_id", "name", "input", "attempt")
-                work.append([iid, *(invocation[name] for name in fields)])
+                optional = ("heartbeat_timeout", "heartbeat_details")  # kept since schema 5
+                work.append(
+                    [iid, *(invocation[name] for name in fields)]
+                    + [invocation.get(name) for name in optional]
+                )
             except (ValueError, KeyError, TypeError):
                 continue
         elif extra.get("key"):

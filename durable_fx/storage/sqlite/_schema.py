@@ -23,11 +23,12 @@ __all__ = [
     "is_busy",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: the first layout. 2: poison ids are never reused (they name messages to requeue or
 delete, so an old id must not hit a newer message), and ``poison_instance``. 3: ``used_keys``,
 the keys of enqueued messages, remembered until the instance is purged or replaced.
-4: ``instances.orch_version``, the orchestration version an instance started with."""
+4: ``instances.orch_version``, the orchestration version an instance started with.
+5: ``work_items.heartbeat_timeout`` and ``heartbeat_details`` (activity heartbeats)."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 SYNCHRONOUS_LEVELS = {"full": 2, "normal": 1}
@@ -101,6 +102,8 @@ CREATE TABLE IF NOT EXISTS work_items (
     visible_at    INTEGER NOT NULL,
     locked_by     TEXT,
     dequeue_count INTEGER NOT NULL DEFAULT 0,
+    heartbeat_timeout REAL,
+    heartbeat_details TEXT,
     UNIQUE (instance_id, execution_id, task_id)
 );
 CREATE INDEX IF NOT EXISTS work_items_visible ON work_items (visible_at, id);
@@ -128,6 +131,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE poison_v2 RENAME TO poison",
     ),
     4: ("ALTER TABLE instances ADD COLUMN orch_version TEXT",),
+    5: (
+        "ALTER TABLE work_items ADD COLUMN heartbeat_timeout REAL",
+        "ALTER TABLE work_items ADD COLUMN heartbeat_details TEXT",
+    ),
 }
 """Statements that bring a file of the version before the key up to the key's version."""
 

@@ -195,10 +195,14 @@ NEXT_MESSAGE_DUE = "SELECT MIN(visible_at) FROM inbox WHERE visible_at > ?"
 
 # -- statements: work items ----------------------------------------------------
 
-WORK_ITEM_COLUMNS = "id, instance_id, execution_id, task_id, name, input, attempt, dequeue_count"
+WORK_ITEM_COLUMNS = (
+    "id, instance_id, execution_id, task_id, name, input, attempt, dequeue_count,"
+    " heartbeat_timeout, heartbeat_details"
+)
 INSERT_WORK_ITEMS = (
     "INSERT OR IGNORE INTO work_items (instance_id, execution_id, task_id, name, input, attempt,"
-    f" visible_at) SELECT {_fields('iid', 'eid', 'task', 'name', 'input', 'attempt')}, ?2"
+    " heartbeat_timeout, heartbeat_details, visible_at)"
+    f" SELECT {_fields('iid', 'eid', 'task', 'name', 'input', 'attempt', 'hbt', 'hbd')}, ?2"
     " FROM json_each(?1)"
 )
 SELECT_READY_WORK_ITEMS = (
@@ -215,7 +219,10 @@ NEXT_WORK_ITEM_DUE = (
 )
 HELD_WORK_ITEM = "instance_id = ? AND execution_id = ? AND task_id = ? AND locked_by = ?"
 SELECT_HELD_WORK_ITEM = f"SELECT {WORK_ITEM_COLUMNS} FROM work_items WHERE {HELD_WORK_ITEM}"
-RENEW_WORK_ITEM = f"UPDATE work_items SET visible_at = ? WHERE {HELD_WORK_ITEM}"
+RENEW_WORK_ITEM = (
+    "UPDATE work_items SET visible_at = ?, heartbeat_details = coalesce(?, heartbeat_details)"
+    f" WHERE {HELD_WORK_ITEM}"
+)
 RELEASE_WORK_ITEM = "UPDATE work_items SET locked_by = NULL, visible_at = ? WHERE id = ?"
 DELETE_WORK_ITEMS = "DELETE FROM work_items WHERE id IN (SELECT value FROM json_each(?))"
 # A result row: the message (5 items), then the work item it answers and the

@@ -239,10 +239,16 @@ class SqliteStore:
         key = held_key(item)
         await self._call(partial(self._engine.abandon_activity, key, reason, retry_after))
 
-    async def renew_activity_lease(self, item: ActivityWorkItem, lease: timedelta) -> None:
-        """Extend the lease if this worker still holds the item; otherwise do nothing."""
-        renew = partial(self._engine.renew_activity_lease, held_key(item), lease)
-        await self._call(renew, synced=False)
+    async def renew_activity_lease(
+        self, item: ActivityWorkItem, lease: timedelta, *, heartbeat: str | None = None
+    ) -> None:
+        """Extend the lease if this worker still holds the item; otherwise do nothing.
+
+        Heartbeat details are written as durably as a commit (a lease alone
+        need not survive a power loss: an expired one only means a redelivery).
+        """
+        renew = partial(self._engine.renew_activity_lease, held_key(item), lease, heartbeat)
+        await self._call(renew, synced=heartbeat is not None)
 
     # -- reading and housekeeping -----------------------------------------------
 
