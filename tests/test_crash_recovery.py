@@ -204,3 +204,26 @@ def _episode_start_before(state: OrchestrationState, event: HistoryEvent) -> dat
     history = state.history or []
     starts = [e for e in history[: history.index(event)] if e.kind == "OrchestratorStarted"]
     return starts[-1].timestamp
+
+
+def test_a_long_activity_killed_mid_run_resumes_from_its_last_saved_heartbeat(
+    workers: WorkerPool, client: DurableClient, ledger: Path
+) -> None:
+    """The details the dead worker saved with its lease renewals come with the redelivery."""
+    iid = client.start(app.importer, app.IMPORT_ROWS, instance_id="import")
+    first = workers.start("first", lease_seconds=LEASE_SECONDS, step_delay=0.1)
+    # Renewals (every lease / 3) save the details: kill well after a few of them.
+    wait_until(lambda: len(read_ledger(ledger)) >= 30, timeout=30, what="30 rows imported")
+    first.kill()
+    done_before = len(read_ledger(ledger))
+
+    second = workers.start("second", lease_seconds=LEASE_SECONDS, step_delay=0.01)
+    state = client.wait(iid, timeout=60)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    resumed_at = state.output["resumed_at"]
+    assert state.output["pid"] == second.pid
+    # Saved at most one renewal (lease / 3 = 0.67 s, about 7 rows) before the kill.
+    assert done_before - 10 <= resumed_at <= done_before, (resumed_at, done_before)
+    rows = [int(entry.key[3:]) for entry in read_ledger(ledger)]
+    assert sorted(set(rows)) == list(range(app.IMPORT_ROWS)), "a row was never imported"
+    assert len(rows) - app.IMPORT_ROWS == done_before - resumed_at, "re-ran more than the gap"

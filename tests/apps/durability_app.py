@@ -114,3 +114,23 @@ def approval(ctx: OrchestrationContext, timeout_seconds: float) -> Steps:
         decision = None
     yield ctx.call_activity(step, {"key": "record", "value": 2})
     return {"decision": decision}
+
+
+IMPORT_ROWS = 60
+
+
+@registry.activity()
+def import_rows(ctx: ActivityContext, total: int) -> dict[str, Any]:
+    """A long job that heartbeats its progress: a run after a crash resumes from it."""
+    start = ctx.heartbeat_details["next"] if ctx.heartbeat_details else 0
+    for row in range(start, total):
+        _append_to_ledger(ctx, f"row{row}")
+        time.sleep(float(os.environ.get(STEP_DELAY_ENV, "0")))
+        ctx.heartbeat({"next": row + 1})
+    return {"resumed_at": start, "pid": os.getpid()}
+
+
+@registry.orchestrator()
+def importer(ctx: OrchestrationContext, total: int) -> Steps:
+    """One long activity; its heartbeat timeout is far longer than the test's leases."""
+    return (yield ctx.call_activity(import_rows, total, heartbeat_timeout=timedelta(minutes=5)))
