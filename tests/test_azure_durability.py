@@ -13,6 +13,7 @@ from tests.support.azurite import Azurite, new_hub
 from tests.test_crash_recovery import (  # noqa: F401 (fixtures and tests, collected here)
     client,
     ledger,
+    test_a_long_activity_killed_mid_run_resumes_from_its_last_saved_heartbeat,
     test_worker_killed_mid_activity_loses_nothing_and_reruns_only_unrecorded_work,
     test_worker_killed_while_orchestrations_wait_on_timers_and_events,
     workers,
