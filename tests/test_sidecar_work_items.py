@@ -81,6 +81,13 @@ def one_long_step(ctx: task.OrchestrationContext, seconds: float) -> Steps:
     return (yield ctx.call_activity(long_step, input=seconds))
 
 
+def impatient_step(ctx: task.OrchestrationContext, seconds: float) -> Steps:
+    try:
+        return (yield ctx.call_activity(long_step, input=seconds))
+    except task.TaskFailedError as error:
+        return [error.details.error_type, error.details.message]
+
+
 @pytest.fixture(params=SIDECAR_STORES)
 def store_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return store_url_for(request.param, tmp_path, request)
@@ -275,6 +282,26 @@ def test_a_long_activity_keeps_its_lease(
         worker.stop()
     assert state is not None and state.get_output() == "done"
     assert _runs[instance_id] == 1  # renewed: never handed to anyone else meanwhile
+
+
+def test_an_activity_held_past_the_activity_timeout_fails_and_frees_its_orchestration(
+    make_sidecar: Callable[..., SidecarServer],
+    sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
+) -> None:
+    """The protocol has no heartbeat: the sidecar's timeout is what frees a hung SDK activity."""
+    server = make_sidecar(activity_timeout=timedelta(seconds=0.5))
+    sdk = sdk_for(server.address)
+    worker = start_worker(server.address, [impatient_step], [long_step])
+    try:
+        instance_id = sdk.schedule_new_orchestration(impatient_step, input=3.0)
+        state = sdk.wait_for_orchestration_completion(instance_id, timeout=WAIT)
+    finally:
+        worker.stop()
+    assert state is not None, "no state"
+    assert state.runtime_status == Status.COMPLETED, state.failure_details
+    error_type, message = state.get_output()
+    assert error_type == "ActivityTimeoutError"
+    assert "long_step did not finish within 0:00:00.500000 at the worker" in message
 
 
 @pytest.mark.slow  # waits out real leases (1.5 s) in the sidecar and the SDK

@@ -161,6 +161,18 @@ def sidecar(
             "with the workers' max_receive_message_length.",
         ),
     ] = 4 * 1024 * 1024,
+    activity_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--activity-timeout",
+            envvar="DURABLE_FX_SIDECAR_ACTIVITY_TIMEOUT",
+            show_envvar=True,
+            metavar="SECONDS",
+            min=0.001,
+            help="Fail an activity a worker has held this long (ActivityTimeoutError: its "
+            "orchestration moves on, a retry policy may try again); default: never.",
+        ),
+    ] = None,
     store: StoreOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -184,6 +196,7 @@ def sidecar(
         tls_cert=tls_cert,
         tls_key=tls_key,
         max_message_bytes=max_message_bytes,
+        activity_timeout=activity_timeout,
     )
     run_sidecar(settings.store, options, log_level=log_level, json_output=settings.json)
 

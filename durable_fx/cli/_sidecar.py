@@ -31,6 +31,7 @@ class SidecarOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    activity_timeout: float | None = None
 
 
 def run_sidecar(
@@ -77,6 +78,11 @@ def _open(url: str, options: SidecarOptions) -> SidecarServer:
             tls_cert=options.tls_cert,
             tls_key=options.tls_key,
             max_message_bytes=options.max_message_bytes,
+            activity_timeout=(
+                None
+                if options.activity_timeout is None
+                else timedelta(seconds=options.activity_timeout)
+            ),
         )
     except ValueError as error:  # open_store's message lists the URLs it accepts
         raise CliError(

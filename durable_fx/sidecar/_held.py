@@ -99,6 +99,8 @@ class HeldActivity:
     connection: Connection
     item: ActivityWorkItem
     renewed_at: float
+    handed_at: float
+    """When the worker got it (loop time): what the activity timeout counts from."""
 
 
 def episode_token(held: Mapping[str, object], instance_id: str) -> str:

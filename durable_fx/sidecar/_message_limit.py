@@ -35,6 +35,7 @@ __all__ = [
     "MessageLimit",
     "RequestLimitInterceptor",
     "check_max_message_bytes",
+    "failed_activity",
     "receive_cap",
 ]
 
@@ -119,7 +120,7 @@ class MessageLimit:
         what = f"the work item of activity {invocation.name!r} (its input)"
         reason = too_large(what, size, self.limit)
         log.warning("%s; it fails in instance %s", reason, invocation.instance_id)
-        return _failed_activity(TOO_LARGE_ERROR, reason)
+        return failed_activity(TOO_LARGE_ERROR, reason)
 
     def activity_answer(
         self, item: ActivityWorkItem, response: pb.ActivityResponse
@@ -135,7 +136,7 @@ class MessageLimit:
         )
         reason = result_too_large(what, size, self.limit)
         log.warning("%s; the task fails", reason)
-        return _failed_activity(RESULT_TOO_LARGE_ERROR, reason)
+        return failed_activity(RESULT_TOO_LARGE_ERROR, reason)
 
     def failing(self, bridge: EpisodeBridge, size: int) -> EpisodePlan:
         """The plan failing an episode whose answer of ``size`` bytes was dropped."""
@@ -152,7 +153,7 @@ class MessageLimit:
         return fail
 
 
-def _failed_activity(error_type: str, reason: str) -> pb.ActivityResponse:
+def failed_activity(error_type: str, reason: str) -> pb.ActivityResponse:
     """The response of an activity that failed outside any worker's code, and why."""
     return pb.ActivityResponse(
         failureDetails=pb.TaskFailureDetails(errorType=error_type, errorMessage=reason)

@@ -73,6 +73,11 @@ class SidecarServer(StartStopContext):
             (RESOURCE_EXHAUSTED), and gRPC itself refuses any message over
             ``max(4 * limit, limit + 16 MiB)``. Raise it together with the
             workers' ``max_receive_message_length``.
+        activity_timeout: If set, an activity a worker has held this long
+            fails with ``ActivityTimeoutError`` (its orchestration moves on,
+            a retry policy may try again) and its late result is refused:
+            the Durable Task protocol has no heartbeats, so this is what
+            keeps a hung SDK activity from holding its orchestration.
 
     Raises:
         ValueError: Only one of ``tls_cert``/``tls_key``, an unreadable or
@@ -96,7 +101,10 @@ class SidecarServer(StartStopContext):
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        activity_timeout: timedelta | None = None,
     ) -> None:
+        if activity_timeout is not None and activity_timeout <= timedelta(0):
+            raise ValueError(f"activity_timeout must be positive, not {activity_timeout}")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and its key (tls_cert and tls_key)")
         # Checked before the store opens: a bad setting must not leave a store open.
@@ -111,6 +119,7 @@ class SidecarServer(StartStopContext):
         self._host = host
         self._port = port
         self._lease = lease
+        self._activity_timeout = activity_timeout
         self._max_poll = max_poll_interval
         self._ping_interval = ping_interval
         self._cache_size = cache_size
@@ -192,6 +201,7 @@ class SidecarServer(StartStopContext):
             watch,
             owner=self._owner,
             lease=self._lease,
+            activity_timeout=self._activity_timeout,
             ping_interval=self._ping_interval,
             max_poll_interval=self._max_poll,
             max_message_bytes=self._max_message,

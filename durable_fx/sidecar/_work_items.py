@@ -62,7 +62,7 @@ from ._held import (
     renew_held,
     unless_lost,
 )
-from ._message_limit import TOO_LARGE_ERROR, MessageLimit
+from ._message_limit import TOO_LARGE_ERROR, MessageLimit, failed_activity
 from ._proto import pb
 from ._results import activity_request, activity_result
 from ._watch import InstanceWatch
@@ -92,6 +92,7 @@ class WorkItemDispatcher:
         max_poll_interval: Longest sleep between polls of an idle stream.
         max_message_bytes: The largest work item a worker can receive, and
             the largest answer taken from one.
+        activity_timeout: Fail an activity a worker holds longer (``None``: never).
     """
 
     def __init__(
@@ -106,8 +107,10 @@ class WorkItemDispatcher:
         ping_interval: float,
         max_poll_interval: float,
         max_message_bytes: int,
+        activity_timeout: timedelta | None = None,
     ) -> None:
         self._store = store
+        self._activity_timeout = activity_timeout
         self._clock = clock
         self._bridge = bridge
         self._watch = watch
@@ -143,6 +146,13 @@ class WorkItemDispatcher:
                 name="durable-fx-sidecar-renewals",
             ),
         ]
+        if self._activity_timeout is not None:
+            seconds = self._activity_timeout.total_seconds()
+            self._tasks.append(
+                asyncio.create_task(
+                    self._time_out_activities(seconds), name="durable-fx-sidecar-timeouts"
+                )
+            )
 
     def begin_close(self) -> None:
         """End every stream (their work is released); completions are still accepted."""
@@ -345,12 +355,32 @@ class WorkItemDispatcher:
                 failure = self._limit.unsendable_activity(item, size)
                 self._results.add(activity_result(item, failure, self._clock.now()))
                 continue
-            self._held[token] = HeldActivity(connection, item, now)
+            self._held[token] = HeldActivity(connection, item, now, now)
             connection.activities.add(token)
             requests.append(request)
         for request in requests:
             await connection.send(request)
         return batch
+
+    async def _time_out_activities(self, timeout: float) -> None:
+        """Fail every activity a worker has held for ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            overdue = loop.time() - timeout
+            for token, held in list(self._held.items()):
+                if isinstance(held, HeldActivity) and held.handed_at <= overdue:
+                    self._time_out(token, held, timeout)
+
+    def _time_out(self, token: str, held: HeldActivity, timeout: float) -> None:
+        if self._held.pop(token, None) is not held:
+            return  # completed or released meanwhile
+        free(held.connection, token)
+        name = held.item.invocation.name
+        reason = f"{name} did not finish within {timedelta(seconds=timeout)} at the worker"
+        log.warning("%s (instance %s)", reason, held.item.invocation.instance_id)
+        failure = failed_activity("ActivityTimeoutError", reason)
+        self._results.add(activity_result(held.item, failure, self._clock.now()))
 
     # -- completions -------------------------------------------------------------------------
 
