@@ -59,21 +59,19 @@ class ActivityRunner:
             args = self._arguments(definition, item, beats)
         except SerializationError as error:
             return self._failed(item, _non_retriable(error))
-        call = asyncio.ensure_future(self._call(definition, args))
-        if not await _watch(call, beats, renew, every, invocation.name):
+        # Its own task, so the worker can stop waiting for it (a missed heartbeat).
+        call = asyncio.ensure_future(self._outcome(definition, args))
+        try:
+            alive = await _watch(call, beats, renew, every, invocation.name)
+        except asyncio.CancelledError:
+            call.cancel()  # the worker is stopping: it releases the work item
+            raise
+        if not alive:
             call.cancel()  # an async activity stops; a thread cannot be stopped, its result is lost
             call.add_done_callback(_consume)
             return self._failed(item, _missed_heartbeat(invocation.name, beats), beats)
-        try:
-            value = call.result()
-        except asyncio.CancelledError as error:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the worker is stopping: it releases the work item
-            # The activity raised CancelledError itself: that is its failure, not ours.
-            return self._failed(item, failure_from_exception(error))
-        # SystemExit too: sys.exit() in an activity must fail its task, not stop the worker.
-        except (Exception, SystemExit) as error:
+        value, error = call.result()
+        if error is not None:
             log.info(
                 "activity %s (%s #%d) failed: %s: %s",
                 invocation.name,
@@ -115,6 +113,25 @@ class ActivityRunner:
             else:
                 args.append(definition.input_codec.decode(invocation.input))
         return args
+
+    async def _outcome(
+        self, definition: ActivityDefinition, args: list[Any]
+    ) -> tuple[Any, BaseException | None]:
+        """The activity's value, or what it raised.
+
+        Returned, not raised: a task that raises SystemExit has asyncio re-raise
+        it in the event loop, which would stop the worker.
+        """
+        try:
+            return await self._call(definition, args), None
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # cancelled by the runner (the worker stops, the heartbeat was missed)
+            return None, error  # the activity raised CancelledError itself: its failure
+        # SystemExit too: sys.exit() in an activity must fail its task, not stop the worker.
+        except (Exception, SystemExit) as error:
+            return None, error
 
     async def _call(self, definition: ActivityDefinition, args: list[Any]) -> Any:
         if definition.is_async:
