@@ -70,17 +70,17 @@ class ActivityRunner:
             call.cancel()  # an async activity stops; a thread cannot be stopped, its result is lost
             call.add_done_callback(_consume)
             return self._failed(item, _missed_heartbeat(invocation.name, beats), beats)
-        value, error = call.result()
-        if error is not None:
+        value, raised = call.result()
+        if raised is not None:
             log.info(
                 "activity %s (%s #%d) failed: %s: %s",
                 invocation.name,
                 invocation.instance_id,
                 invocation.task_id,
-                type(error).__name__,
-                error,
+                type(raised).__name__,
+                raised,
             )
-            return self._failed(item, failure_from_exception(error), beats)
+            return self._failed(item, failure_from_exception(raised), beats)
         try:
             payload = encode(value)
         except SerializationError as error:
