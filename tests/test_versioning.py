@@ -178,7 +178,8 @@ def test_workers_of_two_versions_each_run_their_own_and_leave_the_others_pending
             assert client.wait(iid, timeout=WAIT).output == "ran on 1"
     make_worker(app_of("2"), versioning=VersionPolicy("2", VersionMatch.EXACT, leave))
     for iid, version in started.items():
-        assert client.wait(iid, timeout=WAIT).output == f"ran on {version}"
+        done = client.wait(iid, timeout=WAIT)
+        assert done.output == f"ran on {version}", done.failure
     # No worker runs version 3: it is neither run nor failed.
     state = client.get(orphan)
-    assert state is not None and state.status is OrchestrationStatus.PENDING
+    assert state is not None and state.status is OrchestrationStatus.PENDING, state.failure

@@ -83,7 +83,7 @@ class Orchestrations:
         await self._wake_ups.poll(limit, lease)
         if accept is not None:
             await self._pass_on(accept)
-        items = await self._hand_out(owner, limit, lease)
+        items = await self._hand_out(owner, limit, lease, accept)
         now = hub.now()
         dues = self._sessions.next_dues(now)
         remote = hub.control_polls.next_expected()
@@ -108,14 +108,21 @@ class Orchestrations:
                 await sessions.end(session, not_before=PASS_ON_AFTER)
 
     async def _hand_out(
-        self, owner: str, limit: int, lease: timedelta
+        self, owner: str, limit: int, lease: timedelta, accept: Accept | None
     ) -> list[OrchestrationWorkItem]:
         hub = self._hub
         sessions = self._sessions
         now = hub.now()
         for session in [s for s in sessions.all() if s.stale and s.lockable(now)]:
             await sessions.refresh(session)
-        ready = [(s.visible(now), s) for s in sessions.all() if s.lockable(now)]
+        # Checked again here, with nothing awaited since: sessions begun while
+        # _pass_on awaited (a start from this process) must not slip through.
+        ready = [
+            (s.visible(now), s)
+            for s in sessions.all()
+            if s.lockable(now)
+            and (accept is None or accept(s.record.name, s.record.orchestration_version))
+        ]
         queue = sorted(((v, s) for v, s in ready if v), key=lambda e: e[0][0].order())
         items: list[OrchestrationWorkItem] = []
         for visible, session in queue:
