@@ -276,12 +276,14 @@ def wait_while_moving(
     stall: float,
     poll: float = 1.0,
     limit: float = 0.0,
+    progress: Callable[[int, float], object] | None = None,
 ) -> list[Instance]:
     """Poll until ``count`` instances are ``done`` or none moved for ``stall`` s; the done ones.
 
     For work that may strand some instances: the caller reports how many.
     An instance moves when its status or custom status changes. With
-    ``limit``, also stop after ``limit`` s.
+    ``limit``, also stop after ``limit`` s. ``progress`` hears how many are
+    done and the seconds so far after every poll (a run cut short keeps them).
     """
     last: list[tuple[str, str]] = []
     since = start = time.monotonic()
@@ -290,6 +292,8 @@ def wait_while_moving(
             return [i for i in observer.instances(prefix) if done(i)]
         seen = observer.instances(prefix)
         found = [i for i in seen if done(i)]
+        if progress is not None:
+            progress(len(found), time.monotonic() - start)
         if len(found) >= count:
             return found
         states = sorted((i.status.value, json.dumps(i.custom_status, sort_keys=True)) for i in seen)
