@@ -40,6 +40,7 @@ __all__ = [
     "TaskScheduled",
     "TimerCreated",
     "TimerFired",
+    "TraceContext",
 ]
 
 
@@ -57,6 +58,13 @@ class FailureDetails(_Model):
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"
+
+
+class TraceContext(_Model):
+    """A W3C trace context (``traceparent``, ``tracestate``): where a span's parent is."""
+
+    traceparent: str
+    tracestate: str | None = None
 
 
 class ParentInstance(_Model):
@@ -83,6 +91,8 @@ class ExecutionStarted(_Event):
     scheduled_start: datetime | None = None
     version: str | None = None
     tags: dict[str, str] | None = None
+    trace_context: TraceContext | None = None
+    """The span that started the execution (a request, a parent orchestration's)."""
 
 
 class ExecutionCompleted(_Event):
@@ -211,6 +221,8 @@ class EventRaised(_Event):
     kind: Literal["EventRaised"] = "EventRaised"
     name: str
     input: str | None = None
+    trace_context: TraceContext | None = None
+    """The span that raised it (a webhook's request): the waiting orchestration links to it."""
 
 
 HistoryEvent = Annotated[

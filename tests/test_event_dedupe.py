@@ -122,6 +122,7 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
             "DROP TABLE used_keys; ALTER TABLE instances DROP COLUMN orch_version;"
             " ALTER TABLE work_items DROP COLUMN heartbeat_timeout;"
             " ALTER TABLE work_items DROP COLUMN heartbeat_details;"
+            " ALTER TABLE work_items DROP COLUMN trace_context;"
             " PRAGMA user_version=2;"
         )
     db.close()

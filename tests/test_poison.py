@@ -313,6 +313,7 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
             ALTER TABLE instances DROP COLUMN orch_version;
             ALTER TABLE work_items DROP COLUMN heartbeat_timeout;
             ALTER TABLE work_items DROP COLUMN heartbeat_details;
+            ALTER TABLE work_items DROP COLUMN trace_context;
             PRAGMA user_version=1;
             """
         )

@@ -146,6 +146,7 @@ def test_a_version_3_sqlite_file_learns_to_keep_versions(tmp_path: Path) -> None
             "ALTER TABLE instances DROP COLUMN orch_version;"
             " ALTER TABLE work_items DROP COLUMN heartbeat_timeout;"
             " ALTER TABLE work_items DROP COLUMN heartbeat_details;"
+            " ALTER TABLE work_items DROP COLUMN trace_context;"
             " PRAGMA user_version=3;"
         )
     db.close()

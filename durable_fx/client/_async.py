@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Iterable
 from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict
 
 from .._clock import Clock, SystemClock
@@ -34,6 +35,7 @@ from .._replay.context import OrchestrationContext
 from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
 from .._serialization import decode, encode
 from .._state import OrchestrationState, OrchestrationStatus
+from .._tracing import current_trace_context, span_in
 from ..storage import open_store
 from ..storage._finished import finished_on
 from ..storage._protocol import Store
@@ -178,17 +180,25 @@ class AsyncDurableClient:
         validate_instance_id(instance_id)
         if start_at is not None and start_at.tzinfo is None:
             raise ValueError("start_at must be timezone-aware (use UTC)")
-        started = ExecutionStarted(
-            timestamp=self._clock.now(),
-            name=name_of(orchestrator),
-            instance_id=instance_id,
-            execution_id=uuid.uuid4().hex,
-            input=encode(input),
-            scheduled_start=start_at,
-            version=version if version is not None else self._default_version,
-        )
-        message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
-        await self._store.create_instance(message, replaceable=replaceable)
+        name = name_of(orchestrator)
+        version = version if version is not None else self._default_version
+        attributes = {"durabletask.type": "orchestration", "durabletask.task.name": name}
+        attributes["durabletask.task.instance_id"] = instance_id
+        with span_in(
+            f"create_orchestration:{name}", None, kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            started = ExecutionStarted(
+                timestamp=self._clock.now(),
+                name=name,
+                instance_id=instance_id,
+                execution_id=uuid.uuid4().hex,
+                input=encode(input),
+                scheduled_start=start_at,
+                version=version,
+                trace_context=current_trace_context(),
+            )
+            message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
+            await self._store.create_instance(message, replaceable=replaceable)
         return instance_id
 
     @overload
@@ -398,7 +408,12 @@ class AsyncDurableClient:
     ) -> bool:
         """``raise_event`` with the data already JSON text (the gRPC sidecar passes it through)."""
         validate_instance_id(instance_id)
-        event = EventRaised(timestamp=self._clock.now(), name=name, input=payload)
+        event = EventRaised(
+            timestamp=self._clock.now(),
+            name=name,
+            input=payload,
+            trace_context=current_trace_context(),
+        )
         key = f"event:{event_id}" if event_id else ""
         # The store checks the status in the same step as the insert: a read
         # here first would leave a window where the instance finishes and the

@@ -8,6 +8,8 @@ field by field.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from .._history import (
     TaskCompleted,
     TaskFailed,
     TimerFired,
+    TraceContext,
 )
 from .._state import OrchestrationStatus
 
@@ -153,6 +156,24 @@ class ActivityInvocation:
     heartbeat_details: str | None = None
     """The latest heartbeat details (JSON): of earlier attempts, or of this one's
     earlier deliveries once a worker saved them (``renew_activity_lease``)."""
+    trace_context: TraceContext | None = None
+    """The span the activity's span belongs under (its orchestration's execution)."""
+
+    def to_json(self) -> str:
+        """The invocation as one JSON object (a poisoned work item's body)."""
+        fields = dataclasses.asdict(self)
+        fields["trace_context"] = (
+            None if self.trace_context is None else self.trace_context.model_dump()
+        )
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> ActivityInvocation:
+        """The invocation ``to_json`` wrote; ``ValueError``/``TypeError`` if it is not one."""
+        fields = json.loads(text)
+        traced = fields.get("trace_context")
+        fields["trace_context"] = None if traced is None else TraceContext.model_validate(traced)
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import threading
 import uuid
 from collections.abc import Sequence
@@ -613,7 +612,7 @@ class MemoryStore:
                 poison_id=str(next(self._seq)),
                 queue=_ACTIVITY_QUEUE,
                 instance_id=invocation.instance_id,
-                body=json.dumps(dataclasses.asdict(invocation)),
+                body=invocation.to_json(),
                 reason=reason,
                 poisoned_at=now,
                 dequeue_count=work.dequeue_count,

@@ -10,6 +10,7 @@ and saves its latest heartbeat details.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -18,6 +19,8 @@ from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
 from .._clock import Clock
 from .._errors import SerializationError, UnknownNameError
 from .._heartbeat import Heartbeats
@@ -25,6 +28,7 @@ from .._history import FailureDetails, TaskCompleted, TaskFailed
 from .._registry import ActivityContext, ActivityDefinition, Registry
 from .._replay.executor import failure_from_exception
 from .._serialization import encode
+from .._tracing import parent_of, span_in
 from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
 
 __all__ = ["ActivityRunner"]
@@ -59,6 +63,26 @@ class ActivityRunner:
             args = self._arguments(definition, item, beats)
         except SerializationError as error:
             return self._failed(item, _non_retriable(error))
+        with span_in(
+            f"activity:{invocation.name}",
+            parent_of(invocation.trace_context),
+            kind=SpanKind.SERVER,
+            attributes=_span_attributes(item),
+        ) as span:
+            result = await self._run_traced(item, definition, args, beats, renew, every)
+            _record_outcome(span, result)
+        return result
+
+    async def _run_traced(
+        self,
+        item: ActivityWorkItem,
+        definition: ActivityDefinition,
+        args: list[Any],
+        beats: Heartbeats,
+        renew: Renew | None,
+        every: float,
+    ) -> ActivityResult:
+        invocation = item.invocation
         # Its own task, so the worker can stop waiting for it (a missed heartbeat).
         call = asyncio.ensure_future(self._outcome(definition, args))
         try:
@@ -137,7 +161,9 @@ class ActivityRunner:
         if definition.is_async:
             return await definition.fn(*args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, lambda: definition.fn(*args))
+        # The pool's thread gets this context: the activity's span is current in it.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._threads, lambda: context.run(definition.fn, *args))
 
     def _failed(
         self, item: ActivityWorkItem, failure: FailureDetails, beats: Heartbeats | None = None
@@ -197,6 +223,35 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve the outcome of an abandoned call, so asyncio does not log it as lost."""
     if not future.cancelled():
         future.exception()
+
+
+def _span_attributes(item: ActivityWorkItem) -> dict[str, Any]:
+    invocation = item.invocation
+    return {
+        "durabletask.type": "activity",
+        "durabletask.task.name": invocation.name,
+        "durabletask.task.instance_id": invocation.instance_id,
+        "durabletask.task.task_id": invocation.task_id,
+        "durable_fx.activity.attempt": invocation.attempt,
+        "durable_fx.activity.delivery": item.dequeue_count,
+    }
+
+
+def _record_outcome(span: Span, result: ActivityResult) -> None:
+    event = result.message.event
+    if isinstance(event, TaskFailed):
+        span.set_attribute("durabletask.task.result", "Failed")
+        span.set_status(Status(StatusCode.ERROR, str(event.failure)))
+        span.add_event(
+            "exception",
+            {
+                "exception.type": event.failure.error_type,
+                "exception.message": event.failure.message,
+                "exception.stacktrace": event.failure.stack_trace or "",
+            },
+        )
+    else:
+        span.set_attribute("durabletask.task.result", "Succeeded")
 
 
 def _non_retriable(error: Exception) -> FailureDetails:

@@ -47,6 +47,7 @@ from .._replay.actions import (
 from .._replay.executor import EpisodeOutput
 from .._serialization import encode
 from .._state import OrchestrationStatus
+from .._tracing import execution_trace_context
 from ..storage._records import (
     ActivityInvocation,
     EpisodeCommit,
@@ -392,6 +393,7 @@ def _dispatch(
                     action.attempt,
                     action.heartbeat_timeout,
                     action.heartbeat_details,
+                    execution_trace_context(started),
                 )
             )
         case CreateTimer():
@@ -406,6 +408,7 @@ def _dispatch(
                 execution_id=ids.child_execution_ids[action.id],
                 input=action.input,
                 version=started.version,
+                trace_context=execution_trace_context(started),
                 parent=ParentInstance(
                     instance_id=instance.instance_id,
                     execution_id=execution_id,

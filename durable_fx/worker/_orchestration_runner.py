@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from .._clock import Clock
 from .._errors import ConflictError, NonDeterminismError, UnknownNameError
 from .._history import (
+    ExecutionCompleted,
     ExecutionStarted,
     ExecutionTerminated,
     HistoryEvent,
@@ -31,6 +32,7 @@ from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
+from .._tracing import emit_execution_span, emit_span, execution_parent
 from .._versioning import VersionMismatchError, VersionPolicy
 from ..storage._finished import finished_on
 from ..storage._protocol import Store
@@ -143,8 +145,9 @@ class OrchestrationRunner:
         the messages must be done again now, not after the lease runs out.
         """
         instance_id = item.instance.instance_id
+        episode = _Episode(item, self._clock.now())
         try:
-            commit, entry = await self._plan(_Episode(item, self._clock.now()))
+            commit, entry = await self._plan(episode)
             version = await self._store.commit_episode(item, commit)
         except ConflictError as conflict:
             self._cache.evict(instance_id)
@@ -157,6 +160,7 @@ class OrchestrationRunner:
         except BaseException:
             self._cache.evict(instance_id)
             raise
+        self._trace(episode, commit, entry)
         if entry is not None and not commit.instance.status.is_terminal:
             entry.version = version
             self._cache.put(instance_id, entry)
@@ -164,6 +168,31 @@ class OrchestrationRunner:
             self._cache.evict(instance_id)
         if commit.instance.status.is_terminal:
             self._finished.finished(commit.instance)  # clients waiting in this process
+
+    def _trace(
+        self, episode: _Episode, commit: EpisodeCommit, entry: CachedExecution | None
+    ) -> None:
+        """The episode's span; the execution's, once it ended (replays emit nothing)."""
+        started = entry.started if entry is not None else _started_in(commit.new_history)
+        if started is None:
+            return  # nothing ran: a late result written off, a start not due yet
+        now = self._clock.now()
+        emit_span(
+            f"orchestration:{started.name} episode",
+            execution_parent(started),
+            start=episode.now,
+            end=now,
+            attributes={
+                "durabletask.type": "orchestration",
+                "durabletask.task.instance_id": started.instance_id,
+                "durable_fx.episode.messages": len(episode.item.messages),
+            },
+        )
+        ended = next((e for e in commit.new_history if isinstance(e, ExecutionCompleted)), None)
+        if ended is not None:
+            emit_execution_span(started, status=ended.status, ended_at=now, failure=ended.failure)
+        elif commit.instance.status is OrchestrationStatus.CONTINUED_AS_NEW:
+            emit_execution_span(started, status="CONTINUED_AS_NEW", ended_at=now)
 
     async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
         instance = episode.instance
@@ -342,6 +371,10 @@ class OrchestrationRunner:
             now=episode.now,
             reset_history=reset_history,
         )
+
+
+def _started_in(history: Sequence[HistoryEvent]) -> ExecutionStarted | None:
+    return next((e for e in history if isinstance(e, ExecutionStarted)), None)
 
 
 def _continues_as_new(output: EpisodeOutput) -> bool:

@@ -21,6 +21,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .._records import ActivityInvocation, ActivityResult, ActivityWorkItem, LockBatch
+from .._trace_codec import trace_of, trace_text
 from ._codec import work_key
 from ._hub import Hub
 from ._ops import Op
@@ -75,6 +76,8 @@ class Activities:
             row["HeartbeatTimeout"] = invocation.heartbeat_timeout
         if invocation.heartbeat_details is not None:
             row["Heartbeat"] = invocation.heartbeat_details
+        if invocation.trace_context is not None:
+            row["TraceContext"] = trace_text(invocation.trace_context)
         await self._hub.codec.put_text(row, "Input", invocation.input, iid)
         return row
 
@@ -89,6 +92,7 @@ class Activities:
             attempt=int(row.get("Attempt", 1)),
             heartbeat_timeout=_seconds(row.get("HeartbeatTimeout")),
             heartbeat_details=row.get("Heartbeat"),
+            trace_context=trace_of(row.get("TraceContext")),
         )
 
     def room(self, count: int) -> int:
@@ -159,6 +163,8 @@ class Activities:
             body["ht"] = invocation.heartbeat_timeout
         if invocation.heartbeat_details is not None:
             body["hd"] = invocation.heartbeat_details
+        if invocation.trace_context is not None:
+            body["tc"] = trace_text(invocation.trace_context)
         if redelivery:
             body["re"] = 1  # maybe a duplicate: check the row before running it
         if len(json.dumps(body)) > MAX_MESSAGE_BYTES - 1024:
@@ -181,6 +187,7 @@ class Activities:
             attempt=int(body.get("a", 1)),
             heartbeat_timeout=_seconds(body.get("ht")),
             heartbeat_details=body.get("hd"),
+            trace_context=trace_of(body.get("tc")),
         )
 
     def forget_work(self, instance_id: str, row_keys: Sequence[str]) -> None:
@@ -329,7 +336,7 @@ class Activities:
             queue=hub.names.work_queue,
             logical_queue="activities",
             instance_id=invocation.instance_id,
-            body=json.dumps(dataclasses.asdict(invocation)),
+            body=invocation.to_json(),
             reason=reason,
             dequeue_count=held.dequeue_count,
             extra={

@@ -27,7 +27,6 @@ of the copies received get their new receipts, and a copy whose row is gone
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import re
@@ -196,7 +195,7 @@ class Adoption:
             "name": invocation.name,
         }
         # The same body the store's own poisoning writes, so requeueing is the same too.
-        as_json = json.dumps(dataclasses.asdict(invocation))
+        as_json = invocation.to_json()
         return _Adopted(invocation.instance_id, as_json, extra)
 
     async def _refresh_copies(self, copies: list[Received]) -> None:

@@ -191,8 +191,7 @@ class Poison:
         """Write a poisoned work item's row again, then send it to the work queue."""
         hub = self._hub
         try:
-            fields = json.loads(body)
-            invocation = ActivityInvocation(**fields)
+            invocation = ActivityInvocation.from_json(body)
         except (ValueError, TypeError):
             return False
         activities = self._activities

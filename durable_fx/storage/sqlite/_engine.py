@@ -49,6 +49,7 @@ from .._records import (
     accepts_rewind,
     finished_refusal,
 )
+from .._trace_codec import trace_of
 from . import _schema as schema
 from . import _sql as sql
 from ._query import continuation, query_filter
@@ -403,11 +404,13 @@ class Engine:
         (next_due,) = db.execute(sql.NEXT_WORK_ITEM_DUE, (now,)).fetchone()
         items = [
             ActivityWorkItem(
-                ActivityInvocation(iid, eid, task, name, input_, attempt, hb_timeout, hb_details),
+                ActivityInvocation(
+                    iid, eid, task, name, input_, attempt, hb_timeout, hb_details, trace_of(traced)
+                ),
                 token,
                 n + 1,
             )
-            for _, iid, eid, task, name, input_, attempt, n, hb_timeout, hb_details in take
+            for _, iid, eid, task, name, input_, attempt, n, hb_timeout, hb_details, traced in take
         ]
         return LockBatch(items, optional_time(next_due))
 

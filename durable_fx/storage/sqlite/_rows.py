@@ -29,6 +29,7 @@ from .._records import (
     OrchestrationWorkItem,
     started_event,
 )
+from .._trace_codec import trace_text
 
 __all__ = [
     "CommitPlan",
@@ -158,17 +159,17 @@ def invocation_item(invocation: ActivityInvocation) -> list[Any]:
     i = invocation
     return [
         *(i.instance_id, i.execution_id, i.task_id, i.name, i.input, i.attempt),
-        *(i.heartbeat_timeout, i.heartbeat_details),
+        *(i.heartbeat_timeout, i.heartbeat_details, trace_text(i.trace_context)),
     ]
 
 
 def work_item_poison(row: Sequence[Any]) -> tuple[str, str]:
     """Poison ``(body, extra)`` of a row selected with ``WORK_ITEM_COLUMNS``."""
-    _, iid, eid, task, name, input_, attempt, _, hb_timeout, hb_details = row
+    _, iid, eid, task, name, input_, attempt, _, hb_timeout, hb_details, traced = row
     body = json.dumps(
         {"instance_id": iid, "execution_id": eid, "task_id": task, "name": name,
          "input": input_, "attempt": attempt, "heartbeat_timeout": hb_timeout,
-         "heartbeat_details": hb_details}
+         "heartbeat_details": hb_details, "trace_context": traced}
     )  # fmt: skip
     return body, json.dumps({"execution_id": eid, "task_id": str(task), "name": name})
 
@@ -190,7 +191,8 @@ def requeued_items(rows: Sequence[Sequence[Any]]) -> tuple[list[int], list[Any],
             try:
                 invocation = json.loads(body)
                 fields = ("execution_id", "task_id", "name", "input", "attempt")
-                optional = ("heartbeat_timeout", "heartbeat_details")  # kept since schema 5
+                # kept since schema 5
+                optional = ("heartbeat_timeout", "heartbeat_details", "trace_context")
                 work.append(
                     [iid, *(invocation[name] for name in fields)]
                     + [invocation.get(name) for name in optional]

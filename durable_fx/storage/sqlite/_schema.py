@@ -28,7 +28,8 @@ SCHEMA_VERSION = 5
 delete, so an old id must not hit a newer message), and ``poison_instance``. 3: ``used_keys``,
 the keys of enqueued messages, remembered until the instance is purged or replaced.
 4: ``instances.orch_version``, the orchestration version an instance started with.
-5: ``work_items.heartbeat_timeout`` and ``heartbeat_details`` (activity heartbeats)."""
+5: ``work_items.heartbeat_timeout`` and ``heartbeat_details`` (activity heartbeats), and
+``trace_context`` (the span an activity's span belongs under)."""
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 SYNCHRONOUS_LEVELS = {"full": 2, "normal": 1}
@@ -104,6 +105,7 @@ CREATE TABLE IF NOT EXISTS work_items (
     dequeue_count INTEGER NOT NULL DEFAULT 0,
     heartbeat_timeout REAL,
     heartbeat_details TEXT,
+    trace_context     TEXT,
     UNIQUE (instance_id, execution_id, task_id)
 );
 CREATE INDEX IF NOT EXISTS work_items_visible ON work_items (visible_at, id);
@@ -134,6 +136,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (
         "ALTER TABLE work_items ADD COLUMN heartbeat_timeout REAL",
         "ALTER TABLE work_items ADD COLUMN heartbeat_details TEXT",
+        "ALTER TABLE work_items ADD COLUMN trace_context TEXT",
     ),
 }
 """Statements that bring a file of the version before the key up to the key's version."""

@@ -197,13 +197,13 @@ NEXT_MESSAGE_DUE = "SELECT MIN(visible_at) FROM inbox WHERE visible_at > ?"
 
 WORK_ITEM_COLUMNS = (
     "id, instance_id, execution_id, task_id, name, input, attempt, dequeue_count,"
-    " heartbeat_timeout, heartbeat_details"
+    " heartbeat_timeout, heartbeat_details, trace_context"
 )
 INSERT_WORK_ITEMS = (
     "INSERT OR IGNORE INTO work_items (instance_id, execution_id, task_id, name, input, attempt,"
-    " heartbeat_timeout, heartbeat_details, visible_at)"
-    f" SELECT {_fields('iid', 'eid', 'task', 'name', 'input', 'attempt', 'hbt', 'hbd')}, ?2"
-    " FROM json_each(?1)"
+    " heartbeat_timeout, heartbeat_details, trace_context, visible_at)"
+    f" SELECT {_fields('iid', 'eid', 'task', 'name', 'input', 'attempt', 'hbt', 'hbd', 'tc')},"
+    " ?2 FROM json_each(?1)"
 )
 SELECT_READY_WORK_ITEMS = (
     f"SELECT json_group_array(json_array({WORK_ITEM_COLUMNS})) FROM (SELECT {WORK_ITEM_COLUMNS}"

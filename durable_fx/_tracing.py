@@ -1,0 +1,241 @@
+"""Distributed tracing: the spans of a run, and the trace context its work carries.
+
+Only OpenTelemetry's API is used: with no SDK configured every call is a
+no-op. A run lives across episodes, processes and days, so no span stays
+open across them. Instead the ids are fixed in advance: an execution's span
+(``orchestration:NAME``) has a span id derived from its execution id and the
+trace id of the span that started it (recorded in ``ExecutionStarted``), so
+every episode, activity, timer and child can name it as parent while it
+runs, and it is emitted once, when the execution ends, with its real start
+time. Spans come from live work only: a replay emits nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ._history import ExecutionStarted, FailureDetails, TraceContext
+
+__all__ = [
+    "ORCHESTRATION_TYPE",
+    "current_trace_context",
+    "emit_execution_span",
+    "emit_span",
+    "execution_parent",
+    "execution_span_context",
+    "execution_trace_context",
+    "parent_of",
+    "span_in",
+    "tracer",
+]
+
+TRACER_NAME = "durable_fx"
+ORCHESTRATION_TYPE = "orchestration"
+
+_W3C = TraceContextTextMapPropagator()
+_CHOSEN_SPAN_ID: ContextVar[int | None] = ContextVar("durable_fx_chosen_span_id", default=None)
+_CHOSEN_TRACE_ID: ContextVar[int | None] = ContextVar("durable_fx_chosen_trace_id", default=None)
+
+
+def tracer() -> Tracer:
+    """durable_fx's tracer (the global provider's; a no-op one until an SDK is set)."""
+    return trace.get_tracer(TRACER_NAME)
+
+
+def current_trace_context() -> TraceContext | None:
+    """The active span as a W3C trace context, or ``None`` if there is none."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return _from_carrier(carrier)
+
+
+def parent_of(context: TraceContext | None) -> Context | None:
+    """A context whose current span is the one ``context`` names (``None``: no parent)."""
+    if context is None:
+        return None
+    carrier = {"traceparent": context.traceparent}
+    if context.tracestate:
+        carrier["tracestate"] = context.tracestate
+    return _W3C.extract(carrier)
+
+
+def execution_span_context(started: ExecutionStarted) -> SpanContext:
+    """The ids of ``started``'s execution span: fixed by its execution id and its parent."""
+    parent = _parent_span_context(started.trace_context)
+    if parent is not None:
+        trace_id, flags = parent.trace_id, parent.trace_flags
+    else:  # started without a trace: the execution's span is a root
+        trace_id, flags = _derived_id(started.execution_id, 16), TraceFlags(TraceFlags.SAMPLED)
+    span_id = _derived_id(started.execution_id, 8)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+
+
+def execution_trace_context(started: ExecutionStarted) -> TraceContext:
+    """``started``'s execution span as the parent its activities and children record."""
+    span = execution_span_context(started)
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span)))
+    traced = _from_carrier(carrier)
+    assert traced is not None  # a valid span context always has a traceparent
+    if started.trace_context is not None and started.trace_context.tracestate:
+        traced = traced.model_copy(update={"tracestate": started.trace_context.tracestate})
+    return traced
+
+
+def execution_parent(started: ExecutionStarted) -> Context:
+    """A context whose current span is ``started``'s execution span, for its children."""
+    return trace.set_span_in_context(NonRecordingSpan(execution_span_context(started)))
+
+
+def emit_execution_span(
+    started: ExecutionStarted,
+    *,
+    status: str,
+    ended_at: datetime,
+    failure: FailureDetails | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> None:
+    """Emit ``started``'s execution span, start to end: once, when the execution ends."""
+    chosen = execution_span_context(started)
+    spans = _chosen_ids_tracer()
+    parent = parent_of(started.trace_context)
+    trace_token = _CHOSEN_TRACE_ID.set(chosen.trace_id if parent is None else None)
+    span_token = _CHOSEN_SPAN_ID.set(chosen.span_id)
+    try:
+        span = spans.start_span(
+            f"orchestration:{started.name}",
+            context=parent if parent is not None else Context(),
+            kind=SpanKind.SERVER,
+            start_time=_nanos(started.timestamp),
+            attributes={
+                "durabletask.type": ORCHESTRATION_TYPE,
+                "durabletask.task.name": started.name,
+                "durabletask.task.instance_id": started.instance_id,
+                "durabletask.task.execution_id": started.execution_id,
+                "durabletask.task.status": status,
+                **({"durabletask.task.version": started.version} if started.version else {}),
+                **(attributes or {}),
+            },
+        )
+    finally:
+        _CHOSEN_SPAN_ID.reset(span_token)
+        _CHOSEN_TRACE_ID.reset(trace_token)
+    if failure is not None:
+        span.set_status(Status(StatusCode.ERROR, str(failure)))
+        span.add_event(
+            "exception",
+            {"exception.type": failure.error_type, "exception.message": failure.message},
+        )
+    span.end(end_time=_nanos(ended_at))
+
+
+def emit_span(
+    name: str,
+    parent: Context | None,
+    *,
+    start: datetime,
+    end: datetime,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """Emit a span that already happened (``start`` to ``end``) under ``parent``."""
+    span = tracer().start_span(
+        name,
+        context=parent,
+        kind=kind,
+        start_time=_nanos(start),
+        attributes=dict(attributes or {}),
+    )
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=_nanos(end))
+
+
+@contextmanager
+def span_in(
+    name: str,
+    parent: Context | None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A live span under ``parent``, current while the block runs; errors recorded."""
+    with tracer().start_as_current_span(
+        name, context=parent, kind=kind, attributes=dict(attributes or {})
+    ) as span:
+        yield span
+
+
+def _from_carrier(carrier: Mapping[str, str]) -> TraceContext | None:
+    traceparent = carrier.get("traceparent")
+    if not traceparent:
+        return None
+    return TraceContext(traceparent=traceparent, tracestate=carrier.get("tracestate") or None)
+
+
+def _parent_span_context(context: TraceContext | None) -> SpanContext | None:
+    extracted = parent_of(context)
+    if extracted is None:
+        return None
+    span = trace.get_current_span(extracted).get_span_context()
+    return span if span.is_valid else None
+
+
+def _derived_id(execution_id: str, size: int) -> int:
+    """A non-zero id of ``size`` bytes derived from the execution id (the same everywhere)."""
+    digest = hashlib.blake2b(execution_id.encode(), digest_size=size, person=b"durable_fx").digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def _nanos(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+class _ChosenIds:
+    """An SDK ``IdGenerator`` that hands out the ids set for the span being started.
+
+    The OpenTelemetry API has no way to give a span its id; the SDK asks its
+    tracer's ``id_generator``. Only durable_fx's own tracer for execution
+    spans gets this one, and only while ``emit_execution_span`` runs are ids chosen.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def generate_span_id(self) -> int:
+        return _CHOSEN_SPAN_ID.get() or int(self._inner.generate_span_id())
+
+    def generate_trace_id(self) -> int:
+        return _CHOSEN_TRACE_ID.get() or int(self._inner.generate_trace_id())
+
+    def is_trace_id_random(self) -> bool:
+        return bool(self._inner.is_trace_id_random())
+
+
+def _chosen_ids_tracer() -> Tracer:
+    """The provider's tracer for execution spans, whose ids the context vars choose."""
+    found = trace.get_tracer_provider().get_tracer(f"{TRACER_NAME}.executions")
+    inner = getattr(found, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
+    if inner is not None and not isinstance(inner, _ChosenIds):
+        found.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
+    return found

@@ -1,0 +1,256 @@
+"""Distributed tracing: the span tree of a run on every store, via the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from durable_fx import (
+    ActivityContext,
+    DurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+    Worker,
+)
+from tests.support.instances import custom_status_of, wait_until
+
+WAIT = 20.0
+
+
+class _WhileRecording(SpanProcessor):
+    """Passes ended spans on only while a test of this file records (the provider is global)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self.inner = SimpleSpanProcessor(exporter)
+        self.on = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.on:
+            self.inner.on_end(span)
+
+
+@pytest.fixture(scope="session")
+def _recorder() -> tuple[InMemorySpanExporter, _WhileRecording]:
+    exporter = InMemorySpanExporter()
+    recording = _WhileRecording(exporter)
+    provider = TracerProvider()
+    provider.add_span_processor(recording)
+    trace.set_tracer_provider(provider)
+    return exporter, recording
+
+
+@pytest.fixture
+def spans(_recorder: tuple[InMemorySpanExporter, _WhileRecording]) -> Iterator[Spans]:
+    exporter, recording = _recorder
+    exporter.clear()
+    recording.on = True
+    try:
+        yield Spans(exporter)
+    finally:
+        recording.on = False
+        exporter.clear()
+
+
+class Spans:
+    """The spans ended so far, and ways to find them."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self._exporter = exporter
+
+    def settle(self) -> None:
+        """Wait until no new span has ended for a moment.
+
+        A client sees an instance finish as soon as its commit lands; the worker
+        ends the episode's and the execution's spans just after.
+        """
+        deadline = time.monotonic() + 5
+        seen = -1
+        while time.monotonic() < deadline and len(self.all()) != seen:
+            seen = len(self.all())
+            time.sleep(0.1)
+
+    def all(self) -> Sequence[ReadableSpan]:
+        return self._exporter.get_finished_spans()
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.all() if s.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        found = self.named(name)
+        assert len(found) == 1, (name, [s.name for s in self.all()])
+        return found[0]
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def trace_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.trace_id
+
+
+def test_a_run_is_one_trace_under_the_request_that_started_it(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.activity()
+    def step(n: int) -> int:
+        return n + 1
+
+    @registry.orchestrator()
+    def traced(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
+        n = yield ctx.call_activity(step, n)
+        yield ctx.create_timer(timedelta(milliseconds=20))
+        return (yield ctx.call_activity(step, n))
+
+    with trace.get_tracer("test").start_as_current_span("POST /send") as request:
+        iid = client.start(traced, 1)
+    assert client.wait(iid, timeout=WAIT).output == 3
+    spans.settle()
+
+    create = spans.one("create_orchestration:traced")
+    assert create.kind is SpanKind.PRODUCER
+    assert parent_id(create) == request.get_span_context().span_id
+    run = spans.one("orchestration:traced")
+    assert run.kind is SpanKind.SERVER and parent_id(run) == span_id(create)
+    assert run.attributes is not None and run.attributes["durabletask.task.status"] == "COMPLETED"
+    steps = spans.named("activity:step")
+    episodes = spans.named("orchestration:traced episode")
+    assert len(steps) == 2 and len(episodes) >= 3
+    for child in [*steps, *episodes]:
+        assert parent_id(child) == span_id(run), child.name
+        assert trace_id(child) == trace_id(run) == request.get_span_context().trace_id
+    assert run.start_time is not None and run.end_time is not None
+    assert all(run.start_time <= s.start_time <= s.end_time <= run.end_time for s in steps)  # type: ignore[operator]
+
+
+def test_a_failed_run_and_a_failed_activity_carry_the_error(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.activity()
+    def broken(_: None) -> None:
+        raise ConnectionError("the provider is down")
+
+    @registry.orchestrator()
+    def fails(ctx: OrchestrationContext) -> Orchestrator[None]:
+        yield ctx.call_activity(broken, None)
+
+    iid = client.start(fails)
+    assert client.wait(iid, timeout=WAIT).status is OrchestrationStatus.FAILED
+    spans.settle()
+    activity = spans.one("activity:broken")
+    assert activity.status.status_code is StatusCode.ERROR
+    assert [e.name for e in activity.events] == ["exception"]
+    assert activity.events[0].attributes == {
+        "exception.type": "ConnectionError",
+        "exception.message": "the provider is down",
+        "exception.stacktrace": activity.events[0].attributes["exception.stacktrace"],  # type: ignore[index]
+    }
+    run = spans.one("orchestration:fails")
+    assert run.status.status_code is StatusCode.ERROR
+    assert "ConnectionError: the provider is down" in (run.status.description or "")
+
+
+def test_a_restarted_worker_continues_the_trace_and_emits_nothing_twice(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    spans: Spans,
+) -> None:
+    @registry.activity()
+    def step(n: int) -> int:
+        return n + 1
+
+    @registry.orchestrator()
+    def waits(ctx: OrchestrationContext) -> Orchestrator[int]:
+        n = yield ctx.call_activity(step, 0)
+        ctx.set_custom_status("waiting")
+        extra = yield ctx.wait_for_event("go")
+        return (yield ctx.call_activity(step, n + extra))
+
+    first = make_worker()
+    iid = client.start(waits)
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
+    first.stop()
+    spans.settle()
+    episodes_before = len(spans.named("orchestration:waits episode"))
+    make_worker()  # cold: it replays the history before it runs the event
+    client.raise_event(iid, "go", 10)
+    assert client.wait(iid, timeout=WAIT).output == 12
+    spans.settle()
+
+    run = spans.one("orchestration:waits")
+    steps = spans.named("activity:step")
+    assert len(steps) == 2, "a replayed activity was traced again"
+    # Two live episodes after the restart (the event, the result); the replay is not one.
+    assert len(spans.named("orchestration:waits episode")) == episodes_before + 2
+    assert {parent_id(s) for s in steps} == {span_id(run)}
+    assert {trace_id(s) for s in spans.all()} == {trace_id(run)}
+
+
+def test_a_child_runs_under_its_parent_and_each_generation_has_its_span(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.orchestrator()
+    def child(ctx: OrchestrationContext, n: int) -> int:
+        return n * 2
+
+    @registry.orchestrator()
+    def generations(ctx: OrchestrationContext, n: int) -> Orchestrator[Any]:
+        doubled = yield ctx.call_sub_orchestrator(child, n)
+        if n < 2:
+            ctx.continue_as_new(n + 1)
+            return None
+        return doubled
+
+    iid = client.start(generations, 0)
+    assert client.wait(iid, timeout=WAIT).output == 4
+    spans.settle()
+    runs = spans.named("orchestration:generations")
+    children = spans.named("orchestration:child")
+    assert len(runs) == 3 and len(children) == 3
+    statuses = sorted(str((r.attributes or {})["durabletask.task.status"]) for r in runs)
+    assert statuses == ["COMPLETED", "CONTINUED_AS_NEW", "CONTINUED_AS_NEW"]
+    assert len({span_id(r) for r in runs}) == 3
+    assert {parent_id(c) for c in children} == {span_id(r) for r in runs}
+    assert len({trace_id(s) for s in spans.all()}) == 1
+
+
+def test_the_activity_span_is_current_inside_the_activity(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.activity()
+    def sync_work(_: None, ctx: ActivityContext) -> None:
+        with trace.get_tracer("app").start_as_current_span("sync inside"):
+            pass
+
+    @registry.activity()
+    async def async_work(_: None) -> None:
+        with trace.get_tracer("app").start_as_current_span("async inside"):
+            pass
+
+    @registry.orchestrator()
+    def both(ctx: OrchestrationContext) -> Orchestrator[None]:
+        yield ctx.call_activity(sync_work, None)
+        yield ctx.call_activity(async_work, None)
+
+    assert client.wait(client.start(both), timeout=WAIT).status is OrchestrationStatus.COMPLETED
+    spans.settle()
+    assert parent_id(spans.one("sync inside")) == span_id(spans.one("activity:sync_work"))
+    assert parent_id(spans.one("async inside")) == span_id(spans.one("activity:async_work"))
