@@ -13,7 +13,7 @@ time. Spans come from live work only: a replay emits nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -22,6 +22,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -157,14 +158,20 @@ def emit_span(
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
     error: str | None = None,
+    links: Sequence[TraceContext | None] = (),
 ) -> None:
-    """Emit a span that already happened (``start`` to ``end``) under ``parent``."""
+    """Emit a span that already happened (``start`` to ``end``) under ``parent``.
+
+    ``links`` name other spans it relates to (the span that raised an event).
+    """
+    linked = [Link(c) for c in map(_parent_span_context, links) if c is not None]
     span = tracer().start_span(
         name,
         context=parent,
         kind=kind,
         start_time=_nanos(start),
         attributes=dict(attributes or {}),
+        links=linked,
     )
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, error))

@@ -254,3 +254,30 @@ def test_the_activity_span_is_current_inside_the_activity(
     spans.settle()
     assert parent_id(spans.one("sync inside")) == span_id(spans.one("activity:sync_work"))
     assert parent_id(spans.one("async inside")) == span_id(spans.one("activity:async_work"))
+
+
+def test_timers_and_waits_are_spans_and_the_event_links_to_who_raised_it(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.orchestrator()
+    def patient(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        yield ctx.create_timer(timedelta(milliseconds=50))
+        ctx.set_custom_status("waiting")
+        return (yield ctx.wait_for_event("DeliveryReceipt"))
+
+    iid = client.start(patient)
+    wait_until(lambda: custom_status_of(client, iid) == "waiting")
+    with trace.get_tracer("test").start_as_current_span("POST /webhooks/receipt") as webhook:
+        client.raise_event(iid, "DeliveryReceipt", "delivered")
+    assert client.wait(iid, timeout=WAIT).output == "delivered"
+    spans.settle()
+
+    run = spans.one("orchestration:patient")
+    timer = spans.one("orchestration:patient:timer")
+    wait = spans.one("orchestration:patient:event DeliveryReceipt")
+    assert parent_id(timer) == parent_id(wait) == span_id(run)
+    assert timer.attributes is not None and "durabletask.fire_at" in timer.attributes
+    assert wait.kind is SpanKind.CONSUMER
+    assert [link.context.span_id for link in wait.links] == [webhook.get_span_context().span_id]
+    assert timer.end_time is not None and wait.start_time is not None
+    assert timer.end_time <= wait.start_time, "the wait began after the timer fired"

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias, TypeVar, overload
+from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 from .._errors import EventTimeoutError, SerializationError, TaskFailedError
 from .._history import (
@@ -29,6 +29,7 @@ from .._history import (
     SubOrchestrationInstanceFailed,
     TaskCompleted,
     TaskFailed,
+    TraceContext,
 )
 from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
 from .._parent_close import ParentClosePolicy
@@ -54,7 +55,7 @@ from .actions import (
 )
 from .tasks import CompletableTask, DroppableTask, Task
 
-__all__ = ["OrchestrationContext", "Orchestrator"]
+__all__ = ["Observation", "OrchestrationContext", "Orchestrator"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,6 +70,8 @@ one send type), so annotate it where it matters: ``sent: SendResult = yield ...`
 """
 
 _Async: TypeAlias = Coroutine[Any, Any, R]
+_Arrival: TypeAlias = tuple[int, str, "str | None", "TraceContext | None"]
+"""A buffered event: arrival order, name, payload, who raised it."""
 ResultHandler = Callable[[HistoryEvent], None]
 
 _PLAIN: PayloadCodec[Any] = PayloadCodec(Any)
@@ -80,7 +83,22 @@ class _EventWaiter:
     task: CompletableTask[Any]
     codec: PayloadCodec[Any]
     name: str
+    since: datetime
     timeout_timer: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A wait that ended in a live episode (not a replay): what tracing makes a span of."""
+
+    kind: Literal["timer", "event"]
+    name: str
+    """The timer's purpose (``timer``, ``retry``...) or the event's name."""
+    started: datetime
+    ended: datetime
+    fire_at: datetime | None = None
+    link: TraceContext | None = None
+    """Who raised the event (its span is linked)."""
 
 
 class OrchestrationContext:
@@ -121,7 +139,8 @@ class OrchestrationContext:
         self._cancelled_timers: list[int] = []
         self._patches_in_history: frozenset[str] = frozenset()
         self._patches: dict[str, bool] = {}
-        self._buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
+        self._buffered_events: dict[str, deque[_Arrival]] = {}
+        self._observations: list[Observation] = []
         self._waiters: dict[str, deque[_EventWaiter]] = {}
         self._codecs: dict[Any, PayloadCodec[Any]] = {}
         self._custom_status: str | None = None
@@ -579,11 +598,11 @@ class OrchestrationContext:
         nothing arrives in time. Names are case-insensitive.
         """
         key = name.casefold()
-        waiter = _EventWaiter(CompletableTask(), self._codec_for(result_type), name)
+        waiter = _EventWaiter(CompletableTask(), self._codec_for(result_type), name, self._now)
         buffered = self._buffered_events.get(key)
         if buffered:
-            _order, _name, payload = buffered.popleft()
-            self._deliver(waiter, payload)
+            _order, _name, payload, traced = buffered.popleft()
+            self._deliver(waiter, payload, traced)
             return waiter.task
         self._waiters.setdefault(key, deque()).append(waiter)
         if timeout is not None:
@@ -653,10 +672,13 @@ class OrchestrationContext:
         """
         carryover: list[HistoryEvent] = []
         if keep_events:
-            pending = sorted(item for queue in self._buffered_events.values() for item in queue)
+            pending = sorted(
+                (item for queue in self._buffered_events.values() for item in queue),
+                key=lambda item: item[0],
+            )
             carryover = [
-                EventRaised(timestamp=self._now, name=name, input=payload)
-                for _order, name, payload in pending
+                EventRaised(timestamp=self._now, name=name, input=payload, trace_context=traced)
+                for _order, name, payload, traced in pending
             ]
         self._complete(
             CompleteOrchestration("CONTINUED_AS_NEW", encode(input), carryover_events=carryover)
@@ -695,9 +717,14 @@ class OrchestrationContext:
 
     def _create_timer(self, fire_at: datetime, purpose: Any, on_fired: ResultHandler) -> int:
         timer_id = self._next_id()
+        created = self._now
 
         def fired(event: HistoryEvent) -> None:
             self._timers.discard(timer_id)
+            if not self._is_replaying:
+                self._observations.append(
+                    Observation("timer", purpose, created, self._now, fire_at=fire_at)
+                )
             on_fired(event)
 
         self._record(CreateTimer(timer_id, fire_at, purpose), fired)
@@ -717,16 +744,25 @@ class OrchestrationContext:
             for timer_id in sorted(self._timers):  # an ended execution has no use for them
                 self._cancel_timer(timer_id)
 
-    def _receive_event(self, name: str, payload: str | None) -> None:
+    def _receive_event(
+        self, name: str, payload: str | None, traced: TraceContext | None = None
+    ) -> None:
         key = name.casefold()
         waiters = self._waiters.get(key)
         if waiters:
-            self._deliver(waiters.popleft(), payload)
+            self._deliver(waiters.popleft(), payload, traced)
             return
         self._arrivals += 1
-        self._buffered_events.setdefault(key, deque()).append((self._arrivals, name, payload))
+        arrival = (self._arrivals, name, payload, traced)
+        self._buffered_events.setdefault(key, deque()).append(arrival)
 
-    def _deliver(self, waiter: _EventWaiter, payload: str | None) -> None:
+    def _deliver(
+        self, waiter: _EventWaiter, payload: str | None, traced: TraceContext | None
+    ) -> None:
+        if not self._is_replaying:
+            self._observations.append(
+                Observation("event", waiter.name, waiter.since, self._now, link=traced)
+            )
         if waiter.timeout_timer is not None:
             self._cancel_timer(waiter.timeout_timer)
         try:

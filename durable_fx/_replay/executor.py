@@ -56,7 +56,7 @@ from .actions import (
     SendEvent,
 )
 from .admission import admits
-from .context import OrchestrationContext
+from .context import Observation, OrchestrationContext
 from .tasks import Task
 
 __all__ = ["EpisodeOutput", "OrchestrationExecutor", "failure_from_exception"]
@@ -90,6 +90,8 @@ class EpisodeOutput:
     """Timers (created in this or an earlier episode) that can no longer matter."""
     terminate_on_close: list[str] = field(default_factory=list)
     """Running children to terminate because the execution ended (``ParentClosePolicy``)."""
+    observations: list[Observation] = field(default_factory=list)
+    """Timers that fired and waits that ended in this episode (for tracing)."""
 
 
 class OrchestrationExecutor:
@@ -159,6 +161,7 @@ class OrchestrationExecutor:
         finally:
             self._ctx._is_replaying = False
         self._ctx._cancelled_timers = []  # the episodes that recorded it cancelled those
+        self._ctx._observations = []
         # A history without its ExecutionCompleted (a rewound one) whose code
         # now completes has not reported that completion yet: apply() does.
         self._reported_completion = self._ctx._completion is not None and ended
@@ -175,6 +178,7 @@ class OrchestrationExecutor:
         self._ctx._pending_actions.clear()
         cancelled = self._ctx._cancelled_timers
         self._ctx._cancelled_timers = []
+        observations, self._ctx._observations = self._ctx._observations, []
         completion = self._ctx._completion
         completed_now = completion is not None and not self._reported_completion
         self._reported_completion = completion is not None
@@ -187,6 +191,7 @@ class OrchestrationExecutor:
             completed_now=completed_now,
             cancelled_timers=cancelled,
             terminate_on_close=self._terminate_on_close() if completed_now else [],
+            observations=observations,
         )
 
     def _terminate_on_close(self) -> list[str]:
@@ -235,7 +240,7 @@ class OrchestrationExecutor:
             case TimerFired():
                 self._resolve(event.timer_id, event)
             case EventRaised():
-                self._ctx._receive_event(event.name, event.input)
+                self._ctx._receive_event(event.name, event.input, event.trace_context)
             case ExecutionSuspended():
                 self._suspended = True
             case ExecutionResumed():

@@ -14,9 +14,11 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from .._clock import Clock
@@ -30,6 +32,7 @@ from .._history import (
 )
 from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
+from .._replay.context import Observation
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
 from .._tracing import emit_execution_span, emit_span, execution_parent
@@ -68,6 +71,8 @@ class CachedExecution:
     executor: OrchestrationExecutor
     started: ExecutionStarted
     version: str
+    observed: list[Observation] = field(default_factory=list)
+    """What the last episode saw end (timers, waits), for its spans."""
 
 
 class ExecutorCache:
@@ -188,6 +193,9 @@ class OrchestrationRunner:
                 "durable_fx.episode.messages": len(episode.item.messages),
             },
         )
+        parent = execution_parent(started)
+        for seen in entry.observed if entry is not None else ():
+            _emit_observation(started.name, seen, parent)
         ended = next((e for e in commit.new_history if isinstance(e, ExecutionCompleted)), None)
         if ended is not None:
             emit_execution_span(started, status=ended.status, ended_at=now, failure=ended.failure)
@@ -291,6 +299,7 @@ class OrchestrationRunner:
             output = entry.executor.apply([OrchestratorStarted(timestamp=episode.now), *events])
         except NonDeterminismError as error:
             return self._fail(episode, entry.started, error), None
+        entry.observed = output.observations
         terminate = next((e for e in events if isinstance(e, ExecutionTerminated)), None)
         recurse = terminate is None or terminate.recurse
         commit = plan_episode(
@@ -371,6 +380,31 @@ class OrchestrationRunner:
             now=episode.now,
             reset_history=reset_history,
         )
+
+
+def _emit_observation(orchestration: str, seen: Observation, parent: Context) -> None:
+    """The span of a timer or a wait for an event that ended in a live episode."""
+    if seen.kind == "timer":
+        attributes = {"durabletask.type": "timer", "durable_fx.timer.purpose": seen.name}
+        if seen.fire_at is not None:
+            attributes["durabletask.fire_at"] = seen.fire_at.isoformat()
+        emit_span(
+            f"orchestration:{orchestration}:timer",
+            parent,
+            start=seen.started,
+            end=seen.ended,
+            attributes=attributes,
+        )
+        return
+    emit_span(
+        f"orchestration:{orchestration}:event {seen.name}",
+        parent,
+        start=seen.started,
+        end=seen.ended,
+        kind=SpanKind.CONSUMER,
+        attributes={"durabletask.type": "event", "durabletask.event.name": seen.name},
+        links=[seen.link],
+    )
 
 
 def _started_in(history: Sequence[HistoryEvent]) -> ExecutionStarted | None:
