@@ -23,10 +23,15 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from opentelemetry.trace import Span, SpanKind
+
 from .._errors import StoreBusyError
+from .._history import TraceContext
+from .._tracing import parent_of, span_in
 from ..bindings._management import busy_response
 from ..bindings._settings import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_MAX_REQUEST_BYTES
 from ._index import IndexedFunction
@@ -125,10 +130,14 @@ class FunctionsAsgi:
         url += f"?{query_string}" if query_string else ""
         request = http_request(method, url, headers, query, match.route_params, body)
         invocation_id = str(uuid.uuid4())
+        route = str(function.trigger.get("route") or function.name)
         try:
-            with invocation(
-                function.name, "http", invocation_id, method=method, path=path
-            ) as record:
+            with (
+                _request_span(method, route, path, headers) as span,
+                invocation(
+                    function.name, "http", invocation_id, method=method, path=path
+                ) as record,
+            ):
                 try:
                     result = await self._invoker.invoke(function, request, invocation_id)
                 except StoreBusyError as error:
@@ -136,11 +145,28 @@ class FunctionsAsgi:
                     result = busy_response(error)
                 answer = http_answer(result)
                 record.fields["status"] = answer.status
+                span.set_attribute("http.response.status_code", answer.status)
         except Exception:
             answer = HttpAnswer(500, [], b"")
         finally:
             self._after()
         return answer
+
+
+def _request_span(
+    method: str, route: str, path: str, headers: dict[str, str]
+) -> AbstractContextManager[Span]:
+    """The request's SERVER span, under the caller's ``traceparent`` if it sent a valid one."""
+    traceparent = headers.get("traceparent")
+    caller = (
+        TraceContext(traceparent=traceparent, tracestate=headers.get("tracestate") or None)
+        if traceparent
+        else None
+    )
+    attributes = {"http.request.method": method, "http.route": route, "url.path": path}
+    return span_in(
+        f"{method} {route}", parent_of(caller), kind=SpanKind.SERVER, attributes=attributes
+    )
 
 
 def _joined(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -41,6 +41,7 @@ from ..bindings._settings import SERVE_URL_SETTING
 from ..queues import QueueBackend, open_queues
 from ..storage import Store, default_store_url, open_store
 from ..storage._delivered import DeliveredWork
+from ..telemetry import configure_telemetry
 from ..worker._worker import Worker
 from ._asgi import FunctionsAsgi
 from ._dispatcher import Dispatcher
@@ -164,6 +165,10 @@ def serve(options: ServeOptions) -> str | None:
     except ValueError as error:
         raise ServeError(str(error)) from None
     app = load_app(options.target, directory)
+    try:
+        configure_telemetry(service_name=f"durable-fx serve {options.target}")
+    except ImportError as error:
+        raise ServeError(str(error)) from None
     return asyncio.run(_Host(app, options, config).run())
 
 
