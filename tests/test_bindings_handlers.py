@@ -35,6 +35,7 @@ from durable_fx.bindings import (
 )
 from durable_fx.hosting import http_request, queue_message
 from durable_fx.queues import MemoryQueues, QueuedMessage, decode_body, encode_body
+from tests.support.azurite import AzuriteProcess, new_hub
 from tests.support.instances import history_kinds
 
 SECRET = "webhook-secret"
@@ -644,3 +645,30 @@ def test_the_store_poisons_after_host_json_max_dequeue_count(tmp_path: Path) -> 
 
     # The host gives up on a queue message after maxDequeueCount deliveries; so does the store.
     assert asyncio.run(deliver_until_poisoned()) == 2
+
+
+@pytest.mark.azurite
+def test_a_webhook_while_azure_storage_is_down_is_busy_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider is told to come back (503, Retry-After), not that the app broke (500).
+
+    The first thing a signed delivery touches is the event ledger's table: with
+    Azure Storage gone it failed past its client's retries, and that error was a 500.
+    """
+    azurite = AzuriteProcess(tmp_path)
+    try:
+        store = durable_fx.open_store(azurite.azurite.connection_string(new_hub()))
+        app = build_app(store, monkeypatch)
+        functions = {str(f.get_function_name()): f.get_user_function() for f in app.get_functions()}
+        with durable_fx.DurableClient(store) as client:
+            harness = Harness(app, store, client, functions, MemoryQueues())
+            azurite.stop()
+            notice = {"order_id": "during-the-outage", "carrier": "ups"}
+            answer = harness.http(
+                "shipped_webhook", "POST", "hooks/shipped", body=notice, headers=signed(notice)
+            )
+        assert answer.status_code == 503, answer.get_body()
+        assert int(answer.headers["Retry-After"]) >= 1
+    finally:
+        azurite.stop()

@@ -19,9 +19,10 @@ import hashlib
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._errors import StoreBusyError
 from ..storage.sqlite._schema import is_busy
@@ -37,6 +38,9 @@ BUSY_TIMEOUT_SECONDS = 2.0
 
 Webhooks answer 503 with ``Retry-After`` then; waiting longer only holds the request.
 """
+
+
+T = TypeVar("T")
 
 
 class EventLedger(Protocol):
@@ -182,7 +186,7 @@ class AzureLedger:
                 return False
             return True
 
-        return await asyncio.to_thread(read)
+        return await self._call(read)
 
     async def record(self, source: str, event_id: str) -> None:
         """Remember ``event_id`` for ``source``."""
@@ -196,7 +200,23 @@ class AzureLedger:
             self._ensure()
             self._table.upsert_entity(entity)
 
-        await asyncio.to_thread(write)
+        await self._call(write)
+
+    async def _call(self, run: Callable[[], T]) -> T:
+        """Run a table call off the loop; storage that kept failing is StoreBusyError.
+
+        The client retried already; the caller answers busy (503, Retry-After),
+        so the provider sends the event again instead of losing it to a 500.
+        """
+        from ..storage.azure import is_transient
+
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            detail = f"the event ledger's table kept failing: {type(error).__name__}: {error}"
+            raise StoreBusyError(detail[:500]) from error
 
     async def close(self) -> None:
         """Close the client."""

@@ -42,6 +42,7 @@ from ._settings import (
     sync_credential,
 )
 from ._store import AzureStore
+from ._transient import is_transient
 
 __all__ = [
     "DEFAULT_HUB",
@@ -54,6 +55,7 @@ __all__ = [
     "HubNames",
     "PartitionCountError",
     "RequestCounter",
+    "is_transient",
     "open_azure_store",
     "settings_from_url",
     "sync_credential",
