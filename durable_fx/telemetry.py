@@ -10,7 +10,9 @@ that calls it) needs no code:
   reads the rest of its ``OTEL_EXPORTER_OTLP_*`` settings itself.
 - neither: nothing is configured and the API stays a no-op.
 
-An SDK the application configured itself is left alone.
+An SDK the application configured itself is left alone. ``LogContextFilter``
+puts the run's and the trace's ids on log records (``serve`` adds it to its
+handler).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from collections.abc import Mapping
 
 from opentelemetry import trace
 
-__all__ = ["configure_telemetry"]
+from ._log_context import LogContextFilter
+
+__all__ = ["LogContextFilter", "configure_telemetry"]
 
 log = logging.getLogger("durable_fx.telemetry")
 

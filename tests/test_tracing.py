@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -23,6 +24,7 @@ from durable_fx import (
     Registry,
     Worker,
 )
+from durable_fx.telemetry import LogContextFilter
 from tests.support.instances import custom_status_of, wait_until
 
 WAIT = 20.0
@@ -281,3 +283,46 @@ def test_timers_and_waits_are_spans_and_the_event_links_to_who_raised_it(
     assert [link.context.span_id for link in wait.links] == [webhook.get_span_context().span_id]
     assert timer.end_time is not None and wait.start_time is not None
     assert timer.end_time <= wait.start_time, "the wait began after the timer fired"
+
+
+def test_framework_log_lines_carry_the_run_and_its_trace(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(LogContextFilter())
+    logger = logging.getLogger("durable_fx")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    @registry.activity()
+    def refused(_: None) -> None:
+        raise PermissionError("the mailbox is closed")
+
+    @registry.orchestrator()
+    def logs(ctx: OrchestrationContext) -> Orchestrator[None]:
+        ctx.logger.info("about to send")
+        yield ctx.call_activity(refused, None)
+
+    try:
+        iid = client.start(logs)
+        client.wait(iid, timeout=WAIT)
+        spans.settle()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [failed] = [r for r in records if r.getMessage().startswith("activity refused")]
+    activity = spans.one("activity:refused")
+    assert failed.durable_fx == {  # type: ignore[attr-defined]
+        "instance_id": iid,
+        "activity": "refused",
+        "execution_id": failed.durable_fx["execution_id"],  # type: ignore[attr-defined]
+        "trace_id": format(trace_id(activity), "032x"),
+        "span_id": format(span_id(activity), "016x"),
+    }
+    [said] = [r for r in records if r.getMessage() == "about to send"]
+    run = spans.one("orchestration:logs")
+    assert said.durable_fx["orchestration"] == "logs"  # type: ignore[attr-defined]
+    assert said.durable_fx["span_id"] == format(span_id(run), "016x")  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from .._log_context import LogContextFilter
+
 __all__ = ["LogFormat", "configure_logging", "invocation"]
 
 LogFormat = Literal["text", "json"]
@@ -32,7 +34,8 @@ class _Formatter(logging.Formatter):
         self._format: LogFormat = style
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = dict(getattr(record, "fields", {}) or {})
+        about: dict[str, Any] = getattr(record, "durable_fx", None) or {}
+        fields: dict[str, Any] = {**about, **(getattr(record, "fields", {}) or {})}
         moment = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         message = record.getMessage()
         if record.exc_info:
@@ -59,6 +62,7 @@ def configure_logging(style: LogFormat, level: int) -> None:
     """Send durable_fx's (and uvicorn's errors) to stderr in ``style``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(style))
+    handler.addFilter(LogContextFilter())  # the run and trace ids of each line
     for name in ("durable_fx", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -25,6 +25,7 @@ from .._clock import Clock
 from .._errors import SerializationError, UnknownNameError
 from .._heartbeat import Heartbeats
 from .._history import FailureDetails, TaskCompleted, TaskFailed
+from .._log_context import running
 from .._registry import ActivityContext, ActivityDefinition, Registry
 from .._replay.executor import failure_from_exception
 from .._serialization import encode
@@ -63,12 +64,19 @@ class ActivityRunner:
             args = self._arguments(definition, item, beats)
         except SerializationError as error:
             return self._failed(item, _non_retriable(error))
-        with span_in(
-            f"activity:{invocation.name}",
-            parent_of(invocation.trace_context),
-            kind=SpanKind.SERVER,
-            attributes=_span_attributes(item),
-        ) as span:
+        with (
+            span_in(
+                f"activity:{invocation.name}",
+                parent_of(invocation.trace_context),
+                kind=SpanKind.SERVER,
+                attributes=_span_attributes(item),
+            ) as span,
+            running(
+                instance_id=invocation.instance_id,
+                activity=invocation.name,
+                execution_id=invocation.execution_id,
+            ),
+        ):
             result = await self._run_traced(item, definition, args, beats, renew, every)
             _record_outcome(span, result)
         return result

@@ -13,10 +13,11 @@ import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from .._history import (
     HistoryEvent,
     OrchestratorStarted,
 )
+from .._log_context import running
 from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
 from .._replay.context import Observation
@@ -92,6 +94,10 @@ class ExecutorCache:
         self._entries[instance.instance_id] = entry
         return entry
 
+    def peek(self, instance_id: str) -> CachedExecution | None:
+        """The entry for ``instance_id`` as it is, without taking it (stale or not)."""
+        return self._entries.get(instance_id)
+
     def put(self, instance_id: str, entry: CachedExecution) -> None:
         """Keep ``entry``; evict the least recently used beyond capacity."""
         self._entries[instance_id] = entry
@@ -151,6 +157,20 @@ class OrchestrationRunner:
         """
         instance_id = item.instance.instance_id
         episode = _Episode(item, self._clock.now())
+        instance = item.instance
+        with (
+            running(
+                instance_id=instance_id,
+                orchestration=instance.name,
+                execution_id=instance.execution_id,
+            ),
+            _within(self._known_start(item)),
+        ):
+            await self._run(episode)
+
+    async def _run(self, episode: _Episode) -> None:
+        item = episode.item
+        instance_id = item.instance.instance_id
         try:
             commit, entry = await self._plan(episode)
             version = await self._store.commit_episode(item, commit)
@@ -173,6 +193,14 @@ class OrchestrationRunner:
             self._cache.evict(instance_id)
         if commit.instance.status.is_terminal:
             self._finished.finished(commit.instance)  # clients waiting in this process
+
+    def _known_start(self, item: OrchestrationWorkItem) -> ExecutionStarted | None:
+        """The execution this episode runs, if known without reading (for log lines)."""
+        starting = _started_in([m.event for m in item.messages])
+        if starting is not None:
+            return starting
+        cached = self._cache.peek(item.instance.instance_id)
+        return cached.started if cached is not None else None
 
     def _trace(
         self, episode: _Episode, commit: EpisodeCommit, entry: CachedExecution | None
@@ -405,6 +433,19 @@ def _emit_observation(orchestration: str, seen: Observation, parent: Context) ->
         attributes={"durabletask.type": "event", "durabletask.event.name": seen.name},
         links=[seen.link],
     )
+
+
+@contextlib.contextmanager
+def _within(started: ExecutionStarted | None) -> Iterator[None]:
+    """The execution's span is the current one in the block (log lines carry its ids)."""
+    if started is None:
+        yield
+        return
+    token = otel_context.attach(execution_parent(started))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _started_in(history: Sequence[HistoryEvent]) -> ExecutionStarted | None:
