@@ -64,6 +64,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W4")
     parser.add_argument("--repeat", type=int, default=1, help="runs per workload (median)")
     parser.add_argument("--out", help="also write the JSON document to this file")
+    parser.add_argument(
+        "--tracing",
+        choices=["off", "memory"],
+        default="off",
+        help="memory: the OpenTelemetry SDK records every span to an in-memory exporter",
+    )
     parser.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one, in-process
     parser.add_argument("--db-dir", help=argparse.SUPPRESS)
     parser.add_argument("--profile-variant", action="store_true", help=argparse.SUPPRESS)
@@ -71,6 +77,8 @@ def main() -> None:
     store = _store_spec(args.store)
 
     if args.workload:
+        if args.tracing == "memory":
+            _record_spans_in_memory()
         sys.path.insert(0, str(HERE))
         from workloads import run_workload
 
@@ -88,12 +96,13 @@ def main() -> None:
             runs = []
             for i in range(max(1, args.repeat)):
                 print(f"running {name} on {store} ({i + 1})...", file=sys.stderr, flush=True)
-                runs.append(_run_isolated(name, store, db_dir))
+                runs.append(_run_isolated(name, store, db_dir, args.tracing))
             results[name] = _annotate(name, runs)
     document = {
         "benchmark": "durable_fx",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "store": store,
+        "tracing": args.tracing,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": _machine() | {"load_average_before": load_before, "load_average_after": _load()},
         "results": results,
@@ -125,7 +134,19 @@ def _select(only: str) -> list[str]:
     return selected
 
 
-def _run_isolated(name: str, store: str, db_dir: str) -> dict[str, Any]:
+def _record_spans_in_memory() -> None:
+    """An SDK provider whose spans are all kept (the cost of tracing, not of an export)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def _run_isolated(name: str, store: str, db_dir: str, tracing: str = "off") -> dict[str, Any]:
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -135,6 +156,8 @@ def _run_isolated(name: str, store: str, db_dir: str) -> dict[str, Any]:
         store,
         "--db-dir",
         db_dir,
+        "--tracing",
+        tracing,
     ]
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
