@@ -6,8 +6,9 @@ that from the standard settings, so that ``durable-fx serve`` (and any app
 that calls it) needs no code:
 
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``):
-  spans to that collector over OTLP/HTTP (protobuf), batched; the exporter
-  reads the rest of its ``OTEL_EXPORTER_OTLP_*`` settings itself.
+  spans and metrics to that collector over OTLP/HTTP (protobuf): spans
+  batched, metrics every ``OTEL_METRIC_EXPORT_INTERVAL`` ms (60 s); the
+  exporters read the rest of their ``OTEL_EXPORTER_OTLP_*`` settings.
 - neither: nothing is configured and the API stays a no-op.
 
 An SDK the application configured itself is left alone. ``LogContextFilter``
@@ -21,7 +22,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from ._log_context import LogContextFilter
 
@@ -49,7 +50,10 @@ def configure_telemetry(
     if _sdk_configured():
         return "existing"
     try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -59,9 +63,12 @@ def configure_telemetry(
             f"pip install 'durable-fx[otel]' ({missing})"
         ) from missing
     name = environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    resource = Resource.create({"service.name": name})
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     log.info("spans go to %s over OTLP/HTTP as service %r", endpoint, name)
     return "otlp"
 

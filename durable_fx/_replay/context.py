@@ -70,8 +70,8 @@ one send type), so annotate it where it matters: ``sent: SendResult = yield ...`
 """
 
 _Async: TypeAlias = Coroutine[Any, Any, R]
-_Arrival: TypeAlias = tuple[int, str, "str | None", "TraceContext | None"]
-"""A buffered event: arrival order, name, payload, who raised it."""
+_Arrival: TypeAlias = tuple[int, str, "str | None", "TraceContext | None", "datetime | None"]
+"""A buffered event: arrival order, name, payload, who raised it, when."""
 ResultHandler = Callable[[HistoryEvent], None]
 
 _PLAIN: PayloadCodec[Any] = PayloadCodec(Any)
@@ -99,6 +99,8 @@ class Observation:
     fire_at: datetime | None = None
     link: TraceContext | None = None
     """Who raised the event (its span is linked)."""
+    raised_at: datetime | None = None
+    """When the event was raised (its arrival)."""
 
 
 class OrchestrationContext:
@@ -601,8 +603,8 @@ class OrchestrationContext:
         waiter = _EventWaiter(CompletableTask(), self._codec_for(result_type), name, self._now)
         buffered = self._buffered_events.get(key)
         if buffered:
-            _order, _name, payload, traced = buffered.popleft()
-            self._deliver(waiter, payload, traced)
+            _order, _name, payload, traced, raised_at = buffered.popleft()
+            self._deliver(waiter, payload, traced, raised_at)
             return waiter.task
         self._waiters.setdefault(key, deque()).append(waiter)
         if timeout is not None:
@@ -678,7 +680,7 @@ class OrchestrationContext:
             )
             carryover = [
                 EventRaised(timestamp=self._now, name=name, input=payload, trace_context=traced)
-                for _order, name, payload, traced in pending
+                for _order, name, payload, traced, _raised_at in pending
             ]
         self._complete(
             CompleteOrchestration("CONTINUED_AS_NEW", encode(input), carryover_events=carryover)
@@ -745,24 +747,33 @@ class OrchestrationContext:
                 self._cancel_timer(timer_id)
 
     def _receive_event(
-        self, name: str, payload: str | None, traced: TraceContext | None = None
+        self,
+        name: str,
+        payload: str | None,
+        traced: TraceContext | None = None,
+        raised_at: datetime | None = None,
     ) -> None:
         key = name.casefold()
         waiters = self._waiters.get(key)
         if waiters:
-            self._deliver(waiters.popleft(), payload, traced)
+            self._deliver(waiters.popleft(), payload, traced, raised_at)
             return
         self._arrivals += 1
-        arrival = (self._arrivals, name, payload, traced)
+        arrival = (self._arrivals, name, payload, traced, raised_at)
         self._buffered_events.setdefault(key, deque()).append(arrival)
 
     def _deliver(
-        self, waiter: _EventWaiter, payload: str | None, traced: TraceContext | None
+        self,
+        waiter: _EventWaiter,
+        payload: str | None,
+        traced: TraceContext | None,
+        raised_at: datetime | None,
     ) -> None:
         if not self._is_replaying:
-            self._observations.append(
-                Observation("event", waiter.name, waiter.since, self._now, link=traced)
+            seen = Observation(
+                "event", waiter.name, waiter.since, self._now, link=traced, raised_at=raised_at
             )
+            self._observations.append(seen)
         if waiter.timeout_timer is not None:
             self._cancel_timer(waiter.timeout_timer)
         try:

@@ -240,7 +240,9 @@ class OrchestrationExecutor:
             case TimerFired():
                 self._resolve(event.timer_id, event)
             case EventRaised():
-                self._ctx._receive_event(event.name, event.input, event.trace_context)
+                self._ctx._receive_event(
+                    event.name, event.input, event.trace_context, event.timestamp
+                )
             case ExecutionSuspended():
                 self._suspended = True
             case ExecutionResumed():

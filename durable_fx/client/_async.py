@@ -30,6 +30,7 @@ from .._history import (
     HistoryEvent,
 )
 from .._ids import validate_instance_id
+from .._metrics import record_started
 from .._registry import name_of, validate_event_name
 from .._replay.context import OrchestrationContext
 from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
@@ -199,6 +200,7 @@ class AsyncDurableClient:
             )
             message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
             await self._store.create_instance(message, replaceable=replaceable)
+        record_started(name)
         return instance_id
 
     @overload

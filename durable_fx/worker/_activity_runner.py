@@ -26,6 +26,7 @@ from .._errors import SerializationError, UnknownNameError
 from .._heartbeat import Heartbeats
 from .._history import FailureDetails, TaskCompleted, TaskFailed
 from .._log_context import running
+from .._metrics import record_activity
 from .._registry import ActivityContext, ActivityDefinition, Registry
 from .._replay.executor import failure_from_exception
 from .._serialization import encode
@@ -77,8 +78,10 @@ class ActivityRunner:
                 execution_id=invocation.execution_id,
             ),
         ):
+            began = time.monotonic()
             result = await self._run_traced(item, definition, args, beats, renew, every)
-            _record_outcome(span, result)
+            outcome = _record_outcome(span, result)
+        record_activity(invocation.name, time.monotonic() - began, outcome)
         return result
 
     async def _run_traced(
@@ -245,7 +248,8 @@ def _span_attributes(item: ActivityWorkItem) -> dict[str, Any]:
     }
 
 
-def _record_outcome(span: Span, result: ActivityResult) -> None:
+def _record_outcome(span: Span, result: ActivityResult) -> str:
+    """Put the outcome on the span; returns it (Succeeded or Failed)."""
     event = result.message.event
     if isinstance(event, TaskFailed):
         span.set_attribute("durabletask.task.result", "Failed")
@@ -258,8 +262,9 @@ def _record_outcome(span: Span, result: ActivityResult) -> None:
                 "exception.stacktrace": event.failure.stack_trace or "",
             },
         )
-    else:
-        span.set_attribute("durabletask.task.result", "Succeeded")
+        return "Failed"
+    span.set_attribute("durabletask.task.result", "Succeeded")
+    return "Succeeded"
 
 
 def _non_retriable(error: Exception) -> FailureDetails:

@@ -32,6 +32,7 @@ from .._history import (
     OrchestratorStarted,
 )
 from .._log_context import running
+from .._metrics import record_cache, record_ended, record_episode, record_event_delay
 from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
 from .._replay.context import Observation
@@ -210,6 +211,7 @@ class OrchestrationRunner:
         if started is None:
             return  # nothing ran: a late result written off, a start not due yet
         now = self._clock.now()
+        record_episode(started.name, (now - episode.now).total_seconds())
         emit_span(
             f"orchestration:{started.name} episode",
             execution_parent(started),
@@ -227,8 +229,10 @@ class OrchestrationRunner:
         ended = next((e for e in commit.new_history if isinstance(e, ExecutionCompleted)), None)
         if ended is not None:
             emit_execution_span(started, status=ended.status, ended_at=now, failure=ended.failure)
+            record_ended(started.name, ended.status)
         elif commit.instance.status is OrchestrationStatus.CONTINUED_AS_NEW:
             emit_execution_span(started, status="CONTINUED_AS_NEW", ended_at=now)
+            record_ended(started.name, "CONTINUED_AS_NEW")
 
     async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
         instance = episode.instance
@@ -279,6 +283,7 @@ class OrchestrationRunner:
             started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
             return self._refuse_version(episode, started), None
         entry = self._cache.get(instance)
+        record_cache(hit=entry is not None)
         if entry is None:
             rebuilt = await self._rebuild(episode)
             if isinstance(rebuilt, EpisodeCommit):
@@ -424,6 +429,9 @@ def _emit_observation(orchestration: str, seen: Observation, parent: Context) ->
             attributes=attributes,
         )
         return
+    if seen.raised_at is not None:
+        delay = (seen.ended - seen.raised_at).total_seconds()
+        record_event_delay(orchestration, seen.name, delay)
     emit_span(
         f"orchestration:{orchestration}:event {seen.name}",
         parent,

@@ -1,0 +1,111 @@
+"""Metrics: runs counted and timed, read back from the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from durable_fx import (
+    DurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+    Worker,
+)
+from tests.support.instances import custom_status_of, wait_until
+
+WAIT = 20.0
+
+
+@pytest.fixture(scope="session")
+def _reader() -> InMemoryMetricReader:
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+Key = tuple[str, frozenset[tuple[str, Any]]]
+
+
+def key(metric: str, **attributes: Any) -> Key:
+    """A point's key: the metric and its attributes (dots written as __ in the names)."""
+    return metric, frozenset((k.replace("__", "."), v) for k, v in attributes.items())
+
+
+@pytest.fixture
+def read(_reader: InMemoryMetricReader) -> Callable[[], dict[Key, float]]:
+    """Reads the points recorded since the test began."""
+    before = _points(_reader)
+
+    def since() -> dict[Key, float]:
+        now = _points(_reader)
+        return {k: value - before.get(k, 0) for k, value in now.items()}
+
+    return since
+
+
+def _points(reader: InMemoryMetricReader) -> dict[Key, float]:
+    """Counters' sums and histograms' counts, by metric and attributes (cumulative)."""
+    found: dict[Key, float] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attributes = frozenset((point.attributes or {}).items())
+                    found[(metric.name, attributes)] = float(
+                        getattr(point, "value", getattr(point, "count", 0))
+                    )
+    return found
+
+
+def test_runs_activities_and_events_are_counted_and_timed(
+    registry: Registry, worker: Worker, client: DurableClient, read: Callable[[], dict[Key, float]]
+) -> None:
+    @registry.activity()
+    def works(_: None) -> str:
+        return "done"
+
+    @registry.activity()
+    def breaks(_: None) -> None:
+        raise ValueError("no")
+
+    @registry.orchestrator()
+    def measured(ctx: OrchestrationContext, fail: bool) -> Orchestrator[Any]:
+        yield ctx.call_activity(works, None)
+        ctx.set_custom_status("waiting")
+        yield ctx.wait_for_event("go")
+        if fail:
+            yield ctx.call_activity(breaks, None)
+        return "ok"
+
+    ok, failing = client.start(measured, False), client.start(measured, True)
+    for iid in (ok, failing):
+        wait_until(lambda iid=iid: custom_status_of(client, iid) == "waiting")
+        client.raise_event(iid, "go")
+    assert client.wait(ok, timeout=WAIT).status is OrchestrationStatus.COMPLETED
+    assert client.wait(failing, timeout=WAIT).status is OrchestrationStatus.FAILED
+    task = {"durabletask__task__name": "measured"}
+    failed = key("durable_fx.orchestrations.ended", **task, durabletask__task__status="FAILED")
+    points = wait_until(lambda: (found := read()).get(failed) and found)  # ended after its commit
+    assert points[key("durable_fx.orchestrations.started", **task)] == 2
+    completed = key(
+        "durable_fx.orchestrations.ended", **task, durabletask__task__status="COMPLETED"
+    )
+    assert points[completed] == 1
+    activity = "durable_fx.activity.duration"
+    succeeded = key(
+        activity, durabletask__task__name="works", durabletask__task__result="Succeeded"
+    )
+    broke = key(activity, durabletask__task__name="breaks", durabletask__task__result="Failed")
+    assert (points[succeeded], points[broke]) == (2, 1)
+    assert points[key("durable_fx.event.delay", **task, durabletask__event__name="go")] == 2
+    assert points[key("durable_fx.episode.duration", **task)] >= 6
+    lookups = sum(v for (metric, _), v in points.items() if metric == "durable_fx.executor.lookups")
+    assert lookups >= 4  # every episode after an instance's first looked its state up
