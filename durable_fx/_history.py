@@ -156,6 +156,8 @@ class TaskScheduled(_Event):
     """Seconds the attempt may go without a heartbeat before it times out."""
     heartbeat_details: str | None = None
     """The last heartbeat details of the attempts before (JSON), for this one to read."""
+    trace_context: TraceContext | None = None
+    """The span the attempt's span belongs under, when the code chose one (an SDK's)."""
 
 
 class TaskCompleted(_Event):

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 # Before durable_fx.testing is imported: its checks' bare asserts then report
 # the compared values, as in a test module.
@@ -29,6 +32,7 @@ from durable_fx.storage.memory import MemoryStore  # noqa: E402
 from durable_fx.testing import StoreFactory  # noqa: E402
 from tests.support import instances  # noqa: E402
 from tests.support.azurite import Azurite, AzuriteProcess, new_hub  # noqa: E402
+from tests.support.spans import Spans, WhileRecording  # noqa: E402
 
 _HAS_SQLITE = importlib.util.find_spec("durable_fx.storage.sqlite") is not None
 
@@ -190,3 +194,27 @@ def azure_store_factory(azurite: Azurite) -> StoreFactory:
         )
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def _span_recorder() -> tuple[InMemorySpanExporter, WhileRecording]:
+    """The process's OpenTelemetry SDK provider (one per process), recording on demand."""
+    exporter = InMemorySpanExporter()
+    recording = WhileRecording(exporter)
+    provider = TracerProvider()
+    provider.add_span_processor(recording)
+    trace.set_tracer_provider(provider)
+    return exporter, recording
+
+
+@pytest.fixture
+def spans(_span_recorder: tuple[InMemorySpanExporter, WhileRecording]) -> Iterator[Spans]:
+    """The spans ended while the test runs (tests/support/spans.py)."""
+    exporter, recording = _span_recorder
+    exporter.clear()
+    recording.on = True
+    try:
+        yield Spans(exporter)
+    finally:
+        recording.on = False
+        exporter.clear()

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from durable_fx import (
@@ -26,86 +21,9 @@ from durable_fx import (
 )
 from durable_fx.telemetry import LogContextFilter
 from tests.support.instances import custom_status_of, wait_until
+from tests.support.spans import Spans, parent_id, span_id, trace_id
 
 WAIT = 20.0
-
-
-class _WhileRecording(SpanProcessor):
-    """Passes ended spans on only while a test of this file records (the provider is global)."""
-
-    def __init__(self, exporter: InMemorySpanExporter) -> None:
-        self.inner = SimpleSpanProcessor(exporter)
-        self.on = False
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.on:
-            self.inner.on_end(span)
-
-
-@pytest.fixture(scope="session")
-def _recorder() -> tuple[InMemorySpanExporter, _WhileRecording]:
-    exporter = InMemorySpanExporter()
-    recording = _WhileRecording(exporter)
-    provider = TracerProvider()
-    provider.add_span_processor(recording)
-    trace.set_tracer_provider(provider)
-    return exporter, recording
-
-
-@pytest.fixture
-def spans(_recorder: tuple[InMemorySpanExporter, _WhileRecording]) -> Iterator[Spans]:
-    exporter, recording = _recorder
-    exporter.clear()
-    recording.on = True
-    try:
-        yield Spans(exporter)
-    finally:
-        recording.on = False
-        exporter.clear()
-
-
-class Spans:
-    """The spans ended so far, and ways to find them."""
-
-    def __init__(self, exporter: InMemorySpanExporter) -> None:
-        self._exporter = exporter
-
-    def settle(self) -> None:
-        """Wait until no new span has ended for a moment.
-
-        A client sees an instance finish as soon as its commit lands; the worker
-        ends the episode's and the execution's spans just after.
-        """
-        deadline = time.monotonic() + 5
-        seen = -1
-        while time.monotonic() < deadline and len(self.all()) != seen:
-            seen = len(self.all())
-            time.sleep(0.1)
-
-    def all(self) -> Sequence[ReadableSpan]:
-        return self._exporter.get_finished_spans()
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.all() if s.name == name]
-
-    def one(self, name: str) -> ReadableSpan:
-        found = self.named(name)
-        assert len(found) == 1, (name, [s.name for s in self.all()])
-        return found[0]
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def span_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.span_id
-
-
-def trace_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.trace_id
 
 
 def test_a_run_is_one_trace_under_the_request_that_started_it(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from .._history import FailureDetails, HistoryEvent
+from .._history import FailureDetails, HistoryEvent, TraceContext
 
 __all__ = [
     "Action",
@@ -33,6 +33,8 @@ class ScheduleTask:
     attempt: int = 1
     heartbeat_timeout: float | None = None
     heartbeat_details: str | None = None
+    trace_context: TraceContext | None = None
+    """The span the activity's span goes under (an SDK's; else the execution's)."""
 
     def describe(self) -> str:
         return f"call_activity({self.name!r})"
@@ -54,6 +56,8 @@ class CreateSubOrchestration:
     name: str
     instance_id: str
     input: str | None
+    trace_context: TraceContext | None = None
+    """The span the child's execution goes under (an SDK's; else the parent's execution)."""
 
     def describe(self) -> str:
         return f"call_sub_orchestrator({self.name!r}, instance_id={self.instance_id!r})"

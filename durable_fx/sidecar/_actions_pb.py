@@ -21,7 +21,7 @@ from .._replay.actions import (
     SendEvent,
 )
 from .._state import OrchestrationStatus
-from ._history_pb import event_from_pb, failure_from_pb, status_from_pb
+from ._history_pb import event_from_pb, failure_from_pb, status_from_pb, trace_from_pb
 from ._proto import from_timestamp, optional_text, pb
 
 __all__ = ["ResponseActions", "actions_from_pb"]
@@ -58,7 +58,12 @@ def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions
             case "scheduleTask":
                 task = action.scheduleTask
                 result.actions.append(
-                    ScheduleTask(action.id, task.name, optional_text(task, "input"))
+                    ScheduleTask(
+                        action.id,
+                        task.name,
+                        optional_text(task, "input"),
+                        trace_context=trace_from_pb(task, "parentTraceContext"),
+                    )
                 )
             case "createTimer":
                 result.actions.append(
@@ -68,7 +73,11 @@ def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions
                 child = action.createSubOrchestration
                 result.actions.append(
                     CreateSubOrchestration(
-                        action.id, child.name, child.instanceId, optional_text(child, "input")
+                        action.id,
+                        child.name,
+                        child.instanceId,
+                        optional_text(child, "input"),
+                        trace_context=trace_from_pb(child, "parentTraceContext"),
                     )
                 )
             case "sendEvent":

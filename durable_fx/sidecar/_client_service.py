@@ -20,7 +20,13 @@ from .._state import OrchestrationStatus
 from ..client._async import AsyncDurableClient
 from ..storage._protocol import Store
 from ..storage._records import InstanceQuery, InstanceRecord, OrchestrationMessage
-from ._history_pb import event_to_pb, failure_to_pb, status_from_pb, status_to_pb
+from ._history_pb import (
+    event_to_pb,
+    failure_to_pb,
+    status_from_pb,
+    status_to_pb,
+    trace_from_pb,
+)
 from ._proto import (
     Message,
     from_timestamp,
@@ -85,6 +91,7 @@ class ClientService:
             scheduled_start=scheduled,
             version=optional_text(request, "version"),
             tags=dict(request.tags) or None,
+            trace_context=trace_from_pb(request, "parentTraceContext"),
         )
         message = OrchestrationMessage(instance_id, started, started.execution_id, scheduled)
         await self._create(message, requested)

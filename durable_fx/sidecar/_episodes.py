@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
 from .._clock import Clock
@@ -37,6 +38,7 @@ from .._replay.actions import CompleteOrchestration, CreateSubOrchestration
 from .._replay.admission import HistoryState
 from .._replay.executor import EpisodeOutput, failure_from_exception
 from .._state import OrchestrationStatus
+from .._tracing import execution_span_context
 from ..storage._protocol import Store
 from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationWorkItem
 from ..worker._episode import (
@@ -94,11 +96,27 @@ class PreparedEpisode:
             executionId=text_value(self.instance.execution_id),
             pastEvents=self.past,
             newEvents=self.new,
+            orchestrationTraceContext=_execution_span(self.started),
         )
 
     @property
     def consumed(self) -> list[str]:
         return [m.message_id for m in self.item.messages]
+
+
+def _execution_span(started: ExecutionStarted) -> pb.OrchestrationTraceContext:
+    """The execution's span as the SDK keeps it between episodes: its id and start.
+
+    Nothing is stored: the id is derived from the execution id (as durable_fx's
+    own worker derives it) and the start is the execution's, so every episode,
+    wherever it runs, hands the SDK the same span to emit when the run ends.
+    """
+    span = execution_span_context(started)
+    start = Timestamp()
+    start.FromDatetime(started.timestamp)
+    return pb.OrchestrationTraceContext(
+        spanID=text_value(format(span.span_id, "016x")), spanStartTime=start
+    )
 
 
 EpisodePlan = Callable[[PreparedEpisode], Awaitable[EpisodeCommit]]

@@ -36,6 +36,7 @@ from .._history import (
     TaskScheduled,
     TimerCreated,
     TimerFired,
+    TraceContext,
 )
 from .._state import OrchestrationStatus
 from ._proto import from_timestamp, optional_text, pb, text_value, timestamp
@@ -118,6 +119,27 @@ def failure_from_pb(details: pb.TaskFailureDetails) -> FailureDetails:
 # -- durable_fx -> protobuf -------------------------------------------------------------------
 
 
+def trace_to_pb(context: TraceContext | None) -> pb.TraceContext | None:
+    """A trace context as the protocol carries it (``None`` for none)."""
+    if context is None:
+        return None
+    return pb.TraceContext(
+        traceParent=context.traceparent, traceState=text_value(context.tracestate)
+    )
+
+
+def trace_from_pb(message: Any, field: str) -> TraceContext | None:
+    """The trace context in ``message.field``, if it has a usable one."""
+    if not message.HasField(field):
+        return None
+    found = getattr(message, field)
+    if not found.traceParent:
+        return None
+    return TraceContext(
+        traceparent=found.traceParent, tracestate=optional_text(found, "traceState")
+    )
+
+
 def event_to_pb(event: HistoryEvent) -> pb.HistoryEvent:
     """The protobuf event for a durable_fx history event."""
     fields = _TO_PB[type(event)](event)
@@ -146,6 +168,7 @@ def _started_to_pb(event: ExecutionStarted) -> dict[str, Any]:
             timestamp(event.scheduled_start) if event.scheduled_start is not None else None
         ),
         tags=event.tags or {},
+        parentTraceContext=trace_to_pb(event.trace_context),
     )
     return {"executionStarted": started}
 
@@ -185,7 +208,11 @@ _TO_PB: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     OrchestratorStarted: lambda e: {"orchestratorStarted": pb.OrchestratorStartedEvent()},
     OrchestratorCompleted: lambda e: {"orchestratorCompleted": pb.OrchestratorCompletedEvent()},
     TaskScheduled: lambda e: {
-        "taskScheduled": pb.TaskScheduledEvent(name=e.name, input=text_value(e.input))
+        "taskScheduled": pb.TaskScheduledEvent(
+            name=e.name,
+            input=text_value(e.input),
+            parentTraceContext=trace_to_pb(e.trace_context),
+        )
     },
     TaskCompleted: lambda e: {
         "taskCompleted": pb.TaskCompletedEvent(
@@ -275,6 +302,7 @@ def _started_from_pb(e: pb.ExecutionStartedEvent, common: dict[str, Any]) -> His
         ),
         version=optional_text(e, "version"),
         tags=dict(e.tags) or None,
+        trace_context=trace_from_pb(e, "parentTraceContext"),
     )
 
 
@@ -315,7 +343,12 @@ _FROM_PB: dict[str, Callable[[Any, dict[str, Any]], HistoryEvent]] = {
     "continueAsNew": lambda e, c: ContinueAsNew(**c, input=optional_text(e, "input")),
     "orchestratorStarted": lambda e, c: OrchestratorStarted(**c),
     "orchestratorCompleted": lambda e, c: OrchestratorCompleted(**c),
-    "taskScheduled": lambda e, c: TaskScheduled(**c, name=e.name, input=optional_text(e, "input")),
+    "taskScheduled": lambda e, c: TaskScheduled(
+        **c,
+        name=e.name,
+        input=optional_text(e, "input"),
+        trace_context=trace_from_pb(e, "parentTraceContext"),
+    ),
     "taskCompleted": lambda e, c: TaskCompleted(
         **c, task_scheduled_id=e.taskScheduledId, result=optional_text(e, "result")
     ),

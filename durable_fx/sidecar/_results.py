@@ -10,7 +10,7 @@ from datetime import datetime
 
 from .._history import TaskCompleted, TaskFailed
 from ..storage._records import ActivityResult, ActivityWorkItem, OrchestrationMessage
-from ._history_pb import failure_from_pb
+from ._history_pb import failure_from_pb, trace_to_pb
 from ._proto import optional_text, pb, text_value
 
 __all__ = ["activity_request", "activity_result"]
@@ -26,6 +26,7 @@ def activity_request(item: ActivityWorkItem) -> pb.ActivityRequest:
             instanceId=invocation.instance_id, executionId=text_value(invocation.execution_id)
         ),
         taskId=invocation.task_id,
+        parentTraceContext=trace_to_pb(invocation.trace_context),
     )
 
 

@@ -345,6 +345,7 @@ def _recorded(action: Action, now: datetime) -> HistoryEvent:
                 attempt=action.attempt,
                 heartbeat_timeout=action.heartbeat_timeout,
                 heartbeat_details=action.heartbeat_details,
+                trace_context=action.trace_context,
             )
         case CreateTimer():
             return TimerCreated(
@@ -393,7 +394,7 @@ def _dispatch(
                     action.attempt,
                     action.heartbeat_timeout,
                     action.heartbeat_details,
-                    execution_trace_context(started),
+                    action.trace_context or execution_trace_context(started),
                 )
             )
         case CreateTimer():
@@ -408,7 +409,7 @@ def _dispatch(
                 execution_id=ids.child_execution_ids[action.id],
                 input=action.input,
                 version=started.version,
-                trace_context=execution_trace_context(started),
+                trace_context=action.trace_context or execution_trace_context(started),
                 parent=ParentInstance(
                     instance_id=instance.instance_id,
                     execution_id=execution_id,

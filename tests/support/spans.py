@@ -1,0 +1,70 @@
+"""Recording spans in tests: the SDK with an in-memory exporter, and ways to read it.
+
+The provider is process-global (OpenTelemetry allows one), so it records only
+while a test holds the ``spans`` fixture (conftest.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+class WhileRecording(SpanProcessor):
+    """Passes ended spans on only while a test of this file records (the provider is global)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self.inner = SimpleSpanProcessor(exporter)
+        self.on = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.on:
+            self.inner.on_end(span)
+
+
+class Spans:
+    """The spans ended so far, and ways to find them."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self._exporter = exporter
+
+    def settle(self) -> None:
+        """Wait until no new span has ended for a moment.
+
+        A client sees an instance finish as soon as its commit lands; the worker
+        ends the episode's and the execution's spans just after.
+        """
+        deadline = time.monotonic() + 5
+        seen = -1
+        while time.monotonic() < deadline and len(self.all()) != seen:
+            seen = len(self.all())
+            time.sleep(0.1)
+
+    def all(self) -> Sequence[ReadableSpan]:
+        return self._exporter.get_finished_spans()
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.all() if s.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        found = self.named(name)
+        assert len(found) == 1, (name, [s.name for s in self.all()])
+        return found[0]
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def trace_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.trace_id
