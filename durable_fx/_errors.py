@@ -118,10 +118,13 @@ class UnknownNameError(DurableFxError, LookupError):
 class ConflictError(DurableFxError):
     """The instance changed since it was read: another worker owns it or committed first."""
 
-    def __init__(self, instance_id: str, detail: str = "") -> None:
+    def __init__(self, instance_id: str, detail: str = "", *, lock_kept: bool = False) -> None:
         message = f"instance {instance_id!r} was changed by another worker"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.instance_id = instance_id
+        self.lock_kept = lock_kept
+        """The lock is still the caller's (a client changed the row under it, e.g. a
+        rewind): the caller should release it so the messages are done again now."""
 
 
 class StoreBusyError(DurableFxError):

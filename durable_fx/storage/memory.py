@@ -546,6 +546,7 @@ class MemoryStore:
             raise ConflictError(
                 instance_id,
                 f"version {item.instance.version} is stale (now {instance.record.version})",
+                lock_kept=_holds(instance.lease, item.lock_token),
             )
         if not _holds(instance.lease, item.lock_token):
             raise ConflictError(instance_id, "the lease expired and another worker locked it")

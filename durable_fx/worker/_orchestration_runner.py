@@ -152,9 +152,11 @@ class OrchestrationRunner:
         """Run and commit one episode; on a conflict, drop it and let go of the lock.
 
         The episode was planned from a row that changed meanwhile: another worker
-        took the lock over (releasing does nothing then), or a client changed the
-        instance under our lock (a rewind sets a FAILED instance RUNNING), and
-        the messages must be done again now, not after the lease runs out.
+        took the lock over (its messages are its own now), or a client changed the
+        instance under our lock (a rewind sets a FAILED instance RUNNING): then the
+        lock is released so the messages are done again now, not after the lease.
+        Only then: a release counts toward poisoning, and a conflict is no fault
+        of the messages.
         """
         instance_id = item.instance.instance_id
         episode = _Episode(item, self._clock.now())
@@ -178,10 +180,11 @@ class OrchestrationRunner:
         except ConflictError as conflict:
             self._cache.evict(instance_id)
             log.info("episode for %s not committed: %s", instance_id, conflict)
-            with contextlib.suppress(Exception):
-                await self._store.abandon_orchestration(
-                    item, reason=str(conflict), retry_after=timedelta(0)
-                )
+            if conflict.lock_kept:  # else another worker holds it: its messages are theirs
+                with contextlib.suppress(Exception):
+                    await self._store.abandon_orchestration(
+                        item, reason=str(conflict), retry_after=timedelta(0)
+                    )
             return
         except BaseException:
             self._cache.evict(instance_id)

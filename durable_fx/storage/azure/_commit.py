@@ -267,7 +267,7 @@ class Commits:
                 if outcome == "lost":
                     raise ConflictError(iid, "another worker took the instance over") from None
                 if outcome == "changed":
-                    raise ConflictError(iid, _CHANGED) from None
+                    raise ConflictError(iid, _CHANGED, lock_kept=True) from None
         raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
 
     async def _set_staging(self, session: Session, staging: str) -> None:
@@ -294,7 +294,7 @@ class Commits:
                 if outcome == "lost":
                     raise ConflictError(iid, "another worker took the instance over") from None
                 if outcome == "changed":
-                    raise ConflictError(iid, _CHANGED) from None
+                    raise ConflictError(iid, _CHANGED, lock_kept=True) from None
         raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
 
     def _apply(self, session: Session, commit: EpisodeCommit, plan: _Plan) -> None:

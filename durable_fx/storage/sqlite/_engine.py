@@ -323,7 +323,10 @@ class Engine:
         now = self._now()
         row = db.execute(sql.COMMIT_INSTANCE, plan.update).fetchone()
         if row is None:
-            raise ConflictError(iid, _conflict_detail(db, iid, plan.update[-2:]))
+            held = plan.update[-2:]
+            state = db.execute(sql.SELECT_LOCK_STATE, (iid,)).fetchone()
+            kept = state is not None and state[1] == held[1]
+            raise ConflictError(iid, _conflict_detail(db, iid, held), lock_kept=kept)
         version, history_len = row
         if plan.reset:
             db.execute(sql.DELETE_HISTORY, (iid,))
