@@ -391,9 +391,9 @@ def _new_email_and_resume(bench: Bench, out: dict[str, Any], hub: str) -> None:
         out["one_new_email_live"] = live
         bench.settle(hub)
         with bench.live(hub) as live:
+            out["resume_live"] = live  # saved with the progress: a cut-short run keeps its peak
             out["resume"] = resume(process, observer, "email-", args, _progress(bench, out))
             bench.save()
-        out["resume_live"] = live
         out["idle_live_after"] = bench.settle(hub)
         bench.save()
         out["memory_after"] = rss(process)
@@ -448,6 +448,7 @@ def _fire_due(
     try:
         first = datetime.now(UTC)
         with bench.live(hub) as live:
+            out["escalations_live"] = live  # saved with the progress, as resume_live
             done = wait_while_moving(
                 observer,
                 "email-",
@@ -459,7 +460,6 @@ def _fire_due(
             )
         out["escalations"] = _completion(done, first, len(due))
         bench.save()
-        out["escalations_live"] = live
         out["idle_live_after"] = bench.settle(hub)
         bench.save()
     finally:
