@@ -28,6 +28,7 @@ any durable_fx program.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,8 +40,10 @@ from .._registry import Registry, validate_event_name
 from ..queues import poison_queue_of, validate_queue_name
 from ..storage import Store
 from ..storage._delivered import DeliveredMessage
+from ..telemetry import configure_telemetry
 from ._client_binding import with_durable_client
 from ._events import EventIdSource, EventSource, InstanceIdSource, QueueEventHandler, WebhookHandler
+from ._host_trace import host_trace
 from ._management import ManagementApi, guarded
 from ._runtime import AppRuntime
 from ._settings import FunctionsSettings
@@ -86,6 +89,7 @@ class DurableApp(func.FunctionApp):
         default_version: str | None = None,
     ) -> None:
         super().__init__(http_auth_level=http_auth_level)
+        _configure_telemetry()
         level = management_auth_level
         self._settings = FunctionsSettings.from_environment(
             hub=hub or _hub_of(store),
@@ -334,9 +338,14 @@ class DurableApp(func.FunctionApp):
         auth_level: func.AuthLevel | str | None,
         handler: HttpHandler,
     ) -> None:
-        # The worker binds by parameter name and annotation: `req: func.HttpRequest`.
-        async def run(req: func.HttpRequest) -> func.HttpResponse:
-            return await handler(req)
+        # The worker binds by parameter name and annotation: `req: func.HttpRequest`, and
+        # passes `context` (its annotation must be the class itself, so None is a default only).
+        async def run(
+            req: func.HttpRequest,
+            context: func.Context = None,  # type: ignore[assignment]
+        ) -> func.HttpResponse:
+            with host_trace(context):
+                return await handler(req)
 
         run.__name__ = run.__qualname__ = name
         trigger = self.route(route=route, methods=methods, auth_level=auth_level)
@@ -344,8 +353,12 @@ class DurableApp(func.FunctionApp):
 
     def _add_queue(self, name: str, queue: str, connection: str, handler: QueueHandler) -> None:
         # The worker binds by parameter name and annotation: `msg: func.QueueMessage`.
-        async def run(msg: func.QueueMessage) -> None:
-            await handler(msg)
+        async def run(
+            msg: func.QueueMessage,
+            context: func.Context = None,  # type: ignore[assignment]
+        ) -> None:
+            with host_trace(context):
+                await handler(msg)
 
         run.__name__ = run.__qualname__ = name
         trigger = self.queue_trigger(arg_name="msg", queue_name=queue, connection=connection)
@@ -397,6 +410,15 @@ class DurableApp(func.FunctionApp):
         ]  # fmt: skip
         for name, route, method, handler in routes:
             self._add_http(name, route, [method], level, guarded(handler))
+
+
+def _configure_telemetry() -> None:
+    """The one switch under the Functions host (``serve`` has thrown it before the import)."""
+    try:
+        configure_telemetry(service_name=os.environ.get("WEBSITE_SITE_NAME") or "durable-fx")
+    except ImportError as missing:
+        # Telemetry is not worth failing the app's indexing, which would stop every function.
+        log.error("telemetry stays off: %s", missing)
 
 
 def _anonymous(level: func.AuthLevel | str | None) -> bool:

@@ -4,7 +4,8 @@ The host has no binding for durable_fx's client, so none is declared: the
 decorator hides the client parameter from the signature the worker indexes
 (``__signature__``) and passes the app's client in at each call. An
 ``async def`` gets an ``AsyncDurableClient``, a plain function a
-``DurableClient``; an annotation, if any, must agree.
+``DurableClient``; an annotation, if any, must agree. The invocation's
+``context`` is asked for too, for the host's trace context (``_host_trace``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import azure.functions as func
+
 from ..client._async import AsyncDurableClient
 from ..client._sync import DurableClient
+from ._host_trace import host_trace
 from ._runtime import AppRuntime
 
 __all__ = ["with_durable_client"]
@@ -41,13 +45,27 @@ def with_durable_client(
     is_async = inspect.iscoroutinefunction(fn)
     _check_annotation(fn, client_name, is_async)
     remaining = [p for p in signature.parameters.values() if p.name != client_name]
+    annotations = {k: v for k, v in fn.__annotations__.items() if k != client_name}
+    # The invocation's context carries the host's trace, the parent of the starts the call
+    # makes: asked for even when fn does not take it, and then not passed on.
+    wants_context = _CONTEXT in signature.parameters
+    if not wants_context:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        has_kwargs = bool(remaining) and remaining[-1].kind is inspect.Parameter.VAR_KEYWORD
+        at = len(remaining) - has_kwargs  # a keyword-only parameter goes before **kwargs
+        remaining.insert(at, inspect.Parameter(_CONTEXT, keyword, annotation=func.Context))
+        annotations[_CONTEXT] = func.Context
+
+    def invocation_context(kwargs: dict[str, Any]) -> Any:
+        return kwargs.get(_CONTEXT) if wants_context else kwargs.pop(_CONTEXT, None)
 
     if is_async:
 
         @functools.wraps(fn)
         async def call_async(*args: Any, **kwargs: Any) -> Any:
             kwargs[client_name] = runtime.client
-            return await fn(*args, **kwargs)  # type: ignore[misc]
+            with host_trace(invocation_context(kwargs)):
+                return await fn(*args, **kwargs)  # type: ignore[misc]
 
         wrapper: Callable[..., Any] = call_async
     else:
@@ -55,13 +73,17 @@ def with_durable_client(
         @functools.wraps(fn)
         def call_sync(*args: Any, **kwargs: Any) -> Any:
             kwargs[client_name] = runtime.sync_client()
-            return fn(*args, **kwargs)
+            with host_trace(invocation_context(kwargs)):
+                return fn(*args, **kwargs)
 
         wrapper = call_sync
     # The worker matches parameters to bindings by the signature it sees: hide the client.
     wrapper.__signature__ = signature.replace(parameters=remaining)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != client_name}
+    wrapper.__annotations__ = annotations
     return wrapper
+
+
+_CONTEXT = "context"
 
 
 def _check_annotation(fn: Callable[..., Any], client_name: str, is_async: bool) -> None:

@@ -25,6 +25,7 @@ from azure.functions import meta
 from azure.functions.http import HttpRequestConverter, HttpResponseConverter
 from azure.functions.queue import QueueMessageInConverter
 
+from .._tracing import current_trace_context
 from ..queues import MessageEncoding, QueueBackend, QueuedMessage, encode_body
 from ._index import IndexedFunction
 
@@ -121,13 +122,20 @@ class _Out(func.Out[T], Generic[T]):
 
 
 class _TraceContext(func._abc.TraceContext):
+    """The invocation's trace, as the host passes it: the span current when it was called."""
+
+    def __init__(self) -> None:
+        traced = current_trace_context()
+        self._parent = traced.traceparent if traced else ""
+        self._state = (traced.tracestate or "") if traced else ""
+
     @property
     def trace_state(self) -> str:
-        return ""
+        return self._state
 
     @property
     def trace_parent(self) -> str:
-        return ""
+        return self._parent
 
     @property
     def attributes(self) -> dict[str, str]:
@@ -142,6 +150,7 @@ class _Context(func.Context):
         self._function_name = function_name
         self._directory = directory
         self._local = threading.local
+        self._trace = _TraceContext()
 
     @property
     def invocation_id(self) -> str:
@@ -161,7 +170,7 @@ class _Context(func.Context):
 
     @property
     def trace_context(self) -> func._abc.TraceContext:
-        return _TraceContext()
+        return self._trace
 
     @property
     def retry_context(self) -> func._abc.RetryContext:

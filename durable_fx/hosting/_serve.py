@@ -164,11 +164,12 @@ def serve(options: ServeOptions) -> str | None:
         config = HostConfig.load(directory)
     except ValueError as error:
         raise ServeError(str(error)) from None
-    app = load_app(options.target, directory)
     try:
+        # Before the app is imported: a DurableApp then finds it configured.
         configure_telemetry(service_name=f"durable-fx serve {options.target}")
     except ImportError as error:
         raise ServeError(str(error)) from None
+    app = load_app(options.target, directory)
     return asyncio.run(_Host(app, options, config).run())
 
 
