@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +26,7 @@ WAIT = 20.0
 
 
 @pytest.fixture(scope="session")
-def _reader() -> InMemoryMetricReader:
+def metric_reader() -> InMemoryMetricReader:
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     return reader
@@ -39,12 +41,12 @@ def key(metric: str, **attributes: Any) -> Key:
 
 
 @pytest.fixture
-def read(_reader: InMemoryMetricReader) -> Callable[[], dict[Key, float]]:
+def read(metric_reader: InMemoryMetricReader) -> Callable[[], dict[Key, float]]:
     """Reads the points recorded since the test began."""
-    before = _points(_reader)
+    before = _points(metric_reader)
 
     def since() -> dict[Key, float]:
-        now = _points(_reader)
+        now = _points(metric_reader)
         return {k: value - before.get(k, 0) for k, value in now.items()}
 
     return since
@@ -109,3 +111,93 @@ def test_runs_activities_and_events_are_counted_and_timed(
     assert points[key("durable_fx.episode.duration", **task)] >= 6
     lookups = sum(v for (metric, _), v in points.items() if metric == "durable_fx.executor.lookups")
     assert lookups >= 4  # every episode after an instance's first looked its state up
+
+
+def _gauges(reader: InMemoryMetricReader, metric: str) -> dict[str, float]:
+    """The gauge's current value by queue."""
+    return {
+        dict(attributes)["messaging.destination.name"]: value
+        for (name, attributes), value in _points(reader).items()
+        if name == metric
+    }
+
+
+def test_each_queues_backlog_and_its_oldest_messages_age_are_gauges(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    store_kind: str,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    release = threading.Event()
+
+    @registry.activity()
+    def slow(_: None) -> str:
+        release.wait(WAIT)
+        return "done"
+
+    @registry.orchestrator()
+    def queued(ctx: OrchestrationContext, _: None) -> Orchestrator[str]:
+        return (yield ctx.call_activity(slow, None))
+
+    make_worker(max_concurrent_activities=1)
+    started = [client.start(queued, None) for _ in range(3)]
+
+    def waiting() -> tuple[str, float, float] | None:
+        """A queue with work waiting behind the running activity for a second: its gauges."""
+        backlog = _gauges(metric_reader, "durable_fx.queue.backlog")
+        ages = _gauges(metric_reader, "durable_fx.queue.oldest_age")
+        full = [queue for queue, due in backlog.items() if due >= 1 and ages[queue] > 1]
+        return (full[0], backlog[full[0]], ages[full[0]]) if full else None
+
+    try:
+        queue, due, age = wait_until(waiting, timeout=WAIT, what="activities waiting")
+        assert age < 60
+        if store_kind != "azure":  # Azure's store gathers work items; its counts are approximate
+            assert (queue, due) == ("activities", 2)
+    finally:
+        release.set()
+    for iid in started:
+        assert client.wait(iid, timeout=WAIT).status is OrchestrationStatus.COMPLETED
+    def backlog() -> dict[str, float]:
+        return _gauges(metric_reader, "durable_fx.queue.backlog")
+
+    drained = wait_until(
+        lambda: (found := backlog()).get(queue) == 0 and found, timeout=WAIT, what=f"{queue} empty"
+    )
+    assert set(drained.values()) == {0}
+    assert _gauges(metric_reader, "durable_fx.queue.oldest_age")[queue] == 0
+
+
+def test_poisoned_messages_are_counted_by_queue(
+    registry: Registry,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    read: Callable[[], dict[Key, float]],
+) -> None:
+    runs: list[None] = []
+
+    @registry.activity()
+    async def hangs(_: None) -> None:
+        runs.append(None)
+        await asyncio.Event().wait()  # every worker gives up on it when stopped
+
+    @registry.orchestrator()
+    def stuck(ctx: OrchestrationContext, _: None) -> Orchestrator[None]:
+        yield ctx.call_activity(hangs, None)
+
+    client.start(stuck, None)
+    for deliveries in range(1, 6):  # the stores' max_dequeue_count
+        worker = make_worker(shutdown_grace=0.05)
+        wait_until(lambda deliveries=deliveries: len(runs) >= deliveries, timeout=WAIT)
+        worker.stop()
+    wait_until(client.poisoned, timeout=WAIT, what="the activity poisoned")
+    counted = read()
+    by_queue = {
+        dict(attributes)["messaging.destination.name"]: value
+        for (metric, attributes), value in counted.items()
+        if metric == "durable_fx.messages.poisoned" and value
+    }
+    # The activity queue: "activities", or the Azure hub's work item queue.
+    [(queue, count)] = by_queue.items()
+    assert count == 1 and queue.endswith(("activities", "-workitems")), by_queue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,60 @@ def test_without_the_setting_nothing_is_exported() -> None:
     from durable_fx.telemetry import configure_telemetry
 
     assert configure_telemetry(environ={}) is None
+
+
+def test_a_run_killed_midway_is_still_one_trace_with_one_span_for_its_life(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    """SIGKILL while the email awaits its receipt; a new process finishes it on the same file."""
+    caller_trace = uuid.uuid4().hex
+
+    def of_this_run(name: str) -> list[ReceivedSpan]:
+        return [s for s in receiver.named(name) if s.trace_id == caller_trace]
+
+    with LocalSmtp() as smtp:
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "DELIVERY_WEBHOOK_SECRET": SECRET,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_SERVICE_NAME": "email-app",
+        }
+        app = AppProcess(f"sqlite:///{tmp_path / 'app.db'}", settings, tmp_path / "serve.log")
+        app.start()
+        try:
+            with app.client() as client:
+                started = client.post(
+                    "emails",
+                    json=email("grace@example.com"),
+                    headers={"traceparent": f"00-{caller_trace}-{uuid.uuid4().hex[:16]}-01"},
+                )
+                instance_id = started.json()["id"]
+                message_id = awaiting(client, instance_id)
+            sent = lambda: of_this_run("activity:send_email") or None  # noqa: E731
+            wait_until(sent, what="the send's span exported before the kill")
+            app.kill()
+            app.start()
+            with app.client() as client:
+                body = {"message_id": message_id, "status": "delivered", "event_id": "e-1"}
+                raw, headers = signed(body, SECRET)
+                answer = client.post("webhooks/delivery", content=raw, headers=headers)
+                assert answer.status_code == 202
+                assert output(client, instance_id)["status"] == "delivered"
+        finally:
+            app.stop()
+
+    [run] = wait_until(lambda: of_this_run("orchestration:email_delivery") or None)
+    [create] = of_this_run("create_orchestration:email_delivery")
+    [send] = of_this_run("activity:send_email")  # in the first process
+    [record] = wait_until(lambda: of_this_run("activity:record_outcome") or None)  # the second
+    # The run's one span starts with the first process and ends in the second, where it closed.
+    assert run.parent_span_id == create.span_id
+    assert run.start_ns <= send.start_ns < send.end_ns <= record.start_ns <= run.end_ns
+    assert send.parent_span_id == record.parent_span_id == run.span_id
+    assert run.attributes["durabletask.task.status"] == "COMPLETED"
+    spans = [s for s in receiver.spans if s.trace_id == caller_trace]
+    assert len({s.span_id for s in spans}) == len(spans), "a span was exported twice"
+    # Replays in the new process emitted nothing again: one span per wait, whatever replayed.
+    assert len(of_this_run("orchestration:email_delivery:event DeliveryReceipt")) == 1

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .._clock import Clock
-from ._protocol import Accept, Store
+from ._protocol import Accept, ReportsBacklog, Store
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -24,6 +24,7 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
 )
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "OrchestrationWorkItem",
     "Page",
     "PoisonedMessage",
+    "QueueBacklog",
+    "ReportsBacklog",
     "Store",
     "default_store_url",
     "open_store",

@@ -51,9 +51,10 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
 )
 
-__all__ = ["Accept", "Store"]
+__all__ = ["Accept", "ReportsBacklog", "Store"]
 
 
 Accept = Callable[[str, str | None], bool]
@@ -248,4 +249,13 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    """A store that can tell how much work waits in its queues (for metrics)."""
+
+    async def backlog(self) -> list[QueueBacklog]:
+        """Each queue's due messages and the age of the oldest; a cheap read."""
         ...

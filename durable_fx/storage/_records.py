@@ -13,8 +13,8 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Generic, TypeVar
+from datetime import datetime, timedelta
+from typing import Generic, Self, TypeVar
 
 from .._errors import InvalidOperationError
 from .._history import (
@@ -220,6 +220,28 @@ class LockBatch(Generic[T]):
 
     items: list[T]
     next_due: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueBacklog:
+    """Work waiting in one of a store's queues (``Store.backlog``).
+
+    ``due``: messages that could be taken now (a timer or a retry not yet due
+    is not counted, nor is one held under a lease), or the queue service's
+    approximate count where that is all it tells (Azure Storage queues).
+    ``oldest_age``: how long the oldest of them has waited since it could
+    have been taken; ``None`` when none is waiting.
+    """
+
+    queue: str
+    due: int
+    oldest_age: timedelta | None
+
+    @classmethod
+    def at(cls, queue: str, due: int, oldest_due_at: datetime | None, now: datetime) -> Self:
+        """The backlog of ``due`` messages, the oldest due since ``oldest_due_at``."""
+        age = None if oldest_due_at is None or not due else max(timedelta(0), now - oldest_due_at)
+        return cls(queue, due, age)
 
 
 @dataclass(frozen=True, slots=True)

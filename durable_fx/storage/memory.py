@@ -42,6 +42,7 @@ from .._errors import (
 )
 from .._history import ExecutionStarted, HistoryEvent, TimerFired
 from .._ids import validate_instance_id
+from .._metrics import record_poisoned
 from .._state import OrchestrationStatus
 from ._keyset import decode_keyset, encode_keyset
 from ._protocol import Accept
@@ -58,6 +59,7 @@ from ._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
     accepts_rewind,
     finished_refusal,
     new_instance_record,
@@ -408,6 +410,18 @@ class MemoryStore:
             self._drop_instance(instance_id)
             return True
 
+    async def backlog(self) -> list[QueueBacklog]:
+        """Due inbox messages and activity work items, and how long the oldest has waited."""
+        with self._lock:
+            now = self._clock.now()
+            inboxes = [i.inbox.values() for i in self._instances.values()]
+            messages = [p.visible_at for inbox in inboxes for p in inbox if p.visible_at <= now]
+            work = [w.visible_at for w in self._work.values() if w.ready(now)]
+        return [
+            QueueBacklog.at(_ORCHESTRATION_QUEUE, len(messages), min(messages, default=None), now),
+            QueueBacklog.at(_ACTIVITY_QUEUE, len(work), min(work, default=None), now),
+        ]
+
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
         with self._lock:
@@ -511,6 +525,7 @@ class MemoryStore:
         self, listed: PoisonedMessage, original: OrchestrationMessage | ActivityInvocation
     ) -> None:
         self._poison[listed.poison_id] = _Poisoned(listed, original)
+        record_poisoned(listed.queue)
 
     def _drop_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)

@@ -21,10 +21,11 @@ from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 from .._clock import Clock, SystemClock
+from .._metrics import watch_backlog
 from .._registry import HasRegistry, Registry, registry_of
 from .._versioning import OnVersionMismatch, VersionPolicy
 from ..storage import open_store
-from ..storage._protocol import Accept, Store
+from ..storage._protocol import Accept, ReportsBacklog, Store
 from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, OrchestrationWorkItem
 from ._activity_runner import ActivityRunner
 from ._background import BackgroundThread, StartStopContext, StopSignal
@@ -151,10 +152,18 @@ class Worker(StartStopContext):
                 name="durable-fx-results",
             ),
         ]
+        store = self._store
+        unwatch = (
+            watch_backlog(store.backlog, asyncio.get_running_loop(), type(store).__name__)
+            if isinstance(store, ReportsBacklog)
+            else None
+        )
         self._background.ready()
         try:
             await self._stopping.wait()
         finally:
+            if unwatch is not None:
+                unwatch()
             self._stopping.set()
             await self._shutdown(loops)
 

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from ..._metrics import record_poisoned
+from .._records import QueueBacklog
 from ._resources import Resources
 from ._transient import maybe_applied, retrying, status_of
 
@@ -121,6 +123,24 @@ class Queues:
         )
         return [_received(queue, m) for m in messages]
 
+    async def backlog(self, queue: str, now: datetime) -> QueueBacklog:
+        """``queue``'s length as the Functions scale controller sees it, and its oldest's age.
+
+        Azure's approximate count includes delayed and leased messages, so it
+        counts only when a visible message is there (the scale controller's
+        rule); else nothing waits. A message tells when it was inserted, not
+        when it became visible: the age is since insertion.
+        """
+        client = self._resources.queues[queue]
+        first = await self.peek(queue, limit=1)
+        if not first:
+            return QueueBacklog(queue, 0, None)
+        properties = await retrying(
+            lambda: client.get_queue_properties(), what=f"read the length of {queue}"
+        )
+        length = max(1, int(properties.approximate_message_count or 0))
+        return QueueBacklog.at(queue, length, first[0].inserted_on, now)
+
     async def hide(self, handle: Handle, delay: timedelta) -> bool:
         """Make a held message invisible for ``delay`` (capped); False if no longer ours."""
         if handle.hosted:
@@ -205,7 +225,9 @@ class Queues:
         """
         body = {"reason": reason, "message": text, "id": poison_id}
         poison = self._resources.names.poison(queue)
-        return await self.put(poison, body, delay=timedelta(0))
+        handle = await self.put(poison, body, delay=timedelta(0))
+        record_poisoned(queue)
+        return handle
 
 
 def is_poison_copy(body: dict[str, Any] | None) -> bool:

@@ -32,6 +32,7 @@ from .._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
 )
 from ._activities import Activities
 from ._commit import Commits
@@ -280,6 +281,18 @@ class AzureStore:
     async def purge_instance(self, instance_id: str) -> bool:
         """Delete an instance with its history, inbox, work items and payload blobs."""
         return await self._call(lambda: self._reads.purge_instance(instance_id))
+
+    async def backlog(self) -> list[QueueBacklog]:
+        """Each control queue's and the work item queue's length and oldest message's age."""
+
+        async def read() -> list[QueueBacklog]:
+            hub = self._hub
+            names = hub.resources.names
+            now = hub.clock.now()
+            queues = (*names.control_queues, names.work_queue)
+            return list(await asyncio.gather(*(hub.queues.backlog(q, now) for q in queues)))
+
+        return await self._call(read)
 
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""

@@ -34,6 +34,7 @@ from ..._errors import (
     InstanceNotFoundError,
 )
 from ..._history import HISTORY_EVENT
+from ..._metrics import record_poisoned
 from ..._state import OrchestrationStatus
 from .._protocol import Accept
 from .._records import (
@@ -46,6 +47,7 @@ from .._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
     accepts_rewind,
     finished_refusal,
 )
@@ -386,6 +388,7 @@ class Engine:
              for mid, iid, body, reason, count, key, eid in rows],
         )  # fmt: skip
         self._db.execute(sql.DELETE_MESSAGES, (dumps([row[0] for row in rows]),))
+        record_poisoned(_ORCHESTRATIONS, len(rows))
 
     # -- activity work ----------------------------------------------------------
 
@@ -457,6 +460,7 @@ class Engine:
             poison.append((_ACTIVITIES, row[1], body, why, now, row[7], extra))
         self._db.executemany(sql.INSERT_POISON, poison)
         self._db.execute(sql.DELETE_WORK_ITEMS, (dumps([row[0] for row in rows]),))
+        record_poisoned(_ACTIVITIES, len(rows))
 
     # -- reading and housekeeping -----------------------------------------------
 
@@ -479,6 +483,16 @@ class Engine:
         _delete_instance_data(self._db, instance_id)
         deleted = self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
         return deleted.rowcount > 0
+
+    def backlog(self) -> list[QueueBacklog]:
+        now = self._now()
+        found = []
+        queries = ((_ORCHESTRATIONS, sql.DUE_MESSAGES), (_ACTIVITIES, sql.DUE_WORK_ITEMS))
+        for queue, query in queries:
+            due, oldest = self._db.execute(query, (now,)).fetchone()
+            since = from_micros(oldest) if oldest is not None else None
+            found.append(QueueBacklog.at(queue, int(due), since, from_micros(now)))
+        return found
 
     def poisoned_messages(self, instance_id: str | None) -> list[PoisonedMessage]:
         if instance_id is None:

@@ -192,6 +192,7 @@ SELECT_HELD_MESSAGES = (
 DELAY_MESSAGES = "UPDATE inbox SET visible_at = ?1 WHERE id IN (SELECT value FROM json_each(?2))"
 DELETE_MESSAGES = "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?))"
 NEXT_MESSAGE_DUE = "SELECT MIN(visible_at) FROM inbox WHERE visible_at > ?"
+DUE_MESSAGES = "SELECT COUNT(*), MIN(visible_at) FROM inbox WHERE visible_at <= ?"
 
 # -- statements: work items ----------------------------------------------------
 
@@ -225,6 +226,8 @@ RENEW_WORK_ITEM = (
 )
 RELEASE_WORK_ITEM = "UPDATE work_items SET locked_by = NULL, visible_at = ? WHERE id = ?"
 DELETE_WORK_ITEMS = "DELETE FROM work_items WHERE id IN (SELECT value FROM json_each(?))"
+# A held item's visible_at is its lease's end: only work nobody holds (or whose lease ran out).
+DUE_WORK_ITEMS = "SELECT COUNT(*), MIN(visible_at) FROM work_items WHERE visible_at <= ?"
 # A result row: the message (5 items), then the work item it answers and the
 # lease token that must still hold it (4 items).
 _HELD = (

@@ -56,6 +56,7 @@ from .._records import (
     OrchestrationWorkItem,
     Page,
     PoisonedMessage,
+    QueueBacklog,
     started_event,
 )
 from . import _schema as schema
@@ -265,6 +266,10 @@ class SqliteStore:
     async def purge_instance(self, instance_id: str) -> bool:
         """Delete an instance with its history, inbox and work items; False if absent."""
         return await self._call(partial(self._engine.purge_instance, instance_id))
+
+    async def backlog(self) -> list[QueueBacklog]:
+        """Due inbox messages and activity work items, and how long the oldest has waited."""
+        return await self._call(self._engine.backlog, write=False)
 
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
