@@ -159,6 +159,7 @@ def test_each_queues_backlog_and_its_oldest_messages_age_are_gauges(
         release.set()
     for iid in started:
         assert client.wait(iid, timeout=WAIT).status is OrchestrationStatus.COMPLETED
+
     def backlog() -> dict[str, float]:
         return _gauges(metric_reader, "durable_fx.queue.backlog")
 
