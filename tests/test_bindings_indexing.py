@@ -247,8 +247,10 @@ def test_durable_client_input_hides_the_client_from_the_worker() -> None:
     def sync_user(req: func.HttpRequest, client: DurableClient) -> str:
         return type(client).__name__
 
-    assert list(inspect.signature(sync_user).parameters) == ["req"]
+    # The worker passes the invocation's context, for the host's trace; the client is hidden.
+    assert list(inspect.signature(sync_user).parameters) == ["req", "context"]
     assert "client" not in sync_user.__annotations__
+    assert sync_user.__annotations__["context"] is func.Context
     with pytest.raises(TypeError, match="AsyncDurableClient"):
 
         @app.durable_client_input()
