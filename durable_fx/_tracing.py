@@ -38,6 +38,7 @@ from ._history import ExecutionStarted, FailureDetails, TraceContext
 
 __all__ = [
     "ORCHESTRATION_TYPE",
+    "child_trace_context",
     "current_trace_context",
     "emit_execution_span",
     "emit_span",
@@ -45,6 +46,7 @@ __all__ = [
     "execution_span_context",
     "execution_trace_context",
     "parent_of",
+    "recording",
     "span_in",
     "tracer",
 ]
@@ -60,6 +62,14 @@ _CHOSEN_TRACE_ID: ContextVar[int | None] = ContextVar("durable_fx_chosen_trace_i
 def tracer() -> Tracer:
     """durable_fx's tracer (the global provider's; a no-op one until an SDK is set)."""
     return trace.get_tracer(TRACER_NAME)
+
+
+def recording() -> bool:
+    """Whether an SDK is configured: without one, spans are no-ops not worth preparing."""
+    return not isinstance(trace.get_tracer_provider(), _NO_SDK)
+
+
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 def current_trace_context() -> TraceContext | None:
@@ -100,6 +110,16 @@ def execution_trace_context(started: ExecutionStarted) -> TraceContext:
     if started.trace_context is not None and started.trace_context.tracestate:
         traced = traced.model_copy(update={"tracestate": started.trace_context.tracestate})
     return traced
+
+
+def child_trace_context(started: ExecutionStarted) -> TraceContext | None:
+    """The parent ``started``'s activities and children record: its execution span.
+
+    ``None`` when there is no trace to continue and nothing here records one.
+    """
+    if started.trace_context is None and not recording():
+        return None
+    return execution_trace_context(started)
 
 
 def execution_parent(started: ExecutionStarted) -> Context:
@@ -187,6 +207,9 @@ def span_in(
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
     """A live span under ``parent``, current while the block runs; errors recorded."""
+    if parent is None and not recording():
+        yield trace.INVALID_SPAN  # nothing to record, no trace to carry on
+        return
     with tracer().start_as_current_span(
         name, context=parent, kind=kind, attributes=dict(attributes or {})
     ) as span:

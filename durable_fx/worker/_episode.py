@@ -47,7 +47,7 @@ from .._replay.actions import (
 from .._replay.executor import EpisodeOutput
 from .._serialization import encode
 from .._state import OrchestrationStatus
-from .._tracing import execution_trace_context
+from .._tracing import child_trace_context
 from ..storage._records import (
     ActivityInvocation,
     EpisodeCommit,
@@ -394,7 +394,7 @@ def _dispatch(
                     action.attempt,
                     action.heartbeat_timeout,
                     action.heartbeat_details,
-                    action.trace_context or execution_trace_context(started),
+                    action.trace_context or child_trace_context(started),
                 )
             )
         case CreateTimer():
@@ -409,7 +409,7 @@ def _dispatch(
                 execution_id=ids.child_execution_ids[action.id],
                 input=action.input,
                 version=started.version,
-                trace_context=action.trace_context or execution_trace_context(started),
+                trace_context=action.trace_context or child_trace_context(started),
                 parent=ParentInstance(
                     instance_id=instance.instance_id,
                     execution_id=execution_id,

@@ -38,7 +38,7 @@ from .._replay.actions import CreateSubOrchestration
 from .._replay.context import Observation
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
-from .._tracing import emit_execution_span, emit_span, execution_parent
+from .._tracing import emit_execution_span, emit_span, execution_parent, recording
 from .._versioning import VersionMismatchError, VersionPolicy
 from ..storage._finished import finished_on
 from ..storage._protocol import Store
@@ -215,6 +215,23 @@ class OrchestrationRunner:
             return  # nothing ran: a late result written off, a start not due yet
         now = self._clock.now()
         record_episode(started.name, (now - episode.now).total_seconds())
+        ended = next((e for e in commit.new_history if isinstance(e, ExecutionCompleted)), None)
+        if ended is not None:
+            record_ended(started.name, ended.status)
+        elif commit.instance.status is OrchestrationStatus.CONTINUED_AS_NEW:
+            record_ended(started.name, "CONTINUED_AS_NEW")
+        if recording():
+            self._emit_spans(episode, started, entry, now, ended, commit.instance.status)
+
+    def _emit_spans(
+        self,
+        episode: _Episode,
+        started: ExecutionStarted,
+        entry: CachedExecution | None,
+        now: datetime,
+        ended: ExecutionCompleted | None,
+        status: OrchestrationStatus,
+    ) -> None:
         emit_span(
             f"orchestration:{started.name} episode",
             execution_parent(started),
@@ -229,13 +246,10 @@ class OrchestrationRunner:
         parent = execution_parent(started)
         for seen in entry.observed if entry is not None else ():
             _emit_observation(started.name, seen, parent)
-        ended = next((e for e in commit.new_history if isinstance(e, ExecutionCompleted)), None)
         if ended is not None:
             emit_execution_span(started, status=ended.status, ended_at=now, failure=ended.failure)
-            record_ended(started.name, ended.status)
-        elif commit.instance.status is OrchestrationStatus.CONTINUED_AS_NEW:
+        elif status is OrchestrationStatus.CONTINUED_AS_NEW:
             emit_execution_span(started, status="CONTINUED_AS_NEW", ended_at=now)
-            record_ended(started.name, "CONTINUED_AS_NEW")
 
     async def _plan(self, episode: _Episode) -> tuple[EpisodeCommit, CachedExecution | None]:
         instance = episode.instance
@@ -449,7 +463,7 @@ def _emit_observation(orchestration: str, seen: Observation, parent: Context) ->
 @contextlib.contextmanager
 def _within(started: ExecutionStarted | None) -> Iterator[None]:
     """The execution's span is the current one in the block (log lines carry its ids)."""
-    if started is None:
+    if started is None or not recording():
         yield
         return
     token = otel_context.attach(execution_parent(started))

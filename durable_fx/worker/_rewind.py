@@ -33,7 +33,7 @@ from .._registry import Registry
 from .._replay.executor import OrchestrationExecutor
 from .._replay.rewind import open_work, rewound_history
 from .._state import OrchestrationStatus
-from .._tracing import execution_trace_context
+from .._tracing import child_trace_context
 from ..storage._protocol import Store
 from ..storage._records import (
     ActivityInvocation,
@@ -80,7 +80,7 @@ async def plan_rewind(
             e.attempt,
             e.heartbeat_timeout,
             e.heartbeat_details,
-            e.trace_context or execution_trace_context(started),
+            e.trace_context or child_trace_context(started),
         )
         for e in work.activities
     ]
