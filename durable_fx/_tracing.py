@@ -12,6 +12,7 @@ time. Spans come from live work only: a replay emits nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -61,7 +62,13 @@ _CHOSEN_TRACE_ID: ContextVar[int | None] = ContextVar("durable_fx_chosen_trace_i
 
 def tracer() -> Tracer:
     """durable_fx's tracer (the global provider's; a no-op one until an SDK is set)."""
-    return trace.get_tracer(TRACER_NAME)
+    return _tracer_of(trace.get_tracer_provider(), TRACER_NAME)
+
+
+@functools.lru_cache(maxsize=8)
+def _tracer_of(provider: trace.TracerProvider, name: str) -> Tracer:
+    # The SDK makes a new tracer on every call; a provider is set once per process.
+    return provider.get_tracer(name)
 
 
 def recording() -> bool:
@@ -83,32 +90,63 @@ def parent_of(context: TraceContext | None) -> Context | None:
     """A context whose current span is the one ``context`` names (``None``: no parent)."""
     if context is None:
         return None
-    carrier = {"traceparent": context.traceparent}
-    if context.tracestate:
-        carrier["tracestate"] = context.tracestate
+    return _extracted(context.traceparent, context.tracestate)
+
+
+@functools.lru_cache(maxsize=4096)
+def _extracted(traceparent: str, tracestate: str | None) -> Context:
+    # A run's parent is parsed again for every episode and activity; contexts are immutable.
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
     return _W3C.extract(carrier)
 
 
 def execution_span_context(started: ExecutionStarted) -> SpanContext:
     """The ids of ``started``'s execution span: fixed by its execution id and its parent."""
-    parent = _parent_span_context(started.trace_context)
+    parent = started.trace_context
+    return _execution_span_context(
+        started.execution_id,
+        parent.traceparent if parent is not None else None,
+        parent.tracestate if parent is not None else None,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _execution_span_context(
+    execution_id: str, traceparent: str | None, tracestate: str | None
+) -> SpanContext:
+    traced = TraceContext(traceparent=traceparent, tracestate=tracestate) if traceparent else None
+    parent = _parent_span_context(traced)
     if parent is not None:
         trace_id, flags = parent.trace_id, parent.trace_flags
     else:  # started without a trace: the execution's span is a root
-        trace_id, flags = _derived_id(started.execution_id, 16), TraceFlags(TraceFlags.SAMPLED)
-    span_id = _derived_id(started.execution_id, 8)
+        trace_id, flags = _derived_id(execution_id, 16), TraceFlags(TraceFlags.SAMPLED)
+    span_id = _derived_id(execution_id, 8)
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
 
 
 def execution_trace_context(started: ExecutionStarted) -> TraceContext:
     """``started``'s execution span as the parent its activities and children record."""
-    span = execution_span_context(started)
+    parent = started.trace_context
+    return _execution_trace_context(
+        started.execution_id,
+        parent.traceparent if parent is not None else None,
+        parent.tracestate if parent is not None else None,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _execution_trace_context(
+    execution_id: str, traceparent: str | None, tracestate: str | None
+) -> TraceContext:
+    span = _execution_span_context(execution_id, traceparent, tracestate)
     carrier: dict[str, str] = {}
     _W3C.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span)))
     traced = _from_carrier(carrier)
     assert traced is not None  # a valid span context always has a traceparent
-    if started.trace_context is not None and started.trace_context.tracestate:
-        traced = traced.model_copy(update={"tracestate": started.trace_context.tracestate})
+    if tracestate:
+        traced = traced.model_copy(update={"tracestate": tracestate})
     return traced
 
 
@@ -264,7 +302,7 @@ class _ChosenIds:
 
 def _chosen_ids_tracer() -> Tracer:
     """The provider's tracer for execution spans, whose ids the context vars choose."""
-    found = trace.get_tracer_provider().get_tracer(f"{TRACER_NAME}.executions")
+    found = _tracer_of(trace.get_tracer_provider(), f"{TRACER_NAME}.executions")
     inner = getattr(found, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
     if inner is not None and not isinstance(inner, _ChosenIds):
         found.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
