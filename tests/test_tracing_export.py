@@ -6,15 +6,18 @@ a real OTLP/HTTP receiver on loopback (``tests/support/otlp.py``).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from durable_fx.queues import encode_body, open_queues
 from email_pipeline.localrun import AppProcess, signed
 from email_pipeline.localsmtp import LocalSmtp
-from tests.support.email_app import awaiting, email, output, served_email_app
+from tests.support.email_app import acs_report, awaiting, email, output, served_email_app
 from tests.support.instances import wait_until
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 
@@ -87,6 +90,41 @@ def test_an_email_is_one_trace_from_the_callers_request_to_the_recorded_outcome(
     assert wait.links == [(webhook.trace_id, webhook.span_id)]
     assert run.start_ns <= send.start_ns <= send.end_ns <= wait.start_ns <= record.start_ns
     assert record.end_ns <= run.end_ns
+
+
+def test_a_receipt_through_the_storage_queue_links_the_wait_to_its_message(
+    app: AppProcess, receiver: OtlpReceiver
+) -> None:
+    with app.client() as client:
+        started = client.post("emails", json=email("queue@example.com"))
+        instance_id = started.json()["id"]
+        message_id = awaiting(client, instance_id)
+
+        async def put() -> None:
+            queues = open_queues(app.store_url)
+            try:
+                body = json.dumps(acs_report(message_id, "Delivered"))
+                await queues.send("email-delivery-events", encode_body(body))
+            finally:
+                await queues.close()
+
+        asyncio.run(put())
+        assert output(client, instance_id)["status"] == "delivered"
+
+    [process] = receiver.wait_for("process email-delivery-events")
+    assert process.kind == "SPAN_KIND_CONSUMER"
+    assert process.attributes["messaging.destination.name"] == "email-delivery-events"
+    [run] = [
+        s
+        for s in receiver.wait_for("orchestration:email_delivery", count=2)
+        if s.attributes["durabletask.task.instance_id"] == instance_id
+    ]
+    [wait] = [
+        s
+        for s in receiver.named("orchestration:email_delivery:event DeliveryReceipt")
+        if s.parent_span_id == run.span_id
+    ]
+    assert wait.links == [(process.trace_id, process.span_id)]
 
 
 def test_a_malformed_traceparent_starts_a_new_trace(

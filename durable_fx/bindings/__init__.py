@@ -7,7 +7,7 @@ brings ``azure-functions``. ``DurableApp`` is also importable as
 
 from __future__ import annotations
 
-from ._app import DurableApp
+from ._app import DurableApp, is_durable_trigger
 from ._host_json import HostConfig, QueueOptions
 from ._http import FieldProblem, HttpProblem, problem_response, read_body
 from ._ledger import EventLedger
@@ -38,6 +38,7 @@ __all__ = [
     "event_grid_handshake",
     "github_signature",
     "hmac_sha256",
+    "is_durable_trigger",
     "problem_response",
     "read_body",
     "status_json",

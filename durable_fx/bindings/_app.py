@@ -412,6 +412,14 @@ class DurableApp(func.FunctionApp):
             self._add_http(name, route, [method], level, guarded(handler))
 
 
+_DURABLE_TRIGGERS = ("dfx_control", "dfx_work_items")
+
+
+def is_durable_trigger(function_name: str) -> bool:
+    """Whether the function runs episodes or activities (which have spans of their own)."""
+    return function_name.startswith(_DURABLE_TRIGGERS)
+
+
 def _configure_telemetry() -> None:
     """The one switch under the Functions host (``serve`` has thrown it before the import)."""
     try:

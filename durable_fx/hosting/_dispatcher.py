@@ -26,8 +26,11 @@ import random
 import uuid
 from datetime import timedelta
 
+from opentelemetry.trace import SpanKind
+
 from .._clock import SystemClock
-from ..bindings import QueueOptions
+from .._tracing import span_in
+from ..bindings import QueueOptions, is_durable_trigger
 from ..queues import QueueBackend, QueuedMessage, decode_body, poison_queue_of
 from ..worker._backoff import Backoff
 from ._index import IndexedFunction
@@ -140,10 +143,25 @@ class _Listener:
             "dequeue_count": message.dequeue_count,
         }
         try:
-            with invocation(function.name, "queue", invocation_id, **fields):
+            with self._span(message), invocation(function.name, "queue", invocation_id, **fields):
                 await self._invoker.invoke(function, value, invocation_id)
         finally:
             self._kick.set()
+
+    def _span(self, message: QueuedMessage) -> contextlib.AbstractContextManager[object]:
+        """A CONSUMER span for the message, which an event it raises links to.
+
+        Not for episodes and activities: their spans are the run's.
+        """
+        if is_durable_trigger(self.function.name):
+            return contextlib.nullcontext()
+        attributes = {
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self.queue,
+            "messaging.message.id": message.id,
+            "durable_fx.dequeue_count": message.dequeue_count,
+        }
+        return span_in(f"process {self.queue}", None, kind=SpanKind.CONSUMER, attributes=attributes)
 
     async def _renew(self, message: QueuedMessage) -> QueuedMessage:
         """Keep the message hidden while its function runs; returns its latest receipt."""
