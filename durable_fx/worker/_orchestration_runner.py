@@ -220,6 +220,10 @@ class OrchestrationRunner:
             record_ended(started.name, ended.status)
         elif commit.instance.status is OrchestrationStatus.CONTINUED_AS_NEW:
             record_ended(started.name, "CONTINUED_AS_NEW")
+        for seen in entry.observed if entry is not None else ():
+            if seen.kind != "timer" and seen.raised_at is not None:
+                delay = (seen.ended - seen.raised_at).total_seconds()
+                record_event_delay(started.name, seen.name, delay)
         if recording():
             self._emit_spans(episode, started, entry, now, ended, commit.instance.status)
 
@@ -446,9 +450,6 @@ def _emit_observation(orchestration: str, seen: Observation, parent: Context) ->
             attributes=attributes,
         )
         return
-    if seen.raised_at is not None:
-        delay = (seen.ended - seen.raised_at).total_seconds()
-        record_event_delay(orchestration, seen.name, delay)
     emit_span(
         f"orchestration:{orchestration}:event {seen.name}",
         parent,
