@@ -9,9 +9,7 @@ collector. Context variables carry it, into the activity's thread too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from opentelemetry import trace
 
@@ -20,14 +18,24 @@ __all__ = ["LogContextFilter", "log_fields", "running"]
 _RUN: ContextVar[dict[str, str] | None] = ContextVar("durable_fx_run", default=None)
 
 
-@contextmanager
-def running(**fields: str | None) -> Iterator[None]:
-    """Log records made in this block (this task, its threads) are about ``fields``."""
-    token = _RUN.set({k: v for k, v in fields.items() if v is not None})
-    try:
-        yield
-    finally:
-        _RUN.reset(token)
+class running:
+    """Log records made in this block (this task, its threads) are about ``fields``.
+
+    A class, not a generator: it wraps every episode and activity.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str | None) -> None:
+        self._fields = {k: v for k, v in fields.items() if v is not None}
+        self._token: Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _RUN.set(self._fields)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _RUN.reset(self._token)
 
 
 def log_fields() -> dict[str, str]:

@@ -162,7 +162,20 @@ def child_trace_context(started: ExecutionStarted) -> TraceContext | None:
 
 def execution_parent(started: ExecutionStarted) -> Context:
     """A context whose current span is ``started``'s execution span, for its children."""
-    return trace.set_span_in_context(NonRecordingSpan(execution_span_context(started)))
+    parent = started.trace_context
+    return _execution_parent(
+        started.execution_id,
+        parent.traceparent if parent is not None else None,
+        parent.tracestate if parent is not None else None,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _execution_parent(
+    execution_id: str, traceparent: str | None, tracestate: str | None
+) -> Context:
+    span = _execution_span_context(execution_id, traceparent, tracestate)
+    return trace.set_span_in_context(NonRecordingSpan(span))
 
 
 def emit_execution_span(
