@@ -66,9 +66,10 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON document to this file")
     parser.add_argument(
         "--tracing",
-        choices=["off", "memory"],
+        choices=["off", "memory", "memory-sync"],
         default="off",
-        help="memory: the OpenTelemetry SDK records every span to an in-memory exporter",
+        help="memory: the OpenTelemetry SDK batches every span to an in-memory exporter, as "
+        "configure_telemetry batches them to OTLP; memory-sync: exported as each span ends",
     )
     parser.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one, in-process
     parser.add_argument("--db-dir", help=argparse.SUPPRESS)
@@ -77,8 +78,8 @@ def main() -> None:
     store = _store_spec(args.store)
 
     if args.workload:
-        if args.tracing == "memory":
-            _record_spans_in_memory()
+        if args.tracing != "off":
+            _record_spans_in_memory(batched=args.tracing == "memory")
         sys.path.insert(0, str(HERE))
         from workloads import run_workload
 
@@ -134,15 +135,17 @@ def _select(only: str) -> list[str]:
     return selected
 
 
-def _record_spans_in_memory() -> None:
+def _record_spans_in_memory(*, batched: bool) -> None:
     """An SDK provider whose spans are all kept (the cost of tracing, not of an export)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    exporter = InMemorySpanExporter()
+    processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
 
 
