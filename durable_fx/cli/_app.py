@@ -27,7 +27,7 @@ from ._instances import (
 )
 from ._output import OneLineErrorsGroup
 from ._poison import poison_app
-from ._processes import serve, sidecar, worker
+from ._processes import dashboard, serve, sidecar, worker
 from ._replay import replay
 from ._steering import restart, resume, rewind, suspend, terminate
 
@@ -91,6 +91,7 @@ app.command()(replay)
 app.command()(worker)
 app.command()(sidecar)
 app.command()(serve)
+app.command()(dashboard)
 
 
 def main() -> None:

@@ -246,3 +246,40 @@ def serve(
         log_level=log_level,
         shutdown_grace=shutdown_grace,
     )
+
+
+def dashboard(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")
+    ] = 8233,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            envvar="DURABLE_FX_DASHBOARD_KEY",
+            show_envvar=True,
+            show_default=False,
+            metavar="KEY",
+            help="The key a browser signs in with (header x-dashboard-key for scripts). Prefer "
+            "the environment variable: an option is visible to every user in ps.",
+        ),
+    ] = None,
+    anonymous: Annotated[
+        bool, typer.Option("--anonymous", help="No key at all: a trusted network only.")
+    ] = False,
+    read_only: Annotated[
+        bool,
+        typer.Option(
+            "--read-only", envvar="DURABLE_FX_DASHBOARD_READ_ONLY", help="Show, never act."
+        ),
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Serve the web dashboard: find instances, see their timelines, act on them."""
+    from ._dashboard import DashboardOptions, run_dashboard
+
+    settings = command_settings(ctx, store, False)
+    options = DashboardOptions(host, port, key or None, anonymous, read_only)
+    run_dashboard(settings.store, options)

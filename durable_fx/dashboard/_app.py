@@ -1,0 +1,255 @@
+"""The dashboard's ASGI application: pages for instances and poisoned messages.
+
+Server-rendered (Jinja2 templates) with htmx for the parts that refresh, both
+shipped in the package: nothing is fetched from elsewhere at run time. Every
+page needs the dashboard key (a header, or the cookie the login form sets);
+every action goes through the durable client and writes an audit line.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .._state import OrchestrationStatus
+from ..client._async import AsyncDurableClient
+from ._gantt import gantt_of
+
+__all__ = ["KEY_COOKIE", "KEY_HEADER", "create_dashboard"]
+
+log = logging.getLogger("durable_fx.dashboard")
+audit = logging.getLogger("durable_fx.dashboard.audit")
+
+KEY_HEADER = "x-dashboard-key"
+KEY_COOKIE = "dfx_dashboard_key"
+PAGE_SIZE = 50
+_STATIC = Path(__file__).parent / "static"
+_ACTIONS = ("terminate", "suspend", "resume", "restart", "purge", "raise-event")
+
+
+def create_dashboard(
+    client: AsyncDurableClient,
+    *,
+    key: str | None,
+    read_only: bool = False,
+    anonymous: bool = False,
+) -> Starlette:
+    """The dashboard for ``client``'s store, as an ASGI app (mount it anywhere).
+
+    ``key`` is required unless ``anonymous`` is said explicitly. ``read_only``
+    hides and refuses every action.
+    """
+    if not key and not anonymous:
+        raise ValueError("the dashboard needs a key (or anonymous=True, for a trusted network)")
+    pages = _Pages(client, read_only)
+    routes = [
+        Route("/", pages.home),
+        Route("/login", pages.login, methods=["GET", "POST"]),
+        Route("/instances", pages.instances),
+        Route("/instances/{instance_id}", pages.instance),
+        Route("/instances/{instance_id}/events", pages.events),
+        Route("/instances/{instance_id}/{action}", pages.act, methods=["POST"]),
+        Route("/poison", pages.poison),
+        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+    ]
+    middleware = [Middleware(_KeyCheck, key=key)] if key else []
+    return Starlette(routes=routes, middleware=middleware)
+
+
+class _KeyCheck(BaseHTTPMiddleware):
+    """The key in a header or the login cookie; pages send a browser to the login form."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        super().__init__(app)
+        self._key = key.encode()
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if path in ("/login",) or path.startswith("/static/"):
+            return await call_next(request)
+        given = request.headers.get(KEY_HEADER) or request.cookies.get(KEY_COOKIE) or ""
+        if hmac.compare_digest(given.encode(), self._key):
+            return await call_next(request)
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/login", 303)
+        return JSONResponse({"error": "the dashboard key is required"}, 401)
+
+
+class _Pages:
+    def __init__(self, client: AsyncDurableClient, read_only: bool) -> None:
+        self._client = client
+        self._read_only = read_only
+        self._templates = Environment(
+            loader=PackageLoader("durable_fx.dashboard", "templates"),
+            autoescape=select_autoescape(["html"]),
+        )
+        self._templates.filters["pretty"] = _pretty
+
+    def _render(self, request: Request, name: str, status: int = 200, **values: Any) -> Response:
+        template = self._templates.get_template(name)
+        root = request.scope.get("root_path", "")
+        html = template.render(root=root, read_only=self._read_only, **values)
+        return HTMLResponse(html, status_code=status)
+
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/instances", 303)
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self._render(request, "login.html")
+        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        root = request.scope.get("root_path", "")
+        answer = RedirectResponse(f"{root}/instances", 303)
+        answer.set_cookie(
+            KEY_COOKIE,
+            form.get("key", ""),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=root or "/",
+        )
+        return answer
+
+    async def instances(self, request: Request) -> Response:
+        query = request.query_params
+        try:
+            filters = _filters(query)
+        except ValueError as error:
+            return JSONResponse({"error": str(error), "field": error.args[-1]}, 400)
+        page = await self._client.query(**filters, page_size=PAGE_SIZE)
+        text = query.get("custom_status", "").strip().lower()
+        items = [i for i in page.items if not text or text in _pretty(i.custom_status).lower()]
+        next_query = {k: v for k, v in query.items() if k != "continuation"}
+        more = (
+            "?" + urlencode({**next_query, "continuation": page.continuation})
+            if page.continuation
+            else None
+        )
+        fragment = request.headers.get("hx-request") == "true"
+        return self._render(
+            request,
+            "_instance_rows.html" if fragment else "instances.html",
+            instances=items,
+            query=dict(query),
+            statuses=[s.name for s in OrchestrationStatus],
+            more=more,
+        )
+
+    async def instance(self, request: Request) -> Response:
+        instance_id = request.path_params["instance_id"]
+        state = await self._client.get(instance_id, history=True)
+        if state is None:
+            return self._render(request, "missing.html", 404, instance_id=instance_id)
+        gantt = gantt_of(state.history or [])
+        now = datetime.now(UTC)
+        bars = [(bar, *gantt.position(bar, now)) for bar in gantt.bars] if gantt else []
+        return self._render(request, "instance.html", state=state, gantt=gantt, bars=bars, now=now)
+
+    async def events(self, request: Request) -> Response:
+        instance_id = request.path_params["instance_id"]
+        state = await self._client.get(instance_id, history=True)
+        if state is None:
+            return JSONResponse({"error": f"no instance {instance_id!r}"}, 404)
+        return JSONResponse([e.model_dump(mode="json") for e in state.history or []])
+
+    async def poison(self, request: Request) -> Response:
+        messages = await self._client.poisoned()
+        return self._render(request, "poison.html", messages=messages)
+
+    async def act(self, request: Request) -> Response:
+        instance_id = request.path_params["instance_id"]
+        action = request.path_params["action"]
+        if action not in _ACTIONS:
+            return JSONResponse({"error": f"no action {action!r}", "field": "action"}, 404)
+        if self._read_only:
+            return JSONResponse({"error": "the dashboard is read-only"}, 403)
+        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        try:
+            outcome = await self._carry_out(instance_id, action, form)
+        except ValueError as error:
+            return self._render(request, "_outcome.html", 400, ok=False, message=str(error))
+        except LookupError as error:
+            return self._render(request, "_outcome.html", 404, ok=False, message=str(error))
+        who = request.client.host if request.client else "?"
+        audit.info("%s %s on %s by %s (%s)", action, instance_id, who, outcome, _now())
+        return self._render(request, "_outcome.html", ok=True, message=outcome)
+
+    async def _carry_out(self, instance_id: str, action: str, form: dict[str, str]) -> str:
+        client = self._client
+        if await client.get(instance_id) is None:
+            raise LookupError(f"no instance {instance_id!r}")
+        reason = form.get("reason") or None
+        if action == "terminate":
+            await client.terminate(instance_id, reason)
+            return "terminated"
+        if action == "suspend":
+            await client.suspend(instance_id, reason)
+            return "suspended"
+        if action == "resume":
+            await client.resume(instance_id, reason)
+            return "resumed"
+        if action == "restart":
+            return f"restarted as {await client.restart(instance_id)}"
+        if action == "purge":
+            await client.purge(instance_id)
+            return "purged"
+        name = form.get("name", "").strip()
+        if not name:
+            raise ValueError("name the event to raise")
+        try:
+            data = json.loads(form.get("data") or "null")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the event's data is not JSON: {error}") from None
+        await client.raise_event(instance_id, name, data)
+        return f"raised {name}"
+
+
+def _filters(query: Any) -> dict[str, Any]:
+    """The client.query arguments a list request asks for (ValueError naming a bad field)."""
+    found: dict[str, Any] = {}
+    status = query.get("status")
+    if status:
+        try:
+            found["status"] = OrchestrationStatus[status.upper()]
+        except KeyError:
+            raise ValueError(f"no status {status!r}", "status") from None
+    if query.get("name"):
+        found["name"] = query["name"]
+    if query.get("prefix"):
+        found["instance_id_prefix"] = query["prefix"]
+    for field, argument in (("from", "created_from"), ("to", "created_to")):
+        if query.get(field):
+            try:
+                moment = datetime.fromisoformat(query[field])
+            except ValueError:
+                raise ValueError(f"{field} is not an ISO date or time", field) from None
+            found[argument] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if query.get("continuation"):
+        found["continuation"] = query["continuation"]
+    return found
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

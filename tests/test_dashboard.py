@@ -1,0 +1,237 @@
+"""The web dashboard: ``durable-fx dashboard`` on a SQLite file, driven over HTTP.
+
+A worker in this process runs the orchestrations on the same file; the
+dashboard runs as its own process (the command users run), and the tests
+talk to it with httpx as a browser would (cookies, forms, htmx headers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from durable_fx import (
+    ActivityContext,
+    DurableClient,
+    OrchestrationContext,
+    OrchestrationStatus,
+    Orchestrator,
+    Registry,
+    Worker,
+)
+from tests.support.instances import wait_until
+from tests.support.serve import free_port
+
+pytestmark = pytest.mark.slow
+
+KEY = "dashboard-test-key"
+HTML = {"accept": "text/html"}
+
+
+def build_registry() -> Registry:
+    registry = Registry()
+
+    @registry.activity()
+    def send(ctx: ActivityContext, to: str) -> str:
+        return f"sent to {to}"
+
+    @registry.orchestrator()
+    def deliver(ctx: OrchestrationContext, to: str) -> Orchestrator[dict[str, Any]]:
+        sent = yield ctx.call_activity(send, to)
+        yield ctx.create_timer(timedelta(milliseconds=10))
+        ctx.set_custom_status({"stage": "awaiting receipt", "to": to})
+        receipt = yield ctx.wait_for_event("Receipt", timeout=timedelta(hours=1))
+        return {"sent": sent, "receipt": receipt}
+
+    @registry.orchestrator()
+    def idle(ctx: OrchestrationContext, _: None) -> Orchestrator[None]:
+        yield ctx.wait_for_event("Never")
+
+    return registry
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'app.db'}"
+
+
+@pytest.fixture(scope="module")
+def client(store_url: str) -> Iterator[DurableClient]:
+    with (
+        DurableClient(store_url) as opened,
+        Worker(build_registry(), store_url, max_poll_interval=0.05),
+    ):
+        yield opened
+
+
+def start_dashboard(
+    store_url: str, log: Path, *extra: str, key: str | None = KEY
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_FX_")}
+    if key:
+        env["DURABLE_FX_DASHBOARD_KEY"] = key
+    command = [
+        sys.executable,
+        "-m",
+        "durable_fx.cli",
+        "dashboard",
+        "--store",
+        store_url,
+        "--port",
+        str(port),
+        *extra,
+    ]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/login", timeout=1)
+            return process, base
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the dashboard did not start; see {log}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    store_url: str, client: DurableClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    process, base = start_dashboard(store_url, tmp_path_factory.mktemp("logs") / "dashboard.log")
+    yield base
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture
+def browser(dashboard: str) -> Iterator[httpx.Client]:
+    """Signed in, as a person would be: the login form sets the cookie."""
+    with httpx.Client(base_url=dashboard, timeout=10) as http:
+        answer = http.post("/login", data={"key": KEY}, follow_redirects=False)
+        assert answer.status_code == 303
+        yield http
+
+
+def test_every_page_needs_the_key(dashboard: str) -> None:
+    with httpx.Client(base_url=dashboard, timeout=10) as http:
+        assert http.get("/instances").status_code == 401
+        assert http.get("/instances", headers={"x-dashboard-key": "wrong"}).status_code == 401
+        page = http.get("/instances", headers=HTML, follow_redirects=False)
+        assert (page.status_code, page.headers["location"]) == (303, "/login")
+        assert http.post("/instances/x/terminate").status_code == 401
+        assert http.get("/instances", headers={"x-dashboard-key": KEY}).status_code == 200
+        http.post("/login", data={"key": "wrong"})
+        assert http.get("/instances").status_code == 401
+
+
+def test_the_command_refuses_to_run_without_a_key(store_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_FX_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "durable_fx.cli", "dashboard", "--store", store_url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "DURABLE_FX_DASHBOARD_KEY" in done.stderr
+
+
+def test_instances_are_listed_filtered_and_paged(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    ids = [client.start("idle", None, instance_id=f"page-{n:03d}") for n in range(55)]
+    other = client.start("deliver", "ada@example.com", instance_id="filter-deliver")
+    wait_until(lambda: all(client.get(i) for i in [*ids, other]))
+
+    named = browser.get("/instances", params={"name": "deliver", "prefix": "filter-"}).text
+    assert "filter-deliver" in named and "page-000" not in named
+
+    first = browser.get("/instances", params={"prefix": "page-"}).text
+    shown = [i for i in ids if f">{i}<" in first]
+    assert len(shown) == 50 and "More…" in first
+    more = first.split('hx-get="')[-1].split('"')[0].replace("&amp;", "&")
+    rest = browser.get(more, headers={"hx-request": "true"}).text
+    assert "<html" not in rest  # a fragment, for htmx to append
+    assert {i for i in ids if f">{i}<" in rest} == set(ids) - set(shown)
+
+    answer = browser.get("/instances", params={"status": "BOGUS"})
+    assert answer.status_code == 400 and answer.json()["field"] == "status"
+    answer = browser.get("/instances", params={"from": "yesterday"})
+    assert answer.status_code == 400 and answer.json()["field"] == "from"
+
+
+def test_an_instance_shows_its_timeline_and_completes_when_its_event_is_raised(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    iid = client.start("deliver", "grace@example.com", instance_id="timeline-1")
+    wait_until(lambda: (s := client.get(iid)) and s.custom_status and s.custom_status.get("stage"))
+    page = browser.get(f"/instances/{iid}").text
+    assert "awaiting receipt" in page and "RUNNING" in page
+    for bar in (
+        'class="bar activity completed"',
+        'class="bar timer fired"',
+        'class="bar wait running"',
+    ):
+        assert bar in page, bar
+
+    bad = browser.post(
+        f"/instances/{iid}/raise-event", data={"name": "Receipt", "data": "{not json"}
+    )
+    assert bad.status_code == 400 and "not JSON" in bad.text
+    assert client.get(iid).status is OrchestrationStatus.RUNNING  # type: ignore[union-attr]
+
+    raised = browser.post(
+        f"/instances/{iid}/raise-event", data={"name": "Receipt", "data": '{"status": "delivered"}'}
+    )
+    assert raised.status_code == 200 and "raised Receipt" in raised.text
+    done = client.wait(iid, timeout=20)
+    assert done.output == {"sent": "sent to grace@example.com", "receipt": {"status": "delivered"}}
+    page = browser.get(f"/instances/{iid}").text
+    assert (
+        "COMPLETED" in page
+        and 'class="bar wait arrived"' in page
+        and 'class="bar event arrived"' in page
+    )
+    events = browser.get(f"/instances/{iid}/events").json()
+    assert "ExecutionStarted" in [e["kind"] for e in events]
+
+
+def test_terminate_and_purge_go_through_the_client(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    iid = client.start("idle", None, instance_id="act-1")
+    wait_until(lambda: (s := client.get(iid)) and s.status is OrchestrationStatus.RUNNING)
+    assert "terminated" in browser.post(f"/instances/{iid}/terminate", data={"reason": "test"}).text
+    assert client.wait(iid, timeout=20).status is OrchestrationStatus.TERMINATED
+    assert "purged" in browser.post(f"/instances/{iid}/purge").text
+    assert client.get(iid) is None
+    assert browser.get(f"/instances/{iid}").status_code == 404
+    assert browser.post(f"/instances/{iid}/terminate").status_code == 404
+    assert browser.post(f"/instances/{iid}/explode").status_code == 404
+
+
+def test_a_read_only_dashboard_shows_but_never_acts(
+    store_url: str, client: DurableClient, tmp_path: Path
+) -> None:
+    iid = client.start("idle", None, instance_id="read-only-1")
+    wait_until(lambda: client.get(iid))
+    process, base = start_dashboard(store_url, tmp_path / "ro.log", "--read-only")
+    try:
+        with httpx.Client(base_url=base, headers={"x-dashboard-key": KEY}, timeout=10) as http:
+            page = http.get(f"/instances/{iid}").text
+            assert "read-only" in page and "Terminate" not in page
+            assert http.post(f"/instances/{iid}/terminate").status_code == 403
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert client.get(iid).status is OrchestrationStatus.RUNNING  # type: ignore[union-attr]
