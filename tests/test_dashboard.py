@@ -28,6 +28,8 @@ from durable_fx import (
     Registry,
     Worker,
 )
+from email_pipeline.localsmtp import LocalSmtp
+from tests.support.email_app import awaiting, email, served_email_app
 from tests.support.instances import wait_until
 from tests.support.serve import free_port
 
@@ -235,3 +237,40 @@ def test_a_read_only_dashboard_shows_but_never_acts(
         process.terminate()
         process.wait(30)
     assert client.get(iid).status is OrchestrationStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_serve_mounts_the_dashboard_of_a_durable_app(request: pytest.FixtureRequest) -> None:
+    """The email app under ``durable-fx serve``: the same pages at /api/dashboard/."""
+    with LocalSmtp() as smtp:
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "DELIVERY_WEBHOOK_SECRET": "s",
+            "DURABLE_FX_DASHBOARD_KEY": KEY,
+        }
+        with served_email_app(request, "dashboard-serve", "sqlite", settings) as app:
+            with app.client() as api:
+                instance_id = api.post("emails", json=email("lin@example.com")).json()["id"]
+                awaiting(api, instance_id)
+            base = f"http://127.0.0.1:{app.port}/api/dashboard"
+            with httpx.Client(timeout=10) as http:
+                page = http.get(f"{base}/instances", headers=HTML, follow_redirects=False)
+                assert (page.status_code, page.headers["location"]) == (
+                    303,
+                    "/api/dashboard/login",
+                )
+                signed_in = http.post(f"{base}/login", data={"key": KEY}, follow_redirects=False)
+                assert signed_in.headers["location"] == "/api/dashboard/instances"
+                listed = http.get(f"{base}/instances").text
+                assert instance_id in listed and "/api/dashboard/static/" in listed
+                shown = http.get(f"{base}/instances/{instance_id}").text
+                assert "awaiting receipt" in shown and 'class="bar activity completed"' in shown
+                assert http.get(f"{base}/static/htmx-2.0.11.min.js").status_code == 200
+
+
+def test_without_a_key_a_durable_app_has_no_dashboard(request: pytest.FixtureRequest) -> None:
+    with LocalSmtp() as smtp:
+        settings = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port)}
+        with served_email_app(request, "no-dashboard", "sqlite", settings) as app:
+            answer = httpx.get(f"http://127.0.0.1:{app.port}/api/dashboard/instances")
+            assert answer.status_code == 404

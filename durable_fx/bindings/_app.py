@@ -42,6 +42,7 @@ from ..storage import Store
 from ..storage._delivered import DeliveredMessage
 from ..telemetry import configure_telemetry
 from ._client_binding import with_durable_client
+from ._dashboard_route import DASHBOARD_ROUTE, DashboardFunction
 from ._events import EventIdSource, EventSource, InstanceIdSource, QueueEventHandler, WebhookHandler
 from ._host_trace import host_trace
 from ._management import ManagementApi, guarded
@@ -105,6 +106,7 @@ class DurableApp(func.FunctionApp):
         self._register_durable_triggers()
         if management_api:
             self._register_management_api()
+        self._register_dashboard()
 
     # -- what the app is -----------------------------------------------------------------
 
@@ -385,6 +387,23 @@ class DurableApp(func.FunctionApp):
         self._add_queue("dfx_control", legacy, connection, control(legacy))
         self._add_queue("dfx_work_items", settings.work_queue, connection, work_item)
 
+    def _register_dashboard(self) -> None:
+        """The web dashboard at ``dashboard/``, when ``DURABLE_FX_DASHBOARD_KEY`` is set."""
+        key = os.environ.get("DURABLE_FX_DASHBOARD_KEY")
+        if not key:
+            return
+        try:
+            import durable_fx.dashboard  # noqa: F401  (its packages, checked at start)
+        except ImportError as missing:
+            log.error("no dashboard: pip install 'durable-fx[dashboard]' (%s)", missing)
+            return
+        read_only = _truthy(os.environ.get("DURABLE_FX_DASHBOARD_READ_ONLY"))
+        handler = DashboardFunction(self._runtime, key, read_only)
+        # ANONYMOUS to the host: the dashboard asks for its own key (see _dashboard_route).
+        self._add_http(
+            "dfx_dashboard", DASHBOARD_ROUTE, ["GET", "POST"], func.AuthLevel.ANONYMOUS, handler
+        )
+
     def _register_management_api(self) -> None:
         api = self._management
         level = self._settings.management_auth_level
@@ -418,6 +437,10 @@ _DURABLE_TRIGGERS = ("dfx_control", "dfx_work_items")
 def is_durable_trigger(function_name: str) -> bool:
     """Whether the function runs episodes or activities (which have spans of their own)."""
     return function_name.startswith(_DURABLE_TRIGGERS)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
 
 
 def _configure_telemetry() -> None:
