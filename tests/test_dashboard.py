@@ -7,9 +7,11 @@ talk to it with httpx as a browser would (cookies, forms, htmx headers).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+import durable_fx
 from durable_fx import (
     ActivityContext,
     DurableClient,
@@ -27,6 +30,7 @@ from durable_fx import (
     Orchestrator,
     Registry,
     Worker,
+    when_all,
 )
 from email_pipeline.localsmtp import LocalSmtp
 from tests.support.email_app import awaiting, email, served_email_app
@@ -57,6 +61,15 @@ def build_registry() -> Registry:
     @registry.orchestrator()
     def idle(ctx: OrchestrationContext, _: None) -> Orchestrator[None]:
         yield ctx.wait_for_event("Never")
+
+    @registry.activity()
+    def square(n: int) -> int:
+        return n * n
+
+    @registry.orchestrator()
+    def fan_out(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
+        squares = yield when_all([ctx.call_activity(square, i) for i in range(n)])
+        return sum(squares)
 
     return registry
 
@@ -274,3 +287,60 @@ def test_without_a_key_a_durable_app_has_no_dashboard(request: pytest.FixtureReq
         with served_email_app(request, "no-dashboard", "sqlite", settings) as app:
             answer = httpx.get(f"http://127.0.0.1:{app.port}/api/dashboard/instances")
             assert answer.status_code == 404
+
+
+def test_a_long_history_is_drawn_a_page_at_a_time(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    iid = client.start("fan_out", 620, instance_id="long-1")
+    assert client.wait(iid, timeout=60).status is OrchestrationStatus.COMPLETED
+    first = browser.get(f"/instances/{iid}").text
+    assert first.count('class="bar activity completed"') == 500
+    assert "Bars 1 to 500 of 620" in first and "?page=2" in first
+    second = browser.get(f"/instances/{iid}", params={"page": 2}).text
+    assert second.count('class="bar activity completed"') == 120
+    assert browser.get(f"/instances/{iid}", params={"page": "x"}).status_code == 400
+
+
+def test_poisoned_messages_are_requeued_or_deleted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'poison.db'}"
+    registry = Registry()
+    release = threading.Event()
+
+    @registry.activity()
+    async def hangs(_: None) -> str:
+        if not release.is_set():
+            await asyncio.Event().wait()  # until the stopping worker cancels it
+        return "done"
+
+    @registry.orchestrator()
+    def stuck(ctx: OrchestrationContext, _: None) -> Orchestrator[str]:
+        return (yield ctx.call_activity(hangs, None))
+
+    store = durable_fx.open_store(url, max_dequeue_count=1)
+    with DurableClient(store) as durable:
+        iid = durable.start(stuck, None)
+        worker = Worker(registry, store, max_poll_interval=0.05, shutdown_grace=0.05)
+        worker.start()
+        wait_until(
+            lambda: durable.get(iid) and durable.get(iid).status is OrchestrationStatus.RUNNING
+        )  # type: ignore[union-attr]
+        time.sleep(0.3)  # it holds the activity
+        worker.stop()
+        [poisoned] = wait_until(durable.poisoned, what="the activity poisoned")
+        process, base = start_dashboard(url, tmp_path / "poison.log")
+        try:
+            with httpx.Client(base_url=base, headers={"x-dashboard-key": KEY}, timeout=10) as http:
+                listed = http.get("/poison").text
+                assert "the worker stopped" in listed and "Requeue" in listed
+                assert http.post("/poison/requeue", data={"id": "nope"}).status_code == 404
+                assert http.post("/poison/explode", data={"id": "1"}).status_code == 404
+                requeued = http.post("/poison/requeue", data={"id": poisoned.poison_id})
+                assert requeued.status_code == 200 and "requeued" in requeued.text
+                assert durable.poisoned() == []
+        finally:
+            process.terminate()
+            process.wait(30)
+        release.set()
+        with Worker(registry, store, max_poll_interval=0.05):
+            assert durable.wait(iid, timeout=20).output == "done"

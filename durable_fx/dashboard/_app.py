@@ -37,6 +37,8 @@ audit = logging.getLogger("durable_fx.dashboard.audit")
 KEY_HEADER = "x-dashboard-key"
 KEY_COOKIE = "dfx_dashboard_key"
 PAGE_SIZE = 50
+BARS_PER_PAGE = 500
+"""A 5,000-event history is paged, so the timeline stays quick to draw."""
 _STATIC = Path(__file__).parent / "static"
 _ACTIONS = ("terminate", "suspend", "resume", "restart", "purge", "raise-event")
 
@@ -64,6 +66,7 @@ def create_dashboard(
         Route("/instances/{instance_id}/events", pages.events),
         Route("/instances/{instance_id}/{action}", pages.act, methods=["POST"]),
         Route("/poison", pages.poison),
+        Route("/poison/{action}", pages.act_on_poison, methods=["POST"]),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
     ]
     middleware = [Middleware(_KeyCheck, key=key)] if key else []
@@ -156,8 +159,25 @@ class _Pages:
             return self._render(request, "missing.html", 404, instance_id=instance_id)
         gantt = gantt_of(state.history or [])
         now = datetime.now(UTC)
-        bars = [(bar, *gantt.position(bar, now)) for bar in gantt.bars] if gantt else []
-        return self._render(request, "instance.html", state=state, gantt=gantt, bars=bars, now=now)
+        every = gantt.bars if gantt else []
+        pages = max(1, -(-len(every) // BARS_PER_PAGE))
+        try:
+            page = min(max(int(request.query_params.get("page", "1")), 1), pages)
+        except ValueError:
+            return JSONResponse({"error": "page is not a number", "field": "page"}, 400)
+        shown = every[(page - 1) * BARS_PER_PAGE : page * BARS_PER_PAGE]
+        bars = [(bar, *gantt.position(bar, now)) for bar in shown] if gantt else []
+        return self._render(
+            request,
+            "instance.html",
+            state=state,
+            gantt=gantt,
+            bars=bars,
+            now=now,
+            page=page,
+            pages=pages,
+            total_bars=len(every),
+        )
 
     async def events(self, request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
@@ -169,6 +189,27 @@ class _Pages:
     async def poison(self, request: Request) -> Response:
         messages = await self._client.poisoned()
         return self._render(request, "poison.html", messages=messages)
+
+    async def act_on_poison(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("requeue", "delete"):
+            return JSONResponse({"error": f"no action {action!r}", "field": "action"}, 404)
+        if self._read_only:
+            return JSONResponse({"error": "the dashboard is read-only"}, 403)
+        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        poison_id = form.get("id", "").strip()
+        if not poison_id:
+            return self._render(request, "_outcome.html", 400, ok=False, message="no id given")
+        if action == "requeue":
+            done = await self._client.requeue_poisoned([poison_id])
+        else:
+            done = await self._client.delete_poisoned([poison_id])
+        if not done:
+            message = f"no poisoned message {poison_id!r}"
+            return self._render(request, "_outcome.html", 404, ok=False, message=message)
+        who = request.client.host if request.client else "?"
+        audit.info("%s poisoned %s by %s (%s)", action, poison_id, who, _now())
+        return self._render(request, "_outcome.html", ok=True, message=f"{action}d {poison_id}")
 
     async def act(self, request: Request) -> Response:
         instance_id = request.path_params["instance_id"]
