@@ -15,8 +15,17 @@ demo: $(INSTALLED)
 # pinned by package-lock.json; node_modules is installed when missing or stale.
 AZURITE := node_modules/.stamp-npm
 
-test: docs $(AZURITE)
+# Debian's Chromium and ChromeDriver, for the dashboard's browser tests
+# (tests/test_dashboard_browser.py). If they cannot be installed here (apt-get
+# needs root), the run goes on and those tests fail naming what is missing.
+CHROMEDRIVER := /usr/bin/chromedriver
+
+test: docs $(AZURITE) $(CHROMEDRIVER)
 	$(PY) -m pytest
+
+$(CHROMEDRIVER):
+	-apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)
 
 # The fast tier: what a change is checked with first. No subprocess, no Azurite,
 # no test over a second (the markers in pyproject.toml); make test runs all.
