@@ -255,3 +255,15 @@ def test_poisoned_messages_are_requeued_or_deleted(tmp_path: Path) -> None:
         release.set()
         with Worker(registry, store, max_poll_interval=0.05):
             assert durable.wait(iid, timeout=20).output == "done"
+
+
+def test_an_instance_links_its_parent_and_its_sub_orchestrations(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    iid = client.start("parent", None, instance_id="family-1")
+    assert client.wait(iid, timeout=20).status is OrchestrationStatus.COMPLETED
+    page = browser.get(f"/instances/{iid}").text
+    assert '<a href="/instances/family-1-child-0">family-1-child-0</a> (square_twice)' in page
+    assert 'class="bar sub-orchestration completed"' in page
+    child = browser.get("/instances/family-1-child-1").text
+    assert '<dt>Parent</dt><dd><a href="/instances/family-1">family-1</a>' in child

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._history import ExecutionStarted, HistoryEvent, SubOrchestrationInstanceCreated
 from .._state import OrchestrationStatus
 from ..client._async import AsyncDurableClient
 from ._gantt import gantt_of
@@ -177,6 +178,8 @@ class _Pages:
             page=page,
             pages=pages,
             total_bars=len(every),
+            parent=_parent_of(state.history or []),
+            children=_children_of(state.history or []),
         )
 
     async def events(self, request: Request) -> Response:
@@ -257,6 +260,19 @@ class _Pages:
             raise ValueError(f"the event's data is not JSON: {error}") from None
         await client.raise_event(instance_id, name, data)
         return f"raised {name}"
+
+
+def _parent_of(history: list[HistoryEvent]) -> str | None:
+    """The instance that started this one as a sub-orchestration, if any."""
+    started = next((e for e in history if isinstance(e, ExecutionStarted)), None)
+    return started.parent.instance_id if started and started.parent else None
+
+
+def _children_of(history: list[HistoryEvent]) -> list[tuple[str, str]]:
+    """The sub-orchestrations this instance started: (instance id, name), oldest first."""
+    return [
+        (e.instance_id, e.name) for e in history if isinstance(e, SubOrchestrationInstanceCreated)
+    ]
 
 
 def _filters(query: Any) -> dict[str, Any]:

@@ -58,6 +58,19 @@ def build_registry() -> Registry:
         return n * n
 
     @registry.orchestrator()
+    def square_twice(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
+        once = yield ctx.call_activity(square, n)
+        return (yield ctx.call_activity(square, once))
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext, _: None) -> Orchestrator[list[int]]:
+        children = [
+            ctx.call_sub_orchestrator(square_twice, n, instance_id=f"{ctx.instance_id}-child-{n}")
+            for n in range(2)
+        ]
+        return (yield when_all(children))
+
+    @registry.orchestrator()
     def fan_out(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
         squares = yield when_all([ctx.call_activity(square, i) for i in range(n)])
         return sum(squares)
