@@ -267,3 +267,15 @@ def test_an_instance_links_its_parent_and_its_sub_orchestrations(
     assert 'class="bar sub-orchestration completed"' in page
     child = browser.get("/instances/family-1-child-1").text
     assert '<dt>Parent</dt><dd><a href="/instances/family-1">family-1</a>' in child
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    iid = client.start("idle", None, instance_id="big-form-1")
+    wait_until(lambda: client.get(iid))
+    data = '"' + "x" * (1024 * 1024) + '"'
+    answer = browser.post(f"/instances/{iid}/raise-event", data={"name": "Never", "data": data})
+    assert answer.status_code == 413 and answer.json()["field"] == "body"
+    state = client.get(iid, history=True)
+    assert state is not None and not [e for e in state.history or [] if e.kind == "EventRaised"]

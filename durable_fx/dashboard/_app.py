@@ -38,6 +38,8 @@ audit = logging.getLogger("durable_fx.dashboard.audit")
 KEY_HEADER = "x-dashboard-key"
 KEY_COOKIE = "dfx_dashboard_key"
 PAGE_SIZE = 50
+MAX_FORM_BYTES = 1024 * 1024
+"""An event's data and every other form: larger is refused (413) before it is read whole."""
 BARS_PER_PAGE = 500
 """A 5,000-event history is paged, so the timeline stays quick to draw."""
 _STATIC = Path(__file__).parent / "static"
@@ -115,7 +117,9 @@ class _Pages:
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._render(request, "login.html")
-        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        form = await _form(request)
+        if form is None:
+            return _too_large()
         root = request.scope.get("root_path", "")
         answer = RedirectResponse(f"{root}/instances", 303)
         answer.set_cookie(
@@ -199,7 +203,9 @@ class _Pages:
             return JSONResponse({"error": f"no action {action!r}", "field": "action"}, 404)
         if self._read_only:
             return JSONResponse({"error": "the dashboard is read-only"}, 403)
-        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        form = await _form(request)
+        if form is None:
+            return _too_large()
         poison_id = form.get("id", "").strip()
         if not poison_id:
             return self._render(request, "_outcome.html", 400, ok=False, message="no id given")
@@ -221,7 +227,9 @@ class _Pages:
             return JSONResponse({"error": f"no action {action!r}", "field": "action"}, 404)
         if self._read_only:
             return JSONResponse({"error": "the dashboard is read-only"}, 403)
-        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        form = await _form(request)
+        if form is None:
+            return _too_large()
         try:
             outcome = await self._carry_out(instance_id, action, form)
         except ValueError as error:
@@ -260,6 +268,24 @@ class _Pages:
             raise ValueError(f"the event's data is not JSON: {error}") from None
         await client.raise_event(instance_id, name, data)
         return f"raised {name}"
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """The URL-encoded form, or ``None`` when it is over ``MAX_FORM_BYTES``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    return dict(parse_qsl(body.decode(errors="replace")))
+
+
+def _too_large() -> Response:
+    limit = f"{MAX_FORM_BYTES // 1024} KiB"
+    return JSONResponse({"error": f"the form is over {limit}", "field": "body"}, 413)
 
 
 def _parent_of(history: list[HistoryEvent]) -> str | None:
