@@ -167,7 +167,7 @@ class OrchestrationRunner:
                 orchestration=instance.name,
                 execution_id=instance.execution_id,
             ),
-            _within(self._known_start(item)),
+            _within(self._known_start(item) if recording() else None),
         ):
             await self._run(episode)
 
