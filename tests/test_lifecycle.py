@@ -73,7 +73,9 @@ def test_terminate_a_pending_instance(
     def scheduled(ctx: OrchestrationContext) -> None:
         ran.append(ctx.instance_id)
 
-    start_at = datetime.now(UTC) + SHORT
+    # Far enough ahead that the terminate lands first on a loaded machine (on Azurite a
+    # start and a terminate took over 0.2 s under load, and the instance ran first).
+    start_at = datetime.now(UTC) + timedelta(seconds=3)
     iid = client.start(scheduled, start_at=start_at)
     client.terminate(iid, "never mind")
     state = client.wait(iid, timeout=WAIT)
