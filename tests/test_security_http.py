@@ -311,7 +311,11 @@ def test_the_generated_key_is_printed_once_and_never_logged(tmp_path: Path) -> N
     del env["DURABLE_FX_FUNCTION_KEYS"]
     running = serve_memory_app(tmp_path, env)
     try:
-        lines = [line for line in running.logs().splitlines() if "this run's key" in line]
+        # Printed just after serve starts listening: the first answer can come before it.
+        lines = wait_until(
+            lambda: [line for line in running.logs().splitlines() if "this run's key" in line],
+            what="the key's line",
+        )
         assert len(lines) == 1
         key = re.findall(r"this run's key (\S+)", lines[0])[0]
         assert lines[0].startswith("durable-fx serve:")  # not a timestamped log record
