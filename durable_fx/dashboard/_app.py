@@ -84,14 +84,14 @@ class _KeyCheck(BaseHTTPMiddleware):
         self._key = key.encode()
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if path in ("/login",) or path.startswith("/static/"):
+        path = request.url.path.removeprefix(_root(request))
+        if path == "/login" or path.startswith("/static/"):
             return await call_next(request)
         given = request.headers.get(KEY_HEADER) or request.cookies.get(KEY_COOKIE) or ""
         if hmac.compare_digest(given.encode(), self._key):
             return await call_next(request)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            return RedirectResponse(f"{request.scope.get('root_path', '')}/login", 303)
+            return RedirectResponse(f"{_root(request)}/login", 303)
         return JSONResponse({"error": "the dashboard key is required"}, 401)
 
 
@@ -107,12 +107,12 @@ class _Pages:
 
     def _render(self, request: Request, name: str, status: int = 200, **values: Any) -> Response:
         template = self._templates.get_template(name)
-        root = request.scope.get("root_path", "")
+        root = _root(request)
         html = template.render(root=root, read_only=self._read_only, **values)
         return HTMLResponse(html, status_code=status)
 
     async def home(self, request: Request) -> Response:
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/instances", 303)
+        return RedirectResponse(f"{_root(request)}/instances", 303)
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
@@ -120,7 +120,7 @@ class _Pages:
         form = await _form(request)
         if form is None:
             return _too_large()
-        root = request.scope.get("root_path", "")
+        root = _root(request)
         answer = RedirectResponse(f"{root}/instances", 303)
         answer.set_cookie(
             KEY_COOKIE,
@@ -268,6 +268,11 @@ class _Pages:
             raise ValueError(f"the event's data is not JSON: {error}") from None
         await client.raise_event(instance_id, name, data)
         return f"raised {name}"
+
+
+def _root(request: Request) -> str:
+    """Where the dashboard is mounted ("" when it is served on its own)."""
+    return str(request.scope.get("root_path", ""))
 
 
 async def _form(request: Request) -> dict[str, str] | None:

@@ -11,7 +11,6 @@ Metrics' pings are answered "nobody is watching".
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 import time
@@ -19,8 +18,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.loopback import QuietHandler, serving
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,9 @@ def app_insights_receiver() -> Iterator[AppInsightsReceiver]:
     """Serve an ingestion endpoint on a free loopback port for the block."""
     receiver = AppInsightsReceiver()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            if self.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
+            body = self.body()
             if self.path.split("?")[0] not in ("/v2.1/track", "/v2/track"):
                 # Live Metrics' ping (LiveEndpoint): nobody is watching.
                 self._answer(200, {}, {"x-ms-qps-subscribed": "false"})
@@ -116,20 +114,10 @@ def app_insights_receiver() -> Iterator[AppInsightsReceiver]:
             self.end_headers()
             self.wfile.write(answer)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # quiet: the test reports what matters
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}/"
-    receiver.connection_string = (
-        f"InstrumentationKey={receiver.instrumentation_key};IngestionEndpoint={endpoint};"
-        f"LiveEndpoint={endpoint}"
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as base:
+        endpoint = f"{base}/"
+        receiver.connection_string = (
+            f"InstrumentationKey={receiver.instrumentation_key};IngestionEndpoint={endpoint};"
+            f"LiveEndpoint={endpoint}"
+        )
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
