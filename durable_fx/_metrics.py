@@ -137,7 +137,7 @@ class _Watch:
             return self._reading
         loop = self._loop
         # Collected from the loop's own thread (or after it stopped): waiting would deadlock.
-        if not loop.is_running() or asyncio._get_running_loop() is loop:
+        if not loop.is_running() or _running_loop() is loop:
             return ()
         future = asyncio.run_coroutine_threadsafe(self._read(), loop)
         try:
@@ -148,6 +148,13 @@ class _Watch:
             return ()
         self._read_at = time.monotonic()
         return self._reading
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # called from a thread with no loop (the SDK's reader)
+        return None
 
 
 # Instruments are process-wide (OpenTelemetry's model), and so are the stores they observe.
