@@ -57,6 +57,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", help="py-spy: where to keep the collapsed stacks")
+    parser.add_argument(
+        "--tracing",
+        choices=("off", "memory"),
+        default="off",
+        help="py-spy: run.py's --tracing (memory: every span kept by the OTel SDK)",
+    )
     args = parser.parse_args()
     if args.cprofile:
         with tempfile.TemporaryDirectory(prefix="durable_fx-profile-") as tmp:
@@ -78,7 +84,7 @@ def sample_with_py_spy(args: argparse.Namespace) -> None:
         command += ["--gil"] if args.gil else []
         command += ["-o", str(raw), "--", sys.executable, str(HERE / "run.py")]
         command += ["--workload", args.workload, "--store", args.store, "--db-dir", tmp]
-        command += ["--profile-variant"]
+        command += ["--tracing", args.tracing, "--profile-variant"]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         summarize(raw.read_text().splitlines(), args.top)
 

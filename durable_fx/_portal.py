@@ -26,8 +26,22 @@ class Portal:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        self.loop.run_forever()
+        # Stopped: wind down what is left the way asyncio.run does, so that no task
+        # is dropped mid-request with its connection open (a socket left to the
+        # garbage collector, which warns "unclosed transport").
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        # One more turn: transports closed just now drop their sockets in a callback.
+        self.loop.run_until_complete(asyncio.sleep(0))
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coroutine`` on the portal's loop; its future, for any thread."""

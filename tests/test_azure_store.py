@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
 
 from durable_fx import (
     DurableClient,
@@ -300,3 +302,34 @@ def test_closing_settles_the_calls_in_flight(azure_url: str, pause: float) -> No
 
     outcomes = asyncio.run(call_then_close())
     assert all(o is None or isinstance(o, RuntimeError) for o in outcomes), outcomes
+
+
+class _Hang(AsyncHTTPPolicy[Any, Any]):
+    """Holds every request until cancelled; counts the ones unwound."""
+
+    def __init__(self) -> None:
+        self.unwound = 0
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.unwound += 1
+        raise AssertionError("unreachable")
+
+
+def test_closing_unwinds_the_store_work_its_callers_gave_up_on(azure_url: str) -> None:
+    # The caller stops waiting; the hub's first set-up (shared by every call, so no
+    # caller's cancel stops it) still hangs on storage. Closing must unwind it too:
+    # left pending on the stopped loop, its requests' connections stayed open until
+    # the garbage collector found them ("unclosed transport").
+    hang = _Hang()
+
+    async def give_up_then_close() -> None:
+        store = open_azure_store(azure_url, policies=[hang])
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.get_instance("i-1"), 0.2)
+        await store.close()
+
+    asyncio.run(give_up_then_close())
+    assert hang.unwound >= 1

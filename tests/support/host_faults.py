@@ -23,6 +23,7 @@ a row, a fan-out of three, a one-second timer) under all of that at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -226,12 +227,13 @@ class Instance:
         return self.killer is not None and self.killer.dead
 
     async def close(self) -> None:
-        try:
+        # A dead process's requests raise Killed even while closing: each part is
+        # closed whatever the other did, so no connection is left to the collector.
+        with contextlib.suppress(Killed):
             await self.app.runtime.aclose()
-            if self.store is not None:
+        if self.store is not None:
+            with contextlib.suppress(Killed):
                 await self.store.close()
-        except BaseException:  # a dead process's requests raise Killed even while closing
-            pass
 
 
 class Host:
@@ -245,7 +247,7 @@ class Host:
         restart: Makes the instance that replaces a dead one (``None``: none dies).
         lose_deletes: Fraction of successful invocations whose delete the host loses
             (the message comes back after ``hold``, as after a host crash).
-        capacity: Invocations at once (``batchSize + newBatchThreshold``).
+        capacity: Invocations at once per queue (``batchSize + newBatchThreshold``).
         idle_wait: How long ``run_until`` waits after a round that found nothing.
     """
 
@@ -300,7 +302,9 @@ class Host:
     ) -> None:
         """Receive and invoke continuously until ``await done()``; fail after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        running: set[asyncio.Task[None]] = set()
+        # One listener per queue, each with its own capacity, as the host runs one per
+        # function: slow control invocations must not starve the work-item queue.
+        running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in self.polled}
         checked = 0.0
         try:
             while True:
@@ -312,21 +316,23 @@ class Host:
                     f"not done after {timeout} s; host failures: {self.failures[-5:]}"
                 )
                 found = 0
-                for queue in self.polled:
-                    room = min(16, self.capacity - len(running))
+                for queue, tasks in running.items():
+                    room = min(16, self.capacity - len(tasks))
                     if room <= 0:
-                        break
+                        continue
                     for message in await self.queues.receive(
                         queue, limit=room, visibility=self.hold
                     ):
                         task = asyncio.ensure_future(self.process(message))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
                         found += 1
                 if not found:
                     await asyncio.sleep(self.idle_wait)
         finally:
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(
+                *(t for tasks in running.values() for t in tasks), return_exceptions=True
+            )
 
     async def process(self, message: QueuedMessage) -> None:
         """Invoke one received message and settle it as ``QueueProcessor`` does."""
