@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -94,6 +95,27 @@ def test_instances_are_listed_filtered_and_paged(
     assert answer.status_code == 400 and answer.json()["field"] == "status"
     answer = browser.get("/instances", params={"from": "yesterday"})
     assert answer.status_code == 400 and answer.json()["field"] == "from"
+
+
+def _counts(html: str) -> dict[str, int]:
+    return {m[0]: int(m[1]) for m in re.findall(r"status=(\w+)\">\w+ <b>(\d+)</b>", html)}
+
+
+def test_counts_per_status_lead_to_the_list_of_each(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    before = _counts(browser.get("/counts").text)
+    ids = [client.start("idle", None, instance_id=f"count-{n}") for n in range(3)]
+    running = OrchestrationStatus.RUNNING
+    wait_until(lambda: all(getattr(client.get(i), "status", None) is running for i in ids))
+    page = browser.get("/instances").text
+    counts = _counts(page)
+    assert counts["RUNNING"] == before.get("RUNNING", 0) + 3
+    assert counts == {s.name: n for s, n in (client.count_by_status() or {}).items()}
+    listed = browser.get("/instances", params={"status": "RUNNING", "prefix": "count-"}).text
+    assert all(f">{i}<" in listed for i in ids)
+    refreshed = browser.get("/counts", headers={"hx-request": "true"}).text
+    assert "<html" not in refreshed and _counts(refreshed) == counts
 
 
 def test_an_instance_shows_its_timeline_and_completes_when_its_event_is_raised(

@@ -132,4 +132,4 @@ def test_a_version_2_sqlite_file_learns_to_remember_event_ids(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "v2.db") as db:
         (version,) = db.execute("PRAGMA user_version").fetchone()
     db.close()
-    assert version == 5
+    assert version == 6

@@ -332,7 +332,8 @@ def test_an_older_sqlite_file_is_migrated(tmp_path: Path) -> None:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         (last,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'poison'").fetchone()
     db.close()
-    assert version == 5 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert version == 6 and "AUTOINCREMENT" in table and "poison_instance" in indexes
+    assert "instances_status" in indexes, "version 6 counts instances by status from an index"
     assert "used_keys" in indexes, "version 3 remembers event ids (test_event_dedupe.py)"
     assert last == 7, "the next poisoned message could reuse a deleted id"
 

@@ -39,7 +39,7 @@ from .._state import OrchestrationState, OrchestrationStatus
 from .._tracing import current_trace_context, span_in
 from ..storage import open_store
 from ..storage._finished import finished_on
-from ..storage._protocol import Store
+from ..storage._protocol import CountsInstances, Store
 from ..storage._records import (
     InstanceQuery,
     InstanceRecord,
@@ -573,6 +573,17 @@ class AsyncDurableClient:
         return QueryResult(
             items=[_state_of(r, None) for r in page.items], continuation=page.continuation
         )
+
+    async def count_by_status(self) -> dict[OrchestrationStatus, int] | None:
+        """How many instances have each status (statuses with none left out).
+
+        ``None`` if the store cannot count without reading every instance: the
+        Azure store (Table storage has no count); page through ``query`` there.
+        """
+        if not isinstance(self._store, CountsInstances):
+            return None
+        counts = await self._store.count_instances()
+        return {status: n for status, n in counts.items() if n}
 
     async def poisoned(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation after failing too often, oldest first.

@@ -17,7 +17,7 @@ from .._ids import validate_instance_id
 from .._portal import Portal
 from .._replay.context import OrchestrationContext
 from .._reuse import IdReuse, IdReusePolicy
-from .._state import OrchestrationState
+from .._state import OrchestrationState, OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import PoisonedMessage
 from ._async import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
@@ -310,6 +310,10 @@ class DurableClient:
                 continuation=continuation,
             )
         )
+
+    def count_by_status(self) -> dict[OrchestrationStatus, int] | None:
+        """See ``AsyncDurableClient.count_by_status``."""
+        return self._portal.call(self._client.count_by_status())
 
     def poisoned(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """See ``AsyncDurableClient.poisoned``."""

@@ -65,6 +65,7 @@ def create_dashboard(
         Route("/", pages.home),
         Route("/login", pages.login, methods=["GET", "POST"]),
         Route("/instances", pages.instances),
+        Route("/counts", pages.counts),
         Route("/instances/{instance_id}", pages.instance),
         Route("/instances/{instance_id}/events", pages.events),
         Route("/instances/{instance_id}/{action}", pages.act, methods=["POST"]),
@@ -147,15 +148,27 @@ class _Pages:
             if page.continuation
             else None
         )
-        fragment = request.headers.get("hx-request") == "true"
+        if request.headers.get("hx-request") == "true":
+            return self._render(request, "_instance_rows.html", instances=items, more=more)
         return self._render(
             request,
-            "_instance_rows.html" if fragment else "instances.html",
+            "instances.html",
             instances=items,
             query=dict(query),
             statuses=[s.name for s in OrchestrationStatus],
             more=more,
+            counts=await self._counts(),
         )
+
+    async def counts(self, request: Request) -> Response:
+        return self._render(request, "_counts.html", counts=await self._counts())
+
+    async def _counts(self) -> dict[str, int] | None:
+        """Instances per status name, in the statuses' order (``None``: the store cannot)."""
+        counts = await self._client.count_by_status()
+        if counts is None:
+            return None
+        return {s.name: counts[s] for s in OrchestrationStatus if s in counts}
 
     async def instance(self, request: Request) -> Response:
         instance_id = request.path_params["instance_id"]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .._clock import Clock
-from ._protocol import Accept, ReportsBacklog, Store
+from ._protocol import Accept, CountsInstances, ReportsBacklog, Store
 from ._records import (
     ActivityInvocation,
     ActivityResult,
@@ -33,6 +33,7 @@ __all__ = [
     "ActivityInvocation",
     "ActivityResult",
     "ActivityWorkItem",
+    "CountsInstances",
     "EpisodeCommit",
     "InboxMessage",
     "InstanceQuery",

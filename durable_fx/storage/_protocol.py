@@ -54,7 +54,7 @@ from ._records import (
     QueueBacklog,
 )
 
-__all__ = ["Accept", "ReportsBacklog", "Store"]
+__all__ = ["Accept", "CountsInstances", "ReportsBacklog", "Store"]
 
 
 Accept = Callable[[str, str | None], bool]
@@ -258,4 +258,17 @@ class ReportsBacklog(Protocol):
 
     async def backlog(self) -> list[QueueBacklog]:
         """Each queue's due messages and the age of the oldest; a cheap read."""
+        ...
+
+
+@runtime_checkable
+class CountsInstances(Protocol):
+    """A store that can count its instances by status without reading every one.
+
+    The Azure store cannot (Table storage has no count: it would read every
+    instance row), so callers must not assume it.
+    """
+
+    async def count_instances(self) -> dict[OrchestrationStatus, int]:
+        """How many instances have each status; statuses with none may be left out."""
         ...

@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -409,6 +410,11 @@ class MemoryStore:
                 return False
             self._drop_instance(instance_id)
             return True
+
+    async def count_instances(self) -> dict[OrchestrationStatus, int]:
+        """How many instances have each status."""
+        with self._lock:
+            return dict(Counter(i.record.status for i in self._instances.values()))
 
     async def backlog(self) -> list[QueueBacklog]:
         """Due inbox messages and activity work items, and how long the oldest has waited."""

@@ -484,6 +484,10 @@ class Engine:
         deleted = self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
         return deleted.rowcount > 0
 
+    def count_instances(self) -> dict[OrchestrationStatus, int]:
+        rows = self._db.execute(sql.COUNT_BY_STATUS).fetchall()
+        return {OrchestrationStatus(status): int(count) for status, count in rows}
+
     def backlog(self) -> list[QueueBacklog]:
         now = self._now()
         found = []

@@ -15,8 +15,13 @@ def query_filter(query: InstanceQuery) -> tuple[str, list[Any]]:
     """The WHERE clause (and its parameters) of an instance query, continuation included."""
     clauses = ["1"]
     params: list[Any] = []
-    if query.statuses:
-        clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+    if len(query.statuses) == 1:
+        clauses.append("status = ?")  # instances_status holds its rows newest first
+        params.extend(status.value for status in query.statuses)
+    elif query.statuses:
+        # "+status": by instances_created, not instances_status, from which SQLite
+        # would read every row of each status and sort them all for one page.
+        clauses.append(f"+status IN ({', '.join('?' * len(query.statuses))})")
         params.extend(sorted(status.value for status in query.statuses))
     if query.name is not None:
         clauses.append("name = ?")

@@ -13,6 +13,7 @@ __all__ = [
     "CANCEL_MESSAGES",
     "COMMIT_INSTANCE",
     "CONSUME_MESSAGES",
+    "COUNT_BY_STATUS",
     "COUNT_DELIVERIES",
     "DELAY_MESSAGES",
     "DELETE_COMPLETED",
@@ -73,6 +74,7 @@ INSTANCE_COLUMNS = (
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
 SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
+COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM instances GROUP BY status"  # instances_status
 SELECT_STATUS_AND_KEY = (
     "SELECT status, EXISTS (SELECT 1 FROM used_keys WHERE instance_id = ?1 AND msg_key = ?2)"
     " FROM instances WHERE instance_id = ?1"

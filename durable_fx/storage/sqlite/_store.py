@@ -271,6 +271,10 @@ class SqliteStore:
         """Due inbox messages and activity work items, and how long the oldest has waited."""
         return await self._call(self._engine.backlog, write=False)
 
+    async def count_instances(self) -> dict[OrchestrationStatus, int]:
+        """How many instances have each status (from an index, not the rows)."""
+        return await self._call(self._engine.count_instances, write=False)
+
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
         read = partial(self._engine.poisoned_messages, instance_id)
