@@ -41,6 +41,8 @@ from tests.support.instances import wait_until
 
 pytestmark = pytest.mark.slow
 
+JSON = {"accept": "application/json"}
+
 
 @pytest.fixture
 def browser(dashboard: str) -> Iterator[httpx.Client]:
@@ -90,6 +92,12 @@ def test_instances_are_listed_filtered_and_paged(
     rest = browser.get(more, headers={"hx-request": "true"}).text
     assert "<html" not in rest  # a fragment, for htmx to append
     assert {i for i in ids if f">{i}<" in rest} == set(ids) - set(shown)
+
+    scripted = browser.get("/instances", params={"prefix": "page-"}, headers=JSON)
+    assert {i["instanceId"] for i in scripted.json()} == set(shown)
+    token = scripted.headers["x-ms-continuation-token"]
+    rest_json = browser.get("/instances", params={"prefix": "page-", "continuation": token})
+    assert "<html" in rest_json.text  # no Accept: JSON, the page for a person
 
     answer = browser.get("/instances", params={"status": "BOGUS"})
     assert answer.status_code == 400 and answer.json()["field"] == "status"
@@ -212,6 +220,16 @@ def test_serve_mounts_the_dashboard_of_a_durable_app(request: pytest.FixtureRequ
                 shown = http.get(f"{base}/instances/{instance_id}").text
                 assert "awaiting receipt" in shown and 'class="bar activity completed"' in shown
                 assert http.get(f"{base}/static/htmx-2.0.11.min.js").status_code == 200
+                # A script asking for JSON gets the management API's documents.
+                as_json = {"accept": "application/json"}
+                one = http.get(f"{base}/instances/{instance_id}", headers=as_json).json()
+                every = http.get(f"{base}/instances", headers=as_json).json()
+                missing = http.get(f"{base}/instances/nobody", headers=as_json)
+            with app.client() as api:
+                status = api.get(f"instances/{instance_id}", params={"showHistory": "true"})
+                assert one == status.json() and "historyEvents" in one
+                assert every == api.get("instances").json()
+            assert missing.status_code == 404 and "nobody" in missing.json()["error"]
 
 
 def test_without_a_key_a_durable_app_has_no_dashboard(request: pytest.FixtureRequest) -> None:

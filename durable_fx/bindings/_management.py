@@ -43,7 +43,8 @@ from .._errors import (
 from .._ids import validate_instance_id
 from .._registry import OrchestratorDefinition, validate_event_name
 from .._serialization import encode, input_parameter
-from .._state import OrchestrationState, OrchestrationStatus
+from .._state import OrchestrationStatus
+from ..client._status_json import CONTINUATION_HEADER, RUNTIME_STATUS, status_json
 from ._http import (
     FieldProblem,
     HttpProblem,
@@ -60,16 +61,6 @@ __all__ = ["ManagementApi", "busy_response", "check_status_payload", "guarded", 
 
 log = logging.getLogger("durable_fx.functions")
 
-CONTINUATION_HEADER = "x-ms-continuation-token"
-_RUNTIME_STATUS = {
-    OrchestrationStatus.PENDING: "Pending",
-    OrchestrationStatus.RUNNING: "Running",
-    OrchestrationStatus.COMPLETED: "Completed",
-    OrchestrationStatus.FAILED: "Failed",
-    OrchestrationStatus.TERMINATED: "Terminated",
-    OrchestrationStatus.SUSPENDED: "Suspended",
-    OrchestrationStatus.CONTINUED_AS_NEW: "ContinuedAsNew",
-}
 _RESTART_QUERY = {"restartWithNewInstanceId": "{restartWithNewInstanceId}"}
 _BY_LOOSE_NAME = {s.value.replace("_", ""): s for s in OrchestrationStatus}
 
@@ -106,32 +97,6 @@ def busy_response(error: StoreBusyError) -> func.HttpResponse:
     """503 with ``Retry-After`` (whole seconds): the store is locked or throttled for now."""
     retry_after = str(max(1, math.ceil(error.retry_after)))
     return json_response({"error": str(error)}, 503, {"Retry-After": retry_after})
-
-
-def status_json(
-    state: OrchestrationState, *, show_input: bool = True, show_history: bool = False
-) -> dict[str, Any]:
-    """An instance's status as Durable Functions' HTTP API writes it."""
-    body: dict[str, Any] = {
-        "name": state.name,
-        "instanceId": state.instance_id,
-        "runtimeStatus": _RUNTIME_STATUS[state.status],
-        "customStatus": state.custom_status,
-        "output": state.output,
-        "createdTime": _iso(state.created_at),
-        "lastUpdatedTime": _iso(state.updated_at),
-    }
-    if show_input:
-        body["input"] = state.input
-    if state.failure is not None:
-        body["failureDetails"] = {
-            "errorType": state.failure.error_type,
-            "errorMessage": state.failure.message,
-            "stackTrace": state.failure.stack_trace,
-        }
-    if show_history and state.history is not None:
-        body["historyEvents"] = [event.model_dump(mode="json") for event in state.history]
-    return body
 
 
 def check_status_payload(base: str, instance_id: str) -> dict[str, str]:
@@ -389,10 +354,6 @@ class ManagementApi:
         return instance_id
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _flag(req: func.HttpRequest, name: str, *, default: bool) -> bool:
     raw = str(req.params.get(name) or "")
     if not raw:
@@ -436,7 +397,7 @@ def _statuses(raw: str | None) -> list[OrchestrationStatus] | None:
     for part in raw.split(","):
         status = _BY_LOOSE_NAME.get(part.strip().replace("_", "").upper())
         if status is None:
-            names = ", ".join(_RUNTIME_STATUS.values())
+            names = ", ".join(RUNTIME_STATUS.values())
             problem = f"{part.strip()!r} is not a status; use {names}"
             raise HttpProblem(
                 400, f"runtimeStatus: {problem}", [FieldProblem("runtimeStatus", problem)]

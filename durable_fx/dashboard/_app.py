@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .._history import ExecutionStarted, HistoryEvent, SubOrchestrationInstanceCreated
 from .._state import OrchestrationStatus
 from ..client._async import AsyncDurableClient
+from ..client._status_json import CONTINUATION_HEADER, status_json
 from ._gantt import gantt_of
 
 __all__ = ["KEY_COOKIE", "KEY_HEADER", "create_dashboard"]
@@ -142,6 +143,9 @@ class _Pages:
         page = await self._client.query(**filters, page_size=PAGE_SIZE)
         text = query.get("custom_status", "").strip().lower()
         items = [i for i in page.items if not text or text in _pretty(i.custom_status).lower()]
+        if _wants_json(request):  # the management API's list, with its paging header
+            headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
+            return JSONResponse([status_json(i, show_input=False) for i in items], 200, headers)
         next_query = {k: v for k, v in query.items() if k != "continuation"}
         more = (
             "?" + urlencode({**next_query, "continuation": page.continuation})
@@ -174,7 +178,11 @@ class _Pages:
         instance_id = request.path_params["instance_id"]
         state = await self._client.get(instance_id, history=True)
         if state is None:
+            if _wants_json(request):
+                return JSONResponse({"error": f"no instance {instance_id!r}"}, 404)
             return self._render(request, "missing.html", 404, instance_id=instance_id)
+        if _wants_json(request):  # what the management API answers with showHistory=true
+            return JSONResponse(status_json(state, show_history=True))
         gantt = gantt_of(state.history or [])
         now = datetime.now(UTC)
         every = gantt.bars if gantt else []
@@ -354,3 +362,9 @@ def _pretty(value: Any) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _wants_json(request: Request) -> bool:
+    """A script's request (``Accept: application/json``), not a browser's or htmx's."""
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
