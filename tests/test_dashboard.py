@@ -126,6 +126,18 @@ def test_counts_per_status_lead_to_the_list_of_each(
     assert "<html" not in refreshed and _counts(refreshed) == counts
 
 
+def test_a_custom_status_search_reads_on_past_the_first_page(
+    browser: httpx.Client, client: DurableClient
+) -> None:
+    # The two matches are the oldest: the 60 newer instances fill the first page.
+    needles = [client.start("deliver", f"needle-{n}@example.com") for n in range(2)]
+    wait_until(lambda: all(getattr(client.get(i), "custom_status", None) for i in needles))
+    hay = [client.start("idle", None, instance_id=f"hay-{n:02d}") for n in range(60)]
+    wait_until(lambda: all(client.get(i) for i in hay))
+    found = browser.get("/instances", params={"custom_status": "NEEDLE-"}).text
+    assert all(f">{i}<" in found for i in needles) and "hay-" not in found
+
+
 def test_an_instance_shows_its_timeline_and_completes_when_its_event_is_raised(
     browser: httpx.Client, client: DurableClient
 ) -> None:

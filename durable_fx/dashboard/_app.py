@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._history import ExecutionStarted, HistoryEvent, SubOrchestrationInstanceCreated
-from .._state import OrchestrationStatus
+from .._state import OrchestrationState, OrchestrationStatus
 from ..client._async import AsyncDurableClient
 from ..client._status_json import CONTINUATION_HEADER, status_json
 from ._gantt import gantt_of
@@ -39,6 +39,9 @@ audit = logging.getLogger("durable_fx.dashboard.audit")
 KEY_HEADER = "x-dashboard-key"
 KEY_COOKIE = "dfx_dashboard_key"
 PAGE_SIZE = 50
+SEARCH_PAGE = 200
+SEARCH_LIMIT = 5000
+"""A custom status search reads at most this many instances before it offers "More…"."""
 MAX_FORM_BYTES = 1024 * 1024
 """An event's data and every other form: larger is refused (413) before it is read whole."""
 BARS_PER_PAGE = 500
@@ -140,17 +143,14 @@ class _Pages:
             filters = _filters(query)
         except ValueError as error:
             return JSONResponse({"error": str(error), "field": error.args[-1]}, 400)
-        page = await self._client.query(**filters, page_size=PAGE_SIZE)
         text = query.get("custom_status", "").strip().lower()
-        items = [i for i in page.items if not text or text in _pretty(i.custom_status).lower()]
+        items, continuation = await self._list(filters, text)
         if _wants_json(request):  # the management API's list, with its paging header
-            headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
+            headers = {CONTINUATION_HEADER: continuation} if continuation else {}
             return JSONResponse([status_json(i, show_input=False) for i in items], 200, headers)
         next_query = {k: v for k, v in query.items() if k != "continuation"}
         more = (
-            "?" + urlencode({**next_query, "continuation": page.continuation})
-            if page.continuation
-            else None
+            "?" + urlencode({**next_query, "continuation": continuation}) if continuation else None
         )
         if request.headers.get("hx-request") == "true":
             return self._render(request, "_instance_rows.html", instances=items, more=more)
@@ -163,6 +163,28 @@ class _Pages:
             more=more,
             counts=await self._counts(),
         )
+
+    async def _list(
+        self, filters: dict[str, Any], text: str
+    ) -> tuple[list[OrchestrationState], str | None]:
+        """A page of the list and where the next begins.
+
+        No store indexes custom status, so with ``text`` the pages are read on
+        until a page's worth match or ``SEARCH_LIMIT`` instances were read; the
+        continuation then resumes the search where it stopped.
+        """
+        if not text:
+            page = await self._client.query(**filters, page_size=PAGE_SIZE)
+            return page.items, page.continuation
+        found: list[OrchestrationState] = []
+        read = 0
+        while True:
+            page = await self._client.query(**filters, page_size=SEARCH_PAGE)
+            read += len(page.items)
+            found += [i for i in page.items if text in _pretty(i.custom_status).lower()]
+            if len(found) >= PAGE_SIZE or page.continuation is None or read >= SEARCH_LIMIT:
+                return found, page.continuation
+            filters = {**filters, "continuation": page.continuation}
 
     async def counts(self, request: Request) -> Response:
         return self._render(request, "_counts.html", counts=await self._counts())
