@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from .._history import TraceContext
 
 __all__ = ["trace_of", "trace_text"]
@@ -9,7 +11,7 @@ __all__ = ["trace_of", "trace_text"]
 
 def trace_text(context: TraceContext | None) -> str | None:
     """``context`` as stored (JSON), or ``None``."""
-    return None if context is None else context.model_dump_json(exclude_none=True)
+    return None if context is None else _text(context)
 
 
 def trace_of(text: object) -> TraceContext | None:
@@ -19,6 +21,18 @@ def trace_of(text: object) -> TraceContext | None:
     """
     if not isinstance(text, str) or not text:
         return None
+    return _parsed(text)
+
+
+# Every activity of a run carries its run's context: the same few texts over and over,
+# and the models are frozen, so one parse (and one dump) of each serves them all.
+@functools.lru_cache(maxsize=4096)
+def _text(context: TraceContext) -> str:
+    return context.model_dump_json(exclude_none=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> TraceContext | None:
     try:
         return TraceContext.model_validate_json(text)
     except ValueError:

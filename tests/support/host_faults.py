@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import random
 import re
@@ -227,12 +228,13 @@ class Instance:
         return self.killer is not None and self.killer.dead
 
     async def close(self) -> None:
-        # A dead process's requests raise Killed even while closing: each part is
-        # closed whatever the other did, so no connection is left to the collector.
-        with contextlib.suppress(Killed):
+        # A dead process's requests raise Killed even while closing, and what a dead
+        # process does then proves nothing: each part is closed whatever the other
+        # did, so no connection is left to the garbage collector.
+        with contextlib.suppress(Killed, Exception):
             await self.app.runtime.aclose()
         if self.store is not None:
-            with contextlib.suppress(Killed):
+            with contextlib.suppress(Killed, Exception):
                 await self.store.close()
 
 
@@ -247,7 +249,7 @@ class Host:
         restart: Makes the instance that replaces a dead one (``None``: none dies).
         lose_deletes: Fraction of successful invocations whose delete the host loses
             (the message comes back after ``hold``, as after a host crash).
-        capacity: Invocations at once per queue (``batchSize + newBatchThreshold``).
+        capacity: Invocations at once (``batchSize + newBatchThreshold``).
         idle_wait: How long ``run_until`` waits after a round that found nothing.
     """
 
@@ -302,10 +304,9 @@ class Host:
     ) -> None:
         """Receive and invoke continuously until ``await done()``; fail after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        # One listener per queue, each with its own capacity, as the host runs one per
-        # function: slow control invocations must not starve the work-item queue.
-        running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in self.polled}
+        running: set[asyncio.Task[None]] = set()
         checked = 0.0
+        rounds = itertools.count()
         try:
             while True:
                 if time.monotonic() - checked >= check_every:
@@ -316,23 +317,24 @@ class Host:
                     f"not done after {timeout} s; host failures: {self.failures[-5:]}"
                 )
                 found = 0
-                for queue, tasks in running.items():
-                    room = min(16, self.capacity - len(tasks))
+                # Each round starts at the next queue: when slow invocations fill the
+                # capacity, the first queues polled must not take every free slot.
+                first = next(rounds) % len(self.polled)
+                for queue in self.polled[first:] + self.polled[:first]:
+                    room = min(16, self.capacity - len(running))
                     if room <= 0:
-                        continue
+                        break
                     for message in await self.queues.receive(
                         queue, limit=room, visibility=self.hold
                     ):
                         task = asyncio.ensure_future(self.process(message))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        running.add(task)
+                        task.add_done_callback(running.discard)
                         found += 1
                 if not found:
                     await asyncio.sleep(self.idle_wait)
         finally:
-            await asyncio.gather(
-                *(t for tasks in running.values() for t in tasks), return_exceptions=True
-            )
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def process(self, message: QueuedMessage) -> None:
         """Invoke one received message and settle it as ``QueueProcessor`` does."""
