@@ -92,6 +92,10 @@ def test_names_and_levels_come_from_settings(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("DURABLE_FX_PARTITIONS")
     default = bindings_of(DurableApp(hub="billing"))
     assert "dfx_control_03" in default and "dfx_control_04" not in default
+    monkeypatch.setenv("DURABLE_FX_DASHBOARD_KEY", "k")
+    assert bindings_of(DurableApp())["dfx_dashboard"][0]["route"] == "dashboard/{*path}"
+    monkeypatch.setenv("DURABLE_FX_DASHBOARD_ROUTE", "/ops/board/")
+    assert bindings_of(DurableApp())["dfx_dashboard"][0]["route"] == "ops/board/{*path}"
 
 
 def test_an_anonymous_management_api_warns_when_the_app_is_built(
@@ -124,6 +128,11 @@ def test_bad_settings_are_refused_naming_the_setting(monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="DURABLE_FX_MANAGEMENT_AUTH"):
         DurableApp()
     monkeypatch.delenv("DURABLE_FX_MANAGEMENT_AUTH")
+    for route in ("ops board", "{*path}", "instances/board", "a//b", ""):
+        monkeypatch.setenv("DURABLE_FX_DASHBOARD_ROUTE", route or "/")
+        with pytest.raises(ValueError, match="DURABLE_FX_DASHBOARD_ROUTE"):
+            DurableApp()
+    monkeypatch.delenv("DURABLE_FX_DASHBOARD_ROUTE")
     for bad in ("0", "17", "four"):
         monkeypatch.setenv("DURABLE_FX_PARTITIONS", bad)
         with pytest.raises(ValueError, match="DURABLE_FX_PARTITIONS must be a whole number from 1"):

@@ -42,7 +42,7 @@ from ..storage import Store
 from ..storage._delivered import DeliveredMessage
 from ..telemetry import configure_telemetry
 from ._client_binding import with_durable_client
-from ._dashboard_route import DASHBOARD_ROUTE, DashboardFunction
+from ._dashboard_route import DashboardFunction, dashboard_route
 from ._events import EventIdSource, EventSource, InstanceIdSource, QueueEventHandler, WebhookHandler
 from ._host_trace import host_trace
 from ._management import ManagementApi, guarded
@@ -388,7 +388,7 @@ class DurableApp(func.FunctionApp):
         self._add_queue("dfx_work_items", settings.work_queue, connection, work_item)
 
     def _register_dashboard(self) -> None:
-        """The web dashboard at ``dashboard/``, when ``DURABLE_FX_DASHBOARD_KEY`` is set."""
+        """The web dashboard at its route, when ``DURABLE_FX_DASHBOARD_KEY`` is set."""
         key = os.environ.get("DURABLE_FX_DASHBOARD_KEY")
         if not key:
             return
@@ -400,9 +400,8 @@ class DurableApp(func.FunctionApp):
         read_only = _truthy(os.environ.get("DURABLE_FX_DASHBOARD_READ_ONLY"))
         handler = DashboardFunction(self._runtime, key, read_only)
         # ANONYMOUS to the host: the dashboard asks for its own key (see _dashboard_route).
-        self._add_http(
-            "dfx_dashboard", DASHBOARD_ROUTE, ["GET", "POST"], func.AuthLevel.ANONYMOUS, handler
-        )
+        route = dashboard_route(self._settings.dashboard_route)
+        self._add_http("dfx_dashboard", route, ["GET", "POST"], func.AuthLevel.ANONYMOUS, handler)
 
     def _register_management_api(self) -> None:
         api = self._management

@@ -1,4 +1,4 @@
-"""The dashboard as one of the app's HTTP functions (``dashboard/{*path}``).
+"""The dashboard as one of the app's HTTP functions (``dashboard/{*path}`` by default).
 
 Registered only when ``DURABLE_FX_DASHBOARD_KEY`` is set: the dashboard asks
 for that key itself (a browser cannot send a function key with every link
@@ -17,9 +17,12 @@ import azure.functions as func
 
 from ._runtime import AppRuntime
 
-__all__ = ["DASHBOARD_ROUTE", "DashboardFunction"]
+__all__ = ["DashboardFunction", "dashboard_route"]
 
-DASHBOARD_ROUTE = "dashboard/{*path}"
+
+def dashboard_route(base: str) -> str:
+    """The function's route for a dashboard at ``base`` (it and every page under it)."""
+    return f"{base}/{{*path}}"
 
 
 class DashboardFunction:

@@ -62,6 +62,9 @@ SERVE_URL_SETTING = "DURABLE_FX_SERVE_URL"
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _HUB = re.compile(r"[a-z][a-z0-9]{2,39}")
 _AUTH_LEVELS: tuple[AuthLevelName, ...] = ("ANONYMOUS", "FUNCTION", "ADMIN")
+DEFAULT_DASHBOARD_ROUTE = "dashboard"
+_ROUTE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+_TAKEN_ROUTES = ("instances", "orchestrators")  # the management API's
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class FunctionsSettings:
         lease: How long an invocation owns an instance or a work item.
         default_version: The orchestration version the app's starts record
             when they name none (``ctx.version``, the instance's state).
+        dashboard_route: Where the web dashboard is served, under the route prefix
+            (``DURABLE_FX_DASHBOARD_ROUTE``; only when ``DURABLE_FX_DASHBOARD_KEY`` is set).
     """
 
     hub: str = DEFAULT_HUB
@@ -93,6 +98,7 @@ class FunctionsSettings:
     public_url: str | None = None
     lease: timedelta = timedelta(seconds=30)
     default_version: str | None = None
+    dashboard_route: str = DEFAULT_DASHBOARD_ROUTE
 
     @property
     def control_queues(self) -> tuple[str, ...]:
@@ -184,6 +190,9 @@ class FunctionsSettings:
             default_version=default_version
             or environ.get("DURABLE_FX_DEFAULT_VERSION", "").strip()
             or None,
+            dashboard_route=_dashboard_route(
+                environ.get("DURABLE_FX_DASHBOARD_ROUTE", "").strip() or DEFAULT_DASHBOARD_ROUTE
+            ),
         )
 
 
@@ -195,6 +204,17 @@ def _valid_hub(hub: str) -> str:
             "starting with a letter; it names queues, a table and a blob container"
         )
     return name
+
+
+def _dashboard_route(route: str) -> str:
+    trimmed = route.strip("/")
+    if not _ROUTE.fullmatch(trimmed) or trimmed.split("/")[0] in _TAKEN_ROUTES:
+        raise ValueError(
+            f"invalid dashboard route {route!r} (DURABLE_FX_DASHBOARD_ROUTE): use path "
+            "segments of letters, digits, '-' and '_' (like ops/dashboard), not under "
+            + " or ".join(f"{taken}/" for taken in _TAKEN_ROUTES)
+        )
+    return trimmed
 
 
 def _auth_level(value: str) -> AuthLevelName:
