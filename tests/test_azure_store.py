@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
 
@@ -333,3 +334,36 @@ def test_closing_unwinds_the_store_work_its_callers_gave_up_on(azure_url: str) -
 
     asyncio.run(give_up_then_close())
     assert hang.unwound >= 1
+
+
+class _RefuseContainerHangQueues(_Hang):
+    """The container's creation is refused for good; each queue's creation hangs."""
+
+    def __init__(self, queue_port: int) -> None:
+        super().__init__()
+        self._queues = f":{queue_port}/"
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        http = request.http_request
+        if http.method == "PUT" and "restype=container" in http.url:
+            raise ClientAuthenticationError("test: this identity may not create containers")
+        if http.method == "PUT" and self._queues in http.url:
+            return await super().send(request)
+        return await self.next.send(request)
+
+
+def test_a_failed_first_set_up_stops_its_other_requests(azurite: Azurite) -> None:
+    # The container cannot be made, so the hub's set-up fails; the queues' creations
+    # still in flight stop with it rather than retry on in the background.
+    policy = _RefuseContainerHangQueues(azurite.queue_port)
+
+    async def first_call() -> int:
+        store = open_azure_store(azurite.connection_string(new_hub()), policies=[policy])
+        try:
+            with pytest.raises(ClientAuthenticationError):
+                await store.get_instance("i-1")
+            return policy.unwound
+        finally:
+            await store.close()
+
+    assert asyncio.run(first_call()) >= 4  # every partition's control queue, at least

@@ -181,9 +181,21 @@ class Resources:
             self.container.create_container,
         ]
         makers += [client.create_queue for client in self.queues.values()]
-        await asyncio.gather(
-            *(retrying(partial(create, m), what="create the task hub's resources") for m in makers)
-        )
+        creating = [
+            asyncio.ensure_future(
+                retrying(partial(create, m), what="create the task hub's resources")
+            )
+            for m in makers
+        ]
+        try:
+            await asyncio.gather(*creating)
+        except BaseException:
+            # One gave up (storage kept failing): the others stop too, rather than retry
+            # on in the background with their connections open.
+            for task in creating:
+                task.cancel()
+            await asyncio.gather(*creating, return_exceptions=True)
+            raise
         if recorded is None:
             await self._write_record()
 
