@@ -74,10 +74,16 @@ def _tracer_of(provider: trace.TracerProvider, name: str) -> Tracer:
 
 def recording() -> bool:
     """Whether an SDK is configured: without one, spans are no-ops not worth preparing."""
-    return not isinstance(trace.get_tracer_provider(), _NO_SDK)
+    return _records(type(trace.get_tracer_provider()))
 
 
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+@functools.lru_cache(maxsize=8)
+def _records(provider: type) -> bool:
+    # Asked a dozen times an episode; the providers are ABCs, whose isinstance is slow.
+    return not issubclass(provider, _NO_SDK)
 
 
 def current_trace_context() -> TraceContext | None:
