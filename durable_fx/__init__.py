@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from ._clock import Clock, SystemClock
+from ._entity import DurableEntity, EntityContext, EntityId
 from ._errors import (
     ConflictError,
     DurableFxError,
@@ -55,7 +56,10 @@ __all__ = [
     "ConflictError",
     "DurableApp",
     "DurableClient",
+    "DurableEntity",
     "DurableFxError",
+    "EntityContext",
+    "EntityId",
     "EventTimeoutError",
     "FailureDetails",
     "HistoryEvent",

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from ._entity import EntityDefinition, entity_definition
 from ._errors import UnknownNameError
 from ._heartbeat import Heartbeats
 from ._serialization import PayloadCodec, input_parameter, return_annotation
@@ -36,6 +37,8 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 """A decorated function: the decorators return it as it is, so its own signature stays."""
+E = TypeVar("E", bound=Callable[..., Any])
+"""A decorated entity: a function or a ``DurableEntity`` class, returned as it is."""
 
 _ATTRIBUTE = "__durable_fx_definition__"
 MAX_EVENT_NAME = 256
@@ -178,6 +181,7 @@ class Registry:
     def __init__(self) -> None:
         self._orchestrators: dict[str, OrchestratorDefinition] = {}
         self._activities: dict[str, ActivityDefinition] = {}
+        self._entities: dict[str, EntityDefinition] = {}
 
     @overload
     def orchestrator(self, fn: F, /) -> F: ...
@@ -269,6 +273,47 @@ class Registry:
             return fn
 
         return register(fn) if fn is not None else register
+
+    @overload
+    def entity(self, target: E, /) -> E: ...
+    @overload
+    def entity(self, /, *, name: str | None = None) -> Callable[[E], E]: ...
+
+    def entity(
+        self, target: E | None = None, /, *, name: str | None = None
+    ) -> E | Callable[[E], E]:
+        """Register an entity: a function ``f(ctx, input)`` or a ``DurableEntity`` class.
+
+        Its name (``name``, else the function's or class's, lower-cased as
+        entity names are) is the ``name`` of the ``EntityId`` that addresses
+        it. Operations run synchronously, one at a time per entity.
+
+        Being built (docs/design/entities.md): the definitions and the batch
+        runner exist, the worker does not run entities yet and refuses a
+        registry that has them.
+        """
+
+        def register(target: E) -> E:
+            definition = entity_definition((name or target.__name__).lower(), target)
+            existing = self._entities.get(definition.name)
+            if existing is not None and existing.fn is not target:
+                raise ValueError(
+                    f"an entity named {definition.name!r} is already registered "
+                    f"({existing.fn.__module__}.{existing.fn.__qualname__}); pass name=..."
+                )
+            self._entities[definition.name] = definition
+            return target
+
+        return register(target) if target is not None else register
+
+    def find_entity(self, name: str) -> EntityDefinition | None:
+        """The entity registered as ``name`` (case-insensitive), or ``None``."""
+        return self._entities.get(name.lower())
+
+    @property
+    def entity_names(self) -> list[str]:
+        """Registered entity names, sorted."""
+        return sorted(self._entities)
 
     def get_orchestrator(self, name: str) -> OrchestratorDefinition:
         """The orchestrator registered as ``name``; ``UnknownNameError`` if none."""

@@ -85,6 +85,12 @@ class Worker(StartStopContext):
         self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
         self._owns_store = not isinstance(store, Store)
         self._registry = registry_of(app)
+        if self._registry.entity_names:
+            # Said now, not found out later: nothing would ever run their operations.
+            raise NotImplementedError(
+                f"the registry defines entities ({', '.join(self._registry.entity_names)}); "
+                "the worker does not run entities yet (docs/design/entities.md)"
+            )
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._max_episodes = max_concurrent_episodes
         self._max_activities = max_concurrent_activities

@@ -1,0 +1,211 @@
+"""Durable entities: ids, definitions, and running a batch of operations (issue 17, part 1).
+
+The batch runner is pure (``durable_fx._replay.entities``), like the replay
+engine: these tests run it without a store. The worker, the stores and the
+clients come next (docs/design/entities.md, "Order of work").
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from durable_fx import (
+    DurableEntity,
+    EntityContext,
+    EntityId,
+    OrchestrationContext,
+    Orchestrator,
+    Registry,
+)
+from durable_fx._replay.entities import EntityOperation, run_entity_batch
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Suppression:
+    reason: str
+    since: str
+
+
+registry = Registry()
+
+
+@registry.entity()
+def counter(ctx: EntityContext, amount: int = 1) -> int | None:
+    match ctx.operation:
+        case "add":
+            total = ctx.get_state(int, 0) + amount
+            ctx.set_state(total)
+            return total
+        case "get":
+            return ctx.get_state(int, 0)
+        case "reset":
+            ctx.delete_state()
+            return None
+        case "add_then_fail":
+            ctx.set_state(ctx.get_state(int, 0) + amount)
+            ctx.signal_entity(EntityId("counter", "audit"), "add", amount)
+            raise RuntimeError("refused after changing things")
+    raise ValueError(f"no operation {ctx.operation}")
+
+
+@registry.orchestrator()
+def follow_up(ctx: OrchestrationContext, address: str) -> Orchestrator[str]:
+    return address
+    yield
+
+
+@registry.entity(name="Suppressions")
+class SuppressionList(DurableEntity):
+    def suppress(self, reason: str) -> None:
+        self.set_state(Suppression(reason, self.context.now().isoformat()))
+        self.start_orchestration(follow_up, self.context.entity_id.key)
+
+    def lift(self) -> None:
+        self.delete_state()
+
+    def is_suppressed(self) -> bool:
+        return self.get_state(Suppression) is not None
+
+    def remind_later(self, hours: int) -> None:
+        later = self.context.now() + timedelta(hours=hours)
+        self.signal_entity(self.context.entity_id, "lift", at=later)
+
+
+def run(name: str, key: str, state: str | None, *operations: EntityOperation) -> Any:
+    definition = registry.find_entity(name)
+    assert definition is not None
+    ids = (f"id-{n}" for n in itertools.count())
+    return run_entity_batch(
+        definition, EntityId(name, key), state, operations, now=NOW, new_id=lambda: next(ids)
+    )
+
+
+def op(
+    operation: str, input: str | None = None, *, caller: str | None = "orch-1"
+) -> EntityOperation:
+    return EntityOperation(operation, input, request_id=f"r-{operation}", caller=caller)
+
+
+def test_ids_are_lower_case_names_and_keys_and_round_trip() -> None:
+    entity = EntityId("Counter", "Ada@example.com")
+    assert (entity.name, entity.key) == ("counter", "Ada@example.com")
+    assert entity.instance_id == str(entity) == "@counter@Ada@example.com"
+    assert EntityId.parse(entity.instance_id) == entity
+    for bad in (("", "k"), ("a@b", "k"), ("name", ""), ("name", "k\x00"), ("x" * 257, "k")):
+        with pytest.raises(ValueError, match=r"entity (name|key)"):
+            EntityId(*bad)
+    for not_an_entity in ("counter@k", "@counter", "plain"):
+        with pytest.raises(ValueError, match="not an entity's instance id"):
+            EntityId.parse(not_an_entity)
+
+
+def test_operations_run_in_order_each_on_the_state_the_last_left() -> None:
+    outcome = run("counter", "a", None, op("add", "2"), op("add", "3"), op("get"))
+    assert [r.output for r in outcome.results] == ["2", "5", "5"]
+    assert outcome.state == "5"
+    assert [r.request_id for r in outcome.results] == ["r-add", "r-add", "r-get"]
+
+
+def test_a_failed_operation_is_undone_and_the_batch_goes_on() -> None:
+    outcome = run("counter", "a", "10", op("add_then_fail", "5"), op("add", "1"))
+    failed, added = outcome.results
+    assert failed.failure is not None and failed.failure.error_type == "RuntimeError"
+    assert "refused after changing things" in failed.failure.message
+    assert failed.output is None
+    assert added.output == "11" and outcome.state == "11"  # the failed +5 never happened
+    assert outcome.signals == ()  # nor its signal
+
+
+def test_deleting_the_state_leaves_none() -> None:
+    outcome = run("counter", "a", "7", op("reset"), op("get"))
+    assert outcome.state is None and outcome.results[1].output == "0"
+
+
+def test_bad_input_fails_its_operation_only() -> None:
+    outcome = run("counter", "a", "1", op("add", '"many"'), op("add", "1"))
+    bad, good = outcome.results
+    assert bad.failure is not None and bad.failure.error_type == "SerializationError"
+    assert good.output == "2"
+
+
+def test_a_class_entity_dispatches_on_its_methods_with_typed_input() -> None:
+    outcome = run(
+        "suppressions",
+        "ada@example.com",
+        None,
+        op("Suppress", '"hard bounce"'),
+        op("is_suppressed"),
+        op("no_such_thing"),
+        op("lift", '"unexpected input"'),
+    )
+    suppress, asked, unknown, lift = outcome.results
+    assert suppress.failure is None and asked.output == "true"
+    assert unknown.failure is not None and "no operation 'no_such_thing'" in unknown.failure.message
+    assert "is_suppressed" in unknown.failure.message  # names the ones it has
+    assert lift.failure is not None and "takes no input" in lift.failure.message
+    assert outcome.state == '{"reason":"hard bounce","since":"2026-12-07T12:00:00+00:00"}'
+    [start] = outcome.starts
+    assert (start.name, start.input, start.instance_id) == (
+        "follow_up",
+        '"ada@example.com"',
+        "id-0",
+    )
+
+
+def test_signals_carry_their_target_input_id_and_time() -> None:
+    outcome = run("suppressions", "k", None, op("remind_later", "2", caller=None))
+    [signal] = outcome.signals
+    assert signal.target == EntityId("suppressions", "k")
+    assert (signal.operation, signal.input, signal.request_id) == ("lift", None, "id-0")
+    assert signal.at == NOW + timedelta(hours=2)
+    assert outcome.results[0].caller is None  # a signal: nobody waits for its result
+
+
+def test_definitions_are_checked_when_registered() -> None:
+    app = Registry()
+    with pytest.raises(TypeError, match="run synchronously"):
+
+        @app.entity()
+        async def slow(ctx: EntityContext) -> None: ...
+
+    with pytest.raises(TypeError, match="must subclass DurableEntity"):
+
+        @app.entity()
+        class NotAnEntity:
+            def op(self) -> None: ...
+
+    with pytest.raises(TypeError, match="takes 2 inputs"):
+
+        @app.entity()
+        def two(ctx: EntityContext, a: int, b: int) -> None: ...
+
+    @app.entity()
+    def once(ctx: EntityContext) -> None: ...
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @app.entity(name="ONCE")
+        def again(ctx: EntityContext) -> None: ...
+
+    assert app.entity_names == ["once"] and app.find_entity("Once") is not None
+
+
+def test_signal_times_must_be_timezone_aware() -> None:
+    ctx = EntityContext(EntityId("c", "k"), "op", None, NOW, name_of=str)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ctx.signal_entity(EntityId("c", "k"), "op", at=datetime(2026, 1, 1))
+
+
+def test_a_worker_refuses_entities_it_cannot_run_yet() -> None:
+    from durable_fx import Worker
+    from durable_fx.storage.memory import MemoryStore
+
+    with pytest.raises(NotImplementedError, match="does not run entities yet"):
+        Worker(registry, MemoryStore())
