@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import random
 import re
@@ -306,7 +305,6 @@ class Host:
         deadline = time.monotonic() + timeout
         running: set[asyncio.Task[None]] = set()
         checked = 0.0
-        rounds = itertools.count()
         try:
             while True:
                 if time.monotonic() - checked >= check_every:
@@ -317,10 +315,7 @@ class Host:
                     f"not done after {timeout} s; host failures: {self.failures[-5:]}"
                 )
                 found = 0
-                # Each round starts at the next queue: when slow invocations fill the
-                # capacity, the first queues polled must not take every free slot.
-                first = next(rounds) % len(self.polled)
-                for queue in self.polled[first:] + self.polled[:first]:
+                for queue in self.polled:
                     room = min(16, self.capacity - len(running))
                     if room <= 0:
                         break
