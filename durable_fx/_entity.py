@@ -8,14 +8,16 @@ entity is defined; running a batch is ``_replay.entities`` (pure, no I/O).
 
 from __future__ import annotations
 
+import functools
 import inspect
-import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
+from ._errors import InvalidInstanceIdError
+from ._ids import validate_instance_id
 from ._serialization import PayloadCodec, decode, encode, input_parameter
 
 __all__ = [
@@ -29,9 +31,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-MAX_ENTITY_PART = 256
-"""Longest entity name or key (the instance id ``@name@key`` must stay a valid id)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -48,9 +47,16 @@ class EntityId:
 
     def __post_init__(self) -> None:
         name = self.name.lower()
-        _check_part("name", name, allow_at=False)
-        _check_part("key", self.key, allow_at=True)
+        if not name or "@" in name:
+            raise ValueError(f"an entity name is not empty and has no '@' ({self.name!r})")
+        if not self.key:
+            raise ValueError("an entity key may not be empty")
         object.__setattr__(self, "name", name)
+        # The stores keep it as an instance: the instance id rules are its rules.
+        try:
+            validate_instance_id(self.instance_id)
+        except InvalidInstanceIdError as error:
+            raise ValueError(f"entity name or key: {error}") from None
 
     @property
     def instance_id(self) -> str:
@@ -67,23 +73,6 @@ class EntityId:
 
     def __str__(self) -> str:
         return self.instance_id
-
-
-def is_entity_id(instance_id: str) -> bool:
-    """Whether ``instance_id`` names an entity rather than an orchestration."""
-    return instance_id.startswith("@")
-
-
-def _check_part(what: str, text: str, *, allow_at: bool) -> None:
-    if not text:
-        raise ValueError(f"an entity {what} may not be empty")
-    if len(text) > MAX_ENTITY_PART:
-        raise ValueError(f"an entity {what} has at most {MAX_ENTITY_PART} characters")
-    if not allow_at and "@" in text:
-        raise ValueError(f"an entity {what} may not contain '@' ({text!r})")
-    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs")), None)
-    if bad is not None:
-        raise ValueError(f"entity {what} {text!r} contains U+{ord(bad):04X}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +150,7 @@ class EntityContext:
         """The state as ``type_`` (validated like an activity's input); ``default`` if none."""
         if self._state is None:
             return default
-        return PayloadCodec.for_type(type_).decode(self._state)
+        return _state_codec(type_).decode(self._state)
 
     def set_state(self, value: Any) -> None:
         """Replace the state (any JSON-able value: a model, a dataclass, a dict...)."""
@@ -195,6 +184,12 @@ class EntityContext:
     def now(self) -> datetime:
         """The batch's time (the same for every operation of a batch)."""
         return self._now
+
+
+@functools.lru_cache(maxsize=256)
+def _state_codec(type_: Any) -> PayloadCodec[Any]:
+    # Every operation reads the state; building the validator is the costly part.
+    return PayloadCodec.for_type(type_)
 
 
 class DurableEntity:

@@ -98,7 +98,8 @@ def test_ids_are_lower_case_names_and_keys_and_round_trip() -> None:
     assert (entity.name, entity.key) == ("counter", "Ada@example.com")
     assert entity.instance_id == str(entity) == "@counter@Ada@example.com"
     assert EntityId.parse(entity.instance_id) == entity
-    for bad in (("", "k"), ("a@b", "k"), ("name", ""), ("name", "k\x00"), ("x" * 257, "k")):
+    bad_ids = [("", "k"), ("a@b", "k"), ("name", ""), ("name", "k\x00"), ("x" * 257, "k")]
+    for bad in [*bad_ids, ("name", "a/b")]:  # "/": no store keys an instance id with it
         with pytest.raises(ValueError, match=r"entity (name|key)"):
             EntityId(*bad)
     for not_an_entity in ("counter@k", "@counter", "plain"):
