@@ -26,7 +26,10 @@ largest over samples taken every ``--sample-s`` while ``serve`` works.
 - timeouts (receipt timeout ``--timeout-s``, default 60 s + 0.3 s per email):
   park N, stop ``serve`` at once, wait until every receipt timeout is due,
   take the target with all N due, then start ``serve`` and time the N
-  escalations.
+  escalations. With ``--jump-clock`` the wait is a jump instead: Azurite and
+  ``serve`` run under libfaketime (Debian's ``faketime``), and their clock is
+  moved past the last deadline while ``serve`` is stopped, so the timeout can
+  exceed a long park without the run waiting it out.
 - park (with ``--park-dir DIR --timeout-s T``): park N as receipts does, take
   its parked figures, stop, and keep Azurite's data in DIR. ``--from-park DIR``
   then runs receipts or timeouts on a copy of it, without parking again: at
@@ -57,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,19 @@ class Bench:
         self.queues = QueueServiceClient.from_connection_string(azurite.connection_string())
         self.save: Callable[[], object] = lambda: None
         """Writes the figures so far (set by ``main``): a run cut short keeps what it measured."""
+        self.clock: FakeClock | None = None
+        """Azurite's and serve's clock, when ``--jump-clock`` (set by ``main``)."""
+
+    def wait_until_due(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the stores: sleep, or jump the fake clock."""
+        if self.clock is None:
+            time.sleep(max(0.0, seconds))
+        else:
+            self.clock.jump(max(0.0, seconds))
+
+    def now(self) -> datetime:
+        """The time the stores' rows are stamped with (ahead of ours after a jump)."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock.offset if self.clock else 0.0)
 
     def serve(self, store_url: str, timeout_s: float, name: str) -> AppProcess:
         process = AppProcess(
@@ -144,6 +160,38 @@ class Bench:
             if figures["visible"] == 0 or time.monotonic() > deadline:
                 return figures
             time.sleep(0.5)
+
+
+class FakeClock:
+    """libfaketime's offset for the processes started after ``install``: Azurite and serve.
+
+    The offset lives in a file that libfaketime rereads every second, so a
+    running Azurite sees a jump too. This process keeps the real clock.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+        if not libraries:
+            raise SystemExit("--jump-clock needs libfaketime: apt-get install faketime")
+        self.offset = 0.0
+        self._file = workdir / "faketime"
+        self._file.write_text("+0\n")
+        self._env = {
+            "LD_PRELOAD": str(libraries[0]),
+            "FAKETIME_TIMESTAMP_FILE": str(self._file),
+            # Timeouts, sleeps and event loops keep running on real time.
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_CACHE_DURATION": "1",
+        }
+
+    def install(self) -> None:
+        """Processes started from now on run on this clock."""
+        os.environ.update(self._env)
+
+    def jump(self, seconds: float) -> None:
+        self.offset += seconds
+        self._file.write_text(f"+{self.offset:.0f}s\n")
+        time.sleep(2.5)  # libfaketime rereads the file once a second
 
 
 def _keep_largest(found: dict[str, Any], figures: dict[str, Any]) -> None:
@@ -411,7 +459,7 @@ def timeouts(bench: Bench, out: dict[str, Any]) -> None:
         hub = _from_park(bench, out)
         timeout_s = float(out["from_park"]["receipt_timeout_s"])
         # serve is stopped: wait until the last deadline has passed.
-        time.sleep(max(0.0, float(out["from_park"]["all_due_at"]) + 3 - time.time()))
+        bench.wait_until_due(float(out["from_park"]["all_due_at"]) + 3 - time.time())
         observer = AzureObserver(bench.azurite.connection_string(), hub)
     else:
         timeout_s = args.timeout_s or 60 + 0.3 * n
@@ -429,7 +477,9 @@ def timeouts(bench: Bench, out: dict[str, Any]) -> None:
             1 for i in observer.instances("email-") if not i.awaiting_receipt
         )
         # Every deadline is at most timeout_s after its email was parked, so after the stop.
-        time.sleep(max(0.0, timeout_s + 3 - (time.monotonic() - stopped)))
+        bench.wait_until_due(timeout_s + 3 - (time.monotonic() - stopped))
+    if bench.clock is not None:
+        out["clock_jumped_s"] = round(bench.clock.offset)
     _fire_due(bench, out, hub, observer, timeout_s)
 
 
@@ -446,7 +496,7 @@ def _fire_due(
     bench.save()
     process = bench.serve(bench.azurite.connection_string(hub), timeout_s, "timeouts-2")
     try:
-        first = datetime.now(UTC)
+        first = bench.now()
         with bench.live(hub) as live:
             out["escalations_live"] = live  # saved with the progress, as resume_live
             done = wait_while_moving(
@@ -574,6 +624,12 @@ def main() -> None:
         help="how often to read every instance (0: 1 s a thousand emails; on Azurite each "
         "read scans the whole table, and reading too often slows what is measured)",
     )
+    parser.add_argument(
+        "--jump-clock",
+        action="store_true",
+        help="timeouts: jump Azurite's and serve's clock past the deadlines instead of waiting "
+        "(needs Debian's faketime)",
+    )
     parser.add_argument("--logs", help="keep serve's logs in this directory")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -588,12 +644,18 @@ def main() -> None:
     args.commit = _commit()  # now: the tree may change while the run lasts
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="durable_fx-flex-") as workdir:
+        clock = FakeClock(Path(workdir)) if args.jump_clock else None
+        if clock is not None:
+            if wanted != ["timeouts"]:
+                raise SystemExit("--jump-clock goes with --only timeouts")
+            clock.install()
         azurite = _start_azurite(args, Path(workdir))
         try:
             with LocalSmtp() as smtp:
                 logs = Path(args.logs or workdir)
                 logs.mkdir(parents=True, exist_ok=True)
                 bench = Bench(azurite.azurite, smtp, logs, args)
+                bench.clock = clock
                 bench.save = lambda: _write(args, bench.rules, results, load_before)
                 for name in wanted:
                     print(f"running {name} with {args.n} emails ...", file=sys.stderr, flush=True)
