@@ -61,12 +61,12 @@ def main() -> None:
         "--tracing",
         choices=("off", "memory"),
         default="off",
-        help="py-spy: run.py's --tracing (memory: every span kept by the OTel SDK)",
+        help="run.py's --tracing (memory: every span kept by the OTel SDK)",
     )
     args = parser.parse_args()
     if args.cprofile:
         with tempfile.TemporaryDirectory(prefix="durable_fx-profile-") as tmp:
-            profile_in_process(args.workload, args.store, Path(tmp), args.top)
+            profile_in_process(args.workload, args.store, Path(tmp), args.top, args.tracing)
     else:
         sample_with_py_spy(args)
 
@@ -136,8 +136,14 @@ def _short(frame: str) -> str:
 # -- cProfile --------------------------------------------------------------------------------
 
 
-def profile_in_process(workload: str, store: str, db_dir: Path, top: int) -> None:
+def profile_in_process(
+    workload: str, store: str, db_dir: Path, top: int, tracing: str = "off"
+) -> None:
     """Run the workload here with one cProfile per thread; print each role's top functions."""
+    if tracing != "off":
+        from run import _record_spans_in_memory
+
+        _record_spans_in_memory(batched=True)
     profiles: list[tuple[str, cProfile.Profile]] = []
     original_run = threading.Thread.run
 
