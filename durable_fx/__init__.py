@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from ._clock import Clock, SystemClock
-from ._entity import DurableEntity, EntityContext, EntityId
+from ._entity import DurableEntity, EntityContext, EntityId, EntityMetadata
 from ._errors import (
     ConflictError,
     DurableFxError,
@@ -60,6 +60,7 @@ __all__ = [
     "DurableFxError",
     "EntityContext",
     "EntityId",
+    "EntityMetadata",
     "EventTimeoutError",
     "FailureDetails",
     "HistoryEvent",

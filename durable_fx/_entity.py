@@ -14,7 +14,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict
 
 from ._errors import InvalidInstanceIdError
 from ._ids import validate_instance_id
@@ -25,9 +27,13 @@ __all__ = [
     "EntityContext",
     "EntityDefinition",
     "EntityId",
+    "EntityMetadata",
+    "EntityRowState",
     "EntitySignal",
     "OrchestrationStart",
+    "decode_state",
     "entity_definition",
+    "is_entity_instance_id",
 ]
 
 T = TypeVar("T")
@@ -73,6 +79,40 @@ class EntityId:
 
     def __str__(self) -> str:
         return self.instance_id
+
+
+def is_entity_instance_id(instance_id: str) -> bool:
+    """Whether ``instance_id`` names an entity (``@name@key``) rather than an orchestration."""
+    return instance_id.startswith("@")
+
+
+class EntityRowState(BaseModel):
+    """What an entity's instance row keeps in its ``input`` column (as JSON).
+
+    An entity has no history: its state lives in its row, written with each
+    batch. ``state`` is the entity's state as JSON text (``None``: it has none).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: str | None = None
+
+    @classmethod
+    def of_row(cls, text: str | None) -> EntityRowState:
+        """The row's entity state; an empty one for a row no batch has written yet."""
+        return cls() if not text else cls.model_validate_json(text)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityMetadata(Generic[T]):
+    """An entity as a client reads it (``get_entity``): its id, when it changed, its state."""
+
+    id: EntityId
+    last_modified: datetime
+    state: T | None
+    """The state decoded as the type asked for; ``None`` if it has none."""
+    state_json: str | None
+    """The state as stored (JSON text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +224,11 @@ class EntityContext:
     def now(self) -> datetime:
         """The batch's time (the same for every operation of a batch)."""
         return self._now
+
+
+def decode_state(text: str, type_: Any = Any) -> Any:
+    """An entity's stored state (JSON text) as ``type_``, validated like an activity's input."""
+    return _state_codec(type_).decode(text)
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "ContinueAsNew",
+    "EntityOperationCalled",
+    "EntityOperationCompleted",
+    "EntityOperationFailed",
+    "EntityOperationSignaled",
     "EventRaised",
     "EventSent",
     "ExecutionCompleted",
@@ -227,6 +231,50 @@ class EventRaised(_Event):
     """The span that raised it (a webhook's request): the waiting orchestration links to it."""
 
 
+class EntityOperationSignaled(_Event):
+    """A one-way operation for an entity (its inbox message; entities keep no history)."""
+
+    kind: Literal["EntityOperationSignaled"] = "EntityOperationSignaled"
+    request_id: str
+    operation: str
+    input: str | None = None
+    scheduled_time: datetime | None = None
+    """When it was asked to run (a delayed signal); ``None``: at once."""
+    target_instance_id: str
+
+
+class EntityOperationCalled(_Event):
+    """An operation an orchestration awaits: the entity answers its execution.
+
+    In the caller's history it records the call (``event_id`` = its task id).
+    """
+
+    kind: Literal["EntityOperationCalled"] = "EntityOperationCalled"
+    request_id: str
+    operation: str
+    input: str | None = None
+    scheduled_time: datetime | None = None
+    parent_instance_id: str | None = None
+    parent_execution_id: str | None = None
+    target_instance_id: str
+
+
+class EntityOperationCompleted(_Event):
+    """An entity's answer to a call: the operation's result (JSON)."""
+
+    kind: Literal["EntityOperationCompleted"] = "EntityOperationCompleted"
+    request_id: str
+    output: str | None = None
+
+
+class EntityOperationFailed(_Event):
+    """An entity's answer to a call whose operation raised (its changes were undone)."""
+
+    kind: Literal["EntityOperationFailed"] = "EntityOperationFailed"
+    request_id: str
+    failure: FailureDetails
+
+
 HistoryEvent = Annotated[
     ExecutionStarted
     | ExecutionCompleted
@@ -247,7 +295,11 @@ HistoryEvent = Annotated[
     | TimerFired
     | EventSent
     | PatchApplied
-    | EventRaised,
+    | EventRaised
+    | EntityOperationSignaled
+    | EntityOperationCalled
+    | EntityOperationCompleted
+    | EntityOperationFailed,
     Field(discriminator="kind"),
 ]
 """Any history event; ``kind`` tells which."""

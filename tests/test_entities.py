@@ -1,13 +1,17 @@
-"""Durable entities: ids, definitions, and running a batch of operations (issue 17, part 1).
+"""Durable entities: ids, definitions, and running a batch of operations (issue 17).
 
 The batch runner is pure (``durable_fx._replay.entities``), like the replay
-engine: these tests run it without a store. The worker, the stores and the
-clients come next (docs/design/entities.md, "Order of work").
+engine: the first tests run it without a store. The rest run entities on
+every store through a worker and the client (issue 17, part 2);
+orchestrations calling and locking entities come next
+(docs/design/entities.md, "Order of work").
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,14 +19,18 @@ from typing import Any
 import pytest
 
 from durable_fx import (
+    DurableClient,
     DurableEntity,
     EntityContext,
     EntityId,
     OrchestrationContext,
     Orchestrator,
+    OrchestrationStatus,
     Registry,
+    Worker,
 )
 from durable_fx._replay.entities import EntityOperation, run_entity_batch
+from tests.support.instances import WAIT, wait_until
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -204,9 +212,114 @@ def test_signal_times_must_be_timezone_aware() -> None:
         ctx.signal_entity(EntityId("c", "k"), "op", at=datetime(2026, 1, 1))
 
 
-def test_a_worker_refuses_entities_it_cannot_run_yet() -> None:
-    from durable_fx import Worker
-    from durable_fx.storage.memory import MemoryStore
+# -- on a store, through a worker and the client (every store) ---------------------------------
 
-    with pytest.raises(NotImplementedError, match="does not run entities yet"):
-        Worker(registry, MemoryStore())
+
+@registry.entity()
+def forwarder(ctx: EntityContext, amount: int = 1) -> None:
+    """Passes each amount on to a counter and starts an orchestration about it."""
+    ctx.signal_entity(EntityId("counter", ctx.entity_id.key), "add", amount)
+    ctx.start_orchestration(follow_up, f"forwarded {amount}", instance_id=f"fwd-{amount}")
+
+
+def state_of(client: DurableClient, entity: EntityId) -> Any:
+    found = client.get_entity(entity, int)
+    return None if found is None else found.state
+
+
+def test_signals_run_in_order_and_the_state_is_kept(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    ada = EntityId("counter", "ada")
+    assert client.get_entity(ada) is None  # nothing was sent to it yet
+    for amount in range(1, 31):
+        assert client.signal_entity(ada, "add", amount) is True
+    wait_until(lambda: state_of(client, ada) == 465, what="the 30 additions")
+    found = client.get_entity(ada, int)
+    assert found is not None and found.id == ada and found.state_json == "465"
+    assert found.last_modified.tzinfo is not None
+    client.signal_entity(ada, "reset")
+    wait_until(lambda: client.get_entity(ada) is None, what="the state deleted")
+
+
+def test_a_request_id_sent_twice_is_applied_once(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    bob = EntityId("counter", "bob")
+    assert client.signal_entity(bob, "add", 5, request_id="r-1") is True
+    assert client.signal_entity(bob, "add", 5, request_id="r-1") is False
+    make_worker(registry)
+    wait_until(lambda: state_of(client, bob) == 5, what="the first add")
+    # Sent again once the first was run: still remembered.
+    assert client.signal_entity(bob, "add", 5, request_id="r-1") is False
+    client.signal_entity(bob, "add", 1)
+    wait_until(lambda: state_of(client, bob) == 6, what="the next add")
+
+
+def test_a_delayed_signal_runs_at_its_time(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    later = EntityId("counter", "later")
+    at = datetime.now(UTC) + timedelta(seconds=1.5)
+    client.signal_entity(later, "add", 7, at=at)
+    client.signal_entity(later, "add", 1)
+    wait_until(lambda: state_of(client, later) == 1, what="the signal sent for now")
+    assert datetime.now(UTC) < at, "the machine was too slow to see the delay"
+    wait_until(lambda: state_of(client, later) == 8, what="the delayed signal")
+    assert datetime.now(UTC) >= at
+    with pytest.raises(ValueError, match="timezone-aware"):
+        client.signal_entity(later, "add", 1, at=datetime(2030, 1, 1))
+
+
+def test_a_failed_operation_changes_nothing_and_the_next_ones_run(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    carol = EntityId("counter", "carol")
+    client.signal_entity(carol, "add", 10)
+    client.signal_entity(carol, "add_then_fail", 5)
+    client.signal_entity(carol, "no_such_operation")
+    client.signal_entity(carol, "add", 1)
+    wait_until(lambda: state_of(client, carol) == 11, what="the adds around the failures")
+    time.sleep(0.3)  # the failed operation's signal to the audit counter would land by now
+    assert client.get_entity(EntityId("counter", "audit")) is None
+
+
+def test_entities_signal_entities_and_start_orchestrations(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    relay = EntityId("forwarder", "dave")
+    client.signal_entity(relay, "forward", 2)
+    client.signal_entity(relay, "forward", 3)
+    wait_until(lambda: state_of(client, EntityId("counter", "dave")) == 5, what="forwarded adds")
+    for amount in (2, 3):
+        state = client.wait(f"fwd-{amount}", timeout=WAIT)
+        assert state.status is OrchestrationStatus.COMPLETED
+        assert state.output == f"forwarded {amount}"
+    assert client.get_entity(relay) is None  # the forwarder keeps no state
+
+
+def test_an_unknown_entity_keeps_its_operations_failed_not_lost(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    ghost = EntityId("ghost", "g")
+    client.signal_entity(ghost, "anything", 1)
+    wait_until(
+        lambda: (row := client.get(ghost.instance_id)) is not None
+        and row.status is OrchestrationStatus.RUNNING,
+        what="the batch the worker could not run",
+    )
+    assert client.get_entity(ghost) is None
+
+
+def test_hostile_names_and_ids_are_refused(client: DurableClient) -> None:
+    target = EntityId("counter", "k")
+    for bad in ("", "x" * 300, "op\x00"):
+        with pytest.raises(ValueError, match="invalid operation name"):
+            client.signal_entity(target, bad)
+    with pytest.raises(ValueError, match="entities'"):
+        client.start(follow_up, "x", instance_id="@counter@k")

@@ -33,6 +33,8 @@ class EntityOperation:
     request_id: str = ""
     caller: str | None = None
     """The instance to answer (a call); ``None`` for a signal, which nobody awaits."""
+    caller_execution_id: str | None = None
+    """The caller's execution, which the answer is for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class OperationResult:
     caller: str | None
     output: str | None = None
     failure: FailureDetails | None = None
+    caller_execution_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +80,18 @@ def run_entity_batch(
             output = encode(definition.run(ctx, operation.input))
         except Exception as error:  # the operation's own failure: undone, answered, batch goes on
             failure = failure_from_exception(error)
-            results.append(OperationResult(operation.request_id, operation.caller, None, failure))
+            results.append(_result(operation, failure=failure))
             continue
         state = ctx.state_json
         signals += ctx.signals
         starts += ctx.starts
-        results.append(OperationResult(operation.request_id, operation.caller, output))
+        results.append(_result(operation, output=output))
     return BatchOutcome(state, tuple(results), tuple(signals), tuple(starts))
+
+
+def _result(
+    operation: EntityOperation, *, output: str | None = None, failure: FailureDetails | None = None
+) -> OperationResult:
+    return OperationResult(
+        operation.request_id, operation.caller, output, failure, operation.caller_execution_id
+    )

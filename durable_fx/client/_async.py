@@ -10,6 +10,7 @@ shape), which must sit on the class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from datetime import datetime
@@ -19,8 +20,16 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict
 
 from .._clock import Clock, SystemClock
-from .._errors import InstanceNotFoundError, InvalidOperationError
+from .._entity import (
+    EntityId,
+    EntityMetadata,
+    EntityRowState,
+    decode_state,
+    is_entity_instance_id,
+)
+from .._errors import InstanceExistsError, InstanceNotFoundError, InvalidOperationError
 from .._history import (
+    EntityOperationSignaled,
     EventRaised,
     ExecutionResumed,
     ExecutionRewound,
@@ -45,6 +54,7 @@ from ..storage._records import (
     InstanceRecord,
     OrchestrationMessage,
     PoisonedMessage,
+    entity_started,
 )
 from ._handle import AsyncInstanceHandle, result_codec
 
@@ -179,6 +189,8 @@ class AsyncDurableClient:
         if instance_id is None:
             instance_id = uuid.uuid4().hex
         validate_instance_id(instance_id)
+        if is_entity_instance_id(instance_id):
+            raise ValueError(f"instance ids that start with '@' are entities' ({instance_id!r})")
         if start_at is not None and start_at.tzinfo is None:
             raise ValueError("start_at must be timezone-aware (use UTC)")
         name = name_of(orchestrator)
@@ -421,6 +433,83 @@ class AsyncDurableClient:
         # here first would leave a window where the instance finishes and the
         # accepted event is never delivered.
         return await self._store.enqueue(OrchestrationMessage(instance_id, event, key=key))
+
+    # -- entities ---------------------------------------------------------------------------
+
+    async def signal_entity(
+        self,
+        entity: EntityId,
+        operation: str,
+        input: Any = None,
+        *,
+        at: datetime | None = None,
+        request_id: str | None = None,
+    ) -> bool:
+        """Send ``operation`` (with ``input``) to ``entity``; False if ``request_id`` was used.
+
+        The entity runs it once, after the operations sent to it before. It
+        exists from its first operation on: there is nothing to create. With
+        ``at`` (timezone-aware) it runs then, not before; the store keeps it
+        until then. ``request_id`` makes the call idempotent for the life of
+        the entity: sending it again delivers nothing and returns False.
+        """
+        _require_aware(at=at)
+        try:
+            validate_event_name(operation)
+        except ValueError as error:
+            raise ValueError(f"invalid operation name {operation[:80]!r}: {error}") from None
+        return await self._signal_entity_json(
+            entity, operation, encode(input), at=at, request_id=request_id
+        )
+
+    async def _signal_entity_json(
+        self,
+        entity: EntityId,
+        operation: str,
+        payload: str | None,
+        *,
+        at: datetime | None = None,
+        request_id: str | None = None,
+    ) -> bool:
+        """``signal_entity`` with the input already JSON text (the sidecar passes it through)."""
+        event = EntityOperationSignaled(
+            timestamp=self._clock.now(),
+            request_id=request_id or uuid.uuid4().hex,
+            operation=operation,
+            input=payload,
+            scheduled_time=at,
+            target_instance_id=entity.instance_id,
+        )
+        message = OrchestrationMessage(entity.instance_id, event, visible_at=at)
+        try:
+            return await self._store.enqueue(message)
+        except InstanceNotFoundError:
+            await self._create_entity(entity)
+            return await self._store.enqueue(message)
+
+    async def _create_entity(self, entity: EntityId) -> None:
+        """The entity's instance, for its first operation (created at most once)."""
+        started = entity_started(entity.instance_id, self._clock.now())
+        message = OrchestrationMessage(entity.instance_id, started, started.execution_id)
+        # Another caller's first operation may have created it meanwhile.
+        with contextlib.suppress(InstanceExistsError):
+            await self._store.create_instance(message)
+
+    async def get_entity(
+        self, entity: EntityId, state_type: type[T] | Any = Any
+    ) -> EntityMetadata[T] | None:
+        """``entity`` with its state decoded as ``state_type``; ``None`` if it has no state.
+
+        An entity has state once an operation set it, and none again after one
+        deleted it (as in Durable Functions, an entity without state does not exist).
+        """
+        record = await self._store.get_instance(entity.instance_id)
+        if record is None:
+            return None
+        state = EntityRowState.of_row(record.input).state
+        if state is None:
+            return None
+        return EntityMetadata(entity, record.updated_at, decode_state(state, state_type), state)
 
     async def terminate(
         self, instance_id: str, reason: Any = None, *, recursive: bool = True

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from .._clock import Clock
+from .._entity import EntityId, EntityMetadata
 from .._ids import validate_instance_id
 from .._portal import Portal
 from .._replay.context import OrchestrationContext
@@ -251,6 +252,26 @@ class DurableClient:
         return self._portal.call(
             self._client.raise_event(instance_id, name, data, event_id=event_id)
         )
+
+    def signal_entity(
+        self,
+        entity: EntityId,
+        operation: str,
+        input: Any = None,
+        *,
+        at: datetime | None = None,
+        request_id: str | None = None,
+    ) -> bool:
+        """See ``AsyncDurableClient.signal_entity``."""
+        return self._portal.call(
+            self._client.signal_entity(entity, operation, input, at=at, request_id=request_id)
+        )
+
+    def get_entity(
+        self, entity: EntityId, state_type: type[T] | Any = Any
+    ) -> EntityMetadata[T] | None:
+        """See ``AsyncDurableClient.get_entity``."""
+        return self._portal.call(self._client.get_entity(entity, state_type))
 
     def terminate(self, instance_id: str, reason: Any = None, *, recursive: bool = True) -> None:
         """See ``AsyncDurableClient.terminate``."""

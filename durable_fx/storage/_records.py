@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, Self, TypeVar
 
+from .._entity import EntityId
 from .._errors import InvalidOperationError
 from .._history import (
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
     ExecutionStarted,
     FailureDetails,
     HistoryEvent,
@@ -31,6 +36,7 @@ from .._history import (
 from .._state import OrchestrationStatus
 
 __all__ = [
+    "ENTITY_EXECUTION_ID",
     "ActivityInvocation",
     "ActivityResult",
     "ActivityWorkItem",
@@ -44,7 +50,9 @@ __all__ = [
     "Page",
     "PoisonedMessage",
     "accepts_rewind",
+    "creation_start",
     "dedupe_key",
+    "entity_started",
     "finished_refusal",
     "new_instance_record",
     "started_event",
@@ -113,6 +121,10 @@ def dedupe_key(event: HistoryEvent, execution_id: str | None) -> str:
             return timer_key(execution_id, event.timer_id)
         case ExecutionStarted():
             return f"start:{event.execution_id}"
+        case EntityOperationSignaled() | EntityOperationCalled():
+            return f"entity-op:{event.request_id}"
+        case EntityOperationCompleted() | EntityOperationFailed():
+            return f"entity-reply:{execution_id}:{event.request_id}"
         case _:
             return f"{event.kind}:{uuid.uuid4().hex}"
 
@@ -296,6 +308,39 @@ def started_event(message: OrchestrationMessage) -> ExecutionStarted:
             f"but the message is addressed to {message.instance_id!r}"
         )
     return event
+
+
+ENTITY_EXECUTION_ID = "entity"
+"""The execution id of every entity instance: an entity has one life, no executions."""
+
+
+def entity_started(instance_id: str, timestamp: datetime) -> ExecutionStarted:
+    """The start an entity instance (``@name@key``) is created with on its first request."""
+    entity = EntityId.parse(instance_id)
+    return ExecutionStarted(
+        timestamp=timestamp,
+        name=entity.name,
+        instance_id=instance_id,
+        execution_id=ENTITY_EXECUTION_ID,
+    )
+
+
+def creation_start(message: OrchestrationMessage) -> ExecutionStarted | None:
+    """The start ``message`` creates its target with if missing; ``None``: it needs one.
+
+    A start creates its instance; so does an operation for an entity, which
+    exists from its first request on (``@name@key`` ids only).
+    """
+    if isinstance(message.event, ExecutionStarted):
+        return started_event(message)
+    if isinstance(message.event, EntityOperationSignaled | EntityOperationCalled):
+        if message.event.target_instance_id != message.instance_id:
+            raise ValueError(
+                f"an operation for entity {message.event.target_instance_id!r} "
+                f"is addressed to {message.instance_id!r}"
+            )
+        return entity_started(message.instance_id, message.event.timestamp)
+    return None
 
 
 def finished_refusal(

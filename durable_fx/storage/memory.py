@@ -41,7 +41,7 @@ from .._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
 )
-from .._history import ExecutionStarted, HistoryEvent, TimerFired
+from .._history import HistoryEvent, TimerFired
 from .._ids import validate_instance_id
 from .._metrics import record_poisoned
 from .._state import OrchestrationStatus
@@ -62,6 +62,7 @@ from ._records import (
     PoisonedMessage,
     QueueBacklog,
     accepts_rewind,
+    creation_start,
     finished_refusal,
     new_instance_record,
     started_event,
@@ -597,9 +598,9 @@ class MemoryStore:
     def _route(self, message: OrchestrationMessage) -> None:
         """Deliver an outgoing message; a start creates its missing target, others need one."""
         if message.instance_id not in self._instances:
-            if not isinstance(message.event, ExecutionStarted):
+            started = creation_start(message)
+            if started is None:
                 return
-            started = started_event(message)
             self._instances[message.instance_id] = _Instance(
                 new_instance_record(message.instance_id, started)
             )

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 from .._clock import Clock, SystemClock
+from .._entity import is_entity_instance_id
 from .._metrics import watch_backlog
 from .._registry import HasRegistry, Registry, registry_of
 from .._versioning import OnVersionMismatch, VersionPolicy
@@ -30,6 +31,7 @@ from ..storage._records import ActivityResult, ActivityWorkItem, LockBatch, Orch
 from ._activity_runner import ActivityRunner
 from ._background import BackgroundThread, StartStopContext, StopSignal
 from ._backoff import Backoff
+from ._entity_runner import EntityRunner
 from ._orchestration_runner import ExecutorCache, OrchestrationRunner
 from ._result_batches import ResultBatcher
 
@@ -85,12 +87,6 @@ class Worker(StartStopContext):
         self._store = store if isinstance(store, Store) else open_store(store, clock=self._clock)
         self._owns_store = not isinstance(store, Store)
         self._registry = registry_of(app)
-        if self._registry.entity_names:
-            # Said now, not found out later: nothing would ever run their operations.
-            raise NotImplementedError(
-                f"the registry defines entities ({', '.join(self._registry.entity_names)}); "
-                "the worker does not run entities yet (docs/design/entities.md)"
-            )
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._max_episodes = max_concurrent_episodes
         self._max_activities = max_concurrent_activities
@@ -109,6 +105,7 @@ class Worker(StartStopContext):
         if versioning is not None and versioning.on_mismatch is OnVersionMismatch.LEAVE:
             self._accept = lambda _name, version: versioning.accepts(version)
         self._activities = ActivityRunner(self._registry, self._clock, self._threads)
+        self._entities = EntityRunner(self._registry, self._store, self._clock)
         self._episodes: set[asyncio.Task[None]] = set()
         self._activity_tasks: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(self._store, self._results_settled, log)
@@ -279,7 +276,10 @@ class Worker(StartStopContext):
 
     async def _run_episode(self, item: OrchestrationWorkItem) -> None:
         try:
-            await self._orchestrations.run(item)
+            if is_entity_instance_id(item.instance.instance_id):
+                await self._entities.run(item)
+            else:
+                await self._orchestrations.run(item)
         except asyncio.CancelledError:
             await self._release_episode(item, "the worker stopped", timedelta(0))
             raise

@@ -17,7 +17,7 @@ from azure.data.tables import TableTransactionError
 
 from ..._errors import ConflictError
 from ..._ids import validate_instance_id
-from .._records import ActivityInvocation, EpisodeCommit, OrchestrationWorkItem, started_event
+from .._records import ActivityInvocation, EpisodeCommit, OrchestrationWorkItem, creation_start
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, inbox_key, outbox_key, ts, work_key
 from ._hub import Hub
@@ -81,8 +81,8 @@ class Commits:
             )
         for message in commit.messages:  # validate before writing anything
             validate_instance_id(message.instance_id)
-            if message.instance_id != iid and type(message.event).__name__ == "ExecutionStarted":
-                started_event(message)
+            if message.instance_id != iid:
+                creation_start(message)  # a start (or an entity operation) names its target
         session = self._sessions.get(iid)
         if session is None:
             raise ConflictError(iid, "it was purged, replaced or taken over while locked")
@@ -268,7 +268,7 @@ class Commits:
                     raise ConflictError(iid, "another worker took the instance over") from None
                 if outcome == "changed":
                     raise ConflictError(iid, _CHANGED, lock_kept=True) from None
-        raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
+        raise _still_ours_but_busy(iid)
 
     async def _set_staging(self, session: Session, staging: str) -> None:
         hub = self._hub
@@ -295,7 +295,7 @@ class Commits:
                     raise ConflictError(iid, "another worker took the instance over") from None
                 if outcome == "changed":
                     raise ConflictError(iid, _CHANGED, lock_kept=True) from None
-        raise ConflictError(iid, "the instance kept changing under the commit; it will be retried")
+        raise _still_ours_but_busy(iid)
 
     def _apply(self, session: Session, commit: EpisodeCommit, plan: _Plan) -> None:
         """Bring the session in line with what was written."""
@@ -334,3 +334,12 @@ class Commits:
             await self._sessions.release_guard(session)
         elif session.visible(hub.now()):
             hub.wake()
+
+
+def _still_ours_but_busy(iid: str) -> ConflictError:
+    # Every try found the lock still ours but the row changed again (messages kept
+    # arriving): the lock is kept, so the caller releases it and the messages come
+    # back at once, instead of waiting out the lease.
+    return ConflictError(
+        iid, "the instance kept changing under the commit; it will be retried", lock_kept=True
+    )

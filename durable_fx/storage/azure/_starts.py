@@ -29,6 +29,7 @@ from .._records import (
     InstanceRecord,
     OrchestrationMessage,
     accepts_rewind,
+    creation_start,
     finished_refusal,
     new_instance_record,
     started_event,
@@ -275,11 +276,12 @@ class Starts:
         log.debug("route %s to %s (owned here: %s)", message.event.kind, iid, session is not None)
         if session is not None:
             return await self._enqueue_owned(session, message)
-        if create and isinstance(message.event, ExecutionStarted):
+        started = creation_start(message) if create else None
+        if started is not None:
             own = hub.is_worker
             guard = await self._first_wake_up(iid, message, own=own)
             try:
-                created = await self._create_missing(message, message.event, own=own)
+                created = await self._create_missing(message, started, own=own)
             except BaseException:
                 await hub.queues.discard(guard)
                 raise

@@ -27,7 +27,7 @@ from .._records import (
     InstanceRecord,
     OrchestrationMessage,
     OrchestrationWorkItem,
-    started_event,
+    creation_start,
 )
 from .._trace_codec import trace_text
 
@@ -247,11 +247,7 @@ class CommitPlan:
             )
         for message in commit.messages:
             validate_instance_id(message.instance_id)
-        starts = [
-            start_row(m, started_event(m))
-            for m in commit.messages
-            if isinstance(m.event, ExecutionStarted)
-        ]
+        starts = [start_row(m, started) for m in commit.messages if (started := creation_start(m))]
         history = [event.model_dump_json() for event in commit.new_history]
         version = int(item.instance.version or 0)
         update = (*commit_values(commit.instance), commit.reset_history, len(history),
