@@ -24,9 +24,10 @@ from durable_fx import (
     EntityContext,
     EntityId,
     OrchestrationContext,
-    Orchestrator,
     OrchestrationStatus,
+    Orchestrator,
     Registry,
+    TaskFailedError,
     Worker,
 )
 from durable_fx._replay.entities import EntityOperation, run_entity_batch
@@ -309,8 +310,10 @@ def test_an_unknown_entity_keeps_its_operations_failed_not_lost(
     ghost = EntityId("ghost", "g")
     client.signal_entity(ghost, "anything", 1)
     wait_until(
-        lambda: (row := client.get(ghost.instance_id)) is not None
-        and row.status is OrchestrationStatus.RUNNING,
+        lambda: (
+            (row := client.get(ghost.instance_id)) is not None
+            and row.status is OrchestrationStatus.RUNNING
+        ),
         what="the batch the worker could not run",
     )
     assert client.get_entity(ghost) is None
@@ -323,3 +326,57 @@ def test_hostile_names_and_ids_are_refused(client: DurableClient) -> None:
             client.signal_entity(target, bad)
     with pytest.raises(ValueError, match="entities'"):
         client.start(follow_up, "x", instance_id="@counter@k")
+
+
+# -- orchestrations call and signal entities -------------------------------------------------
+
+
+@registry.orchestrator()
+def tally(ctx: OrchestrationContext, key: str) -> Orchestrator[dict[str, Any]]:
+    """Adds through calls, signals one more add, and reads the total back."""
+    tallied = EntityId("counter", key)
+    first = yield ctx.call_entity(tallied, "add", 2)
+    second = yield ctx.call_entity(tallied, "add", 3)
+    ctx.signal_entity(tallied, "add", 10)
+    try:
+        yield ctx.call_entity(tallied, "add_then_fail", 100)
+        refused = None
+    except TaskFailedError as error:
+        refused = str(error)
+    total = yield ctx.call_entity(tallied, "get", result_type=int)
+    return {"first": first, "second": second, "total": total, "refused": refused}
+
+
+def test_orchestrations_call_entities_and_get_results_or_failures(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    client.start(tally, "erin", instance_id="tally-erin")
+    state = client.wait("tally-erin", timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    output = state.output
+    # The signal is sent with the episode that makes the failing call, so the
+    # entity runs it first: calls from one orchestration arrive in order.
+    assert (output["first"], output["second"], output["total"]) == (2, 5, 15)
+    assert "refused after changing things" in output["refused"]
+    assert state_of(client, EntityId("counter", "erin")) == 15
+
+
+def test_orchestrations_calling_entities_replay_from_history(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry, cache_size=0)  # every episode replays the history so far
+    for n in range(3):
+        client.start(tally, f"replay-{n}", instance_id=f"tally-replay-{n}")
+    for n in range(3):
+        state = client.wait(f"tally-replay-{n}", timeout=WAIT)
+        assert state.status is OrchestrationStatus.COMPLETED, state.failure
+        assert state.output["total"] == 15
+        assert state_of(client, EntityId("counter", f"replay-{n}")) == 15
+    detailed = client.get("tally-replay-0", history=True)
+    assert detailed is not None and detailed.history is not None
+    kinds = [event.kind for event in detailed.history]
+    assert kinds.count("EntityOperationCalled") == 4
+    assert kinds.count("EntityOperationSignaled") == 1
+    assert kinds.count("EntityOperationCompleted") == 3
+    assert kinds.count("EntityOperationFailed") == 1

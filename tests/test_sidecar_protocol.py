@@ -16,6 +16,10 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 from durable_fx import FailureDetails, OrchestrationStatus
 from durable_fx._history import (
     ContinueAsNew,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -91,6 +95,26 @@ EVERY_KIND: list[HistoryEvent] = [
     EventSent(event_id=5, timestamp=NOW, instance_id="other", name="ping", input='{"a": 1}'),
     EventRaised(timestamp=NOW, name="approve", input=None),
     PatchApplied(event_id=6, timestamp=NOW, name="send-via-acs"),
+    EntityOperationSignaled(
+        event_id=7,
+        timestamp=NOW,
+        request_id="r1",
+        operation="add",
+        input="2",
+        scheduled_time=LATER,
+        target_instance_id="@counter@a",
+    ),
+    EntityOperationCalled(
+        event_id=8,
+        timestamp=NOW,
+        request_id="r2",
+        operation="get",
+        parent_instance_id="order-1",
+        parent_execution_id="e1",
+        target_instance_id="@counter@a",
+    ),
+    EntityOperationCompleted(timestamp=NOW, request_id="r2", output="2"),
+    EntityOperationFailed(timestamp=NOW, request_id="r3", failure=FAILURE),
 ]
 
 

@@ -16,12 +16,14 @@ from .._history import FailureDetails, HistoryEvent, TraceContext
 
 __all__ = [
     "Action",
+    "CallEntity",
     "CompleteOrchestration",
     "CreateSubOrchestration",
     "CreateTimer",
     "RecordPatch",
     "ScheduleTask",
     "SendEvent",
+    "SignalEntity",
 ]
 
 
@@ -75,6 +77,35 @@ class SendEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEntity:
+    """An operation on an entity whose result the orchestration awaits."""
+
+    id: int
+    entity_instance_id: str
+    operation: str
+    input: str | None
+    request_id: str
+
+    def describe(self) -> str:
+        return f"call_entity({self.entity_instance_id!r}, {self.operation!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalEntity:
+    """A one-way operation on an entity, perhaps for later (``at``)."""
+
+    id: int
+    entity_instance_id: str
+    operation: str
+    input: str | None
+    request_id: str
+    at: datetime | None = None
+
+    def describe(self) -> str:
+        return f"signal_entity({self.entity_instance_id!r}, {self.operation!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class RecordPatch:
     """A marker: the code takes patch ``name``'s new path (nothing is sent)."""
 
@@ -95,5 +126,13 @@ class CompleteOrchestration:
     carryover_events: list[HistoryEvent] = field(default_factory=list)
 
 
-Action = ScheduleTask | CreateTimer | CreateSubOrchestration | SendEvent | RecordPatch
+Action = (
+    ScheduleTask
+    | CreateTimer
+    | CreateSubOrchestration
+    | SendEvent
+    | RecordPatch
+    | CallEntity
+    | SignalEntity
+)
 """An action that schedules work and appears in history under its ``id``."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar, overload
 
+from .._entity import EntityId
 from .._errors import EventTimeoutError, SerializationError, TaskFailedError
 from .._history import (
     EventRaised,
@@ -46,12 +47,14 @@ from .._retry import RetryPolicy
 from .._serialization import PayloadCodec, encode
 from .actions import (
     Action,
+    CallEntity,
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
     RecordPatch,
     ScheduleTask,
     SendEvent,
+    SignalEntity,
 )
 from .tasks import CompletableTask, DroppableTask, Task
 
@@ -135,6 +138,8 @@ class OrchestrationContext:
         self._pending_actions: dict[int, Action] = {}
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
+        self._entity_calls: dict[str, int] = {}
+        """The action id of each entity call by its request id (the reply names the request)."""
         self._terminate_on_close: set[int] = set()
         self._failures_raised: set[int] = set()
         self._timers: set[int] = set()
@@ -626,6 +631,58 @@ class OrchestrationContext:
         validate_instance_id(instance_id)
         self._record(SendEvent(self._next_id(), instance_id, name, encode(data)), None)
 
+    def call_entity(
+        self, entity: EntityId, operation: str, input: Any = None, *, result_type: Any = None
+    ) -> Task[Any]:
+        """Run ``operation`` on ``entity``; yielding the task returns its result.
+
+        The entity runs it after the operations sent to it before, one at a
+        time. If the operation raises, the entity undoes its changes and the
+        task fails with ``TaskFailedError``. ``result_type`` rebuilds the result
+        (a pydantic model, a dataclass...); without it the result is plain JSON.
+        """
+        _check_operation(operation)
+        codec = self._codec_for(result_type)
+        payload = encode(input)
+
+        def start(_attempt: int, on_result: ResultHandler, _carried: str | None) -> _Started:
+            action_id = self._next_id()
+            request_id = self._request_id(action_id)
+            self._entity_calls[request_id] = action_id
+            call = CallEntity(action_id, entity.instance_id, operation, payload, request_id)
+            self._record(call, on_result)
+            return _Started(action_id)
+
+        return self._run_with_retry(f"{entity}.{operation}", codec, start, None)
+
+    def signal_entity(
+        self,
+        entity: EntityId,
+        operation: str,
+        input: Any = None,
+        *,
+        at: datetime | timedelta | None = None,
+    ) -> None:
+        """Send ``operation`` to ``entity`` without waiting for it; ``at``: not before then."""
+        _check_operation(operation)
+        when = self._now + at if isinstance(at, timedelta) else at
+        if when is not None and when.tzinfo is None:
+            raise ValueError("signal_entity needs a timezone-aware datetime (use UTC)")
+        action_id = self._next_id()
+        signal = SignalEntity(
+            action_id,
+            entity.instance_id,
+            operation,
+            encode(input),
+            self._request_id(action_id),
+            when,
+        )
+        self._record(signal, None)
+
+    def _request_id(self, action_id: int) -> str:
+        # The same on every replay, and unique across instances and executions.
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._execution_id}/{action_id}"))
+
     def is_patched(self, patch_id: str) -> bool:
         """True where the code may take the new path of a change made while instances ran.
 
@@ -829,6 +886,11 @@ class OrchestrationContext:
     def _child_instance_id(self, action_id: int) -> str:
         child = f"{self._instance_id}:{action_id}"
         return child if len(child) <= MAX_INSTANCE_ID_LENGTH else self.new_uuid().hex
+
+
+def _check_operation(operation: str) -> None:
+    if not isinstance(operation, str) or not operation:
+        raise ValueError("an entity operation needs a name")
 
 
 @dataclass(frozen=True, slots=True)

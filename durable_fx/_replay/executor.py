@@ -24,6 +24,10 @@ from typing import Any
 
 from .._errors import NonDeterminismError, SerializationError
 from .._history import (
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -48,12 +52,14 @@ from .._registry import OrchestratorDefinition, Registry
 from .._serialization import encode
 from .actions import (
     Action,
+    CallEntity,
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
     RecordPatch,
     ScheduleTask,
     SendEvent,
+    SignalEntity,
 )
 from .admission import admits
 from .context import Observation, OrchestrationContext
@@ -67,6 +73,8 @@ _SCHEDULING_EVENTS: dict[type[Any], type[Any]] = {
     SubOrchestrationInstanceCreated: CreateSubOrchestration,
     EventSent: SendEvent,
     PatchApplied: RecordPatch,
+    EntityOperationCalled: CallEntity,
+    EntityOperationSignaled: SignalEntity,
 }
 _USER_CODE_ERRORS = (Exception, SystemExit)
 """What orchestrator code may raise to fail its instance (sys.exit() must not stop a worker)."""
@@ -202,6 +210,13 @@ class OrchestrationExecutor:
 
     def _admit(self, event: HistoryEvent) -> bool:
         """False for events that must not reach history: duplicates and late results."""
+        if isinstance(event, EntityOperationCompleted | EntityOperationFailed):
+            task_id = self._ctx._entity_calls.get(event.request_id)
+            return (
+                self._ctx._completion is None
+                and task_id is not None
+                and task_id in self._ctx._result_handlers
+            )
         return admits(
             event,
             started=self._started,
@@ -228,8 +243,14 @@ class OrchestrationExecutor:
                 | SubOrchestrationInstanceCreated()
                 | EventSent()
                 | PatchApplied()
+                | EntityOperationCalled()
+                | EntityOperationSignaled()
             ):
                 self._match_scheduled(event)
+            case EntityOperationCompleted() | EntityOperationFailed():
+                task_id = self._ctx._entity_calls.get(event.request_id)
+                if task_id is not None:
+                    self._resolve(task_id, _as_task_result(event, task_id))
             case (
                 TaskCompleted()
                 | TaskFailed()
@@ -287,7 +308,9 @@ class OrchestrationExecutor:
             | TimerCreated
             | SubOrchestrationInstanceCreated
             | EventSent
-            | PatchApplied,
+            | PatchApplied
+            | EntityOperationCalled
+            | EntityOperationSignaled,
         )
         action = self._ctx._pending_actions.pop(event.event_id, None)
         expected_type = _SCHEDULING_EVENTS[type(event)]
@@ -296,9 +319,7 @@ class OrchestrationExecutor:
             raise NonDeterminismError(
                 self._ctx.instance_id, event.event_id, recorded, "no action at that step"
             )
-        same_name = not isinstance(action, ScheduleTask | CreateSubOrchestration | RecordPatch) or (
-            action.name == getattr(event, "name", None)
-        )
+        same_name = _same_target(action, event)
         if not isinstance(action, expected_type) or not same_name:
             raise NonDeterminismError(
                 self._ctx.instance_id, event.event_id, recorded, action.describe()
@@ -405,8 +426,33 @@ def failure_from_exception(error: BaseException) -> FailureDetails:
     )
 
 
+def _same_target(action: Action, event: HistoryEvent) -> bool:
+    """Whether a recorded event names what the action does (its activity, child, operation)."""
+    if isinstance(action, ScheduleTask | CreateSubOrchestration | RecordPatch):
+        return action.name == getattr(event, "name", None)
+    if isinstance(action, CallEntity | SignalEntity):
+        return (action.entity_instance_id, action.operation) == (
+            getattr(event, "target_instance_id", None),
+            getattr(event, "operation", None),
+        )
+    return True
+
+
+def _as_task_result(
+    event: EntityOperationCompleted | EntityOperationFailed, task_id: int
+) -> TaskCompleted | TaskFailed:
+    """An entity's answer as the result of the task that awaits it."""
+    if isinstance(event, EntityOperationFailed):
+        return TaskFailed(
+            timestamp=event.timestamp, task_scheduled_id=task_id, failure=event.failure
+        )
+    return TaskCompleted(timestamp=event.timestamp, task_scheduled_id=task_id, result=event.output)
+
+
 def _describe_event(event: HistoryEvent) -> str:
     match event:
+        case EntityOperationCalled() | EntityOperationSignaled():
+            return f"{event.kind}({event.target_instance_id!r}, {event.operation!r})"
         case TaskScheduled():
             return f"TaskScheduled({event.name!r})"
         case SubOrchestrationInstanceCreated():

@@ -14,6 +14,10 @@ from typing import Any
 
 from .._history import (
     ContinueAsNew,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -53,7 +57,7 @@ __all__ = [
 
 
 class UnsupportedEventError(ValueError):
-    """A protobuf history event durable_fx has no kind for (entity events, for now)."""
+    """A protobuf history event durable_fx has no kind for (entity locks, for now)."""
 
 
 _STATUS_TO_PB = {
@@ -251,6 +255,36 @@ _TO_PB: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     EventRaised: lambda e: {
         "eventRaised": pb.EventRaisedEvent(name=e.name, input=text_value(e.input))
     },
+    EntityOperationSignaled: lambda e: {
+        "entityOperationSignaled": pb.EntityOperationSignaledEvent(
+            requestId=e.request_id,
+            operation=e.operation,
+            scheduledTime=timestamp(e.scheduled_time) if e.scheduled_time else None,
+            input=text_value(e.input),
+            targetInstanceId=text_value(e.target_instance_id),
+        )
+    },
+    EntityOperationCalled: lambda e: {
+        "entityOperationCalled": pb.EntityOperationCalledEvent(
+            requestId=e.request_id,
+            operation=e.operation,
+            scheduledTime=timestamp(e.scheduled_time) if e.scheduled_time else None,
+            input=text_value(e.input),
+            parentInstanceId=text_value(e.parent_instance_id),
+            parentExecutionId=text_value(e.parent_execution_id),
+            targetInstanceId=text_value(e.target_instance_id),
+        )
+    },
+    EntityOperationCompleted: lambda e: {
+        "entityOperationCompleted": pb.EntityOperationCompletedEvent(
+            requestId=e.request_id, output=text_value(e.output)
+        )
+    },
+    EntityOperationFailed: lambda e: {
+        "entityOperationFailed": pb.EntityOperationFailedEvent(
+            requestId=e.request_id, failureDetails=failure_to_pb(e.failure)
+        )
+    },
     # The protocol has no patch marker; a reader (the durable_fx Python API wrote it) sees it
     # as a generic event.
     PatchApplied: lambda e: {
@@ -266,7 +300,7 @@ def event_from_pb(event: pb.HistoryEvent) -> HistoryEvent:
     """The durable_fx event for a protobuf history event.
 
     Raises ``UnsupportedEventError`` for kinds durable_fx does not have
-    (entity operations, generic and history-state events).
+    (entity locks, generic and history-state events).
     """
     kind = event.WhichOneof("eventType")
     convert = _FROM_PB.get(kind or "")
@@ -373,7 +407,36 @@ _FROM_PB: dict[str, Callable[[Any, dict[str, Any]], HistoryEvent]] = {
     ),
     "eventRaised": lambda e, c: EventRaised(**c, name=e.name, input=optional_text(e, "input")),
     "genericEvent": lambda e, c: _generic_from_pb(e, c),
+    "entityOperationSignaled": lambda e, c: EntityOperationSignaled(
+        **c,
+        request_id=e.requestId,
+        operation=e.operation,
+        input=optional_text(e, "input"),
+        scheduled_time=_optional_time(e, "scheduledTime"),
+        target_instance_id=optional_text(e, "targetInstanceId") or "",
+    ),
+    "entityOperationCalled": lambda e, c: EntityOperationCalled(
+        **c,
+        request_id=e.requestId,
+        operation=e.operation,
+        input=optional_text(e, "input"),
+        scheduled_time=_optional_time(e, "scheduledTime"),
+        parent_instance_id=optional_text(e, "parentInstanceId"),
+        parent_execution_id=optional_text(e, "parentExecutionId"),
+        target_instance_id=optional_text(e, "targetInstanceId") or "",
+    ),
+    "entityOperationCompleted": lambda e, c: EntityOperationCompleted(
+        **c, request_id=e.requestId, output=optional_text(e, "output")
+    ),
+    "entityOperationFailed": lambda e, c: EntityOperationFailed(
+        **c, request_id=e.requestId, failure=failure_from_pb(e.failureDetails)
+    ),
 }
+
+
+def _optional_time(message: Any, field: str) -> Any:
+    return from_timestamp(getattr(message, field)) if message.HasField(field) else None
+
 
 _PATCH_PREFIX = "patch:"
 

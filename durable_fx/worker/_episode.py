@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .._history import (
+    EntityOperationCalled,
+    EntityOperationSignaled,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -37,12 +39,14 @@ from .._history import (
 )
 from .._replay.actions import (
     Action,
+    CallEntity,
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
     RecordPatch,
     ScheduleTask,
     SendEvent,
+    SignalEntity,
 )
 from .._replay.executor import EpisodeOutput
 from .._serialization import encode
@@ -214,7 +218,7 @@ def plan_episode(
     activities: list[ActivityInvocation] = []
     messages: list[OrchestrationMessage] = []
     for action in output.actions:
-        history.append(_recorded(action, now))
+        history.append(_recorded(action, now, instance))
         _dispatch(action, instance, started, now, ids, activities, messages)
 
     record = dataclasses.replace(
@@ -333,9 +337,11 @@ def plan_consume_only(
     )
 
 
-def _recorded(action: Action, now: datetime) -> HistoryEvent:
+def _recorded(action: Action, now: datetime, instance: InstanceRecord) -> HistoryEvent:
     """The history event that records ``action`` (same sequence number)."""
     match action:
+        case CallEntity() | SignalEntity():
+            return _entity_request(action, now, instance)
         case ScheduleTask():
             return TaskScheduled(
                 event_id=action.id,
@@ -421,8 +427,38 @@ def _dispatch(
         case SendEvent():
             raised = EventRaised(timestamp=now, name=action.name, input=action.input)
             messages.append(OrchestrationMessage(action.instance_id, raised))
+        case CallEntity() | SignalEntity():
+            request = _entity_request(action, now, instance)
+            at = action.at if isinstance(action, SignalEntity) else None
+            messages.append(OrchestrationMessage(action.entity_instance_id, request, visible_at=at))
         case RecordPatch():
             pass  # only a marker in history
+
+
+def _entity_request(
+    action: CallEntity | SignalEntity, now: datetime, instance: InstanceRecord
+) -> EntityOperationCalled | EntityOperationSignaled:
+    """The request an entity receives; the orchestration's history records the same."""
+    if isinstance(action, SignalEntity):
+        return EntityOperationSignaled(
+            event_id=action.id,
+            timestamp=now,
+            request_id=action.request_id,
+            operation=action.operation,
+            input=action.input,
+            scheduled_time=action.at,
+            target_instance_id=action.entity_instance_id,
+        )
+    return EntityOperationCalled(
+        event_id=action.id,
+        timestamp=now,
+        request_id=action.request_id,
+        operation=action.operation,
+        input=action.input,
+        parent_instance_id=instance.instance_id,
+        parent_execution_id=instance.execution_id,
+        target_instance_id=action.entity_instance_id,
+    )
 
 
 def _completed_event(completion: CompleteOrchestration, now: datetime) -> ExecutionCompleted:
