@@ -42,6 +42,7 @@ from .client import (
     AsyncDurableClient,
     AsyncInstanceHandle,
     DurableClient,
+    EntityPage,
     InstanceHandle,
     QueryResult,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "EntityContext",
     "EntityId",
     "EntityMetadata",
+    "EntityPage",
     "EventTimeoutError",
     "FailureDetails",
     "HistoryEvent",

@@ -380,3 +380,25 @@ def test_orchestrations_calling_entities_replay_from_history(
     assert kinds.count("EntityOperationSignaled") == 1
     assert kinds.count("EntityOperationCompleted") == 3
     assert kinds.count("EntityOperationFailed") == 1
+
+
+def test_entities_are_listed_apart_from_orchestrations(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    for key in ("q-a1", "q-a2", "q-b1"):
+        client.signal_entity(EntityId("counter", key), "add", 1)
+    client.signal_entity(EntityId("counter", "q-empty"), "reset")  # never has state
+    client.start(follow_up, "x", instance_id="plain-orchestration")
+    client.wait("plain-orchestration", timeout=WAIT)
+    wait_until(lambda: len(client.query_entities().items) == 3, what="3 entities with state")
+    assert [s.instance_id for s in client.query().items] == ["plain-orchestration"]
+    keys = sorted(m.id.key for m in client.query_entities(name="Counter", state_type=int).items)
+    assert keys == ["q-a1", "q-a2", "q-b1"]
+    found = client.query_entities(name="counter", key_prefix="q-a").items
+    assert sorted(m.id.key for m in found) == ["q-a1", "q-a2"]
+    assert all(m.state == 1 for m in found)
+    first = client.query_entities(page_size=2)
+    assert len(first.items) <= 2 and first.continuation is not None
+    with pytest.raises(ValueError, match="key_prefix needs"):
+        client.query_entities(key_prefix="q")

@@ -4,7 +4,7 @@
 for code without an event loop.
 """
 
-from ._async import AsyncDurableClient, QueryResult
+from ._async import AsyncDurableClient, EntityPage, QueryResult
 from ._handle import AsyncInstanceHandle, InstanceHandle
 from ._sync import DurableClient
 
@@ -12,6 +12,7 @@ __all__ = [
     "AsyncDurableClient",
     "AsyncInstanceHandle",
     "DurableClient",
+    "EntityPage",
     "InstanceHandle",
     "QueryResult",
 ]

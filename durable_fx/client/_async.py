@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
@@ -58,7 +59,7 @@ from ..storage._records import (
 )
 from ._handle import AsyncInstanceHandle, result_codec
 
-__all__ = ["AsyncDurableClient", "PoisonIds", "QueryResult", "StatusFilter"]
+__all__ = ["AsyncDurableClient", "EntityPage", "PoisonIds", "QueryResult", "StatusFilter"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -75,6 +76,14 @@ class QueryResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     items: list[OrchestrationState]
+    continuation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityPage:
+    """One page of entities (with state); pass ``continuation`` to ``query_entities`` for more."""
+
+    items: list[EntityMetadata[Any]]
     continuation: str | None = None
 
 
@@ -510,6 +519,42 @@ class AsyncDurableClient:
         if state is None:
             return None
         return EntityMetadata(entity, record.updated_at, decode_state(state, state_type), state)
+
+    async def query_entities(
+        self,
+        *,
+        name: str | None = None,
+        key_prefix: str = "",
+        state_type: Any = Any,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> EntityPage:
+        """One page of entities that have state, newest first: all, or ``name``'s.
+
+        ``key_prefix`` (with ``name``) keeps the keys that start with it. A
+        page may hold fewer than ``page_size`` entities (those without state
+        are left out) and still have a ``continuation``.
+        """
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be between 1 and 1000")
+        if key_prefix and name is None:
+            raise ValueError("key_prefix needs the entity's name")
+        prefix = "@" if name is None else f"@{name.lower()}@{key_prefix}"
+        query = InstanceQuery(
+            instance_id_prefix=prefix,
+            entities=True,
+            page_size=page_size,
+            continuation=continuation,
+        )
+        page = await self._store.query_instances(query)
+        items = []
+        for record in page.items:
+            state = EntityRowState.of_row(record.input).state
+            if state is not None:
+                entity = EntityId.parse(record.instance_id)
+                decoded = decode_state(state, state_type)
+                items.append(EntityMetadata(entity, record.updated_at, decoded, state))
+        return EntityPage(items, page.continuation)
 
     async def terminate(
         self, instance_id: str, reason: Any = None, *, recursive: bool = True

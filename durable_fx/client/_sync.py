@@ -21,7 +21,7 @@ from .._reuse import IdReuse, IdReusePolicy
 from .._state import OrchestrationState, OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import PoisonedMessage
-from ._async import AsyncDurableClient, PoisonIds, QueryResult, StatusFilter
+from ._async import AsyncDurableClient, EntityPage, PoisonIds, QueryResult, StatusFilter
 from ._handle import InstanceHandle, result_codec
 
 __all__ = ["DurableClient"]
@@ -265,6 +265,26 @@ class DurableClient:
         """See ``AsyncDurableClient.signal_entity``."""
         return self._portal.call(
             self._client.signal_entity(entity, operation, input, at=at, request_id=request_id)
+        )
+
+    def query_entities(
+        self,
+        *,
+        name: str | None = None,
+        key_prefix: str = "",
+        state_type: Any = Any,
+        page_size: int = 100,
+        continuation: str | None = None,
+    ) -> EntityPage:
+        """See ``AsyncDurableClient.query_entities``."""
+        return self._portal.call(
+            self._client.query_entities(
+                name=name,
+                key_prefix=key_prefix,
+                state_type=state_type,
+                page_size=page_size,
+                continuation=continuation,
+            )
         )
 
     def get_entity(

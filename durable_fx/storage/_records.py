@@ -265,6 +265,8 @@ class InstanceQuery:
     created_from: datetime | None = None
     created_to: datetime | None = None
     instance_id_prefix: str | None = None
+    entities: bool = False
+    """False: orchestrations only; True: entities only (``@name@key`` instances)."""
     page_size: int = 100
     continuation: str | None = None
 

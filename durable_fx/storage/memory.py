@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from .._clock import Clock, SystemClock
+from .._entity import is_entity_instance_id
 from .._errors import (
     ConflictError,
     InstanceExistsError,
@@ -700,6 +701,7 @@ def _matches(record: InstanceRecord, query: InstanceQuery) -> bool:
             query.instance_id_prefix is None
             or record.instance_id.startswith(query.instance_id_prefix)
         )
+        and is_entity_instance_id(record.instance_id) == query.entities
     )
 
 

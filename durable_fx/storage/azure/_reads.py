@@ -114,6 +114,11 @@ def _filter(query: InstanceQuery) -> str:
         clauses.append(f"CreatedAt ge {odata(ts(query.created_from))}")
     if query.created_to is not None:
         clauses.append(f"CreatedAt le {odata(ts(query.created_to))}")
+    # Entity ids are exactly those from '@' up to (not including) 'A'.
+    if query.entities:
+        clauses.append("PartitionKey ge '@' and PartitionKey lt 'A'")
+    else:
+        clauses.append("(PartitionKey lt '@' or PartitionKey ge 'A')")
     prefix = query.instance_id_prefix
     if prefix:
         clauses.append(f"PartitionKey ge {odata(prefix)}")

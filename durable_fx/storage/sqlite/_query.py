@@ -35,6 +35,11 @@ def query_filter(query: InstanceQuery) -> tuple[str, list[Any]]:
     if query.instance_id_prefix:
         clauses.append("substr(instance_id, 1, ?) = ?")
         params.extend((len(query.instance_id_prefix), query.instance_id_prefix))
+    # Entity ids are exactly those from '@' up to (not including) 'A'.
+    if query.entities:
+        clauses.append("instance_id >= '@' AND instance_id < 'A'")
+    else:
+        clauses.append("(instance_id < '@' OR instance_id >= 'A')")
     if query.continuation is not None:
         created, after = decode_keyset(query.continuation)
         clauses.append("(created_at < ? OR (created_at = ? AND instance_id > ?))")
