@@ -9,6 +9,7 @@ orchestrations calling and locking entities come next
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from durable_fx import (
+    AsyncDurableClient,
     DurableClient,
     DurableEntity,
     EntityContext,
@@ -27,6 +29,7 @@ from durable_fx import (
     OrchestrationStatus,
     Orchestrator,
     Registry,
+    Store,
     TaskFailedError,
     Worker,
 )
@@ -402,3 +405,17 @@ def test_entities_are_listed_apart_from_orchestrations(
     assert len(first.items) <= 2 and first.continuation is not None
     with pytest.raises(ValueError, match="key_prefix needs"):
         client.query_entities(key_prefix="q")
+
+
+def test_many_callers_signal_one_entity_at_once(
+    make_worker: Callable[..., Worker], store: Store, client: DurableClient
+) -> None:
+    hot = EntityId("counter", "hot")
+
+    async def signal_all() -> list[bool]:
+        sender = AsyncDurableClient(store)
+        return await asyncio.gather(*(sender.signal_entity(hot, "add", 1) for _ in range(64)))
+
+    assert asyncio.run(signal_all()) == [True] * 64  # none refused as busy
+    make_worker(registry)
+    wait_until(lambda: state_of(client, hot) == 64, what="the 64 adds")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from azure.data.tables import TableTransactionError
 
+from ..._entity import is_entity_instance_id
 from ..._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
@@ -224,6 +225,8 @@ class Starts:
         entity, _ = await hub.inbox_entity(message)
         token = hub.token()
         used = {"PartitionKey": iid, "RowKey": used_key(message.key), "Token": token}
+        if is_entity_instance_id(iid):
+            return await self._write_entity_request(used, entity)
         for _ in range(_ADD_ATTEMPTS):
             row = await hub.read_instance(iid)
             if row is None:
@@ -258,6 +261,32 @@ class Starts:
                 raise
         # Busy, not lost: nothing was added, and the caller may send it again (503 over HTTP).
         raise StoreBusyError(f"instance {iid!r} kept changing while a message was added")
+
+    async def _write_entity_request(self, used: dict[str, Any], inbox: dict[str, Any]) -> bool:
+        """An operation for an entity: no status to check, so no read and no If-Match.
+
+        An entity never finishes, so nothing can refuse it; an unconditional
+        touch (404 if the entity does not exist) lets any number of callers
+        signal one entity at once, where a conditional write would make them
+        retry each other out.
+        """
+        iid = str(used["PartitionKey"])
+        try:
+            await self._hub.submit(
+                [("create", used), ("create", inbox), bump(iid)], what=f"message {iid}"
+            )
+            return True
+        except TableTransactionError as error:
+            index, code = getattr(error, "index", None), status_of(error)
+            if index == 0 and code == 409:
+                return await self._used_by(used) == str(
+                    used["Token"]
+                )  # ours if a response was lost
+            if index == 1 and code == 409:
+                return False  # a message with this key is pending already
+            if index == 2 and code == 404:
+                raise InstanceNotFoundError(iid) from None
+            raise
 
     async def _used_by(self, used: dict[str, Any]) -> str | None:
         """The token of the stored used-key row ``used`` names, or ``None`` if there is none."""
