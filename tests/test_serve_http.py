@@ -61,6 +61,51 @@ def test_start_status_raise_complete(server: Server) -> None:
     assert done["output"] == {"reserved": f"reserved 2 for {order_id}", "carriers": ["last"]}
 
 
+def test_entities_are_signalled_read_and_listed(server: Server) -> None:
+    item = f"item-{new_id()}"
+    with server.client() as client:
+        url = f"entities/stock/{item}"
+        assert client.get(url).status_code == 404  # no state yet
+        assert client.post(url, params={"op": "add"}, json=5).status_code == 202
+        assert client.post(url, params={"op": "take"}, json=2).status_code == 202
+        assert client.post(url, params={"op": "take"}, json=100).status_code == 202  # fails
+        keyed = {"Idempotency-Key": f"restock-{item}"}
+        assert client.post(url, params={"op": "add"}, json=10, headers=keyed).status_code == 202
+        again = client.post(url, params={"op": "add"}, json=10, headers=keyed)
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        wait_until(lambda: client.get(url).status_code == 200 and client.get(url).json() == 13)
+        listed = client.get("entities/stock", params={"fetchState": "true", "top": "1000"})
+        assert listed.status_code == 200
+        mine = [e for e in listed.json() if e["entityId"]["key"] == item]
+        assert mine == [
+            {
+                "entityId": {"name": "stock", "key": item},
+                "lastOperationTime": mine[0]["lastOperationTime"],
+                "state": 13,
+            }
+        ]
+        assert any(e["entityId"]["key"] == item for e in client.get("entities").json())
+
+
+def test_hostile_entity_requests_are_refused_with_the_field(server: Server) -> None:
+    with server.client() as client:
+        no_op = client.post("entities/stock/k", json=1)
+        assert no_op.status_code == 400 and "op" in no_op.text
+        bad_name = client.post("entities/st@ck/k", params={"op": "add"}, json=1)
+        assert bad_name.status_code == 400 and "entityName" in bad_name.text
+        bad_json = client.post(
+            "entities/stock/k",
+            params={"op": "add"},
+            content=b"{nope",
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad_json.status_code == 400 and "body" in bad_json.text
+        huge = client.post("entities/stock/k", params={"op": "add"}, content=b"1" * 2_000_000)
+        assert huge.status_code == 413
+        assert client.get("entities/stock/k", params={"top": "0"}).status_code in (400, 404)
+        assert client.get("entities", params={"top": "nope"}).status_code == 400
+
+
 def test_keys_and_routes(server: Server) -> None:
     with server.client(key=None) as anonymous, server.client(key="wrong") as wrong:
         assert anonymous.post("orchestrators/fulfil", json={}).status_code == 401

@@ -55,6 +55,7 @@ __all__ = ["DurableApp"]
 log = logging.getLogger("durable_fx.functions")
 
 F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E", bound=Callable[..., Any])
 
 HttpHandler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 QueueHandler = Callable[[func.QueueMessage], Awaitable[None]]
@@ -197,6 +198,22 @@ class DurableApp(func.FunctionApp):
             total_timeout=total_timeout,
         )
         return register(fn) if fn is not None else register
+
+    @overload
+    def entity(self, target: E, /) -> E: ...
+    @overload
+    def entity(self, /, *, name: str | None = None) -> Callable[[E], E]: ...
+
+    def entity(
+        self, target: E | None = None, /, *, name: str | None = None
+    ) -> E | Callable[[E], E]:
+        """Register an entity: a function ``f(ctx, input)`` or a ``DurableEntity`` class.
+
+        Its operations arrive on the control queues like any instance's wake-up:
+        no trigger of its own.
+        """
+        register: Callable[[E], E] = self._registry.entity(name=name)
+        return register(target) if target is not None else register
 
     # -- event sources ----------------------------------------------------------------------
 
@@ -425,6 +442,10 @@ class DurableApp(func.FunctionApp):
             ("dfx_rewind", "instances/{instanceId}/rewind", "POST", api.rewind),
             ("dfx_restart", "instances/{instanceId}/restart", "POST", api.restart),
             ("dfx_purge", "instances/{instanceId}", "DELETE", api.purge),
+            ("dfx_signal_entity", "entities/{entityName}/{entityKey}", "POST",
+             api.signal_entity),
+            ("dfx_get_entity", "entities/{entityName}/{entityKey}", "GET", api.get_entity),
+            ("dfx_list_entities", "entities/{entityName?}", "GET", api.list_entities),
         ]  # fmt: skip
         for name, route, method, handler in routes:
             self._add_http(name, route, [method], level, guarded(handler))

@@ -12,6 +12,9 @@ POST     ``instances/{instanceId}/suspend``, resume   202; 404; 410 if finished
 POST     ``instances/{instanceId}/rewind``            202; 404; 410 unless failed
 POST     ``instances/{instanceId}/restart``           202, check-status body; 404; 409 running
 DELETE   ``instances/{instanceId}``                   200 ``{"instancesDeleted": 1}``; 409 running
+POST     ``entities/{name}/{key}?op=``                202 (the body is the operation's input)
+GET      ``entities/{name}/{key}``                    200, the entity's state; 404 if none
+GET      ``entities[/{name}]``                        200, JSON array; paging header
 =======  ===========================================  ===================================
 
 Bodies, field names, ``runtimeStatus`` values and the continuation header
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from pydantic import TypeAdapter, ValidationError
 
+from .._entity import EntityId, EntityMetadata
 from .._errors import (
     InstanceExistsError,
     InstanceNotFoundError,
@@ -236,6 +240,64 @@ class ManagementApi:
         headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
         return json_response(body, 200, headers)
 
+    # -- entities -------------------------------------------------------------------
+
+    async def signal_entity(self, req: func.HttpRequest) -> func.HttpResponse:
+        """POST entities/{entityName}/{entityKey}?op=: the body is the operation's input.
+
+        202 sent. With ``Idempotency-Key`` (or ``?requestId=``) a repeat, for the
+        entity's life, answers 200 ``{"duplicate": true}`` and sends nothing.
+        """
+        entity = _entity_id(req)
+        operation = req.params.get("op", "")
+        try:
+            validate_event_name(operation)
+        except ValueError as error:
+            problem = f"invalid operation name {operation[:80]!r}: {error}"
+            raise HttpProblem(400, problem, [FieldProblem("op", str(error))]) from None
+        data = parse_json_body(req, self._runtime.settings.max_request_bytes)
+        request_id = req.params.get("requestId") or req.headers.get("idempotency-key") or None
+        client = self._runtime.client
+        sent = await client.signal_entity(entity, operation, data, request_id=request_id)
+        if not sent:
+            return json_response({"duplicate": True, "requestId": request_id}, 200)
+        return func.HttpResponse(status_code=202)
+
+    async def get_entity(self, req: func.HttpRequest) -> func.HttpResponse:
+        """GET entities/{entityName}/{entityKey}: its state (JSON); 404 if it has none."""
+        entity = _entity_id(req)
+        found: EntityMetadata[Any] | None = await self._runtime.client.get_entity(entity, Any)
+        if found is None:
+            raise HttpProblem(404, f"entity {str(entity)!r} has no state")
+        return json_response(found.state, 200)
+
+    async def list_entities(self, req: func.HttpRequest) -> func.HttpResponse:
+        """GET entities[/{entityName}]: entities with state, Durable Functions' list shape."""
+        name = req.route_params.get("entityName") or None
+        page_size = _int_param(req, "top", default=100, low=1, high=1000)
+        continuation = req.headers.get(CONTINUATION_HEADER) or req.params.get("continuationToken")
+        fetch_state = _flag(req, "fetchState", default=False)
+        try:
+            page = await self._runtime.client.query_entities(
+                name=name, page_size=page_size, continuation=continuation or None
+            )
+        except ValueError as error:
+            if continuation and "continuation" in str(error):
+                raise HttpProblem(
+                    400, str(error), [FieldProblem("continuationToken", "not a token we issued")]
+                ) from None
+            raise
+        body = [
+            {
+                "entityId": {"name": m.id.name, "key": m.id.key},
+                "lastOperationTime": m.last_modified.isoformat(),
+                **({"state": m.state} if fetch_state else {}),
+            }
+            for m in page.items
+        ]
+        headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
+        return json_response(body, 200, headers)
+
     # -- steering -------------------------------------------------------------------
 
     async def raise_event(self, req: func.HttpRequest) -> func.HttpResponse:
@@ -352,6 +414,20 @@ class ManagementApi:
                 410, f"cannot {action} instance {instance_id!r}: it is {state.status.value}"
             )
         return instance_id
+
+
+def _entity_id(req: func.HttpRequest) -> EntityId:
+    name = req.route_params.get("entityName", "")
+    key = req.route_params.get("entityKey", "")
+    try:
+        return EntityId(name, key)
+    except ValueError as error:
+        # The message names the part at fault: "entity name", "entity key" or both.
+        text = str(error)
+        fields = [
+            f for f in ("entityName", "entityKey") if f.removeprefix("entity").lower() in text
+        ]
+        raise HttpProblem(400, text, [FieldProblem(f, text) for f in fields]) from None
 
 
 def _flag(req: func.HttpRequest, name: str, *, default: bool) -> bool:

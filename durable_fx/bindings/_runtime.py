@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from .._clock import Clock, SystemClock
+from .._entity import is_entity_instance_id
 from .._registry import Registry
 from ..client._async import AsyncDurableClient
 from ..client._sync import DurableClient
@@ -27,6 +28,7 @@ from ..queues import QueueBackend, encode_body, open_queues, poison_queue_of
 from ..storage import Store, open_store
 from ..storage._delivered import DeliveredMessage, DeliveredWork
 from ..worker._activity_runner import ActivityRunner
+from ..worker._entity_runner import EntityRunner
 from ..worker._orchestration_runner import ExecutorCache, OrchestrationRunner
 from ._host_json import HostConfig
 from ._ledger import EventLedger, open_ledger
@@ -80,6 +82,7 @@ class AppRuntime:
         self._host_config: HostConfig | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._orchestrations: OrchestrationRunner | None = None
+        self._entities: EntityRunner | None = None
         self._activities: ActivityRunner | None = None
 
     # -- configuration (before first use) -------------------------------------------
@@ -176,6 +179,14 @@ class AppRuntime:
             return self._orchestrations
 
     @property
+    def entities(self) -> EntityRunner:
+        """Runs entity batches (entities keep no history: nothing to cache)."""
+        with self._lock:
+            if self._entities is None:
+                self._entities = EntityRunner(self.registry, self.store, self._clock)
+            return self._entities
+
+    @property
     def activities(self) -> ActivityRunner:
         """Runs activities; synchronous ones on the app's own threads."""
         with self._lock:
@@ -231,7 +242,10 @@ class AppRuntime:
                     break
                 episodes += 1
                 try:
-                    await self.orchestrations.run(item)
+                    if is_entity_instance_id(instance_id):
+                        await self.entities.run(item)
+                    else:
+                        await self.orchestrations.run(item)
                 except Exception as error:
                     if store.storage_fault(error):
                         raise  # handed on: storage faults must not count as failed episodes

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from durable_fx import (
     AsyncDurableClient,
     DurableApp,
+    EntityContext,
     EventTimeoutError,
     OrchestrationContext,
     Orchestrator,
@@ -43,6 +44,21 @@ class Shipped(BaseModel):
 def reserve(order: Order) -> str:
     """Reserve stock."""
     return f"reserved {order.quantity} for {order.order_id}"
+
+
+@app.entity()
+def stock(ctx: EntityContext, quantity: int = 0) -> int:
+    """An item's stock level (the key is the item): ``add`` and ``take`` a quantity."""
+    level = ctx.get_state(int, 0)
+    match ctx.operation:
+        case "add":
+            level += quantity
+        case "take":
+            if quantity > level:
+                raise ValueError(f"only {level} in stock")
+            level -= quantity
+    ctx.set_state(level)
+    return level
 
 
 @app.orchestrator()
