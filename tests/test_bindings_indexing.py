@@ -69,6 +69,9 @@ def test_durable_app_is_a_function_app_with_the_durable_functions() -> None:
         "dfx_rewind": ("instances/{instanceId}/rewind", ["POST"], "FUNCTION"),
         "dfx_restart": ("instances/{instanceId}/restart", ["POST"], "FUNCTION"),
         "dfx_purge": ("instances/{instanceId}", ["DELETE"], "FUNCTION"),
+        "dfx_signal_entity": ("entities/{entityName}/{entityKey}", ["POST"], "FUNCTION"),
+        "dfx_get_entity": ("entities/{entityName}/{entityKey}", ["GET"], "FUNCTION"),
+        "dfx_list_entities": ("entities/{entityName?}", ["GET"], "FUNCTION"),
     }
 
 
