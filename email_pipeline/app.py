@@ -18,6 +18,7 @@ from durable_fx import (
     Orchestrator,
     RetryPolicy,
     TaskFailedError,
+    when_all,
 )
 
 from .models import (
@@ -31,6 +32,7 @@ from .models import (
 )
 from .providers import EmailProvider, open_provider
 from .records import EmailRecords, open_records
+from .suppression import Suppression, SuppressionList, suppression_of
 
 __all__ = [
     "UnknownMessageError",
@@ -46,6 +48,7 @@ __all__ = [
 log = logging.getLogger("email_pipeline")
 
 app = DurableApp()
+app.entity(name="suppression")(SuppressionList)
 
 _lock = threading.Lock()
 _records: dict[int, EmailRecords] = {}
@@ -171,6 +174,14 @@ def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[Del
     outcome: DeliveryOutcome | None = None
     sent: SendResult | None = None
     attempt = 0
+    # Emails started before the suppression list existed replay without it.
+    checks_suppression = ctx.is_patched("suppression-list")
+    if checks_suppression:
+        ctx.set_custom_status({"stage": "checking suppressions"})
+        blocked = yield from _suppressed(ctx, job.request)
+        if blocked:
+            detail = f"suppressed: {', '.join(blocked)}"
+            outcome = _outcome(ctx, "suppressed", 0, None, None, detail)
     while outcome is None:
         attempt += 1
         ctx.set_custom_status({"stage": "sending", "attempt": attempt})
@@ -207,10 +218,34 @@ def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[Del
         else:
             detail = receipt.detail or f"{receipt.status} after {attempt} send(s)"
             outcome = _outcome(ctx, "failed", attempt, sent, receipt, detail)
+            if checks_suppression and receipt.status == "bounced_hard":
+                _suppress_bounced(ctx, job.request, detail)
     ctx.set_custom_status({"stage": "recording", "status": outcome.status})
     yield ctx.call_activity(record_outcome, outcome)
     ctx.set_custom_status({"stage": "done", "status": outcome.status, "sends": outcome.sends})
     return outcome
+
+
+def _suppressed(ctx: OrchestrationContext, request: EmailRequest) -> Orchestrator[list[str]]:
+    """The recipients on the suppression list (asked of their entities at once)."""
+    addresses = sorted({address.lower() for address in [*request.to, *request.cc]})
+    found = yield when_all(
+        [
+            ctx.call_entity(suppression_of(a), "get", result_type=Suppression | None)
+            for a in addresses
+        ]
+    )
+    return [address for address, record in zip(addresses, found, strict=True) if record]
+
+
+def _suppress_bounced(ctx: OrchestrationContext, request: EmailRequest, detail: str) -> None:
+    """A hard bounce suppresses the recipient, if there was just one (else whose was it?)."""
+    recipients = {address.lower() for address in [*request.to, *request.cc]}
+    if len(recipients) != 1:
+        ctx.logger.info("a hard bounce of %d recipients suppresses none", len(recipients))
+        return
+    record = Suppression(reason=detail, since=ctx.current_utc_datetime, instance_id=ctx.instance_id)
+    ctx.signal_entity(suppression_of(recipients.pop()), "suppress", record)
 
 
 def _receipt_for(

@@ -131,7 +131,7 @@ class DeliveryOutcome(BaseModel):
     """How a delivery ended; recorded in the outcomes table and returned."""
 
     instance_id: str
-    status: Literal["delivered", "failed", "escalated"]
+    status: Literal["delivered", "failed", "escalated", "suppressed"]
     sends: int
     message_id: str | None = None
     receipt_status: ReceiptStatus | None = None

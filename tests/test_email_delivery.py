@@ -26,7 +26,7 @@ from durable_fx import (
     Orchestrator,
     Registry,
 )
-from durable_fx.history import TimerCreated
+from durable_fx.history import PatchApplied, TimerCreated
 from durable_fx.testing import TestEnvironment
 from email_pipeline.app import Escalation, app, email_delivery, escalate, record_outcome, send_email
 from email_pipeline.models import (
@@ -40,6 +40,7 @@ from email_pipeline.models import (
     SendResult,
 )
 from email_pipeline.providers import TransientProviderError
+from email_pipeline.suppression import SuppressionList, suppression_of
 
 DAY = timedelta(hours=24)
 
@@ -183,6 +184,34 @@ def test_a_hard_bounce_fails_without_resending(env: TestEnvironment) -> None:
     assert mail.escalations == []
 
 
+def test_a_hard_bounce_suppresses_the_address_until_an_operator_lifts_it(
+    env: TestEnvironment,
+) -> None:
+    mail = FakeMail(env, receipts=("bounced_hard", "delivered"))
+    deliver(env, job())
+    ada = suppression_of("Ada@Example.com")
+    entry = env.sync_client.get_entity(ada)
+    assert entry is not None and "bounced_hard" in entry.state["reason"]
+    _, later = deliver(env, job())
+    assert (later.status, later.sends) == ("suppressed", 0)
+    assert later.detail == "suppressed: ada@example.com"
+    assert len(mail.sent) == 1  # the second email was never sent
+    assert [o.status for o in mail.outcomes] == ["failed", "suppressed"]
+    env.sync_client.signal_entity(ada, "lift")
+    _, after_lift = deliver(env, job())
+    assert after_lift.status == "delivered" and len(mail.sent) == 2
+
+
+def test_a_hard_bounce_to_several_recipients_suppresses_none(env: TestEnvironment) -> None:
+    FakeMail(env, receipts=("bounced_hard",))
+    email = job()
+    email.request.cc.append("bob@example.com")
+    _, outcome = deliver(env, email)
+    assert outcome.status == "failed"
+    assert env.sync_client.get_entity(suppression_of("ada@example.com")) is None
+    assert env.sync_client.get_entity(suppression_of("bob@example.com")) is None
+
+
 def test_the_first_resend_waits_five_minutes_to_the_second() -> None:
     soft_bounce = {"status": "bounced_soft", "event_id": "receipt-1"}
     with TestEnvironment(app, time_skipping=False) as env:
@@ -224,6 +253,7 @@ def _deployed(*, patched: bool, checked: list[str], notified: list[str]) -> Regi
     v2 = Registry()
     for activity in (send_email, escalate, record_outcome):
         v2.activity()(activity)
+    v2.entity(name="suppression")(SuppressionList)
 
     @v2.activity()
     def check_recipients(job: EmailJob) -> None:
@@ -279,8 +309,9 @@ def test_emails_waiting_through_a_deploy_finish_on_the_new_code(env: TestEnviron
     assert checked == ["Your order"]  # only the new email: the old ones had sent already
     assert sorted(notified) == ["new-1", "old-1", "old-2"]  # after the receipt: all of them
     assert len(mail.sent) == 3 and len(mail.outcomes) == 3
-    kinds = [e.kind for e in env.sync_client.get("old-1", history=True).history or []]  # type: ignore[union-attr]
-    assert "PatchApplied" not in kinds
+    history = env.sync_client.get("old-1", history=True).history or []  # type: ignore[union-attr]
+    patches = [e.name for e in history if isinstance(e, PatchApplied)]
+    assert patches == ["suppression-list"]  # the app's own; not the deploy's check-recipients
 
 
 def test_without_the_patch_the_waiting_emails_fail_and_say_why(env: TestEnvironment) -> None:

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from .._entity import EntityDefinition
 from .._registry import (
     ActivityDefinition,
     HasRegistry,
@@ -163,6 +164,9 @@ class _OverridingRegistry(Registry):
     def find_activity(self, name: str) -> ActivityDefinition | None:
         return self._fakes.get(name) or self._base.find_activity(name)
 
+    def find_entity(self, name: str) -> EntityDefinition | None:
+        return self._base.find_entity(name)
+
     @property
     def orchestrator_names(self) -> list[str]:
         return self._base.orchestrator_names
@@ -170,6 +174,10 @@ class _OverridingRegistry(Registry):
     @property
     def activity_names(self) -> list[str]:
         return self._base.activity_names
+
+    @property
+    def entity_names(self) -> list[str]:
+        return self._base.entity_names
 
 
 class _TimeSkipper:
