@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from durable_fx import DurableClient, HistoryEvent, OrchestrationState, OrchestrationStatus
+from durable_fx import (
+    DurableClient,
+    EntityId,
+    HistoryEvent,
+    OrchestrationState,
+    OrchestrationStatus,
+)
 from tests.apps import durability_app as app
 from tests.support.instances import wait_until
 from tests.support.workers import (
@@ -227,3 +233,36 @@ def test_a_long_activity_killed_mid_run_resumes_from_its_last_saved_heartbeat(
     rows = [int(entry.key[3:]) for entry in read_ledger(ledger)]
     assert sorted(set(rows)) == list(range(app.IMPORT_ROWS)), "a row was never imported"
     assert len(rows) - app.IMPORT_ROWS == done_before - resumed_at, "re-ran more than the gap"
+
+
+def test_a_worker_killed_mid_batch_applies_every_entity_operation_exactly_once(
+    workers: WorkerPool, client: DurableClient, ledger: Path
+) -> None:
+    operations = 120
+    counter = EntityId("tally", "crash")
+    for n in range(operations):
+        assert client.signal_entity(counter, "add", 1, request_id=f"op-{n}")
+    # Each operation takes 50 ms: the first batch runs for seconds, uncommitted.
+    first = workers.start("first", lease_seconds=LEASE_SECONDS, step_delay=0.05)
+    wait_until(lambda: len(read_ledger(ledger)) >= 10, timeout=30, what="the batch to be running")
+    first.kill()
+
+    at_kill = client.get_entity(counter, int)
+    assert at_kill is None or at_kill.state < operations, "the kill came after the batch"
+    # Sent again by a client that did not hear back: the request ids make them no-ops.
+    assert not any(client.signal_entity(counter, "add", 1, request_id=f"op-{n}") for n in range(5))
+
+    second = workers.start("second", lease_seconds=LEASE_SECONDS)
+    wait_until(
+        lambda: (
+            (found := client.get_entity(counter, int)) is not None and found.state == operations
+        ),
+        timeout=60,
+        what="every operation applied",
+    )
+    time.sleep(1.0)  # nothing more arrives: no operation was applied twice
+    final = client.get_entity(counter, int)
+    assert final is not None and final.state == operations
+    pids = {entry.pid for entry in read_ledger(ledger)}
+    assert pids == {first.pid, second.pid}
+    assert not workers.errors(), workers.errors()

@@ -19,6 +19,7 @@ from typing import Any
 
 from durable_fx import (
     ActivityContext,
+    EntityContext,
     EventTimeoutError,
     OrchestrationContext,
     Registry,
@@ -51,13 +52,17 @@ def expected_pipeline(n: int) -> dict[str, Any]:
 
 
 def _append_to_ledger(ctx: ActivityContext, key: str) -> None:
+    _write_ledger_line(ctx.instance_id, ctx.task_id, key, ctx.delivery_count)
+
+
+def _write_ledger_line(instance_id: str, task_id: int, key: str, delivery: int) -> None:
     line = json.dumps(
         {
-            "instance_id": ctx.instance_id,
-            "task_id": ctx.task_id,
+            "instance_id": instance_id,
+            "task_id": task_id,
             "key": key,
             "pid": os.getpid(),
-            "delivery": ctx.delivery_count,
+            "delivery": delivery,
         }
     )
     # One O_APPEND write per line: lines from concurrent threads and processes never interleave.
@@ -67,6 +72,16 @@ def _append_to_ledger(ctx: ActivityContext, key: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@registry.entity()
+def tally(ctx: EntityContext, amount: int = 1) -> int:
+    """Adds up; each operation notes itself in the ledger, then takes a step's time."""
+    _write_ledger_line(ctx.entity_id.instance_id, 0, ctx.operation, 0)
+    time.sleep(float(os.environ.get(STEP_DELAY_ENV, "0")))
+    total = ctx.get_state(int, 0) + amount
+    ctx.set_state(total)
+    return total
 
 
 @registry.activity()
