@@ -26,6 +26,7 @@ from typer.testing import CliRunner, Result
 
 from durable_fx import (
     DurableClient,
+    EntityContext,
     OrchestrationContext,
     OrchestrationStatus,
     Orchestrator,
@@ -60,6 +61,13 @@ def greeter(ctx: OrchestrationContext, name: str) -> Orchestrator[Any]:
     yield ctx.create_timer(timedelta(milliseconds=10))
     approval = yield ctx.wait_for_event("Approve")
     return {"greeting": greeting, "approval": approval}
+
+
+@workflows.entity()
+def counter(ctx: EntityContext, amount: int = 1) -> int:
+    total = ctx.get_state(int, 0) + amount
+    ctx.set_state(total)
+    return total
 
 
 @workflows.orchestrator()
@@ -808,3 +816,29 @@ def test_worker_command_runs_work_and_stops_on_sigterm(
     logged = log_path.read_text()
     assert "worker stopped" in logged
     assert "Traceback" not in logged
+
+
+# -- entities ------------------------------------------------------------------------------------
+
+
+def test_entities_are_signalled_read_and_listed(cli: Callable[..., Result], worker: Worker) -> None:
+    assert_one_line_error(cli("entity", "get", "counter", "a"), 1, "@counter@a has no state")
+    ok(cli("entity", "signal", "counter", "a", "add", "--input", "5", "--request-id", "r1"))
+    again = ok_json(cli("entity", "signal", "counter", "a", "add", "--input", "5",
+                        "--request-id", "r1", "--json"))  # fmt: skip
+    assert again["sent"] is False
+    ok(cli("entity", "signal", "Counter", "b", "add"))
+    deadline = time.monotonic() + WAIT
+    while cli("entity", "get", "counter", "b").exit_code != 0:
+        assert time.monotonic() < deadline, "counter b never got its state"
+        time.sleep(0.02)
+    assert ok_json(cli("entity", "get", "counter", "a", "--json"))["state"] == 5
+    listed = ok_json(cli("entity", "list", "--json"))["items"]
+    assert sorted((e["key"], e["state"]) for e in listed) == [("a", 5), ("b", 1)]
+    assert "counter" in ok(cli("entity", "list", "--name", "counter")).stdout
+    assert_one_line_error(cli("entity", "get", "bad@name", "k"), 1, "not an entity id")
+    assert_one_line_error(
+        cli("entity", "signal", "counter", "a", "add", "--input", "{nope"), 2, "--input"
+    )
+    assert_one_line_error(cli("entity", "signal", "counter", "a", ""), 1, "operation name")
+    assert_one_line_error(cli("entity", "list", "--key-prefix", "a"), 1, "key_prefix needs")

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from ._entities import entity_app
 from ._input import CliSettings, JsonOption, StoreOption
 from ._instances import (
     history,
@@ -43,6 +44,7 @@ app = typer.Typer(
     help="Start, inspect and steer durable_fx orchestrations, and run workers.",
 )
 app.add_typer(poison_app, name="poison")
+app.add_typer(entity_app, name="entity")
 
 
 # -- shared options -----------------------------------------------------------------------------
