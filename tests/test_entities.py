@@ -419,3 +419,24 @@ def test_many_callers_signal_one_entity_at_once(
     assert asyncio.run(signal_all()) == [True] * 64  # none refused as busy
     make_worker(registry)
     wait_until(lambda: state_of(client, hot) == 64, what="the 64 adds")
+
+
+def test_a_backlog_larger_than_a_batch_drains_in_several(
+    make_worker: Callable[..., Worker], store: Store, client: DurableClient
+) -> None:
+    backlog = EntityId("counter", "backlog")
+    count = 1_200  # more than one batch takes (1,000)
+
+    async def signal_all() -> None:
+        sender = AsyncDurableClient(store)
+        gate = asyncio.Semaphore(32)
+
+        async def one() -> None:
+            async with gate:
+                await sender.signal_entity(backlog, "add", 1)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    asyncio.run(signal_all())
+    make_worker(registry)
+    wait_until(lambda: state_of(client, backlog) == count, timeout=90, what="every add applied")
