@@ -22,6 +22,7 @@ from .._errors import (
     InvalidInstanceIdError,
 )
 from .._history import (
+    EntityOperationSignaled,
     EventRaised,
     ExecutionStarted,
     FailureDetails,
@@ -31,7 +32,7 @@ from .._history import (
     TimerFired,
 )
 from .._state import OrchestrationStatus
-from ..storage import InstanceRecord, OrchestrationMessage
+from ..storage import InstanceQuery, InstanceRecord, OrchestrationMessage
 from ._store_conformance_keys import KEY_CHECKS
 from ._store_conformance_poison import POISON_CHECKS
 from ._store_conformance_reads import READ_CHECKS
@@ -491,6 +492,44 @@ async def check_outgoing_start_creates_target_other_messages_need_one(
         assert isinstance((await h.inbox("new-child"))[0].event, ExecutionStarted)
 
 
+async def check_entity_operations_create_their_entity_and_keep_commit_order(
+    factory: StoreFactory,
+) -> None:
+    """A committed entity operation creates its missing entity; one sender's arrive in order.
+
+    Entities (``@name@key`` instances) exist from their first operation on,
+    and run operations in arrival order: a store delivers the operations one
+    commit sends, and those of later commits, oldest first. Queries list
+    entities apart from orchestrations.
+    """
+    async with fresh_store(factory) as h:
+        await h.start("caller")
+        target = "@counter@k"
+
+        def operation(n: int) -> OrchestrationMessage:
+            signal = EntityOperationSignaled(
+                timestamp=h.clock.now(),
+                request_id=f"r{n}",
+                operation="add",
+                input=str(n),
+                target_instance_id=target,
+            )
+            return OrchestrationMessage(target, signal)
+
+        await h.run_episode("caller", messages=[operation(n) for n in range(3)])
+        created = await h.store.get_instance(target)
+        assert created is not None, "a committed entity operation did not create its entity"
+        assert (created.name, created.status) == ("counter", OrchestrationStatus.PENDING), created
+        await h.start("caller-2")
+        await h.run_episode("caller-2", messages=[operation(n) for n in range(3, 6)])
+        order = [m.event.input for m in await h.inbox(target)]  # type: ignore[union-attr]
+        assert order == [str(n) for n in range(6)], f"operations out of order: {order}"
+        orchestrations = await h.store.query_instances(InstanceQuery())
+        assert target not in {r.instance_id for r in orchestrations.items}, "an entity listed"
+        entities = await h.store.query_instances(InstanceQuery(entities=True))
+        assert [r.instance_id for r in entities.items] == [target], entities.items
+
+
 async def check_abandoned_orchestration_retries_after_delay(factory: StoreFactory) -> None:
     """An abandoned episode's messages come back after retry_after; a stale abandon is ignored."""
     async with fresh_store(factory) as h:
@@ -530,6 +569,7 @@ STORE_CHECKS: list[StoreCheck] = [
     check_commit_with_stale_version_conflicts,
     check_reset_history_replaces_history,
     check_outgoing_start_creates_target_other_messages_need_one,
+    check_entity_operations_create_their_entity_and_keep_commit_order,
     check_abandoned_orchestration_retries_after_delay,
     *KEY_CHECKS,
     *WORK_CHECKS,
