@@ -421,11 +421,14 @@ def test_many_callers_signal_one_entity_at_once(
     wait_until(lambda: state_of(client, hot) == 64, what="the 64 adds")
 
 
-def test_a_backlog_larger_than_a_batch_drains_in_several(
-    make_worker: Callable[..., Worker], store: Store, client: DurableClient
+def test_a_backlog_of_thousands_is_applied_in_full(
+    make_worker: Callable[..., Worker], store: Store, client: DurableClient, store_kind: str
 ) -> None:
     backlog = EntityId("counter", "backlog")
-    count = 1_200  # more than one batch takes (1,000)
+    # More than a lock hands out on Azure (90). SQLite and memory hand out all
+    # 6,000 at once, and every one must be consumed: one left behind would be
+    # delivered again at each lock, and poisoned after a few.
+    count = 1_200 if store_kind == "azure" else 6_000
 
     async def signal_all() -> None:
         sender = AsyncDurableClient(store)

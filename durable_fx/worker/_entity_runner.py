@@ -47,25 +47,13 @@ __all__ = ["EntityRunner"]
 log = logging.getLogger("durable_fx.worker")
 
 
-MAX_BATCH = 1000
-"""Operations one batch runs at most; the rest wait in the inbox for the next lock.
-
-It bounds a commit (on Azure, 1,000 consumed rows are 10 batch requests) and
-how long a lock is held, so a backlog of many thousands drains in steps that
-each finish well within the lease.
-"""
-
-
 class EntityRunner:
     """Runs and commits entity batches for a worker."""
 
-    def __init__(
-        self, registry: Registry, store: Store, clock: Clock, *, max_batch: int = MAX_BATCH
-    ) -> None:
+    def __init__(self, registry: Registry, store: Store, clock: Clock) -> None:
         self._registry = registry
         self._store = store
         self._clock = clock
-        self._max_batch = max_batch
 
     async def run(self, item: OrchestrationWorkItem) -> None:
         """Run the operations in ``item``'s messages and commit the outcome.
@@ -88,7 +76,10 @@ class EntityRunner:
 
     def _plan(self, item: OrchestrationWorkItem, now: datetime) -> EpisodeCommit:
         instance = item.instance
-        taken = item.messages[: self._max_batch]  # inbox order: the oldest first
+        # Every message handed out is consumed: one left behind would count a
+        # delivery at each lock and end up poisoned. The store bounds a batch (on
+        # Azure 90 messages, whose deletions fit one transaction).
+        taken = item.messages
         operations = list(_operations(taken))
         outcome = self._outcome(instance.instance_id, instance.input, operations, now)
         messages = [
