@@ -23,6 +23,7 @@ import pytest
 import durable_fx
 from durable_fx import (
     DurableClient,
+    EntityId,
     OrchestrationContext,
     OrchestrationStatus,
     Orchestrator,
@@ -124,6 +125,20 @@ def test_counts_per_status_lead_to_the_list_of_each(
     assert all(f">{i}<" in listed for i in ids)
     refreshed = browser.get("/counts", headers={"hx-request": "true"}).text
     assert "<html" not in refreshed and _counts(refreshed) == counts
+
+
+def test_entities_are_listed_with_their_state(browser: httpx.Client, client: DurableClient) -> None:
+    for key, amount in (("dash-a", 2), ("dash-b", 5), ("other", 1)):
+        client.signal_entity(EntityId("tally", key), "add", amount)
+    wait_until(lambda: len(client.query_entities(name="tally", key_prefix="dash-").items) == 2)
+    page = browser.get("/entities", params={"name": "tally", "key_prefix": "dash-"}).text
+    assert ">dash-a<" in page and ">dash-b<" in page and ">other<" not in page
+    assert "<code>5</code>" in page
+    scripted = browser.get("/entities", params={"name": "tally"}, headers=JSON).json()
+    assert {(e["entityId"]["key"], e["state"]) for e in scripted} >= {("dash-a", 2), ("other", 1)}
+    refused = browser.get("/entities", params={"key_prefix": "dash-"})
+    assert refused.status_code == 400 and refused.json()["field"] == "key_prefix"
+    assert ">Entities<" in browser.get("/instances").text  # in the navigation
 
 
 def test_a_custom_status_search_reads_on_past_the_first_page(

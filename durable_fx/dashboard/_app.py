@@ -73,6 +73,7 @@ def create_dashboard(
         Route("/instances/{instance_id}", pages.instance),
         Route("/instances/{instance_id}/events", pages.events),
         Route("/instances/{instance_id}/{action}", pages.act, methods=["POST"]),
+        Route("/entities", pages.entities),
         Route("/poison", pages.poison),
         Route("/poison/{action}", pages.act_on_poison, methods=["POST"]),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
@@ -235,6 +236,42 @@ class _Pages:
         if state is None:
             return JSONResponse({"error": f"no instance {instance_id!r}"}, 404)
         return JSONResponse([e.model_dump(mode="json") for e in state.history or []])
+
+    async def entities(self, request: Request) -> Response:
+        """Entities with state, newest first, by name and key prefix (one page at a time)."""
+        query = request.query_params
+        name = query.get("name", "").strip() or None
+        key_prefix = query.get("key_prefix", "").strip()
+        try:
+            page = await self._client.query_entities(
+                name=name,
+                key_prefix=key_prefix,
+                page_size=PAGE_SIZE,
+                continuation=query.get("continuation") or None,
+            )
+        except ValueError as error:
+            field = "key_prefix" if "key_prefix" in str(error) else "continuation"
+            return JSONResponse({"error": str(error), "field": field}, 400)
+        if _wants_json(request):  # the management API's entity list
+            headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
+            body = [
+                {
+                    "entityId": {"name": m.id.name, "key": m.id.key},
+                    "lastOperationTime": m.last_modified.isoformat(),
+                    "state": m.state,
+                }
+                for m in page.items
+            ]
+            return JSONResponse(body, 200, headers)
+        kept = {k: v for k, v in query.items() if k != "continuation"}
+        more = (
+            "?" + urlencode({**kept, "continuation": page.continuation})
+            if page.continuation
+            else None
+        )
+        return self._render(
+            request, "entities.html", entities=page.items, query=dict(query), more=more
+        )
 
     async def poison(self, request: Request) -> Response:
         messages = await self._client.poisoned()

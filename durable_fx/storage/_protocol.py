@@ -270,5 +270,8 @@ class CountsInstances(Protocol):
     """
 
     async def count_instances(self) -> dict[OrchestrationStatus, int]:
-        """How many instances have each status; statuses with none may be left out."""
+        """How many orchestrations have each status (entities are not counted).
+
+        Statuses with none may be left out.
+        """
         ...

@@ -414,9 +414,12 @@ class MemoryStore:
             return True
 
     async def count_instances(self) -> dict[OrchestrationStatus, int]:
-        """How many instances have each status."""
+        """How many orchestration instances have each status (entities are not counted)."""
         with self._lock:
-            return dict(Counter(i.record.status for i in self._instances.values()))
+            records = [i.record for i in self._instances.values()]
+        return dict(
+            Counter(r.status for r in records if not is_entity_instance_id(r.instance_id))
+        )
 
     async def backlog(self) -> list[QueueBacklog]:
         """Due inbox messages and activity work items, and how long the oldest has waited."""

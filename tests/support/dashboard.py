@@ -22,6 +22,7 @@ import pytest
 from durable_fx import (
     ActivityContext,
     DurableClient,
+    EntityContext,
     OrchestrationContext,
     Orchestrator,
     Registry,
@@ -74,6 +75,12 @@ def build_registry() -> Registry:
     def fan_out(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
         squares = yield when_all([ctx.call_activity(square, i) for i in range(n)])
         return sum(squares)
+
+    @registry.entity()
+    def tally(ctx: EntityContext, amount: int = 1) -> int:
+        total = ctx.get_state(int, 0) + amount
+        ctx.set_state(total)
+        return total
 
     return registry
 

@@ -74,7 +74,11 @@ INSTANCE_COLUMNS = (
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
 SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
-COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM instances GROUP BY status"  # instances_status
+# Orchestrations only: entity ids run from '@' up to 'A' (instances_status covers it).
+COUNT_BY_STATUS = (
+    "SELECT status, COUNT(*) FROM instances"
+    " WHERE instance_id < '@' OR instance_id >= 'A' GROUP BY status"
+)
 SELECT_STATUS_AND_KEY = (
     "SELECT status, EXISTS (SELECT 1 FROM used_keys WHERE instance_id = ?1 AND msg_key = ?2)"
     " FROM instances WHERE instance_id = ?1"
