@@ -31,7 +31,7 @@ from ._history import FailureDetails, HistoryEvent
 from ._ids import validate_instance_id
 from ._parent_close import ParentClosePolicy
 from ._registry import ActivityContext, Registry
-from ._replay.context import OrchestrationContext, Orchestrator
+from ._replay.context import EntityLock, OrchestrationContext, Orchestrator
 from ._replay.tasks import Task, when_all, when_any
 from ._replayer import Replayer, ReplayResult, history_from_json, history_to_json
 from ._retry import RetryPolicy
@@ -61,6 +61,7 @@ __all__ = [
     "DurableFxError",
     "EntityContext",
     "EntityId",
+    "EntityLock",
     "EntityMetadata",
     "EntityPage",
     "EventTimeoutError",

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._errors import InvalidInstanceIdError
+from ._history import HistoryEvent
 from ._ids import validate_instance_id
 from ._serialization import PayloadCodec, decode, encode, input_parameter
 
@@ -96,6 +97,12 @@ class EntityRowState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     state: str | None = None
+    locked_by: str | None = None
+    """The orchestration whose critical section holds the entity, if one does."""
+    critical_section: str | None = None
+    """That critical section's id (its unlock names it)."""
+    queue: list[HistoryEvent] = Field(default_factory=list)
+    """Requests that arrived while another orchestration held the lock, oldest first."""
 
     @classmethod
     def of_row(cls, text: str | None) -> EntityRowState:

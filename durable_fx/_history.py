@@ -19,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "ContinueAsNew",
+    "EntityLockGranted",
+    "EntityLockRequested",
     "EntityOperationCalled",
     "EntityOperationCompleted",
     "EntityOperationFailed",
     "EntityOperationSignaled",
+    "EntityUnlockSent",
     "EventRaised",
     "EventSent",
     "ExecutionCompleted",
@@ -275,6 +278,36 @@ class EntityOperationFailed(_Event):
     failure: FailureDetails
 
 
+class EntityLockRequested(_Event):
+    """An orchestration asks to lock ``lock_set`` (sorted) for a critical section.
+
+    It travels the lock set in order: the entity at ``position`` locks itself
+    for the orchestration, then passes it on; the last one grants the lock.
+    """
+
+    kind: Literal["EntityLockRequested"] = "EntityLockRequested"
+    critical_section_id: str
+    lock_set: list[str]
+    position: int = 0
+    parent_instance_id: str | None = None
+
+
+class EntityLockGranted(_Event):
+    """Every entity of the critical section is locked for the orchestration."""
+
+    kind: Literal["EntityLockGranted"] = "EntityLockGranted"
+    critical_section_id: str
+
+
+class EntityUnlockSent(_Event):
+    """The orchestration releases one entity of its critical section."""
+
+    kind: Literal["EntityUnlockSent"] = "EntityUnlockSent"
+    critical_section_id: str
+    parent_instance_id: str | None = None
+    target_instance_id: str | None = None
+
+
 HistoryEvent = Annotated[
     ExecutionStarted
     | ExecutionCompleted
@@ -299,7 +332,10 @@ HistoryEvent = Annotated[
     | EntityOperationSignaled
     | EntityOperationCalled
     | EntityOperationCompleted
-    | EntityOperationFailed,
+    | EntityOperationFailed
+    | EntityLockRequested
+    | EntityLockGranted
+    | EntityUnlockSent,
     Field(discriminator="kind"),
 ]
 """Any history event; ``kind`` tells which."""

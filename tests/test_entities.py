@@ -60,6 +60,9 @@ def counter(ctx: EntityContext, amount: int = 1) -> int | None:
         case "reset":
             ctx.delete_state()
             return None
+        case "set":
+            ctx.set_state(amount)
+            return amount
         case "add_then_fail":
             ctx.set_state(ctx.get_state(int, 0) + amount)
             ctx.signal_entity(EntityId("counter", "audit"), "add", amount)
@@ -445,3 +448,139 @@ def test_a_backlog_of_thousands_is_applied_in_full(
     asyncio.run(signal_all())
     make_worker(registry)
     wait_until(lambda: state_of(client, backlog) == count, timeout=90, what="every add applied")
+
+
+# -- critical sections -------------------------------------------------------------------------
+
+
+@registry.orchestrator()
+def increment_under_lock(ctx: OrchestrationContext, key: str) -> Orchestrator[int]:
+    """Read, wait, write: without the lock, concurrent ones would lose updates."""
+    target = EntityId("counter", key)
+    with (yield ctx.lock_entities(target)):
+        value = yield ctx.call_entity(target, "get", result_type=int)
+        yield ctx.create_timer(timedelta(milliseconds=20))  # others try to get in meanwhile
+        yield ctx.call_entity(target, "set", value + 1)
+    return int(value + 1)
+
+
+@registry.orchestrator()
+def transfer(ctx: OrchestrationContext, move: list[str]) -> Orchestrator[None]:
+    """Move 1 from one counter to another; two locks taken in either order never deadlock."""
+    source, target = EntityId("counter", move[0]), EntityId("counter", move[1])
+    with (yield ctx.lock_entities(source, target)):
+        have = yield ctx.call_entity(source, "get", result_type=int)
+        owed = yield ctx.call_entity(target, "get", result_type=int)
+        yield ctx.call_entity(source, "set", have - 1)
+        yield ctx.call_entity(target, "set", owed + 1)
+
+
+@registry.orchestrator()
+def hold_until_told(ctx: OrchestrationContext, key: str) -> Orchestrator[list[int]]:
+    """Reads twice inside a section, around an external event; then fails if asked to."""
+    target = EntityId("counter", key)
+    with (yield ctx.lock_entities(target)):
+        ctx.set_custom_status("locked")
+        before = yield ctx.call_entity(target, "get", result_type=int)
+        fail = yield ctx.wait_for_event("go")
+        after = yield ctx.call_entity(target, "get", result_type=int)
+        if fail:
+            raise RuntimeError("failed inside the critical section")
+    return [before, after]
+
+
+@registry.orchestrator()
+def breaks_the_rules(ctx: OrchestrationContext, rule: str) -> Orchestrator[None]:
+    locked, other = EntityId("counter", "rules-a"), EntityId("counter", "rules-b")
+    with (yield ctx.lock_entities(locked)):
+        if rule == "call another":
+            yield ctx.call_entity(other, "get")
+        elif rule == "signal the locked":
+            ctx.signal_entity(locked, "add", 1)
+        else:
+            yield ctx.lock_entities(other)
+
+
+def test_critical_sections_exclude_each_other(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    ids = [client.start(increment_under_lock, "cs", instance_id=f"inc-{n}") for n in range(6)]
+    results = sorted(client.wait(i, timeout=WAIT).output for i in ids)
+    assert results == [1, 2, 3, 4, 5, 6]  # each saw the last one's write: none was lost
+    assert state_of(client, EntityId("counter", "cs")) == 6
+
+
+def test_sections_locking_the_same_entities_in_any_order_never_deadlock(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    for key in ("left", "right"):
+        client.signal_entity(EntityId("counter", key), "set", 10)
+    moves = [["left", "right"], ["right", "left"]] * 4
+    ids = [client.start(transfer, m, instance_id=f"move-{n}") for n, m in enumerate(moves)]
+    for instance_id in ids:
+        state = client.wait(instance_id, timeout=WAIT)
+        assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state_of(client, EntityId("counter", "left")) == 10
+    assert state_of(client, EntityId("counter", "right")) == 10
+
+
+def test_others_wait_until_the_section_ends_even_when_it_fails(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    held = EntityId("counter", "held")
+    client.signal_entity(held, "set", 1)
+    client.start(hold_until_told, "held", instance_id="holder")
+    wait_until(lambda: getattr(client.get("holder"), "custom_status", None) == "locked")
+    client.signal_entity(held, "add", 100)  # waits for the section to end
+    client.start(increment_under_lock, "held", instance_id="next-in-line")
+    client.raise_event("holder", "go", False)
+    state = client.wait("holder", timeout=WAIT)
+    assert state.output == [1, 1]  # the signal did not get in between the two reads
+    assert client.wait("next-in-line", timeout=WAIT).output == 102
+    client.start(hold_until_told, "held", instance_id="failing-holder")
+    wait_until(lambda: getattr(client.get("failing-holder"), "custom_status", None) == "locked")
+    client.raise_event("failing-holder", "go", True)
+    failed = client.wait("failing-holder", timeout=WAIT)
+    assert failed.status is OrchestrationStatus.FAILED
+    # Its failure released the lock: the next section gets it.
+    assert client.wait(client.start(increment_under_lock, "held"), timeout=WAIT).output == 103
+
+
+@pytest.mark.parametrize("rule", ["call another", "signal the locked", "nest"])
+def test_a_section_that_breaks_the_locking_rules_fails_and_releases(
+    make_worker: Callable[..., Worker], client: DurableClient, rule: str
+) -> None:
+    make_worker(registry)
+    state = client.wait(client.start(breaks_the_rules, rule), timeout=WAIT)
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None and state.failure.error_type == "ValueError"
+    again = client.start(increment_under_lock, "rules-a")
+    assert client.wait(again, timeout=WAIT).status is OrchestrationStatus.COMPLETED
+
+
+def test_a_section_ended_while_it_waited_for_the_lock_never_takes_it(
+    make_worker: Callable[..., Worker], client: DurableClient
+) -> None:
+    make_worker(registry)
+    client.signal_entity(EntityId("counter", "queued"), "set", 1)
+    client.start(hold_until_told, "queued", instance_id="first-holder")
+    wait_until(lambda: getattr(client.get("first-holder"), "custom_status", None) == "locked")
+    client.start(increment_under_lock, "queued", instance_id="gives-up")
+    wait_until(
+        lambda: (
+            "EntityLockRequested"
+            in [
+                e.kind
+                for e in (getattr(client.get("gives-up", history=True), "history", None) or [])
+            ]
+        )
+    )
+    client.terminate("gives-up", "no longer needed")  # its request waits in the entity's queue
+    assert client.wait("gives-up", timeout=WAIT).status is OrchestrationStatus.TERMINATED
+    client.raise_event("first-holder", "go", False)
+    client.wait("first-holder", timeout=WAIT)
+    # The terminated one's request was dropped: the next section is not stuck behind it.
+    assert client.wait(client.start(increment_under_lock, "queued"), timeout=WAIT).output == 2

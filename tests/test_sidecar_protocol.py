@@ -16,10 +16,13 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 from durable_fx import FailureDetails, OrchestrationStatus
 from durable_fx._history import (
     ContinueAsNew,
+    EntityLockGranted,
+    EntityLockRequested,
     EntityOperationCalled,
     EntityOperationCompleted,
     EntityOperationFailed,
     EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -115,6 +118,22 @@ EVERY_KIND: list[HistoryEvent] = [
     ),
     EntityOperationCompleted(timestamp=NOW, request_id="r2", output="2"),
     EntityOperationFailed(timestamp=NOW, request_id="r3", failure=FAILURE),
+    EntityLockRequested(
+        event_id=9,
+        timestamp=NOW,
+        critical_section_id="cs1",
+        lock_set=["@a@1", "@b@2"],
+        position=1,
+        parent_instance_id="order-1",
+    ),
+    EntityLockGranted(timestamp=NOW, critical_section_id="cs1"),
+    EntityUnlockSent(
+        event_id=10,
+        timestamp=NOW,
+        critical_section_id="cs1",
+        parent_instance_id="order-1",
+        target_instance_id="@a@1",
+    ),
 ]
 
 
@@ -138,10 +157,10 @@ def test_the_protobuf_event_carries_the_sequence_number_and_payloads() -> None:
     assert converted.timestamp.ToDatetime(tzinfo=UTC) == NOW
 
 
-def test_entity_events_are_refused_with_a_reason() -> None:
-    entity = pb.HistoryEvent(entityLockGranted=pb.EntityLockGrantedEvent(criticalSectionId="x"))
-    with pytest.raises(UnsupportedEventError, match="entityLockGranted"):
-        event_from_pb(entity)
+def test_events_durable_fx_has_no_kind_for_are_refused_with_a_reason() -> None:
+    history_state = pb.HistoryEvent(historyState=pb.HistoryStateEvent())
+    with pytest.raises(UnsupportedEventError, match="historyState"):
+        event_from_pb(history_state)
 
 
 def test_an_inner_failure_is_kept_in_the_stack_trace() -> None:

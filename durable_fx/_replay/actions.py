@@ -20,10 +20,12 @@ __all__ = [
     "CompleteOrchestration",
     "CreateSubOrchestration",
     "CreateTimer",
+    "LockEntities",
     "RecordPatch",
     "ScheduleTask",
     "SendEvent",
     "SignalEntity",
+    "UnlockEntity",
 ]
 
 
@@ -106,6 +108,30 @@ class SignalEntity:
 
 
 @dataclass(frozen=True, slots=True)
+class LockEntities:
+    """Lock the entities of ``lock_set`` (sorted ids) for a critical section."""
+
+    id: int
+    lock_set: tuple[str, ...]
+    critical_section_id: str
+
+    def describe(self) -> str:
+        return f"lock_entities({', '.join(self.lock_set)})"
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockEntity:
+    """Release one entity of the critical section ``critical_section_id``."""
+
+    id: int
+    entity_instance_id: str
+    critical_section_id: str
+
+    def describe(self) -> str:
+        return f"unlock({self.entity_instance_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class RecordPatch:
     """A marker: the code takes patch ``name``'s new path (nothing is sent)."""
 
@@ -134,5 +160,7 @@ Action = (
     | RecordPatch
     | CallEntity
     | SignalEntity
+    | LockEntities
+    | UnlockEntity
 )
 """An action that schedules work and appears in history under its ``id``."""

@@ -51,14 +51,16 @@ from .actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    LockEntities,
     RecordPatch,
     ScheduleTask,
     SendEvent,
     SignalEntity,
+    UnlockEntity,
 )
 from .tasks import CompletableTask, DroppableTask, Task
 
-__all__ = ["Observation", "OrchestrationContext", "Orchestrator"]
+__all__ = ["EntityLock", "Observation", "OrchestrationContext", "Orchestrator"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -139,6 +141,9 @@ class OrchestrationContext:
         self._result_handlers: dict[int, ResultHandler] = {}
         self._children: dict[int, str] = {}
         self._entity_calls: dict[str, int] = {}
+        self._lock_requests: dict[str, int] = {}
+        """The action id of each lock request by its critical section id (the grant names it)."""
+        self._critical_section: EntityLock | None = None
         """The action id of each entity call by its request id (the reply names the request)."""
         self._terminate_on_close: set[int] = set()
         self._failures_raised: set[int] = set()
@@ -642,6 +647,12 @@ class OrchestrationContext:
         (a pydantic model, a dataclass...); without it the result is plain JSON.
         """
         _check_operation(operation)
+        held = self._critical_section
+        if held is not None and entity.instance_id not in held.lock_set:
+            raise ValueError(
+                f"a critical section calls only the entities it locked, not {entity}: "
+                "release the lock first"
+            )
         codec = self._codec_for(result_type)
         payload = encode(input)
 
@@ -665,6 +676,12 @@ class OrchestrationContext:
     ) -> None:
         """Send ``operation`` to ``entity`` without waiting for it; ``at``: not before then."""
         _check_operation(operation)
+        held = self._critical_section
+        if held is not None and entity.instance_id in held.lock_set:
+            raise ValueError(
+                f"{entity} is locked by this critical section: call it (a signal would wait "
+                "for the lock to be released)"
+            )
         when = self._now + at if isinstance(at, timedelta) else at
         if when is not None and when.tzinfo is None:
             raise ValueError("signal_entity needs a timezone-aware datetime (use UTC)")
@@ -678,6 +695,45 @@ class OrchestrationContext:
             when,
         )
         self._record(signal, None)
+
+    def lock_entities(self, *entities: EntityId) -> Task[EntityLock]:
+        """Lock ``entities`` for a critical section; yielding the task waits until all are held.
+
+        ``with (yield ctx.lock_entities(a, b)):`` then only this orchestration's
+        calls run on them until the block ends (or the orchestration does).
+        Entities are locked one after another in a fixed order (their ids
+        sorted), so two sections over the same entities never deadlock.
+        Inside, call only the locked entities; sections do not nest.
+        """
+        if self._critical_section is not None:
+            raise ValueError(
+                "this orchestration holds a critical section already: sections do not nest"
+            )
+        if not entities:
+            raise ValueError("lock_entities needs at least one entity")
+        action_id = self._next_id()
+        lock = EntityLock(
+            self, self._request_id(action_id), sorted({e.instance_id for e in entities})
+        )
+        task: CompletableTask[EntityLock] = CompletableTask()
+        self._critical_section = lock
+        self._lock_requests[lock.critical_section_id] = action_id
+
+        def granted(_event: HistoryEvent) -> None:
+            task.complete(lock)
+
+        self._record(
+            LockEntities(action_id, tuple(lock.lock_set), lock.critical_section_id), granted
+        )
+        return task
+
+    def _release(self, lock: EntityLock) -> None:
+        """Send each entity of ``lock``'s section its unlock (once)."""
+        if self._critical_section is not lock:
+            return
+        self._critical_section = None
+        for entity in lock.lock_set:
+            self._record(UnlockEntity(self._next_id(), entity, lock.critical_section_id), None)
 
     def _request_id(self, action_id: int) -> str:
         # The same on every replay, and unique across instances and executions.
@@ -799,6 +855,8 @@ class OrchestrationContext:
 
     def _complete(self, completion: CompleteOrchestration) -> None:
         if self._completion is None:
+            if self._critical_section is not None:  # an ended orchestration holds no lock
+                self._release(self._critical_section)
             self._completion = completion
             for timer_id in sorted(self._timers):  # an ended execution has no use for them
                 self._cancel_timer(timer_id)
@@ -886,6 +944,30 @@ class OrchestrationContext:
     def _child_instance_id(self, action_id: int) -> str:
         child = f"{self._instance_id}:{action_id}"
         return child if len(child) <= MAX_INSTANCE_ID_LENGTH else self.new_uuid().hex
+
+
+class EntityLock:
+    """A critical section's hold on its entities; leaving its ``with`` block releases them."""
+
+    __slots__ = ("_ctx", "critical_section_id", "lock_set")
+
+    def __init__(
+        self, ctx: OrchestrationContext, critical_section_id: str, lock_set: list[str]
+    ) -> None:
+        self._ctx = ctx
+        self.critical_section_id = critical_section_id
+        self.lock_set = lock_set
+        """The locked entities' instance ids, in locking order."""
+
+    def __enter__(self) -> EntityLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Release every entity of the section now (again: nothing)."""
+        self._ctx._release(self)
 
 
 def _check_operation(operation: str) -> None:

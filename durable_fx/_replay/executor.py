@@ -24,10 +24,13 @@ from typing import Any
 
 from .._errors import NonDeterminismError, SerializationError
 from .._history import (
+    EntityLockGranted,
+    EntityLockRequested,
     EntityOperationCalled,
     EntityOperationCompleted,
     EntityOperationFailed,
     EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -56,10 +59,12 @@ from .actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    LockEntities,
     RecordPatch,
     ScheduleTask,
     SendEvent,
     SignalEntity,
+    UnlockEntity,
 )
 from .admission import admits
 from .context import Observation, OrchestrationContext
@@ -75,6 +80,8 @@ _SCHEDULING_EVENTS: dict[type[Any], type[Any]] = {
     PatchApplied: RecordPatch,
     EntityOperationCalled: CallEntity,
     EntityOperationSignaled: SignalEntity,
+    EntityLockRequested: LockEntities,
+    EntityUnlockSent: UnlockEntity,
 }
 _USER_CODE_ERRORS = (Exception, SystemExit)
 """What orchestrator code may raise to fail its instance (sys.exit() must not stop a worker)."""
@@ -210,6 +217,13 @@ class OrchestrationExecutor:
 
     def _admit(self, event: HistoryEvent) -> bool:
         """False for events that must not reach history: duplicates and late results."""
+        if isinstance(event, EntityLockGranted):
+            task_id = self._ctx._lock_requests.get(event.critical_section_id)
+            return (
+                self._ctx._completion is None
+                and task_id is not None
+                and task_id in self._ctx._result_handlers
+            )
         if isinstance(event, EntityOperationCompleted | EntityOperationFailed):
             task_id = self._ctx._entity_calls.get(event.request_id)
             return (
@@ -245,8 +259,14 @@ class OrchestrationExecutor:
                 | PatchApplied()
                 | EntityOperationCalled()
                 | EntityOperationSignaled()
+                | EntityLockRequested()
+                | EntityUnlockSent()
             ):
                 self._match_scheduled(event)
+            case EntityLockGranted():
+                task_id = self._ctx._lock_requests.get(event.critical_section_id)
+                if task_id is not None:
+                    self._resolve(task_id, event)
             case EntityOperationCompleted() | EntityOperationFailed():
                 task_id = self._ctx._entity_calls.get(event.request_id)
                 if task_id is not None:
@@ -310,7 +330,9 @@ class OrchestrationExecutor:
             | EventSent
             | PatchApplied
             | EntityOperationCalled
-            | EntityOperationSignaled,
+            | EntityOperationSignaled
+            | EntityLockRequested
+            | EntityUnlockSent,
         )
         action = self._ctx._pending_actions.pop(event.event_id, None)
         expected_type = _SCHEDULING_EVENTS[type(event)]
@@ -430,6 +452,10 @@ def _same_target(action: Action, event: HistoryEvent) -> bool:
     """Whether a recorded event names what the action does (its activity, child, operation)."""
     if isinstance(action, ScheduleTask | CreateSubOrchestration | RecordPatch):
         return action.name == getattr(event, "name", None)
+    if isinstance(action, LockEntities):
+        return list(action.lock_set) == getattr(event, "lock_set", None)
+    if isinstance(action, UnlockEntity):
+        return action.entity_instance_id == getattr(event, "target_instance_id", None)
     if isinstance(action, CallEntity | SignalEntity):
         return (action.entity_instance_id, action.operation) == (
             getattr(event, "target_instance_id", None),

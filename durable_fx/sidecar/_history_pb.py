@@ -14,10 +14,13 @@ from typing import Any
 
 from .._history import (
     ContinueAsNew,
+    EntityLockGranted,
+    EntityLockRequested,
     EntityOperationCalled,
     EntityOperationCompleted,
     EntityOperationFailed,
     EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -57,7 +60,7 @@ __all__ = [
 
 
 class UnsupportedEventError(ValueError):
-    """A protobuf history event durable_fx has no kind for (entity locks, for now)."""
+    """A protobuf history event durable_fx has no kind for."""
 
 
 _STATUS_TO_PB = {
@@ -280,6 +283,24 @@ _TO_PB: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
             requestId=e.request_id, output=text_value(e.output)
         )
     },
+    EntityLockRequested: lambda e: {
+        "entityLockRequested": pb.EntityLockRequestedEvent(
+            criticalSectionId=e.critical_section_id,
+            lockSet=e.lock_set,
+            position=e.position,
+            parentInstanceId=text_value(e.parent_instance_id),
+        )
+    },
+    EntityLockGranted: lambda e: {
+        "entityLockGranted": pb.EntityLockGrantedEvent(criticalSectionId=e.critical_section_id)
+    },
+    EntityUnlockSent: lambda e: {
+        "entityUnlockSent": pb.EntityUnlockSentEvent(
+            criticalSectionId=e.critical_section_id,
+            parentInstanceId=text_value(e.parent_instance_id),
+            targetInstanceId=text_value(e.target_instance_id),
+        )
+    },
     EntityOperationFailed: lambda e: {
         "entityOperationFailed": pb.EntityOperationFailedEvent(
             requestId=e.request_id, failureDetails=failure_to_pb(e.failure)
@@ -300,7 +321,7 @@ def event_from_pb(event: pb.HistoryEvent) -> HistoryEvent:
     """The durable_fx event for a protobuf history event.
 
     Raises ``UnsupportedEventError`` for kinds durable_fx does not have
-    (entity locks, generic and history-state events).
+    (generic and history-state events).
     """
     kind = event.WhichOneof("eventType")
     convert = _FROM_PB.get(kind or "")
@@ -427,6 +448,22 @@ _FROM_PB: dict[str, Callable[[Any, dict[str, Any]], HistoryEvent]] = {
     ),
     "entityOperationCompleted": lambda e, c: EntityOperationCompleted(
         **c, request_id=e.requestId, output=optional_text(e, "output")
+    ),
+    "entityLockRequested": lambda e, c: EntityLockRequested(
+        **c,
+        critical_section_id=e.criticalSectionId,
+        lock_set=list(e.lockSet),
+        position=e.position,
+        parent_instance_id=optional_text(e, "parentInstanceId"),
+    ),
+    "entityLockGranted": lambda e, c: EntityLockGranted(
+        **c, critical_section_id=e.criticalSectionId
+    ),
+    "entityUnlockSent": lambda e, c: EntityUnlockSent(
+        **c,
+        critical_section_id=e.criticalSectionId,
+        parent_instance_id=optional_text(e, "parentInstanceId"),
+        target_instance_id=optional_text(e, "targetInstanceId"),
     ),
     "entityOperationFailed": lambda e, c: EntityOperationFailed(
         **c, request_id=e.requestId, failure=failure_from_pb(e.failureDetails)

@@ -19,10 +19,13 @@ from typing import Generic, Self, TypeVar
 from .._entity import EntityId
 from .._errors import InvalidOperationError
 from .._history import (
+    EntityLockGranted,
+    EntityLockRequested,
     EntityOperationCalled,
     EntityOperationCompleted,
     EntityOperationFailed,
     EntityOperationSignaled,
+    EntityUnlockSent,
     ExecutionStarted,
     FailureDetails,
     HistoryEvent,
@@ -125,6 +128,12 @@ def dedupe_key(event: HistoryEvent, execution_id: str | None) -> str:
             return f"entity-op:{event.request_id}"
         case EntityOperationCompleted() | EntityOperationFailed():
             return f"entity-reply:{execution_id}:{event.request_id}"
+        case EntityLockRequested():
+            return f"entity-lock:{event.critical_section_id}:{event.position}"
+        case EntityLockGranted():
+            return f"entity-granted:{execution_id}:{event.critical_section_id}"
+        case EntityUnlockSent():
+            return f"entity-unlock:{event.critical_section_id}:{event.target_instance_id}"
         case _:
             return f"{event.kind}:{uuid.uuid4().hex}"
 
@@ -335,6 +344,8 @@ def creation_start(message: OrchestrationMessage) -> ExecutionStarted | None:
     """
     if isinstance(message.event, ExecutionStarted):
         return started_event(message)
+    if isinstance(message.event, EntityLockRequested):
+        return entity_started(message.instance_id, message.event.timestamp)
     if isinstance(message.event, EntityOperationSignaled | EntityOperationCalled):
         if message.event.target_instance_id != message.instance_id:
             raise ValueError(

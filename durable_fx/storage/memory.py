@@ -417,9 +417,7 @@ class MemoryStore:
         """How many orchestration instances have each status (entities are not counted)."""
         with self._lock:
             records = [i.record for i in self._instances.values()]
-        return dict(
-            Counter(r.status for r in records if not is_entity_instance_id(r.instance_id))
-        )
+        return dict(Counter(r.status for r in records if not is_entity_instance_id(r.instance_id)))
 
     async def backlog(self) -> list[QueueBacklog]:
         """Due inbox messages and activity work items, and how long the oldest has waited."""

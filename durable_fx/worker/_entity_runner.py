@@ -22,7 +22,6 @@ from .._clock import Clock
 from .._entity import EntityId, EntityRowState
 from .._errors import ConflictError, UnknownNameError
 from .._history import (
-    EntityOperationCalled,
     EntityOperationCompleted,
     EntityOperationFailed,
     EntityOperationSignaled,
@@ -32,7 +31,14 @@ from .._history import (
 )
 from .._log_context import running
 from .._registry import Registry
-from .._replay.entities import BatchOutcome, EntityOperation, OperationResult, run_entity_batch
+from .._replay.entities import (
+    ENTITY_REQUESTS,
+    BatchOutcome,
+    EntityOperation,
+    OperationResult,
+    run_entity_batch,
+    schedule_batch,
+)
 from .._state import OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import (
@@ -76,21 +82,31 @@ class EntityRunner:
 
     def _plan(self, item: OrchestrationWorkItem, now: datetime) -> EpisodeCommit:
         instance = item.instance
+        row = EntityRowState.of_row(instance.input)
         # Every message handed out is consumed: one left behind would count a
         # delivery at each lock and end up poisoned. The store bounds a batch (on
         # Azure 90 messages, whose deletions fit one transaction).
         taken = item.messages
-        operations = list(_operations(taken))
-        outcome = self._outcome(instance.instance_id, instance.input, operations, now)
+        plan = schedule_batch(
+            row.locked_by, row.critical_section, row.queue, list(_requests(taken)), now=now
+        )
+        outcome = self._outcome(instance.instance_id, row.state, plan.runnable, now)
         messages = [
             *_answers(outcome.results, now),
             *_signals(outcome, now),
             *_starts(outcome, now),
+            *(OrchestrationMessage(target, event) for target, event in plan.lock_messages),
         ]
+        kept = EntityRowState(
+            state=outcome.state,
+            locked_by=plan.locked_by,
+            critical_section=plan.critical_section,
+            queue=list(plan.queue),
+        )
         record = dataclasses.replace(
             instance,
             status=OrchestrationStatus.RUNNING,
-            input=EntityRowState(state=outcome.state).model_dump_json(),
+            input=kept.model_dump_json(),
             updated_at=now,
         )
         return EpisodeCommit(
@@ -104,11 +120,10 @@ class EntityRunner:
     def _outcome(
         self,
         instance_id: str,
-        row: str | None,
+        state: str | None,
         operations: Sequence[EntityOperation],
         now: datetime,
     ) -> BatchOutcome:
-        state = EntityRowState.of_row(row).state
         entity = EntityId.parse(instance_id)
         definition = self._registry.find_entity(entity.name)
         if definition is None:
@@ -122,25 +137,15 @@ class EntityRunner:
         return run_entity_batch(definition, entity, state, operations, now=now)
 
 
-def _operations(messages: Sequence[InboxMessage]) -> Iterator[EntityOperation]:
-    """The operations among an entity's inbox messages, in arrival order."""
+def _requests(messages: Sequence[InboxMessage]) -> Iterator[HistoryEvent]:
+    """The requests among an entity's inbox messages, in arrival order."""
     for message in messages:
         event = message.event
-        match event:
-            case EntityOperationSignaled():
-                yield EntityOperation(event.operation, event.input, event.request_id)
-            case EntityOperationCalled():
-                yield EntityOperation(
-                    event.operation,
-                    event.input,
-                    event.request_id,
-                    caller=event.parent_instance_id,
-                    caller_execution_id=event.parent_execution_id,
-                )
-            case ExecutionStarted():
-                pass  # the entity's creation: nothing to run
-            case _:  # not for entities (a raised event, a terminate...): consumed, not run
-                log.warning("an entity ignores a %s message", event.kind)
+        if isinstance(event, ENTITY_REQUESTS):
+            yield event
+        elif not isinstance(event, ExecutionStarted):  # its creation: nothing to run
+            # Not for entities (a raised event, a terminate...): consumed, not run.
+            log.warning("an entity ignores a %s message", event.kind)
 
 
 def _failed(operation: EntityOperation, failure: FailureDetails) -> OperationResult:

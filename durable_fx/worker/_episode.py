@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .._history import (
+    EntityLockRequested,
     EntityOperationCalled,
     EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -43,10 +45,12 @@ from .._replay.actions import (
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    LockEntities,
     RecordPatch,
     ScheduleTask,
     SendEvent,
     SignalEntity,
+    UnlockEntity,
 )
 from .._replay.executor import EpisodeOutput
 from .._serialization import encode
@@ -342,6 +346,22 @@ def _recorded(action: Action, now: datetime, instance: InstanceRecord) -> Histor
     match action:
         case CallEntity() | SignalEntity():
             return _entity_request(action, now, instance)
+        case LockEntities():
+            return EntityLockRequested(
+                event_id=action.id,
+                timestamp=now,
+                critical_section_id=action.critical_section_id,
+                lock_set=list(action.lock_set),
+                parent_instance_id=instance.instance_id,
+            )
+        case UnlockEntity():
+            return EntityUnlockSent(
+                event_id=action.id,
+                timestamp=now,
+                critical_section_id=action.critical_section_id,
+                parent_instance_id=instance.instance_id,
+                target_instance_id=action.entity_instance_id,
+            )
         case ScheduleTask():
             return TaskScheduled(
                 event_id=action.id,
@@ -427,6 +447,14 @@ def _dispatch(
         case SendEvent():
             raised = EventRaised(timestamp=now, name=action.name, input=action.input)
             messages.append(OrchestrationMessage(action.instance_id, raised))
+        case LockEntities() | UnlockEntity():
+            request = _recorded(action, now, instance)
+            target = (
+                action.lock_set[0]
+                if isinstance(action, LockEntities)
+                else action.entity_instance_id
+            )
+            messages.append(OrchestrationMessage(target, request))
         case CallEntity() | SignalEntity():
             request = _entity_request(action, now, instance)
             at = action.at if isinstance(action, SignalEntity) else None
