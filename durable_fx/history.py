@@ -9,6 +9,13 @@ actions a task's outcome refers back to (``task_scheduled_id``, ``timer_id``).
 
 from ._history import (
     ContinueAsNew,
+    EntityLockGranted,
+    EntityLockRequested,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -35,6 +42,13 @@ from ._history import (
 
 __all__ = [
     "ContinueAsNew",
+    "EntityLockGranted",
+    "EntityLockRequested",
+    "EntityOperationCalled",
+    "EntityOperationCompleted",
+    "EntityOperationFailed",
+    "EntityOperationSignaled",
+    "EntityUnlockSent",
     "EventRaised",
     "EventSent",
     "ExecutionCompleted",

@@ -34,6 +34,8 @@ from durable_fx import (
     Worker,
 )
 from durable_fx._replay.entities import EntityOperation, run_entity_batch
+from durable_fx.history import EntityLockRequested
+from durable_fx.storage import OrchestrationMessage
 from tests.support.instances import WAIT, wait_until
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -584,3 +586,27 @@ def test_a_section_ended_while_it_waited_for_the_lock_never_takes_it(
     client.wait("first-holder", timeout=WAIT)
     # The terminated one's request was dropped: the next section is not stuck behind it.
     assert client.wait(client.start(increment_under_lock, "queued"), timeout=WAIT).output == 2
+
+
+def test_cleaning_releases_a_lock_whose_holder_is_gone(
+    make_worker: Callable[..., Worker], store: Store, client: DurableClient
+) -> None:
+    make_worker(registry)
+    stuck = EntityId("counter", "orphaned")
+    client.signal_entity(stuck, "set", 1)
+    wait_until(lambda: state_of(client, stuck) == 1)
+    # What a lock request still travelling its set when its orchestration ended
+    # leaves behind: the entity locked for an orchestration that is gone.
+    late = EntityLockRequested(
+        timestamp=datetime.now(UTC),
+        critical_section_id="cs-of-an-ended-orchestration",
+        lock_set=[stuck.instance_id],
+        parent_instance_id="ended-long-ago",
+    )
+    asyncio.run(store.enqueue(OrchestrationMessage(stuck.instance_id, late)))
+    client.signal_entity(stuck, "add", 10)  # waits behind the orphaned lock
+    time.sleep(0.5)
+    assert state_of(client, stuck) == 1
+    assert client.clean_entity_storage() == 1
+    wait_until(lambda: state_of(client, stuck) == 11, what="the queued add after the release")
+    assert client.clean_entity_storage() == 0  # nothing left to release

@@ -31,6 +31,7 @@ from .._entity import (
 from .._errors import InstanceExistsError, InstanceNotFoundError, InvalidOperationError
 from .._history import (
     EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     ExecutionResumed,
     ExecutionRewound,
@@ -555,6 +556,45 @@ class AsyncDurableClient:
                 decoded = decode_state(state, state_type)
                 items.append(EntityMetadata(entity, record.updated_at, decoded, state))
         return EntityPage(items, page.continuation)
+
+    async def clean_entity_storage(self) -> int:
+        """Release every entity lock whose holder has ended; how many were released.
+
+        An orchestration that ends releases its locks itself. This is the
+        fallback for a lock request that was still on its way through the lock
+        set when its orchestration ended, and took an entity after the unlock:
+        the entity gets the unlock its holder would have sent (once, whatever
+        how often this runs), through its inbox like any other request.
+        """
+        released = 0
+        continuation: str | None = None
+        while True:
+            query = InstanceQuery(entities=True, page_size=500, continuation=continuation)
+            page = await self._store.query_instances(query)
+            for record in page.items:
+                row = EntityRowState.of_row(record.input)
+                if row.critical_section is not None and await self._ended(row.locked_by):
+                    released += await self._unlock_for(record.instance_id, row)
+            if page.continuation is None:
+                return released
+            continuation = page.continuation
+
+    async def _ended(self, holder: str | None) -> bool:
+        found = await self._store.get_instance(holder) if holder else None
+        return found is None or found.status.is_terminal
+
+    async def _unlock_for(self, entity_id: str, row: EntityRowState) -> int:
+        assert row.critical_section is not None
+        unlock = EntityUnlockSent(
+            timestamp=self._clock.now(),
+            critical_section_id=row.critical_section,
+            parent_instance_id=row.locked_by,
+            target_instance_id=entity_id,
+        )
+        try:
+            return int(await self._store.enqueue(OrchestrationMessage(entity_id, unlock)))
+        except InstanceNotFoundError:
+            return 0  # purged meanwhile: nothing holds it any more
 
     async def terminate(
         self, instance_id: str, reason: Any = None, *, recursive: bool = True

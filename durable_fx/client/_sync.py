@@ -287,6 +287,10 @@ class DurableClient:
             )
         )
 
+    def clean_entity_storage(self) -> int:
+        """See ``AsyncDurableClient.clean_entity_storage``."""
+        return self._portal.call(self._client.clean_entity_storage())
+
     def get_entity(
         self, entity: EntityId, state_type: type[T] | Any = Any
     ) -> EntityMetadata[T] | None:
