@@ -148,3 +148,19 @@ def list_entities(
     console = stdout_console()
     console.print(table)
     console.print(f"{len(page.items)} entities", style="dim", markup=False)
+
+
+@entity_app.command()
+def clean(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Release entity locks whose holder has ended (it reads every entity)."""
+    settings = command_settings(ctx, store, json_output)
+    with open_client(settings.store) as client:
+        released = client.clean_entity_storage()
+    if settings.json:
+        emit_json({"released_locks": released})
+    else:
+        stdout_console().print(f"released {released} lock(s)", markup=False)
