@@ -495,13 +495,10 @@ async def check_outgoing_start_creates_target_other_messages_need_one(
 async def check_entity_operations_create_their_entity_and_keep_commit_order(
     factory: StoreFactory,
 ) -> None:
-    """A committed entity operation creates its missing entity; one sender's arrive in order.
-
-    Entities (``@name@key`` instances) exist from their first operation on,
-    and run operations in arrival order: a store delivers the operations one
-    commit sends, and those of later commits, oldest first. Queries list
-    entities apart from orchestrations.
-    """
+    """A committed entity operation creates its missing entity; one sender's arrive in order."""
+    # Entities (``@name@key`` instances) exist from their first operation on and
+    # run operations in arrival order: a store delivers the operations one commit
+    # sends, and those of later commits, oldest first. Queries list them apart.
     async with fresh_store(factory) as h:
         await h.start("caller")
         target = "@counter@k"
