@@ -74,10 +74,15 @@ def test_terminate_a_pending_instance(
         ran.append(ctx.instance_id)
 
     # Far enough ahead that the terminate lands first on a loaded machine (on Azurite a
-    # start and a terminate took over 0.2 s under load, and the instance ran first).
-    start_at = datetime.now(UTC) + timedelta(seconds=3)
-    iid = client.start(scheduled, start_at=start_at)
-    client.terminate(iid, "never mind")
+    # start and a terminate took over 0.2 s under load, and once in CI over 3 s): if the
+    # terminate came back after the start fell due, the machine was too slow to tell
+    # anything, so try again further ahead.
+    for lead in (3, 10, 30):
+        start_at = datetime.now(UTC) + timedelta(seconds=lead)
+        iid = client.start(scheduled, start_at=start_at)
+        client.terminate(iid, "never mind")
+        if datetime.now(UTC) < start_at:
+            break
     state = client.wait(iid, timeout=WAIT)
     assert state.status is OrchestrationStatus.TERMINATED
     assert state.output == "never mind"

@@ -143,11 +143,15 @@ def test_each_queues_backlog_and_its_oldest_messages_age_are_gauges(
     make_worker(max_concurrent_activities=1)
     started = [client.start(queued, None) for _ in range(3)]
 
+    # Both other activities wait behind the running one once every orchestration has
+    # scheduled its own; Azure's counts are approximate, so any waiting one will do there.
+    least = 1 if store_kind == "azure" else 2
+
     def waiting() -> tuple[str, float, float] | None:
         """A queue with work waiting behind the running activity for a second: its gauges."""
         backlog = _gauges(metric_reader, "durable_fx.queue.backlog")
         ages = _gauges(metric_reader, "durable_fx.queue.oldest_age")
-        full = [queue for queue, due in backlog.items() if due >= 1 and ages[queue] > 1]
+        full = [queue for queue, due in backlog.items() if due >= least and ages[queue] > 1]
         return (full[0], backlog[full[0]], ages[full[0]]) if full else None
 
     try:
