@@ -35,6 +35,7 @@ __all__ = [
     "EntityOperation",
     "OperationResult",
     "Schedule",
+    "operation_result",
     "run_entity_batch",
     "schedule_batch",
 ]
@@ -96,12 +97,12 @@ def run_entity_batch(
             output = encode(definition.run(ctx, operation.input))
         except Exception as error:  # the operation's own failure: undone, answered, batch goes on
             failure = failure_from_exception(error)
-            results.append(_result(operation, failure=failure))
+            results.append(operation_result(operation, failure=failure))
             continue
         state = ctx.state_json
         signals += ctx.signals
         starts += ctx.starts
-        results.append(_result(operation, output=output))
+        results.append(operation_result(operation, output=output))
     return BatchOutcome(state, tuple(results), tuple(signals), tuple(starts))
 
 
@@ -203,9 +204,10 @@ def _operation_of(event: EntityOperationSignaled | EntityOperationCalled) -> Ent
     )
 
 
-def _result(
+def operation_result(
     operation: EntityOperation, *, output: str | None = None, failure: FailureDetails | None = None
 ) -> OperationResult:
+    """The result of ``operation``, addressed to its caller (if it has one)."""
     return OperationResult(
         operation.request_id, operation.caller, output, failure, operation.caller_execution_id
     )

@@ -217,20 +217,9 @@ class OrchestrationExecutor:
 
     def _admit(self, event: HistoryEvent) -> bool:
         """False for events that must not reach history: duplicates and late results."""
-        if isinstance(event, EntityLockGranted):
-            task_id = self._ctx._lock_requests.get(event.critical_section_id)
-            return (
-                self._ctx._completion is None
-                and task_id is not None
-                and task_id in self._ctx._result_handlers
-            )
-        if isinstance(event, EntityOperationCompleted | EntityOperationFailed):
-            task_id = self._ctx._entity_calls.get(event.request_id)
-            return (
-                self._ctx._completion is None
-                and task_id is not None
-                and task_id in self._ctx._result_handlers
-            )
+        if isinstance(event, EntityLockGranted | EntityOperationCompleted | EntityOperationFailed):
+            task_id = self._entity_task(event)
+            return self._ctx._completion is None and task_id in self._ctx._result_handlers
         return admits(
             event,
             started=self._started,
@@ -264,12 +253,10 @@ class OrchestrationExecutor:
             ):
                 self._match_scheduled(event)
             case EntityLockGranted():
-                task_id = self._ctx._lock_requests.get(event.critical_section_id)
-                if task_id is not None:
+                if (task_id := self._entity_task(event)) is not None:
                     self._resolve(task_id, event)
             case EntityOperationCompleted() | EntityOperationFailed():
-                task_id = self._ctx._entity_calls.get(event.request_id)
-                if task_id is not None:
+                if (task_id := self._entity_task(event)) is not None:
                     self._resolve(task_id, _as_task_result(event, task_id))
             case (
                 TaskCompleted()
@@ -294,6 +281,14 @@ class OrchestrationExecutor:
             case _:
                 return
         self._advance()
+
+    def _entity_task(
+        self, event: EntityLockGranted | EntityOperationCompleted | EntityOperationFailed
+    ) -> int | None:
+        """The task an entity's answer is for: it names the request, not the task id."""
+        if isinstance(event, EntityLockGranted):
+            return self._ctx._lock_requests.get(event.critical_section_id)
+        return self._ctx._entity_calls.get(event.request_id)
 
     def _start(self, event: ExecutionStarted) -> None:
         if self._started:

@@ -48,7 +48,12 @@ from .._ids import validate_instance_id
 from .._registry import OrchestratorDefinition, validate_event_name
 from .._serialization import encode, input_parameter
 from .._state import OrchestrationStatus
-from ..client._status_json import CONTINUATION_HEADER, RUNTIME_STATUS, status_json
+from ..client._status_json import (
+    CONTINUATION_HEADER,
+    RUNTIME_STATUS,
+    entity_json,
+    status_json,
+)
 from ._http import (
     FieldProblem,
     HttpProblem,
@@ -287,14 +292,7 @@ class ManagementApi:
                     400, str(error), [FieldProblem("continuationToken", "not a token we issued")]
                 ) from None
             raise
-        body = [
-            {
-                "entityId": {"name": m.id.name, "key": m.id.key},
-                "lastOperationTime": m.last_modified.isoformat(),
-                **({"state": m.state} if fetch_state else {}),
-            }
-            for m in page.items
-        ]
+        body = [entity_json(m, show_state=fetch_state) for m in page.items]
         headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
         return json_response(body, 200, headers)
 

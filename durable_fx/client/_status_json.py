@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .._entity import EntityMetadata
 from .._state import OrchestrationState, OrchestrationStatus
 
-__all__ = ["CONTINUATION_HEADER", "RUNTIME_STATUS", "status_json"]
+__all__ = ["CONTINUATION_HEADER", "RUNTIME_STATUS", "entity_json", "status_json"]
 
 CONTINUATION_HEADER = "x-ms-continuation-token"
 """Where a list answer puts the token of its next page (Durable Functions' header)."""
@@ -56,3 +57,14 @@ def status_json(
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def entity_json(entity: EntityMetadata[Any], *, show_state: bool = True) -> dict[str, Any]:
+    """An entity as Durable Functions' entity list shows it: its id, last change, state."""
+    body: dict[str, Any] = {
+        "entityId": {"name": entity.id.name, "key": entity.id.key},
+        "lastOperationTime": entity.last_modified.isoformat(),
+    }
+    if show_state:
+        body["state"] = entity.state
+    return body

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .._history import ExecutionStarted, HistoryEvent, SubOrchestrationInstanceCreated
 from .._state import OrchestrationState, OrchestrationStatus
 from ..client._async import AsyncDurableClient
-from ..client._status_json import CONTINUATION_HEADER, status_json
+from ..client._status_json import CONTINUATION_HEADER, entity_json, status_json
 from ._gantt import gantt_of
 
 __all__ = ["KEY_COOKIE", "KEY_HEADER", "create_dashboard"]
@@ -254,15 +254,7 @@ class _Pages:
             return JSONResponse({"error": str(error), "field": field}, 400)
         if _wants_json(request):  # the management API's entity list
             headers = {CONTINUATION_HEADER: page.continuation} if page.continuation else {}
-            body = [
-                {
-                    "entityId": {"name": m.id.name, "key": m.id.key},
-                    "lastOperationTime": m.last_modified.isoformat(),
-                    "state": m.state,
-                }
-                for m in page.items
-            ]
-            return JSONResponse(body, 200, headers)
+            return JSONResponse([entity_json(m) for m in page.items], 200, headers)
         kept = {k: v for k, v in query.items() if k != "continuation"}
         more = (
             "?" + urlencode({**kept, "continuation": page.continuation})

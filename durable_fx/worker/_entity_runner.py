@@ -36,6 +36,7 @@ from .._replay.entities import (
     BatchOutcome,
     EntityOperation,
     OperationResult,
+    operation_result,
     run_entity_batch,
     schedule_batch,
 )
@@ -132,7 +133,7 @@ class EntityRunner:
             failure = FailureDetails(error_type=type(error).__name__, message=str(error))
             if operations:
                 log.warning("%d operation(s) for %s failed: %s", len(operations), entity, error)
-            failed = tuple(_failed(operation, failure) for operation in operations)
+            failed = tuple(operation_result(op, failure=failure) for op in operations)
             return BatchOutcome(state, failed, (), ())
         return run_entity_batch(definition, entity, state, operations, now=now)
 
@@ -146,15 +147,6 @@ def _requests(messages: Sequence[InboxMessage]) -> Iterator[HistoryEvent]:
         elif not isinstance(event, ExecutionStarted):  # its creation: nothing to run
             # Not for entities (a raised event, a terminate...): consumed, not run.
             log.warning("an entity ignores a %s message", event.kind)
-
-
-def _failed(operation: EntityOperation, failure: FailureDetails) -> OperationResult:
-    return OperationResult(
-        operation.request_id,
-        operation.caller,
-        failure=failure,
-        caller_execution_id=operation.caller_execution_id,
-    )
 
 
 def _answers(results: Sequence[OperationResult], now: datetime) -> Iterator[OrchestrationMessage]:
