@@ -14,6 +14,11 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from .._history import (
+    EntityLockGranted,
+    EntityLockRequested,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
     ExecutionCompleted,
     ExecutionResumed,
     ExecutionStarted,
@@ -42,7 +47,12 @@ _RESULT_EVENTS = (
 
 
 def admits(
-    event: HistoryEvent, *, started: bool, completed: bool, open_ids: Container[int]
+    event: HistoryEvent,
+    *,
+    started: bool,
+    completed: bool,
+    open_ids: Container[int],
+    open_requests: Container[str] = (),
 ) -> bool:
     """False for events that must not reach history: duplicates and late results.
 
@@ -51,6 +61,8 @@ def admits(
         started: The execution has already applied its ``ExecutionStarted``.
         completed: The execution has ended (only episode markers still apply).
         open_ids: Ids of the tasks, timers and sub-orchestrations still awaited.
+        open_requests: Entity calls (request ids) and lock requests (critical
+            section ids) still awaited: an entity's answer names its request.
     """
     if completed:
         return isinstance(event, OrchestratorStarted)
@@ -60,6 +72,10 @@ def admits(
         return event.task_scheduled_id in open_ids
     if isinstance(event, TimerFired):
         return event.timer_id in open_ids
+    if isinstance(event, EntityOperationCompleted | EntityOperationFailed):
+        return event.request_id in open_requests
+    if isinstance(event, EntityLockGranted):
+        return event.critical_section_id in open_requests
     return True
 
 
@@ -79,6 +95,8 @@ class HistoryState:
     open_ids: set[int] = field(default_factory=set)
     children: dict[int, str] = field(default_factory=dict)
     """Sub-orchestrations started and not yet finished, by action id."""
+    open_requests: set[str] = field(default_factory=set)
+    """Entity calls and lock requests not yet answered (request and critical section ids)."""
 
     @classmethod
     def of(cls, history: Iterable[HistoryEvent]) -> HistoryState:
@@ -91,13 +109,22 @@ class HistoryState:
     def copy(self) -> HistoryState:
         """An independent copy (an episode may fail to commit; the original stays valid)."""
         return HistoryState(
-            self.started, self.completed, self.suspended, set(self.open_ids), dict(self.children)
+            self.started,
+            self.completed,
+            self.suspended,
+            set(self.open_ids),
+            dict(self.children),
+            set(self.open_requests),
         )
 
     def admit(self, event: HistoryEvent) -> bool:
         """Apply ``event`` if ``admits`` lets it into history; True if it did."""
         if not admits(
-            event, started=self.started, completed=self.completed, open_ids=self.open_ids
+            event,
+            started=self.started,
+            completed=self.completed,
+            open_ids=self.open_ids,
+            open_requests=self.open_requests,
         ):
             return False
         self.observe(event)
@@ -123,6 +150,14 @@ class HistoryState:
                 self.children.pop(event.task_scheduled_id, None)
             case TimerFired():
                 self.open_ids.discard(event.timer_id)
+            case EntityOperationCalled():
+                self.open_requests.add(event.request_id)
+            case EntityLockRequested():
+                self.open_requests.add(event.critical_section_id)
+            case EntityOperationCompleted() | EntityOperationFailed():
+                self.open_requests.discard(event.request_id)
+            case EntityLockGranted():
+                self.open_requests.discard(event.critical_section_id)
             case ExecutionSuspended():
                 self.suspended = True
             case ExecutionResumed():

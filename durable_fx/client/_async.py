@@ -464,10 +464,6 @@ class AsyncDurableClient:
         the entity: sending it again delivers nothing and returns False.
         """
         _require_aware(at=at)
-        try:
-            validate_event_name(operation)
-        except ValueError as error:
-            raise ValueError(f"invalid operation name {operation[:80]!r}: {error}") from None
         return await self._signal_entity_json(
             entity, operation, encode(input), at=at, request_id=request_id
         )
@@ -482,6 +478,10 @@ class AsyncDurableClient:
         request_id: str | None = None,
     ) -> bool:
         """``signal_entity`` with the input already JSON text (the sidecar passes it through)."""
+        try:
+            validate_event_name(operation)
+        except ValueError as error:
+            raise ValueError(f"invalid operation name {operation[:80]!r}: {error}") from None
         event = EntityOperationSignaled(
             timestamp=self._clock.now(),
             request_id=request_id or uuid.uuid4().hex,

@@ -11,14 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._entity import EntityId
 from .._history import EventRaised, FailureDetails, HistoryEvent
 from .._replay.actions import (
     Action,
+    CallEntity,
     CompleteOrchestration,
     CreateSubOrchestration,
     CreateTimer,
+    LockEntities,
     ScheduleTask,
     SendEvent,
+    SignalEntity,
+    UnlockEntity,
 )
 from .._state import OrchestrationStatus
 from ._history_pb import event_from_pb, failure_from_pb, status_from_pb, trace_from_pb
@@ -47,8 +52,8 @@ class ResponseActions:
 def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions:
     """Convert the actions of one response.
 
-    An action durable_fx cannot carry out (entity messages, terminating
-    another instance) fails the orchestration with a failure that says so:
+    An action durable_fx cannot carry out (terminating another instance)
+    fails the orchestration with a failure that says so:
     dropping it silently would leave the code waiting forever.
     """
     result = ResponseActions()
@@ -87,6 +92,13 @@ def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions
                         action.id, send.instance.instanceId, send.name, optional_text(send, "data")
                     )
                 )
+            case "sendEntityMessage":
+                try:
+                    result.actions.append(_entity_action(action.id, action.sendEntityMessage))
+                except ValueError as error:  # the code would wait forever for a lost message
+                    result.actions.clear()
+                    result.completion = _failing("InvalidEntityMessageError", str(error))
+                    return result
             case "completeOrchestration":
                 result.completion = _completion(action.completeOrchestration)
             case "rewindOrchestration":
@@ -97,6 +109,52 @@ def actions_from_pb(actions: Sequence[pb.OrchestratorAction]) -> ResponseActions
                 result.completion = _unsupported(kind)
                 return result
     return result
+
+
+def _entity_action(action_id: int, message: pb.SendEntityMessageAction) -> Action:
+    """An entity message: a call, a signal, a lock request or an unlock.
+
+    The SDK names the caller in its events; durable_fx fills that in from the
+    instance when it plans the episode, as for its own orchestrations.
+    """
+    kind = message.WhichOneof("EntityMessageType")
+    if kind == "entityOperationCalled":
+        called = message.entityOperationCalled
+        return CallEntity(
+            action_id,
+            _entity_target(called.targetInstanceId.value),
+            called.operation,
+            optional_text(called, "input"),
+            called.requestId,
+        )
+    if kind == "entityOperationSignaled":
+        signaled = message.entityOperationSignaled
+        return SignalEntity(
+            action_id,
+            _entity_target(signaled.targetInstanceId.value),
+            signaled.operation,
+            optional_text(signaled, "input"),
+            signaled.requestId,
+            at=from_timestamp(signaled.scheduledTime)
+            if signaled.HasField("scheduledTime")
+            else None,
+        )
+    if kind == "entityLockRequested":
+        requested = message.entityLockRequested
+        lock_set = tuple(map(_entity_target, requested.lockSet))
+        if not lock_set or list(lock_set) != sorted(set(lock_set)):
+            raise ValueError(f"a lock set is sorted, without repeats, and not empty: {lock_set!r}")
+        return LockEntities(action_id, lock_set, requested.criticalSectionId)
+    if kind == "entityUnlockSent":
+        unlock = message.entityUnlockSent
+        target = _entity_target(unlock.targetInstanceId.value)
+        return UnlockEntity(action_id, target, unlock.criticalSectionId)
+    raise ValueError("a sendEntityMessage action carries no message")
+
+
+def _entity_target(instance_id: str) -> str:
+    """``instance_id`` if it names an entity (``@name@key``); ``ValueError`` if not."""
+    return EntityId.parse(instance_id).instance_id
 
 
 def _completion(complete: pb.CompleteOrchestrationAction) -> CompleteOrchestration:
@@ -126,15 +184,13 @@ def _completion(complete: pb.CompleteOrchestrationAction) -> CompleteOrchestrati
 
 def _unsupported(kind: str | None) -> CompleteOrchestration:
     what = {
-        "sendEntityMessage": "entity operations (durable_fx has no entities yet)",
         "terminateOrchestration": "terminating another instance from an orchestration "
         "(use a client's terminate instead)",
     }.get(kind or "", f"the {kind!r} action")
-    return CompleteOrchestration(
-        "FAILED",
-        failure=FailureDetails(
-            error_type="NotSupportedError",
-            message=f"the durable_fx sidecar does not support {what}",
-            non_retriable=True,
-        ),
-    )
+    return _failing("NotSupportedError", f"the durable_fx sidecar does not support {what}")
+
+
+def _failing(error_type: str, message: str) -> CompleteOrchestration:
+    """Fail the orchestration: it asked for something that cannot be carried out."""
+    failure = FailureDetails(error_type=error_type, message=message, non_retriable=True)
+    return CompleteOrchestration("FAILED", failure=failure)

@@ -28,9 +28,10 @@ from ._history_pb import (
     trace_from_pb,
 )
 from ._proto import (
-    Message,
     from_timestamp,
+    optional_moment,
     optional_text,
+    page_size,
     pb,
     text_value,
     timestamp,
@@ -41,8 +42,6 @@ from ._watch import InstanceWatch
 __all__ = ["ClientService"]
 
 _HISTORY_CHUNK = 500
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
 _TERMINAL = frozenset(s for s in OrchestrationStatus if s.is_terminal)
 
 
@@ -64,6 +63,11 @@ class ClientService:
         # Ids only need to be unique; uuid4 per start costs a syscall and a GIL round trip.
         self._random = random.Random()
         self._client = AsyncDurableClient(store, clock=clock)
+
+    @property
+    def client(self) -> AsyncDurableClient:
+        """The durable_fx client the RPCs go through."""
+        return self._client
 
     # -- starting -------------------------------------------------------------------------
 
@@ -166,10 +170,10 @@ class ClientService:
         page = await self._store.query_instances(
             InstanceQuery(
                 statuses=frozenset(status_from_pb(s) for s in query.runtimeStatus),
-                created_from=_moment(query, "createdTimeFrom"),
-                created_to=_moment(query, "createdTimeTo"),
+                created_from=optional_moment(query, "createdTimeFrom"),
+                created_to=optional_moment(query, "createdTimeTo"),
                 instance_id_prefix=optional_text(query, "instanceIdPrefix"),
-                page_size=_page_size(query.maxInstanceCount),
+                page_size=page_size(query.maxInstanceCount),
                 continuation=optional_text(query, "continuationToken"),
             )
         )
@@ -181,9 +185,9 @@ class ClientService:
     async def list_ids(self, request: pb.ListInstanceIdsRequest) -> pb.ListInstanceIdsResponse:
         """Ids of finished instances, filtered by when they finished, one page at a time."""
         statuses = {status_from_pb(s) for s in request.runtimeStatus} & _TERMINAL or _TERMINAL
-        finished_from = _moment(request, "completedTimeFrom")
-        finished_to = _moment(request, "completedTimeTo")
-        wanted = _page_size(request.pageSize)
+        finished_from = optional_moment(request, "completedTimeFrom")
+        finished_to = optional_moment(request, "completedTimeTo")
+        wanted = page_size(request.pageSize)
         continuation = optional_text(request, "lastInstanceKey")
         ids: list[str] = []
         # Whole store pages are consumed, so the store's continuation stays exact.
@@ -293,8 +297,8 @@ class ClientService:
         statuses = [status_from_pb(s) for s in purge_filter.runtimeStatus]
         return await self._client.purge(
             status=statuses or None,
-            created_from=_moment(purge_filter, "createdTimeFrom"),
-            created_to=_moment(purge_filter, "createdTimeTo"),
+            created_from=optional_moment(purge_filter, "createdTimeFrom"),
+            created_to=optional_moment(purge_filter, "createdTimeTo"),
         )
 
 
@@ -328,14 +332,6 @@ def _state(record: InstanceRecord, payloads: bool) -> pb.OrchestrationState:
             if value is not None:
                 getattr(state, field).value = value
     return state
-
-
-def _moment(message: Message, field: str) -> datetime | None:
-    return from_timestamp(getattr(message, field)) if message.HasField(field) else None
-
-
-def _page_size(requested: int) -> int:
-    return min(requested, _MAX_PAGE) if requested > 0 else _DEFAULT_PAGE
 
 
 def _within(moment: datetime, start: datetime | None, end: datetime | None) -> bool:

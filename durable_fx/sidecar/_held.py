@@ -1,7 +1,7 @@
 """What the sidecar holds for SDK workers: their streams and the work items under tokens.
 
-A ``Connection`` is one ``GetWorkItems`` stream; a ``HeldEpisode`` or
-``HeldActivity`` is a locked work item sent on it under a completion token,
+A ``Connection`` is one ``GetWorkItems`` stream; a ``HeldEpisode``,
+``HeldEntityBatch`` or ``HeldActivity`` is a locked work item sent on it under a completion token,
 until the worker completes or abandons it or its stream ends.
 """
 
@@ -15,14 +15,17 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from ..storage._protocol import Accept, Store
-from ..storage._records import ActivityWorkItem
+from ..storage._records import ActivityWorkItem, OrchestrationWorkItem
+from ..worker._entity_batch import EntityBatch
 from ._episodes import PreparedEpisode
 from ._proto import pb
 
 __all__ = [
     "Connection",
     "HeldActivity",
+    "HeldEntityBatch",
     "HeldEpisode",
+    "HeldItem",
     "Send",
     "StreamClosed",
     "UnknownTokenError",
@@ -31,6 +34,7 @@ __all__ = [
     "describe",
     "episode_token",
     "free",
+    "locked_instance",
     "renew_held",
     "unless_lost",
 ]
@@ -95,12 +99,27 @@ class HeldEpisode:
 
 
 @dataclass(slots=True)
+class HeldEntityBatch:
+    connection: Connection
+    batch: EntityBatch
+    renewed_at: float
+
+
+@dataclass(slots=True)
 class HeldActivity:
     connection: Connection
     item: ActivityWorkItem
     renewed_at: float
     handed_at: float
     """When the worker got it (loop time): what the activity timeout counts from."""
+
+
+HeldItem = HeldEpisode | HeldEntityBatch | HeldActivity
+
+
+def locked_instance(held: HeldEpisode | HeldEntityBatch) -> OrchestrationWorkItem:
+    """The locked instance work item behind an episode or an entity batch."""
+    return held.prepared.item if isinstance(held, HeldEpisode) else held.batch.item
 
 
 def episode_token(held: Mapping[str, object], instance_id: str) -> str:
@@ -135,10 +154,12 @@ def free(connection: Connection, token: str) -> None:
     connection.wake.set()
 
 
-def describe(held: HeldEpisode | HeldActivity) -> str:
+def describe(held: HeldItem) -> str:
     """A held item as log messages name it."""
     if isinstance(held, HeldEpisode):
         return f"the episode of {held.prepared.instance.instance_id}"
+    if isinstance(held, HeldEntityBatch):
+        return f"the batch of entity {held.batch.item.instance.instance_id}"
     return f"activity {held.item.invocation.name} of {held.item.invocation.instance_id}"
 
 
@@ -155,9 +176,7 @@ async def unless_lost(connection: Connection, locking: Awaitable[T]) -> T:
     return await asyncio.shield(task)
 
 
-async def renew_held(
-    held_items: dict[str, HeldEpisode | HeldActivity], store: Store, lease: timedelta
-) -> None:
+async def renew_held(held_items: dict[str, HeldItem], store: Store, lease: timedelta) -> None:
     """Renew the leases of what workers hold for long: activities and episodes alike.
 
     An episode is usually back in milliseconds, but an SDK worker may take
@@ -177,11 +196,11 @@ async def renew_held(
                 await _renew(held, store, lease)
 
 
-async def _renew(held: HeldEpisode | HeldActivity, store: Store, lease: timedelta) -> None:
+async def _renew(held: HeldItem, store: Store, lease: timedelta) -> None:
     """Renew one held item's lease; a failure is retried on the next round."""
     try:
-        if isinstance(held, HeldEpisode):
-            await store.renew_orchestration_lease(held.prepared.item, lease)
+        if isinstance(held, HeldEpisode | HeldEntityBatch):
+            await store.renew_orchestration_lease(locked_instance(held), lease)
         else:
             await store.renew_activity_lease(held.item, lease)
         held.renewed_at = asyncio.get_running_loop().time()

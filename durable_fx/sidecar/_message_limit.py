@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._history import FailureDetails
 from ..storage._records import ActivityWorkItem, EpisodeCommit
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
 from ._proto import grpc, pb
@@ -54,7 +55,7 @@ TOO_LARGE_ERROR = "WorkItemTooLargeError"
 RESULT_TOO_LARGE_ERROR = "ResultTooLargeError"
 """The error type of an activity or instance failed because its worker's answer was too large."""
 
-COMPLETIONS = frozenset({"CompleteActivityTask", "CompleteOrchestratorTask"})
+COMPLETIONS = frozenset({"CompleteActivityTask", "CompleteEntityTask", "CompleteOrchestratorTask"})
 """The RPCs whose handlers check the limit themselves (they know the work item)."""
 
 _MIN_MESSAGE_BYTES = 64 * 1024
@@ -113,6 +114,20 @@ class MessageLimit:
         reason = too_large(what, size, self.limit)
         log.warning("%s; the instance fails", reason)
         return reason
+
+    def unsendable_entity_batch(self, instance_id: str, size: int) -> str:
+        """Why the operations of an entity batch no worker can receive fail."""
+        what = f"the work item of entity {instance_id!r} (its state and operations)"
+        reason = too_large(what, size, self.limit)
+        log.warning("%s; its operations fail", reason)
+        return reason
+
+    def entity_answer_too_large(self, instance_id: str, size: int) -> FailureDetails:
+        """The failure of every operation of a batch whose answer was over the limit."""
+        what = f"the answer to the batch of entity {instance_id!r} (its state and results)"
+        reason = too_large(what, size, self.limit)
+        log.warning("%s; its operations fail", reason)
+        return FailureDetails(error_type=RESULT_TOO_LARGE_ERROR, message=reason)
 
     def unsendable_activity(self, item: ActivityWorkItem, size: int) -> pb.ActivityResponse:
         """The failure that answers an activity no worker can receive."""

@@ -27,7 +27,9 @@ __all__ = [
     "empty_pb2",
     "from_timestamp",
     "grpc",
+    "optional_moment",
     "optional_text",
+    "page_size",
     "pb",
     "pb_grpc",
     "text_value",
@@ -37,6 +39,8 @@ __all__ = [
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -70,3 +74,13 @@ def optional_text(message: Message, field: str) -> str | None:
         return None
     value: str = getattr(message, field).value
     return value or None
+
+
+def optional_moment(message: Message, field: str) -> datetime | None:
+    """The value of a Timestamp field of ``message``; ``None`` when unset."""
+    return from_timestamp(getattr(message, field)) if message.HasField(field) else None
+
+
+def page_size(requested: int) -> int:
+    """The page size of a query: as asked, up to 1,000; 100 when not asked."""
+    return min(requested, _MAX_PAGE) if requested > 0 else _DEFAULT_PAGE

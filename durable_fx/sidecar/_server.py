@@ -24,6 +24,7 @@ from ..storage import open_store
 from ..storage._protocol import Store
 from ..worker._background import BackgroundThread, StartStopContext, StopSignal
 from ._client_service import ClientService
+from ._entity_client import EntityClientService
 from ._episodes import EpisodeBridge
 from ._message_limit import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -206,8 +207,10 @@ class SidecarServer(StartStopContext):
             max_poll_interval=self._max_poll,
             max_message_bytes=self._max_message,
         )
-        clients = ClientService(self._store, self._clock, watch, self._dispatcher.work_arrived)
-        servicer = SidecarServicer(clients, self._dispatcher)
+        arrived = self._dispatcher.work_arrived
+        clients = ClientService(self._store, self._clock, watch, arrived)
+        entities = EntityClientService(self._store, clients.client, arrived)
+        servicer = SidecarServicer(clients, entities, self._dispatcher)
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="durable-fx-sidecar-call"

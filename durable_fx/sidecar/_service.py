@@ -1,13 +1,13 @@
 """``TaskHubSidecarService``: every RPC of the Durable Task protobuf, wired to its part.
 
-Client RPCs go to ``ClientService``, worker RPCs to ``WorkItemDispatcher``.
+Client RPCs go to ``ClientService`` (entities: ``EntityClientService``),
+worker RPCs to ``WorkItemDispatcher``.
 Coroutine handlers run on the sidecar's event loop; the two completions,
 by far the most frequent calls, are plain functions that hand their work to
 the loop from the call's thread.
 durable_fx errors become gRPC status codes with their message (a missing
 instance is NOT_FOUND, a finished one that cannot be steered is
 FAILED_PRECONDITION, ...); anything unexpected is INTERNAL and logged.
-Entity RPCs answer UNIMPLEMENTED until durable_fx has entities.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .._errors import (
     InvalidOperationError,
 )
 from ._client_service import ClientService
+from ._entity_client import EntityClientService
 from ._held import UnknownTokenError
 from ._history_pb import UnsupportedEventError
 from ._proto import empty_pb2, grpc, pb
@@ -35,11 +36,6 @@ log = logging.getLogger("durable_fx.sidecar")
 
 T = TypeVar("T")
 Context = CallContext
-
-_NO_ENTITIES = (
-    "durable_fx has no durable entities yet, so the sidecar does not serve {rpc}; "
-    "orchestrations and activities work"
-)
 
 _STATUS_OF_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InstanceNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -82,8 +78,11 @@ def _complete(context: grpc.ServicerContext, take: Callable[[], None]) -> None:
 class SidecarServicer:
     """The RPC handlers; method names are the protobuf's."""
 
-    def __init__(self, clients: ClientService, work: WorkItemDispatcher) -> None:
+    def __init__(
+        self, clients: ClientService, entities: EntityClientService, work: WorkItemDispatcher
+    ) -> None:
         self._clients = clients
+        self._entities = entities
         self._work = work
 
     # -- client RPCs -------------------------------------------------------------------------
@@ -203,6 +202,32 @@ class SidecarServicer:
             "durable_fx has no graceful terminations; TerminateInstance ends an instance at once",
         )
 
+    # -- entity client RPCs ------------------------------------------------------------------
+
+    async def SignalEntity(
+        self, request: pb.SignalEntityRequest, context: Context
+    ) -> pb.SignalEntityResponse:
+        """Send an operation to an entity."""
+        return await _answer(context, self._entities.signal(request))
+
+    async def GetEntity(
+        self, request: pb.GetEntityRequest, context: Context
+    ) -> pb.GetEntityResponse:
+        """Read an entity (and its state if asked)."""
+        return await _answer(context, self._entities.get(request))
+
+    async def QueryEntities(
+        self, request: pb.QueryEntitiesRequest, context: Context
+    ) -> pb.QueryEntitiesResponse:
+        """One page of entities."""
+        return await _answer(context, self._entities.query(request))
+
+    async def CleanEntityStorage(
+        self, request: pb.CleanEntityStorageRequest, context: Context
+    ) -> pb.CleanEntityStorageResponse:
+        """Release orphaned entity locks."""
+        return await _answer(context, self._entities.clean(request))
+
     # -- worker RPCs ---------------------------------------------------------------------------
 
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context: Context) -> None:
@@ -237,42 +262,16 @@ class SidecarServicer:
         await _answer(context, self._work.abandon(request.completionToken))
         return pb.AbandonActivityTaskResponse()
 
-    # -- entities (not yet) ----------------------------------------------------------------------
-
-    async def CompleteEntityTask(
-        self, request: pb.EntityBatchResult, context: Context
+    def CompleteEntityTask(
+        self, request: pb.EntityBatchResult, context: grpc.ServicerContext
     ) -> pb.CompleteTaskResponse:
-        """Entities are not supported yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="entity work"))
+        """Take an entity batch the worker ran (on the call's thread: no trip to the loop)."""
+        _complete(context, lambda: self._work.complete_entity_batch(request))
+        return pb.CompleteTaskResponse()
 
     async def AbandonTaskEntityWorkItem(
         self, request: pb.AbandonEntityTaskRequest, context: Context
     ) -> pb.AbandonEntityTaskResponse:
-        """Entities are not supported yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="entity work"))
-
-    async def SignalEntity(
-        self, request: pb.SignalEntityRequest, context: Context
-    ) -> pb.SignalEntityResponse:
-        """Entities are not supported yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="SignalEntity"))
-
-    async def GetEntity(
-        self, request: pb.GetEntityRequest, context: Context
-    ) -> pb.GetEntityResponse:
-        """Entities are not supported yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="GetEntity"))
-
-    async def QueryEntities(
-        self, request: pb.QueryEntitiesRequest, context: Context
-    ) -> pb.QueryEntitiesResponse:
-        """Entities are not supported yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="QueryEntities"))
-
-    async def CleanEntityStorage(
-        self, request: pb.CleanEntityStorageRequest, context: Context
-    ) -> pb.CleanEntityStorageResponse:
-        """Entities are not supported yet."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, _NO_ENTITIES.format(rpc="CleanEntityStorage")
-        )
+        """Release an entity batch the worker gave back."""
+        await _answer(context, self._work.abandon(request.completionToken))
+        return pb.AbandonEntityTaskResponse()

@@ -35,7 +35,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .._clock import Clock
+from .._entity import is_entity_instance_id
 from .._errors import ConflictError
+from .._history import FailureDetails
+from .._replay.entities import BatchOutcome
 from ..storage._protocol import Store
 from ..storage._records import (
     ActivityResult,
@@ -45,20 +48,25 @@ from ..storage._records import (
     OrchestrationWorkItem,
 )
 from ..worker._backoff import Backoff
+from ..worker._entity_batch import EntityBatch, entity_commit, schedule
 from ..worker._result_batches import ResultBatcher
+from ._entities import entity_request, failed_outcome, outcome_of
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
 from ._filters import orchestration_accept
 from ._handoff import Handoff
 from ._held import (
     Connection,
     HeldActivity,
+    HeldEntityBatch,
     HeldEpisode,
+    HeldItem,
     Send,
     StreamClosed,
     UnknownTokenError,
     activity_token,
     episode_token,
     free,
+    locked_instance,
     renew_held,
     unless_lost,
 )
@@ -72,7 +80,7 @@ __all__ = ["UnknownTokenError", "WorkItemDispatcher"]
 log = logging.getLogger("durable_fx.sidecar")
 
 T = TypeVar("T")
-H = TypeVar("H", "HeldEpisode", "HeldActivity")
+H = TypeVar("H", "HeldEpisode", "HeldEntityBatch", "HeldActivity")
 
 _LOCK_BATCH = 500
 _RETRY_AFTER_ERROR = timedelta(seconds=1)
@@ -119,7 +127,7 @@ class WorkItemDispatcher:
         self._ping_interval = ping_interval
         self._max_poll = max_poll_interval
         self._limit = MessageLimit(max_message_bytes)
-        self._held: dict[str, HeldEpisode | HeldActivity] = {}
+        self._held: dict[str, HeldItem] = {}
         self._committing: set[asyncio.Task[None]] = set()
         self._results = ResultBatcher(store, self._results_settled, log)
         self._closing = asyncio.Event()
@@ -301,6 +309,8 @@ class WorkItemDispatcher:
         self, connection: Connection, item: OrchestrationWorkItem
     ) -> pb.WorkItem | None:
         """Hold ``item`` under a new token and return its work item (``None``: no code to run)."""
+        if is_entity_instance_id(item.instance.instance_id):
+            return await self._hold_entity_batch(connection, item)
         try:
             prepared = await self._bridge.prepare(item)
         except Exception as error:
@@ -318,6 +328,32 @@ class WorkItemDispatcher:
             return None
         now = asyncio.get_running_loop().time()
         self._held[token] = HeldEpisode(connection, prepared, now)
+        self._busy.add(item.instance.instance_id)
+        connection.episodes.add(token)
+        return work_item
+
+    async def _hold_entity_batch(
+        self, connection: Connection, item: OrchestrationWorkItem
+    ) -> pb.WorkItem | None:
+        """Hold an entity's batch and return its work item (``None``: no operation to run).
+
+        Lock requests and unlocks are the sidecar's own business: a batch with
+        only those (or whose operations wait for a lock) commits here at once.
+        """
+        batch = schedule(item, self._clock.now())
+        if not batch.operations:
+            await self._commit_direct(item, entity_commit(batch, batch.unchanged()))
+            return None
+        token = self._new_token()
+        work_item = pb.WorkItem(entityRequest=entity_request(batch), completionToken=token)
+        size = work_item.ByteSize()
+        if size > self._limit.limit:
+            reason = self._limit.unsendable_entity_batch(item.instance.instance_id, size)
+            failure = FailureDetails(error_type=TOO_LARGE_ERROR, message=reason)
+            await self._commit_direct(item, entity_commit(batch, failed_outcome(batch, failure)))
+            return None
+        now = asyncio.get_running_loop().time()
+        self._held[token] = HeldEntityBatch(connection, batch, now)
         self._busy.add(item.instance.instance_id)
         connection.episodes.add(token)
         return work_item
@@ -420,7 +456,61 @@ class WorkItemDispatcher:
             plan = partial(self._bridge.finish, response=response)
         self._handoff.call_soon(self._spawn_commit, token, held, plan)
 
-    def _spawn_release(self, token: str, held: HeldEpisode) -> None:
+    def complete_entity_batch(self, result: pb.EntityBatchResult) -> None:
+        """Take an entity batch the worker ran; it is committed right after this returns.
+
+        Called on the gRPC call's thread, like ``complete_orchestration``. A
+        batch the worker failed as a whole (``failureDetails``) or could not
+        run without the state (``requiresState``) is released and runs again.
+        """
+        token = result.completionToken
+        held = self._take(token, HeldEntityBatch)
+        if result.HasField("failureDetails") or result.requiresState:
+            self._handoff.call_soon(self._spawn_release, token, held)
+            return
+        size = result.ByteSize()
+        if size > self._limit.limit:  # the answer is dropped: its operations fail with why
+            instance_id = held.batch.item.instance.instance_id
+            failure = self._limit.entity_answer_too_large(instance_id, size)
+            outcome = failed_outcome(held.batch, failure)
+        else:
+            outcome = self._entity_outcome(held.batch, result)
+        self._handoff.call_soon(self._spawn_entity_commit, token, held, outcome)
+
+    @staticmethod
+    def _entity_outcome(batch: EntityBatch, result: pb.EntityBatchResult) -> BatchOutcome:
+        try:
+            return outcome_of(batch, result)
+        except ValueError as error:  # its actions name nothing to send to: the batch fails
+            failure = FailureDetails(error_type="InvalidEntityActionError", message=str(error))
+            return failed_outcome(batch, failure)
+
+    def _spawn_entity_commit(
+        self, token: str, held: HeldEntityBatch, outcome: BatchOutcome
+    ) -> None:
+        free(held.connection, token)
+        self._spawn(self._commit_entity_batch(held.batch, outcome))
+
+    async def _commit_entity_batch(self, batch: EntityBatch, outcome: BatchOutcome) -> None:
+        instance_id = batch.item.instance.instance_id
+        commit = entity_commit(batch, outcome)
+        kept: EpisodeCommit | None = None
+        try:
+            await self._store.commit_episode(batch.item, commit)
+            kept = commit
+        except ConflictError as conflict:
+            log.info("batch for %s not committed: %s", instance_id, conflict)
+            if conflict.lock_kept:
+                await self._abandon_episode(batch.item, str(conflict), timedelta(0))
+        except Exception as error:
+            log.exception("committing the batch of %s failed; it will be retried", instance_id)
+            await self._abandon_episode(batch.item, f"{type(error).__name__}: {error}")
+        else:
+            self._watch.changed(instance_id, commit.instance)
+        finally:
+            self._after_episode(instance_id, kept)
+
+    def _spawn_release(self, token: str, held: HeldEpisode | HeldEntityBatch) -> None:
         self._held[token] = held
         self._spawn(self._release(token, "the worker asked for the history again"))
 
@@ -512,9 +602,10 @@ class WorkItemDispatcher:
             return
         held.connection.episodes.discard(token)
         held.connection.activities.discard(token)
-        if isinstance(held, HeldEpisode):
-            await self._abandon_episode(held.prepared.item, reason, retry_after)
-            self._after_episode(held.prepared.instance.instance_id, None)
+        if isinstance(held, HeldEpisode | HeldEntityBatch):
+            item = locked_instance(held)
+            await self._abandon_episode(item, reason, retry_after)
+            self._after_episode(item.instance.instance_id, None)
         else:
             with contextlib.suppress(Exception):
                 await self._store.abandon_activity(

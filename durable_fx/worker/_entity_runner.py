@@ -12,42 +12,20 @@ messages were consumed in the same transaction).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from .._clock import Clock
-from .._entity import EntityId, EntityRowState
+from .._entity import EntityId
 from .._errors import ConflictError, UnknownNameError
-from .._history import (
-    EntityOperationCompleted,
-    EntityOperationFailed,
-    EntityOperationSignaled,
-    ExecutionStarted,
-    FailureDetails,
-    HistoryEvent,
-)
+from .._history import FailureDetails
 from .._log_context import running
 from .._registry import Registry
-from .._replay.entities import (
-    ENTITY_REQUESTS,
-    BatchOutcome,
-    EntityOperation,
-    OperationResult,
-    operation_result,
-    run_entity_batch,
-    schedule_batch,
-)
-from .._state import OrchestrationStatus
+from .._replay.entities import BatchOutcome, EntityOperation, operation_result, run_entity_batch
 from ..storage._protocol import Store
-from ..storage._records import (
-    EpisodeCommit,
-    InboxMessage,
-    OrchestrationMessage,
-    OrchestrationWorkItem,
-)
+from ..storage._records import EpisodeCommit, OrchestrationWorkItem
+from ._entity_batch import entity_commit, schedule
 
 __all__ = ["EntityRunner"]
 
@@ -82,41 +60,9 @@ class EntityRunner:
                         )
 
     def _plan(self, item: OrchestrationWorkItem, now: datetime) -> EpisodeCommit:
-        instance = item.instance
-        row = EntityRowState.of_row(instance.input)
-        # Every message handed out is consumed: one left behind would count a
-        # delivery at each lock and end up poisoned. The store bounds a batch (on
-        # Azure 90 messages, whose deletions fit one transaction).
-        taken = item.messages
-        plan = schedule_batch(
-            row.locked_by, row.critical_section, row.queue, list(_requests(taken)), now=now
-        )
-        outcome = self._outcome(instance.instance_id, row.state, plan.runnable, now)
-        messages = [
-            *_answers(outcome.results, now),
-            *_signals(outcome, now),
-            *_starts(outcome, now),
-            *(OrchestrationMessage(target, event) for target, event in plan.lock_messages),
-        ]
-        kept = EntityRowState(
-            state=outcome.state,
-            locked_by=plan.locked_by,
-            critical_section=plan.critical_section,
-            queue=list(plan.queue),
-        )
-        record = dataclasses.replace(
-            instance,
-            status=OrchestrationStatus.RUNNING,
-            input=kept.model_dump_json(),
-            updated_at=now,
-        )
-        return EpisodeCommit(
-            instance=record,
-            new_history=[],
-            consumed=[m.message_id for m in taken],
-            messages=messages,
-            reset_history=True,  # an entity is never replayed: it keeps no history
-        )
+        batch = schedule(item, now)
+        outcome = self._outcome(item.instance.instance_id, batch.row.state, batch.operations, now)
+        return entity_commit(batch, outcome)
 
     def _outcome(
         self,
@@ -136,57 +82,3 @@ class EntityRunner:
             failed = tuple(operation_result(op, failure=failure) for op in operations)
             return BatchOutcome(state, failed, (), ())
         return run_entity_batch(definition, entity, state, operations, now=now)
-
-
-def _requests(messages: Sequence[InboxMessage]) -> Iterator[HistoryEvent]:
-    """The requests among an entity's inbox messages, in arrival order."""
-    for message in messages:
-        event = message.event
-        if isinstance(event, ENTITY_REQUESTS):
-            yield event
-        elif not isinstance(event, ExecutionStarted):  # its creation: nothing to run
-            # Not for entities (a raised event, a terminate...): consumed, not run.
-            log.warning("an entity ignores a %s message", event.kind)
-
-
-def _answers(results: Sequence[OperationResult], now: datetime) -> Iterator[OrchestrationMessage]:
-    """Each call's result, to the execution that awaits it (signals have nobody to answer)."""
-    for result in results:
-        if result.caller is None:
-            continue
-        answer: HistoryEvent
-        if result.failure is not None:
-            answer = EntityOperationFailed(
-                timestamp=now, request_id=result.request_id, failure=result.failure
-            )
-        else:
-            answer = EntityOperationCompleted(
-                timestamp=now, request_id=result.request_id, output=result.output
-            )
-        yield OrchestrationMessage(result.caller, answer, result.caller_execution_id)
-
-
-def _signals(outcome: BatchOutcome, now: datetime) -> Iterator[OrchestrationMessage]:
-    for signal in outcome.signals:
-        target = signal.target.instance_id
-        event = EntityOperationSignaled(
-            timestamp=now,
-            request_id=signal.request_id,
-            operation=signal.operation,
-            input=signal.input,
-            scheduled_time=signal.at,
-            target_instance_id=target,
-        )
-        yield OrchestrationMessage(target, event, visible_at=signal.at)
-
-
-def _starts(outcome: BatchOutcome, now: datetime) -> Iterator[OrchestrationMessage]:
-    for start in outcome.starts:
-        started = ExecutionStarted(
-            timestamp=now,
-            name=start.name,
-            instance_id=start.instance_id,
-            execution_id=uuid.uuid4().hex,
-            input=start.input,
-        )
-        yield OrchestrationMessage(start.instance_id, started, started.execution_id)

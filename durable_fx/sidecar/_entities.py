@@ -1,0 +1,98 @@
+"""Entity batches whose operations run in an SDK worker: request out, outcome back.
+
+The sidecar locks an entity like durable_fx's own worker does and orders its
+requests around the entity's lock (``worker._entity_batch.schedule``); lock
+requests and unlocks never reach the SDK. The operations to run go out as an
+``EntityBatchRequest`` (the shape every Durable Task SDK with entities
+understands); the ``EntityBatchResult`` the worker sends back becomes the
+same ``BatchOutcome`` durable_fx's own runner produces, and is committed the
+same way (``entity_commit``).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from .._entity import EntityId, EntitySignal, OrchestrationStart
+from .._history import FailureDetails
+from .._ids import validate_instance_id
+from .._replay.entities import BatchOutcome, EntityOperation, OperationResult, operation_result
+from ..worker._entity_batch import EntityBatch
+from ._history_pb import failure_from_pb
+from ._proto import from_timestamp, optional_text, pb, text_value
+
+__all__ = ["entity_request", "failed_outcome", "outcome_of"]
+
+_NO_RESULT = FailureDetails(
+    error_type="MissingResultError",
+    message="the worker answered the batch without a result for this operation",
+    non_retriable=True,
+)
+
+
+def entity_request(batch: EntityBatch) -> pb.EntityBatchRequest:
+    """The request that runs ``batch``'s operations, with the entity's state."""
+    return pb.EntityBatchRequest(
+        instanceId=batch.item.instance.instance_id,
+        entityState=text_value(batch.row.state),
+        operations=[
+            pb.OperationRequest(
+                operation=op.operation, requestId=op.request_id, input=text_value(op.input)
+            )
+            for op in batch.operations
+        ],
+    )
+
+
+def outcome_of(batch: EntityBatch, result: pb.EntityBatchResult) -> BatchOutcome:
+    """What the worker's answer to ``batch`` keeps and sends.
+
+    Results pair with the operations in order. An operation the worker left
+    without a result fails (it is not run again: the batch's messages are
+    consumed with the commit, and a failure tells its caller what happened).
+    ``ValueError`` if an action names no entity or orchestration to send to.
+    """
+    results = list(map(_result, batch.operations, result.results))
+    results += [operation_result(op, failure=_NO_RESULT) for op in batch.operations[len(results) :]]
+    signals: list[EntitySignal] = []
+    starts: list[OrchestrationStart] = []
+    for action in result.actions:
+        kind = action.WhichOneof("operationActionType")
+        if kind == "sendSignal":
+            signals.append(_signal(action.sendSignal))
+        elif kind == "startNewOrchestration":
+            starts.append(_start(action.startNewOrchestration))
+    return BatchOutcome(
+        optional_text(result, "entityState"), tuple(results), tuple(signals), tuple(starts)
+    )
+
+
+def failed_outcome(batch: EntityBatch, failure: FailureDetails) -> BatchOutcome:
+    """Every operation of ``batch`` failed with ``failure``; the state stays as it was."""
+    failed = tuple(operation_result(op, failure=failure) for op in batch.operations)
+    return BatchOutcome(batch.row.state, failed, (), ())
+
+
+def _result(operation: EntityOperation, result: pb.OperationResult) -> OperationResult:
+    if result.HasField("failure"):
+        return operation_result(operation, failure=failure_from_pb(result.failure.failureDetails))
+    return operation_result(operation, output=optional_text(result.success, "result"))
+
+
+def _signal(send: pb.SendSignalAction) -> EntitySignal:
+    at = from_timestamp(send.scheduledTime) if send.HasField("scheduledTime") else None
+    return EntitySignal(
+        EntityId.parse(send.instanceId),
+        send.name,
+        optional_text(send, "input"),
+        uuid.uuid4().hex,
+        at,
+    )
+
+
+def _start(start: pb.StartNewOrchestrationAction) -> OrchestrationStart:
+    if not start.name:
+        raise ValueError("an entity started an orchestration without a name")
+    instance_id = start.instanceId or uuid.uuid4().hex
+    validate_instance_id(instance_id)
+    return OrchestrationStart(start.name, optional_text(start, "input"), instance_id)
