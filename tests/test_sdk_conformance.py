@@ -29,12 +29,11 @@ SUITES = [
     "test_orchestration_versioning_e2e.py",
     "test_rewind_e2e.py",
     "test_work_item_filters_e2e.py",
+    "entities/test_function_based_entities_e2e.py",
+    "entities/test_class_based_entities_e2e.py",
+    "entities/test_delayed_signals_e2e.py",
 ]
-KNOWN_FAILURES = {
-    # Durable entities are not implemented yet (issue 17).
-    "test_work_item_filters_e2e.py::test_entity_filters_process_matching_entity",
-    "test_work_item_filters_e2e.py::test_non_matching_entity_not_processed",
-}
+KNOWN_FAILURES: set[str] = set()
 _OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED) tests/durabletask/(\S+?)(?: - .*)?$")
 
 

@@ -351,16 +351,6 @@ def work_sent(stream: Any, *, seconds: float, first_only: bool = False) -> list[
     return work
 
 
-def test_entity_rpcs_are_unimplemented_with_a_reason(
-    make_sidecar: Callable[..., SidecarServer],
-) -> None:
-    server = make_sidecar()
-    with raw_stub(server.address) as stub, pytest.raises(grpc.RpcError) as raised:
-        stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@a", name="add"))
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "durable entities" in (raised.value.details() or "")
-
-
 def test_client_errors_map_to_grpc_status_codes(
     make_sidecar: Callable[..., SidecarServer],
     sdk_for: Callable[[str], dt_client.TaskHubGrpcClient],
