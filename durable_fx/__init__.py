@@ -43,6 +43,7 @@ from .client import (
     AsyncInstanceHandle,
     DurableClient,
     EntityPage,
+    EntityStorageCleanup,
     InstanceHandle,
     QueryResult,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "EntityLock",
     "EntityMetadata",
     "EntityPage",
+    "EntityStorageCleanup",
     "EventTimeoutError",
     "FailureDetails",
     "HistoryEvent",

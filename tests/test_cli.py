@@ -842,4 +842,4 @@ def test_entities_are_signalled_read_and_listed(cli: Callable[..., Result], work
     )
     assert_one_line_error(cli("entity", "signal", "counter", "a", ""), 1, "operation name")
     assert_one_line_error(cli("entity", "list", "--key-prefix", "a"), 1, "key_prefix needs")
-    assert ok_json(cli("entity", "clean", "--json")) == {"released_locks": 0}
+    assert ok_json(cli("entity", "clean", "--json")) == {"removed_entities": 0, "released_locks": 0}

@@ -25,6 +25,7 @@ from durable_fx import (
     DurableEntity,
     EntityContext,
     EntityId,
+    EntityStorageCleanup,
     OrchestrationContext,
     OrchestrationStatus,
     Orchestrator,
@@ -607,6 +608,30 @@ def test_cleaning_releases_a_lock_whose_holder_is_gone(
     client.signal_entity(stuck, "add", 10)  # waits behind the orphaned lock
     time.sleep(0.5)
     assert state_of(client, stuck) == 1
-    assert client.clean_entity_storage() == 1
+    assert client.clean_entity_storage().orphaned_locks_released == 1
     wait_until(lambda: state_of(client, stuck) == 11, what="the queued add after the release")
-    assert client.clean_entity_storage() == 0  # nothing left to release
+    assert client.clean_entity_storage() == EntityStorageCleanup(0, 0)  # nothing left to do
+
+
+def test_cleaning_removes_empty_entities_and_keeps_the_rest(
+    make_worker: Callable[..., Worker], store: Store, client: DurableClient
+) -> None:
+    make_worker(registry)
+    emptied, kept, waiting = (EntityId("counter", key) for key in ("emptied", "kept", "waiting"))
+    for entity in (emptied, kept, waiting):
+        client.signal_entity(entity, "set", 1)
+    wait_until(lambda: all(state_of(client, e) == 1 for e in (emptied, kept, waiting)))
+    client.signal_entity(emptied, "reset")
+    client.signal_entity(waiting, "reset")
+    client.signal_entity(waiting, "add", 5, at=datetime.now(UTC) + timedelta(hours=1))
+    wait_until(lambda: state_of(client, emptied) is None and state_of(client, waiting) is None)
+
+    assert client.clean_entity_storage() == EntityStorageCleanup(1, 0)
+    assert asyncio.run(store.get_instance(emptied.instance_id)) is None, "not removed"
+    # A delayed signal on its way keeps its entity; so does state.
+    assert asyncio.run(store.get_instance(waiting.instance_id)) is not None
+    assert state_of(client, kept) == 1
+    client.signal_entity(emptied, "add", 2)
+    wait_until(lambda: state_of(client, emptied) == 2, what="a removed entity signalled again")
+    cleaned = client.clean_entity_storage(remove_empty_entities=False)
+    assert cleaned == EntityStorageCleanup(0, 0)

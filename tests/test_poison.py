@@ -179,6 +179,9 @@ class _FailingCommits:
     async def purge_instance(self, instance_id: str) -> bool:
         return await self.inner.purge_instance(instance_id)
 
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        return await self.inner.purge_idle_instance(instance_id, version)
+
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         return await self.inner.poisoned_messages(instance_id=instance_id)
 

@@ -220,6 +220,20 @@ def test_entities_are_queried_by_prefix_a_page_at_a_time(
     assert {e.get_state(int) for e in found} == {1}
 
 
+def test_cleaning_removes_entities_whose_state_was_deleted(
+    sdk: dt_client.TaskHubGrpcClient, bank: dt_worker.TaskHubGrpcWorker
+) -> None:
+    for key in ("closed", "open"):
+        sdk.signal_entity(account(key), "deposit", input=1)
+    wait_for(lambda: balance_of(sdk, "closed") == 1 and balance_of(sdk, "open") == 1)
+    sdk.signal_entity(account("closed"), "delete")  # DurableEntity's own: drops the state
+    wait_for(lambda: balance_of(sdk, "closed") is None)
+    cleaned = sdk.clean_entity_storage()
+    assert (cleaned.empty_entities_removed, cleaned.orphaned_locks_released) == (1, 0)
+    everything = dt_client.EntityQuery(include_transient=True)
+    assert [str(e.id) for e in sdk.get_all_entities(everything)] == ["@account@open"]
+
+
 def test_a_worker_that_asks_for_other_entities_gets_none(
     server: SidecarServer, sdk: dt_client.TaskHubGrpcClient
 ) -> None:

@@ -156,11 +156,13 @@ def clean(
     store: StoreOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Release entity locks whose holder has ended (it reads every entity)."""
+    """Remove empty entities and release locks whose holder has ended (reads every entity)."""
     settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
-        released = client.clean_entity_storage()
+        cleaned = client.clean_entity_storage()
+    removed, released = cleaned.empty_entities_removed, cleaned.orphaned_locks_released
     if settings.json:
-        emit_json({"released_locks": released})
+        emit_json({"removed_entities": removed, "released_locks": released})
     else:
-        stdout_console().print(f"released {released} lock(s)", markup=False)
+        message = f"removed {removed} empty entit{'y' if removed == 1 else 'ies'}, "
+        stdout_console().print(f"{message}released {released} lock(s)", markup=False)

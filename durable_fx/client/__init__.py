@@ -4,7 +4,7 @@
 for code without an event loop.
 """
 
-from ._async import AsyncDurableClient, EntityPage, QueryResult
+from ._async import AsyncDurableClient, EntityPage, EntityStorageCleanup, QueryResult
 from ._handle import AsyncInstanceHandle, InstanceHandle
 from ._sync import DurableClient
 
@@ -13,6 +13,7 @@ __all__ = [
     "AsyncInstanceHandle",
     "DurableClient",
     "EntityPage",
+    "EntityStorageCleanup",
     "InstanceHandle",
     "QueryResult",
 ]

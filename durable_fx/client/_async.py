@@ -81,6 +81,14 @@ class QueryResult(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class EntityStorageCleanup:
+    """What ``clean_entity_storage`` did."""
+
+    empty_entities_removed: int = 0
+    orphaned_locks_released: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class EntityPage:
     """One page of entities (with state); pass ``continuation`` to ``query_entities`` for more."""
 
@@ -557,26 +565,37 @@ class AsyncDurableClient:
                 items.append(EntityMetadata(entity, record.updated_at, decoded, state))
         return EntityPage(items, page.continuation)
 
-    async def clean_entity_storage(self) -> int:
-        """Release every entity lock whose holder has ended; how many were released.
+    async def clean_entity_storage(
+        self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
+    ) -> EntityStorageCleanup:
+        """Remove empty entities and release locks whose holder has ended (reads every entity).
 
-        An orchestration that ends releases its locks itself. This is the
-        fallback for a lock request that was still on its way through the lock
-        set when its orchestration ended, and took an entity after the unlock:
-        the entity gets the unlock its holder would have sent (once, whatever
-        how often this runs), through its inbox like any other request.
+        An empty entity has no state (never set, or deleted), holds no lock
+        and has nothing waiting: it is invisible to reads, but its row stays
+        until removed here. A request that reaches it meanwhile keeps it (the
+        store removes it only if nothing arrived since it was read).
+
+        An orchestration that ends releases its locks itself. Releasing is
+        the fallback for a lock request that was still on its way through the
+        lock set when its orchestration ended, and took an entity after the
+        unlock: the entity gets the unlock its holder would have sent (once,
+        however often this runs), through its inbox like any other request.
         """
-        released = 0
+        removed = released = 0
         continuation: str | None = None
         while True:
             query = InstanceQuery(entities=True, page_size=500, continuation=continuation)
             page = await self._store.query_instances(query)
             for record in page.items:
                 row = EntityRowState.of_row(record.input)
-                if row.critical_section is not None and await self._ended(row.locked_by):
-                    released += await self._unlock_for(record.instance_id, row)
+                if row.critical_section is not None:
+                    if release_orphaned_locks and await self._ended(row.locked_by):
+                        released += await self._unlock_for(record.instance_id, row)
+                elif remove_empty_entities and row.state is None and not row.queue:
+                    purge = self._store.purge_idle_instance(record.instance_id, record.version)
+                    removed += await purge
             if page.continuation is None:
-                return released
+                return EntityStorageCleanup(removed, released)
             continuation = page.continuation
 
     async def _ended(self, holder: str | None) -> bool:

@@ -21,7 +21,14 @@ from .._reuse import IdReuse, IdReusePolicy
 from .._state import OrchestrationState, OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import PoisonedMessage
-from ._async import AsyncDurableClient, EntityPage, PoisonIds, QueryResult, StatusFilter
+from ._async import (
+    AsyncDurableClient,
+    EntityPage,
+    EntityStorageCleanup,
+    PoisonIds,
+    QueryResult,
+    StatusFilter,
+)
 from ._handle import InstanceHandle, result_codec
 
 __all__ = ["DurableClient"]
@@ -287,9 +294,15 @@ class DurableClient:
             )
         )
 
-    def clean_entity_storage(self) -> int:
+    def clean_entity_storage(
+        self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
+    ) -> EntityStorageCleanup:
         """See ``AsyncDurableClient.clean_entity_storage``."""
-        return self._portal.call(self._client.clean_entity_storage())
+        cleaning = self._client.clean_entity_storage(
+            remove_empty_entities=remove_empty_entities,
+            release_orphaned_locks=release_orphaned_locks,
+        )
+        return self._portal.call(cleaning)
 
     def get_entity(
         self, entity: EntityId, state_type: type[T] | Any = Any

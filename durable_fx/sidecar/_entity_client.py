@@ -82,16 +82,17 @@ class EntityClientService:
         )
 
     async def clean(self, request: pb.CleanEntityStorageRequest) -> pb.CleanEntityStorageResponse:
-        """Release the locks whose holder has ended, across the whole store at once.
-
-        Empty entities are kept (their row costs storage, but they are
-        invisible to reads and queries): removing one safely needs the store to
-        refuse the removal while a request for it is on its way.
-        """
-        released = await self._client.clean_entity_storage() if request.releaseOrphanedLocks else 0
-        if released:
+        """Remove empty entities and release orphaned locks, across the store at once."""
+        cleaned = await self._client.clean_entity_storage(
+            remove_empty_entities=request.removeEmptyEntities,
+            release_orphaned_locks=request.releaseOrphanedLocks,
+        )
+        if cleaned.orphaned_locks_released:
             self._work_arrived()
-        return pb.CleanEntityStorageResponse(emptyEntitiesRemoved=0, orphanedLocksReleased=released)
+        return pb.CleanEntityStorageResponse(
+            emptyEntitiesRemoved=cleaned.empty_entities_removed,
+            orphanedLocksReleased=cleaned.orphaned_locks_released,
+        )
 
 
 def _entity(instance_id: str) -> EntityId:

@@ -217,6 +217,16 @@ class Store(Protocol):
         """Delete an instance with its history, inbox and work items; False if absent."""
         ...
 
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        """``purge_instance``, only while its row is at ``version`` and nothing is pending.
+
+        Nothing pending: no message in its inbox (delayed ones included), no
+        work item. The check and the removal are one step, so a message that
+        arrives meanwhile keeps the instance. False (nothing changed) if the
+        instance is absent, changed, or has something pending.
+        """
+        ...
+
     async def poisoned_messages(self, *, instance_id: str | None = None) -> list[PoisonedMessage]:
         """Messages taken out of circulation, oldest first (only ``instance_id``'s if given)."""
         ...

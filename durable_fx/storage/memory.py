@@ -413,6 +413,17 @@ class MemoryStore:
             self._drop_instance(instance_id)
             return True
 
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        """``purge_instance``, only while the row is at ``version`` and nothing is pending."""
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if instance is None or instance.record.version != version or instance.inbox:
+                return False
+            if any(key[0] == instance_id for key in self._work):
+                return False
+            self._drop_instance(instance_id)
+            return True
+
     async def count_instances(self) -> dict[OrchestrationStatus, int]:
         """How many orchestration instances have each status (entities are not counted)."""
         with self._lock:

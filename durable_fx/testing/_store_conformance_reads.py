@@ -218,6 +218,45 @@ async def check_purge_removes_everything(factory: StoreFactory) -> None:
         assert [m.event for m in await h.inbox("a")] == [started], "re-created inbox not clean"
 
 
+async def check_purge_idle_instance_removes_only_an_unchanged_idle_one(
+    factory: StoreFactory,
+) -> None:
+    """purge_idle_instance removes an instance only at its version and with nothing pending."""
+    # What clean_entity_storage removes empty entities with: a message that
+    # arrives between the read and the removal (a signal) must keep it.
+    async with fresh_store(factory) as h:
+        assert await h.store.purge_idle_instance("missing", "1") is False
+        await h.start("a")
+        pending = await h.store.get_instance("a")
+        assert pending is not None
+        busy = await h.store.purge_idle_instance("a", pending.version)
+        assert busy is False, "removed with its start pending"
+        await h.run_episode("a")
+        idle = await h.store.get_instance("a")
+        assert idle is not None
+        assert await h.store.purge_idle_instance("a", pending.version) is False, "stale version"
+        await h.store.enqueue(h.event("a", visible_at=h.clock.now() + timedelta(hours=1)))
+        delayed = await h.store.purge_idle_instance("a", idle.version)
+        assert delayed is False, "removed with a delayed message pending"
+        assert await h.store.get_instance("a") is not None
+
+        await h.start("b")
+        await h.run_episode("b", activities=[h.invocation("b", 1)])
+        working = await h.store.get_instance("b")
+        assert working is not None
+        assert await h.store.purge_idle_instance("b", working.version) is False, "work pending"
+
+        await h.start("c")
+        await h.run_episode("c")
+        idle = await h.store.get_instance("c")
+        assert idle is not None
+        assert await h.store.purge_idle_instance("c", idle.version) is True
+        assert await h.store.get_instance("c") is None, "the row is still there"
+        assert await h.store.purge_idle_instance("c", idle.version) is False, "removed twice"
+        started = await h.start("c")
+        assert [m.event for m in await h.inbox("c")] == [started], "re-created inbox not clean"
+
+
 # -- waking idle workers ------------------------------------------------------
 
 
@@ -305,6 +344,7 @@ async def check_concurrent_orchestration_locks_never_share_instances(
 READ_CHECKS: list[StoreCheck] = [
     check_query_filters_and_pages,
     check_query_matches_model,
+    check_purge_idle_instance_removes_only_an_unchanged_idle_one,
     check_purge_removes_everything,
     check_wait_for_work_wakes_on_enqueue_from_another_thread,
     check_wait_for_work_times_out_without_work,

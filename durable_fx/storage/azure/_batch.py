@@ -73,16 +73,21 @@ def _operation(table_url: str, op: Sequence[Any]) -> tuple[str, str, dict[str, s
         return "POST", table_url, {"Prefer": "return-no-content"}, encode_entity(entity)
     url = _entity_url(table_url, entity)
     if kind == "delete":
-        return "DELETE", url, {"If-Match": "*"}, ""
+        return "DELETE", url, {"If-Match": _if_match(options)}, ""
     mode = str(options.get("mode", "merge")).lower().rsplit(".", 1)[-1]
     method = "PUT" if mode == "replace" else "PATCH"
     headers: dict[str, str] = {}
     if kind == "update":
-        conditional = options.get("match_condition") == MatchConditions.IfNotModified
-        headers["If-Match"] = str(options["etag"]) if conditional else "*"
+        headers["If-Match"] = _if_match(options)
     elif kind != "upsert":
         raise ValueError(f"unknown transaction operation {kind!r}")
     return method, url, headers, encode_entity(entity)
+
+
+def _if_match(options: Mapping[str, Any]) -> str:
+    """The row's ETag for a conditional operation; ``*`` (any version) otherwise."""
+    conditional = options.get("match_condition") == MatchConditions.IfNotModified
+    return str(options["etag"]) if conditional else "*"
 
 
 def _body(table_url: str, ops: Sequence[Sequence[Any]], batch: str, changeset: str) -> bytes:

@@ -23,6 +23,7 @@ __all__ = [
     "entity_size",
     "exists_ok",
     "gone_ok",
+    "if_match",
     "instance_update",
     "key_of_row",
 ]
@@ -37,8 +38,12 @@ MAX_BATCH_BYTES = 3_500_000
 def instance_update(entity: dict[str, Any], etag: str, *, merge: bool = False) -> Op:
     """A conditional write of an instance row (If-Match ``etag``)."""
     mode = UpdateMode.MERGE if merge else UpdateMode.REPLACE
-    options = {"mode": mode, "etag": etag, "match_condition": MatchConditions.IfNotModified}
-    return ("update", entity, options)
+    return ("update", entity, {"mode": mode, **if_match(etag)})
+
+
+def if_match(etag: str) -> dict[str, Any]:
+    """The options of an operation that applies only while the row's ETag is ``etag``."""
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 def key_of_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from azure.data.tables import TableTransactionError
 from pydantic import TypeAdapter
 
 from ..._history import HistoryEvent
@@ -10,8 +13,9 @@ from ..memory import _decode_continuation, _encode_continuation, _matches, _newe
 from ._activities import Activities
 from ._codec import INSTANCE_ROW, history_key, odata
 from ._hub import Hub
-from ._ops import Op
+from ._ops import Op, if_match, key_of_row
 from ._sessions import Sessions
+from ._transient import status_of
 
 __all__ = ["Reads"]
 
@@ -75,16 +79,7 @@ class Reads:
 
     async def purge_instance(self, instance_id: str) -> bool:
         """Delete an instance's rows (the instance row first) and its payload blobs."""
-        hub = self._hub
-        rows = await hub.query(
-            f"PartitionKey eq {odata(instance_id)}",
-            what=f"list the rows of {instance_id}",
-            select=["PartitionKey", "RowKey"],
-        )
-        session = self._sessions.get(instance_id)
-        self._sessions.drop(instance_id)
-        if session is not None and session.guard is not None:
-            await hub.queues.delete(session.guard)
+        rows = await self._partition(instance_id)
         keys = [str(r["RowKey"]) for r in rows]
         found = INSTANCE_ROW in keys
         # The instance row goes first: from then on readers see no instance at all.
@@ -92,12 +87,61 @@ class Reads:
         deletes: list[Op] = [
             ("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in ordered
         ]
-        if deletes:
-            await hub.submit_batches(deletes[:1], what=f"purge {instance_id}")
-            await hub.submit_batches(deletes[1:], what=f"purge {instance_id}")
-        self._activities.forget_work(instance_id, [k for k in keys if k.startswith("w")])
-        await hub.resources.delete_payloads(instance_id)
+        await self._forget_session(instance_id)
+        if found:
+            await self._hub.submit_batches(deletes[:1], what=f"purge {instance_id}")
+        await self._delete_rest(instance_id, ordered[1:] if found else ordered)
         return found
+
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        """``purge_instance``, only while the row is at ``version`` and nothing is pending.
+
+        Every delivery to an instance touches its row (``bump``), so deleting
+        the row If-Match the ETag read with the partition fails if a message
+        (an inbox row) or a commit came meanwhile.
+        """
+        rows = await self._partition(instance_id)
+        instance = next((r for r in rows if r["RowKey"] == INSTANCE_ROW), None)
+        if instance is None or str(instance.get("Version", 1)) != version:
+            return False
+        keys = [str(r["RowKey"]) for r in rows if r["RowKey"] != INSTANCE_ROW]
+        if any(k[:1] in _PENDING_ROWS for k in keys):
+            return False
+        delete = ("delete", key_of_row(instance), if_match(str(instance["etag"])))
+        try:
+            await self._hub.submit([delete], what=f"purge idle {instance_id}")
+        except TableTransactionError as error:
+            if status_of(error) in (404, 412):
+                return False  # changed or gone meanwhile: not ours to remove
+            raise
+        await self._forget_session(instance_id)
+        await self._delete_rest(instance_id, keys)
+        return True
+
+    async def _partition(self, instance_id: str) -> list[dict[str, Any]]:
+        return await self._hub.query(
+            f"PartitionKey eq {odata(instance_id)}",
+            what=f"list the rows of {instance_id}",
+            select=["PartitionKey", "RowKey", "Version"],
+        )
+
+    async def _forget_session(self, instance_id: str) -> None:
+        session = self._sessions.get(instance_id)
+        self._sessions.drop(instance_id)
+        if session is not None and session.guard is not None:
+            await self._hub.queues.delete(session.guard)
+
+    async def _delete_rest(self, instance_id: str, keys: list[str]) -> None:
+        """Delete the rows left once the instance row is gone, and the payload blobs."""
+        deletes: list[Op] = [("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in keys]
+        if deletes:
+            await self._hub.submit_batches(deletes, what=f"purge {instance_id}")
+        self._activities.forget_work(instance_id, [k for k in keys if k.startswith("w")])
+        await self._hub.resources.delete_payloads(instance_id)
+
+
+_PENDING_ROWS = ("m", "w", "x")
+"""Row key prefixes of what keeps an instance busy: inbox messages, work items, outbox."""
 
 
 def _filter(query: InstanceQuery) -> str:

@@ -282,6 +282,10 @@ class AzureStore:
         """Delete an instance with its history, inbox, work items and payload blobs."""
         return await self._call(lambda: self._reads.purge_instance(instance_id))
 
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        """``purge_instance``, only while the row is at ``version`` and nothing is pending."""
+        return await self._call(lambda: self._reads.purge_idle_instance(instance_id, version))
+
     async def backlog(self) -> list[QueueBacklog]:
         """Each control queue's and the work item queue's length and oldest message's age."""
 

@@ -484,6 +484,15 @@ class Engine:
         deleted = self._db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
         return deleted.rowcount > 0
 
+    def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        if not version.isdigit():
+            return False
+        deleted = self._db.execute(sql.DELETE_IDLE_INSTANCE, (instance_id, int(version)))
+        if deleted.rowcount == 0:
+            return False
+        _delete_instance_data(self._db, instance_id)
+        return True
+
     def count_instances(self) -> dict[OrchestrationStatus, int]:
         rows = self._db.execute(sql.COUNT_BY_STATUS).fetchall()
         return {OrchestrationStatus(status): int(count) for status, count in rows}

@@ -74,6 +74,11 @@ INSTANCE_COLUMNS = (
 )
 SELECT_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
 SELECT_STATUS = "SELECT status FROM instances WHERE instance_id = ?"
+DELETE_IDLE_INSTANCE = (
+    "DELETE FROM instances WHERE instance_id = ?1 AND version = ?2"
+    " AND NOT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1)"
+    " AND NOT EXISTS (SELECT 1 FROM work_items WHERE instance_id = ?1)"
+)
 # Orchestrations only: entity ids run from '@' up to 'A' (instances_status covers it).
 COUNT_BY_STATUS = (
     "SELECT status, COUNT(*) FROM instances"

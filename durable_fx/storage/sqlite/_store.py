@@ -267,6 +267,10 @@ class SqliteStore:
         """Delete an instance with its history, inbox and work items; False if absent."""
         return await self._call(partial(self._engine.purge_instance, instance_id))
 
+    async def purge_idle_instance(self, instance_id: str, version: str) -> bool:
+        """``purge_instance``, only while the row is at ``version`` and nothing is pending."""
+        return await self._call(partial(self._engine.purge_idle_instance, instance_id, version))
+
     async def backlog(self) -> list[QueueBacklog]:
         """Due inbox messages and activity work items, and how long the oldest has waited."""
         return await self._call(self._engine.backlog, write=False)
