@@ -338,7 +338,8 @@ class Host:
             return
         instance = self._random.choice([i for i in self.instances if not i.dead])
         self.invocations[message.queue] += 1
-        renewal = asyncio.ensure_future(self._renew(message))
+        settled = asyncio.Event()
+        renewal = asyncio.ensure_future(self._renew(message, settled))
         instance.running += 1
         instance.idle.clear()
         try:
@@ -350,7 +351,7 @@ class Host:
         except Exception as error:
             if not instance.dead:
                 self.failures.append(f"{message.queue}: {type(error).__name__}: {error}")
-                latest = await _stop(renewal, message)
+                latest = await _stop(renewal, settled)
                 if message.dequeue_count >= MAX_DEQUEUE_COUNT:
                     await self._poison(latest)
                 else:
@@ -358,7 +359,7 @@ class Host:
                 return
         else:
             if not instance.dead:
-                latest = await _stop(renewal, message)
+                latest = await _stop(renewal, settled)
                 if self._random.random() < self.lose_deletes:
                     self.lost_deletes += 1
                 elif await self.queues.delete(latest):
@@ -366,7 +367,7 @@ class Host:
                 elif self._hold_ran_out(message):
                     self.lapsed_holds += 1  # received again meanwhile: a late renewal's doing
                 else:
-                    self.gone.append(message.id)
+                    self.gone.append(f"{message.queue}: {message.id}")
                 return
         finally:
             instance.running -= 1
@@ -390,20 +391,24 @@ class Host:
             await dead.idle.wait()
         await dead.close()
 
-    async def _renew(self, message: QueuedMessage) -> QueuedMessage:
+    async def _renew(self, message: QueuedMessage, settled: asyncio.Event) -> QueuedMessage:
+        """Keep ``message`` held until ``settled``; the latest receipt.
+
+        A renewal in flight is awaited, never cut short: it may have changed the
+        receipt already, and the host settles the message with the latest one
+        (the Functions host stops its renewal timer and waits for it likewise).
+        """
         latest = message
         self._held_since[message.id] = time.monotonic()
-        try:
-            while True:
-                await asyncio.sleep(self.hold.total_seconds() / 2)
-                renewed = await self.queues.update_visibility(latest, self.hold)
-                if renewed is None:
-                    self._held_since[message.id] = 0.0  # the hold ran out before the renewal
-                    return latest
-                latest = renewed
-                self._held_since[message.id] = time.monotonic()
-        except asyncio.CancelledError:
-            return latest
+        while not await _wait(settled, self.hold.total_seconds() / 2):
+            asked = time.monotonic()
+            renewed = await self.queues.update_visibility(latest, self.hold)
+            if renewed is None:
+                self._held_since[message.id] = 0.0  # the hold ran out before the renewal
+                return latest
+            latest = renewed
+            self._held_since[message.id] = asked  # the new hold counts from the request
+        return latest
 
     def _hold_ran_out(self, message: QueuedMessage) -> bool:
         """Whether the host's hold on ``message`` may have lapsed (a starved loop)."""
@@ -422,12 +427,19 @@ class Host:
         await self.queues.close()
 
 
-async def _stop(renewal: asyncio.Task[QueuedMessage], message: QueuedMessage) -> QueuedMessage:
-    renewal.cancel()
+async def _stop(renewal: asyncio.Task[QueuedMessage], settled: asyncio.Event) -> QueuedMessage:
+    """Stop renewing a message; its latest receipt (a renewal in flight finishes first)."""
+    settled.set()
+    return await renewal
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """True if ``event`` is set within ``timeout`` seconds."""
     try:
-        return await renewal
-    except asyncio.CancelledError:
-        return message
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def chain_instance(

@@ -113,7 +113,14 @@ class Orchestrations:
         hub = self._hub
         sessions = self._sessions
         now = hub.now()
-        for session in [s for s in sessions.all() if s.stale and s.lockable(now)]:
+        # A stale session re-reads its partition (every inbox row) only once the
+        # messages it knows of are handed out: new ones arrived after those, and
+        # a hot entity with thousands queued would otherwise read them all again
+        # before each batch of MAX_MESSAGES_PER_EPISODE.
+        stale = [
+            s for s in sessions.all() if s.stale and s.lockable(now) and not s.has_visible(now)
+        ]
+        for session in stale:
             await sessions.refresh(session)
         # Checked again here, with nothing awaited since: sessions begun while
         # _pass_on awaited (a start from this process) must not slip through.

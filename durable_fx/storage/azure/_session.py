@@ -104,6 +104,9 @@ class Session:
     def visible(self, now: datetime) -> list[Pending]:
         return sorted((p for p in self.pending.values() if p.visible_at <= now), key=Pending.order)
 
+    def has_visible(self, now: datetime) -> bool:
+        return any(p.visible_at <= now for p in self.pending.values())
+
     def next_due(self, now: datetime) -> datetime | None:
         return min(
             (p.visible_at for p in self.pending.values() if p.visible_at > now), default=None
