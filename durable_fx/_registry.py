@@ -182,6 +182,7 @@ class Registry:
         self._orchestrators: dict[str, OrchestratorDefinition] = {}
         self._activities: dict[str, ActivityDefinition] = {}
         self._entities: dict[str, EntityDefinition] = {}
+        self._builtins: Registry | None = None
 
     @overload
     def orchestrator(self, fn: F, /) -> F: ...
@@ -308,7 +309,8 @@ class Registry:
 
     def find_entity(self, name: str) -> EntityDefinition | None:
         """The entity registered as ``name`` (case-insensitive), or ``None``."""
-        return self._entities.get(name.lower())
+        key = name.lower()
+        return self._entities.get(key) or self._builtin()._entities.get(key)
 
     @property
     def entity_names(self) -> list[str]:
@@ -317,10 +319,10 @@ class Registry:
 
     def get_orchestrator(self, name: str) -> OrchestratorDefinition:
         """The orchestrator registered as ``name``; ``UnknownNameError`` if none."""
-        try:
-            return self._orchestrators[name]
-        except KeyError:
-            raise UnknownNameError("orchestrator", name, list(self._orchestrators)) from None
+        found = self.find_orchestrator(name)
+        if found is None:
+            raise UnknownNameError("orchestrator", name, list(self._orchestrators))
+        return found
 
     def get_activity(self, name: str) -> ActivityDefinition:
         """The activity registered as ``name``; ``UnknownNameError`` if none."""
@@ -335,7 +337,18 @@ class Registry:
 
     def find_orchestrator(self, name: str) -> OrchestratorDefinition | None:
         """The orchestrator registered as ``name``, or ``None``."""
-        return self._orchestrators.get(name)
+        return self._orchestrators.get(name) or self._builtin()._orchestrators.get(name)
+
+    def _builtin(self) -> Registry:
+        """durable_fx's own entities and orchestrations (schedules), found after the app's."""
+        if self._builtins is None:
+            from ._schedules import register_builtins  # they are defined with a registry
+
+            builtins = Registry()
+            builtins._builtins = builtins  # its own lookups stop here
+            register_builtins(builtins)
+            self._builtins = builtins
+        return self._builtins
 
     @property
     def orchestrator_names(self) -> list[str]:

@@ -5,6 +5,7 @@ for code without an event loop.
 """
 
 from ._async import AsyncDurableClient, EntityPage, EntityStorageCleanup, QueryResult
+from ._schedules import AsyncScheduleHandle, ScheduleDescription, ScheduleHandle
 from ._handle import AsyncInstanceHandle, InstanceHandle
 from ._sync import DurableClient
 
@@ -12,8 +13,11 @@ __all__ = [
     "AsyncDurableClient",
     "AsyncInstanceHandle",
     "DurableClient",
+    "AsyncScheduleHandle",
     "EntityPage",
     "EntityStorageCleanup",
+    "ScheduleDescription",
+    "ScheduleHandle",
     "InstanceHandle",
     "QueryResult",
 ]

@@ -14,7 +14,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar, overload
 
 from opentelemetry.trace import SpanKind
@@ -45,6 +45,7 @@ from .._metrics import record_started
 from .._registry import name_of, validate_event_name
 from .._replay.context import OrchestrationContext
 from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
+from .._schedule_spec import Overlap
 from .._serialization import decode, encode
 from .._state import OrchestrationState, OrchestrationStatus
 from .._tracing import current_trace_context, span_in
@@ -59,6 +60,13 @@ from ..storage._records import (
     entity_started,
 )
 from ._handle import AsyncInstanceHandle, result_codec
+from ._schedules import (
+    AsyncScheduleHandle,
+    ScheduleDescription,
+    list_descriptions,
+    schedule_definition,
+)
+from ._schedules import create as send_create
 
 __all__ = ["AsyncDurableClient", "EntityPage", "PoisonIds", "QueryResult", "StatusFilter"]
 
@@ -564,6 +572,60 @@ class AsyncDurableClient:
                 decoded = decode_state(state, state_type)
                 items.append(EntityMetadata(entity, record.updated_at, decoded, state))
         return EntityPage(items, page.continuation)
+
+    # -- schedules ---------------------------------------------------------------------
+
+    async def create_schedule(
+        self,
+        schedule_id: str,
+        orchestration: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        jitter: timedelta = timedelta(0),
+        overlap: Overlap = "skip",
+        catch_up_window: timedelta = timedelta(minutes=1),
+    ) -> AsyncScheduleHandle:
+        """Run ``orchestration`` with ``input`` at every occurrence of ``cron`` or ``every``.
+
+        ``cron`` is read as the Functions host reads a timer trigger: six
+        fields, seconds first (``"0 */5 * * * *"``), or the classic five; UTC.
+        ``every`` counts from ``start_at`` (default: when the schedule is
+        created). Each occurrence starts the orchestration under the instance
+        id ``<schedule_id>-<UTC time>`` (``demo-20261207T060500Z``), once,
+        whatever crashes. ``overlap`` says what an occurrence does while the
+        previous run still runs: ``"skip"`` it, ``"buffer_one"`` (run it when
+        that one ends; at most one waits) or ``"allow_all"``. An occurrence
+        found more than ``catch_up_window`` late (the app was down) is
+        recorded as missed. ``jitter`` delays each run by up to that much.
+
+        The schedule exists once a worker has applied its creation.
+        ``ValueError`` names what is wrong, or says the schedule exists.
+        """
+        definition = schedule_definition(
+            schedule_id,
+            orchestration,
+            input,
+            cron=cron,
+            every=every,
+            start_at=start_at,
+            end_at=end_at,
+            jitter=jitter,
+            overlap=overlap,
+            catch_up_window=catch_up_window,
+        )
+        return await send_create(self, definition)
+
+    def get_schedule_handle(self, schedule_id: str) -> AsyncScheduleHandle:
+        """The handle of schedule ``schedule_id`` (whether or not it exists)."""
+        return AsyncScheduleHandle(self, schedule_id)
+
+    async def list_schedules(self) -> list[ScheduleDescription]:
+        """Every schedule, by id."""
+        return await list_descriptions(self)
 
     async def clean_entity_storage(
         self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True

@@ -30,6 +30,7 @@ from ._async import (
     StatusFilter,
 )
 from ._handle import InstanceHandle, result_codec
+from ._schedules import ScheduleDescription, ScheduleHandle
 
 __all__ = ["DurableClient"]
 
@@ -293,6 +294,27 @@ class DurableClient:
                 continuation=continuation,
             )
         )
+
+    def create_schedule(
+        self,
+        schedule_id: str,
+        orchestration: Callable[..., Any] | str,
+        input: Any = None,
+        **when: Any,
+    ) -> ScheduleHandle:
+        """See ``AsyncDurableClient.create_schedule``."""
+        created = self._portal.call(
+            self._client.create_schedule(schedule_id, orchestration, input, **when)
+        )
+        return ScheduleHandle(created, self._portal.call)
+
+    def get_schedule_handle(self, schedule_id: str) -> ScheduleHandle:
+        """See ``AsyncDurableClient.get_schedule_handle``."""
+        return ScheduleHandle(self._client.get_schedule_handle(schedule_id), self._portal.call)
+
+    def list_schedules(self) -> list[ScheduleDescription]:
+        """See ``AsyncDurableClient.list_schedules``."""
+        return self._portal.call(self._client.list_schedules())
 
     def clean_entity_storage(
         self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
