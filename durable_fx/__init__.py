@@ -41,14 +41,14 @@ from ._versioning import OnVersionMismatch, VersionMatch, VersionMismatchError, 
 from .client import (
     AsyncDurableClient,
     AsyncInstanceHandle,
-    DurableClient,
     AsyncScheduleHandle,
+    DurableClient,
     EntityPage,
     EntityStorageCleanup,
-    ScheduleDescription,
-    ScheduleHandle,
     InstanceHandle,
     QueryResult,
+    ScheduleDescription,
+    ScheduleHandle,
 )
 from .storage import PoisonedMessage, Store, open_store
 from .worker import Worker

@@ -5,19 +5,19 @@ for code without an event loop.
 """
 
 from ._async import AsyncDurableClient, EntityPage, EntityStorageCleanup, QueryResult
-from ._schedules import AsyncScheduleHandle, ScheduleDescription, ScheduleHandle
 from ._handle import AsyncInstanceHandle, InstanceHandle
+from ._schedules import AsyncScheduleHandle, ScheduleDescription, ScheduleHandle
 from ._sync import DurableClient
 
 __all__ = [
     "AsyncDurableClient",
     "AsyncInstanceHandle",
-    "DurableClient",
     "AsyncScheduleHandle",
+    "DurableClient",
     "EntityPage",
     "EntityStorageCleanup",
-    "ScheduleDescription",
-    "ScheduleHandle",
     "InstanceHandle",
     "QueryResult",
+    "ScheduleDescription",
+    "ScheduleHandle",
 ]
