@@ -843,3 +843,61 @@ def test_entities_are_signalled_read_and_listed(cli: Callable[..., Result], work
     assert_one_line_error(cli("entity", "signal", "counter", "a", ""), 1, "operation name")
     assert_one_line_error(cli("entity", "list", "--key-prefix", "a"), 1, "key_prefix needs")
     assert ok_json(cli("entity", "clean", "--json")) == {"removed_entities": 0, "released_locks": 0}
+
+
+def _described(cli: Callable[..., Result], schedule_id: str, until: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + WAIT
+    while True:
+        result = cli("schedule", "describe", schedule_id, "--json")
+        if result.exit_code == 0 and until(json.loads(result.stdout)):
+            return json.loads(result.stdout)
+        assert time.monotonic() < deadline, result.stdout + result.stderr
+        time.sleep(0.05)
+
+
+def test_schedules_are_created_described_steered_and_deleted(
+    cli: Callable[..., Result], worker: Worker
+) -> None:
+    ok(cli("schedule", "create", "hello", "doomed", "--input", '"no luck"', "--every", "1s"))
+    ran = _described(
+        cli, "hello", lambda d: any(r["outcome"] == "failed" for r in d["recent_runs"])
+    )
+    assert ran["orchestration"] == "doomed" and ran["every_seconds"] == 1.0
+    failed = next(r for r in ran["recent_runs"] if r["outcome"] == "failed")
+    assert failed["instance_id"].startswith("hello-") and "no luck" in failed["detail"]
+    assert ok_json(cli("status", failed["instance_id"], "--json"))["status"] == "FAILED"
+    assert "hello" in ok(cli("schedule", "list")).stdout
+    assert [d["id"] for d in ok_json(cli("schedule", "list", "--json"))["items"]] == ["hello"]
+    ok(cli("schedule", "pause", "hello"))
+    assert _described(cli, "hello", lambda d: d["paused"])["next_runs"] == []
+    ok(cli("schedule", "resume", "hello"))
+    _described(cli, "hello", lambda d: not d["paused"])
+    ok(cli("schedule", "trigger", "hello", "--json"))
+    _described(
+        cli,
+        "hello",
+        lambda d: any("-manual-" in (r["instance_id"] or "") for r in d["recent_runs"]),
+    )
+    ok(cli("schedule", "delete", "hello"))
+    deadline = time.monotonic() + WAIT
+    while cli("schedule", "describe", "hello").exit_code == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragment"),
+    [
+        (["create", "s", "greeter", "--cron", "every minute"], 1, "cron expression"),
+        (["create", "s", "greeter"], 1, "exactly one of cron and every"),
+        (["create", "s", "greeter", "--every", "soon"], 1, "--every"),
+        (["create", "s", "greeter", "--every", "5m", "--overlap", "queue"], 1, "--overlap"),
+        (["create", "s", "greeter", "--every", "5m", "--start-at", "tomorrow"], 2, "--start-at"),
+        (["describe", "missing"], 1, "does not exist"),
+        (["pause", "missing"], 1, "does not exist"),
+    ],
+)
+def test_schedule_commands_report_bad_input_in_one_line(
+    cli: Callable[..., Result], args: list[str], exit_code: int, fragment: str
+) -> None:
+    assert_one_line_error(cli("schedule", *args), exit_code, fragment)

@@ -30,6 +30,7 @@ from ._output import OneLineErrorsGroup
 from ._poison import poison_app
 from ._processes import dashboard, serve, sidecar, worker
 from ._replay import replay
+from ._schedules import schedule_app
 from ._steering import restart, resume, rewind, suspend, terminate
 
 __all__ = ["app", "main"]
@@ -45,6 +46,7 @@ app = typer.Typer(
 )
 app.add_typer(poison_app, name="poison")
 app.add_typer(entity_app, name="entity")
+app.add_typer(schedule_app, name="schedule")
 
 
 # -- shared options -----------------------------------------------------------------------------
