@@ -106,6 +106,60 @@ def test_hostile_entity_requests_are_refused_with_the_field(server: Server) -> N
         assert client.get("entities", params={"top": "nope"}).status_code == 400
 
 
+def test_schedules_are_created_read_steered_and_deleted(server: Server) -> None:
+    schedule_id = f"nightly-{new_id()}"
+    url = f"schedules/{schedule_id}"
+    with server.client() as client:
+        assert client.get(url).status_code == 404
+        body = {"orchestration": "nightly", "input": "eu", "every_seconds": 1}
+        assert client.post(url, json=body).status_code == 202
+
+        def completed() -> list[dict[str, Any]]:
+            found = client.get(url)
+            runs = found.json()["recent_runs"] if found.status_code == 200 else []
+            return [run for run in runs if run["outcome"] == "completed"]
+
+        wait_until(lambda: completed())
+        run = completed()[0]
+        assert run["instance_id"].startswith(f"{schedule_id}-")
+        status = client.get(f"instances/{run['instance_id']}").json()
+        assert (status["runtimeStatus"], status["output"]) == ("Completed", "report for eu")
+        assert client.post(url, json=body).status_code == 409
+        assert any(d["id"] == schedule_id for d in client.get("schedules").json())
+        assert client.post(f"{url}/pause").status_code == 202
+        wait_until(lambda: client.get(url).json()["paused"])
+        assert client.post(f"{url}/trigger").status_code == 202
+        wait_until(lambda: any("-manual-" in (r["instance_id"] or "") for r in
+                               client.get(url).json()["recent_runs"]))  # fmt: skip
+        assert client.delete(url).status_code == 202
+        wait_until(lambda: client.get(url).status_code == 404)
+
+
+def test_hostile_schedule_requests_are_refused_with_the_field(server: Server) -> None:
+    with server.client() as client:
+        cases = [
+            ({"input": 1, "every_seconds": 5}, 400, "orchestration"),
+            ({"orchestration": "nightly", "cron": "now and then"}, 400, "cron"),
+            ({"orchestration": "nightly", "every_seconds": 0}, 400, "every"),
+            ({"orchestration": "nightly", "every_seconds": 5, "overlap": "queue"}, 400, "overlap"),
+            ({"orchestration": "nightly", "every_seconds": 5, "colour": "red"}, 400, "colour"),
+            ({"orchestration": "nope", "every_seconds": 5}, 404, "nope"),
+        ]
+        for body, status, field in cases:
+            answer = client.post(f"schedules/s-{new_id()}", json=body)
+            assert answer.status_code == status and field in answer.text, (body, answer.text)
+        bad_id = client.post(
+            "schedules/%20x%20", json={"orchestration": "nightly", "every_seconds": 5}
+        )
+        assert bad_id.status_code == 400 and "scheduleId" in bad_id.text
+        huge = client.post(f"schedules/s-{new_id()}", content=b"1" * 2_000_000)
+        assert huge.status_code == 413
+        assert client.post(f"schedules/s-{new_id()}/pause").status_code == 404
+        unknown = client.post(f"schedules/s-{new_id()}/explode")
+        assert unknown.status_code == 400 and "action" in unknown.text
+        assert client.delete(f"schedules/s-{new_id()}").status_code == 404
+
+
 def test_keys_and_routes(server: Server) -> None:
     with server.client(key=None) as anonymous, server.client(key="wrong") as wrong:
         assert anonymous.post("orchestrators/fulfil", json={}).status_code == 401

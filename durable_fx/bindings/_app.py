@@ -47,6 +47,7 @@ from ._events import EventIdSource, EventSource, InstanceIdSource, QueueEventHan
 from ._host_trace import host_trace
 from ._management import ManagementApi, guarded
 from ._runtime import AppRuntime
+from ._schedule_api import ScheduleApi
 from ._settings import FunctionsSettings
 from ._verify import WebhookVerifier
 
@@ -104,6 +105,7 @@ class DurableApp(func.FunctionApp):
         self._registry = registry if registry is not None else Registry()
         self._runtime = AppRuntime(self._registry, self._settings, store)
         self._management = ManagementApi(self._runtime)
+        self._schedules = ScheduleApi(self._runtime)
         self._register_durable_triggers()
         if management_api:
             self._register_management_api()
@@ -421,7 +423,7 @@ class DurableApp(func.FunctionApp):
         self._add_http("dfx_dashboard", route, ["GET", "POST"], func.AuthLevel.ANONYMOUS, handler)
 
     def _register_management_api(self) -> None:
-        api = self._management
+        api, schedules = self._management, self._schedules
         level = self._settings.management_auth_level
         if level == "ANONYMOUS":
             # Said here, not by serve, so the Functions host's log shows it too.
@@ -446,6 +448,11 @@ class DurableApp(func.FunctionApp):
              api.signal_entity),
             ("dfx_get_entity", "entities/{entityName}/{entityKey}", "GET", api.get_entity),
             ("dfx_list_entities", "entities/{entityName?}", "GET", api.list_entities),
+            ("dfx_create_schedule", "schedules/{scheduleId}", "POST", schedules.create),
+            ("dfx_get_schedule", "schedules/{scheduleId}", "GET", schedules.get),
+            ("dfx_delete_schedule", "schedules/{scheduleId}", "DELETE", schedules.delete),
+            ("dfx_list_schedules", "schedules", "GET", schedules.list),
+            ("dfx_steer_schedule", "schedules/{scheduleId}/{action}", "POST", schedules.act),
         ]  # fmt: skip
         for name, route, method, handler in routes:
             self._add_http(name, route, [method], level, guarded(handler))

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .._schedule_spec import Overlap
 from ..client import ScheduleDescription
+from ..client._schedules import description_json
 from ._input import JsonOption, StoreOption, command_settings, open_client, parse_json, parse_time
 from ._output import OPERATION_ERROR, CliError, emit_json, format_time, stdout_console
 
@@ -43,31 +44,6 @@ def parse_duration(text: str | None, option: str) -> timedelta | None:
     except ValueError:
         raise CliError(f"{option}: {text!r} is not a duration (90, 90s, 5m, 2h, 1d)") from None
     return timedelta(seconds=seconds)
-
-
-def _json(description: ScheduleDescription) -> dict[str, Any]:
-    spec = description.spec
-    return {
-        "id": description.schedule_id,
-        "orchestration": description.orchestration,
-        "input": parse_json(description.input, "input"),
-        "cron": spec.cron,
-        "every_seconds": spec.every.total_seconds() if spec.every else None,
-        "start_at": spec.start_at.isoformat() if spec.start_at else None,
-        "end_at": spec.end_at.isoformat() if spec.end_at else None,
-        "overlap": description.overlap,
-        "paused": description.paused,
-        "next_runs": [moment.isoformat() for moment in description.next_runs],
-        "recent_runs": [
-            {
-                "scheduled_at": run.scheduled_at.isoformat(),
-                "instance_id": run.instance_id,
-                "outcome": run.outcome,
-                "detail": run.detail,
-            }
-            for run in description.recent_runs
-        ],
-    }
 
 
 def _rule(description: ScheduleDescription) -> str:
@@ -153,7 +129,7 @@ def list_schedules(
     with open_client(settings.store) as client:
         found = client.list_schedules()
     if settings.json:
-        emit_json({"items": [_json(d) for d in found]})
+        emit_json({"items": [description_json(d) for d in found]})
         return
     table = Table(header_style="bold", box=box.SIMPLE_HEAD)
     for column in ("id", "orchestration", "rule", "next run", "last outcome"):
@@ -181,7 +157,7 @@ def describe(
     if description is None:
         raise CliError(f"schedule {schedule_id!r} does not exist", exit_code=OPERATION_ERROR)
     if settings.json:
-        emit_json(_json(description))
+        emit_json(description_json(description))
         return
     console = stdout_console()
     state = "paused" if description.paused else "active"

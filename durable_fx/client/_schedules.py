@@ -8,6 +8,7 @@ reads what the entity has applied. A schedule exists from the moment its
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "ScheduleHandle",
     "create",
     "describe_state",
+    "description_json",
     "list_descriptions",
     "schedule_definition",
 ]
@@ -65,6 +67,36 @@ class ScheduleDescription:
     running: list[str]
     """Instance ids of runs not finished yet."""
     created_at: datetime
+
+
+def description_json(description: ScheduleDescription) -> dict[str, Any]:
+    """A schedule's description as JSON (the CLI's ``--json`` and the HTTP API)."""
+    spec = description.spec
+    return {
+        "id": description.schedule_id,
+        "orchestration": description.orchestration,
+        "input": None if description.input is None else json.loads(description.input),
+        "cron": spec.cron,
+        "every_seconds": spec.every.total_seconds() if spec.every else None,
+        "start_at": spec.start_at.isoformat() if spec.start_at else None,
+        "end_at": spec.end_at.isoformat() if spec.end_at else None,
+        "jitter_seconds": spec.jitter.total_seconds(),
+        "overlap": description.overlap,
+        "catch_up_window_seconds": description.catch_up_window.total_seconds(),
+        "paused": description.paused,
+        "next_runs": [moment.isoformat() for moment in description.next_runs],
+        "recent_runs": [
+            {
+                "scheduled_at": run.scheduled_at.isoformat(),
+                "instance_id": run.instance_id,
+                "outcome": run.outcome,
+                "detail": run.detail,
+            }
+            for run in description.recent_runs
+        ],
+        "running": list(description.running),
+        "created_at": description.created_at.isoformat(),
+    }
 
 
 def schedule_definition(

@@ -79,6 +79,12 @@ def fulfil(ctx: OrchestrationContext, order: Order) -> Orchestrator[dict[str, An
     return {"reserved": reserved, "carriers": carriers}
 
 
+@app.orchestrator()
+def nightly(ctx: OrchestrationContext, region: str) -> str:
+    """A scheduled job (the schedule tests run it every second)."""
+    return f"report for {region}"
+
+
 @app.event_webhook(
     route="hooks/shipped",
     event_name="Shipped",
