@@ -119,7 +119,7 @@ def test_schedules_are_created_read_steered_and_deleted(server: Server) -> None:
             runs = found.json()["recent_runs"] if found.status_code == 200 else []
             return [run for run in runs if run["outcome"] == "completed"]
 
-        wait_until(lambda: completed())
+        wait_until(lambda: completed(), what="a completed run")
         run = completed()[0]
         assert run["instance_id"].startswith(f"{schedule_id}-")
         status = client.get(f"instances/{run['instance_id']}").json()
@@ -127,12 +127,17 @@ def test_schedules_are_created_read_steered_and_deleted(server: Server) -> None:
         assert client.post(url, json=body).status_code == 409
         assert any(d["id"] == schedule_id for d in client.get("schedules").json())
         assert client.post(f"{url}/pause").status_code == 202
-        wait_until(lambda: client.get(url).json()["paused"])
+        # Paused with nothing running: the manual run is not skipped by the overlap policy.
+        described = lambda: client.get(url).json()  # noqa: E731
+        wait_until(lambda: described()["paused"] and not described()["running"], what="the pause")
         assert client.post(f"{url}/trigger").status_code == 202
-        wait_until(lambda: any("-manual-" in (r["instance_id"] or "") for r in
-                               client.get(url).json()["recent_runs"]))  # fmt: skip
+        runs = lambda: client.get(url).json()["recent_runs"]  # noqa: E731
+        wait_until(
+            lambda: any("-manual-" in (r["instance_id"] or "") for r in runs()),
+            what="the manual run",
+        )
         assert client.delete(url).status_code == 202
-        wait_until(lambda: client.get(url).status_code == 404)
+        wait_until(lambda: client.get(url).status_code == 404, what="the deletion")
 
 
 def test_hostile_schedule_requests_are_refused_with_the_field(server: Server) -> None:
