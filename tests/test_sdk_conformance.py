@@ -70,4 +70,4 @@ def test_the_official_sdk_suites_pass_against_the_sidecar(tmp_path: Path) -> Non
     assert failed - KNOWN_FAILURES == set(), "the SDK's tests that fail against the sidecar"
     assert KNOWN_FAILURES - failed == set(), "these pass now: take them off KNOWN_FAILURES"
     passed = sum(outcome == "PASSED" for outcome in outcomes.values())
-    assert passed >= 54, outcomes
+    assert passed >= 78, outcomes
