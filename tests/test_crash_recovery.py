@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -265,4 +265,41 @@ def test_a_worker_killed_mid_batch_applies_every_entity_operation_exactly_once(
     assert final is not None and final.state == operations
     pids = {entry.pid for entry in read_ledger(ledger)}
     assert pids == {first.pid, second.pid}
+    assert not workers.errors(), workers.errors()
+
+
+def test_workers_killed_around_occurrences_start_each_occurrence_exactly_once(
+    workers: WorkerPool, client: DurableClient, ledger: Path
+) -> None:
+    schedule = client.create_schedule(
+        "crash", app.stamped, 1, every=timedelta(seconds=1), overlap="allow_all"
+    )
+    for n in range(4):  # killed four times, at whatever step a second's occurrence is at
+        worker = workers.start(f"worker-{n}", lease_seconds=LEASE_SECONDS)
+        wanted = 2 * (n + 1)
+        wait_until(lambda w=wanted: len(read_ledger(ledger)) >= w, timeout=30, what="runs")
+        worker.kill()
+    workers.start("last", lease_seconds=LEASE_SECONDS)
+    schedule.pause()
+    wait_until(
+        lambda: (found := schedule.describe()) is not None and found.paused and not found.running,
+        timeout=60,
+        what="the schedule paused with every run finished",
+    )
+    description = schedule.describe()
+    assert description is not None
+    runs = description.recent_runs
+    due = [run.scheduled_at for run in runs]
+    # One run per occurrence: every second from the first, none twice, none dropped.
+    assert due == [due[0] + timedelta(seconds=k) for k in range(len(due))], due
+    assert all(run.outcome == "completed" for run in runs), runs
+    ids = sorted(run.instance_id or "" for run in runs)
+    started = {
+        s.instance_id for s in client.query(instance_id_prefix="crash-", page_size=1000).items
+    }
+    # Each occurrence is its own instance plus the runner that reports its outcome; nothing else.
+    assert started == {*ids, *(f"{i}.schedule" for i in ids)}, "a start under another id"
+    for state in histories(client, started).values():
+        assert state.status is OrchestrationStatus.COMPLETED, state.instance_id
+        assert len(events_of(state, "ExecutionStarted")) == 1, "an occurrence started twice"
     assert not workers.errors(), workers.errors()

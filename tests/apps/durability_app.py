@@ -131,6 +131,13 @@ def approval(ctx: OrchestrationContext, timeout_seconds: float) -> Steps:
     return {"decision": decision}
 
 
+@registry.orchestrator()
+def stamped(ctx: OrchestrationContext, value: int) -> Steps:
+    """One step: what a scheduled occurrence runs (its ledger line names the occurrence)."""
+    result = yield ctx.call_activity(step, {"key": "stamp", "value": value})
+    return {"value": result["value"]}
+
+
 IMPORT_ROWS = 60
 
 
