@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -139,6 +140,28 @@ def test_entities_are_listed_with_their_state(browser: httpx.Client, client: Dur
     refused = browser.get("/entities", params={"key_prefix": "dash-"})
     assert refused.status_code == 400 and refused.json()["field"] == "key_prefix"
     assert ">Entities<" in browser.get("/instances").text  # in the navigation
+
+
+def test_schedules_are_listed_with_their_runs(browser: httpx.Client, client: DurableClient) -> None:
+    every = timedelta(seconds=1)
+    schedule = client.create_schedule("dash-every-second", "square_twice", 3, every=every)
+    wait_until(lambda: any(r.instance_id for r in getattr(schedule.describe(), "recent_runs", [])))
+    schedule.pause()
+    # Quiet before reading on: other tests count instances by status.
+    wait_until(lambda: (d := schedule.describe()) is not None and d.paused and not d.running)
+    page = browser.get("/schedules").text
+    assert ">dash-every-second<" in page and "every 0:00:01" in page
+    run = next(r for r in (schedule.describe() or _missing()).recent_runs if r.instance_id)
+    assert f"/instances/{run.instance_id}" in page  # each run links to its instance
+    scripted = browser.get("/schedules", headers=JSON).json()
+    assert [s["id"] for s in scripted if s["id"] == "dash-every-second"] == ["dash-every-second"]
+    assert ">Schedules<" in browser.get("/instances").text  # in the navigation
+    schedule.delete()
+    wait_until(lambda: schedule.describe() is None)
+
+
+def _missing() -> durable_fx.ScheduleDescription:
+    raise AssertionError("the schedule is gone")
 
 
 def test_a_custom_status_search_reads_on_past_the_first_page(

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .._history import ExecutionStarted, HistoryEvent, SubOrchestrationInstanceCreated
 from .._state import OrchestrationState, OrchestrationStatus
 from ..client._async import AsyncDurableClient
+from ..client._schedules import description_json
 from ..client._status_json import CONTINUATION_HEADER, entity_json, status_json
 from ._gantt import gantt_of
 
@@ -74,6 +75,7 @@ def create_dashboard(
         Route("/instances/{instance_id}/events", pages.events),
         Route("/instances/{instance_id}/{action}", pages.act, methods=["POST"]),
         Route("/entities", pages.entities),
+        Route("/schedules", pages.schedules),
         Route("/poison", pages.poison),
         Route("/poison/{action}", pages.act_on_poison, methods=["POST"]),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
@@ -264,6 +266,13 @@ class _Pages:
         return self._render(
             request, "entities.html", entities=page.items, query=dict(query), more=more
         )
+
+    async def schedules(self, request: Request) -> Response:
+        """Every schedule: its rule, next runs, and recent runs linked to their instances."""
+        found = await self._client.list_schedules()
+        if _wants_json(request):  # the management API's schedule list
+            return JSONResponse([description_json(d) for d in found])
+        return self._render(request, "schedules.html", schedules=found)
 
     async def poison(self, request: Request) -> Response:
         messages = await self._client.poisoned()
