@@ -45,7 +45,16 @@ from durable_fx._history import (
     TimerCreated,
     TimerFired,
 )
-from durable_fx._replay.actions import CreateSubOrchestration, CreateTimer, ScheduleTask, SendEvent
+from durable_fx._replay.actions import (
+    CallEntity,
+    CreateSubOrchestration,
+    CreateTimer,
+    LockEntities,
+    ScheduleTask,
+    SendEvent,
+    SignalEntity,
+    UnlockEntity,
+)
 from durable_fx.sidecar._actions_pb import actions_from_pb
 from durable_fx.sidecar._history_pb import (
     UnsupportedEventError,
@@ -229,13 +238,67 @@ def test_sdk_actions_become_durable_fx_actions_with_their_ids() -> None:
     assert [e.kind for e in converted.completion.carryover_events] == ["EventRaised"]
 
 
-def test_an_entity_action_fails_the_orchestration_with_a_clear_reason() -> None:
-    signal = pb.SendEntityMessageAction(
-        entityOperationSignaled=pb.EntityOperationSignaledEvent(requestId="r", operation="add")
+def test_entity_messages_become_calls_signals_locks_and_unlocks() -> None:
+    target = wrappers_pb2.StringValue(value="@Counter@a")
+    messages = [
+        pb.SendEntityMessageAction(
+            entityOperationCalled=pb.EntityOperationCalledEvent(
+                requestId="c", operation="get", targetInstanceId=target
+            )
+        ),
+        pb.SendEntityMessageAction(
+            entityOperationSignaled=pb.EntityOperationSignaledEvent(
+                requestId="s",
+                operation="add",
+                input=wrappers_pb2.StringValue(value="2"),
+                targetInstanceId=target,
+                scheduledTime=_stamp(LATER),
+            )
+        ),
+        pb.SendEntityMessageAction(
+            entityLockRequested=pb.EntityLockRequestedEvent(
+                criticalSectionId="cs", lockSet=["@counter@a", "@counter@b"]
+            )
+        ),
+        pb.SendEntityMessageAction(
+            entityUnlockSent=pb.EntityUnlockSentEvent(
+                criticalSectionId="cs", targetInstanceId=target
+            )
+        ),
+    ]
+    converted = actions_from_pb(
+        [pb.OrchestratorAction(id=n, sendEntityMessage=m) for n, m in enumerate(messages)]
     )
-    converted = actions_from_pb([pb.OrchestratorAction(id=1, sendEntityMessage=signal)])
+    assert converted.completion is None
+    assert converted.actions == [
+        CallEntity(0, "@counter@a", "get", None, "c"),
+        SignalEntity(1, "@counter@a", "add", "2", "s", at=LATER),
+        LockEntities(2, ("@counter@a", "@counter@b"), "cs"),
+        UnlockEntity(3, "@counter@a", "cs"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pb.SendEntityMessageAction(
+            entityOperationSignaled=pb.EntityOperationSignaledEvent(requestId="r", operation="add")
+        ),
+        pb.SendEntityMessageAction(
+            entityLockRequested=pb.EntityLockRequestedEvent(
+                criticalSectionId="cs", lockSet=["@counter@b", "@counter@a"]
+            )
+        ),
+        pb.SendEntityMessageAction(),
+    ],
+    ids=["no-target", "unsorted-lock-set", "empty"],
+)
+def test_an_entity_message_to_no_entity_fails_the_orchestration_with_why(
+    message: pb.SendEntityMessageAction,
+) -> None:
+    converted = actions_from_pb([pb.OrchestratorAction(id=1, sendEntityMessage=message)])
     assert converted.actions == []
     assert converted.completion is not None
     assert converted.completion.status == "FAILED"
     assert converted.completion.failure is not None
-    assert "no entities yet" in converted.completion.failure.message
+    assert converted.completion.failure.error_type == "InvalidEntityMessageError"
