@@ -36,6 +36,8 @@ from ._replay.tasks import Task, when_all, when_any
 from ._replayer import Replayer, ReplayResult, history_from_json, history_to_json
 from ._retry import RetryPolicy
 from ._reuse import IdReusePolicy
+from ._schedule_spec import ScheduleSpec
+from ._schedules import ScheduleRun
 from ._state import OrchestrationState, OrchestrationStatus
 from ._versioning import OnVersionMismatch, VersionMatch, VersionMismatchError, VersionPolicy
 from .client import (
@@ -95,6 +97,8 @@ __all__ = [
     "RetryPolicy",
     "ScheduleDescription",
     "ScheduleHandle",
+    "ScheduleRun",
+    "ScheduleSpec",
     "SerializationError",
     "Store",
     "StoreBusyError",
