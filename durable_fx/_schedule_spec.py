@@ -84,6 +84,13 @@ class ScheduleSpec(BaseModel):
             raise ValueError("a schedule needs exactly one of cron and every")
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             raise ValueError("end_at must be after start_at")
+        if self.cron is not None:
+            # A schedule that cannot find its next time would stop without a word.
+            iterator = parse_cron(self.cron)
+            try:
+                iterator.get_next(datetime)
+            except ValueError:
+                raise ValueError(f"cron expression {self.cron!r} never occurs") from None
         return self
 
     def next_after(self, moment: datetime, *, anchor: datetime) -> datetime | None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUNNER",
+    "RUNNER_SUFFIX",
     "SCHEDULE_ENTITY",
     "RunOutcome",
     "ScheduleDefinition",
@@ -48,6 +49,8 @@ __all__ = [
 
 SCHEDULE_ENTITY = "dfx-schedule"
 RUNNER = "durable_fx.scheduled_run"
+RUNNER_SUFFIX = ".schedule"
+"""A run's runner is its instance id with this suffix."""
 _KEPT_RUNS = 20
 
 RunOutcome = Literal["running", "completed", "failed", "skipped", "missed"]
@@ -118,10 +121,13 @@ def schedule_entity(schedule_id: str) -> EntityId:
     return EntityId(SCHEDULE_ENTITY, schedule_id)
 
 
-def occurrence_id(schedule_id: str, at: datetime, *, manual: bool = False) -> str:
+def occurrence_id(
+    schedule_id: str, at: datetime, *, manual: bool = False, check: bool = True
+) -> str:
     """The instance id of the run of ``schedule_id`` due at ``at`` (the same on every try)."""
     stamp = at.strftime("%Y%m%dT%H%M%S") + (f".{at.microsecond:06d}" if at.microsecond else "")
-    return validate_instance_id(f"{schedule_id}-{'manual-' if manual else ''}{stamp}Z")
+    instance_id = f"{schedule_id}-{'manual-' if manual else ''}{stamp}Z"
+    return validate_instance_id(instance_id) if check else instance_id
 
 
 class Schedule(DurableEntity):
@@ -241,7 +247,7 @@ class Schedule(DurableEntity):
             input=definition.input,
             instance_id=instance_id,
         )
-        self.start_orchestration(RUNNER, request, instance_id=f"{instance_id}.schedule")
+        self.start_orchestration(RUNNER, request, instance_id=instance_id + RUNNER_SUFFIX)
         state.running.append(instance_id)
         _remember(state, ScheduleRun(scheduled_at=at, instance_id=instance_id))
 

@@ -202,6 +202,7 @@ def test_a_failed_run_is_recorded_with_why() -> None:
         ({"every": timedelta(minutes=1), "jitter": timedelta(seconds=-1)}, "jitter"),
         ({"every": timedelta(minutes=1), "start_at": datetime(2030, 1, 1)}, "timezone-aware"),
         ({"every": timedelta(minutes=1), "catch_up_window": timedelta(-1)}, "catch_up_window"),
+        ({"cron": "0 0 0 30 2 *"}, "never occurs"),  # February 30th
     ],
 )
 def test_a_bad_schedule_is_refused_naming_the_problem(when: dict[str, Any], problem: str) -> None:
@@ -214,6 +215,8 @@ def test_a_schedule_id_follows_the_entity_key_rules_and_is_created_once() -> Non
         client = env.sync_client
         with pytest.raises(ValueError, match="entity"):
             client.create_schedule("", report, "eu", every=timedelta(minutes=1))
+        with pytest.raises(ValueError, match="too long for its runs"):
+            client.create_schedule("x" * 230, report, "eu", every=timedelta(minutes=1))
         client.create_schedule("once", report, "eu", every=timedelta(minutes=1))
         env.sleep_sync(timedelta(0))
         with pytest.raises(ValueError, match="already exists"):

@@ -12,17 +12,20 @@ import json
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._entity import EntityId, EntityMetadata, EntityRowState
+from .._ids import validate_instance_id
 from .._registry import name_of
 from .._schedule_spec import Overlap, ScheduleSpec
 from .._schedules import (
+    RUNNER_SUFFIX,
     SCHEDULE_ENTITY,
     ScheduleDefinition,
     ScheduleRun,
     ScheduleState,
+    occurrence_id,
     schedule_entity,
 )
 from .._serialization import encode
@@ -43,6 +46,8 @@ __all__ = [
 ]
 
 _UPCOMING = 5
+_WIDEST = datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+"""A time whose run id is as long as any (it has microseconds)."""
 
 KEEP: Any = object()
 """``update``'s default for ``input``: keep the current one (``None`` is an input too)."""
@@ -114,6 +119,15 @@ def schedule_definition(
 ) -> ScheduleDefinition:
     """A checked definition; ``ValueError`` naming the field that is wrong."""
     schedule_entity(schedule_id)  # the id's own rules: an entity key's
+    # Its runs' ids must be valid too (the longest: a manual run's runner), or the
+    # schedule would fail at its first occurrence.
+    longest = occurrence_id(schedule_id, _WIDEST, manual=True, check=False) + RUNNER_SUFFIX
+    try:
+        validate_instance_id(longest)
+    except ValueError as error:
+        raise ValueError(
+            f"schedule id {schedule_id[:80]!r} is too long for its runs' ids: {error}"
+        ) from None
     if catch_up_window < timedelta(0):
         raise ValueError(f"catch_up_window may not be negative, got {catch_up_window}")
     spec = ScheduleSpec(cron=cron, every=every, start_at=start_at, end_at=end_at, jitter=jitter)
