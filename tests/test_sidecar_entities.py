@@ -245,6 +245,49 @@ def test_a_worker_that_asks_for_other_entities_gets_none(
     assert "entityRequest" not in sent
 
 
+def test_the_per_operation_shape_carries_the_request_events(tmp_path: Path) -> None:
+    server = running_sidecar(f"sqlite:///{tmp_path / 'v2.db'}", entity_work_items="operations")
+    sdk = dt_client.TaskHubGrpcClient(host_address=server.address, logger=SDK_LOG)
+    try:
+        with holding_a_batch(server.address, "@account@v2", "entityRequestV2") as (stub, _, held):
+            request = held.entityRequestV2
+            event = request.operationRequests[0].entityOperationSignaled
+            assert (request.instanceId, event.operation, event.input.value) == (
+                "@account@v2",
+                "deposit",
+                "3",
+            )
+            stub.AbandonTaskEntityWorkItem(
+                pb.AbandonEntityTaskRequest(completionToken=held.completionToken)
+            )
+        worker = dt_worker.TaskHubGrpcWorker(host_address=server.address, logger=SDK_LOG)
+        for orchestrator in (deposit_then_read, transfer):
+            worker.add_orchestrator(orchestrator)
+        worker.add_entity(Account)
+        worker.start()
+        try:
+            wait_for(lambda: balance_of(sdk, "v2") == 3)
+            state = sdk.wait_for_orchestration_completion(
+                sdk.schedule_new_orchestration(deposit_then_read, input="v2"), timeout=WAIT
+            )
+            assert state is not None and state.serialized_output == "8"
+            moved = sdk.wait_for_orchestration_completion(
+                sdk.schedule_new_orchestration(transfer, input=["v2", "w2"]), timeout=WAIT
+            )
+            assert moved is not None and moved.runtime_status == Status.COMPLETED
+            assert (balance_of(sdk, "v2"), balance_of(sdk, "w2")) == (7, 1)
+        finally:
+            worker.stop()
+    finally:
+        sdk.close()
+        server.stop()
+
+
+def test_an_unknown_entity_work_item_shape_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="entity_work_items"):
+        SidecarServer(f"sqlite:///{tmp_path / 'x.db'}", entity_work_items="rows")  # type: ignore[arg-type]
+
+
 # -- hostile input: what the SDK would never send ------------------------------------------------
 
 
@@ -291,7 +334,9 @@ def test_an_entity_answer_for_an_unknown_token_is_not_found(server: SidecarServe
 
 
 @contextlib.contextmanager
-def holding_a_batch(address: str, instance_id: str) -> Iterator[tuple[Stub, Any, pb.WorkItem]]:
+def holding_a_batch(
+    address: str, instance_id: str, kind: str = "entityRequest"
+) -> Iterator[tuple[Stub, Any, pb.WorkItem]]:
     """A raw worker holding the first batch of ``instance_id``'s operations; disconnects after."""
     with raw_stub(address) as stub:
         stub.SignalEntity(
@@ -299,7 +344,7 @@ def holding_a_batch(address: str, instance_id: str) -> Iterator[tuple[Stub, Any,
         )
         stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
         try:
-            yield stub, stream, first_request(stream, "entityRequest")
+            yield stub, stream, first_request(stream, kind)
         finally:
             stream.cancel()
 

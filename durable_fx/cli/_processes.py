@@ -173,6 +173,17 @@ def sidecar(
             "orchestration moves on, a retry policy may try again); default: never.",
         ),
     ] = None,
+    entity_work_items: Annotated[
+        str,
+        typer.Option(
+            "--entity-work-items",
+            envvar="DURABLE_FX_SIDECAR_ENTITY_WORK_ITEMS",
+            show_envvar=True,
+            metavar="SHAPE",
+            help="How entity operations go to workers: batch (EntityBatchRequest, every SDK "
+            "with entities) or operations (EntityRequest, the newer shape).",
+        ),
+    ] = "batch",
     store: StoreOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -188,6 +199,9 @@ def sidecar(
     except ImportError as missing:
         raise CliError(str(missing), exit_code=USAGE_ERROR) from None
     settings = command_settings(ctx, store, json_output)
+    if entity_work_items not in ("batch", "operations"):
+        message = f"--entity-work-items: {entity_work_items!r} is not batch or operations"
+        raise CliError(message, exit_code=USAGE_ERROR)
     options = SidecarOptions(
         host=host,
         port=port,
@@ -197,6 +211,7 @@ def sidecar(
         tls_key=tls_key,
         max_message_bytes=max_message_bytes,
         activity_timeout=activity_timeout,
+        entity_work_items=entity_work_items,
     )
     run_sidecar(settings.store, options, log_level=log_level, json_output=settings.json)
 

@@ -32,6 +32,7 @@ class SidecarOptions:
     tls_key: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     activity_timeout: float | None = None
+    entity_work_items: str = "batch"
 
 
 def run_sidecar(
@@ -83,6 +84,7 @@ def _open(url: str, options: SidecarOptions) -> SidecarServer:
                 if options.activity_timeout is None
                 else timedelta(seconds=options.activity_timeout)
             ),
+            entity_work_items=options.entity_work_items,  # type: ignore[arg-type]
         )
     except ValueError as error:  # open_store's message lists the URLs it accepts
         raise CliError(

@@ -2,26 +2,34 @@
 
 The sidecar locks an entity like durable_fx's own worker does and orders its
 requests around the entity's lock (``worker._entity_batch.schedule``); lock
-requests and unlocks never reach the SDK. The operations to run go out as an
-``EntityBatchRequest`` (the shape every Durable Task SDK with entities
-understands); the ``EntityBatchResult`` the worker sends back becomes the
-same ``BatchOutcome`` durable_fx's own runner produces, and is committed the
-same way (``entity_commit``).
+requests and unlocks never reach the SDK. The operations to run go out in
+one of the protocol's two shapes: an ``EntityBatchRequest`` (``batch``, the
+default: every Durable Task SDK with entities reads it) or an
+``EntityRequest`` whose operations are the request events themselves
+(``operations``, the newer shape the Durable Task Scheduler sends). The
+``EntityBatchResult`` the worker sends back becomes the same
+``BatchOutcome`` durable_fx's own runner produces, and is committed the same
+way (``entity_commit``); the sidecar knows who waits for each operation, so
+it needs no ``operationInfos``.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from .._entity import EntityId, EntitySignal, OrchestrationStart
-from .._history import FailureDetails
+from .._history import EntityOperationCalled, EntityOperationSignaled, FailureDetails
 from .._ids import validate_instance_id
 from .._replay.entities import BatchOutcome, EntityOperation, OperationResult, operation_result
 from ..worker._entity_batch import EntityBatch
-from ._history_pb import failure_from_pb
+from ._history_pb import event_to_pb, failure_from_pb
 from ._proto import from_timestamp, optional_text, pb, text_value
 
-__all__ = ["entity_request", "failed_outcome", "outcome_of"]
+__all__ = ["ENTITY_SHAPES", "EntityShape", "entity_request", "failed_outcome", "outcome_of"]
+
+EntityShape = Literal["batch", "operations"]
+ENTITY_SHAPES: tuple[EntityShape, ...] = ("batch", "operations")
 
 _NO_RESULT = FailureDetails(
     error_type="MissingResultError",
@@ -30,8 +38,48 @@ _NO_RESULT = FailureDetails(
 )
 
 
-def entity_request(batch: EntityBatch) -> pb.EntityBatchRequest:
-    """The request that runs ``batch``'s operations, with the entity's state."""
+def entity_request(batch: EntityBatch, shape: EntityShape = "batch") -> pb.WorkItem:
+    """The work item that runs ``batch``'s operations, with the entity's state."""
+    if shape == "operations":
+        return pb.WorkItem(entityRequestV2=_operations_request(batch))
+    return pb.WorkItem(entityRequest=_batch_request(batch))
+
+
+def _operations_request(batch: EntityBatch) -> pb.EntityRequest:
+    instance = batch.item.instance
+    return pb.EntityRequest(
+        instanceId=instance.instance_id,
+        executionId=instance.execution_id,
+        entityState=text_value(batch.row.state),
+        operationRequests=[event_to_pb(_request_event(batch, op)) for op in batch.operations],
+    )
+
+
+def _request_event(
+    batch: EntityBatch, op: EntityOperation
+) -> EntityOperationSignaled | EntityOperationCalled:
+    """The request event an operation came as (its caller, if any, named in it)."""
+    target = batch.item.instance.instance_id
+    if op.caller is None:
+        return EntityOperationSignaled(
+            timestamp=batch.now,
+            request_id=op.request_id,
+            operation=op.operation,
+            input=op.input,
+            target_instance_id=target,
+        )
+    return EntityOperationCalled(
+        timestamp=batch.now,
+        request_id=op.request_id,
+        operation=op.operation,
+        input=op.input,
+        parent_instance_id=op.caller,
+        parent_execution_id=op.caller_execution_id,
+        target_instance_id=target,
+    )
+
+
+def _batch_request(batch: EntityBatch) -> pb.EntityBatchRequest:
     return pb.EntityBatchRequest(
         instanceId=batch.item.instance.instance_id,
         entityState=text_value(batch.row.state),

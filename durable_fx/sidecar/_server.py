@@ -24,6 +24,7 @@ from ..storage import open_store
 from ..storage._protocol import Store
 from ..worker._background import BackgroundThread, StartStopContext, StopSignal
 from ._client_service import ClientService
+from ._entities import ENTITY_SHAPES, EntityShape
 from ._entity_client import EntityClientService
 from ._episodes import EpisodeBridge
 from ._message_limit import (
@@ -79,6 +80,10 @@ class SidecarServer(StartStopContext):
             a retry policy may try again) and its late result is refused:
             the Durable Task protocol has no heartbeats, so this is what
             keeps a hung SDK activity from holding its orchestration.
+        entity_work_items: How an entity's operations go to a worker:
+            ``"batch"`` (an ``EntityBatchRequest``, which every SDK with
+            entities reads) or ``"operations"`` (an ``EntityRequest`` of
+            request events, the newer shape; the Python SDK reads both).
 
     Raises:
         ValueError: Only one of ``tls_cert``/``tls_key``, an unreadable or
@@ -103,7 +108,13 @@ class SidecarServer(StartStopContext):
         tls_key: str | Path | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         activity_timeout: timedelta | None = None,
+        entity_work_items: EntityShape = "batch",
     ) -> None:
+        if entity_work_items not in ENTITY_SHAPES:
+            raise ValueError(
+                f"entity_work_items is one of {', '.join(ENTITY_SHAPES)}, not {entity_work_items!r}"
+            )
+        self._entity_shape: EntityShape = entity_work_items
         if activity_timeout is not None and activity_timeout <= timedelta(0):
             raise ValueError(f"activity_timeout must be positive, not {activity_timeout}")
         if (tls_cert is None) != (tls_key is None):
@@ -206,6 +217,7 @@ class SidecarServer(StartStopContext):
             ping_interval=self._ping_interval,
             max_poll_interval=self._max_poll,
             max_message_bytes=self._max_message,
+            entity_shape=self._entity_shape,
         )
         arrived = self._dispatcher.work_arrived
         clients = ClientService(self._store, self._clock, watch, arrived)

@@ -50,7 +50,7 @@ from ..storage._records import (
 from ..worker._backoff import Backoff
 from ..worker._entity_batch import EntityBatch, entity_commit, schedule
 from ..worker._result_batches import ResultBatcher
-from ._entities import entity_request, failed_outcome, outcome_of
+from ._entities import EntityShape, entity_request, failed_outcome, outcome_of
 from ._episodes import EpisodeBridge, EpisodePlan, PreparedEpisode
 from ._filters import orchestration_accept
 from ._handoff import Handoff
@@ -101,6 +101,7 @@ class WorkItemDispatcher:
         max_message_bytes: The largest work item a worker can receive, and
             the largest answer taken from one.
         activity_timeout: Fail an activity a worker holds longer (``None``: never).
+        entity_shape: How entity work items go out (``_entities``).
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class WorkItemDispatcher:
         max_poll_interval: float,
         max_message_bytes: int,
         activity_timeout: timedelta | None = None,
+        entity_shape: EntityShape = "batch",
     ) -> None:
         self._store = store
+        self._entity_shape = entity_shape
         self._activity_timeout = activity_timeout
         self._clock = clock
         self._bridge = bridge
@@ -345,7 +348,8 @@ class WorkItemDispatcher:
             await self._commit_direct(item, entity_commit(batch, batch.unchanged()))
             return None
         token = self._new_token()
-        work_item = pb.WorkItem(entityRequest=entity_request(batch), completionToken=token)
+        work_item = entity_request(batch, self._entity_shape)
+        work_item.completionToken = token
         size = work_item.ByteSize()
         if size > self._limit.limit:
             reason = self._limit.unsendable_entity_batch(item.instance.instance_id, size)
