@@ -872,6 +872,9 @@ def test_schedules_are_created_described_steered_and_deleted(
     # Paused with nothing running: the manual run is not skipped by the overlap policy.
     paused = _described(cli, "hello", lambda d: d["paused"] and not d["running"])
     assert paused["next_runs"] == []
+    assert ok_json(cli("schedule", "list", "--active", "--json"))["items"] == []
+    listed = ok_json(cli("schedule", "list", "--paused", "--prefix", "hel", "--json"))["items"]
+    assert [d["id"] for d in listed] == ["hello"]
     ok(cli("schedule", "trigger", "hello", "--json"))
     _described(
         cli,

@@ -180,6 +180,24 @@ def test_pause_resume_update_trigger_and_delete() -> None:
         assert client.list_schedules() == []
 
 
+def test_schedules_are_listed_by_id_with_filters() -> None:
+    with TestEnvironment(app) as env:
+        client = env.sync_client
+        for schedule_id in ("eu-daily", "eu-hourly", "us-daily"):
+            client.create_schedule(schedule_id, report, "x", every=timedelta(hours=1))
+        client.create_schedule("eu-slow", slow_report, 1, every=timedelta(hours=1)).pause()
+        env.sleep_sync(timedelta(0))
+
+        def ids(**filters: Any) -> list[str]:
+            return [d.schedule_id for d in client.list_schedules(**filters)]
+
+        assert ids() == ["eu-daily", "eu-hourly", "eu-slow", "us-daily"]
+        assert ids(id_prefix="eu-") == ["eu-daily", "eu-hourly", "eu-slow"]
+        assert ids(orchestration=report) == ["eu-daily", "eu-hourly", "us-daily"]
+        assert ids(orchestration="slow_report", paused=True) == ["eu-slow"]
+        assert ids(id_prefix="eu-", paused=False) == ["eu-daily", "eu-hourly"]
+
+
 def test_a_failed_run_is_recorded_with_why() -> None:
     with TestEnvironment(app) as env:
         handle = env.sync_client.create_schedule(

@@ -125,7 +125,8 @@ def test_schedules_are_created_read_steered_and_deleted(server: Server) -> None:
         status = client.get(f"instances/{run['instance_id']}").json()
         assert (status["runtimeStatus"], status["output"]) == ("Completed", "report for eu")
         assert client.post(url, json=body).status_code == 409
-        assert any(d["id"] == schedule_id for d in client.get("schedules").json())
+        listed = client.get("schedules", params={"prefix": schedule_id, "orchestration": "nightly"})
+        assert [d["id"] for d in listed.json()] == [schedule_id]
         assert client.post(f"{url}/pause").status_code == 202
         # Paused with nothing running: the manual run is not skipped by the overlap policy.
         described = lambda: client.get(url).json()  # noqa: E731
@@ -163,6 +164,8 @@ def test_hostile_schedule_requests_are_refused_with_the_field(server: Server) ->
         unknown = client.post(f"schedules/s-{new_id()}/explode")
         assert unknown.status_code == 400 and "action" in unknown.text
         assert client.delete(f"schedules/s-{new_id()}").status_code == 404
+        vague = client.get("schedules", params={"paused": "maybe"})
+        assert vague.status_code == 400 and "paused" in vague.text
 
 
 def test_keys_and_routes(server: Server) -> None:

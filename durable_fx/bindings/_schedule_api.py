@@ -89,8 +89,16 @@ class ScheduleApi:
         return json_response(description_json(await self._existing(req)), 200)
 
     async def list(self, req: func.HttpRequest) -> func.HttpResponse:
-        """GET schedules: every schedule, by id."""
-        found = await self._runtime.client.list_schedules()
+        """GET schedules[?prefix=&orchestration=&paused=true|false]: the schedules, by id."""
+        paused_text = req.params.get("paused")
+        if paused_text not in (None, "true", "false"):
+            problem = f"paused is true or false, not {paused_text[:20]!r}"
+            raise HttpProblem(400, problem, [FieldProblem("paused", problem)])
+        found = await self._runtime.client.list_schedules(
+            id_prefix=req.params.get("prefix", ""),
+            orchestration=req.params.get("orchestration") or None,
+            paused=None if paused_text is None else paused_text == "true",
+        )
         return json_response([description_json(d) for d in found], 200)
 
     async def act(self, req: func.HttpRequest) -> func.HttpResponse:

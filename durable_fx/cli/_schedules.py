@@ -122,12 +122,25 @@ def create(
 
 @schedule_app.command("list")
 def list_schedules(
-    ctx: typer.Context, store: StoreOption = None, json_output: JsonOption = False
+    ctx: typer.Context,
+    prefix: Annotated[
+        str, typer.Option("--prefix", metavar="TEXT", help="Only ids that start so.")
+    ] = "",
+    orchestration: Annotated[
+        str | None,
+        typer.Option("--orchestration", metavar="NAME", help="Only those that run NAME."),
+    ] = None,
+    paused: Annotated[
+        bool | None,
+        typer.Option("--paused/--active", help="Only paused ones, or only active ones."),
+    ] = None,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """List every schedule with its next run."""
+    """List schedules with their next run (all, or those the options pick)."""
     settings = command_settings(ctx, store, json_output)
     with open_client(settings.store) as client:
-        found = client.list_schedules()
+        found = client.list_schedules(id_prefix=prefix, orchestration=orchestration, paused=paused)
     if settings.json:
         emit_json({"items": [description_json(d) for d in found]})
         return

@@ -623,9 +623,20 @@ class AsyncDurableClient:
         """The handle of schedule ``schedule_id`` (whether or not it exists)."""
         return AsyncScheduleHandle(self, schedule_id)
 
-    async def list_schedules(self) -> list[ScheduleDescription]:
-        """Every schedule, by id."""
-        return await list_descriptions(self)
+    async def list_schedules(
+        self,
+        *,
+        id_prefix: str = "",
+        orchestration: Callable[..., Any] | str | None = None,
+        paused: bool | None = None,
+    ) -> list[ScheduleDescription]:
+        """The schedules, by id; with filters, those that match all of them.
+
+        ``id_prefix``: ids that start so; ``orchestration``: those that run
+        it; ``paused``: those paused (``True``) or not (``False``).
+        """
+        name = None if orchestration is None else name_of(orchestration)
+        return await list_descriptions(self, id_prefix=id_prefix, orchestration=name, paused=paused)
 
     async def clean_entity_storage(
         self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True

@@ -289,14 +289,20 @@ async def create(client: AsyncDurableClient, definition: ScheduleDefinition) -> 
     return AsyncScheduleHandle(client, definition.schedule_id)
 
 
-async def list_descriptions(client: AsyncDurableClient) -> list[ScheduleDescription]:
-    """Every schedule, by id."""
+async def list_descriptions(
+    client: AsyncDurableClient,
+    *,
+    id_prefix: str = "",
+    orchestration: str | None = None,
+    paused: bool | None = None,
+) -> list[ScheduleDescription]:
+    """The schedules whose id starts with ``id_prefix`` (and that match the rest), by id."""
     found: list[ScheduleDescription] = []
     continuation: str | None = None
     store = client.store
     while True:
         query = InstanceQuery(
-            instance_id_prefix=f"@{SCHEDULE_ENTITY}@",
+            instance_id_prefix=f"@{SCHEDULE_ENTITY}@{id_prefix}",
             entities=True,
             page_size=500,
             continuation=continuation,
@@ -304,8 +310,14 @@ async def list_descriptions(client: AsyncDurableClient) -> list[ScheduleDescript
         page = await store.query_instances(query)
         for record in page.items:
             state = EntityRowState.of_row(record.input).state
-            if state is not None:
-                found.append(describe_state(ScheduleState.model_validate_json(state)))
+            if state is None:
+                continue
+            description = describe_state(ScheduleState.model_validate_json(state))
+            if orchestration is not None and description.orchestration != orchestration:
+                continue
+            if paused is not None and description.paused != paused:
+                continue
+            found.append(description)
         if page.continuation is None:
             return sorted(found, key=lambda d: d.schedule_id)
         continuation = page.continuation

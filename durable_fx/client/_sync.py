@@ -312,9 +312,18 @@ class DurableClient:
         """See ``AsyncDurableClient.get_schedule_handle``."""
         return ScheduleHandle(self._client.get_schedule_handle(schedule_id), self._portal.call)
 
-    def list_schedules(self) -> list[ScheduleDescription]:
+    def list_schedules(
+        self,
+        *,
+        id_prefix: str = "",
+        orchestration: Callable[..., Any] | str | None = None,
+        paused: bool | None = None,
+    ) -> list[ScheduleDescription]:
         """See ``AsyncDurableClient.list_schedules``."""
-        return self._portal.call(self._client.list_schedules())
+        listing = self._client.list_schedules(
+            id_prefix=id_prefix, orchestration=orchestration, paused=paused
+        )
+        return self._portal.call(listing)
 
     def clean_entity_storage(
         self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
