@@ -72,6 +72,11 @@ def test_durable_app_is_a_function_app_with_the_durable_functions() -> None:
         "dfx_signal_entity": ("entities/{entityName}/{entityKey}", ["POST"], "FUNCTION"),
         "dfx_get_entity": ("entities/{entityName}/{entityKey}", ["GET"], "FUNCTION"),
         "dfx_list_entities": ("entities/{entityName?}", ["GET"], "FUNCTION"),
+        "dfx_create_schedule": ("schedules/{scheduleId}", ["POST"], "FUNCTION"),
+        "dfx_get_schedule": ("schedules/{scheduleId}", ["GET"], "FUNCTION"),
+        "dfx_delete_schedule": ("schedules/{scheduleId}", ["DELETE"], "FUNCTION"),
+        "dfx_list_schedules": ("schedules", ["GET"], "FUNCTION"),
+        "dfx_steer_schedule": ("schedules/{scheduleId}/{action}", ["POST"], "FUNCTION"),
     }
 
 
