@@ -493,7 +493,7 @@ def test_start_at_stays_pending_until_then(
     def scheduled(ctx: OrchestrationContext) -> str:
         return ctx.current_utc_datetime.isoformat()
 
-    start_at = datetime.now(UTC) + timedelta(seconds=0.3)
+    start_at = datetime.now(UTC) + timedelta(seconds=3)
     iid = client.start(scheduled, start_at=start_at)
     assert status_of(client, iid) is OrchestrationStatus.PENDING
     time.sleep(0.1)

@@ -326,10 +326,10 @@ class Commits:
             await self._activities.send(plan.work[plan.local :], redelivery=False)
         if plan.outbox:
             await self._starts.send_outbox(session.instance_id, plan.outbox)
-        if session.stale and not (plan.stay and session.has_visible(hub.now())):
+        if session.stale and not (plan.stay and session.has_backlog(hub.now())):
             # Someone wrote to the instance during the commit: new messages, read them
-            # now so that ending the session leaves a wake-up for them. A session that
-            # stays with messages to hand out reads them once those are done.
+            # now so that ending the session leaves a wake-up for them (a session that
+            # stays with a backlog reads them later: Session.has_backlog).
             await self._sessions.refresh(session, released=not plan.stay)
         if not plan.stay:
             await self._sessions.release_guard(session)

@@ -113,12 +113,10 @@ class Orchestrations:
         hub = self._hub
         sessions = self._sessions
         now = hub.now()
-        # A stale session re-reads its partition (every inbox row) only once the
-        # messages it knows of are handed out: new ones arrived after those, and
-        # a hot entity with thousands queued would otherwise read them all again
-        # before each batch of MAX_MESSAGES_PER_EPISODE.
+        # A stale session re-reads its partition before it is handed out, unless it
+        # still has a backlog to work through (Session.has_backlog).
         stale = [
-            s for s in sessions.all() if s.stale and s.lockable(now) and not s.has_visible(now)
+            s for s in sessions.all() if s.stale and s.lockable(now) and not s.has_backlog(now)
         ]
         for session in stale:
             await sessions.refresh(session)

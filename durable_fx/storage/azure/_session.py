@@ -104,8 +104,16 @@ class Session:
     def visible(self, now: datetime) -> list[Pending]:
         return sorted((p for p in self.pending.values() if p.visible_at <= now), key=Pending.order)
 
-    def has_visible(self, now: datetime) -> bool:
-        return any(p.visible_at <= now for p in self.pending.values())
+    def has_backlog(self, now: datetime) -> bool:
+        """A full episode's worth of visible messages or more is still to be handed out.
+
+        Such a session (a hot entity) defers re-reading its partition after a
+        wake-up until it is down to its last batch: the messages it knows of
+        arrived before the ones it does not, and reading thousands of rows
+        before every batch would make a backlog cost its square.
+        """
+        visible = sum(1 for p in self.pending.values() if p.visible_at <= now)
+        return visible >= MAX_MESSAGES_PER_EPISODE
 
     def next_due(self, now: datetime) -> datetime | None:
         return min(
