@@ -58,15 +58,20 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", help="py-spy: where to keep the collapsed stacks")
     parser.add_argument(
+        "--dump", help="cProfile: a directory for each role's stats (pstats: print_callers)"
+    )
+    parser.add_argument(
         "--tracing",
-        choices=("off", "memory"),
+        choices=("off", "memory", "dropped"),
         default="off",
         help="run.py's --tracing (memory: every span kept by the OTel SDK)",
     )
     args = parser.parse_args()
     if args.cprofile:
         with tempfile.TemporaryDirectory(prefix="durable_fx-profile-") as tmp:
-            profile_in_process(args.workload, args.store, Path(tmp), args.top, args.tracing)
+            profile_in_process(
+                args.workload, args.store, Path(tmp), args.top, args.tracing, args.dump
+            )
     else:
         sample_with_py_spy(args)
 
@@ -137,13 +142,13 @@ def _short(frame: str) -> str:
 
 
 def profile_in_process(
-    workload: str, store: str, db_dir: Path, top: int, tracing: str = "off"
+    workload: str, store: str, db_dir: Path, top: int, tracing: str = "off", dump: str | None = None
 ) -> None:
     """Run the workload here with one cProfile per thread; print each role's top functions."""
     if tracing != "off":
         from run import _record_spans_in_memory
 
-        _record_spans_in_memory(batched=True)
+        _record_spans_in_memory(batched=True, sampled=tracing != "dropped")
     profiles: list[tuple[str, cProfile.Profile]] = []
     original_run = threading.Thread.run
 
@@ -175,6 +180,9 @@ def profile_in_process(
         else:
             by_role[role] = stats
     for role, stats in sorted(by_role.items(), key=lambda kv: -_total(kv[1])):
+        if dump is not None:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            stats.dump_stats(str(Path(dump) / f"{role.replace(' ', '-')}.prof"))
         print(f"===== {role}: {_total(stats):.3f} s profiled =====")
         for key in ("tottime", "cumulative"):
             out = io.StringIO()

@@ -66,10 +66,11 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON document to this file")
     parser.add_argument(
         "--tracing",
-        choices=["off", "memory", "memory-sync"],
+        choices=["off", "memory", "memory-sync", "dropped"],
         default="off",
         help="memory: the OpenTelemetry SDK batches every span to an in-memory exporter, as "
-        "configure_telemetry batches them to OTLP; memory-sync: exported as each span ends",
+        "configure_telemetry batches them to OTLP; memory-sync: exported as each span ends; "
+        "dropped: an SDK whose sampler keeps no span (what durable_fx does around the spans)",
     )
     parser.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one, in-process
     parser.add_argument("--db-dir", help=argparse.SUPPRESS)
@@ -79,7 +80,9 @@ def main() -> None:
 
     if args.workload:
         if args.tracing != "off":
-            _record_spans_in_memory(batched=args.tracing == "memory")
+            _record_spans_in_memory(
+                batched=args.tracing == "memory", sampled=args.tracing != "dropped"
+            )
         sys.path.insert(0, str(HERE))
         from workloads import run_workload
 
@@ -135,14 +138,19 @@ def _select(only: str) -> list[str]:
     return selected
 
 
-def _record_spans_in_memory(*, batched: bool) -> None:
-    """An SDK provider whose spans are all kept (the cost of tracing, not of an export)."""
+def _record_spans_in_memory(*, batched: bool, sampled: bool = True) -> None:
+    """An SDK provider whose spans are all kept (the cost of tracing, not of an export).
+
+    With ``sampled=False`` its sampler keeps none: durable_fx still carries and
+    stores trace contexts, the SDK hands back non-recording spans.
+    """
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=None if sampled else ALWAYS_OFF)
     exporter = InMemorySpanExporter()
     processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)

@@ -50,6 +50,7 @@ __all__ = [
     "parent_of",
     "recording",
     "span_in",
+    "trace_context_of",
     "tracer",
 ]
 
@@ -91,6 +92,19 @@ def current_trace_context() -> TraceContext | None:
     carrier: dict[str, str] = {}
     _W3C.inject(carrier)
     return _from_carrier(carrier)
+
+
+def trace_context_of(span: Span) -> TraceContext | None:
+    """``span`` as a W3C trace context; the current span's if ``span`` records nothing."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return current_trace_context()
+    # What the W3C propagator would write, without a carrier and a parse per start.
+    state = context.trace_state.to_header() if context.trace_state else None
+    return TraceContext.model_construct(
+        traceparent=f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}",
+        tracestate=state or None,
+    )
 
 
 def parent_of(context: TraceContext | None) -> Context | None:
@@ -248,7 +262,7 @@ def emit_span(
         context=parent,
         kind=kind,
         start_time=_nanos(start),
-        attributes=dict(attributes or {}),
+        attributes=attributes,
         links=linked,
     )
     if error is not None:

@@ -48,7 +48,7 @@ from .._reuse import FINISHED, IdReuse, IdReusePolicy, replaceable_statuses
 from .._schedule_spec import Overlap
 from .._serialization import decode, encode
 from .._state import OrchestrationState, OrchestrationStatus
-from .._tracing import current_trace_context, span_in
+from .._tracing import current_trace_context, span_in, trace_context_of
 from ..storage import open_store
 from ..storage._finished import finished_on
 from ..storage._protocol import CountsInstances, Store
@@ -225,7 +225,7 @@ class AsyncDurableClient:
         attributes["durabletask.task.instance_id"] = instance_id
         with span_in(
             f"create_orchestration:{name}", None, kind=SpanKind.PRODUCER, attributes=attributes
-        ):
+        ) as span:
             started = ExecutionStarted(
                 timestamp=self._clock.now(),
                 name=name,
@@ -234,7 +234,7 @@ class AsyncDurableClient:
                 input=encode(input),
                 scheduled_start=start_at,
                 version=version,
-                trace_context=current_trace_context(),
+                trace_context=trace_context_of(span),
             )
             message = OrchestrationMessage(instance_id, started, started.execution_id, start_at)
             await self._store.create_instance(message, replaceable=replaceable)

@@ -238,14 +238,16 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 def _span_attributes(item: ActivityWorkItem) -> dict[str, Any]:
     invocation = item.invocation
-    return {
+    attributes: dict[str, Any] = {
         "durabletask.type": "activity",
         "durabletask.task.name": invocation.name,
         "durabletask.task.instance_id": invocation.instance_id,
         "durabletask.task.task_id": invocation.task_id,
         "durable_fx.activity.attempt": invocation.attempt,
-        "durable_fx.activity.delivery": item.dequeue_count,
     }
+    if item.dequeue_count > 1:  # a redelivery (its lease ran out); none says the first
+        attributes["durable_fx.activity.delivery"] = item.dequeue_count
+    return attributes
 
 
 def _record_outcome(span: Span, result: ActivityResult) -> str:

@@ -236,18 +236,16 @@ class OrchestrationRunner:
         ended: ExecutionCompleted | None,
         status: OrchestrationStatus,
     ) -> None:
+        parent = execution_parent(started)
+        # The execution's span, its parent, names the instance; the SDK cleans every
+        # attribute of every span, so an episode carries only what is its own.
         emit_span(
             f"orchestration:{started.name} episode",
-            execution_parent(started),
+            parent,
             start=episode.now,
             end=now,
-            attributes={
-                "durabletask.type": "orchestration",
-                "durabletask.task.instance_id": started.instance_id,
-                "durable_fx.episode.messages": len(episode.item.messages),
-            },
+            attributes={"durable_fx.episode.messages": len(episode.item.messages)},
         )
-        parent = execution_parent(started)
         for seen in entry.observed if entry is not None else ():
             _emit_observation(started.name, seen, parent)
         if ended is not None:
