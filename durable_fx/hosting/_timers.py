@@ -99,7 +99,12 @@ class TimerTriggers:
 
     def register(self, registry: Registry) -> None:
         """Register the activity that calls the functions (before a worker runs)."""
-        registry.activity(name=TIMER_ACTIVITY)(self._run)
+
+        # A function of its own: the registry marks what it registers (a method cannot be).
+        async def timer_trigger(call: TimerCall) -> None:
+            await self._run(call)
+
+        registry.activity(name=TIMER_ACTIVITY)(timer_trigger)
 
     async def start(self, client: AsyncDurableClient) -> None:
         """Bring the store's timer schedules in line with the app; run the ``run_on_startup`` ones.
