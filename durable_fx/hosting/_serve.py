@@ -146,14 +146,6 @@ def load_app(target: str, directory: Path) -> func.FunctionRegister:
     return found
 
 
-def _has_timers(app: func.FunctionRegister) -> bool:
-    return any(
-        json.loads(raw).get("type") == "timerTrigger"
-        for function in app.get_functions()
-        for raw in function.get_raw_bindings()
-    )
-
-
 class _Server(uvicorn.Server):
     """uvicorn, minus its signal handling: ``serve`` stops it (and the rest) itself."""
 
@@ -201,12 +193,11 @@ class _Host:
         self._stop = asyncio.Event()
         self._signals: list[str] = []
 
-    def _open(self) -> tuple[Store | None, QueueBackend]:
+    def _open(self, with_timers: bool) -> tuple[Store | None, QueueBackend]:
         durable = self._durable
         if durable is None:
             url = self._options.store or default_store_url()
-            store = open_store(url) if _has_timers(self._app) else None
-            return store, open_queues(url)
+            return (open_store(url) if with_timers else None), open_queues(url)
         url = self._options.store or durable.settings.resolved_store_url()
         store = open_store(url, hub=durable.settings.hub, partitions=durable.settings.partitions)
         queues = open_queues(store)
@@ -255,9 +246,11 @@ class _Host:
     async def run(self) -> str | None:
         # Off the loop: opening a store waits for its file's lock, and outside a loop
         # the SQLite store opens at once, so a bad file fails here, at startup.
-        store, queues = await asyncio.to_thread(self._open)
-        delivered = isinstance(store, DeliveredWork)
+        # Indexed once: a plain FunctionApp refuses a second get_functions().
         functions, problems = index_app(self._app)
+        with_timers = any(f.trigger_type == "timerTrigger" for f in functions)
+        store, queues = await asyncio.to_thread(self._open, with_timers)
+        delivered = isinstance(store, DeliveredWork)
         for problem in problems:
             log.warning("not served: %s", problem)
         functions = self._runnable(functions, delivered)
