@@ -67,21 +67,20 @@ class Calls:
 
 
 @contextmanager
-def environment(*, time_skipping: bool = True) -> Iterator[TestEnvironment]:
-    """A time-skipping environment (``serve_timers`` deploys an app's timers on it)."""
+def environment(*, time_skipping: bool = True) -> Iterator[tuple[TestEnvironment, Invoker]]:
+    """A test environment (``serve_timers`` deploys an app's timers on it) and an invoker."""
     with (
         ThreadPoolExecutor(2) as threads,
         TestEnvironment(Registry(), time_skipping=time_skipping) as env,
     ):
-        env.threads = threads  # type: ignore[attr-defined]
-        yield env
+        yield env, Invoker(threads, None, "base64")
 
 
-def serve_timers(env: TestEnvironment, app: func.FunctionApp) -> TimerTriggers:
+def serve_timers(env: TestEnvironment, invoker: Invoker, app: func.FunctionApp) -> TimerTriggers:
     """What a ``serve`` start does for ``app``'s timer triggers, on the environment's store."""
     functions, problems = index_app(app)
     assert problems == []
-    timers = TimerTriggers(functions, Invoker(env.threads, None, "base64"), clock=env.clock)  # type: ignore[attr-defined]
+    timers = TimerTriggers(functions, invoker, clock=env.clock)
     registry = Registry()
     timers.register(registry)
     env.deploy(registry)  # this start's code, as a new serve process has it
@@ -160,8 +159,8 @@ def test_a_malformed_schedule_is_refused_naming_the_function_and_the_schedule(
 def test_a_timer_runs_its_function_at_each_occurrence_with_the_hosts_timer_request() -> None:
     calls = Calls()
     app = calls.app(("tick", {"schedule": "0 */5 * * * *"}))
-    with environment() as env:
-        serve_timers(env, app)
+    with environment() as (env, invoker):
+        serve_timers(env, invoker, app)
         env.sleep_sync(timedelta(minutes=16))
         received = calls.of("tick")
         assert [t.past_due for t in received] == [False, False, False]
@@ -179,8 +178,8 @@ def test_a_timer_runs_its_function_at_each_occurrence_with_the_hosts_timer_reque
 def test_a_timespan_counts_from_the_first_start_and_has_no_status_without_a_monitor() -> None:
     calls = Calls()
     app = calls.app(("sweep", {"schedule": "00:10:00", "use_monitor": False}))
-    with environment() as env:
-        serve_timers(env, app)
+    with environment() as (env, invoker):
+        serve_timers(env, invoker, app)
         env.sleep_sync(timedelta(minutes=25))
         received = calls.of("sweep")
         assert len(received) == 2
@@ -194,8 +193,8 @@ def test_a_timespan_counts_from_the_first_start_and_has_no_status_without_a_moni
 def test_after_downtime_a_missed_occurrence_runs_once_marked_past_due() -> None:
     calls = Calls()
     app = calls.app(("tick", {"schedule": "0 */5 * * * *"}))
-    with environment(time_skipping=False) as env:
-        serve_timers(env, app)
+    with environment(time_skipping=False) as (env, invoker):
+        serve_timers(env, invoker, app)
         # Down for an hour: twelve occurrences pass with nothing running.
         env.clock.advance(timedelta(hours=1, seconds=30))
         env.sleep_sync(timedelta(0))
@@ -212,8 +211,8 @@ def test_after_downtime_a_missed_occurrence_runs_once_marked_past_due() -> None:
 def test_without_the_monitor_a_missed_occurrence_never_runs() -> None:
     calls = Calls()
     app = calls.app(("tick", {"schedule": "0 */5 * * * *", "use_monitor": False}))
-    with environment(time_skipping=False) as env:
-        serve_timers(env, app)
+    with environment(time_skipping=False) as (env, invoker):
+        serve_timers(env, invoker, app)
         env.clock.advance(timedelta(hours=1, seconds=30))
         env.sleep_sync(timedelta(0))
         assert calls.of("tick") == []
@@ -227,10 +226,10 @@ def test_without_the_monitor_a_missed_occurrence_never_runs() -> None:
 def test_run_on_startup_runs_once_at_each_start() -> None:
     calls = Calls()
     warm = ("warm", {"schedule": "0 0 7 * * *", "run_on_startup": True})
-    with environment() as env:
-        serve_timers(env, calls.app(warm))
+    with environment() as (env, invoker):
+        serve_timers(env, invoker, calls.app(warm))
         assert [t.past_due for t in calls.of("warm")] == [False]
-        serve_timers(env, calls.app(warm))  # a restart
+        serve_timers(env, invoker, calls.app(warm))  # a restart
         assert len(calls.of("warm")) == 2
         env.sleep_sync(timedelta(hours=7, seconds=1))
         assert len(calls.of("warm")) == 3  # and the schedule as usual
@@ -238,19 +237,19 @@ def test_run_on_startup_runs_once_at_each_start() -> None:
 
 def test_a_changed_schedule_moves_on_without_firing_and_a_removed_function_is_paused() -> None:
     calls = Calls()
-    with environment() as env:
-        serve_timers(env, calls.app(("tick", {"schedule": "0 */5 * * * *"})))
+    with environment() as (env, invoker):
+        serve_timers(env, invoker, calls.app(("tick", {"schedule": "0 */5 * * * *"})))
         env.sleep_sync(timedelta(minutes=6))
-        serve_timers(env, calls.app(("tick", {"schedule": "0 0 * * * *"})))
+        serve_timers(env, invoker, calls.app(("tick", {"schedule": "0 0 * * * *"})))
         assert len(calls.of("tick")) == 1
         assert schedule(env.sync_client, "tick").next_runs[0] == START + timedelta(hours=1)
 
         # A deploy without ``tick``: its schedule stops; one with it again resumes it.
-        serve_timers(env, calls.app(("other", {"schedule": "0 0 0 * * *"})))
+        serve_timers(env, invoker, calls.app(("other", {"schedule": "0 0 0 * * *"})))
         assert schedule(env.sync_client, "tick").paused
         env.sleep_sync(timedelta(hours=2))
         assert len(calls.of("tick")) == 1
-        serve_timers(env, calls.app(("tick", {"schedule": "0 0 * * * *"})))
+        serve_timers(env, invoker, calls.app(("tick", {"schedule": "0 0 * * * *"})))
         assert not schedule(env.sync_client, "tick").paused
         env.sleep_sync(timedelta(hours=1))
         assert len(calls.of("tick")) == 2
@@ -266,8 +265,8 @@ def test_a_failing_timer_function_is_recorded_and_the_schedule_goes_on() -> None
         if len(attempts) == 1:
             raise RuntimeError("report service down")
 
-    with environment() as env:
-        serve_timers(env, app)
+    with environment() as (env, invoker):
+        serve_timers(env, invoker, app)
         env.sleep_sync(timedelta(minutes=11))
         runs = schedule(env.sync_client, "flaky").recent_runs
         assert [run.outcome for run in runs] == ["failed", "completed"]
