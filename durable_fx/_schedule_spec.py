@@ -7,19 +7,31 @@ minutes), or the classic five (``*/5 * * * *``). Times are UTC.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-__all__ = ["Overlap", "ScheduleSpec", "parse_cron"]
+__all__ = ["CatchUp", "Overlap", "ScheduleSpec", "parse_cron", "parse_timespan"]
 
 Overlap = Literal["skip", "buffer_one", "allow_all"]
 """What an occurrence does while the previous run still runs: skip it, run it
 once that one ends (at most one waits), or run it alongside."""
 
+CatchUp = Literal["window", "once", "none"]
+"""What an occurrence found more than ``catch_up_window`` late does: ``"window"``:
+it is missed, and later ones still within the window run; ``"once"``: it runs,
+marked past due, and the schedule goes on from now (the Functions host's
+schedule monitor); ``"none"``: it is missed and the schedule goes on from now."""
+
 _MIN_INTERVAL = timedelta(seconds=1)
+# .NET TimeSpan.TryParse's invariant forms: "d", "hh:mm", "hh:mm:ss", "d.hh:mm:ss[.fffffff]".
+_TIMESPAN = re.compile(
+    r"(?:(?P<days>\d+)\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{1,2})"
+    r"(?::(?P<seconds>\d{1,2})(?:\.(?P<fraction>\d{1,7}))?)?"
+)
 
 
 def parse_cron(expression: str) -> croniter:
@@ -34,6 +46,33 @@ def parse_cron(expression: str) -> croniter:
     if not croniter.is_valid(expression, second_at_beginning=with_seconds):
         raise ValueError(f"cron expression {expression!r} is not valid")
     return croniter(expression, datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=with_seconds)
+
+
+def parse_timespan(text: str) -> timedelta:
+    """A TimeSpan as the Functions host reads a timer schedule; ``ValueError``.
+
+    ``"00:05:00"``, ``"1.00:00:00"`` (a day), ``"01:30"`` (hh:mm), or whole days ``"2"``.
+    """
+    stripped = text.strip()
+    if stripped.isdigit():
+        return timedelta(days=int(stripped))
+    match = _TIMESPAN.fullmatch(stripped)
+    if match is None:
+        raise ValueError(f"{text!r} is not a TimeSpan ([d.]hh:mm[:ss[.fffffff]])")
+    hours, minutes = int(match["hours"]), int(match["minutes"])
+    seconds = int(match["seconds"] or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise ValueError(
+            f"TimeSpan {text!r} is out of range (hours 0-23, minutes and seconds 0-59)"
+        )
+    fraction = (match["fraction"] or "").ljust(7, "0")
+    return timedelta(
+        days=int(match["days"] or 0),
+        hours=hours,
+        minutes=minutes,
+        seconds=seconds,
+        microseconds=int(fraction) // 10,
+    )
 
 
 class ScheduleSpec(BaseModel):

@@ -14,6 +14,10 @@ the new state, so a crash never starts an occurrence twice.
 Ticks carry the occurrence they are for and the schedule's generation; an
 update, pause, resume or delete moves the generation on, so a tick that was
 already on its way does nothing.
+
+A schedule of kind ``timer_trigger`` (``durable-fx serve``'s timer triggers)
+calls the activity ``durable_fx.timer_trigger`` instead of an orchestration,
+with what the function's ``func.TimerRequest`` reports (``TimerCall``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._entity import DurableEntity, EntityId
 from ._errors import TaskFailedError
 from ._ids import validate_instance_id
-from ._schedule_spec import Overlap, ScheduleSpec
+from ._schedule_spec import CatchUp, Overlap, ScheduleSpec
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -38,10 +42,13 @@ __all__ = [
     "RUNNER",
     "RUNNER_SUFFIX",
     "SCHEDULE_ENTITY",
+    "TIMER_ACTIVITY",
     "RunOutcome",
     "ScheduleDefinition",
+    "ScheduleKind",
     "ScheduleRun",
     "ScheduleState",
+    "TimerCall",
     "occurrence_id",
     "register_builtins",
     "schedule_entity",
@@ -51,9 +58,12 @@ SCHEDULE_ENTITY = "dfx-schedule"
 RUNNER = "durable_fx.scheduled_run"
 RUNNER_SUFFIX = ".schedule"
 """A run's runner is its instance id with this suffix."""
+TIMER_ACTIVITY = "durable_fx.timer_trigger"
+"""What a ``timer_trigger`` schedule's runs call (``durable-fx serve`` registers it)."""
 _KEPT_RUNS = 20
 
 RunOutcome = Literal["running", "completed", "failed", "skipped", "missed"]
+ScheduleKind = Literal["orchestration", "timer_trigger"]
 
 
 class ScheduleDefinition(BaseModel):
@@ -69,6 +79,11 @@ class ScheduleDefinition(BaseModel):
     overlap: Overlap = "skip"
     catch_up_window: timedelta = timedelta(minutes=1)
     """How late an occurrence may still start (after downtime); older ones are missed."""
+    catch_up: CatchUp = "window"
+    """What an occurrence later than ``catch_up_window`` does (``CatchUp``)."""
+    kind: ScheduleKind = "orchestration"
+    """``timer_trigger``: ``orchestration`` names a timer-triggered function, which
+    runs through the activity ``durable_fx.timer_trigger`` (``input``: its binding)."""
 
 
 class ScheduleRun(BaseModel):
@@ -80,6 +95,8 @@ class ScheduleRun(BaseModel):
     instance_id: str | None = None
     outcome: RunOutcome = "running"
     detail: str | None = None
+    past_due: bool = False
+    """It ran later than the catch-up window (``catch_up="once"``: after downtime)."""
 
 
 class ScheduleState(BaseModel):
@@ -109,11 +126,26 @@ class _Finished(BaseModel):
     detail: str | None = None
 
 
+class TimerCall(BaseModel):
+    """A timer trigger's run: the function, and what its ``func.TimerRequest`` reports."""
+
+    function: str
+    binding: str | None
+    """The schedule's input: the binding's settings as JSON text."""
+    scheduled_at: datetime
+    past_due: bool
+    last: datetime | None
+    """The previous run's occurrence (``None``: the first run)."""
+    last_updated: datetime
+    """When the status last changed: the previous run's occurrence, or the creation."""
+
+
 class _RunRequest(BaseModel):
     schedule_id: str
     orchestration: str
     input: str | None
     instance_id: str
+    timer: TimerCall | None = None
 
 
 def schedule_entity(schedule_id: str) -> EntityId:
@@ -182,12 +214,16 @@ class Schedule(DurableEntity):
             return  # superseded by an update, pause or resume
         definition = state.definition
         now = self.context.now()
-        if now - tick.at > definition.catch_up_window:
+        window = definition.catch_up_window
+        late = now - tick.at > window
+        if late and definition.catch_up != "once":
             _remember(state, ScheduleRun(scheduled_at=tick.at, outcome="missed"))
-            self._arm(state, after=now - definition.catch_up_window)
+            self._arm(state, after=now - window if definition.catch_up == "window" else now)
             return
-        self._occur(state, tick.at, occurrence_id(definition.schedule_id, tick.at))
-        self._arm(state, after=tick.at)
+        occurrence = occurrence_id(definition.schedule_id, tick.at)
+        self._occur(state, tick.at, occurrence, past_due=late)
+        # A past-due run stands for every occurrence missed: go on from now, as the host does.
+        self._arm(state, after=now if late else tick.at)
 
     def finished(self, finished: _Finished) -> None:
         if self.get_state() is None:
@@ -228,7 +264,9 @@ class Schedule(DurableEntity):
             self.signal_entity(self.context.entity_id, "tick", tick, at=deliver)
         self._save(state)
 
-    def _occur(self, state: ScheduleState, at: datetime, instance_id: str) -> None:
+    def _occur(
+        self, state: ScheduleState, at: datetime, instance_id: str, *, past_due: bool = False
+    ) -> None:
         """An occurrence is due: start it, or skip or buffer it while a run goes on."""
         overlap = state.definition.overlap
         if state.running and overlap == "skip":
@@ -237,23 +275,41 @@ class Schedule(DurableEntity):
         elif state.running and overlap == "buffer_one":
             state.buffered = at
         else:
-            self._start(state, at, instance_id)
+            self._start(state, at, instance_id, past_due=past_due)
 
-    def _start(self, state: ScheduleState, at: datetime, instance_id: str) -> None:
+    def _start(
+        self, state: ScheduleState, at: datetime, instance_id: str, *, past_due: bool = False
+    ) -> None:
         definition = state.definition
         request = _RunRequest(
             schedule_id=definition.schedule_id,
             orchestration=definition.orchestration,
             input=definition.input,
             instance_id=instance_id,
+            timer=_timer_call(state, at, past_due) if definition.kind == "timer_trigger" else None,
         )
         self.start_orchestration(RUNNER, request, instance_id=instance_id + RUNNER_SUFFIX)
         state.running.append(instance_id)
-        _remember(state, ScheduleRun(scheduled_at=at, instance_id=instance_id))
+        run = ScheduleRun(scheduled_at=at, instance_id=instance_id, past_due=past_due)
+        _remember(state, run)
 
 
 def _remember(state: ScheduleState, run: ScheduleRun) -> None:
     state.runs = [*state.runs, run][-_KEPT_RUNS:]
+
+
+def _timer_call(state: ScheduleState, at: datetime, past_due: bool) -> TimerCall:
+    """The facts the host's schedule monitor would hold before this run (``Last``/``Next``)."""
+    started = [run for run in state.runs if run.instance_id is not None]
+    last = started[-1].scheduled_at if started else None
+    return TimerCall(
+        function=state.definition.orchestration,
+        binding=state.definition.input,
+        scheduled_at=at,
+        past_due=past_due,
+        last=last,
+        last_updated=last or state.created_at,
+    )
 
 
 def scheduled_run(ctx: Any, request: _RunRequest) -> Generator[Any, Any, str]:
@@ -262,9 +318,12 @@ def scheduled_run(ctx: Any, request: _RunRequest) -> Generator[Any, Any, str]:
     outcome: Literal["completed", "failed"] = "completed"
     detail = None
     try:
-        yield ctx.call_sub_orchestrator(
-            request.orchestration, payload, instance_id=request.instance_id
-        )
+        if request.timer is not None:
+            yield ctx.call_activity(TIMER_ACTIVITY, request.timer)
+        else:
+            yield ctx.call_sub_orchestrator(
+                request.orchestration, payload, instance_id=request.instance_id
+            )
     except TaskFailedError as failure:
         outcome, detail = "failed", f"{failure.error_type}: {failure.message}"[:500]
     finished = _Finished(instance_id=request.instance_id, outcome=outcome, detail=detail)

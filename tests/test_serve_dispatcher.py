@@ -142,10 +142,14 @@ def test_queue_outputs_are_sent_after_success() -> None:
 def test_unsupported_triggers_are_reported_not_served() -> None:
     app = func.FunctionApp()
 
+    @app.blob_trigger(arg_name="blob", path="uploads/{name}", connection="AzureWebJobsStorage")
+    def uploaded(blob: func.InputStream) -> None:
+        pass
+
     @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer")
     def tick(timer: func.TimerRequest) -> None:
         pass
 
     functions, problems = index_app(app)
-    assert functions == []
-    assert problems == ["tick: durable-fx serve does not run timerTrigger functions"]
+    assert [f.name for f in functions] == ["tick"]  # timer triggers run as durable schedules
+    assert problems == ["uploaded: durable-fx serve does not run blobTrigger functions"]

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from .._entity import EntityId, EntityMetadata, EntityRowState
 from .._ids import validate_instance_id
 from .._registry import name_of
-from .._schedule_spec import Overlap, ScheduleSpec
+from .._schedule_spec import CatchUp, Overlap, ScheduleSpec
 from .._schedules import (
     RUNNER_SUFFIX,
     SCHEDULE_ENTITY,
     ScheduleDefinition,
+    ScheduleKind,
     ScheduleRun,
     ScheduleState,
     occurrence_id,
@@ -72,6 +73,10 @@ class ScheduleDescription:
     running: list[str]
     """Instance ids of runs not finished yet."""
     created_at: datetime
+    catch_up: CatchUp = "window"
+    """What an occurrence later than ``catch_up_window`` does (``CatchUp``)."""
+    kind: ScheduleKind = "orchestration"
+    """``timer_trigger``: a timer-triggered function's schedule (``durable-fx serve``)."""
 
 
 def description_json(description: ScheduleDescription) -> dict[str, Any]:
@@ -88,6 +93,8 @@ def description_json(description: ScheduleDescription) -> dict[str, Any]:
         "jitter_seconds": spec.jitter.total_seconds(),
         "overlap": description.overlap,
         "catch_up_window_seconds": description.catch_up_window.total_seconds(),
+        "catch_up": description.catch_up,
+        "kind": description.kind,
         "paused": description.paused,
         "next_runs": [moment.isoformat() for moment in description.next_runs],
         "recent_runs": [
@@ -96,6 +103,7 @@ def description_json(description: ScheduleDescription) -> dict[str, Any]:
                 "instance_id": run.instance_id,
                 "outcome": run.outcome,
                 "detail": run.detail,
+                "past_due": run.past_due,
             }
             for run in description.recent_runs
         ],
@@ -161,6 +169,8 @@ def describe_state(state: ScheduleState) -> ScheduleDescription:
         recent_runs=list(state.runs),
         running=list(state.running),
         created_at=state.created_at,
+        catch_up=definition.catch_up,
+        kind=definition.kind,
     )
 
 
@@ -231,6 +241,8 @@ class AsyncScheduleHandle:
             catch_up_window=(
                 current.catch_up_window if catch_up_window is None else catch_up_window
             ),
+            catch_up=current.catch_up,
+            kind=current.kind,
         )
         await self._send("update", definition)
 

@@ -21,7 +21,7 @@ import azure.functions as func
 
 __all__ = ["IndexedFunction", "index_app"]
 
-SUPPORTED_TRIGGERS = ("httpTrigger", "queueTrigger")
+SUPPORTED_TRIGGERS = ("httpTrigger", "queueTrigger", "timerTrigger")
 SUPPORTED_OUTPUTS = ("http", "queue")
 
 
@@ -42,7 +42,7 @@ class IndexedFunction:
 
     @property
     def trigger_type(self) -> str:
-        """``httpTrigger``, ``queueTrigger``..."""
+        """``httpTrigger``, ``queueTrigger`` or ``timerTrigger``."""
         return str(self.trigger["type"])
 
     @property

@@ -9,6 +9,8 @@
 4. Durable work: on the Azure store the dispatcher feeds ``dfx_control`` and
    ``dfx_work_items`` exactly as the host would; on SQLite and memory stores,
    which have no such queues, an in-process ``Worker`` runs it instead.
+   Timer triggers are durable schedules in the store (``TimerTriggers``); a
+   plain ``func.FunctionApp`` that has them gets a store and a worker too.
 5. SIGTERM or SIGINT stops it gracefully: no new requests or messages, work in
    flight finishes (up to the grace period), then everything closes. A second
    signal exits at once.
@@ -31,13 +33,16 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import azure.functions as func
 import uvicorn
 
+from .._registry import Registry
 from ..bindings import DurableApp, FunctionsSettings, HostConfig
 from ..bindings._settings import SERVE_URL_SETTING
+from ..client import AsyncDurableClient
 from ..queues import QueueBackend, open_queues
 from ..storage import Store, default_store_url, open_store
 from ..storage._delivered import DeliveredWork
@@ -49,6 +54,8 @@ from ._index import IndexedFunction, index_app
 from ._invoke import Invoker
 from ._keys import FunctionKeys
 from ._logging import LogFormat, configure_logging
+from ._timer_binding import TimerScheduleError
+from ._timers import TimerTriggers
 
 __all__ = [
     "ServeError",
@@ -181,14 +188,16 @@ class _Host:
         self._options = options
         self._config = config
         self._durable = app if isinstance(app, DurableApp) else None
+        # A plain FunctionApp's timer triggers still need a store and a worker: its own registry.
+        self._registry = self._durable.registry if self._durable is not None else Registry()
         self._stop = asyncio.Event()
         self._signals: list[str] = []
 
-    def _open(self) -> tuple[Store | None, QueueBackend]:
+    def _open(self, with_timers: bool) -> tuple[Store | None, QueueBackend]:
         durable = self._durable
         if durable is None:
             url = self._options.store or default_store_url()
-            return None, open_queues(url)
+            return (open_store(url) if with_timers else None), open_queues(url)
         url = self._options.store or durable.settings.resolved_store_url()
         store = open_store(url, hub=durable.settings.hub, partitions=durable.settings.partitions)
         queues = open_queues(store)
@@ -209,6 +218,22 @@ class _Host:
         }
         return [f for f in functions if f.trigger.get("queueName") not in durable_queues]
 
+    def _timers(self, functions: list[IndexedFunction], invoker: Invoker) -> TimerTriggers | None:
+        """The timer triggers, their activity registered; ``ServeError`` for a bad schedule."""
+        if not any(f.trigger_type == "timerTrigger" for f in functions):
+            return None
+        # Past due means later than a delivery can be: the queue listeners back off
+        # up to maxPollingInterval on the Azure store (SQLite's worker polls every second).
+        late_after = max(timedelta(minutes=1), 2 * self._config.queues.max_polling_interval)
+        try:
+            timers = TimerTriggers(
+                functions, invoker, late_after=late_after, host_loop=asyncio.get_running_loop()
+            )
+        except TimerScheduleError as error:
+            raise ServeError(str(error)) from None
+        timers.register(self._registry)
+        return timers
+
     def _settings(self) -> FunctionsSettings:
         """The app's settings (limits apply to every route, a plain FunctionApp's too)."""
         if self._durable is not None:
@@ -221,14 +246,17 @@ class _Host:
     async def run(self) -> str | None:
         # Off the loop: opening a store waits for its file's lock, and outside a loop
         # the SQLite store opens at once, so a bad file fails here, at startup.
-        store, queues = await asyncio.to_thread(self._open)
-        delivered = isinstance(store, DeliveredWork)
+        # Indexed once: a plain FunctionApp refuses a second get_functions().
         functions, problems = index_app(self._app)
+        with_timers = any(f.trigger_type == "timerTrigger" for f in functions)
+        store, queues = await asyncio.to_thread(self._open, with_timers)
+        delivered = isinstance(store, DeliveredWork)
         for problem in problems:
             log.warning("not served: %s", problem)
         functions = self._runnable(functions, delivered)
         threads = ThreadPoolExecutor(32, thread_name_prefix="durable-fx-function")
         invoker = Invoker(threads, queues, self._config.queues.message_encoding)
+        timers = self._timers(functions, invoker)
         dispatcher = Dispatcher(functions, queues, self._config.queues, invoker)
         keys = FunctionKeys.from_environment()
         settings = self._settings()
@@ -242,10 +270,9 @@ class _Host:
             body_timeout=settings.body_timeout_seconds,
         )
         worker = None
-        if self._durable is not None and store is not None and not delivered:
-            worker = Worker(
-                self._durable.registry, store, shutdown_grace=self._options.shutdown_grace
-            )
+        # A plain app's worker runs only its timer schedules: it has no durable queue triggers.
+        if store is not None and (not delivered or self._durable is None):
+            worker = Worker(self._registry, store, shutdown_grace=self._options.shutdown_grace)
         server = _Server(
             uvicorn.Config(
                 asgi,
@@ -262,6 +289,8 @@ class _Host:
             if worker is not None:
                 await asyncio.to_thread(worker.start)
             dispatcher.start()
+            if timers is not None and store is not None:
+                await timers.start(AsyncDurableClient(store))
             await self._serve(server, functions, keys, store, worker is not None)
         finally:
             server.should_exit = True
@@ -314,6 +343,8 @@ class _Host:
             if function.trigger_type == "httpTrigger":
                 methods = ",".join(trigger.get("methods") or ["ANY"])
                 where = f"[{methods}] {base}{prefix}/{trigger.get('route') or function.name}"
+            elif function.trigger_type == "timerTrigger":
+                where = f"timer {trigger.get('schedule')}"
             else:
                 where = f"queue {trigger.get('queueName')}"
             log.info("function %s: %s", function.name, where)
