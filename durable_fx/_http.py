@@ -79,6 +79,14 @@ class ManagedIdentity(BaseModel):
     client_id: str | None = None
     default_credential: bool = False
 
+    def __init__(
+        self, resource: str, *, client_id: str | None = None, default_credential: bool = False
+    ) -> None:
+        # Positional resource, as in Durable Functions' ManagedIdentityTokenSource(resource).
+        super().__init__(
+            resource=resource, client_id=client_id, default_credential=default_credential
+        )
+
     @property
     def scope(self) -> str:
         """The scope azure-identity asks a token for."""
@@ -201,7 +209,7 @@ def http_options(
         timeout=timeout,
         poll=poll,
         poll_interval=poll_interval,
-        request_timeout=min(DEFAULT_REQUEST_TIMEOUT, timeout or DEFAULT_REQUEST_TIMEOUT),
+        request_timeout=DEFAULT_REQUEST_TIMEOUT,
         max_response_bytes=max_response_bytes,
     )
 

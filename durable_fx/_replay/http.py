@@ -44,6 +44,7 @@ __all__ = ["start_http_call"]
 
 _RESPONSE: PayloadCodec[DurableHttpResponse] = PayloadCodec(DurableHttpResponse)
 _TASK_NAME = "call_http"
+_GRACE = timedelta(seconds=5)
 
 
 def start_http_call(
@@ -127,11 +128,15 @@ class _HttpCall:
         return sent, encode(hidden)
 
     def _request_timeout(self) -> timedelta:
-        """One request's bound: the default, or less if the call's deadline is nearer."""
+        """One request's bound: the default, or less if the call's deadline is nearer.
+
+        A little past the deadline, so that the deadline's timer decides and the
+        call fails with ``HttpTimeoutError`` rather than a transport timeout.
+        """
         bound = self._options.request_timeout
         if self._deadline_at is not None:
-            left = self._deadline_at - self._ctx.current_utc_datetime
-            bound = max(min(bound, left), timedelta(seconds=1))
+            left = self._deadline_at - self._ctx.current_utc_datetime + _GRACE
+            bound = max(min(bound, left), _GRACE)
         return bound
 
     # -- what came back ---------------------------------------------------------------
