@@ -54,9 +54,9 @@ def _history(client: DurableClient, iid: str) -> list[HistoryEvent]:
 def _poll_waits(history: list[HistoryEvent]) -> list[timedelta]:
     """The wait of each poll timer (fire_at minus when it was created)."""
     return [
-        e.fire_at - e.timestamp  # type: ignore[union-attr]
+        e.fire_at - e.timestamp
         for e in history
-        if e.kind == "TimerCreated" and e.purpose == "http-poll"  # type: ignore[union-attr]
+        if e.kind == "TimerCreated" and e.purpose == "http-poll"
     ]
 
 
@@ -279,7 +279,7 @@ def test_the_timeout_bounds_the_whole_call_polling_included(
     # The call is over: no poll is left waiting to wake the instance.
     history = _history(client, iid)
     timeout = next(e for e in history if e.kind == "TimerCreated" and e.purpose == "http-timeout")
-    assert timeout.fire_at - timeout.timestamp == timedelta(seconds=2)  # type: ignore[union-attr]
+    assert timeout.fire_at - timeout.timestamp == timedelta(seconds=2)
 
 
 def test_the_timeout_ends_a_request_still_in_flight(
