@@ -456,3 +456,35 @@ def test_retry_after_as_an_http_date_and_the_default_interval_are_durable_timers
         timedelta(hours=1),
     ]
     assert env.now() - began == timedelta(hours=3)
+
+
+# -- rewind: history has no Authorization to send again --------------------------------------
+
+
+@pytest.mark.parametrize("with_secret", [False, True], ids=["plain", "authorization"])
+def test_a_rewound_call_is_sent_again_unless_it_carried_authorization(
+    with_secret: bool,
+    registry: Registry,
+    worker: Worker,
+    client: DurableClient,
+    server: ScriptedServer,
+) -> None:
+    url = server.script("/outage", Reply(500), Reply(200, body="back"))
+    headers = {"Authorization": SECRET} if with_secret else {}
+    _returns_response(
+        registry, headers=headers, retry=RetryPolicy(first_interval=MS, max_attempts=1)
+    )
+    iid = client.start("http_call", ["GET", url])
+    assert "HttpServerError" in _failure_of(client, iid).message
+    client.rewind(iid, "the provider is back")
+    # The store set it RUNNING as it took the rewind: this wait sees the new outcome.
+    state = client.wait(iid, timeout=WAIT)
+    if not with_secret:
+        assert state.status is OrchestrationStatus.COMPLETED, state.failure
+        assert state.output["content"] == "back"
+        return
+    # The request is not sent without its Authorization: it fails, saying why.
+    assert state.status is OrchestrationStatus.FAILED
+    assert state.failure is not None
+    assert "HttpSecretUnavailableError" in state.failure.message
+    assert len(server.seen("/outage")) == 1
