@@ -55,6 +55,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 """Largest response body a call accepts: the response is saved in history."""
 PERMANENT_ERRORS = frozenset({"HttpResponseTooLargeError", "HttpSecretUnavailableError"})
 """The activity's failures (``error_type``) that no retry can fix: a RetryPolicy skips them."""
+_LONGEST_WAIT_S = 366 * 24 * 3600
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -247,7 +248,9 @@ def split_secrets(headers: Mapping[str, str]) -> tuple[dict[str, str], list[str]
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError(f"call_http: header {name!r} must map a string to a string")
         if not _TOKEN.match(name) or any(c in value for c in "\r\n\0"):
-            raise ValueError(f"call_http: header {name!r} has a bad name or value")
+            raise ValueError(f"call_http: header {name!r} has a bad name or a line break")
+        if not value.isascii():  # HTTP sends header values as bytes: say so here, not later
+            raise ValueError(f"call_http: header {name!r} has non-ASCII characters")
         if name.lower() in SECRET_HEADERS:
             secret.append(name)
         else:
@@ -275,17 +278,21 @@ def retry_after(response: DurableHttpResponse, now: datetime) -> timedelta | Non
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return timedelta(seconds=int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        when = None
-    if when is None or when.tzinfo is None:
-        raise ValueError(
-            f"the 202's Retry-After {text[:100]!r} is neither whole seconds nor an HTTP-date"
-        )
-    return max(when - now, timedelta(0))
+    if text.isascii() and text.isdigit():
+        wait = timedelta(seconds=min(int(text), _LONGEST_WAIT_S + 1))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is None or when.tzinfo is None:
+            raise ValueError(
+                f"the 202's Retry-After {text[:100]!r} is neither whole seconds nor an HTTP-date"
+            )
+        wait = max(when - now, timedelta(0))
+    if wait.total_seconds() > _LONGEST_WAIT_S:  # a typo or hostile: not worth a year's timer
+        raise ValueError(f"the 202's Retry-After {text[:100]!r} asks to wait over a year")
+    return wait
 
 
 def same_origin(a: str, b: str) -> bool:

@@ -184,7 +184,9 @@ def test_a_202_without_location_fails_clearly(
     assert "without a Location header" in failure.message
 
 
-@pytest.mark.parametrize("value", ["soon", "-5", "1.5", "Fri, 99 Foo 2024 25:61:00 GMT"])
+@pytest.mark.parametrize(
+    "value", ["soon", "-5", "1.5", "Fri, 99 Foo 2024 25:61:00 GMT", "9" * 40, "31536000000"]
+)
 def test_a_malformed_retry_after_fails_clearly(
     value: str,
     registry: Registry,
@@ -388,12 +390,15 @@ def test_a_token_that_cannot_be_had_fails_the_call_clearly(
         ("GET", "ftp://example.com/x", "is not an http:// or https:// URL"),
         ("GET", "http:///no-host", "has no host"),
         ("GET", "http://127.0.0.1/a b", "spaces or control characters"),
+        ("GET", "http://127.0.0.1/?header=bad", "has a bad name or a line break"),
+        ("GET", "http://127.0.0.1/?header=accent", "non-ASCII"),
     ],
 )
-def test_a_bad_method_or_url_fails_at_the_call(
+def test_a_bad_method_url_or_header_fails_at_the_call(
     method: str, url: str, expected: str, registry: Registry, worker: Worker, client: DurableClient
 ) -> None:
-    _returns_response(registry)
+    bad = {"bad": {"X-Injected": "a\r\nEvil: 1"}, "accent": {"X-Name": "Zoë"}}
+    _returns_response(registry, headers=bad.get(url.rpartition("=")[2], {}))
     failure = _failure_of(client, client.start("http_call", [method, url]))
     assert failure.error_type == "ValueError"
     assert expected in failure.message
