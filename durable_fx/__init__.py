@@ -28,6 +28,7 @@ from ._errors import (
     UnknownNameError,
 )
 from ._history import FailureDetails, HistoryEvent
+from ._http import DurableHttpResponse, ManagedIdentity
 from ._ids import validate_instance_id
 from ._parent_close import ParentClosePolicy
 from ._registry import ActivityContext, Registry
@@ -66,6 +67,7 @@ __all__ = [
     "DurableClient",
     "DurableEntity",
     "DurableFxError",
+    "DurableHttpResponse",
     "EntityContext",
     "EntityId",
     "EntityLock",
@@ -81,6 +83,7 @@ __all__ = [
     "InstanceNotFoundError",
     "InvalidInstanceIdError",
     "InvalidOperationError",
+    "ManagedIdentity",
     "NonDeterminismError",
     "OnVersionMismatch",
     "OrchestrationContext",

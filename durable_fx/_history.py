@@ -47,8 +47,14 @@ __all__ = [
     "TaskScheduled",
     "TimerCreated",
     "TimerFired",
+    "TimerPurpose",
     "TraceContext",
 ]
+
+TimerPurpose = Literal[
+    "timer", "retry", "event-timeout", "activity-timeout", "http-poll", "http-timeout"
+]
+"""Why a durable timer exists: the code's own, or one the runtime set for a call."""
 
 
 class _Model(BaseModel):
@@ -203,7 +209,7 @@ class SubOrchestrationInstanceFailed(_Event):
 class TimerCreated(_Event):
     kind: Literal["TimerCreated"] = "TimerCreated"
     fire_at: datetime
-    purpose: Literal["timer", "retry", "event-timeout", "activity-timeout"] = "timer"
+    purpose: TimerPurpose = "timer"
 
 
 class TimerFired(_Event):

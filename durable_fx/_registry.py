@@ -326,27 +326,33 @@ class Registry:
 
     def get_activity(self, name: str) -> ActivityDefinition:
         """The activity registered as ``name``; ``UnknownNameError`` if none."""
-        try:
-            return self._activities[name]
-        except KeyError:
-            raise UnknownNameError("activity", name, list(self._activities)) from None
+        found = self.find_activity(name)
+        if found is None:
+            raise UnknownNameError("activity", name, list(self._activities))
+        return found
 
     def find_activity(self, name: str) -> ActivityDefinition | None:
-        """The activity registered as ``name``, or ``None``."""
-        return self._activities.get(name)
+        """The activity registered as ``name`` (the app's, else a built-in), or ``None``."""
+        return self._activities.get(name) or self._builtin()._activities.get(name)
 
     def find_orchestrator(self, name: str) -> OrchestratorDefinition | None:
         """The orchestrator registered as ``name``, or ``None``."""
         return self._orchestrators.get(name) or self._builtin()._orchestrators.get(name)
 
     def _builtin(self) -> Registry:
-        """durable_fx's own entities and orchestrations (schedules), found after the app's."""
+        """durable_fx's own entities, orchestrations and activities, found after the app's.
+
+        (Schedules' entity and runner; durable HTTP's activity.)
+        """
         if self._builtins is None:
-            from ._schedules import register_builtins  # they are defined with a registry
+            # They are defined with a registry, so they import it: import them here.
+            from ._http_activity import register_builtins as register_http
+            from ._schedules import register_builtins as register_schedules
 
             builtins = Registry()
             builtins._builtins = builtins  # its own lookups stop here
-            register_builtins(builtins)
+            register_schedules(builtins)
+            register_http(builtins)
             self._builtins = builtins
         return self._builtins
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from .._history import FailureDetails, HistoryEvent, TraceContext
+from .._history import FailureDetails, HistoryEvent, TimerPurpose, TraceContext
 
 __all__ = [
     "Action",
@@ -39,6 +39,10 @@ class ScheduleTask:
     heartbeat_details: str | None = None
     trace_context: TraceContext | None = None
     """The span the activity's span goes under (an SDK's; else the execution's)."""
+    recorded_input: str | None = None
+    """What history records in place of ``input`` when that holds secrets (``call_http``'s
+    Authorization); ``None``: history records ``input`` itself. Only the work item carries
+    ``input`` then."""
 
     def describe(self) -> str:
         return f"call_activity({self.name!r})"
@@ -48,7 +52,7 @@ class ScheduleTask:
 class CreateTimer:
     id: int
     fire_at: datetime
-    purpose: Literal["timer", "retry", "event-timeout", "activity-timeout"] = "timer"
+    purpose: TimerPurpose = "timer"
 
     def describe(self) -> str:
         return f"create_timer({self.fire_at.isoformat()})"

@@ -15,7 +15,7 @@ import logging
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, MutableMapping
+from collections.abc import Callable, Coroutine, Generator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar, overload
@@ -31,6 +31,13 @@ from .._history import (
     TaskCompleted,
     TaskFailed,
     TraceContext,
+)
+from .._http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_POLL_INTERVAL,
+    DurableHttpResponse,
+    ManagedIdentity,
+    http_options,
 )
 from .._ids import MAX_INSTANCE_ID_LENGTH, validate_instance_id
 from .._parent_close import ParentClosePolicy
@@ -557,6 +564,51 @@ class OrchestrationContext:
 
         return self._run_with_retry(name, codec, start, retry)
 
+    def call_http(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        token_source: ManagedIdentity | None = None,
+        poll: bool = True,
+        poll_interval: timedelta = DEFAULT_POLL_INTERVAL,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> Task[DurableHttpResponse]:
+        """Send an HTTP request from the orchestration; yielding the task returns the response.
+
+        It runs as the built-in activity ``durable_fx.http`` (at least once, like
+        any activity). A ``202 Accepted`` with a ``Location`` is polled with
+        ``GET`` until another status comes, waiting ``Retry-After`` (else
+        ``poll_interval``) on a durable timer between polls; ``poll=False``
+        returns the 202 itself. ``retry`` retries transport errors and 5xx
+        answers (without it a 5xx is returned like any status). ``timeout``
+        bounds the whole call, polling included (``HttpTimeoutError``).
+        ``token_source=ManagedIdentity(resource)`` adds a bearer token fetched
+        when the request runs. History never records the value of an
+        ``Authorization`` header (docs/how-to/durable-http.md).
+        """
+        from .http import start_http_call  # it builds on this module's retry machinery
+
+        return start_http_call(
+            self,
+            http_options(
+                method,
+                url,
+                headers=headers,
+                content=content,
+                retry=retry,
+                timeout=timeout,
+                token_source=token_source,
+                poll=poll,
+                poll_interval=poll_interval,
+                max_response_bytes=max_response_bytes,
+            ),
+        )
+
     def create_timer(self, fire_at: datetime | timedelta) -> Task[None]:
         """A task that completes at ``fire_at`` (or after a delay), surviving restarts.
 
@@ -1081,9 +1133,12 @@ class _Attempts:
 
     def _on_deadline(self, total_timeout: timedelta) -> None:
         self._deadline = None
+        self.give_up(f"{self._name} did not finish within {total_timeout} of its first scheduling")
+
+    def give_up(self, message: str) -> None:
+        """End the task now with ``ActivityTimeoutError``: no more attempts, a late result drops."""
         if self._task.is_complete:
             return
-        message = f"{self._name} did not finish within {total_timeout} of its first scheduling"
         if self._retry_timer is not None:  # between attempts: the last one's failure stands
             self._ctx._cancel_timer(self._retry_timer)
             self._retry_timer = None

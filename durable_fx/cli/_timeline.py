@@ -80,6 +80,8 @@ _TIMER_PURPOSES = {
     "retry": "retry back-off",
     "event-timeout": "event timeout",
     "activity-timeout": "activity timeout",
+    "http-poll": "HTTP poll wait",
+    "http-timeout": "HTTP call timeout",
 }
 
 

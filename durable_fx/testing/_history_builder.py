@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from .._history import (
     EventRaised,
@@ -25,6 +25,7 @@ from .._history import (
     TimerCreated,
     TimerFired,
 )
+from .._history import TimerPurpose as _TimerPurpose
 from .._replay.executor import failure_from_exception
 from .._replayer import history_to_json
 from .._serialization import encode
@@ -32,7 +33,7 @@ from ._clock import ManualClock
 
 __all__ = ["HistoryBuilder"]
 
-TimerPurpose = Literal["timer", "retry", "event-timeout", "activity-timeout"]
+TimerPurpose = _TimerPurpose
 
 
 class HistoryBuilder:

@@ -367,7 +367,8 @@ def _recorded(action: Action, now: datetime, instance: InstanceRecord) -> Histor
                 event_id=action.id,
                 timestamp=now,
                 name=action.name,
-                input=action.input,
+                # A call_http with credentials: history keeps the copy without them.
+                input=action.input if action.recorded_input is None else action.recorded_input,
                 attempt=action.attempt,
                 heartbeat_timeout=action.heartbeat_timeout,
                 heartbeat_details=action.heartbeat_details,
