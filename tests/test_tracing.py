@@ -17,6 +17,7 @@ from durable_fx import (
     OrchestrationStatus,
     Orchestrator,
     Registry,
+    RetryPolicy,
     Worker,
 )
 from durable_fx.telemetry import LogContextFilter
@@ -85,6 +86,51 @@ def test_a_failed_run_and_a_failed_activity_carry_the_error(
     run = spans.one("orchestration:fails")
     assert run.status.status_code is StatusCode.ERROR
     assert "ConnectionError: the provider is down" in (run.status.description or "")
+
+
+def test_each_attempt_is_a_span_with_its_number_and_each_retry_delay_a_timer(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    calls = {"n": 0}
+
+    @registry.activity()
+    def flaky(_: None) -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionError(f"blip {calls['n']}")
+        return "sent"
+
+    @registry.orchestrator()
+    def retried(ctx: OrchestrationContext) -> Orchestrator[str]:
+        policy = RetryPolicy(first_interval=timedelta(milliseconds=20), max_attempts=3)
+        return (yield ctx.call_activity(flaky, None, retry=policy))
+
+    iid = client.start(retried)
+    assert client.wait(iid, timeout=WAIT).output == "sent"
+    spans.settle()
+
+    attempts = sorted(
+        spans.named("activity:flaky"),
+        key=lambda s: s.attributes["durable_fx.activity.attempt"],  # type: ignore[index]
+    )
+    assert [a.attributes["durable_fx.activity.attempt"] for a in attempts] == [1, 2, 3]  # type: ignore[index]
+    assert [a.status.status_code for a in attempts] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    assert [a.attributes["durabletask.task.result"] for a in attempts] == [  # type: ignore[index]
+        "Failed",
+        "Failed",
+        "Succeeded",
+    ]
+    # Each attempt's work item came once: a delivery number shows only on a redelivery.
+    assert all("durable_fx.activity.delivery" not in (a.attributes or {}) for a in attempts)
+    waits = spans.named("orchestration:retried:timer")
+    assert len(waits) == 2
+    assert all((w.attributes or {}).get("durable_fx.timer.purpose") == "retry" for w in waits)
+    run = spans.one("orchestration:retried")
+    assert all(parent_id(s) == span_id(run) for s in [*attempts, *waits])
 
 
 def test_a_restarted_worker_continues_the_trace_and_emits_nothing_twice(
