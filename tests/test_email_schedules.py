@@ -28,9 +28,16 @@ from durable_fx.bindings import FunctionsSettings
 from email_pipeline.localrun import AppProcess, signed, wait_until
 from email_pipeline.localsmtp import LocalSmtp
 from email_pipeline.models import DeliveryOutcome
-from email_pipeline.records import EmailRecords, MemoryRecords, SqliteRecords, open_records
+from email_pipeline.records import (
+    AzureRecords,
+    EmailRecords,
+    MemoryRecords,
+    SqliteRecords,
+    open_records,
+)
 from email_pipeline.scheduled import job_instance_id, occurrence_of
 from email_pipeline.settings import digest_schedule, stuck_after_seconds, sweep_schedule
+from tests.support.azurite import Azurite, new_hub
 from tests.support.email_app import awaiting, email, output
 
 SECRET = "schedules-test-secret"
@@ -95,11 +102,22 @@ def outcome(
     return DeliveryOutcome.model_validate({**fields, **more})
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def records(request: pytest.FixtureRequest, tmp_path: Path) -> EmailRecords:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmailRecords]:
     if request.param == "memory":
-        return MemoryRecords()
-    return SqliteRecords(tmp_path / "app.db")
+        yield MemoryRecords()
+    elif request.param == "sqlite":
+        yield SqliteRecords(tmp_path / "app.db")
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        hub = new_hub()
+        store = open_store(azurite.connection_string(hub))
+        try:
+            found = open_records(store, hub)
+            assert isinstance(found, AzureRecords)
+            yield found
+        finally:
+            asyncio.run(store.close())
 
 
 def test_outcomes_are_found_by_when_they_ended(records: EmailRecords) -> None:
