@@ -11,7 +11,10 @@ outcome. Entry points:
 * ``POST /api/webhooks/delivery/eventgrid``: ACS delivery reports from an Event
   Grid subscription (validation handshake included; function key in the URL;
   events that can never apply go to ``email-delivery-events-poison``);
-* the queue ``email-delivery-events``: the same reports through Event Grid -> Storage Queue.
+* the queue ``email-delivery-events``: the same reports through Event Grid -> Storage Queue;
+* timers ``daily_digest`` (``EMAIL_DIGEST_SCHEDULE``) and ``stuck_sweep``
+  (every ``EMAIL_SWEEP_INTERVAL_MINUTES``): they start ``email_digest`` and
+  ``email_sweep`` (``email_pipeline.scheduled``) once per occurrence.
 
     durable-fx serve function_app:app      # or: func start (with Azurite)
 """
@@ -19,6 +22,8 @@ outcome. Entry points:
 from __future__ import annotations
 
 import json
+import logging
+from datetime import UTC, datetime
 
 import azure.functions as func
 from pydantic import ValidationError
@@ -39,9 +44,24 @@ from durable_fx.bindings import (
 from email_pipeline.app import app, email_delivery, instance_for_message
 from email_pipeline.eventgrid import EventGridEvent, receipt_from_event
 from email_pipeline.models import DeliveryReceipt, EmailJob, EmailRequest
-from email_pipeline.settings import policy_from_environment
+from email_pipeline.scheduled import (
+    JobRequest,
+    email_digest,
+    email_sweep,
+    job_instance_id,
+    occurrence_of,
+    start_once,
+)
+from email_pipeline.settings import (
+    digest_schedule,
+    policy_from_environment,
+    stuck_after_seconds,
+    sweep_schedule,
+)
 
 __all__ = ["app"]
+
+log = logging.getLogger("email_pipeline")
 
 
 def _problem(
@@ -127,3 +147,40 @@ def delivery_eventgrid(event: EventGridEvent) -> DeliveryReceipt | None:
 def delivery_queue(event: EventGridEvent) -> DeliveryReceipt | None:
     """ACS delivery reports delivered by Event Grid to a Storage queue."""
     return receipt_from_event(event)
+
+
+def _job(timer: func.TimerRequest) -> JobRequest:
+    # Settings are read per run (a changed threshold applies at the next one) and
+    # travel in the input, so the run's replays agree.
+    # The worker's TimerRequest has schedule_status; the abstract type does not declare it.
+    status = getattr(timer, "schedule_status", None)
+    occurrence = occurrence_of(status, datetime.now(UTC))
+    return JobRequest(
+        occurrence=occurrence,
+        policy=policy_from_environment(),
+        stuck_after_seconds=stuck_after_seconds(),
+    )
+
+
+# The schedules are read here, at import, so that a malformed setting stops the app
+# at startup (host indexing, serve) with a message naming it. Timer triggers rather
+# than durable schedules made at startup: both the Functions host and serve run
+# them, and the Functions host has no startup hook (email_pipeline/README.md).
+@app.timer_trigger(schedule=digest_schedule(), arg_name="timer")
+@app.durable_client_input(client_name="client")
+async def daily_digest(timer: func.TimerRequest, client: AsyncDurableClient) -> None:
+    """Start this occurrence's ``email_digest`` (a repeat of the occurrence starts nothing)."""
+    job = _job(timer)
+    instance_id = job_instance_id("digest", job.occurrence)
+    if not await start_once(client, email_digest, job, instance_id):
+        log.info("digest %s was started already", instance_id)
+
+
+@app.timer_trigger(schedule=sweep_schedule(), arg_name="timer")
+@app.durable_client_input(client_name="client")
+async def stuck_sweep(timer: func.TimerRequest, client: AsyncDurableClient) -> None:
+    """Start this occurrence's ``email_sweep`` (a repeat of the occurrence starts nothing)."""
+    job = _job(timer)
+    instance_id = job_instance_id("sweep", job.occurrence)
+    if not await start_once(client, email_sweep, job, instance_id):
+        log.info("sweep %s was started already", instance_id)

@@ -24,6 +24,7 @@ from durable_fx import (
 from .models import (
     RETRYABLE,
     DeliveryOutcome,
+    DeliveryPolicy,
     DeliveryReceipt,
     EmailJob,
     EmailRequest,
@@ -43,6 +44,7 @@ __all__ = [
     "record_outcome",
     "records",
     "send_email",
+    "send_retry",
 ]
 
 log = logging.getLogger("email_pipeline")
@@ -161,16 +163,21 @@ def _transient(error: TaskFailedError) -> bool:
     return error.error_type.endswith("TransientProviderError")
 
 
-@app.orchestrator(events={"DeliveryReceipt": DeliveryReceipt})
-def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[DeliveryOutcome]:
-    """Send, wait for the receipt, resend soft bounces, escalate silence, record the outcome."""
-    policy = job.policy
-    retry = RetryPolicy(
+def send_retry(policy: DeliveryPolicy) -> RetryPolicy:
+    """How ``send_email`` is retried: back-off on transient provider errors, none on others."""
+    return RetryPolicy(
         first_interval=timedelta(seconds=policy.send_retry_first_seconds),
         backoff=2.0,
         max_attempts=policy.send_retry_attempts,
         handle=_transient,
     )
+
+
+@app.orchestrator(events={"DeliveryReceipt": DeliveryReceipt})
+def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[DeliveryOutcome]:
+    """Send, wait for the receipt, resend soft bounces, escalate silence, record the outcome."""
+    policy = job.policy
+    retry = send_retry(policy)
     outcome: DeliveryOutcome | None = None
     sent: SendResult | None = None
     attempt = 0
@@ -192,8 +199,14 @@ def email_delivery(ctx: OrchestrationContext, job: EmailJob) -> Orchestrator[Del
             outcome = _outcome(ctx, "failed", attempt, None, None, error.message)
             break
         assert sent is not None
+        # "since": the sweep and the digest tell how long an email has waited from it.
         ctx.set_custom_status(
-            {"stage": "awaiting receipt", "attempt": attempt, "message_id": sent.message_id}
+            {
+                "stage": "awaiting receipt",
+                "attempt": attempt,
+                "message_id": sent.message_id,
+                "since": ctx.current_utc_datetime.isoformat(),
+            }
         )
         receipt = yield from _receipt_for(ctx, sent, attempt, policy.receipt_timeout_seconds)
         if receipt is None:
@@ -256,7 +269,8 @@ def _receipt_for(
     Late receipts of earlier sends are skipped; malformed ones are counted in
     the custom status (``malformed_receipts``) and skipped too.
     """
-    deadline = ctx.current_utc_datetime + timedelta(seconds=timeout_seconds)
+    since = ctx.current_utc_datetime
+    deadline = since + timedelta(seconds=timeout_seconds)
     malformed = 0
     while True:
         left = deadline - ctx.current_utc_datetime
@@ -280,6 +294,7 @@ def _receipt_for(
                     "stage": "awaiting receipt",
                     "attempt": attempt,
                     "message_id": sent.message_id,
+                    "since": since.isoformat(),
                     "malformed_receipts": malformed,
                     "last_malformed": error.message[:500],
                 }
@@ -306,5 +321,6 @@ def _outcome(
             "message_id": sent.message_id if sent else None,
             "receipt_status": receipt.status if receipt else None,
             "detail": detail,
+            "ended_at": ctx.current_utc_datetime,
         }
     )

@@ -136,3 +136,5 @@ class DeliveryOutcome(BaseModel):
     message_id: str | None = None
     receipt_status: ReceiptStatus | None = None
     detail: str | None = None
+    ended_at: datetime | None = None
+    """When the delivery ended (orchestration time); outcomes of older code have none."""

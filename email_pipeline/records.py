@@ -5,10 +5,14 @@
   sending again;
 * the message map: provider message id -> instance id, written at send time,
   so receipts (which only name the message) reach the right instance;
-* the outcomes table: how each delivery ended.
+* the outcomes table: how each delivery ended, and when (the daily digest
+  counts the outcomes of a time window);
+* the overdue claims: which sweep reported a send as overdue first, so each
+  send waiting too long for its receipt is reported once, by one sweep.
 
 SQLite tables in the store's file, Azure Tables (``<hub>emailsent``,
-``<hub>emailmap``, ``<hub>emailoutcomes``) in the store's account, or memory.
+``<hub>emailmap``, ``<hub>emailoutcomes``, ``<hub>emailoverdue``) in the
+store's account, or memory.
 
 On SQLite, reads take no lock (the file is in WAL mode), so a webhook's
 ``instance_for`` never waits for a writer, and gives up after
@@ -25,6 +29,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,6 +79,24 @@ class EmailRecords(Protocol):
         """Every recorded outcome."""
         ...
 
+    def outcomes_between(self, start: datetime, end: datetime) -> list[DeliveryOutcome]:
+        """The outcomes of deliveries that ended in ``[start, end)``, by instance id."""
+        ...
+
+    def claim_overdue(self, key: str, sweep_id: str) -> str:
+        """Claim send ``key`` as overdue for ``sweep_id`` unless claimed; returns the claimer."""
+        ...
+
+
+def ended_at(outcome: DeliveryOutcome) -> datetime:
+    """When ``outcome``'s delivery ended: its own time, else now (outcomes of older code)."""
+    return outcome.ended_at or datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    # Fixed width, always UTC: such stamps sort as text in the order of time.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 class MemoryRecords:
     """``EmailRecords`` in process memory (for ``memory://`` stores and tests)."""
@@ -83,6 +106,7 @@ class MemoryRecords:
         self._sent: dict[str, SendResult] = {}
         self._map: dict[str, str] = {}
         self._outcomes: dict[str, DeliveryOutcome] = {}
+        self._overdue: dict[str, str] = {}
 
     def sent(self, key: str) -> SendResult | None:
         """The recorded result of send ``key``."""
@@ -101,11 +125,23 @@ class MemoryRecords:
 
     def record_outcome(self, outcome: DeliveryOutcome) -> None:
         """Write an instance's outcome."""
-        self._outcomes[outcome.instance_id] = outcome
+        self._outcomes[outcome.instance_id] = outcome.model_copy(
+            update={"ended_at": ended_at(outcome)}
+        )
 
     def outcomes(self) -> list[DeliveryOutcome]:
         """Every recorded outcome."""
         return list(self._outcomes.values())
+
+    def outcomes_between(self, start: datetime, end: datetime) -> list[DeliveryOutcome]:
+        """The outcomes that ended in ``[start, end)``, by instance id."""
+        found = [o for o in self._outcomes.values() if o.ended_at and start <= o.ended_at < end]
+        return sorted(found, key=lambda o: o.instance_id)
+
+    def claim_overdue(self, key: str, sweep_id: str) -> str:
+        """Claim send ``key`` for ``sweep_id`` unless claimed; returns the claimer."""
+        with self._lock:
+            return self._overdue.setdefault(key, sweep_id)
 
 
 class SqliteRecords:
@@ -117,6 +153,7 @@ class SqliteRecords:
         "instance_id TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS email_outcomes (instance_id TEXT PRIMARY KEY, "
         "outcome TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS email_overdue (key TEXT PRIMARY KEY, sweep TEXT NOT NULL)",
     )
 
     def __init__(self, path: str | Path) -> None:
@@ -136,6 +173,7 @@ class SqliteRecords:
             try:
                 for ddl in self._SCHEMA:
                     conn.execute(ddl)
+                _add_ended_at(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -191,16 +229,49 @@ class SqliteRecords:
         return str(rows[0][0]) if rows else None
 
     def record_outcome(self, outcome: DeliveryOutcome) -> None:
-        """Write an instance's outcome."""
+        """Write an instance's outcome, with when it ended."""
+        outcome = outcome.model_copy(update={"ended_at": ended_at(outcome)})
+        assert outcome.ended_at is not None
         self._run(
-            ("INSERT OR REPLACE INTO email_outcomes (instance_id, outcome) VALUES (?, ?)",
-             (outcome.instance_id, outcome.model_dump_json())),
+            ("INSERT OR REPLACE INTO email_outcomes (instance_id, outcome, ended_at) "
+             "VALUES (?, ?, ?)",
+             (outcome.instance_id, outcome.model_dump_json(), _stamp(outcome.ended_at))),
         )  # fmt: skip
 
     def outcomes(self) -> list[DeliveryOutcome]:
         """Every recorded outcome, by instance id."""
         rows = self._read("SELECT outcome FROM email_outcomes ORDER BY instance_id", ())
         return [DeliveryOutcome.model_validate_json(row[0]) for row in rows]
+
+    def outcomes_between(self, start: datetime, end: datetime) -> list[DeliveryOutcome]:
+        """The outcomes that ended in ``[start, end)`` (an index range), by instance id."""
+        rows = self._read(
+            "SELECT outcome FROM email_outcomes WHERE ended_at >= ? AND ended_at < ? "
+            "ORDER BY instance_id",
+            (_stamp(start), _stamp(end)),
+        )
+        return [DeliveryOutcome.model_validate_json(row[0]) for row in rows]
+
+    def claim_overdue(self, key: str, sweep_id: str) -> str:
+        """Claim send ``key`` for ``sweep_id`` unless claimed; returns the claimer."""
+        rows = self._run(
+            ("INSERT OR IGNORE INTO email_overdue (key, sweep) VALUES (?, ?)", (key, sweep_id)),
+            ("SELECT sweep FROM email_overdue WHERE key = ?", (key,)),
+        )
+        return str(rows[0][0])
+
+
+def _add_ended_at(conn: sqlite3.Connection) -> None:
+    """Give an outcomes table made before the digest its ``ended_at`` column and index."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(email_outcomes)")}
+    if "ended_at" not in columns:
+        try:
+            conn.execute("ALTER TABLE email_outcomes ADD COLUMN ended_at TEXT")
+        except sqlite3.OperationalError as error:
+            # Another process sharing the file added it between our look and our ALTER.
+            if "duplicate column" not in str(error):
+                raise
+    conn.execute("CREATE INDEX IF NOT EXISTS email_outcomes_ended ON email_outcomes (ended_at)")
 
 
 @contextlib.contextmanager
@@ -240,10 +311,11 @@ class AzureRecords:
                 retry_total=3,
             )
 
-        self._sent, self._map, self._outcomes = (
+        self._sent, self._map, self._outcomes, self._overdue = (
             table("emailsent"),
             table("emailmap"),
             table("emailoutcomes"),
+            table("emailoverdue"),
         )
         self._created = False
 
@@ -251,7 +323,7 @@ class AzureRecords:
         from azure.core.exceptions import ResourceExistsError
 
         if not self._created:
-            for client in (self._sent, self._map, self._outcomes):
+            for client in (self._sent, self._map, self._outcomes, self._overdue):
                 with contextlib.suppress(ResourceExistsError):
                     client.create_table()
             self._created = True
@@ -292,10 +364,12 @@ class AzureRecords:
     def record_outcome(self, outcome: DeliveryOutcome) -> None:
         """Write an instance's outcome."""
         self._ensure()
+        outcome = outcome.model_copy(update={"ended_at": ended_at(outcome)})
         entity = {
             "PartitionKey": _key(outcome.instance_id),
             "RowKey": "",
             "Outcome": outcome.model_dump_json(),
+            "EndedAt": outcome.ended_at,
         }
         self._outcomes.upsert_entity(entity)
 
@@ -307,6 +381,21 @@ class AzureRecords:
             for e in self._outcomes.list_entities()
         ]
         return sorted(found, key=lambda o: o.instance_id)
+
+    def outcomes_between(self, start: datetime, end: datetime) -> list[DeliveryOutcome]:
+        """The outcomes that ended in ``[start, end)`` (a filtered scan), by instance id."""
+        self._ensure()
+        entities = self._outcomes.query_entities(
+            "EndedAt ge @start and EndedAt lt @end",
+            parameters={"start": start.astimezone(UTC), "end": end.astimezone(UTC)},
+        )
+        found = [DeliveryOutcome.model_validate_json(e["Outcome"]) for e in entities]
+        return sorted(found, key=lambda o: o.instance_id)
+
+    def claim_overdue(self, key: str, sweep_id: str) -> str:
+        """Claim send ``key`` for ``sweep_id`` unless claimed; returns the claimer."""
+        self._insert(self._overdue, key, "Sweep", sweep_id)
+        return self._get(self._overdue, key, "Sweep") or sweep_id
 
 
 def open_records(store: Store, hub: str) -> EmailRecords:
