@@ -53,6 +53,9 @@ DEFAULTED_SETTINGS = {
     "EMAIL_RESEND_BACKOFF_SECONDS": "delivery policy",
     "EMAIL_SEND_RETRY_SECONDS": "delivery policy",
     "EMAIL_SEND_RETRY_ATTEMPTS": "delivery policy",
+    "EMAIL_DIGEST_SCHEDULE": "the scheduled jobs: daily at 07:00 UTC suits the reference app",
+    "EMAIL_SWEEP_INTERVAL_MINUTES": "the scheduled jobs: every 15 minutes",
+    "EMAIL_STUCK_AFTER_SECONDS": "the scheduled jobs: an hour, below the receipt timeout",
     "DURABLE_FX_STORE": "under Functions the store is the connection's account",
     "DURABLE_FX_CONNECTION": "the default, AzureWebJobsStorage, is the identity connection",
     "DURABLE_FX_MANAGEMENT_AUTH": "FUNCTION (the default) keeps the management API keyed",
@@ -138,12 +141,21 @@ def settings_read_by(paths: list[Path]) -> tuple[set[str], set[str]]:
             ):
                 secrets.add(str(node.args[0].value))
         if "environ" in source or "getenv" in source:
+            # A module's own constants are named in its __all__: those strings are no settings.
+            bound = {
+                t.id
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assign)
+                for t in n.targets
+                if isinstance(t, ast.Name)
+            }
             names |= {
                 n.value
                 for n in ast.walk(tree)
                 if isinstance(n, ast.Constant)
                 and isinstance(n.value, str)
                 and _SETTING.fullmatch(n.value)
+                and n.value not in bound
             }
     return names | secrets, secrets
 
