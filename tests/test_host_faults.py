@@ -367,7 +367,7 @@ def test_one_hundred_orchestrations_survive_faults_kills_and_an_outage(azurite: 
     assert figures.completed == figures.orchestrations == 100
     for state in figures.states:
         assert_history_consistent(state)
-    assert figures.host_poisoned == [] and figures.store_poisoned == 0
+    assert figures.host_poisoned == [] and figures.store_poisoned == 0, figures.host_poisoned_fates
     assert figures.seconds_to_settle is not None, f"{figures.messages_left} messages left"
     assert figures.gone == 0
     # The faults did happen.

@@ -284,6 +284,10 @@ class Host:
         """Messages already gone when the host deleted them after a success."""
         self.deaths: list[str] = []
         """Where each dead instance died (``Killer.where``)."""
+        self.fates: dict[str, list[str]] = {}
+        """How each delivery of a message ended, by message id (what led up to a poisoning)."""
+        self.poisoned_fates: list[str] = []
+        """``"<queue> <id>: <fates>"`` for each message the host poisoned."""
         self.lost_deletes = 0
         self.lapsed_holds = 0
         """Deletes that failed because the hold had run out (the test's loop was starved)."""
@@ -350,6 +354,7 @@ class Host:
             pass
         except Exception as error:
             if not instance.dead:
+                self._fate(message, "failed")
                 self.failures.append(f"{message.queue}: {type(error).__name__}: {error}")
                 latest = await _stop(renewal, settled)
                 if message.dequeue_count >= MAX_DEQUEUE_COUNT:
@@ -361,6 +366,7 @@ class Host:
             if not instance.dead:
                 latest = await _stop(renewal, settled)
                 if self._random.random() < self.lose_deletes:
+                    self._fate(message, "delete lost")
                     self.lost_deletes += 1
                 elif await self.queues.delete(latest):
                     self._held_since.pop(message.id, None)
@@ -375,6 +381,7 @@ class Host:
                 instance.idle.set()
         # The instance died with the message: the host dies with it, so nothing renews
         # or settles the message; it comes back once its hold runs out.
+        self._fate(message, "killed")
         renewal.cancel()
         self._replace(instance)
 
@@ -415,7 +422,14 @@ class Host:
         since = self._held_since.pop(message.id, 0.0)
         return time.monotonic() - since >= self.hold.total_seconds()
 
+    def _fate(self, message: QueuedMessage, fate: str) -> None:
+        self.fates.setdefault(message.id, []).append(fate)
+
     async def _poison(self, message: QueuedMessage) -> None:
+        fates = ", ".join(self.fates.get(message.id, [])) or "none recorded"
+        self.poisoned_fates.append(
+            f"{message.queue} {message.id} (delivery {message.dequeue_count}): {fates}"
+        )
         self.poisoned.append(message.queue)
         await self.queues.poison(message, "failed too often")
 
@@ -523,6 +537,8 @@ class SoakFigures:
     invocations: dict[str, int] = field(default_factory=dict)
     host_failures: int = 0
     host_poisoned: list[str] = field(default_factory=list)
+    host_poisoned_fates: list[str] = field(default_factory=list)
+    """How each delivery of each poisoned message ended before the host poisoned it."""
     store_poisoned: int = 0
     gone: int = 0
     lost_deletes: int = 0
@@ -665,6 +681,7 @@ async def soak(
         figures.invocations = dict(host.invocations)
         figures.host_failures = len(host.failures)
         figures.host_poisoned = list(host.poisoned)
+        figures.host_poisoned_fates = list(host.poisoned_fates)
         figures.gone = len(host.gone)
         figures.lost_deletes = host.lost_deletes
         figures.lapsed_holds = host.lapsed_holds
