@@ -411,6 +411,7 @@ class Host:
             asked = time.monotonic()
             renewed = await self.queues.update_visibility(latest, self.hold)
             if renewed is None:
+                self._fate(message, "hold ran out")
                 self._held_since[message.id] = 0.0  # the hold ran out before the renewal
                 return latest
             latest = renewed
