@@ -96,6 +96,8 @@ class Session:
     """Other processes may have added messages: re-read the inbox before the next lock."""
     hosted: bool = False
     """Taken for one host invocation: no guard, the host's message is the only wake-up."""
+    ending: bool = False
+    """Being given up (``Sessions.end`` awaits storage): no longer to be locked."""
 
     @property
     def instance_id(self) -> str:
@@ -121,7 +123,7 @@ class Session:
         )
 
     def lockable(self, now: datetime) -> bool:
-        return self.lock is None or self.lock.expired(now)
+        return not self.ending and (self.lock is None or self.lock.expired(now))
 
 
 @dataclass(slots=True)

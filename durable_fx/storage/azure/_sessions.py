@@ -143,6 +143,9 @@ class Sessions:
         ``not_before`` delays that wake-up at least so long (an instance passed
         on to a worker of another version: not straight back to this one).
         """
+        # Marked before the first await: a lock call interleaving here (another worker's
+        # stream) must not lock a session this one is about to forget.
+        session.ending = True
         if await self._merge_owned(session, {"Owner": ""}):
             await self.release_guard(session, not_before=not_before)
 
