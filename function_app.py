@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import azure.functions as func
 from pydantic import ValidationError
@@ -170,17 +171,20 @@ def _job(timer: func.TimerRequest) -> JobRequest:
 @app.durable_client_input(client_name="client")
 async def daily_digest(timer: func.TimerRequest, client: AsyncDurableClient) -> None:
     """Start this occurrence's ``email_digest`` (a repeat of the occurrence starts nothing)."""
-    job = _job(timer)
-    instance_id = job_instance_id("digest", job.occurrence)
-    if not await start_once(client, email_digest, job, instance_id):
-        log.info("digest %s was started already", instance_id)
+    await _start_job(client, timer, "digest", email_digest)
 
 
 @app.timer_trigger(schedule=sweep_schedule(), arg_name="timer")
 @app.durable_client_input(client_name="client")
 async def stuck_sweep(timer: func.TimerRequest, client: AsyncDurableClient) -> None:
     """Start this occurrence's ``email_sweep`` (a repeat of the occurrence starts nothing)."""
+    await _start_job(client, timer, "sweep", email_sweep)
+
+
+async def _start_job(
+    client: AsyncDurableClient, timer: func.TimerRequest, kind: str, orchestrator: Any
+) -> None:
     job = _job(timer)
-    instance_id = job_instance_id("sweep", job.occurrence)
-    if not await start_once(client, email_sweep, job, instance_id):
-        log.info("sweep %s was started already", instance_id)
+    instance_id = job_instance_id(kind, job.occurrence)
+    if not await start_once(client, orchestrator, job, instance_id):
+        log.info("%s %s was started already", kind, instance_id)
