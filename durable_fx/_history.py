@@ -148,6 +148,9 @@ class ExecutionRewound(_Event):
     kind: Literal["ExecutionRewound"] = "ExecutionRewound"
     reason: str | None = None
     parent_execution_id: str | None = None
+    previous_execution_id: str | None = None
+    """The execution this rewind replaced (a rewound instance runs under a new
+    one), set in history: children and entities still answer it there."""
 
 
 class OrchestratorStarted(_Event):

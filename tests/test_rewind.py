@@ -171,6 +171,96 @@ def test_a_fan_out_completes_with_every_branch_run_at_most_twice(
     assert max(calls.values()) == 2
 
 
+def test_a_failure_of_an_attempt_still_running_as_the_instance_failed_does_not_count(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    """The rewind sent ``slow`` again; the attempt that outlived the failed run is no answer.
+
+    That attempt decided to fail before the rewind and reports after it: the
+    rewound instance must wait for the attempt it sent (CI saw the fan-out
+    test fail this way, one run in many).
+    """
+    outage = Outage()
+    attempts: list[bool] = []  # whether the provider was down as each slow attempt began
+    lock = threading.Lock()
+    first_may_end, first_ended = threading.Event(), threading.Event()
+    second_began, second_may_end = threading.Event(), threading.Event()
+
+    @registry.activity()
+    def fast(_: None) -> str:
+        outage.call("fast")
+        return "fast"
+
+    @registry.activity()
+    def slow(_: None) -> str:
+        with lock:
+            attempts.append(outage.down)
+            number = len(attempts)
+        if number == 1:
+            first_may_end.wait(WAIT)
+            first_ended.set()
+            raise ConnectionError("slow: the provider was down when this attempt began")
+        second_began.set()
+        second_may_end.wait(WAIT)
+        return "slow"
+
+    @registry.orchestrator()
+    def pair(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield when_all([ctx.call_activity(fast, None), ctx.call_activity(slow, None)]))
+
+    iid = client.start(pair)
+    _failed(client, iid)  # fast failed; the first slow attempt still runs
+    outage.down = False
+    client.rewind(iid)
+    assert second_began.wait(WAIT), "the rewind did not send slow again"
+    first_may_end.set()
+    assert first_ended.wait(WAIT)
+    with pytest.raises(TimeoutError):  # the old attempt's failure does not end it
+        client.wait(iid, timeout=1.0)
+    second_may_end.set()
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["fast", "slow"]
+    assert attempts == [True, False]
+
+
+def test_a_sub_orchestration_still_running_answers_the_rewound_parent(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    """The rewind does not start a running child again: its answer to the replaced run counts."""
+    outage = Outage()
+
+    @registry.activity()
+    def fast(_: None) -> str:
+        outage.call("fast")
+        return "fast"
+
+    @registry.orchestrator()
+    def waiter(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (yield ctx.wait_for_event("go"))
+
+    @registry.orchestrator()
+    def parent(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        return (
+            yield when_all(
+                [
+                    ctx.call_activity(fast, None),
+                    ctx.call_sub_orchestrator(waiter, instance_id="the-waiter"),
+                ]
+            )
+        )
+
+    iid = client.start(parent)
+    _failed(client, iid)
+    assert status_of(client, "the-waiter") is OrchestrationStatus.RUNNING
+    outage.down = False
+    client.rewind(iid)
+    client.raise_event("the-waiter", "go", "went")
+    state = client.wait(iid, timeout=WAIT)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == ["fast", "went"]
+
+
 @pytest.mark.parametrize("purged", [False, True], ids=["failed-child", "purged-child"])
 def test_an_awaited_sub_orchestration_is_rewound_or_started_again(
     registry: Registry, worker: Worker, client: DurableClient, purged: bool

@@ -21,6 +21,7 @@ from .._history import (
     EntityOperationFailed,
     ExecutionCompleted,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -97,6 +98,8 @@ class HistoryState:
     """Sub-orchestrations started and not yet finished, by action id."""
     open_requests: set[str] = field(default_factory=set)
     """Entity calls and lock requests not yet answered (request and critical section ids)."""
+    superseded: set[str] = field(default_factory=set)
+    """Executions rewinds replaced: children and entities may still answer them."""
 
     @classmethod
     def of(cls, history: Iterable[HistoryEvent]) -> HistoryState:
@@ -115,6 +118,7 @@ class HistoryState:
             set(self.open_ids),
             dict(self.children),
             set(self.open_requests),
+            set(self.superseded),
         )
 
     def admit(self, event: HistoryEvent) -> bool:
@@ -158,6 +162,8 @@ class HistoryState:
                 self.open_requests.discard(event.request_id)
             case EntityLockGranted():
                 self.open_requests.discard(event.critical_section_id)
+            case ExecutionRewound(previous_execution_id=str(previous)):
+                self.superseded.add(previous)
             case ExecutionSuspended():
                 self.suspended = True
             case ExecutionResumed():

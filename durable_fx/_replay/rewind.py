@@ -2,6 +2,12 @@
 
 A rewind keeps every successful result and drops the failure: the failed
 results that reached the orchestrator code and the ``ExecutionCompleted``.
+The execution runs on under a new execution id (as the Durable Task SDKs
+rewind): a result of the failed run that was still on its way (an activity
+attempt running as the instance failed) is then no answer to the rewound
+one, which sent that work again. Sub-orchestrations and entities are not
+sent again, so their answers to the replaced execution still count (see
+``HistoryState.superseded``).
 Replaying what is left schedules nothing new (every kept ``TaskScheduled``
 matches the code's action at the same id), so whoever commits the rewind
 sends the work that history leaves open again: the activities, the timers,
@@ -41,8 +47,9 @@ def rewound_history(
     failures: Collection[int] | None,
     rewound: ExecutionRewound,
     now: datetime,
+    execution_id: str,
 ) -> list[HistoryEvent]:
-    """``history`` without its failure, ending with ``rewound``.
+    """``history`` without its failure, run on as ``execution_id``, ending with ``rewound``.
 
     ``failures`` are the ids of the failed results to drop (the executor's
     ``failures_raised``); ``None`` drops every failed result, for a history
@@ -51,14 +58,25 @@ def rewound_history(
     ``rewound.parent_execution_id``, if any.
     """
     kept: list[HistoryEvent] = []
+    previous: str | None = None
     for event in history:
         if isinstance(event, ExecutionCompleted) or _dropped(event, failures):
             continue
-        if isinstance(event, ExecutionStarted) and event.parent and rewound.parent_execution_id:
-            parent = event.parent.model_copy(update={"execution_id": rewound.parent_execution_id})
-            event = event.model_copy(update={"parent": parent})
+        if isinstance(event, ExecutionStarted):
+            previous = event.execution_id
+            event = _renamed(event, execution_id, rewound.parent_execution_id)
         kept.append(event)
-    return [*kept, OrchestratorStarted(timestamp=now), rewound]
+    marker = rewound.model_copy(update={"previous_execution_id": previous})
+    return [*kept, OrchestratorStarted(timestamp=now), marker]
+
+
+def _renamed(
+    started: ExecutionStarted, execution_id: str, parent_execution_id: str | None
+) -> ExecutionStarted:
+    update: dict[str, object] = {"execution_id": execution_id}
+    if started.parent is not None and parent_execution_id:
+        update["parent"] = started.parent.model_copy(update={"execution_id": parent_execution_id})
+    return started.model_copy(update=update)
 
 
 def _dropped(event: HistoryEvent, failures: Collection[int] | None) -> bool:

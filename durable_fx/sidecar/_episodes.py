@@ -172,6 +172,7 @@ class EpisodeBridge:
         cached = await self._history(item, now)
         if isinstance(cached, EpisodeCommit):
             return cached
+        events = events_for(instance.execution_id, item.messages, cached.state.superseded)
         return self._prepared(
             item, now, instance, cached.started, cached.state.copy(), cached.past, events, False
         )

@@ -49,6 +49,7 @@ async def plan_rewind(
     if rewound_history is None or started is None:
         return plan_consume_only(instance=instance, consumed=consumed)
     execution_id = started.execution_id
+    rewound_history = _marked(rewound_history, instance.execution_id)
     record = dataclasses.replace(
         instance,
         execution_id=execution_id,
@@ -72,6 +73,16 @@ async def plan_rewind(
         messages=[wake_up, *children],
         reset_history=True,
     )
+
+
+def _marked(history: list[HistoryEvent], previous: str) -> list[HistoryEvent]:
+    """``history`` whose last rewind names the execution it replaced (``previous``)."""
+    for index in range(len(history) - 1, -1, -1):
+        event = history[index]
+        if isinstance(event, ExecutionRewound):
+            marked = event.model_copy(update={"previous_execution_id": previous})
+            return [*history[:index], marked, *history[index + 1 :]]
+    return history
 
 
 async def _rewind_children(

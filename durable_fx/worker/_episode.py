@@ -11,12 +11,15 @@ the next execution.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime
 
 from .._history import (
+    EntityLockGranted,
     EntityLockRequested,
     EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
     EntityOperationSignaled,
     EntityUnlockSent,
     EventRaised,
@@ -136,19 +139,38 @@ def starting_instance(instance: InstanceRecord, started: ExecutionStarted) -> In
     return record
 
 
-def events_for(execution_id: str, messages: Sequence[InboxMessage]) -> list[HistoryEvent]:
+_STANDING_ANSWERS = (
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityLockGranted,
+)
+"""Answers to requests a rewind does not send again."""
+
+
+def events_for(
+    execution_id: str,
+    messages: Sequence[InboxMessage],
+    superseded: Container[str] = (),
+) -> list[HistoryEvent]:
     """Events addressed to this execution (or to whichever is current), in arrival order.
 
-    Except that events carried over by ``continue_as_new(save_events=True)``
-    come first: they reached the instance before anything else this execution
-    sees, but were put in the inbox by the commit that started it, after
-    events raised while the previous episode ran.
+    An answer of a sub-orchestration or an entity to an execution a rewind
+    replaced (``superseded``) counts too: the rewind did not ask again.
+    Events carried over by ``continue_as_new(save_events=True)`` come first:
+    they reached the instance before anything else this execution sees, but
+    were put in the inbox by the commit that started it, after events raised
+    while the previous episode ran.
     """
     events = [
         m
         for m in messages
         if not isinstance(m.event, ExecutionStarted | ExecutionRewound)
-        and m.execution_id in (None, execution_id)
+        and (
+            m.execution_id in (None, execution_id)
+            or (m.execution_id in superseded and isinstance(m.event, _STANDING_ANSWERS))
+        )
     ]
     carried = [m.event for m in events if _carried_over(m)]
     return carried + [m.event for m in events if not _carried_over(m)]

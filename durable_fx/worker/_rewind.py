@@ -1,4 +1,4 @@
-"""Rewind a failed instance: it runs on from its last good state, in the same execution.
+"""Rewind a failed instance: it runs on from its last good state, as a new execution.
 
 The history keeps every successful result and loses its failure (see
 ``durable_fx._replay.rewind``); the work history leaves open is sent again:
@@ -66,10 +66,12 @@ async def plan_rewind(
     ended = next((e for e in reversed(history) if isinstance(e, ExecutionCompleted)), None)
     if started is None or ended is None or ended.status != "FAILED":
         return None
-    clean = rewound_history(history, _failures_raised(registry, started, history), rewound, now)
+    failures = _failures_raised(registry, started, history)
+    execution_id = uuid.uuid4().hex
+    clean = rewound_history(history, failures, rewound, now, execution_id)
     started = next(e for e in clean if isinstance(e, ExecutionStarted))
     work = open_work(clean)
-    iid, execution_id = instance.instance_id, instance.execution_id
+    iid = instance.instance_id
     activities = [
         ActivityInvocation(
             iid,
@@ -91,7 +93,12 @@ async def plan_rewind(
             messages.append(message)
     messages.append(OrchestrationMessage(iid, OrchestratorStarted(timestamp=now), execution_id))
     record = dataclasses.replace(
-        instance, status=OrchestrationStatus.RUNNING, output=None, failure=None, updated_at=now
+        instance,
+        execution_id=execution_id,
+        status=OrchestrationStatus.RUNNING,
+        output=None,
+        failure=None,
+        updated_at=now,
     )
     return EpisodeCommit(
         instance=record,
@@ -150,7 +157,7 @@ async def _child_message(
             )
             return OrchestrationMessage(parent.instance_id, failed, parent.execution_id)
         case _:
-            return None  # still running: it reports to the parent's execution when it ends
+            return None  # still running: its answer to the replaced execution counts
 
 
 def start_again(

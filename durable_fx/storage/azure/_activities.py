@@ -95,6 +95,13 @@ class Activities:
             trace_context=trace_of(row.get("TraceContext")),
         )
 
+    def _holds(self, instance_id: str, row_key: str) -> bool:
+        """Whether this process holds the task already (waiting or running)."""
+        return any(
+            h.row_key == row_key and h.invocation.instance_id == instance_id
+            for h in self._held.values()
+        )
+
     def room(self, count: int) -> int:
         """How many of ``count`` new work items this process's worker takes itself."""
         if not self._capacity:
@@ -105,11 +112,15 @@ class Activities:
         """Take work items this worker runs itself: no queue message, no request.
 
         Their committed work rows are the copy that survives a crash: the
-        instance's guard has it taken over and the rows re-sent.
+        instance's guard has it taken over and the rows re-sent. A task held
+        here already (this process took over an instance it had let go of,
+        and the attempt still runs) is not held twice.
         """
         for invocation in invocations:  # in scheduling order: handed out oldest first
-            self._tokens += 1
             row_key = work_key(invocation.execution_id, invocation.task_id)
+            if self._holds(invocation.instance_id, row_key):
+                continue
+            self._tokens += 1
             held = HeldWork(None, invocation, row_key, "", 0, local_id=f"local:{self._tokens}")
             self._held[held.key] = held
         if invocations:
@@ -249,9 +260,8 @@ class Activities:
             )
             return None
         row_key = work_key(invocation.execution_id, invocation.task_id)
-        task = (invocation.instance_id, row_key)
-        if task in self._dead or any(
-            (h.invocation.instance_id, h.row_key) == task for h in self._held.values()
+        if (invocation.instance_id, row_key) in self._dead or self._holds(
+            invocation.instance_id, row_key
         ):
             # Gone, or a second message for a task held here already (a put whose
             # response was lost and was sent again): this one must not run too.
