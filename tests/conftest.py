@@ -214,7 +214,8 @@ def spans(_span_recorder: tuple[InMemorySpanExporter, WhileRecording]) -> Iterat
     exporter.clear()
     recording.on = True
     try:
-        yield Spans(exporter)
+        yield Spans(exporter, recording)
     finally:
         recording.on = False
+        recording.slow = None
         exporter.clear()

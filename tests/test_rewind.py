@@ -26,7 +26,8 @@ from durable_fx import (
     when_all,
 )
 from durable_fx.storage import EpisodeCommit, OrchestrationWorkItem
-from tests.support.instances import history_kinds, status_of
+from tests.support.instances import history_kinds, status_of, wait_until
+from tests.support.spans import Spans
 
 WAIT = 20.0
 
@@ -183,11 +184,13 @@ def test_a_failure_of_an_attempt_still_running_as_the_instance_failed_does_not_c
     outage = Outage()
     attempts: list[bool] = []  # whether the provider was down as each slow attempt began
     lock = threading.Lock()
-    first_may_end, first_ended = threading.Event(), threading.Event()
+    first_began, first_may_end, first_ended = (threading.Event() for _ in range(3))
     second_began, second_may_end = threading.Event(), threading.Event()
 
     @registry.activity()
     def fast(_: None) -> str:
+        if outage.down:  # fail the instance only once slow's first attempt runs
+            first_began.wait(WAIT)
         outage.call("fast")
         return "fast"
 
@@ -197,6 +200,7 @@ def test_a_failure_of_an_attempt_still_running_as_the_instance_failed_does_not_c
             attempts.append(outage.down)
             number = len(attempts)
         if number == 1:
+            first_began.set()
             first_may_end.wait(WAIT)
             first_ended.set()
             raise ConnectionError("slow: the provider was down when this attempt began")
@@ -252,7 +256,7 @@ def test_a_sub_orchestration_still_running_answers_the_rewound_parent(
 
     iid = client.start(parent)
     _failed(client, iid)
-    assert status_of(client, "the-waiter") is OrchestrationStatus.RUNNING
+    wait_until(lambda: status_of(client, "the-waiter") is OrchestrationStatus.RUNNING)
     outage.down = False
     client.rewind(iid)
     client.raise_event("the-waiter", "go", "went")
@@ -333,6 +337,27 @@ def test_an_instance_can_be_rewound_twice(
     assert state.status is OrchestrationStatus.COMPLETED, state.failure
     assert outage.calls == {"x": 3}
     assert history_kinds(client, iid).count("ExecutionRewound") == 2
+
+
+def test_a_wait_after_a_rewind_is_not_ended_by_the_run_before(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    """The worker tells waiters of a failure after its commit; the rewind may come between.
+
+    A slow span export holds that notice while the client sees the failure,
+    rewinds and waits again: the notice is of the run before, and the wait
+    must go on to the rewound run's end (CI saw this wait return FAILED).
+    """
+    outage = Outage()
+    _register_send_once(registry, outage)
+    spans.slow_down("orchestration:once", 0.5)
+
+    iid = client.start("once")
+    _failed(client, iid)  # read from the store; the worker still ends the execution's span
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert state.output == "sent: x"
 
 
 def test_rewind_sent_twice_at_once_rewinds_once(

@@ -419,7 +419,9 @@ class AsyncDurableClient:
                     )
                 remaining = poll_interval if deadline is None else max(0.0, deadline - loop.time())
                 ended = await notice.wait(min(delay, poll_interval, remaining))
-                if ended is not None:
+                # A worker tells after its commit: a rewind or a new run with this id
+                # read since then makes that notice stale (read again, then).
+                if ended is not None and ended.updated_at >= state.updated_at:
                     return _state_of(ended, None)
                 delay *= 2
 

@@ -139,7 +139,11 @@ async def check_enqueue_to_finished_instance(factory: StoreFactory) -> None:
 
 
 async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFactory) -> None:
-    """A rewind sets a FAILED instance RUNNING in its step; of two at once, one is accepted."""
+    """A rewind sets a FAILED instance RUNNING in its step; of two at once, one is accepted.
+
+    The row's ``updated_at`` moves on with it: a client waiting on the instance
+    tells a notice of the failure before from the end of the rewound run by it.
+    """
 
     def rewind(instance_id: str) -> OrchestrationMessage:
         return OrchestrationMessage(instance_id, ExecutionRewound(timestamp=h.clock.now()))
@@ -154,6 +158,9 @@ async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFac
             InvalidOperationError, h.store.enqueue(rewind("running")), "a rewind of a RUNNING one"
         )
         await _finish(h, "failed", OrchestrationStatus.FAILED)
+        failed = await h.store.get_instance("failed")
+        assert failed is not None
+        h.clock.advance(1)
         answers = await asyncio.gather(
             h.store.enqueue(rewind("failed")),
             h.store.enqueue(rewind("failed")),
@@ -164,6 +171,7 @@ async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFac
         assert len(accepted) == len(refusals) == 1, f"two rewinds at once: {answers}"
         record = await h.store.get_instance("failed")
         assert record is not None and record.status is OrchestrationStatus.RUNNING, record
+        assert record.updated_at > failed.updated_at, "the rewind left updated_at behind"
         rewinds = [m for m in await h.inbox("failed") if isinstance(m.event, ExecutionRewound)]
         assert len(rewinds) == 1, rewinds
 

@@ -20,17 +20,28 @@ class WhileRecording(SpanProcessor):
     def __init__(self, exporter: InMemorySpanExporter) -> None:
         self.inner = SimpleSpanProcessor(exporter)
         self.on = False
+        self.slow: tuple[str, float] | None = None
+        """The next span of this name takes this many seconds to end (a slow exporter)."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self.on:
-            self.inner.on_end(span)
+        if not self.on:
+            return
+        if self.slow is not None and span.name == self.slow[0]:
+            seconds, self.slow = self.slow[1], None
+            time.sleep(seconds)
+        self.inner.on_end(span)
 
 
 class Spans:
     """The spans ended so far, and ways to find them."""
 
-    def __init__(self, exporter: InMemorySpanExporter) -> None:
+    def __init__(self, exporter: InMemorySpanExporter, recording: WhileRecording) -> None:
         self._exporter = exporter
+        self._recording = recording
+
+    def slow_down(self, name: str, seconds: float) -> None:
+        """The next span named ``name`` takes ``seconds`` to end, in the thread ending it."""
+        self._recording.slow = (name, seconds)
 
     def settle(self) -> None:
         """Wait until no new span has ended for a moment.

@@ -241,6 +241,7 @@ class Starts:
                 # Accepted in this step (the If-Match holds it to the FAILED row read):
                 # clients see it RUNNING at once. The failure stays until the rewind runs.
                 touch["Status"] = OrchestrationStatus.RUNNING.value
+                touch["UpdatedAt"] = ts(hub.now())
             ops: list[Op] = [
                 ("create", used),
                 ("create", entity),
