@@ -139,11 +139,7 @@ async def check_enqueue_to_finished_instance(factory: StoreFactory) -> None:
 
 
 async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFactory) -> None:
-    """A rewind sets a FAILED instance RUNNING in its step; of two at once, one is accepted.
-
-    The row's ``updated_at`` moves on with it: a client waiting on the instance
-    tells a notice of the failure before from the end of the rewound run by it.
-    """
+    """A rewind sets a FAILED instance RUNNING (updated now) in its step; of two, one wins."""
 
     def rewind(instance_id: str) -> OrchestrationMessage:
         return OrchestrationMessage(instance_id, ExecutionRewound(timestamp=h.clock.now()))
@@ -171,6 +167,7 @@ async def check_a_rewind_is_accepted_only_by_a_failed_instance(factory: StoreFac
         assert len(accepted) == len(refusals) == 1, f"two rewinds at once: {answers}"
         record = await h.store.get_instance("failed")
         assert record is not None and record.status is OrchestrationStatus.RUNNING, record
+        # A waiting client tells a late notice of the failure from the rewound run's end by it.
         assert record.updated_at > failed.updated_at, "the rewind left updated_at behind"
         rewinds = [m for m in await h.inbox("failed") if isinstance(m.event, ExecutionRewound)]
         assert len(rewinds) == 1, rewinds
