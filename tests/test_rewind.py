@@ -339,6 +339,33 @@ def test_an_instance_can_be_rewound_twice(
     assert history_kinds(client, iid).count("ExecutionRewound") == 2
 
 
+def test_values_the_code_made_before_the_failure_are_the_same_after_the_rewind(
+    registry: Registry, worker: Worker, client: DurableClient
+) -> None:
+    """A rewound run has a new execution id; its replay still makes the uuids it made."""
+    outage = Outage()
+    sent: list[str] = []
+
+    @registry.activity()
+    def send(key: str) -> str:
+        sent.append(key)
+        outage.call("send")
+        return key
+
+    @registry.orchestrator()
+    def keyed(ctx: OrchestrationContext) -> Orchestrator[Any]:
+        key = str(ctx.new_uuid())
+        echoed = yield ctx.call_activity(send, key)
+        return [key, echoed]
+
+    iid = client.start(keyed)
+    _failed(client, iid)
+    outage.down = False
+    state = _rewind(client, iid)
+    assert state.status is OrchestrationStatus.COMPLETED, state.failure
+    assert len(sent) == 2 and state.output == [sent[0], sent[0]] == [sent[1], sent[1]]
+
+
 def test_a_wait_after_a_rewind_is_not_ended_by_the_run_before(
     registry: Registry, worker: Worker, client: DurableClient, spans: Spans
 ) -> None:

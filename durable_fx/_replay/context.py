@@ -136,6 +136,10 @@ class OrchestrationContext:
         self._instance_id = instance_id
         self._version = version
         self._execution_id = execution_id
+        # Uuids and entity request ids derive from this: the execution's own id, or
+        # the first one a rewind replaced (a rewound run runs on under a new id and
+        # must make again the values the replaced one made; ``replay`` sets it).
+        self._lineage_id = execution_id
         self._name = name
         self._registry = registry
         self._now = started_at
@@ -223,7 +227,7 @@ class OrchestrationContext:
         """A UUID that is new for each call but the same on every replay."""
         self._uuid_counter += 1
         seed = (
-            f"{self._instance_id}|{self._execution_id}|{self._now.isoformat()}|{self._uuid_counter}"
+            f"{self._instance_id}|{self._lineage_id}|{self._now.isoformat()}|{self._uuid_counter}"
         )
         return uuid.uuid5(_UUID_NAMESPACE, seed)
 
@@ -789,7 +793,7 @@ class OrchestrationContext:
 
     def _request_id(self, action_id: int) -> str:
         # The same on every replay, and unique across instances and executions.
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._execution_id}/{action_id}"))
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._lineage_id}/{action_id}"))
 
     def is_patched(self, patch_id: str) -> bool:
         """True where the code may take the new path of a change made while instances ran.

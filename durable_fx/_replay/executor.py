@@ -35,6 +35,7 @@ from .._history import (
     EventSent,
     ExecutionCompleted,
     ExecutionResumed,
+    ExecutionRewound,
     ExecutionStarted,
     ExecutionSuspended,
     ExecutionTerminated,
@@ -166,6 +167,10 @@ class OrchestrationExecutor:
         self._ctx._patches_in_history = frozenset(
             e.name for e in past if isinstance(e, PatchApplied)
         )
+        # A rewound run makes the values the replaced one made (its first rewind names it).
+        rewound = next((e for e in past if isinstance(e, ExecutionRewound)), None)
+        if rewound is not None and rewound.previous_execution_id:
+            self._ctx._lineage_id = rewound.previous_execution_id
         ended = False
         try:
             for event in past:
