@@ -181,7 +181,11 @@ class OrchestrationContext:
 
     @property
     def execution_id(self) -> str:
-        """This execution's id (a new one after each continue-as-new or restart)."""
+        """This execution's id: a new one after each continue-as-new, restart or rewind.
+
+        A rewound run replays its code under the new id, so a key meant to last
+        comes from ``new_uuid()`` (which a rewind keeps) or the instance id.
+        """
         return self._execution_id
 
     @property
