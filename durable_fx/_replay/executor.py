@@ -135,6 +135,7 @@ class OrchestrationExecutor:
         self._suspended = False
         self._suspended_buffer: list[HistoryEvent] = []
         self._reported_completion = False
+        self._superseded: frozenset[str] = frozenset()
 
     @property
     def context(self) -> OrchestrationContext:
@@ -156,6 +157,11 @@ class OrchestrationExecutor:
         return list(self._ctx._children.values())
 
     @property
+    def superseded(self) -> frozenset[str]:
+        """Executions rewinds replaced: its children and entities may still answer them."""
+        return self._superseded
+
+    @property
     def completion(self) -> CompleteOrchestration | None:
         """How the orchestration ended, once it has."""
         return self._ctx._completion
@@ -167,10 +173,14 @@ class OrchestrationExecutor:
         self._ctx._patches_in_history = frozenset(
             e.name for e in past if isinstance(e, PatchApplied)
         )
-        # A rewound run makes the values the replaced one made (its first rewind names it).
-        rewound = next((e for e in past if isinstance(e, ExecutionRewound)), None)
-        if rewound is not None and rewound.previous_execution_id:
-            self._ctx._lineage_id = rewound.previous_execution_id
+        replaced = [
+            e.previous_execution_id
+            for e in past
+            if isinstance(e, ExecutionRewound) and e.previous_execution_id
+        ]
+        self._superseded = frozenset(replaced)
+        if replaced:  # a rewound run makes the values the run its first rewind replaced made
+            self._ctx._lineage_id = replaced[0]
         ended = False
         try:
             for event in past:

@@ -11,7 +11,6 @@ starts a purged one again), pointing them at the parent's new execution.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -27,7 +26,7 @@ from .._state import OrchestrationStatus
 from ..storage._protocol import Store
 from ..storage._records import EpisodeCommit, InstanceRecord, OrchestrationMessage
 from ..worker._episode import plan_consume_only
-from ..worker._rewind import start_again
+from ..worker._rewind import rewound_record, start_again
 
 __all__ = ["plan_rewind"]
 
@@ -50,14 +49,6 @@ async def plan_rewind(
         return plan_consume_only(instance=instance, consumed=consumed)
     execution_id = started.execution_id
     rewound_history = _marked(rewound_history, instance.execution_id)
-    record = dataclasses.replace(
-        instance,
-        execution_id=execution_id,
-        status=OrchestrationStatus.RUNNING,
-        output=None,
-        failure=None,
-        updated_at=now,
-    )
     reason = next(
         (e.reason for e in reversed(rewound_history) if isinstance(e, ExecutionRewound)), None
     )
@@ -67,7 +58,7 @@ async def plan_rewind(
     )
     children = await _rewind_children(store, rewound_history, started, reason, now)
     return EpisodeCommit(
-        instance=record,
+        instance=rewound_record(instance, execution_id, now),
         new_history=rewound_history,
         consumed=list(consumed),
         messages=[wake_up, *children],

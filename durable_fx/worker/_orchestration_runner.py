@@ -35,7 +35,6 @@ from .._log_context import running
 from .._metrics import record_cache, record_ended, record_episode, record_event_delay
 from .._registry import Registry
 from .._replay.actions import CreateSubOrchestration
-from .._replay.admission import HistoryState
 from .._replay.context import Observation
 from .._replay.executor import EpisodeOutput, OrchestrationExecutor, failure_from_exception
 from .._state import OrchestrationStatus
@@ -77,8 +76,6 @@ class CachedExecution:
     version: str
     observed: list[Observation] = field(default_factory=list)
     """What the last episode saw end (timers, waits), for its spans."""
-    superseded: frozenset[str] = frozenset()
-    """Executions rewinds replaced, whose children's and entities' answers count."""
 
 
 class ExecutorCache:
@@ -311,7 +308,7 @@ class OrchestrationRunner:
             if isinstance(rebuilt, EpisodeCommit):
                 return rebuilt, None
             entry = rebuilt
-        events = events_for(instance.execution_id, episode.item.messages, entry.superseded)
+        events = events_for(instance.execution_id, episode.item.messages, entry.executor.superseded)
         commit, kept = self._advance(episode, instance, entry, events, reset_history=False)
         if refused:
             commit = dataclasses.replace(commit, messages=[*commit.messages, *refused])
@@ -400,12 +397,7 @@ class OrchestrationRunner:
             executor.replay(history)
         except (UnknownNameError, NonDeterminismError) as error:
             return self._fail(episode, started, error)
-        return CachedExecution(
-            executor,
-            started,
-            instance.version,
-            superseded=frozenset(HistoryState.of(history).superseded),
-        )
+        return CachedExecution(executor, started, instance.version)
 
     def _runs(self, version: str | None) -> bool:
         return self._versioning is None or self._versioning.accepts(version)

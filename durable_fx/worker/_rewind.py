@@ -43,7 +43,7 @@ from ..storage._records import (
 )
 from ._episode import terminated_failure, timer_message
 
-__all__ = ["plan_rewind", "start_again"]
+__all__ = ["plan_rewind", "rewound_record", "start_again"]
 
 log = logging.getLogger("durable_fx.worker")
 
@@ -92,21 +92,25 @@ async def plan_rewind(
         if message is not None:
             messages.append(message)
     messages.append(OrchestrationMessage(iid, OrchestratorStarted(timestamp=now), execution_id))
-    record = dataclasses.replace(
+    return EpisodeCommit(
+        instance=rewound_record(instance, execution_id, now),
+        new_history=clean,
+        consumed=list(consumed),
+        activities=activities,
+        messages=messages,
+        reset_history=True,
+    )
+
+
+def rewound_record(instance: InstanceRecord, execution_id: str, now: datetime) -> InstanceRecord:
+    """``instance`` running again as the rewound execution ``execution_id``."""
+    return dataclasses.replace(
         instance,
         execution_id=execution_id,
         status=OrchestrationStatus.RUNNING,
         output=None,
         failure=None,
         updated_at=now,
-    )
-    return EpisodeCommit(
-        instance=record,
-        new_history=clean,
-        consumed=list(consumed),
-        activities=activities,
-        messages=messages,
-        reset_history=True,
     )
 
 
