@@ -10,7 +10,7 @@ the baseline. Per mode it reports the median throughput and CPU per
 orchestration, the median of the rounds' ratios to the baseline (each ratio
 from runs a few seconds apart), the best run (fastest: the least disturbed),
 and the worker loop's CPU over the store thread's: the store thread does the
-same SQL whatever the tracing, so that ratio cancels the machine's speed.
+same SQL whatever the tracing, so that ratio is meant to cancel the machine's speed.
 """
 
 from __future__ import annotations
