@@ -1,10 +1,11 @@
 """Tracing's cost on W1, measured in interleaved rounds: print one JSON document.
 
-    python bench/tracing_ab.py [--rounds 10] [--modes off,dropped,memory,memory-sync]
-                               [--out FILE]
+    python bench/tracing_ab.py [--rounds 10] [--bursts 5]
+                               [--modes off,dropped,memory,memory-sync] [--out FILE]
 
-Each round runs W1 once per mode (``run.py --only W1 --tracing MODE``, each in
-a process of its own on a fresh SQLite file), in turn, so that a machine whose
+Each round runs W1 once per mode (``run.py --only W1 --tracing MODE --bursts N``,
+each in a process of its own on a fresh SQLite file; a run's figure is its
+median burst of 200, since one burst lasts under a second), in turn, so that a machine whose
 speed wanders from minute to minute slows every mode alike. The first mode is
 the baseline. Per mode it reports the median throughput and CPU per
 orchestration, the median of the rounds' ratios to the baseline (each ratio
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--bursts", type=int, default=5, help="bursts of 200 per run (median)")
     parser.add_argument("--modes", default="off,dropped,memory,memory-sync")
     parser.add_argument("--out", help="also write the JSON document to this file")
     args = parser.parse_args()
@@ -38,7 +40,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for round_number in range(args.rounds):
         for mode in modes:
-            figures = _w1(mode)
+            figures = _w1(mode, args.bursts)
             runs[mode].append(figures)
             print(
                 f"round {round_number + 1}/{args.rounds} {mode}: "
@@ -48,14 +50,16 @@ def main() -> None:
             )
     document = header("tracing_ab") | {
         "rounds": args.rounds,
+        "bursts_per_run": args.bursts,
         "baseline": modes[0],
         "modes": {mode: _summary(runs[mode], runs[modes[0]]) for mode in modes},
     }
     print(dump(document, args.out))
 
 
-def _w1(mode: str) -> dict[str, Any]:
+def _w1(mode: str, bursts: int) -> dict[str, Any]:
     command = [sys.executable, str(HERE / "run.py"), "--only", "W1", "--tracing", mode]
+    command += ["--bursts", str(bursts)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     figures: dict[str, Any] = json.loads(done.stdout)["results"]["W1"]["figures"]
     return figures
