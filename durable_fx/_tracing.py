@@ -36,6 +36,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ._direct_spans import direct_spans
 from ._history import ExecutionStarted, FailureDetails, TraceContext
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 TRACER_NAME = "durable_fx"
+EXECUTIONS_TRACER_NAME = f"{TRACER_NAME}.executions"  # its ids are chosen, not generated
 ORCHESTRATION_TYPE = "orchestration"
 
 _W3C = TraceContextTextMapPropagator()
@@ -209,29 +211,40 @@ def emit_execution_span(
 ) -> None:
     """Emit ``started``'s execution span, start to end: once, when the execution ends."""
     chosen = execution_span_context(started)
-    spans = _chosen_ids_tracer()
     parent = parent_of(started.trace_context)
-    trace_token = _CHOSEN_TRACE_ID.set(chosen.trace_id if parent is None else None)
-    span_token = _CHOSEN_SPAN_ID.set(chosen.span_id)
-    try:
-        span = spans.start_span(
-            f"orchestration:{started.name}",
-            context=parent if parent is not None else Context(),
+    name = f"orchestration:{started.name}"
+    attributes = {
+        "durabletask.type": ORCHESTRATION_TYPE,
+        "durabletask.task.name": started.name,
+        "durabletask.task.instance_id": started.instance_id,
+        "durabletask.task.execution_id": started.execution_id,
+        "durabletask.task.status": status,
+        **({"durabletask.task.version": started.version} if started.version else {}),
+        **(attributes or {}),
+    }
+    context = parent if parent is not None else Context()
+    spans = _tracer_of(trace.get_tracer_provider(), EXECUTIONS_TRACER_NAME)
+    direct = direct_spans(spans)
+    if direct is not None:
+        span = direct.start(
+            name,
+            context,
             kind=SpanKind.SERVER,
             start_time=_nanos(started.timestamp),
-            attributes={
-                "durabletask.type": ORCHESTRATION_TYPE,
-                "durabletask.task.name": started.name,
-                "durabletask.task.instance_id": started.instance_id,
-                "durabletask.task.execution_id": started.execution_id,
-                "durabletask.task.status": status,
-                **({"durabletask.task.version": started.version} if started.version else {}),
-                **(attributes or {}),
-            },
+            attributes=attributes,
+            span_id=chosen.span_id,
+            trace_id=chosen.trace_id if parent is None else None,
         )
-    finally:
-        _CHOSEN_SPAN_ID.reset(span_token)
-        _CHOSEN_TRACE_ID.reset(trace_token)
+    else:
+        span = _start_with_ids(
+            spans,
+            name,
+            context,
+            chosen,
+            root=parent is None,
+            attributes=attributes,
+            start_time=_nanos(started.timestamp),
+        )
     if failure is not None:
         span.set_status(Status(StatusCode.ERROR, str(failure)))
         span.add_event(
@@ -257,9 +270,10 @@ def emit_span(
     ``links`` name other spans it relates to (the span that raised an event).
     """
     linked = [Link(c) for c in map(_parent_span_context, links) if c is not None]
-    span = tracer().start_span(
+    span = _start_span(
+        tracer(),
         name,
-        context=parent,
+        parent,
         kind=kind,
         start_time=_nanos(start),
         attributes=attributes,
@@ -282,8 +296,8 @@ def span_in(
     if parent is None and not recording():
         yield trace.INVALID_SPAN  # nothing to record, no trace to carry on
         return
-    # start_span and attach: start_as_current_span's nested context managers cost more.
-    span = tracer().start_span(name, context=parent, kind=kind, attributes=attributes)
+    # start and attach: start_as_current_span's nested context managers cost more.
+    span = _start_span(tracer(), name, parent, kind=kind, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         yield span
@@ -342,10 +356,51 @@ class _ChosenIds:
         return bool(self._inner.is_trace_id_random())
 
 
-def _chosen_ids_tracer() -> Tracer:
-    """The provider's tracer for execution spans, whose ids the context vars choose."""
-    found = _tracer_of(trace.get_tracer_provider(), f"{TRACER_NAME}.executions")
-    inner = getattr(found, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
+def _start_with_ids(
+    spans: Tracer,
+    name: str,
+    context: Context,
+    chosen: SpanContext,
+    *,
+    root: bool,
+    attributes: Mapping[str, Any],
+    start_time: int,
+) -> Span:
+    """Start an execution span through the API, its ids chosen by ``_ChosenIds``."""
+    inner = getattr(spans, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
     if inner is not None and not isinstance(inner, _ChosenIds):
-        found.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
-    return found
+        spans.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
+    trace_token = _CHOSEN_TRACE_ID.set(chosen.trace_id if root else None)
+    span_token = _CHOSEN_SPAN_ID.set(chosen.span_id)
+    try:
+        return spans.start_span(
+            name,
+            context=context,
+            kind=SpanKind.SERVER,
+            start_time=start_time,
+            attributes=attributes,
+        )
+    finally:
+        _CHOSEN_SPAN_ID.reset(span_token)
+        _CHOSEN_TRACE_ID.reset(trace_token)
+
+
+def _start_span(
+    spans: Tracer,
+    name: str,
+    context: Context | None,
+    *,
+    kind: SpanKind,
+    attributes: Mapping[str, Any] | None,
+    links: Sequence[Link] = (),
+    start_time: int | None = None,
+) -> Span:
+    """``spans.start_span``, or its direct equivalent when the SDK's pipeline allows it."""
+    direct = direct_spans(spans)
+    if direct is not None:
+        return direct.start(
+            name, context, kind=kind, attributes=attributes, links=links, start_time=start_time
+        )
+    return spans.start_span(
+        name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time
+    )

@@ -7,9 +7,13 @@ while a test holds the ``spans`` fixture (conftest.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -55,6 +59,9 @@ class Spans:
             seen = len(self.all())
             time.sleep(0.1)
 
+    def clear(self) -> None:
+        self._exporter.clear()
+
     def all(self) -> Sequence[ReadableSpan]:
         return self._exporter.get_finished_spans()
 
@@ -79,3 +86,28 @@ def span_id(span: ReadableSpan) -> int:
 def trace_id(span: ReadableSpan) -> int:
     assert span.context is not None
     return span.context.trace_id
+
+
+class _StartWatcher(SpanProcessor):
+    """A processor that looks at spans as they start (so no span may skip the SDK's)."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.started.append(span.name)
+
+
+@contextmanager
+def watching_starts() -> Iterator[list[str]]:
+    """The names of the spans started in the block, seen by a processor of the global provider."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    watcher = _StartWatcher()
+    provider.add_span_processor(watcher)
+    try:
+        yield watcher.started
+    finally:
+        # The SDK has no way to remove a processor: put the tuple back as it was.
+        chain = provider._active_span_processor
+        chain._span_processors = tuple(p for p in chain._span_processors if p is not watcher)
