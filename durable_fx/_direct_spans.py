@@ -29,6 +29,10 @@ from opentelemetry.util import types
 __all__ = ["DirectSpan", "direct_spans"]
 
 _PLAIN = (str, bool, int, float)
+# Shared, not one per span: a finished span lives on in an exporter's queue, and
+# every object it holds is one more for each garbage collection to walk.
+_FLAGS = {flags: TraceFlags(flags) for flags in range(4)}  # SAMPLED | RANDOM_TRACE_ID
+_UNSET = Status(StatusCode.UNSET)
 
 
 def direct_spans(tracer: trace.Tracer) -> DirectSpans | None:
@@ -46,10 +50,11 @@ class DirectSpans:
     """One SDK tracer's sampler, ids and processors, used without its ``Span`` class."""
 
     def __init__(self, tracer: Any) -> None:
-        from opentelemetry.sdk.trace import SpanProcessor
+        from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
         self._tracer = tracer
+        self._readable = ReadableSpan
         quiet = (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)  # hooks that do nothing
         self._quiet_starts = {cls.on_start for cls in quiet}
         self._quiet_endings = {cls._on_ending for cls in quiet}
@@ -109,7 +114,7 @@ class DirectSpans:
             trace_id,
             span_id or tracer.id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=TraceFlags(flags),
+            trace_flags=_FLAGS[flags],
             trace_state=sampled.trace_state,
         )
         metrics = getattr(tracer, "_tracer_metrics", None)
@@ -130,10 +135,8 @@ class DirectSpans:
 
     def finish(self, span: DirectSpan, end_time: int) -> None:
         """Hand ``span``, ended at ``end_time``, to the processors as a ``ReadableSpan``."""
-        from opentelemetry.sdk.trace import ReadableSpan
-
         tracer = self._tracer
-        readable = ReadableSpan(
+        readable = self._readable(
             name=span.name,
             context=span.get_span_context(),
             parent=span.parent,
@@ -182,7 +185,7 @@ class DirectSpan(trace.Span):
         self._events: list[Any] = []
         self._links = [link for link in links if _valid_link(link.context, link.attributes)]
         self.start_time = start_time
-        self.status = Status(StatusCode.UNSET)
+        self.status = _UNSET
         self._on_end = on_end
         self._ended = False
 
