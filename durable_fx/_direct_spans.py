@@ -33,6 +33,14 @@ _PLAIN = (str, bool, int, float)
 # every object it holds is one more for each garbage collection to walk.
 _FLAGS = {flags: TraceFlags(flags) for flags in range(4)}  # SAMPLED | RANDOM_TRACE_ID
 _UNSET = Status(StatusCode.UNSET)
+_PLAIN_TYPES = frozenset(_PLAIN)
+
+
+class _Enabled:
+    is_enabled = True  # an SDK from before tracer configurators: every tracer records
+
+
+_ENABLED = _Enabled()
 
 
 def direct_spans(tracer: trace.Tracer) -> DirectSpans | None:
@@ -50,25 +58,32 @@ class DirectSpans:
     """One SDK tracer's sampler, ids and processors, used without its ``Span`` class."""
 
     def __init__(self, tracer: Any) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+        from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, sampling
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
         self._tracer = tracer
         self._readable = ReadableSpan
+        # The SDK's default sampler (and always-on): what they decide is documented,
+        # so it is applied here rather than asked for, three context lookups a span.
+        self._follows_parent = (sampling.DEFAULT_ON, sampling.ALWAYS_ON)
+        self._sampled: Any = sampling.Decision.RECORD_AND_SAMPLE  # the SDK types it loosely
+        self._dropped: Any = sampling.Decision.DROP
         quiet = (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)  # hooks that do nothing
         self._quiet_starts = {cls.on_start for cls in quiet}
         self._quiet_endings = {cls._on_ending for cls in quiet}
-        self._checked: tuple[Any, ...] | None = None
-        self._ok = False
+        metrics = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span counts, if on
+        self._metrics = None if type(metrics).__name__ == "NoOpTracerMetrics" else metrics
+        self._checked: tuple[Any, bool] = (None, False)  # (processors, whether all are quiet)
 
     def usable(self) -> bool:
         """Whether every processor only needs finished spans (checked again when they change)."""
-        processors = getattr(self._tracer.span_processor, "_span_processors", None)
-        if processors is not self._checked:
-            self._checked = processors
-            self._ok = processors is not None and self._quiet(processors)
-        enabled = getattr(self._tracer, "_is_enabled", None)
-        return self._ok and (enabled is None or bool(enabled()))
+        tracer = self._tracer
+        processors = getattr(tracer.span_processor, "_span_processors", None)
+        checked, quiet = self._checked
+        if processors is not checked:
+            quiet = processors is not None and self._quiet(processors)
+            self._checked = (processors, quiet)  # one assignment: threads see both or neither
+        return quiet and getattr(tracer, "_tracer_config", _ENABLED).is_enabled
 
     def _quiet(self, processors: Sequence[Any]) -> bool:
         limits = getattr(self._tracer, "_span_limits", None)
@@ -98,28 +113,39 @@ class DirectSpans:
         An unsampled span is a ``NonRecordingSpan`` carrying the decision on.
         """
         tracer = self._tracer
+        ids = tracer.id_generator
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is None or not parent.is_valid:
             parent = None
-            trace_id = trace_id or tracer.id_generator.generate_trace_id()
-            random_trace_id = bool(tracer.id_generator.is_trace_id_random())
+            trace_id = trace_id or ids.generate_trace_id()
+            random_trace_id = ids.is_trace_id_random()
         else:
             trace_id = parent.trace_id
-            random_trace_id = bool(parent.trace_flags.random_trace_id)
-        sampled = tracer.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        flags = TraceFlags.SAMPLED if sampled.decision.is_sampled() else TraceFlags.DEFAULT
+            random_trace_id = parent.trace_flags.random_trace_id
+        sampler = tracer.sampler
+        if sampler in self._follows_parent:
+            recorded = (
+                sampler is self._follows_parent[1] or parent is None or parent.trace_flags.sampled
+            )
+            decision = self._sampled if recorded else self._dropped
+            state = parent.trace_state if parent is not None else None
+            attributes = attributes if recorded else None
+        else:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision = result.decision
+            state, attributes = result.trace_state, result.attributes
+        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= TraceFlags.RANDOM_TRACE_ID
         span_context = SpanContext(
             trace_id,
-            span_id or tracer.id_generator.generate_span_id(),
+            span_id or ids.generate_span_id(),
             is_remote=False,
             trace_flags=_FLAGS[flags],
-            trace_state=sampled.trace_state,
+            trace_state=state,
         )
-        metrics = getattr(tracer, "_tracer_metrics", None)
-        ended = metrics.start_span(parent, sampled.decision) if metrics is not None else None
-        if not sampled.decision.is_recording():
+        ended = self._metrics.start_span(parent, decision) if self._metrics is not None else None
+        if not decision.is_recording():
             return trace.NonRecordingSpan(span_context)
         return DirectSpan(
             self,
@@ -127,7 +153,7 @@ class DirectSpans:
             span_context,
             parent,
             kind=kind,
-            attributes=dict(sampled.attributes or {}),
+            attributes=dict(attributes) if attributes else {},
             links=links,
             start_time=start_time if start_time is not None else time.time_ns(),
             on_end=ended,
@@ -136,14 +162,16 @@ class DirectSpans:
     def finish(self, span: DirectSpan, end_time: int) -> None:
         """Hand ``span``, ended at ``end_time``, to the processors as a ``ReadableSpan``."""
         tracer = self._tracer
+        limits = tracer._span_limits
         readable = self._readable(
             name=span.name,
             context=span.get_span_context(),
             parent=span.parent,
             resource=tracer.resource,
-            attributes=span.bounded_attributes(tracer._span_limits),
-            events=span.bounded_events(tracer._span_limits),
-            links=span.bounded_links(tracer._span_limits),
+            attributes=span.bounded_attributes(limits),
+            # Most spans have neither: no call, no empty bounded list for the exporter to keep.
+            events=span._events and span.bounded_events(limits),
+            links=span._links and span.bounded_links(limits),
             kind=span.kind,
             instrumentation_info=tracer.instrumentation_info,
             status=span.status,
@@ -181,7 +209,7 @@ class DirectSpan(trace.Span):
         self.kind = kind
         self._attributes = attributes
         # Attributes durable_fx sets are plain; anything else the SDK's rules clean at the end.
-        self._clean = all(type(v) in _PLAIN for v in attributes.values())
+        self._clean = {*map(type, attributes.values())} <= _PLAIN_TYPES
         self._events: list[Any] = []
         self._links = [link for link in links if _valid_link(link.context, link.attributes)]
         self.start_time = start_time
@@ -259,9 +287,10 @@ class DirectSpan(trace.Span):
 
     def bounded_attributes(self, limits: Any) -> Mapping[str, Any]:
         """The attributes under the span limits, cleaned by the SDK when not all plain."""
+        most = limits.max_span_attributes
         if (
             self._clean
-            and len(self._attributes) <= _limit(limits.max_span_attributes)
+            and (most is None or len(self._attributes) <= most)
             and limits.max_span_attribute_length is None
         ):
             return self._attributes
@@ -275,8 +304,6 @@ class DirectSpan(trace.Span):
         )
 
     def bounded_events(self, limits: Any) -> Sequence[Any]:
-        if not self._events:
-            return ()
         from opentelemetry.attributes import BoundedAttributes
         from opentelemetry.sdk.trace import Event
         from opentelemetry.sdk.util import BoundedList
@@ -293,8 +320,6 @@ class DirectSpan(trace.Span):
         return events
 
     def bounded_links(self, limits: Any) -> Sequence[Link]:
-        if not self._links:
-            return ()
         from opentelemetry.attributes import BoundedAttributes
         from opentelemetry.sdk.util import BoundedList
 
@@ -312,7 +337,3 @@ class DirectSpan(trace.Span):
 
 def _valid_link(context: SpanContext | None, attributes: types.Attributes) -> bool:
     return bool(context and (context.is_valid or attributes or context.trace_state))
-
-
-def _limit(value: int | None) -> float:
-    return float("inf") if value is None else value

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
+    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
@@ -234,6 +235,23 @@ def test_a_span_the_sampler_drops_is_exported_by_neither(sampler: Sampler) -> No
     sdk, direct = _both(scenario, sampler=sampler)
     assert sdk == direct == []
     assert carried[0] == carried[1]  # the ids and flags children would carry on
+
+
+@pytest.mark.parametrize("sampler", [None, ALWAYS_ON], ids=["default", "always_on"])
+def test_the_default_sampler_follows_the_parents_decision(sampler: Sampler | None) -> None:
+    def scenario(start: Callable[..., trace.Span]) -> None:
+        unsampled = start(
+            "under an unsampled parent", _remote(1 << 64, 2, sampled=False), start_time=START
+        )
+        unsampled.end(END)
+        start("under a sampled parent", _remote(3 << 64, 4, state="k=v"), start_time=START).end(END)
+        start("a root", Context(), attributes={"n": 1}, start_time=START).end(END)
+
+    sdk, direct = _both(scenario, sampler=sampler)
+    assert direct == sdk
+    names = [span["name"] for span in sdk]
+    assert names[-2:] == ["under a sampled parent", "a root"]
+    assert ("under an unsampled parent" in names) is (sampler is ALWAYS_ON)
 
 
 class _WatchingStarts(SpanProcessor):
