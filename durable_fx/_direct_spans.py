@@ -124,19 +124,20 @@ class DirectSpans:
             random_trace_id = parent.trace_flags.random_trace_id
         sampler = tracer.sampler
         if sampler in self._follows_parent:
-            recorded = (
+            sampled = (
                 sampler is self._follows_parent[1] or parent is None or parent.trace_flags.sampled
             )
-            decision = self._sampled if recorded else self._dropped
+            decision = self._sampled if sampled else self._dropped
             state = parent.trace_state if parent is not None else None
-            attributes = attributes if recorded else None
+            recording = sampled
         else:
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
             decision = result.decision
             state, attributes = result.trace_state, result.attributes
-        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
-        if random_trace_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
+            sampled, recording = decision.is_sampled(), decision.is_recording()
+        flags = (TraceFlags.SAMPLED if sampled else 0) | (
+            TraceFlags.RANDOM_TRACE_ID if random_trace_id else 0
+        )
         span_context = SpanContext(
             trace_id,
             span_id or ids.generate_span_id(),
@@ -145,7 +146,7 @@ class DirectSpans:
             trace_state=state,
         )
         ended = self._metrics.start_span(parent, decision) if self._metrics is not None else None
-        if not decision.is_recording():
+        if not recording:
             return trace.NonRecordingSpan(span_context)
         return DirectSpan(
             self,
@@ -211,7 +212,9 @@ class DirectSpan(trace.Span):
         # Attributes durable_fx sets are plain; anything else the SDK's rules clean at the end.
         self._clean = {*map(type, attributes.values())} <= _PLAIN_TYPES
         self._events: list[Any] = []
-        self._links = [link for link in links if _valid_link(link.context, link.attributes)]
+        self._links = (
+            [link for link in links if _valid_link(link.context, link.attributes)] if links else []
+        )
         self.start_time = start_time
         self.status = _UNSET
         self._on_end = on_end
