@@ -13,7 +13,8 @@ import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextvars import Token
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -459,17 +460,25 @@ def _emit_observation(orchestration: str, seen: Observation, parent: Context) ->
     )
 
 
-@contextlib.contextmanager
-def _within(started: ExecutionStarted | None) -> Iterator[None]:
-    """The execution's span is the current one in the block (log lines carry its ids)."""
-    if started is None or not recording():
-        yield
-        return
-    token = otel_context.attach(execution_parent(started))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+class _within:
+    """The execution's span is the current one in the block (log lines carry its ids).
+
+    A class, not a generator: it wraps every episode.
+    """
+
+    __slots__ = ("_started", "_token")
+
+    def __init__(self, started: ExecutionStarted | None) -> None:
+        self._started = started
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> None:
+        if self._started is not None:
+            self._token = otel_context.attach(execution_parent(self._started))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
 
 
 def _started_in(history: Sequence[HistoryEvent]) -> ExecutionStarted | None:
