@@ -1,8 +1,8 @@
 """Spans handed straight to the OpenTelemetry SDK's span processors.
 
 The SDK's own ``Span`` costs tens of microseconds: a lock, attribute
-validation, a copy made when it ends. A run emits about nine spans per
-orchestration, most of them after the fact, so that cost is most of tracing's.
+validation, a copy made when it ends. A W1 orchestration emits nine
+spans, most of them after the fact, so that cost is most of tracing's.
 When the configured pipeline cannot tell the difference, durable_fx builds the
 SDK's ``ReadableSpan`` itself and gives it to the processors' ``on_end``: the
 tracer must be the SDK's, enabled, and every processor one that does nothing
@@ -11,7 +11,8 @@ other pipeline (a processor that looks at live spans, a tracer from another
 SDK) gets spans from ``tracer.start_span`` as before.
 
 Sampling, ids, trace flags, resource, scope and span limits follow the SDK's
-rules; tests compare the exported spans of both paths field by field.
+rules (its default sampler and always-on by their documented rule, any other
+sampler asked); tests compare the exported spans of both paths field by field.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from opentelemetry.util import types
 
 __all__ = ["DirectSpan", "direct_spans"]
 
-_PLAIN = (str, bool, int, float)
+_PLAIN = frozenset((str, bool, int, float))  # values the SDK keeps as they are
 # Shared, not one per span: a finished span lives on in an exporter's queue, and
 # every object it holds is one more for each garbage collection to walk.
 _FLAGS = {flags: TraceFlags(flags) for flags in range(4)}  # SAMPLED | RANDOM_TRACE_ID
 _UNSET = Status(StatusCode.UNSET)
-_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 class _Enabled:
@@ -210,7 +210,7 @@ class DirectSpan(trace.Span):
         self.kind = kind
         self._attributes = attributes
         # Attributes durable_fx sets are plain; anything else the SDK's rules clean at the end.
-        self._clean = {*map(type, attributes.values())} <= _PLAIN_TYPES
+        self._clean = {*map(type, attributes.values())} <= _PLAIN
         self._events: list[Any] = []
         self._links = (
             [link for link in links if _valid_link(link.context, link.attributes)] if links else []
