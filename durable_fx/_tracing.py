@@ -101,12 +101,13 @@ def trace_context_of(span: Span) -> TraceContext | None:
     context = span.get_span_context()
     if not context.is_valid:
         return current_trace_context()
-    # What the W3C propagator would write, without a carrier and a parse per start.
     state = context.trace_state.to_header() if context.trace_state else None
-    return TraceContext.model_construct(
-        traceparent=f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}",
-        tracestate=state or None,
-    )
+    return TraceContext.model_construct(traceparent=_traceparent(context), tracestate=state or None)
+
+
+def _traceparent(context: SpanContext) -> str:
+    """What the W3C propagator writes for ``context``, without a carrier to parse."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def parent_of(context: TraceContext | None) -> Context | None:
@@ -164,13 +165,8 @@ def _execution_trace_context(
     execution_id: str, traceparent: str | None, tracestate: str | None
 ) -> TraceContext:
     span = _execution_span_context(execution_id, traceparent, tracestate)
-    carrier: dict[str, str] = {}
-    _W3C.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span)))
-    traced = _from_carrier(carrier)
-    assert traced is not None  # a valid span context always has a traceparent
-    if tracestate:
-        traced = traced.model_copy(update={"tracestate": tracestate})
-    return traced
+    # The execution's span carries on its parent's trace state.
+    return TraceContext(traceparent=_traceparent(span), tracestate=tracestate or None)
 
 
 def child_trace_context(started: ExecutionStarted) -> TraceContext | None:
@@ -269,7 +265,7 @@ def emit_span(
 
     ``links`` name other spans it relates to (the span that raised an event).
     """
-    linked = [Link(c) for c in map(_parent_span_context, links) if c is not None]
+    linked = [Link(c) for c in map(_parent_span_context, links) if c is not None] if links else ()
     span = _start_span(
         tracer(),
         name,
