@@ -241,7 +241,9 @@ class DirectSpan(trace.Span):
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if not self._ended:
-            self._events.append((name, attributes, timestamp or time.time_ns()))
+            self._events.append(
+                (name, attributes, timestamp if timestamp is not None else time.time_ns())
+            )
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if not self._ended and _valid_link(context, attributes):

@@ -208,7 +208,6 @@ def emit_execution_span(
     """Emit ``started``'s execution span, start to end: once, when the execution ends."""
     chosen = execution_span_context(started)
     parent = parent_of(started.trace_context)
-    name = f"orchestration:{started.name}"
     attributes = {
         "durabletask.type": ORCHESTRATION_TYPE,
         "durabletask.task.name": started.name,
@@ -218,29 +217,15 @@ def emit_execution_span(
         **({"durabletask.task.version": started.version} if started.version else {}),
         **(attributes or {}),
     }
-    context = parent if parent is not None else Context()
-    spans = _tracer_of(trace.get_tracer_provider(), EXECUTIONS_TRACER_NAME)
-    direct = direct_spans(spans)
-    if direct is not None:
-        span = direct.start(
-            name,
-            context,
-            kind=SpanKind.SERVER,
-            start_time=_nanos(started.timestamp),
-            attributes=attributes,
-            span_id=chosen.span_id,
-            trace_id=chosen.trace_id if parent is None else None,
-        )
-    else:
-        span = _start_with_ids(
-            spans,
-            name,
-            context,
-            chosen,
-            root=parent is None,
-            attributes=attributes,
-            start_time=_nanos(started.timestamp),
-        )
+    span = _start_span(
+        _tracer_of(trace.get_tracer_provider(), EXECUTIONS_TRACER_NAME),
+        f"orchestration:{started.name}",
+        parent if parent is not None else Context(),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        start_time=_nanos(started.timestamp),
+        ids=(chosen, parent is None),
+    )
     if failure is not None:
         span.set_status(Status(StatusCode.ERROR, str(failure)))
         span.add_event(
@@ -352,35 +337,6 @@ class _ChosenIds:
         return bool(self._inner.is_trace_id_random())
 
 
-def _start_with_ids(
-    spans: Tracer,
-    name: str,
-    context: Context,
-    chosen: SpanContext,
-    *,
-    root: bool,
-    attributes: Mapping[str, Any],
-    start_time: int,
-) -> Span:
-    """Start an execution span through the API, its ids chosen by ``_ChosenIds``."""
-    inner = getattr(spans, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
-    if inner is not None and not isinstance(inner, _ChosenIds):
-        spans.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
-    trace_token = _CHOSEN_TRACE_ID.set(chosen.trace_id if root else None)
-    span_token = _CHOSEN_SPAN_ID.set(chosen.span_id)
-    try:
-        return spans.start_span(
-            name,
-            context=context,
-            kind=SpanKind.SERVER,
-            start_time=start_time,
-            attributes=attributes,
-        )
-    finally:
-        _CHOSEN_SPAN_ID.reset(span_token)
-        _CHOSEN_TRACE_ID.reset(trace_token)
-
-
 def _start_span(
     spans: Tracer,
     name: str,
@@ -390,13 +346,48 @@ def _start_span(
     attributes: Mapping[str, Any] | None,
     links: Sequence[Link] = (),
     start_time: int | None = None,
+    ids: tuple[SpanContext, bool] | None = None,
 ) -> Span:
-    """``spans.start_span``, or its direct equivalent when the SDK's pipeline allows it."""
+    """``spans.start_span``, or its direct equivalent when the SDK's pipeline allows it.
+
+    ``ids``: the span's chosen ids, and whether it is a root (whose trace id is chosen too).
+    """
+    chosen, root = ids if ids is not None else (None, False)
     direct = direct_spans(spans)
     if direct is not None:
         return direct.start(
-            name, context, kind=kind, attributes=attributes, links=links, start_time=start_time
+            name,
+            context,
+            kind=kind,
+            attributes=attributes,
+            links=links,
+            start_time=start_time,
+            span_id=chosen.span_id if chosen is not None else None,
+            trace_id=chosen.trace_id if chosen is not None and root else None,
         )
-    return spans.start_span(
-        name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time
+    start = functools.partial(
+        spans.start_span,
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        links=links,
+        start_time=start_time,
     )
+    if chosen is None:
+        return start()
+    _choose_ids_of(spans)
+    trace_token = _CHOSEN_TRACE_ID.set(chosen.trace_id if root else None)
+    span_token = _CHOSEN_SPAN_ID.set(chosen.span_id)
+    try:
+        return start()
+    finally:
+        _CHOSEN_SPAN_ID.reset(span_token)
+        _CHOSEN_TRACE_ID.reset(trace_token)
+
+
+def _choose_ids_of(spans: Tracer) -> None:
+    """Make ``spans`` take its ids from the context vars when they are set (``_ChosenIds``)."""
+    inner = getattr(spans, "id_generator", None)  # the SDK's Tracer has one (cached per scope)
+    if inner is not None and not isinstance(inner, _ChosenIds):
+        spans.id_generator = _ChosenIds(inner)  # type: ignore[attr-defined]
