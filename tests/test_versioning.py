@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from durable_fx import (
     Worker,
 )
 from durable_fx.bindings import DurableApp
+from durable_fx.storage.azure import _orchestrations as azure_orchestrations
 from tests.support.instances import status_of, wait_until
 
 WAIT = 20.0
@@ -158,29 +160,50 @@ def test_a_version_3_sqlite_file_learns_to_keep_versions(tmp_path: Path) -> None
         assert after is not None and after.version == "5"
 
 
+def _which_app(version: str) -> Registry:
+    app = Registry()
+
+    @app.orchestrator(name="which")
+    def which(ctx: OrchestrationContext) -> str:
+        return f"ran on {version}"
+
+    return app
+
+
+def _leaving_others(version: str) -> VersionPolicy:
+    return VersionPolicy(version, VersionMatch.EXACT, OnVersionMismatch.LEAVE)
+
+
 def test_workers_of_two_versions_each_run_their_own_and_leave_the_others_pending(
     store: Store, make_worker: Callable[..., Worker], client: DurableClient
 ) -> None:
-    def app_of(version: str) -> Registry:
-        app = Registry()
-
-        @app.orchestrator(name="which")
-        def which(ctx: OrchestrationContext) -> str:
-            return f"ran on {version}"
-
-        return app
-
-    leave = OnVersionMismatch.LEAVE
-    make_worker(app_of("1"), versioning=VersionPolicy("1", VersionMatch.EXACT, leave))
+    app_of = _which_app
+    make_worker(app_of("1"), versioning=_leaving_others("1"))
     started = {client.start("which", version=v): v for v in ("1", "2", "1", "2")}
     orphan = client.start("which", version="3")
     for iid, version in started.items():
         if version == "1":
             assert client.wait(iid, timeout=WAIT).output == "ran on 1"
-    make_worker(app_of("2"), versioning=VersionPolicy("2", VersionMatch.EXACT, leave))
+    make_worker(app_of("2"), versioning=_leaving_others("2"))
     for iid, version in started.items():
         done = client.wait(iid, timeout=WAIT)
         assert done.output == f"ran on {version}", done.failure
     # No worker runs version 3: it is neither run nor failed.
     state = client.get(orphan)
     assert state is not None and state.status is OrchestrationStatus.PENDING, state.failure
+
+
+def test_workers_of_two_versions_on_one_store_object_pass_each_other_nothing(
+    store: Store,
+    make_worker: Callable[..., Worker],
+    client: DurableClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An instance passed on to another process would wait an hour for its next
+    # wake-up: only a hand-over inside the store object finishes in time.
+    monkeypatch.setattr(azure_orchestrations, "PASS_ON_AFTER", timedelta(hours=1))
+    for version in ("1", "2"):
+        make_worker(_which_app(version), versioning=_leaving_others(version))
+    started = {client.start("which", version=str(1 + n % 2)): str(1 + n % 2) for n in range(20)}
+    for iid, version in started.items():
+        assert client.wait(iid, timeout=WAIT).output == f"ran on {version}"

@@ -14,7 +14,7 @@ commit in ``_commit``. None of those knows this module.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ..._state import OrchestrationStatus
 from .._protocol import Accept
@@ -58,6 +58,8 @@ class Orchestrations:
         self._starts = starts
         self._wake_ups = wake_ups
         self._commits = commits
+        self._callers: dict[str, tuple[Accept | None, datetime]] = {}
+        """Who called ``lock`` on this store object: what each runs, and until when that counts."""
 
     # -- starting and messaging -------------------------------------------------
 
@@ -81,8 +83,9 @@ class Orchestrations:
         hub.serve_worker(lease)
         await self._sessions.upkeep(lease)
         await self._wake_ups.poll(limit, lease)
+        self._callers[owner] = (accept, hub.now() + lease)
         if accept is not None:
-            await self._pass_on(accept)
+            await self._pass_on(owner, accept)
         items = await self._hand_out(owner, limit, lease, accept)
         now = hub.now()
         dues = self._sessions.next_dues(now)
@@ -94,18 +97,31 @@ class Orchestrations:
         self._timers.dues.clear()
         return LockBatch(items, min((d for d in dues if d > now), default=None))
 
-    async def _pass_on(self, accept: Accept) -> None:
-        """Give up the instances this caller does not run, for a worker that does.
+    async def _pass_on(self, owner: str, accept: Accept) -> None:
+        """Give up the instances no caller of this store object runs, for a worker that does.
 
-        Their wake-up comes back after ``PASS_ON_AFTER``: any worker polling
-        the partition may take it then, this one included (which passes it on
-        again), so an instance reaches a worker of its version within a few rounds.
+        An instance another caller here runs stays: that caller's next ``lock``
+        hands it out, so workers of several versions sharing one store object
+        never pass their instances to each other. Any other comes back after
+        ``PASS_ON_AFTER``: any worker polling the partition may take it then,
+        this one included (which passes it on again), so an instance reaches
+        a worker of its version in another process within a few rounds.
         """
         sessions = self._sessions
+        others = self._other_callers(owner)
         for session in list(sessions.all()):
-            record = session.record
-            if session.lock is None and not accept(record.name, record.orchestration_version):
+            name, version = session.record.name, session.record.orchestration_version
+            if session.lock is not None or accept(name, version):
+                continue
+            if not any(other is None or other(name, version) for other in others):
                 await sessions.end(session, not_before=PASS_ON_AFTER)
+
+    def _other_callers(self, owner: str) -> list[Accept | None]:
+        """What the other callers of ``lock`` run, if their last call's lease still runs."""
+        now = self._hub.now()
+        for gone in [o for o, (_, until) in self._callers.items() if until <= now]:
+            del self._callers[gone]
+        return [accept for o, (accept, _) in self._callers.items() if o != owner]
 
     async def _hand_out(
         self, owner: str, limit: int, lease: timedelta, accept: Accept | None
