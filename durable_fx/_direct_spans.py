@@ -170,9 +170,10 @@ class DirectSpans:
             parent=span.parent,
             resource=tracer.resource,
             attributes=span.bounded_attributes(limits),
-            # Most spans have neither: no call, no empty bounded list for the exporter to keep.
-            events=span._events and span.bounded_events(limits),
-            links=span._links and span.bounded_links(limits),
+            # Most spans have neither: no call, and no empty list for the exporter to keep
+            # (one more object for every garbage collection to walk, per span).
+            events=span.bounded_events(limits) if span._events else (),
+            links=span.bounded_links(limits) if span._links else (),
             kind=span.kind,
             instrumentation_info=tracer.instrumentation_info,
             status=span.status,

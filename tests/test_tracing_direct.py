@@ -10,6 +10,7 @@ shortcut off, so it sees every span start.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -257,6 +258,24 @@ def test_the_default_sampler_follows_the_parents_decision(sampler: Sampler | Non
 class _WatchingStarts(SpanProcessor):
     def on_start(self, span: Any, parent_context: Context | None = None) -> None:
         pass
+
+
+def test_an_ended_span_holds_no_objects_of_its_own_beyond_its_context_and_attributes() -> None:
+    # An exporter keeps finished spans until it sends them: every object one holds
+    # is one more for each garbage collection to walk.
+    tracer, exporter = _pipeline()
+    direct = direct_spans(tracer)
+    assert direct is not None
+    for _ in range(2):
+        direct.start("plain", None, attributes={"key": 1}).end()
+    first, second = exporter.get_finished_spans()
+
+    def held(span: ReadableSpan) -> dict[int, Any]:
+        return {id(o): o for o in gc.get_referents(span) if gc.is_tracked(o)}
+
+    shared = held(second)
+    own = [o for key, o in held(first).items() if key not in shared]
+    assert {type(o) for o in own} <= {SpanContext, dict}, own
 
 
 def test_a_processor_that_watches_spans_start_turns_the_shortcut_off() -> None:
