@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -114,16 +115,43 @@ def parent_of(context: TraceContext | None) -> Context | None:
     """A context whose current span is the one ``context`` names (``None``: no parent)."""
     if context is None:
         return None
-    return _extracted(context.traceparent, context.tracestate)
+    return _PARENTS.of(context.traceparent, context.tracestate)
 
 
-@functools.lru_cache(maxsize=4096)
-def _extracted(traceparent: str, tracestate: str | None) -> Context:
-    # A run's parent is parsed again for every episode and activity; contexts are immutable.
-    carrier = {"traceparent": traceparent}
-    if tracestate:
-        carrier["tracestate"] = tracestate
-    return _W3C.extract(carrier)
+class _Parents:
+    """Contexts for W3C trace contexts: each parsed once, or known without parsing.
+
+    A run's parent is looked up again for every episode and activity, and an
+    execution's own trace context, which its activities and children carry, is
+    made here (``seed``). Contexts are immutable, so one serves every thread.
+    The oldest entry goes first. Reads take no lock: a dict's ``get`` is atomic.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._contexts: dict[tuple[str, str | None], Context] = {}
+        self._writing = threading.Lock()  # finding the oldest iterates the dict
+
+    def of(self, traceparent: str, tracestate: str | None) -> Context:
+        key = (traceparent, tracestate)
+        context = self._contexts.get(key)
+        if context is None:
+            carrier = {"traceparent": traceparent}
+            if tracestate:
+                carrier["tracestate"] = tracestate
+            context = self.seed(key, _W3C.extract(carrier))
+        return context
+
+    def seed(self, key: tuple[str, str | None], context: Context) -> Context:
+        contexts = self._contexts
+        with self._writing:
+            if len(contexts) >= self._size:
+                del contexts[next(iter(contexts))]
+            contexts[key] = context
+        return context
+
+
+_PARENTS = _Parents(4096)
 
 
 def execution_span_context(started: ExecutionStarted) -> SpanContext:
@@ -144,10 +172,12 @@ def _execution_span_context(
     parent = _parent_span_context(traced)
     if parent is not None:
         trace_id, flags = parent.trace_id, parent.trace_flags
+        state = parent.trace_state
     else:  # started without a trace: the execution's span is a root
         trace_id, flags = _derived_id(execution_id, 16), TraceFlags(TraceFlags.SAMPLED)
+        state = None
     span_id = _derived_id(execution_id, 8)
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=state)
 
 
 def execution_trace_context(started: ExecutionStarted) -> TraceContext:
@@ -166,7 +196,13 @@ def _execution_trace_context(
 ) -> TraceContext:
     span = _execution_span_context(execution_id, traceparent, tracestate)
     # The execution's span carries on its parent's trace state.
-    return TraceContext(traceparent=_traceparent(span), tracestate=tracestate or None)
+    made = TraceContext(traceparent=_traceparent(span), tracestate=tracestate or None)
+    # Its episodes and activities look it up: known here, it need not be parsed.
+    _PARENTS.seed(
+        (made.traceparent, made.tracestate),
+        trace.set_span_in_context(NonRecordingSpan(span), Context()),
+    )
+    return made
 
 
 def child_trace_context(started: ExecutionStarted) -> TraceContext | None:
@@ -193,8 +229,9 @@ def execution_parent(started: ExecutionStarted) -> Context:
 def _execution_parent(
     execution_id: str, traceparent: str | None, tracestate: str | None
 ) -> Context:
-    span = _execution_span_context(execution_id, traceparent, tracestate)
-    return trace.set_span_in_context(NonRecordingSpan(span))
+    # Asked twice an episode: the context seeded for the execution's trace context.
+    made = _execution_trace_context(execution_id, traceparent, tracestate)
+    return _PARENTS.of(made.traceparent, made.tracestate)
 
 
 def emit_execution_span(

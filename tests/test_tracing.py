@@ -7,8 +7,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
 
 from durable_fx import (
     ActivityContext,
@@ -59,6 +61,36 @@ def test_a_run_is_one_trace_under_the_request_that_started_it(
         assert trace_id(child) == trace_id(run) == request.get_span_context().trace_id
     assert run.start_time is not None and run.end_time is not None
     assert all(run.start_time <= s.start_time <= s.end_time <= run.end_time for s in steps)  # type: ignore[operator]
+
+
+def test_the_callers_trace_state_is_carried_by_every_span_of_the_run(
+    registry: Registry, worker: Worker, client: DurableClient, spans: Spans
+) -> None:
+    @registry.activity()
+    def step(n: int) -> int:
+        return n + 1
+
+    @registry.orchestrator()
+    def stated(ctx: OrchestrationContext, n: int) -> Orchestrator[int]:
+        return (yield ctx.call_activity(step, n))
+
+    state = TraceState([("vendor", "kept")])
+    caller = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1), trace_state=state)
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(caller)))
+    try:
+        iid = client.start(stated, 1)
+    finally:
+        otel_context.detach(token)
+    assert client.wait(iid, timeout=WAIT).output == 2
+    spans.settle()
+    run = [
+        spans.one("orchestration:stated"),
+        spans.one("activity:step"),
+        *spans.named("orchestration:stated episode"),
+    ]
+    assert len(run) >= 4
+    for span in run:
+        assert span.context is not None and span.context.trace_state == state, span.name
 
 
 def test_a_failed_run_and_a_failed_activity_carry_the_error(
