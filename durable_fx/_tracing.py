@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import Any
 
@@ -302,29 +302,54 @@ def emit_span(
     span.end(end_time=_nanos(end))
 
 
-@contextmanager
 def span_in(
     name: str,
     parent: Context | None,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A live span under ``parent``, current while the block runs; errors recorded."""
-    if parent is None and not recording():
-        yield trace.INVALID_SPAN  # nothing to record, no trace to carry on
-        return
-    # start and attach: start_as_current_span's nested context managers cost more.
-    span = _start_span(tracer(), name, parent, kind=kind, attributes=attributes)
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield span
-    except BaseException as error:
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        raise
-    finally:
-        otel_context.detach(token)
+    return _SpanIn(name, parent, kind, attributes)
+
+
+class _SpanIn:
+    """``span_in``'s block. A class, not a generator: every activity and start enters one."""
+
+    __slots__ = ("_attributes", "_kind", "_name", "_parent", "_span", "_token")
+
+    def __init__(
+        self,
+        name: str,
+        parent: Context | None,
+        kind: SpanKind,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        self._name, self._parent, self._kind, self._attributes = name, parent, kind, attributes
+        self._span: Span = trace.INVALID_SPAN
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> Span:
+        if self._parent is None and not recording():
+            return self._span  # nothing to record, no trace to carry on
+        # start and attach: start_as_current_span's nested context managers cost more.
+        span = _start_span(
+            tracer(), self._name, self._parent, kind=self._kind, attributes=self._attributes
+        )
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(
+        self, _type: type[BaseException] | None, error: BaseException | None, _trace: object
+    ) -> None:
+        if self._token is None:
+            return
+        span = self._span
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        otel_context.detach(self._token)
         span.end()
 
 
