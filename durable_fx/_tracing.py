@@ -103,7 +103,20 @@ def trace_context_of(span: Span) -> TraceContext | None:
     if not context.is_valid:
         return current_trace_context()
     state = context.trace_state.to_header() if context.trace_state else None
-    return TraceContext.model_construct(traceparent=_traceparent(context), tracestate=state or None)
+    made = TraceContext.model_construct(traceparent=_traceparent(context), tracestate=state or None)
+    # A worker in this process looks it up as its run's parent: known here, it need not be parsed.
+    remote = SpanContext(
+        context.trace_id,
+        context.span_id,
+        is_remote=True,
+        trace_flags=context.trace_flags,
+        trace_state=context.trace_state,
+    )
+    _PARENTS.seed(
+        (made.traceparent, made.tracestate),
+        trace.set_span_in_context(NonRecordingSpan(remote), Context()),
+    )
+    return made
 
 
 def _traceparent(context: SpanContext) -> str:
