@@ -115,17 +115,19 @@ class DirectSpans:
         tracer = self._tracer
         ids = tracer.id_generator
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
+        parent_flags: TraceFlags | None = None
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = trace_id or ids.generate_trace_id()
             random_trace_id = ids.is_trace_id_random()
         else:
             trace_id = parent.trace_id
-            random_trace_id = parent.trace_flags.random_trace_id
+            parent_flags = parent.trace_flags  # a property: read once
+            random_trace_id = parent_flags.random_trace_id
         sampler = tracer.sampler
         if sampler in self._follows_parent:
             sampled = (
-                sampler is self._follows_parent[1] or parent is None or parent.trace_flags.sampled
+                sampler is self._follows_parent[1] or parent_flags is None or parent_flags.sampled
             )
             decision = self._sampled if sampled else self._dropped
             state = parent.trace_state if parent is not None else None
