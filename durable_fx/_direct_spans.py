@@ -214,9 +214,12 @@ class DirectSpan(trace.Span):
         self._attributes = attributes
         # Attributes durable_fx sets are plain; anything else the SDK's rules clean at the end.
         self._clean = {*map(type, attributes.values())} <= _PLAIN
-        self._events: list[Any] = []
-        self._links = (
-            [link for link in links if _valid_link(link.context, link.attributes)] if links else []
+        # Tuples, grown when used: most spans get no event and no link, and make no list.
+        self._events: tuple[Any, ...] = ()
+        self._links: tuple[Link, ...] = (
+            tuple(link for link in links if _valid_link(link.context, link.attributes))
+            if links
+            else ()
         )
         self.start_time = start_time
         self.status = _UNSET
@@ -244,13 +247,12 @@ class DirectSpan(trace.Span):
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if not self._ended:
-            self._events.append(
-                (name, attributes, timestamp if timestamp is not None else time.time_ns())
-            )
+            at = timestamp if timestamp is not None else time.time_ns()
+            self._events += ((name, attributes, at),)
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if not self._ended and _valid_link(context, attributes):
-            self._links.append(Link(context, attributes))
+            self._links += (Link(context, attributes),)
 
     def update_name(self, name: str) -> None:
         if not self._ended:
