@@ -112,10 +112,7 @@ def trace_context_of(span: Span) -> TraceContext | None:
         trace_flags=context.trace_flags,
         trace_state=context.trace_state,
     )
-    _PARENTS.seed(
-        (made.traceparent, made.tracestate),
-        trace.set_span_in_context(NonRecordingSpan(remote), Context()),
-    )
+    _PARENTS.remember(made, remote)
     return made
 
 
@@ -136,7 +133,7 @@ class _Parents:
 
     A run's parent is looked up again for every episode and activity, and an
     execution's own trace context, which its activities and children carry, is
-    made here (``seed``). Contexts are immutable, so one serves every thread.
+    made here (``remember``). Contexts are immutable, so one serves every thread.
     The oldest entry goes first. Reads take no lock: a dict's ``get`` is atomic.
     """
 
@@ -152,10 +149,15 @@ class _Parents:
             carrier = {"traceparent": traceparent}
             if tracestate:
                 carrier["tracestate"] = tracestate
-            context = self.seed(key, _W3C.extract(carrier))
+            context = self._keep(key, _W3C.extract(carrier))
         return context
 
-    def seed(self, key: tuple[str, str | None], context: Context) -> Context:
+    def remember(self, made: TraceContext, span: SpanContext) -> None:
+        """Keep the context of ``span``, whose trace context is ``made``, so it is never parsed."""
+        context = trace.set_span_in_context(NonRecordingSpan(span), Context())
+        self._keep((made.traceparent, made.tracestate), context)
+
+    def _keep(self, key: tuple[str, str | None], context: Context) -> Context:
         contexts = self._contexts
         with self._writing:
             if len(contexts) >= self._size:
@@ -211,10 +213,7 @@ def _execution_trace_context(
     # The execution's span carries on its parent's trace state.
     made = TraceContext(traceparent=_traceparent(span), tracestate=tracestate or None)
     # Its episodes and activities look it up: known here, it need not be parsed.
-    _PARENTS.seed(
-        (made.traceparent, made.tracestate),
-        trace.set_span_in_context(NonRecordingSpan(span), Context()),
-    )
+    _PARENTS.remember(made, span)
     return made
 
 
@@ -242,7 +241,7 @@ def execution_parent(started: ExecutionStarted) -> Context:
 def _execution_parent(
     execution_id: str, traceparent: str | None, tracestate: str | None
 ) -> Context:
-    # Asked twice an episode: the context seeded for the execution's trace context.
+    # Asked twice an episode: the context remembered with the execution's trace context.
     made = _execution_trace_context(execution_id, traceparent, tracestate)
     return _PARENTS.of(made.traceparent, made.tracestate)
 

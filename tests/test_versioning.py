@@ -177,14 +177,13 @@ def _leaving_others(version: str) -> VersionPolicy:
 def test_workers_of_two_versions_each_run_their_own_and_leave_the_others_pending(
     store: Store, make_worker: Callable[..., Worker], client: DurableClient
 ) -> None:
-    app_of = _which_app
-    make_worker(app_of("1"), versioning=_leaving_others("1"))
+    make_worker(_which_app("1"), versioning=_leaving_others("1"))
     started = {client.start("which", version=v): v for v in ("1", "2", "1", "2")}
     orphan = client.start("which", version="3")
     for iid, version in started.items():
         if version == "1":
             assert client.wait(iid, timeout=WAIT).output == "ran on 1"
-    make_worker(app_of("2"), versioning=_leaving_others("2"))
+    make_worker(_which_app("2"), versioning=_leaving_others("2"))
     for iid, version in started.items():
         done = client.wait(iid, timeout=WAIT)
         assert done.output == f"ran on {version}", done.failure
