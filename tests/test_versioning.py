@@ -198,11 +198,16 @@ def test_workers_of_two_versions_on_one_store_object_pass_each_other_nothing(
     client: DurableClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # An instance passed on to another process would wait an hour for its next
-    # wake-up: only a hand-over inside the store object finishes in time.
-    monkeypatch.setattr(azure_orchestrations, "PASS_ON_AFTER", timedelta(hours=1))
     for version in ("1", "2"):
         make_worker(_which_app(version), versioning=_leaving_others(version))
+    # A worker is known to the store once it has polled: one run of each version
+    # proves both have (before that, the other passes its instances on, for 2 s).
+    for version in ("1", "2"):
+        warm_up = client.start("which", version=version)
+        assert client.wait(warm_up, timeout=WAIT).output == f"ran on {version}"
+    # An instance passed on to another process would now wait an hour for its
+    # next wake-up: only a hand-over inside the store object finishes in time.
+    monkeypatch.setattr(azure_orchestrations, "PASS_ON_AFTER", timedelta(hours=1))
     started = {client.start("which", version=str(1 + n % 2)): str(1 + n % 2) for n in range(20)}
     for iid, version in started.items():
         assert client.wait(iid, timeout=WAIT).output == f"ran on {version}"

@@ -80,10 +80,11 @@ class Orchestrations:
     ) -> LockBatch[OrchestrationWorkItem]:
         """Lock up to ``limit`` instances with visible messages (owned ones first)."""
         hub = self._hub
+        # Known before anything is awaited: another caller's pass-on meanwhile spares its work.
+        self._callers[owner] = (accept, hub.now() + lease)
         hub.serve_worker(lease)
         await self._sessions.upkeep(lease)
         await self._wake_ups.poll(limit, lease)
-        self._callers[owner] = (accept, hub.now() + lease)
         if accept is not None:
             await self._pass_on(owner, accept)
         items = await self._hand_out(owner, limit, lease, accept)
